@@ -1,0 +1,66 @@
+# The companion's commands. `make` alone lists them.
+#   make book                         set up, run every chapter (preset default), build HTML
+#   make test                         set up, run the tests (chapters run with preset tiny)
+#   make chapter CH=01 PRESET=tiny ARGS='-p train_steps 50'
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PRESET ?= default
+CH ?=
+ARGS ?=
+PYTHON3 ?= python3
+# Installed first: the CPU wheel on the machine. Any other torch pulls GBs of CUDA wheels.
+TORCH := torch==2.13.0
+
+VENV := .venv
+PY := $(VENV)/bin/python
+REQ_STAMP := $(VENV)/.requirements.stamp
+CACHE := $(or $(COMPANION_CACHE),$(CURDIR)/.cache)
+SETUP_STAMP := $(CACHE)/setup.stamp
+PIP := $(PY) -m pip --disable-pip-version-check --quiet
+
+export PYTHONPATH := $(CURDIR)
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: help setup book chapter test bench clean distclean
+
+help: ## list the targets
+	@echo "usage: make TARGET [PRESET=default|tiny|paper-...] [CH=01] [ARGS='-p NAME VALUE']"
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(SETUP_STAMP) ## create .venv, install the pinned packages, prepare models and data
+
+$(PY):
+	@echo "creating $(VENV) ..."
+	$(PYTHON3) -m venv $(VENV)
+
+$(REQ_STAMP): requirements.txt | $(PY)
+	@echo "installing packages into $(VENV) (first time: a few minutes) ..."
+	$(PIP) install $(TORCH)
+	$(PIP) install -r requirements.txt
+	@touch $@
+
+$(SETUP_STAMP): $(REQ_STAMP) $(wildcard lib/*.py)
+	$(PY) -m lib.setup
+
+book: setup ## run every chapter with PRESET, then build _build/PRESET/html
+	$(PY) -m lib.book all --preset $(PRESET) $(ARGS)
+
+chapter: setup ## re-run one chapter: CH=01 PRESET=tiny ARGS='-p train_steps 50'
+	$(PY) -m lib.book run --preset $(PRESET) $(if $(CH),--chapter $(CH)) $(ARGS)
+
+test: setup ## run the tests (all chapters with preset tiny, then the book build)
+	$(PY) -m pytest -q $(ARGS)
+
+bench: setup ## run scripts/benchmark.py (speed and memory)
+	@if [ -f scripts/benchmark.py ]; then $(PY) scripts/benchmark.py $(ARGS); \
+	else echo "no scripts/benchmark.py yet"; fi
+
+clean: ## remove _build (keeps the cache and .venv)
+	rm -rf _build
+
+distclean: clean ## also remove the cache (.cache) and .venv
+	rm -rf .cache $(VENV)

@@ -1,0 +1,374 @@
+"""Run the book's chapters with papermill and build the HTML from the executed copies.
+
+The chapters are the notebooks ``book/NN_name.ipynb``. Their sources stay free of outputs;
+:func:`run_chapters` executes them with the parameters of a *preset* (``params/<preset>.yaml``)
+into ``_build/<preset>/executed/``, and :func:`build_book` renders those executed copies, with
+execution off, into ``_build/<preset>/html/``. ``make book`` does both; from the command line::
+
+    python -m lib.book run --preset tiny --chapter 01 -p train_steps 50
+    python -m lib.book build --preset tiny
+    python -m lib.book all --preset default
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lib.errors import CompanionError
+from lib.paths import REPO_ROOT
+
+KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadata names
+
+# Sphinx through jupyter-book's own entry point, so ``_config.yml`` means what it means for
+# ``jupyter-book build``; called here only to choose the output folder (``html/``).
+_SPHINX = """\
+import sys
+from pathlib import Path
+from jupyter_book.sphinx import build_sphinx
+src, html = Path(sys.argv[1]), Path(sys.argv[2])
+result = build_sphinx(
+    src, html, noconfig=True, path_config=str(src / "_config.yml"),
+    confoverrides={
+        "external_toc_path": str(src / "_toc.yml"),
+        "latex_individualpages": False,
+        "nitpicky": True,
+    },
+    doctreedir=html.parent / "doctrees", builder="html", freshenv=True,
+    warningiserror=True, keep_going=True, quiet=True,
+)
+sys.exit(result if isinstance(result, int) else 1)
+"""
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def preset_dir(preset: str, root: Path = REPO_ROOT) -> Path:
+    """``_build/<preset>``: everything built for one preset (a path preset uses its stem)."""
+    name = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    return root / "_build" / name
+
+
+def list_chapters(root: Path = REPO_ROOT) -> list[Path]:
+    """The chapter notebooks ``book/NN_*.ipynb``, in chapter order."""
+    return sorted((root / "book").glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_chapters(chapters: Sequence[str] | None, root: Path = REPO_ROOT) -> list[Path]:
+    """Chapters named by their number (``01`` or ``1``) or name (``01_building...``).
+
+    Raises:
+        CompanionError: there are no chapters, or a name matches none of them.
+    """
+    found = list_chapters(root)
+    if not found:
+        raise CompanionError(f"no chapters book/NN_*.ipynb under {root}")
+    if not chapters:
+        return found
+    picked: list[Path] = []
+    for want in chapters:
+        key = Path(str(want)).stem
+        hits = [p for p in found if key in (p.stem, p.stem[:2]) or _same_number(key, p)]
+        if not hits:
+            names = ", ".join(p.stem for p in found)
+            raise CompanionError(f"unknown chapter {want!r}; chapters: {names}")
+        picked += [p for p in hits if p not in picked]
+    return sorted(picked)
+
+
+def _same_number(key: str, chapter: Path) -> bool:
+    return key.isdigit() and int(key) == int(chapter.stem[:2])
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def load_preset(preset: str, root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The parameters of a preset: ``params/<preset>.yaml``, or a path to a YAML file.
+
+    Raises:
+        CompanionError: the preset does not exist or is not a flat mapping.
+    """
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml"):
+        path = root / "params" / f"{preset}.yaml"
+    if not path.is_file():
+        names = ", ".join(p.stem for p in sorted((root / "params").glob("*.yaml")))
+        raise CompanionError(
+            f"unknown preset {preset!r}; presets: {names or '(none)'}"
+            " (or give the path of a .yaml file)"
+        )
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise CompanionError(f"{path} must hold NAME: VALUE lines, not {type(values).__name__}")
+    return values
+
+
+def declared_parameters(notebook: Path) -> list[str]:
+    """Names in the notebook's cell tagged ``parameters`` (what papermill can set)."""
+    import papermill
+
+    try:
+        return list(papermill.inspect_notebook(str(notebook)))
+    except ValueError as err:  # e.g. no kernel language in the notebook's metadata
+        raise CompanionError(f"cannot read the parameters of {notebook.name}: {err}") from None
+
+
+def chapter_parameters(
+    declared: dict[Path, list[str]],
+    preset: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+) -> dict[Path, dict[str, Any]]:
+    """Each chapter's parameters: the preset, then the overrides, cut to what it declares.
+
+    A preset may hold names that only some chapters use; an override must be used by one.
+
+    Args:
+        declared: each chapter's declared parameter names (:func:`declared_parameters`).
+        preset: the preset's values (:func:`load_preset`).
+        overrides: values given on the command line; they win over the preset.
+
+    Raises:
+        CompanionError: an override names a parameter that no chapter declares.
+    """
+    overrides = overrides or {}
+    known = {name for names in declared.values() for name in names}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise CompanionError(
+            f"unknown parameter {', '.join(unknown)}; the chapters take: "
+            f"{', '.join(sorted(known)) or '(none)'}"
+        )
+    merged = {**preset, **overrides}
+    return {
+        nb: {name: merged[name] for name in names if name in merged}
+        for nb, names in declared.items()
+    }
+
+
+# --------------------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def _kernel_environment() -> Iterator[None]:
+    """Environment the kernels inherit: ``import lib`` works, figures are not disabled."""
+    saved = dict(os.environ)
+    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ.pop("MPLBACKEND", None)  # Agg here would drop every figure from the pages
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast, no 25 s retries
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def run_chapters(
+    preset: str = "default",
+    chapters: list[str] | None = None,
+    overrides: dict | None = None,
+    out: Path | None = None,
+    *,
+    root: Path = REPO_ROOT,
+) -> list[Path]:
+    """Execute chapters with papermill; the source notebooks are left untouched.
+
+    Each chapter gets the preset's values (and then ``overrides``) for the parameters it
+    declares, runs with ``book/`` as working folder, and is written to
+    ``out/<name>.ipynb`` only when it finishes, so a failed run never replaces the last good
+    copy; the partial run is kept as ``out/<name>.failed.ipynb``.
+
+    Args:
+        preset: a name in ``params/`` (``tiny``, ``default``, ``paper-...``) or a YAML path.
+        chapters: chapter numbers or names to run; all of them when ``None``.
+        overrides: parameter values that win over the preset, e.g. ``{"train_steps": 50}``.
+        out: folder for the executed notebooks; ``_build/<preset>/executed`` by default.
+        root: the folder holding ``book/`` and ``params/`` (the repository).
+
+    Returns:
+        The executed notebooks, in chapter order.
+
+    Raises:
+        CompanionError: unknown preset, chapter or parameter, or a chapter that failed.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    notebooks = select_chapters(chapters, root)
+    values = load_preset(preset, root)
+    params = chapter_parameters(
+        {nb: declared_parameters(nb) for nb in notebooks}, values, overrides
+    )
+    out = Path(out) if out is not None else preset_dir(preset, root) / "executed"
+    out.mkdir(parents=True, exist_ok=True)
+
+    done: list[Path] = []
+    for nb in notebooks:
+        target = out / nb.name
+        running = out / f"{nb.stem}.running.ipynb"
+        failed = out / f"{nb.stem}.failed.ipynb"
+        changed = [f"{k}={v!r}" for k, v in (overrides or {}).items() if k in params[nb]]
+        shown = f"; {', '.join(changed)}" if changed else ""
+        print(f"chapter {nb.stem} (preset {preset}{shown})", flush=True)
+        start = time.perf_counter()
+        try:
+            with _kernel_environment():
+                papermill.execute_notebook(
+                    str(nb),
+                    str(running),
+                    parameters=params[nb],
+                    kernel_name=KERNEL,
+                    language="python",
+                    cwd=str(nb.parent),
+                    progress_bar=True,
+                    # quiet the kernel's start-up chatter (a TCP warning on every start)
+                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+                )
+        except PapermillExecutionError as err:
+            running.replace(failed)
+            print(f"  partial run kept at {failed}", file=sys.stderr)
+            raise CompanionError(
+                f"chapter {nb.stem[:2]} failed in cell {err.exec_count}: "
+                f"{err.ename}: {_one_line(err.evalue)}"
+            ) from None
+        except Exception as err:  # kernel died, could not start, ...
+            if running.exists():
+                running.replace(failed)
+                print(f"  partial run kept at {failed}", file=sys.stderr)
+            raise CompanionError(
+                f"chapter {nb.stem[:2]} failed: {type(err).__name__}: {_one_line(err)}"
+            ) from None
+        running.replace(target)
+        failed.unlink(missing_ok=True)
+        print(f"  done in {time.perf_counter() - start:.1f} s -> {target}", flush=True)
+        done.append(target)
+    return done
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _stage(preset: str, root: Path) -> Path:
+    """Copy the book's text and the executed chapters into ``_build/<preset>/src``."""
+    base = preset_dir(preset, root)
+    executed = base / "executed"
+    missing = [nb.name for nb in list_chapters(root) if not (executed / nb.name).is_file()]
+    if missing:
+        raise CompanionError(
+            f"not run yet for preset {preset!r}: {', '.join(missing)}; "
+            f"run: python -m lib.book run --preset {preset}"
+        )
+    src = base / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(
+        root / "book",
+        src / "book",
+        ignore=shutil.ignore_patterns("*.ipynb", ".*", "__pycache__"),
+    )
+    for name in ("_config.yml", "_toc.yml", "references.bib"):
+        if (root / name).is_file():
+            shutil.copy2(root / name, src / name)
+    for nb in list_chapters(root):
+        copy = executed / nb.name
+        if nb.stat().st_mtime > copy.stat().st_mtime:
+            print(f"note: book/{nb.name} changed since it was run; the page shows the old run")
+        shutil.copy2(copy, src / "book" / nb.name)
+    return src
+
+
+def build_book(preset: str = "default", *, root: Path = REPO_ROOT) -> Path:
+    """Build the HTML book from the executed chapters of a preset, with execution off.
+
+    Sphinx runs with warnings as errors (``-W -n --keep-going``): a broken reference or a
+    missing figure fails the build. Only the pages listed in ``_toc.yml`` are built.
+
+    Args:
+        preset: the preset whose executed chapters to render (see :func:`run_chapters`).
+        root: the folder holding ``_config.yml``, ``_toc.yml`` and ``book/``.
+
+    Returns:
+        The built ``index.html``.
+
+    Raises:
+        CompanionError: a chapter was not run yet, or Sphinx reported a warning.
+    """
+    src = _stage(preset, root)
+    html = preset_dir(preset, root) / "html"
+    print(f"building the book from {src} ...", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", _SPHINX, str(src), str(html)])
+    if result.returncode != 0:
+        raise CompanionError("the book build failed (warnings count as errors): see above")
+    index = html / "index.html"
+    if not index.is_file():
+        raise CompanionError(f"the build finished but wrote no {index}")
+    print(f"built in {time.perf_counter() - start:.1f} s: {index}", flush=True)
+    return index
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lib.book", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    helps = {
+        "run": "execute chapters into _build/<preset>/executed",
+        "build": "render the executed chapters into _build/<preset>/html",
+        "all": "run, then build",
+    }
+    for name, text in helps.items():
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--preset", default="default", help="params/<preset>.yaml or a .yaml path")
+        if name == "build":
+            continue
+        sub.add_argument(
+            "--chapter", action="append", metavar="NN", help="run only this chapter (repeatable)"
+        )
+        sub.add_argument(
+            "-p",
+            "--parameter",
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("NAME", "VALUE"),
+            help="override a parameter; VALUE is read as YAML (50, 1e-3, true, [1, 2])",
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in ("run", "all"):
+            overrides = {name: yaml.safe_load(value) for name, value in args.parameter}
+            run_chapters(args.preset, args.chapter, overrides)
+        if args.command in ("build", "all"):
+            index = build_book(args.preset)
+            print(f"open {index}")
+    except CompanionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

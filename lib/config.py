@@ -1,0 +1,237 @@
+"""Validated configuration built from a chapter's papermill parameters.
+
+A chapter's ``parameters`` cell holds literals only; the next cell calls
+:func:`chapter1_config` (or a later chapter's builder), which checks every value, derives
+what is derived, and fails with one line naming the parameter when something is off.
+Presets are papermill parameter files in ``params/`` (``tiny``, ``default``, ``paper-*``).
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lib.corpus import CorpusSpec
+from lib.errors import CompanionError
+from lib.paths import REPO_ROOT
+
+PARAMS_DIR = REPO_ROOT / "params"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One SpeechLLM: which encoder, projector and decoder, and the LoRA on the decoder."""
+
+    encoder: str = "whisper-base"  # offline alias, local folder or hub id
+    decoder: str = "smollm2-135m"  # offline alias, local folder or hub id
+    projector_stack: int = 5  # frames stacked: 50 Hz encoder -> 10 Hz LLM (paper)
+    projector_hidden: int = 1024  # hidden width of the two-layer MLP
+    lora_rank: int = 8  # 0 trains the projector alone
+    lora_alpha: int = 16  # LoRA scale = alpha / rank
+    lora_dropout: float = 0.05  # regularises the adapters on a small corpus
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # attention
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the projector and LoRA train."""
+
+    steps: int = 300  # optimiser steps
+    batch_size: int = 8  # utterances per micro-batch (per device)
+    grad_accum: int = 1  # micro-batches per optimiser step
+    learning_rate: float = 1e-3  # peak AdamW learning rate
+    warmup_steps: int = 30  # linear warm-up, then linear decay to 0
+    weight_decay: float = 0.0  # the projector is small; no decay needed
+    checkpoint_every: int = 50  # steps between resumable checkpoints
+    seed: int = 0  # data order and initialisation
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the models are decoded and scored."""
+
+    batch_size: int = 16  # utterances decoded together
+    max_new_tokens: int = 64  # greedy decoding stops at eos or here
+    max_utterances: int | None = None  # cut each test set to N (a quick run, labelled)
+
+
+@dataclass(frozen=True)
+class Chapter1Config:
+    """Everything chapter 1 needs, validated."""
+
+    models: tuple[ModelConfig, ...]
+    corpus: CorpusSpec
+    train_data: str
+    test_data: tuple[str, ...]
+    train: TrainConfig
+    eval: EvalConfig
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain JSON-able form of a (nested) config."""
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def config_hash(obj: Any, length: int = 12) -> str:
+    """Short stable hash of a config, used to key cached results."""
+    blob = json.dumps(to_dict(obj), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------------------
+# presets
+# ----------------------------------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    """The presets shipped in ``params/``."""
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Read a preset (a name in ``params/`` or a path to a YAML file) as a dict."""
+    path = Path(name)
+    if path.suffix not in {".yaml", ".yml"}:
+        path = PARAMS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise CompanionError(
+            f"unknown preset '{name}': use one of {', '.join(preset_names())} "
+            "or a path to a .yaml file"
+        )
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise CompanionError(f"preset {path} is not a mapping of parameter: value")
+    return data
+
+
+# ----------------------------------------------------------------------------------------
+# validation helpers
+# ----------------------------------------------------------------------------------------
+
+
+def _check(cond: bool, name: str, value: Any, what: str) -> None:
+    if not cond:
+        raise CompanionError(f"parameter {name}={value!r}: {what}")
+
+
+def _pos_int(params: dict, name: str, allow_zero: bool = False) -> int:
+    v = params[name]
+    ok = isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
+    _check(ok, name, v, "use a " + ("non-negative" if allow_zero else "positive") + " integer")
+    return v
+
+
+def _pos_float(params: dict, name: str) -> float:
+    v = params[name]
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    _check(ok, name, v, "use a positive number")
+    return float(v)
+
+
+def _str_list(params: dict, name: str) -> tuple[str, ...]:
+    v = params[name]
+    if isinstance(v, str):
+        v = [v]
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
+        isinstance(x, str) and x.strip() for x in v)
+    _check(ok, name, v, "use a non-empty list of names")
+    return tuple(x.strip() for x in v)
+
+
+CHAPTER1_PARAMS = (
+    "encoder", "decoders", "train_data", "test_data", "n_train", "n_test",
+    "projector_stack", "projector_hidden", "lora_rank", "lora_alpha", "train_steps",
+    "batch_size", "grad_accum", "learning_rate", "warmup_steps", "checkpoint_every",
+    "eval_batch_size", "max_new_tokens", "max_test_utterances", "seed", "device",
+)
+
+
+def chapter1_config(**params: Any) -> Chapter1Config:
+    """Build chapter 1's config from its papermill parameters (flat literals).
+
+    Raises:
+        CompanionError: one line naming the first bad or missing parameter.
+    """
+    unknown = sorted(set(params) - set(CHAPTER1_PARAMS))
+    if unknown:
+        raise CompanionError(
+            f"unknown parameter(s) {', '.join(unknown)}: chapter 1 takes "
+            f"{', '.join(CHAPTER1_PARAMS)}"
+        )
+    missing = [k for k in CHAPTER1_PARAMS if k not in params]
+    if missing:
+        raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter 1")
+    encoder = _str_list(params, "encoder")
+    _check(len(encoder) == 1, "encoder", params["encoder"], "give one encoder")
+    decoders = _str_list(params, "decoders")
+    lora_rank = _pos_int(params, "lora_rank", allow_zero=True)
+    models = tuple(
+        ModelConfig(
+            encoder=encoder[0], decoder=d,
+            projector_stack=_pos_int(params, "projector_stack"),
+            projector_hidden=_pos_int(params, "projector_hidden"),
+            lora_rank=lora_rank, lora_alpha=_pos_int(params, "lora_alpha"),
+        )
+        for d in decoders
+    )
+    steps = _pos_int(params, "train_steps")
+    warmup = _pos_int(params, "warmup_steps", allow_zero=True)
+    _check(warmup < steps, "warmup_steps", warmup, f"must be below train_steps={steps}")
+    train = TrainConfig(
+        steps=steps, batch_size=_pos_int(params, "batch_size"),
+        grad_accum=_pos_int(params, "grad_accum"),
+        learning_rate=_pos_float(params, "learning_rate"), warmup_steps=warmup,
+        checkpoint_every=_pos_int(params, "checkpoint_every"),
+        seed=_pos_int(params, "seed", allow_zero=True),
+    )
+    max_utt = params["max_test_utterances"]
+    if max_utt is not None:
+        max_utt = _pos_int(params, "max_test_utterances")
+    evalc = EvalConfig(batch_size=_pos_int(params, "eval_batch_size"),
+                       max_new_tokens=_pos_int(params, "max_new_tokens"),
+                       max_utterances=max_utt)
+    corpus = CorpusSpec(n_train=_pos_int(params, "n_train"), n_test=_pos_int(params, "n_test"),
+                        seed=train.seed)
+    device = params["device"]
+    _check(device in {"auto", "cpu", "cuda"} or str(device).startswith("cuda:"), "device",
+           device, "use auto, cpu, cuda or cuda:N")
+    train_data = params["train_data"]
+    _check(isinstance(train_data, str) and bool(train_data), "train_data", train_data,
+           "name one data source, e.g. synthetic:train")
+    return Chapter1Config(models=models, corpus=corpus, train_data=train_data,
+                          test_data=_str_list(params, "test_data"), train=train, eval=evalc,
+                          device=device)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CompanionError(f"device={device!r} but no GPU is visible: use device='cpu'")
+    return device
+
+
+__all__ = [
+    "ModelConfig", "TrainConfig", "EvalConfig", "Chapter1Config", "chapter1_config",
+    "load_preset", "preset_names", "config_hash", "to_dict", "resolve_device",
+]

@@ -1,0 +1,503 @@
+"""Speech data: audio I/O, the utterance record, manifests and corpus loaders.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Every corpus the book uses (the offline synthetic corpus of :mod:`lib.corpus`, the ten real
+recordings of Debian's ``pocketsphinx-testdata``, LibriSpeech at paper scale, or a user's own
+manifest) becomes a list of :class:`Utterance` records. Audio is always read back through
+:func:`read_audio` as float32 mono at 16 kHz.
+
+Problems with single files (missing audio, empty transcript) are reported as one line each
+through :class:`DataWarning` and the file is skipped; problems that leave nothing usable are
+a :class:`~lib.errors.CompanionError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from lib.errors import CompanionError
+from lib.paths import cache_subdir
+
+SAMPLE_RATE = 16000
+"""Sample rate of every waveform the companion hands to a model (Hz)."""
+
+SILENCE_PEAK = 1e-4
+"""A file whose absolute peak stays below this is treated as silent."""
+
+MANIFEST_KEYS = ("id", "audio", "duration", "text", "voice", "split", "source")
+"""Keys of one manifest row, in the order they are written."""
+
+
+class DataWarning(UserWarning):
+    """One skipped file or manifest row, described in a single line."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One transcribed recording.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Attributes:
+        id: Unique name of the utterance within its corpus.
+        audio: Absolute path of the audio file.
+        text: The transcript.
+        duration: Length of the audio in seconds.
+        voice: Who or what spoke it, e.g. ``"espeak:en-us+m3:r160:p40"``, ``"piper:joe"``
+            or ``"librispeech:1089"``.
+        split: Corpus split, e.g. ``"train"``, ``"test"``, ``"real"``, ``"test-clean"``.
+        source: Where it came from: ``"synthetic-espeak"``, ``"synthetic-piper"``,
+            ``"pocketsphinx"``, ``"librispeech"`` or ``"manifest"``.
+    """
+
+    id: str
+    audio: str
+    text: str
+    duration: float
+    voice: str
+    split: str
+    source: str
+
+
+def _warn(message: str) -> None:
+    """Report one skipped item as a single-line :class:`DataWarning`."""
+    warnings.warn(" ".join(message.split()), DataWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------- audio I/O
+
+
+def read_audio(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an audio file as float32 mono at 16 kHz.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Any format libsndfile reads (wav, flac, ogg, ...) at any rate is accepted: channels are
+    averaged to mono and other rates are resampled with soxr.
+
+    Args:
+        path: The audio file.
+
+    Returns:
+        The waveform, shape ``(samples,)``, dtype float32, at :data:`SAMPLE_RATE`.
+
+    Raises:
+        CompanionError: The file is missing, empty, unreadable or silent (one line naming
+            the file and what to do).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise CompanionError(
+            f"audio file not found: {file}: check the path, or rebuild the corpus "
+            "or manifest that points to it"
+        )
+    if file.stat().st_size == 0:
+        raise CompanionError(
+            f"audio file is empty (0 bytes): {file}: re-create or re-download it"
+        )
+    try:
+        samples, rate = sf.read(str(file), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise CompanionError(
+            f"cannot read audio file {file} (corrupt or unsupported format: {reason}): "
+            "re-create or re-download it"
+        ) from None
+    if samples.shape[0] == 0:
+        raise CompanionError(
+            f"audio file has no samples: {file}: re-create or re-download it"
+        )
+    mono = samples.mean(axis=1, dtype=np.float32)
+    if float(np.max(np.abs(mono))) < SILENCE_PEAK:
+        raise CompanionError(
+            f"audio file is silent (peak below {SILENCE_PEAK:g}): {file}: "
+            "check the recording, or remove it from the corpus"
+        )
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def write_wav(path: str | os.PathLike[str], audio: np.ndarray, rate: int) -> float:
+    """Write a mono waveform as a 16 kHz 16-bit wav, atomically.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    The audio is resampled to :data:`SAMPLE_RATE` with soxr when needed, written to a
+    temporary name in the same folder and renamed, so an interrupted run never leaves a
+    half-written file under the final name.
+
+    Args:
+        path: Destination ``.wav`` file.
+        audio: Mono waveform (float in [-1, 1] or int16).
+        rate: Sample rate of ``audio`` in Hz.
+
+    Returns:
+        The duration of the written file in seconds.
+    """
+    target = Path(path)
+    wave = np.asarray(audio)
+    if wave.dtype == np.int16:
+        wave = wave.astype(np.float32) / 32768.0
+    wave = wave.astype(np.float32, copy=False)
+    if rate != SAMPLE_RATE:
+        wave = soxr.resample(wave, rate, SAMPLE_RATE, quality="HQ")
+    wave = np.clip(wave, -1.0, 1.0)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.stem}.partial.wav")
+    sf.write(str(partial), wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    os.replace(partial, target)
+    return len(wave) / SAMPLE_RATE
+
+
+def audio_duration(path: str | os.PathLike[str]) -> float:
+    """Duration of an audio file in seconds, from its header (no decoding).
+
+    Args:
+        path: The audio file.
+
+    Returns:
+        Frames divided by the sample rate.
+
+    Raises:
+        CompanionError: The file cannot be opened.
+    """
+    try:
+        info = sf.info(str(path))
+    except (sf.SoundFileError, RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise CompanionError(
+            f"cannot read audio header of {path} ({reason}): re-create or re-download it"
+        ) from None
+    return info.frames / info.samplerate
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(path: str | os.PathLike[str], utts: Iterable[Utterance]) -> Path:
+    """Write utterances as a JSON Lines manifest, atomically.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    One object per line with keys id, audio, duration, text, voice, split, source. Audio
+    paths inside the manifest's folder are stored relative to it, so the folder can move.
+
+    Args:
+        path: The manifest file (``.jsonl``).
+        utts: The utterances.
+
+    Returns:
+        The manifest path.
+    """
+    manifest = Path(path).resolve()
+    folder = manifest.parent
+    lines = []
+    for utt in utts:
+        row = asdict(utt)
+        audio = Path(utt.audio).resolve()
+        if audio.is_relative_to(folder):
+            row["audio"] = audio.relative_to(folder).as_posix()
+        else:
+            row["audio"] = str(audio)
+        row["duration"] = round(float(utt.duration), 4)
+        lines.append(json.dumps({k: row[k] for k in MANIFEST_KEYS}, ensure_ascii=False))
+    _atomic_write_text(manifest, "".join(line + "\n" for line in lines))
+    return manifest
+
+
+def load_manifest(path: str | os.PathLike[str]) -> list[Utterance]:
+    """Load a JSON Lines manifest written by :func:`write_manifest` (or by hand).
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Required keys: id, audio, text. Optional: duration (read from the file header when
+    absent), voice (default ``"unknown"``), split (default ``""``), source (default
+    ``"manifest"``). Relative audio paths are relative to the manifest's folder. A row
+    whose audio file is missing or whose transcript is empty is skipped with one
+    :class:`DataWarning` line naming it; the rest load.
+
+    Args:
+        path: The manifest file.
+
+    Returns:
+        The usable utterances, in file order.
+
+    Raises:
+        CompanionError: The manifest is missing, empty, not JSON Lines, a row lacks a
+            required key, or no row is usable.
+    """
+    manifest = Path(path)
+    if not manifest.is_file():
+        raise CompanionError(
+            f"manifest not found: {manifest}: build the corpus first or check the path"
+        )
+    folder = manifest.resolve().parent
+    rows = manifest.read_text(encoding="utf-8").splitlines()
+    if not any(line.strip() for line in rows):
+        raise CompanionError(
+            f"manifest is empty: {manifest}: expected one JSON object per line with "
+            "keys id, audio, text"
+        )
+    utts: list[Utterance] = []
+    for number, line in enumerate(rows, start=1):
+        if not line.strip():
+            continue
+        where = f"{manifest}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CompanionError(
+                f"malformed manifest line {where} ({exc.msg}): expected one JSON object "
+                "per line with keys id, audio, text"
+            ) from None
+        if not isinstance(row, dict):
+            raise CompanionError(
+                f"malformed manifest line {where}: expected a JSON object with keys "
+                "id, audio, text"
+            )
+        missing = [key for key in ("id", "audio", "text") if key not in row]
+        if missing:
+            raise CompanionError(
+                f"malformed manifest line {where}: missing key(s) {', '.join(missing)}"
+            )
+        audio = Path(str(row["audio"])).expanduser()
+        if not audio.is_absolute():
+            audio = folder / audio
+        text = " ".join(str(row["text"] or "").split())
+        if not audio.is_file():
+            _warn(f"skipped {where} (id {row['id']}): audio file not found: {audio}")
+            continue
+        if not text:
+            _warn(f"skipped {where} (id {row['id']}): empty transcript")
+            continue
+        try:
+            duration = float(row["duration"]) if "duration" in row else None
+        except (TypeError, ValueError):
+            raise CompanionError(
+                f"malformed manifest line {where}: duration {row['duration']!r} is "
+                "not a number"
+            ) from None
+        if duration is None:
+            duration = audio_duration(audio)
+        utts.append(
+            Utterance(
+                id=str(row["id"]),
+                audio=str(audio),
+                text=text,
+                duration=duration,
+                voice=str(row.get("voice") or "unknown"),
+                split=str(row.get("split") or ""),
+                source=str(row.get("source") or "manifest"),
+            )
+        )
+    if not utts:
+        raise CompanionError(
+            f"manifest {manifest} has no usable rows (see the warnings above): fix the "
+            "audio paths or transcripts"
+        )
+    return utts
+
+
+# --------------------------------------------------------------------------- LibriSpeech
+
+LIBRISPEECH_LAYOUT = (
+    "<root>/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac with "
+    "<speaker>-<chapter>.trans.txt beside them"
+)
+
+
+def load_librispeech(
+    folder: str | os.PathLike[str], split: str | None = None
+) -> list[Utterance]:
+    """Load a LibriSpeech split (or any folder in its layout).
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Accepts the LibriSpeech root with ``split="test-clean"`` (etc.), or a split folder
+    directly (``split=None``; a root holding several splits then loads them all). Durations
+    come from the flac headers, nothing is decoded. A transcript line whose flac is missing
+    or whose text is empty is skipped with one :class:`DataWarning` line.
+
+    Args:
+        folder: LibriSpeech root or split folder.
+        split: Name of the split folder under ``folder``, or None.
+
+    Returns:
+        The utterances sorted by id; ``voice`` is ``"librispeech:<speaker>"``.
+
+    Raises:
+        CompanionError: The folder is missing or holds no utterance in the layout.
+    """
+    root = Path(folder).expanduser()
+    if split is not None:
+        root = root / split
+    if not root.is_dir():
+        raise CompanionError(
+            f"LibriSpeech folder not found: {root}: expected {LIBRISPEECH_LAYOUT}"
+        )
+    utts: list[Utterance] = []
+    for trans in sorted(root.rglob("*.trans.txt")):
+        parts = trans.relative_to(root).parts
+        split_name = split or (parts[0] if len(parts) >= 4 else root.name)
+        lines = trans.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            utt_id, _, text = line.strip().partition(" ")
+            text = " ".join(text.split())
+            flac = trans.parent / f"{utt_id}.flac"
+            if not text:
+                _warn(f"skipped {utt_id} ({trans}:{number}): empty transcript")
+                continue
+            if not flac.is_file():
+                _warn(f"skipped {utt_id} ({trans}:{number}): audio not found: {flac}")
+                continue
+            try:
+                info = sf.info(str(flac))
+            except (sf.SoundFileError, RuntimeError, ValueError):
+                _warn(f"skipped {utt_id}: unreadable audio file {flac}")
+                continue
+            utts.append(
+                Utterance(
+                    id=utt_id,
+                    audio=str(flac.resolve()),
+                    text=text,
+                    duration=info.frames / info.samplerate,
+                    voice=f"librispeech:{utt_id.split('-')[0]}",
+                    split=split_name,
+                    source="librispeech",
+                )
+            )
+    if not utts:
+        raise CompanionError(
+            f"no LibriSpeech utterances found under {root}: expected {LIBRISPEECH_LAYOUT} "
+            "(pass the root with split='test-clean', or the split folder itself)"
+        )
+    return sorted(utts, key=lambda utt: utt.id)
+
+
+# --------------------------------------------------------------------------- real speech
+
+POCKETSPHINX_PACKAGE = "pocketsphinx-testdata"
+_POCKETSPHINX_DATA = Path("usr/share/pocketsphinx/test/data")
+_POCKETSPHINX_SETS = (
+    # (folder, transcript file, voice)
+    ("librivox", "transcription", "pocketsphinx:librivox"),
+    ("cards", "cards.transcription", "pocketsphinx:cards"),
+)
+_SPHINX_LINE = re.compile(r"^<s>\s*(?P<text>.*?)\s*</s>\s*\((?P<id>[^)\s]+)\)\s*$")
+
+
+def _extract_pocketsphinx(target: Path) -> None:
+    """Download the Debian package without root and unpack it into ``target``."""
+    missing = [tool for tool in ("apt-get", "dpkg") if shutil.which(tool) is None]
+    if missing:
+        raise CompanionError(
+            f"{' and '.join(missing)} not found: the real test set comes from the Debian "
+            f"package {POCKETSPHINX_PACKAGE}; run on Debian/Ubuntu, or unpack that "
+            f"package yourself into {target}"
+        )
+    with tempfile.TemporaryDirectory(dir=target.parent) as temp:
+        work = Path(temp)
+        result = subprocess.run(
+            ["apt-get", "download", POCKETSPHINX_PACKAGE],
+            cwd=work,
+            capture_output=True,
+            text=True,
+        )
+        debs = sorted(work.glob(f"{POCKETSPHINX_PACKAGE}_*.deb"))
+        if result.returncode != 0 or not debs:
+            detail = (result.stderr.strip().splitlines() or ["no .deb produced"])[-1]
+            raise CompanionError(
+                f"apt-get download {POCKETSPHINX_PACKAGE} failed ({detail}): run "
+                "`apt-get update` (as root) and try again"
+            )
+        unpacked = work / "unpacked"
+        result = subprocess.run(
+            ["dpkg", "-x", str(debs[0]), str(unpacked)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            detail = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise CompanionError(f"dpkg -x {debs[0].name} failed: {detail}")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(unpacked, target)
+
+
+def load_real_testset() -> list[Utterance]:
+    """The 10 real transcribed recordings of Debian's ``pocketsphinx-testdata``.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Five LibriVox "Sense and Sensibility" sentences and five "cards" commands, 16 kHz, 34 s
+    in all: only enough to check a model on real speech. The package is fetched once with
+    ``apt-get download`` and unpacked with ``dpkg -x`` (no root needed) into
+    ``<cache>/corpora/pocketsphinx/``.
+
+    Returns:
+        Ten utterances with ``split="real"`` and ``source="pocketsphinx"``.
+
+    Raises:
+        CompanionError: apt-get/dpkg are missing or the download fails.
+    """
+    target = cache_subdir("corpora") / "pocketsphinx"
+    data = target / _POCKETSPHINX_DATA
+    complete = all((data / sub / trans).is_file() for sub, trans, _ in _POCKETSPHINX_SETS)
+    if not complete:
+        _extract_pocketsphinx(target)
+    utts: list[Utterance] = []
+    for sub, trans_name, voice in _POCKETSPHINX_SETS:
+        trans = data / sub / trans_name
+        for number, line in enumerate(trans.read_text().splitlines(), start=1):
+            match = _SPHINX_LINE.match(line.strip())
+            if not match:
+                continue
+            wav = data / sub / f"{match['id']}.wav"
+            text = " ".join(match["text"].split())
+            if not wav.is_file() or not text:
+                _warn(f"skipped {trans}:{number}: missing audio {wav} or empty text")
+                continue
+            utts.append(
+                Utterance(
+                    id=f"{sub}-{match['id']}",
+                    audio=str(wav),
+                    text=text,
+                    duration=audio_duration(wav),
+                    voice=voice,
+                    split="real",
+                    source="pocketsphinx",
+                )
+            )
+    if not utts:
+        raise CompanionError(
+            f"no utterances found in {data}: delete {target} and run again"
+        )
+    return utts

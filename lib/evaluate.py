@@ -1,0 +1,144 @@
+"""Decoding and scoring: batched greedy decoding, WER/CER after the Whisper normaliser.
+
+Scores follow the paper: greedy decoding, then Whisper's English text normaliser on both
+sides, then word and character error rates with jiwer. Every score is saved with the
+per-utterance hypotheses beside it and with its provenance; a test set cut to N utterances
+is labelled a quick run in the file and on the page.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jiwer
+from tqdm.auto import tqdm
+
+from lib.errors import CompanionError
+from lib.features import FeatureSet
+from lib.results import load_json, provenance, save_json, save_jsonl
+from lib.speechllm import SpeechLLM
+
+
+@functools.lru_cache(maxsize=1)
+def english_normalizer() -> Callable[[str], str]:
+    """Whisper's English text normaliser, with its British-to-American spelling table.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    from lib.assets import ensure_model
+
+    mapping = json.loads((ensure_model("whisper-normalizer") / "english.json").read_text())
+    return EnglishTextNormalizer(mapping)
+
+
+def score_asr(refs: Sequence[str], hyps: Sequence[str],
+              normalize: bool = True) -> dict[str, Any]:
+    """Corpus WER and CER (fractions, not %) with the error counts.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Raises:
+        CompanionError: lengths differ, nothing to score, or a reference normalises to
+            nothing (an empty transcript cannot be scored).
+    """
+    if len(refs) != len(hyps):
+        raise CompanionError(f"{len(refs)} references but {len(hyps)} hypotheses: "
+                             "score matching lists")
+    if not refs:
+        raise CompanionError("nothing to score: the test set is empty")
+    norm = english_normalizer() if normalize else (lambda s: " ".join(s.split()))
+    r = [norm(x) for x in refs]
+    h = [norm(x) for x in hyps]
+    empty = [i for i, x in enumerate(r) if not x.strip()]
+    if empty:
+        raise CompanionError(f"reference {empty[0]} ({refs[empty[0]]!r}) is empty after "
+                             "normalisation: drop utterances without words")
+    words = jiwer.process_words(r, h)
+    chars = jiwer.process_characters(r, h)
+    n_ref = sum(len(x.split()) for x in r)
+    return {
+        "wer": words.wer, "cer": chars.cer, "n_utterances": len(r), "n_ref_words": n_ref,
+        "substitutions": words.substitutions, "deletions": words.deletions,
+        "insertions": words.insertions,
+    }
+
+
+@functools.lru_cache(maxsize=4096)
+def _norm_words(s: str) -> str:
+    return english_normalizer()(s)
+
+
+def utterance_wer(ref: str, hyp: str) -> float:
+    """WER of one utterance after normalisation (for the per-utterance table)."""
+    r, h = _norm_words(ref), _norm_words(hyp)
+    return jiwer.wer(r, h) if r.strip() else float("nan")
+
+
+def transcribe(model: SpeechLLM, data: FeatureSet, batch_size: int = 16,
+               max_new_tokens: int = 64, desc: str = "decoding") -> list[str]:
+    """Greedy transcripts of every utterance in ``data`` (in order).
+
+    Batches are formed longest-first so padding stays small.
+    """
+    order = sorted(range(len(data)), key=lambda i: -data.feats[i].shape[0])
+    hyps: list[str] = [""] * len(data)
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc,
+                      total=-(-len(order) // batch_size)):
+        idx = order[start:start + batch_size]
+        feats, lengths, _ = data.batch(idx)
+        for i, text in zip(idx, model.generate(feats, lengths, max_new_tokens)):
+            hyps[i] = text
+    return hyps
+
+
+def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
+                 batch_size: int = 16, max_new_tokens: int = 64,
+                 max_utterances: int | None = None, config: Any = None,
+                 reuse: bool = True) -> dict[str, Any]:
+    """Decode and score one test set; save ``<name>.json`` and ``<name>.hyps.jsonl``.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Args:
+        model: the SpeechLLM to evaluate.
+        data: cached features of the test set.
+        out_dir: the run's folder (keyed by config).
+        name: test-set label, e.g. ``"synthetic:test"``.
+        max_utterances: cut the set to its first N (the result says it is a quick run).
+        config: stored with the score for provenance.
+        reuse: return an existing score for the same (run, test set, cut) instead.
+    """
+    subset = data.subset(max_utterances)
+    slug = name.replace(":", "-").replace("/", "_")
+    suffix = f".first{max_utterances}" if subset is not data else ""
+    path = Path(out_dir) / f"eval-{slug}{suffix}.json"
+    if reuse and path.is_file():
+        print(f"{name}: cached score reused ({path.name})")
+        return load_json(path)
+    t0 = time.perf_counter()
+    hyps = transcribe(model, subset, batch_size, max_new_tokens, desc=f"decoding {name}")
+    wall = time.perf_counter() - t0
+    refs = [u.text for u in subset.utterances]
+    score = score_asr(refs, hyps)
+    rows = [{"id": u.id, "voice": u.voice, "ref": u.text, "hyp": h,
+             "wer": utterance_wer(u.text, h)} for u, h in zip(subset.utterances, hyps)]
+    hyp_path = save_jsonl(path.with_suffix(".hyps.jsonl"), rows)
+    record = {
+        "test_set": name, **score,
+        "quick_run": subset is not data,
+        "n_available": len(data),
+        "decode_utterances_per_s": round(len(subset) / max(wall, 1e-9), 3),
+        "hypotheses": hyp_path.name,
+        "provenance": provenance(config, wall_time_s=wall),
+    }
+    save_json(path, record)
+    return record

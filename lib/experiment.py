@@ -1,0 +1,126 @@
+"""Chapter-level steps shared by the chapters: features, train-or-reuse, evaluate.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lib.config import Chapter1Config, ModelConfig, config_hash, resolve_device
+from lib.evaluate import evaluate_asr
+from lib.features import FeatureSet, extract_features
+from lib.paths import cache_subdir
+from lib.sources import load_source
+from lib.speechllm import SpeechLLM, build_encoder, build_speechllm, count_parameters
+from lib.train import TrainRun, train_speechllm
+
+
+@dataclass
+class ModelRun:
+    """One trained SpeechLLM with its training record and test scores."""
+
+    config: ModelConfig
+    model: SpeechLLM
+    train: TrainRun
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    parameters: dict[str, int] = field(default_factory=dict)
+
+
+def slug(name: str) -> str:
+    """A file-name-safe short form of a model name or path."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", Path(name.rstrip("/")).name or name).strip("-")
+
+
+def run_dir(mc: ModelConfig, cfg: Chapter1Config) -> Path:
+    """The cache folder of one training run, keyed by everything that changes its result."""
+    key = config_hash({"model": mc, "train": cfg.train, "train_data": cfg.train_data,
+                       "corpus": cfg.corpus if cfg.train_data.startswith("synthetic") else None})
+    return cache_subdir("runs") / f"{slug(mc.decoder)}-{key}"
+
+
+def prepare_features(cfg: Chapter1Config) -> tuple[FeatureSet, dict[str, FeatureSet]]:
+    """Load the data sources and encode them once with the (frozen) encoder.
+
+    Returns:
+        ``(train_features, {test_source_name: features})``.
+    """
+    device = resolve_device(cfg.device)
+    encoder = build_encoder(cfg.models[0].encoder).to(device)
+    train = extract_features(encoder, load_source(cfg.train_data, cfg.corpus),
+                             desc=f"features {cfg.train_data}")
+    tests = {name: extract_features(encoder, load_source(name, cfg.corpus),
+                                    desc=f"features {name}")
+             for name in cfg.test_data}
+    return train, tests
+
+
+def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
+                       tests: dict[str, FeatureSet]) -> ModelRun:
+    """Build one SpeechLLM, train it (or reuse the finished run), score every test set."""
+    device = resolve_device(cfg.device)
+    model = build_speechllm(mc, device=device, seed=cfg.train.seed)
+    params = count_parameters(model)
+    out = run_dir(mc, cfg)
+    name = slug(mc.decoder)
+    tr = train_speechllm(model, train, cfg.train, out, run_config=cfg, desc=f"training {name}")
+    scores = {
+        test: evaluate_asr(model, fs, out, test, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                           cfg.eval.max_utterances, config=cfg)
+        for test, fs in tests.items()
+    }
+    return ModelRun(mc, model, tr, scores, params)
+
+
+def data_summary(train: FeatureSet, tests: dict[str, FeatureSet],
+                 train_name: str = "train") -> Any:
+    """Utterances, hours, voices and mean duration of each data set (a DataFrame)."""
+    import pandas as pd
+
+    rows = []
+    for name, fs in [(train_name, train), *tests.items()]:
+        durs = [u.duration for u in fs.utterances]
+        rows.append({"set": name, "utterances": len(fs), "hours": sum(durs) / 3600,
+                     "mean duration (s)": sum(durs) / len(durs),
+                     "voices": len({u.voice for u in fs.utterances}),
+                     "sources": ", ".join(sorted({u.source for u in fs.utterances}))})
+    return pd.DataFrame(rows)
+
+
+def training_log(runs: dict[str, ModelRun]) -> Any:
+    """All runs' training logs in one long DataFrame (model, step, loss, lr, elapsed_s)."""
+    import pandas as pd
+
+    return pd.concat([pd.DataFrame(r.train.log).assign(model=slug(name))
+                      for name, r in runs.items()], ignore_index=True)
+
+
+def score_table(runs: dict[str, ModelRun]) -> Any:
+    """WER/CER per model and test set, with utterance counts and the quick-run label."""
+    import pandas as pd
+
+    rows = []
+    for name, r in runs.items():
+        for test, s in r.scores.items():
+            rows.append({"model": slug(name), "test set": test, "wer": s["wer"],
+                         "cer": s["cer"], "utterances": s["n_utterances"],
+                         "quick run": s["quick_run"]})
+    return pd.DataFrame(rows)
+
+
+def examples_table(runs: dict[str, ModelRun], test: str, n: int = 5) -> Any:
+    """Reference and each model's hypothesis for the first ``n`` utterances of ``test``."""
+    import pandas as pd
+
+    table: dict[str, list[str]] = {}
+    for name, r in runs.items():
+        rec = r.scores[test]
+        hyp_file = r.train.run_dir / rec["hypotheses"]
+        rows = [json.loads(x) for x in hyp_file.read_text().splitlines()][:n]
+        table.setdefault("reference", [x["ref"] for x in rows])
+        table[slug(name)] = [x["hyp"] for x in rows]
+    return pd.DataFrame(table)

@@ -1,0 +1,101 @@
+"""Frozen-encoder features, computed once per (encoder, utterance set) and cached.
+
+The paper keeps the speech encoder frozen, so its output for an utterance never changes:
+training and evaluation read cached features instead of re-running the encoder every step.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from lib.data import Utterance, read_audio
+from lib.errors import CompanionError
+from lib.paths import cache_subdir
+from lib.speechllm import SpeechEncoder
+
+
+@dataclass
+class FeatureSet:
+    """Encoder features of a list of utterances, in the order given.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+
+    utterances: list[Utterance]
+    feats: list[torch.Tensor]  # [T_i, D] float16 each
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Padded float32 features ``[B, T, D]``, lengths and transcripts of ``indices``."""
+        items = [self.feats[i] for i in indices]
+        lengths = torch.tensor([x.shape[0] for x in items])
+        out = torch.zeros(len(items), int(lengths.max()), items[0].shape[1])
+        for j, x in enumerate(items):
+            out[j, : x.shape[0]] = x.float()
+        return out, lengths, [self.utterances[i].text for i in indices]
+
+    def subset(self, n: int | None) -> "FeatureSet":
+        """The first ``n`` utterances (all when ``n`` is None)."""
+        if n is None or n >= len(self):
+            return self
+        return FeatureSet(self.utterances[:n], self.feats[:n])
+
+
+def _set_key(encoder: SpeechEncoder, utts: Sequence[Utterance]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([encoder.name, encoder.kind, encoder.hidden_size]).encode())
+    for u in utts:
+        st = os.stat(u.audio) if os.path.exists(u.audio) else None
+        h.update(f"{u.id}|{u.audio}|{st.st_size if st else -1}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_size: int = 16,
+                     desc: str = "encoder features", use_cache: bool = True) -> FeatureSet:
+    """Run the frozen encoder over ``utts`` (longest first, batched) or load the cache.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Args:
+        encoder: the speech encoder.
+        utts: utterances to encode.
+        batch_size: clips per encoder forward.
+        desc: progress-bar label.
+        use_cache: read/write ``<cache>/features/<key>.safetensors``.
+    """
+    utts = list(utts)
+    if not utts:
+        raise CompanionError(f"{desc}: no utterances to encode; check the data source")
+    path = cache_subdir("features") / f"{_set_key(encoder, utts)}.safetensors"
+    if use_cache and path.is_file():
+        tensors = load_file(str(path))
+        print(f"{desc}: cached ({len(utts)} utterances, {path.name})")
+        return FeatureSet(utts, [tensors[str(i)] for i in range(len(utts))])
+    order = sorted(range(len(utts)), key=lambda i: -utts[i].duration)
+    feats: list[torch.Tensor | None] = [None] * len(utts)
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc=desc,
+                          total=-(-len(order) // batch_size)):
+            idx = order[start:start + batch_size]
+            waves = [read_audio(utts[i].audio) for i in idx]
+            out, lengths = encoder(waves)
+            for j, i in enumerate(idx):
+                feats[i] = out[j, : int(lengths[j])].to(torch.float16).cpu().clone()
+    if use_cache:
+        tmp = path.with_suffix(".tmp")
+        save_file({str(i): f for i, f in enumerate(feats)}, str(tmp))
+        os.replace(tmp, path)
+    return FeatureSet(utts, feats)  # type: ignore[arg-type]

@@ -1,0 +1,26 @@
+"""Where the companion keeps what it builds: assets, corpora, features and runs.
+
+Everything lives under one cache folder, ``$COMPANION_CACHE`` or ``<repo>/.cache``, so a
+fresh clone starts clean and ``rm -rf .cache`` resets it. Nothing in it is tracked by git.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """Root of the cache (created on first use)."""
+    root = Path(os.environ.get("COMPANION_CACHE", REPO_ROOT / ".cache")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def cache_subdir(*parts: str) -> Path:
+    """A folder inside the cache, e.g. ``cache_subdir("models", "whisper-base")``."""
+    path = cache_dir().joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,213 @@
+"""Training the projector and the decoder's LoRA adapters, resumably.
+
+AdamW, linear warm-up then linear decay, gradient accumulation, bf16 autocast on a GPU
+(through ``accelerate``, so the same code runs under ``accelerate launch`` / ``torchrun`` on
+several GPUs). Every ``checkpoint_every`` steps the trainable weights (safetensors), the
+optimiser and the scheduler are written atomically; a killed run restarts from the last
+checkpoint and ends with the same weights as an uninterrupted one (data order and dropout
+are seeded by step). A finished run is keyed by its config and reused.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from lib.config import TrainConfig, to_dict
+from lib.errors import CompanionError
+from lib.features import FeatureSet
+from lib.results import load_json, provenance, save_json
+from lib.speechllm import SpeechLLM
+
+
+@dataclass
+class TrainRun:
+    """What a training call produced.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+
+    run_dir: Path
+    log: list[dict[str, Any]]  # one row per optimiser step: step, loss, lr, elapsed_s
+    cached: bool  # True when a finished run with this config was reused
+    resumed_from: int | None  # step of the checkpoint a killed run restarted from
+    finished: bool  # False when stopped early on purpose (``stop_after``)
+    result: dict[str, Any]  # the train_result.json record (with provenance)
+
+
+class _Order:
+    """Deterministic data order: a fresh permutation per epoch, sliced per process."""
+
+    def __init__(self, n: int, batch: int, seed: int, world: int, rank: int) -> None:
+        self.n, self.batch, self.seed, self.world, self.rank = n, batch, seed, world, rank
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return self._perms[epoch]
+
+    def micro_batch(self, k: int) -> list[int]:
+        """Indices of this process's share of the ``k``-th global micro-batch."""
+        gbs = self.batch * self.world
+        pos, out = k * gbs, []
+        while len(out) < gbs:
+            epoch, off = divmod(pos + len(out), self.n)
+            perm = self._perm(epoch)
+            out += perm[off: off + gbs - len(out)]
+        return out[self.rank * self.batch: (self.rank + 1) * self.batch]
+
+
+def _write_checkpoint(ckpt: Path, model: SpeechLLM, optimizer: Any, scheduler: Any,
+                      step: int) -> None:
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(model.trainable_state_dict(), str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    old = ckpt.with_name(ckpt.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        os.replace(ckpt, old)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_log(path: Path, upto: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [r for r in rows if r["step"] <= upto]
+
+
+def train_speechllm(
+    model: SpeechLLM,
+    train_set: FeatureSet,
+    cfg: TrainConfig,
+    run_dir: Path,
+    run_config: Any = None,
+    stop_after: int | None = None,
+    desc: str = "training",
+) -> TrainRun:
+    """Train ``model``'s trainable parameters on ``train_set``; reuse or resume ``run_dir``.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Args:
+        model: a SpeechLLM whose trainable parameters are the projector and LoRA.
+        train_set: cached encoder features with transcripts.
+        cfg: optimisation settings.
+        run_dir: where checkpoints, the log and the final weights live (keyed by config).
+        run_config: the full config, stored with the result for provenance.
+        stop_after: stop (as if killed) after this many steps in this call: for tests
+            and for splitting a long run into sessions.
+        desc: progress-bar label.
+    """
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    run_dir = Path(run_dir)
+    final = run_dir / "final" / "trainable.safetensors"
+    result_path = run_dir / "train_result.json"
+    if final.is_file() and result_path.is_file():
+        model.load_trainable_state_dict(load_file(str(final)))
+        print(f"{desc}: cached run reused ({run_dir.name}); delete it to retrain")
+        result = load_json(result_path)
+        return TrainRun(run_dir, _read_log(run_dir / "train_log.jsonl", cfg.steps), True,
+                        None, True, result)
+    if len(train_set) == 0:
+        raise CompanionError(f"{desc}: the training set is empty; check train_data")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    cuda = torch.cuda.is_available() and model.device.type == "cuda"
+    acc = Accelerator(mixed_precision="bf16" if cuda else "no",
+                      cpu=not cuda, gradient_accumulation_steps=cfg.grad_accum)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise CompanionError(f"{desc}: the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+
+    ckpt = run_dir / "checkpoint"
+    start, resumed = 0, None
+    if (ckpt / "state.json").is_file():
+        start = json.loads((ckpt / "state.json").read_text())["step"]
+        model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
+        states = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(states["optimizer"])
+        scheduler.load_state_dict(states["scheduler"])
+        resumed = start
+        print(f"{desc}: resuming from the checkpoint at step {start}/{cfg.steps}")
+    log_path = run_dir / "train_log.jsonl"
+    log = _read_log(log_path, start)
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
+
+    ddp_model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    order = _Order(len(train_set), cfg.batch_size, cfg.seed, acc.num_processes,
+                   acc.process_index)
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    ddp_model.train()
+    t0 = time.perf_counter()
+    elapsed0 = log[-1]["elapsed_s"] if log else 0.0
+    bar = tqdm(range(start, end), desc=desc, initial=0, total=end - start,
+               disable=not acc.is_main_process)
+    for step in bar:
+        torch.manual_seed(cfg.seed * 7919 + step)  # dropout identical after a resume
+        losses = []
+        for micro in range(cfg.grad_accum):
+            feats, lengths, texts = train_set.batch(order.micro_batch(step * cfg.grad_accum
+                                                                      + micro))
+            with acc.accumulate(ddp_model):
+                loss = ddp_model(feats, lengths, texts)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            losses.append(acc.gather(loss.detach()).float().mean().item())
+        row = {"step": step + 1, "loss": sum(losses) / len(losses),
+               "lr": scheduler.get_last_lr()[0],
+               "elapsed_s": round(elapsed0 + time.perf_counter() - t0, 3)}
+        log.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
+        if acc.is_main_process:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+                _write_checkpoint(ckpt, acc.unwrap_model(ddp_model), optimizer, scheduler,
+                                  step + 1)
+    ddp_model.eval()
+    wall = time.perf_counter() - t0
+    finished = end == cfg.steps
+    result: dict[str, Any] = {}
+    if finished and acc.is_main_process:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_suffix(".tmp")
+        save_file(acc.unwrap_model(ddp_model).trainable_state_dict(), str(tmp))
+        os.replace(tmp, final)
+        n_utts = cfg.steps * cfg.grad_accum * cfg.batch_size * acc.num_processes
+        total = log[-1]["elapsed_s"] if log else wall
+        result = {
+            "steps": cfg.steps, "final_loss": log[-1]["loss"] if log else None,
+            "train_utterances_seen": n_utts, "train_set_size": len(train_set),
+            "utterances_per_s": round(n_utts / max(total, 1e-9), 3),
+            "train_config": to_dict(cfg), "resumed_from": resumed,
+            "provenance": provenance(run_config, seed=cfg.seed, wall_time_s=total),
+        }
+        save_json(result_path, result)
+    return TrainRun(run_dir, log, False, resumed, finished, result)

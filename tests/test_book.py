@@ -1,0 +1,186 @@
+"""The book machinery: preset and parameter handling, failed chapters, and the built book.
+
+The ``book`` tests run every chapter with the ``tiny`` preset into ``_build/tiny`` and build
+the HTML with warnings as errors, once for the module. The others use a throwaway layout in
+a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from lib import book
+from lib.errors import CompanionError
+from lib.paths import REPO_ROOT
+
+# --------------------------------------------------------------------------- throwaway layout
+
+
+def _notebook(path: Path, parameters: str, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Py"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(body),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Path:
+    """``book/`` with two chapters and ``params/`` with one preset."""
+    _notebook(tmp_path / "book/01_first.ipynb", "steps = 1\nseed = 0", "print('steps', steps)")
+    _notebook(tmp_path / "book/02_second.ipynb", "seed = 0\nlr = 0.1", "print(seed, lr)")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params/tiny.yaml").write_text("steps: 5\nseed: 7\nonly_later: true\n")
+    return tmp_path
+
+
+# --------------------------------------------------------------------------- unit tests
+
+
+def test_parameters_are_filtered_per_chapter(layout: Path) -> None:
+    declared = {nb: book.declared_parameters(nb) for nb in book.list_chapters(layout)}
+    first, second = book.list_chapters(layout)
+    assert declared == {first: ["steps", "seed"], second: ["seed", "lr"]}
+
+    params = book.chapter_parameters(declared, book.load_preset("tiny", layout), {"lr": 0.5})
+
+    # Preset names no chapter declares (only_later) are dropped; an override reaches only
+    # the chapters that declare it.
+    assert params == {first: {"steps": 5, "seed": 7}, second: {"seed": 7, "lr": 0.5}}
+
+
+def test_unknown_override_lists_the_parameters(layout: Path) -> None:
+    with pytest.raises(CompanionError, match=r"unknown parameter stpes.*lr, seed, steps"):
+        book.run_chapters("tiny", overrides={"stpes": 3}, root=layout)
+
+
+def test_unknown_preset_lists_the_presets(layout: Path) -> None:
+    with pytest.raises(CompanionError, match=r"unknown preset 'huge'; presets: tiny"):
+        book.run_chapters("huge", root=layout)
+
+
+def test_unknown_chapter_lists_the_chapters(layout: Path) -> None:
+    with pytest.raises(CompanionError, match=r"unknown chapter '07'.*01_first, 02_second"):
+        book.run_chapters("tiny", chapters=["07"], root=layout)
+    assert book.select_chapters(["2"], layout) == [layout / "book/02_second.ipynb"]
+
+
+@pytest.mark.slow
+def test_failed_chapter_keeps_the_last_good_copy(layout: Path, capsys) -> None:
+    source = layout / "book/01_first.ipynb"
+    out = layout / "executed"
+
+    (good,) = book.run_chapters(
+        "tiny", chapters=["01"], overrides={"steps": 42}, out=out, root=layout
+    )
+    assert "steps 42" in json.dumps(nbformat.read(good, 4).cells[-1].outputs)
+    assert not any(c.get("outputs") for c in nbformat.read(source, 4).cells)  # source untouched
+    before = good.read_bytes()
+
+    _notebook(source, "steps = 1", "raise ValueError(f'bad\\nsteps {steps}')")
+    with pytest.raises(CompanionError) as err:
+        book.run_chapters("tiny", chapters=["01"], out=out, root=layout)
+
+    # Cell 3 is "In [3]" of the failed copy: parameters, papermill's injected cell, the raise.
+    assert str(err.value) == "chapter 01 failed in cell 3: ValueError: bad steps 5"
+    assert good.read_bytes() == before
+    assert (out / "01_first.failed.ipynb").is_file()
+    assert not (out / "01_first.running.ipynb").exists()
+
+
+# --------------------------------------------------------------------------- the real book
+
+
+class _Assets(HTMLParser):
+    """Scripts, stylesheets and images a page loads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "script" and a.get("src"):
+            self.scripts.append(a["src"])
+        elif tag == "link" and {"stylesheet", "preload"} & set(a.get("rel", "").split()):
+            self.styles.append(a.get("href", ""))
+        elif tag == "img":
+            self.images.append(a.get("src", ""))
+
+
+def _assets(page: Path) -> _Assets:
+    parser = _Assets()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser
+
+
+def _toc() -> tuple[str, list[str]]:
+    """The root page and the chapter pages of ``_toc.yml``, as HTML paths."""
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    return f"{toc['root']}.html", [f"{e['file']}.html" for e in toc.get("chapters", [])]
+
+
+@pytest.fixture(scope="module")
+def built() -> tuple[list[Path], Path]:
+    """Every chapter run with the tiny preset into _build/tiny, then the book built."""
+    executed = book.run_chapters("tiny")
+    return executed, book.build_book("tiny")
+
+
+@pytest.mark.book
+def test_every_chapter_runs_cleanly_and_draws(built) -> None:
+    executed, _ = built
+    assert [p.name for p in executed] == [p.name for p in book.list_chapters()]
+    for path in executed:
+        outputs = [o for c in nbformat.read(path, 4).cells for o in c.get("outputs", [])]
+        errors = [o for o in outputs if o.output_type == "error"]
+        assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
+        images = [o for o in outputs if any(k.startswith("image/") for k in o.get("data", {}))]
+        assert images, f"{path.name} draws no figure"
+
+
+@pytest.mark.book
+def test_the_book_is_complete_and_offline(built) -> None:
+    _, index = built
+    html = index.parent
+    assert index.is_file()
+    assert (html / "search.html").is_file() and (html / "searchindex.js").is_file()
+
+    root, chapters = _toc()
+    pages = {
+        p.relative_to(html).as_posix()
+        for p in html.rglob("*.html")
+        if not p.relative_to(html).parts[0].startswith("_")
+    }
+    # Sphinx's own pages, plus jupyter-book's redirect from index.html to the root page.
+    assert pages - {"index.html", "genindex.html", "search.html"} == {root, *chapters}
+
+    remote = re.compile(r"^(https?:)?//")
+    for name in sorted(pages):
+        text = (html / name).read_text(encoding="utf-8")
+        found = _assets(html / name)
+        assert not [s for s in found.scripts + found.styles if remote.match(s)], name
+        if 'class="math' in text:
+            assert any("_static/mathjax/" in s for s in found.scripts), f"{name}: no MathJax"
+    assert list((html / "_static/mathjax").glob("tex-chtml*.js")), "MathJax is not local"
+
+    for name in chapters:
+        page = html / name
+        # Rendered from the executed copy (papermill's cell), not from the output-free source.
+        assert "tag_injected-parameters" in page.read_text(encoding="utf-8"), name
+        images = [s for s in _assets(page).images if "_images/" in s]
+        assert images, f"{name} shows no figure"
+        assert all((page.parent / s).resolve().is_file() for s in images), name

@@ -1,0 +1,49 @@
+"""Scoring against hand-counted errors and jiwer on known strings."""
+
+from __future__ import annotations
+
+import jiwer
+import pytest
+
+from lib.errors import CompanionError
+from lib.evaluate import english_normalizer, score_asr, utterance_wer
+
+
+def test_wer_counts_by_hand():
+    # ref 6 words; hyp: "sat"->"sit" (1 substitution), "the" before mat deleted (1 deletion)
+    s = score_asr(["the cat sat on the mat"], ["the cat sit on mat"], normalize=False)
+    assert s["wer"] == pytest.approx(2 / 6)
+    assert (s["substitutions"], s["deletions"], s["insertions"]) == (1, 1, 0)
+    assert s["n_ref_words"] == 6
+
+
+def test_corpus_wer_is_pooled_not_averaged():
+    refs, hyps = ["a b c d", "e f"], ["a b c d", "x y"]
+    s = score_asr(refs, hyps, normalize=False)
+    assert s["wer"] == pytest.approx(2 / 6)  # pooled; the mean of per-utterance WERs is 0.5
+    assert s["wer"] == pytest.approx(jiwer.wer(refs, hyps))
+
+
+def test_whisper_normaliser_removes_case_punctuation_and_spelling():
+    norm = english_normalizer()
+    assert norm("Mr. Smith's colour, isn't it?") == norm("mister smith's color is not it")
+    assert score_asr(["He said: \"Hello, World!\""], ["he said hello world"])["wer"] == 0.0
+
+
+def test_cer():
+    s = score_asr(["abcd"], ["abed"], normalize=False)
+    assert s["cer"] == pytest.approx(1 / 4)
+
+
+def test_utterance_wer():
+    assert utterance_wer("the cat sat", "the cat") == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("refs,hyps,match", [
+    (["a"], ["a", "b"], "1 references but 2"),
+    ([], [], "empty"),
+    (["   ", "a b"], ["x", "a b"], "empty after normalisation"),
+])
+def test_bad_inputs_are_one_line_errors(refs, hyps, match):
+    with pytest.raises(CompanionError, match=match):
+        score_asr(refs, hyps)
