@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from lib.config import load_preset
 from lib.errors import CompanionError
 from lib.paths import REPO_ROOT
 
@@ -94,27 +95,6 @@ def _same_number(key: str, chapter: Path) -> bool:
 # --------------------------------------------------------------------------- parameters
 
 
-def load_preset(preset: str, root: Path = REPO_ROOT) -> dict[str, Any]:
-    """The parameters of a preset: ``params/<preset>.yaml``, or a path to a YAML file.
-
-    Raises:
-        CompanionError: the preset does not exist or is not a flat mapping.
-    """
-    path = Path(preset)
-    if path.suffix not in (".yaml", ".yml"):
-        path = root / "params" / f"{preset}.yaml"
-    if not path.is_file():
-        names = ", ".join(p.stem for p in sorted((root / "params").glob("*.yaml")))
-        raise CompanionError(
-            f"unknown preset {preset!r}; presets: {names or '(none)'}"
-            " (or give the path of a .yaml file)"
-        )
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise CompanionError(f"{path} must hold NAME: VALUE lines, not {type(values).__name__}")
-    return values
-
-
 def declared_parameters(notebook: Path) -> list[str]:
     """Names in the notebook's cell tagged ``parameters`` (what papermill can set)."""
     import papermill
@@ -167,7 +147,8 @@ def _kernel_environment() -> Iterator[None]:
     paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     os.environ.pop("MPLBACKEND", None)  # Agg here would drop every figure from the pages
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast, no 25 s retries
+    # Progress bars are for people watching a kernel; in executed pages they are noise.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
         yield

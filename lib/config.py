@@ -22,9 +22,6 @@ from lib.corpus import CorpusSpec
 from lib.errors import CompanionError
 from lib.paths import REPO_ROOT
 
-PARAMS_DIR = REPO_ROOT / "params"
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """One SpeechLLM: which encoder, projector and decoder, and the LoRA on the decoder."""
@@ -100,24 +97,28 @@ def config_hash(obj: Any, length: int = 12) -> str:
 # ----------------------------------------------------------------------------------------
 
 
-def preset_names() -> list[str]:
+def preset_names(root: Path = REPO_ROOT) -> list[str]:
     """The presets shipped in ``params/``."""
-    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in (root / "params").glob("*.yaml"))
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    """Read a preset (a name in ``params/`` or a path to a YAML file) as a dict."""
+def load_preset(name: str, root: Path = REPO_ROOT) -> dict[str, Any]:
+    """Read a preset (a name in ``<root>/params/`` or a path to a YAML file) as a dict.
+
+    Raises:
+        CompanionError: the preset does not exist or is not a mapping.
+    """
     path = Path(name)
     if path.suffix not in {".yaml", ".yml"}:
-        path = PARAMS_DIR / f"{name}.yaml"
+        path = root / "params" / f"{name}.yaml"
     if not path.is_file():
         raise CompanionError(
-            f"unknown preset '{name}': use one of {', '.join(preset_names())} "
-            "or a path to a .yaml file"
+            f"unknown preset '{name}': use one of {', '.join(preset_names(root)) or '(none)'}"
+            " or a path to a .yaml file"
         )
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise CompanionError(f"preset {path} is not a mapping of parameter: value")
+        raise CompanionError(f"preset {path} must hold NAME: VALUE lines")
     return data
 
 
@@ -207,8 +208,8 @@ def chapter1_config(**params: Any) -> Chapter1Config:
     evalc = EvalConfig(batch_size=_pos_int(params, "eval_batch_size"),
                        max_new_tokens=_pos_int(params, "max_new_tokens"),
                        max_utterances=max_utt)
-    corpus = CorpusSpec(n_train=_pos_int(params, "n_train"), n_test=_pos_int(params, "n_test"),
-                        seed=train.seed)
+    # The corpus is a fixed data set: its own seed (0), not the training seed.
+    corpus = CorpusSpec(n_train=_pos_int(params, "n_train"), n_test=_pos_int(params, "n_test"))
     device = params["device"]
     _check(device in {"auto", "cpu", "cuda"} or str(device).startswith("cuda:"), "device",
            device, "use auto, cpu, cuda or cuda:N")
@@ -222,10 +223,14 @@ def chapter1_config(**params: Any) -> Chapter1Config:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    import os
+
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CompanionError(f"device={device!r} but no GPU is visible: use device='cpu'")
     return device

@@ -30,6 +30,7 @@ import soundfile as sf
 import soxr
 
 from lib.errors import CompanionError
+from lib.results import atomic_write_text
 from lib.paths import cache_subdir
 
 SAMPLE_RATE = 16000
@@ -189,19 +190,6 @@ def audio_duration(path: str | os.PathLike[str]) -> float:
 # --------------------------------------------------------------------------- manifests
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(path: str | os.PathLike[str], utts: Iterable[Utterance]) -> Path:
     """Write utterances as a JSON Lines manifest, atomically.
 
@@ -229,7 +217,7 @@ def write_manifest(path: str | os.PathLike[str], utts: Iterable[Utterance]) -> P
             row["audio"] = str(audio)
         row["duration"] = round(float(utt.duration), 4)
         lines.append(json.dumps({k: row[k] for k in MANIFEST_KEYS}, ensure_ascii=False))
-    _atomic_write_text(manifest, "".join(line + "\n" for line in lines))
+    atomic_write_text(manifest, "".join(line + "\n" for line in lines))
     return manifest
 
 

@@ -60,8 +60,12 @@ def prepare_features(cfg: Chapter1Config) -> tuple[FeatureSet, dict[str, Feature
 
 
 def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
-                       tests: dict[str, FeatureSet]) -> ModelRun:
-    """Build one SpeechLLM, train it (or reuse the finished run), score every test set."""
+                       tests: dict[str, FeatureSet], evaluate: bool = True) -> ModelRun:
+    """Build one SpeechLLM, train it (or reuse the finished run), score every test set.
+
+    Args:
+        evaluate: score the test sets (only the main process does, under several GPUs).
+    """
     device = resolve_device(cfg.device)
     model = build_speechllm(mc, device=device, seed=cfg.train.seed)
     params = count_parameters(model)
@@ -72,7 +76,7 @@ def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
         test: evaluate_asr(model, fs, out, test, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                            cfg.eval.max_utterances, config=cfg)
         for test, fs in tests.items()
-    }
+    } if evaluate else {}
     return ModelRun(mc, model, tr, scores, params)
 
 
@@ -124,3 +128,54 @@ def examples_table(runs: dict[str, ModelRun], test: str, n: int = 5) -> Any:
         table.setdefault("reference", [x["ref"] for x in rows])
         table[slug(name)] = [x["hyp"] for x in rows]
     return pd.DataFrame(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train and evaluate every model of a preset from the command line.
+
+    The same steps as chapter 1, for long runs and for several GPUs::
+
+        python -m lib.experiment --preset default -p train_steps 600
+        accelerate launch -m lib.experiment --preset paper-qwen2.5-7b
+        torchrun --nproc_per_node 4 -m lib.experiment --preset paper-qwen2.5-7b
+
+    Results land in the same cache the chapter reads, so the chapter then reuses them.
+    """
+    import argparse
+
+    import yaml
+    from accelerate import PartialState
+
+    from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset
+    from lib.errors import CompanionError
+
+    ap = argparse.ArgumentParser(prog="python -m lib.experiment", description=main.__doc__)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    args = ap.parse_args(argv)
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU, nccl on GPUs
+    try:
+        preset = load_preset(args.preset)
+        params = {k: preset[k] for k in CHAPTER1_PARAMS if k in preset}
+        params.update({k: yaml.safe_load(v) for k, v in args.p})  # unknown names: error
+        cfg = chapter1_config(**params)
+        with state.main_process_first():  # features are computed once, then read
+            train, tests = prepare_features(cfg)
+        for mc in cfg.models:
+            run = train_and_evaluate(mc, cfg, train, tests, evaluate=state.is_main_process)
+            if state.is_main_process:
+                print(f"{slug(mc.decoder)}: trained on {state.num_processes} process(es) "
+                      f"-> {run.train.run_dir}")
+            for test, s in run.scores.items():
+                print(f"{slug(mc.decoder)} {test}: WER {100 * s['wer']:.2f} % "
+                      f"({s['n_utterances']} utterances)")
+    except CompanionError as err:
+        print(f"error: {err}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from lib.data import Utterance, read_audio
+from lib.data import DataWarning, Utterance, read_audio
 from lib.errors import CompanionError
 from lib.paths import cache_subdir
 from lib.speechllm import SpeechEncoder
@@ -82,20 +83,33 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
     path = cache_subdir("features") / f"{_set_key(encoder, utts)}.safetensors"
     if use_cache and path.is_file():
         tensors = load_file(str(path))
-        print(f"{desc}: cached ({len(utts)} utterances, {path.name})")
-        return FeatureSet(utts, [tensors[str(i)] for i in range(len(utts))])
+        kept = [i for i in range(len(utts)) if str(i) in tensors]
+        print(f"{desc}: cached ({len(kept)} utterances, {path.name})")
+        return FeatureSet([utts[i] for i in kept], [tensors[str(i)] for i in kept])
     order = sorted(range(len(utts)), key=lambda i: -utts[i].duration)
     feats: list[torch.Tensor | None] = [None] * len(utts)
     with torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc=desc,
                           total=-(-len(order) // batch_size)):
-            idx = order[start:start + batch_size]
-            waves = [read_audio(utts[i].audio) for i in idx]
+            idx, waves = [], []
+            for i in order[start:start + batch_size]:
+                try:
+                    waves.append(read_audio(utts[i].audio))
+                    idx.append(i)
+                except CompanionError as err:  # one bad file never sinks the set
+                    warnings.warn(f"{err} (utterance {utts[i].id} skipped)", DataWarning,
+                                  stacklevel=2)
+            if not idx:
+                continue
             out, lengths = encoder(waves)
             for j, i in enumerate(idx):
                 feats[i] = out[j, : int(lengths[j])].to(torch.float16).cpu().clone()
+    kept = [i for i, f in enumerate(feats) if f is not None]
+    if not kept:
+        raise CompanionError(f"{desc}: none of the {len(utts)} audio files could be read")
+    utts, feats = [utts[i] for i in kept], [feats[i] for i in kept]
     if use_cache:
         tmp = path.with_suffix(".tmp")
-        save_file({str(i): f for i, f in enumerate(feats)}, str(tmp))
+        save_file({str(i): f for i, f in zip(kept, feats)}, str(tmp))
         os.replace(tmp, path)
     return FeatureSet(utts, feats)  # type: ignore[arg-type]

@@ -21,8 +21,14 @@ def setup() -> None:
     A :class:`~lib.errors.CompanionError` raised in a cell prints as one line (and still
     fails the cell, so papermill stops the run).
     """
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
     from lib.plotting import set_style
 
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: noise on a page
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_style()
@@ -33,3 +39,16 @@ def setup() -> None:
     shell = get_ipython()
     if shell is not None:
         shell.set_custom_exc((CompanionError,), _show_one_line)
+
+
+def glue_values(**values: object) -> None:
+    """Glue numbers and strings for the prose (``{glue:text}`name:.1f```), not shown.
+
+    numpy scalars become plain Python numbers, which MyST can format.
+    """
+    from myst_nb import glue
+
+    for name, value in values.items():
+        if hasattr(value, "item"):  # numpy / torch scalar
+            value = value.item()
+        glue(name, value, display=False)

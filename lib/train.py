@@ -154,9 +154,12 @@ def train_speechllm(
         print(f"{desc}: resuming from the checkpoint at step {start}/{cfg.steps}")
     log_path = run_dir / "train_log.jsonl"
     log = _read_log(log_path, start)
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
+    if acc.is_main_process:  # drop log rows written after the checkpoint
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
 
-    ddp_model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    # The scheduler stays unprepared: accelerate would step it once per process, while
+    # cfg.steps counts global optimiser steps.
+    ddp_model, optimizer = acc.prepare(model, optimizer)
     order = _Order(len(train_set), cfg.batch_size, cfg.seed, acc.num_processes,
                    acc.process_index)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
@@ -177,7 +180,8 @@ def train_speechllm(
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(params, 1.0)
                 optimizer.step()
-                scheduler.step()
+                if acc.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad()
             losses.append(acc.gather(loss.detach()).float().mean().item())
         row = {"step": step + 1, "loss": sum(losses) / len(losses),

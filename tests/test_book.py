@@ -66,7 +66,7 @@ def test_unknown_override_lists_the_parameters(layout: Path) -> None:
 
 
 def test_unknown_preset_lists_the_presets(layout: Path) -> None:
-    with pytest.raises(CompanionError, match=r"unknown preset 'huge'; presets: tiny"):
+    with pytest.raises(CompanionError, match=r"unknown preset 'huge': use one of tiny"):
         book.run_chapters("huge", root=layout)
 
 

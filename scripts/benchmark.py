@@ -1,0 +1,145 @@
+"""Training and decoding throughput of SpeechLLMs, printed as a table (``make bench``).
+
+Measures, for each decoder, utterances per second for a training step (projector + LoRA,
+forward and backward, AdamW) and for batched greedy decoding with the KV cache, on inputs
+shaped like the corpus (a clip of ``--seconds`` seconds, ``--words`` words of target). On a
+GPU it runs in bf16 and also reports peak memory; ``--paper`` adds randomly initialised
+decoders with the paper's shapes (no download), which is how paper-scale speed is measured.
+
+Usage::
+
+    python scripts/benchmark.py                          # default offline decoders, CPU
+    python scripts/benchmark.py --device cuda --paper    # + Llama/Qwen shapes on a GPU
+    python scripts/benchmark.py --decoders tiny-llama --steps 2   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lib.assets import build_char_tokenizer  # noqa: E402
+from lib.config import ModelConfig, resolve_device  # noqa: E402
+from lib.errors import CompanionError  # noqa: E402
+from lib.model_configs import PAPER_DECODERS, make_config  # noqa: E402
+from lib.results import device_info  # noqa: E402
+from lib.speechllm import Projector, SpeechLLM, add_lora, build_speechllm  # noqa: E402
+
+TEXT = "samuel lay until the morning and opened the doors of the house of the lord today"
+
+
+def paper_model(hub_id: str, device: str, enc_dim: int = 1024) -> SpeechLLM:
+    """A SpeechLLM with a randomly initialised decoder of a paper model's shape."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    cfg = make_config(PAPER_DECODERS[hub_id])
+    with torch.device(device):
+        decoder = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    decoder.requires_grad_(False)
+    decoder = add_lora(decoder, 8, 16, 0.05, ("q_proj", "k_proj", "v_proj", "o_proj"))
+    tok = build_char_tokenizer()
+    model = SpeechLLM(None, Projector(enc_dim, cfg.hidden_size, 5, 2048), decoder, tok)
+    model.projector.to(device)
+    return model
+
+
+def measure(model: SpeechLLM, device: str, batch: int, seconds: float, words: int,
+            steps: int, new_tokens: int, enc_dim: int) -> dict[str, float]:
+    """Seconds per training step and per decode batch, after one warm-up each."""
+    cuda = device.startswith("cuda")
+    frames = int(seconds * 50)
+    feats = torch.randn(batch, frames, enc_dim, device=device)
+    lengths = torch.full((batch,), frames, device=device)
+    texts = [" ".join(TEXT.split()[:words])] * batch
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            loss = model(feats, lengths, texts)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    model.train()
+    step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    train_s = (time.perf_counter() - t0) / steps
+    train_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    model.eval()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        model.generate(feats, lengths, 4)
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        model.generate(feats, lengths, new_tokens)
+        sync()
+    decode_s = time.perf_counter() - t0
+    decode_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    return {"train_utt_s": batch / train_s, "train_step_s": train_s,
+            "decode_utt_s": batch / decode_s, "train_peak_gib": train_mem,
+            "decode_peak_gib": decode_mem}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--decoders", nargs="*", default=["smollm2-135m", "gemma3-270m"])
+    ap.add_argument("--encoder", default="whisper-base", help="sets the feature width")
+    ap.add_argument("--paper", action="store_true", help="add the paper's decoder shapes")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=3.1, help="clip length (corpus mean)")
+    ap.add_argument("--words", type=int, default=11)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--new-tokens", type=int, default=24)
+    args = ap.parse_args()
+    try:
+        device = resolve_device(args.device)
+        print(f"device: {device_info()}  threads: {torch.get_num_threads()}")
+        print(f"batch {args.batch} x {args.seconds:.1f} s clips, {args.words}-word targets, "
+              f"{args.steps} timed training steps, {args.new_tokens} new tokens decoded")
+        header = (f"{'decoder':28s} {'train utt/s':>11s} {'s/step':>7s} {'decode utt/s':>12s}"
+                  f" {'train GiB':>9s} {'decode GiB':>10s}")
+        print(header)
+        print("-" * len(header))
+        jobs = [(d, "offline") for d in args.decoders]
+        if args.paper:
+            jobs += [(h, "paper") for h in PAPER_DECODERS]
+        for name, kind in jobs:
+            torch.manual_seed(0)
+            if kind == "paper":
+                model, enc_dim = paper_model(name, device), 1024
+            else:
+                model = build_speechllm(ModelConfig(encoder=args.encoder, decoder=name),
+                                        device=device)
+                enc_dim = model.projector.net[0].in_features // model.projector.stack
+            r = measure(model, device, args.batch, args.seconds, args.words, args.steps,
+                        args.new_tokens, enc_dim)
+            print(f"{name:28s} {r['train_utt_s']:11.2f} {r['train_step_s']:7.2f} "
+                  f"{r['decode_utt_s']:12.2f} {r['train_peak_gib']:9.2f} "
+                  f"{r['decode_peak_gib']:10.2f}", flush=True)
+            del model
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    except CompanionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
