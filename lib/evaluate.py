@@ -142,3 +142,35 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
     }
     save_json(path, record)
     return record
+
+
+def audio_reliance(model: SpeechLLM, data: FeatureSet, n: int = 64,
+                   batch_size: int = 16) -> dict[str, float]:
+    """How much the decoder uses the audio: target loss with its own vs another's audio.
+
+    Each transcript is scored twice, once after its own audio and once after the audio of
+    the next utterance in the set. A model that ignores the audio (it predicts the text
+    from the language model alone) scores both the same; one that listens does much worse
+    with the wrong audio. Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Returns:
+        ``own_audio_loss`` and ``other_audio_loss`` (nats per target token, averaged over
+        batches weighted by utterances), and ``n_utterances``.
+    """
+    import torch
+
+    idx = list(range(min(n, len(data))))
+    if len(idx) < 2:
+        raise CompanionError("audio_reliance needs at least 2 utterances")
+    other = idx[1:] + idx[:1]
+    own_sum = other_sum = 0.0
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(idx), batch_size):
+            b, ob = idx[s:s + batch_size], other[s:s + batch_size]
+            feats, lengths, texts = data.batch(b)
+            o_feats, o_lengths, _ = data.batch(ob)
+            own_sum += model.loss(feats, lengths, texts).item() * len(b)
+            other_sum += model.loss(o_feats, o_lengths, texts).item() * len(b)
+    return {"own_audio_loss": own_sum / len(idx), "other_audio_loss": other_sum / len(idx),
+            "n_utterances": len(idx)}

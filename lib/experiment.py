@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.config import Chapter1Config, ModelConfig, config_hash, resolve_device
-from lib.evaluate import evaluate_asr
+from lib.evaluate import audio_reliance, evaluate_asr
 from lib.features import FeatureSet, extract_features
 from lib.paths import cache_subdir
 from lib.sources import load_source
@@ -129,6 +129,18 @@ def examples_table(runs: dict[str, ModelRun], test: str, n: int = 5) -> Any:
         table[slug(name)] = [x["hyp"] for x in rows]
     return pd.DataFrame(table)
 
+
+def reliance_table(runs: dict[str, ModelRun], data: FeatureSet, n: int = 64) -> Any:
+    """Per model: target loss with the right audio and with another utterance's audio."""
+    import pandas as pd
+
+    rows = []
+    for name, r in runs.items():
+        rel = audio_reliance(r.model, data, n=n)
+        rows.append({"model": slug(name), "loss, own audio": rel["own_audio_loss"],
+                     "loss, other audio": rel["other_audio_loss"],
+                     "utterances": rel["n_utterances"]})
+    return pd.DataFrame(rows)
 
 def main(argv: list[str] | None = None) -> int:
     """Train and evaluate every model of a preset from the command line.

@@ -47,3 +47,28 @@ def test_utterance_wer():
 def test_bad_inputs_are_one_line_errors(refs, hyps, match):
     with pytest.raises(CompanionError, match=match):
         score_asr(refs, hyps)
+
+
+def test_audio_reliance_is_zero_when_the_projector_is_silent():
+    """A projector that outputs zeros makes every audio look alike: no reliance."""
+    import torch
+
+    from lib.config import ModelConfig
+    from lib.data import Utterance
+    from lib.evaluate import audio_reliance
+    from lib.features import FeatureSet
+    from lib.speechllm import build_speechllm
+
+    model = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                        projector_hidden=16, lora_rank=0), seed=0)
+    g = torch.Generator().manual_seed(0)
+    utts = [Utterance(f"u{i}", "/x.wav", t, 1.0, "v", "test", "manifest")
+            for i, t in enumerate(["one two", "three four", "five"])]
+    data = FeatureSet(utts, [torch.randn(25, 64, generator=g).half() for _ in utts])
+    live = audio_reliance(model, data)
+    assert live["own_audio_loss"] != pytest.approx(live["other_audio_loss"], abs=1e-6)
+    with torch.no_grad():
+        for p in model.projector.parameters():
+            p.zero_()
+    silent = audio_reliance(model, data)
+    assert silent["own_audio_loss"] == pytest.approx(silent["other_audio_loss"], abs=1e-6)
