@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -161,6 +162,29 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+class _CellOutput(logging.Filter):
+    """Keep the chapters' own output lines; drop papermill's per-cell bookkeeping."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage().strip()
+        if msg.startswith("<") and msg.endswith(">"):  # reprs of figures, tables, audio
+            return False
+        return not msg.startswith(("Executing", "Ending Cell", "Input Notebook",
+                                   "Output Notebook", "Working directory"))
+
+
+def _show_cell_output() -> None:
+    """Print what the chapter prints while it runs (papermill logs it at INFO)."""
+    log = logging.getLogger("papermill")
+    if not any(isinstance(f, _CellOutput) for h in log.handlers for f in h.filters):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("    %(message)s"))
+        handler.addFilter(_CellOutput())
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def run_chapters(
     preset: str = "default",
     chapters: list[str] | None = None,
@@ -211,6 +235,7 @@ def run_chapters(
         start = time.perf_counter()
         try:
             with _kernel_environment():
+                _show_cell_output()
                 papermill.execute_notebook(
                     str(nb),
                     str(running),
@@ -218,7 +243,8 @@ def run_chapters(
                     kernel_name=KERNEL,
                     language="python",
                     cwd=str(nb.parent),
-                    progress_bar=True,
+                    progress_bar=False,
+                    log_output=True,  # the chapter's own lines (steps, checkpoints) live
                     # quiet the kernel's start-up chatter (a TCP warning on every start)
                     extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
                 )

@@ -166,8 +166,9 @@ def train_speechllm(
     ddp_model.train()
     t0 = time.perf_counter()
     elapsed0 = log[-1]["elapsed_s"] if log else 0.0
-    bar = tqdm(range(start, end), desc=desc, initial=0, total=end - start,
-               disable=not acc.is_main_process)
+    # ``disable`` only where needed: TQDM_DISABLE (set for book runs) fills the default.
+    quiet = {} if acc.is_main_process else {"disable": True}
+    bar = tqdm(range(start, end), desc=desc, total=end - start, **quiet)
     for step in bar:
         torch.manual_seed(cfg.seed * 7919 + step)  # dropout identical after a resume
         losses = []
@@ -195,6 +196,9 @@ def train_speechllm(
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
                 _write_checkpoint(ckpt, acc.unwrap_model(ddp_model), optimizer, scheduler,
                                   step + 1)
+                if bar.disable:  # no progress bar (e.g. a book run): say where we are
+                    print(f"{desc}: step {step + 1}/{cfg.steps}, loss {row['loss']:.3f}, "
+                          f"{row['elapsed_s']:.0f} s, checkpoint saved", flush=True)
     ddp_model.eval()
     wall = time.perf_counter() - t0
     finished = end == cfg.steps
