@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lib import notebook  # noqa: E402
 from lib.assets import build_char_tokenizer  # noqa: E402
 from lib.config import ModelConfig, resolve_device  # noqa: E402
 from lib.errors import CompanionError  # noqa: E402
@@ -51,7 +52,8 @@ def paper_model(hub_id: str, device: str, enc_dim: int = 1024) -> SpeechLLM:
 
 
 def measure(model: SpeechLLM, device: str, batch: int, seconds: float, words: int,
-            steps: int, new_tokens: int, enc_dim: int) -> dict[str, float]:
+            steps: int, new_tokens: int, enc_dim: int,
+            decode_batch: int = 32) -> dict[str, float]:
     """Seconds per training step and per decode batch, after one warm-up each."""
     cuda = device.startswith("cuda")
     frames = int(seconds * 50)
@@ -81,6 +83,8 @@ def measure(model: SpeechLLM, device: str, batch: int, seconds: float, words: in
     train_s = (time.perf_counter() - t0) / steps
     train_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     model.eval()
+    feats = torch.randn(decode_batch, frames, enc_dim, device=device)
+    lengths = torch.full((decode_batch,), frames, device=device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
         model.generate(feats, lengths, 4)
         sync()
@@ -92,7 +96,7 @@ def measure(model: SpeechLLM, device: str, batch: int, seconds: float, words: in
     decode_s = time.perf_counter() - t0
     decode_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     return {"train_utt_s": batch / train_s, "train_step_s": train_s,
-            "decode_utt_s": batch / decode_s, "train_peak_gib": train_mem,
+            "decode_utt_s": decode_batch / decode_s, "train_peak_gib": train_mem,
             "decode_peak_gib": decode_mem}
 
 
@@ -102,17 +106,20 @@ def main() -> None:
     ap.add_argument("--encoder", default="whisper-base", help="sets the feature width")
     ap.add_argument("--paper", action="store_true", help="add the paper's decoder shapes")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8, help="training batch")
+    ap.add_argument("--decode-batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=3.1, help="clip length (corpus mean)")
     ap.add_argument("--words", type=int, default=11)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=24)
     args = ap.parse_args()
+    notebook.setup()  # quiet transformers' loading bars and peft's deprecation notice
     try:
         device = resolve_device(args.device)
         print(f"device: {device_info()}  threads: {torch.get_num_threads()}")
-        print(f"batch {args.batch} x {args.seconds:.1f} s clips, {args.words}-word targets, "
-              f"{args.steps} timed training steps, {args.new_tokens} new tokens decoded")
+        print(f"training batch {args.batch}, decoding batch {args.decode_batch}; "
+              f"{args.seconds:.1f} s clips, {args.words}-word targets, {args.steps} timed "
+              f"steps, {args.new_tokens} new tokens decoded (no early eos)")
         header = (f"{'decoder':28s} {'train utt/s':>11s} {'s/step':>7s} {'decode utt/s':>12s}"
                   f" {'train GiB':>9s} {'decode GiB':>10s}")
         print(header)
@@ -129,10 +136,11 @@ def main() -> None:
                                         device=device)
                 enc_dim = model.projector.net[0].in_features // model.projector.stack
             r = measure(model, device, args.batch, args.seconds, args.words, args.steps,
-                        args.new_tokens, enc_dim)
+                        args.new_tokens, enc_dim, args.decode_batch)
+            mem = (f"{r['train_peak_gib']:9.2f} {r['decode_peak_gib']:10.2f}"
+                   if device.startswith("cuda") else f"{'n/a':>9s} {'n/a':>10s}")
             print(f"{name:28s} {r['train_utt_s']:11.2f} {r['train_step_s']:7.2f} "
-                  f"{r['decode_utt_s']:12.2f} {r['train_peak_gib']:9.2f} "
-                  f"{r['decode_peak_gib']:10.2f}", flush=True)
+                  f"{r['decode_utt_s']:12.2f} {mem}", flush=True)
             del model
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()

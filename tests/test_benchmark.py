@@ -1,0 +1,29 @@
+"""The benchmark script runs and prints one row per decoder (figures are not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from lib.paths import REPO_ROOT
+
+
+def test_benchmark_prints_a_row_per_decoder():
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--decoders",
+           "tiny-llama", "tiny-gemma", "--encoder", "tiny-whisper", "--steps", "1",
+           "--new-tokens", "2", "--decode-batch", "2", "--batch", "2", "--device", "cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines()
+            if line.startswith(("tiny-llama", "tiny-gemma"))]
+    assert [r[0] for r in rows] == ["tiny-llama", "tiny-gemma"]
+    assert all(float(r[1]) > 0 and float(r[3]) > 0 for r in rows)  # utt/s figures
+
+
+def test_benchmark_bad_device_is_one_line():
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--device", "cuda:7"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if out.returncode == 0:  # a machine with 8 GPUs: nothing to check
+        return
+    assert out.returncode == 1 and out.stderr.strip().count("\n") == 0
+    assert "no GPU is visible" in out.stderr or "cuda:7" in out.stderr
