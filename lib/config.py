@@ -221,6 +221,55 @@ def chapter1_config(**params: Any) -> Chapter1Config:
                           device=device)
 
 
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How redundancy is scored (chapter 2)."""
+
+    n_utterances: int = 64  # test utterances (and their transcripts) scored
+    batch_size: int = 8  # sequences per forward pass
+    ablation_block: int = 4  # block size n whose removal is checked directly
+    ablation_utterances: int = 32  # utterances per removal in that check
+
+
+@dataclass(frozen=True)
+class Chapter2Config:
+    """Chapter 2: the chapter 1 models (reused from the cache) and the scoring."""
+
+    base: Chapter1Config
+    score: ScoreConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+CHAPTER2_PARAMS = CHAPTER1_PARAMS + (
+    "n_score_utterances", "score_batch_size", "ablation_block", "ablation_utterances",
+)
+
+
+def chapter2_config(**params: Any) -> Chapter2Config:
+    """Build chapter 2's config: chapter 1's parameters plus the scoring ones.
+
+    Raises:
+        CompanionError: one line naming the first bad, unknown or missing parameter.
+    """
+    unknown = sorted(set(params) - set(CHAPTER2_PARAMS))
+    if unknown:
+        raise CompanionError(f"unknown parameter(s) {', '.join(unknown)}: chapter 2 takes "
+                             f"{', '.join(CHAPTER2_PARAMS)}")
+    missing = [k for k in CHAPTER2_PARAMS if k not in params]
+    if missing:
+        raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter 2")
+    base = chapter1_config(**{k: params[k] for k in CHAPTER1_PARAMS})
+    score = ScoreConfig(
+        n_utterances=_pos_int(params, "n_score_utterances"),
+        batch_size=_pos_int(params, "score_batch_size"),
+        ablation_block=_pos_int(params, "ablation_block"),
+        ablation_utterances=_pos_int(params, "ablation_utterances"),
+    )
+    return Chapter2Config(base=base, score=score)
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
     import os
@@ -238,5 +287,6 @@ def resolve_device(device: str) -> str:
 
 __all__ = [
     "ModelConfig", "TrainConfig", "EvalConfig", "Chapter1Config", "chapter1_config",
+    "ScoreConfig", "Chapter2Config", "chapter2_config", "CHAPTER2_PARAMS",
     "load_preset", "preset_names", "config_hash", "to_dict", "resolve_device",
 ]

@@ -70,3 +70,60 @@ def plot_wer(df: pd.DataFrame, ax: Any = None) -> Any:
     ax.set_ylabel("word error rate (%)")
     ax.set_xlabel("")
     return ax
+
+
+def plot_distance_heatmaps(results: dict[str, Any], metric: str = "distance_last",
+                           title: str = "") -> Any:
+    """Side-by-side heatmaps of d(l, n): start layer l on x, block size n on y.
+
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+
+    Args:
+        results: label -> a :class:`lib.redundancy.RedundancyResult`.
+        metric: ``"distance_last"`` or ``"distance_all"``.
+        title: figure title.
+    """
+    import numpy as np
+
+    mats = {k: getattr(r, metric)[:, 1:] for k, r in results.items()}  # drop n = 0
+    vmax = float(np.nanmax([np.nanmax(m) for m in mats.values()]))
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.6), squeeze=False)
+    for ax, (label, mat) in zip(axes[0], mats.items()):
+        n_layers = mat.shape[0] - 1
+        frame = pd.DataFrame(mat.T, index=range(1, mat.shape[1] + 1),
+                             columns=range(n_layers + 1))
+        sns.heatmap(frame, ax=ax, cmap="viridis", vmin=0, vmax=vmax, mask=frame.isna(),
+                    cbar_kws={"label": "angular distance d(l, n)"},
+                    xticklabels=max(1, n_layers // 6), yticklabels=max(1, n_layers // 6))
+        ax.invert_yaxis()
+        ax.set_xlabel("start layer l")
+        ax.set_ylabel("block size n (layers)")
+        ax.set_title(label, fontsize=10)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_block_profile(results: dict[str, Any], metric: str = "distance_last",
+                       ax: Any = None) -> Any:
+    """min over l of d(l, n) against n: how far the best block of n layers moves the state.
+
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+    """
+    import numpy as np
+
+    ax = ax or plt.subplots()[1]
+    rows = []
+    for label, r in results.items():
+        mat = getattr(r, metric)
+        for n in range(1, mat.shape[1]):
+            col = mat[:, n]
+            if np.isfinite(col).any():
+                rows.append({"input": label, "block size n": n,
+                             "min distance": float(np.nanmin(col))})
+    sns.lineplot(data=pd.DataFrame(rows), x="block size n", y="min distance", hue="input",
+                 marker="o", ax=ax)
+    ax.set_xlabel("block size n (layers removed)")
+    ax.set_ylabel("min over l of d(l, n)")
+    return ax
