@@ -142,6 +142,32 @@ def reliance_table(runs: dict[str, ModelRun], data: FeatureSet, n: int = 64) -> 
                      "utterances": rel["n_utterances"]})
     return pd.DataFrame(rows)
 
+def save_scores(results: dict[str, Any], run: ModelRun, config: Any) -> Path:
+    """Save each redundancy result (JSON) and one tidy CSV beside the run, with provenance.
+
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+
+    Args:
+        results: input label -> :class:`lib.redundancy.RedundancyResult`.
+        run: the trained SpeechLLM run the scores belong to (its folder is the destination).
+        config: stored with every file.
+
+    Returns:
+        The folder written, ``<run>/redundancy/``.
+    """
+    import pandas as pd
+
+    from lib.results import atomic_write_text, provenance
+
+    out = run.train.run_dir / "redundancy"
+    prov = provenance(config)
+    frames = []
+    for label, res in results.items():
+        res.save(out / f"{slug(label)}.json", prov)
+        frames.append(res.to_frame().assign(input=label))
+    atomic_write_text(out / "scores.csv", pd.concat(frames).to_csv(index=False))
+    return out
+
 def main(argv: list[str] | None = None) -> int:
     """Train and evaluate every model of a preset from the command line.
 

@@ -66,11 +66,12 @@ METRICS = ("angular_last", "angular_all", "block_influence", "cka")
 
 def _unit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-normalised float64 vectors and a mask of rows with a defined direction."""
-    x = x.double()
+    x = x.detach().to(torch.float64, copy=True)  # one copy; the caller's tensor is untouched
     norm = x.norm(dim=-1, keepdim=True)
     ok = (norm.squeeze(-1) > 0) & torch.isfinite(norm.squeeze(-1))
-    u = torch.where(ok.unsqueeze(-1), x / norm.clamp_min(1e-300), torch.zeros_like(x))
-    return u, ok
+    x.div_(norm.clamp_min(1e-300)).mul_(ok.unsqueeze(-1))  # in place: no second copy
+    x.nan_to_num_(0.0)
+    return x, ok
 
 
 def angular_distance(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,24 +329,27 @@ class RedundancyAccumulator:
         self.n_sequences += int(n_sequences)
         if self.cka_pairs:
             self._update_cka(tokens)
-        units = [_unit(t) for t in tokens]
-        last_index = last_index.to(tokens[0].device)
-        for l in range(big_l):
-            ua, oka = units[l]
-            for n in range(1, big_l - l + 1):
-                ub, okb = units[l + n]
-                cos = (ua * ub).sum(-1).clamp(-1.0, 1.0)
-                valid = oka & okb
-                d = torch.arccos(cos) / math.pi
-                self.sum_all[l, n] += float(d[valid].sum())
-                nv = int(valid.sum())
-                self.cnt_all[l, n] += nv
-                self.n_undefined += n_tok - nv
-                dl, vl = d[last_index], valid[last_index]
-                self.sum_last[l, n] += float(dl[vl].sum())
-                self.cnt_last[l, n] += int(vl.sum())
-                if n == 1:
-                    self.sum_cos1[l] += float(cos[valid].sum())
+        u, ok = _unit(torch.stack(tokens))  # [L+1, N, D] unit rows (float64), one copy
+        ok = ok.T  # [N, L+1]: the vector is non-zero and finite
+        # Every pair of states at once: cos[t, i, j] = cos(h_i, h_j) for token t.
+        cos = torch.einsum("itd,jtd->tij", u, u).clamp(-1.0, 1.0)
+        valid = ok[:, :, None] & ok[:, None, :]
+        dist = torch.where(valid, torch.arccos(cos) / math.pi, 0.0)
+        last = last_index.to(dist.device)
+        sums = {"all": dist.sum(0), "last": dist[last].sum(0)}
+        counts = {"all": valid.sum(0), "last": valid[last].sum(0)}
+        cos1 = torch.where(valid, cos, 0.0).sum(0)
+        # (i, j) with j > i is the block [l, l + n) with l = i, n = j - i.
+        ii, jj = np.triu_indices(big_l + 1, k=1)
+        nn_ = jj - ii
+        s_all, c_all = sums["all"].cpu().numpy(), counts["all"].cpu().numpy()
+        self.sum_all[ii, nn_] += s_all[ii, jj]
+        self.cnt_all[ii, nn_] += c_all[ii, jj]
+        self.sum_last[ii, nn_] += sums["last"].cpu().numpy()[ii, jj]
+        self.cnt_last[ii, nn_] += counts["last"].cpu().numpy()[ii, jj]
+        self.n_undefined += int((n_tok - c_all[ii, jj]).sum())
+        ls = np.arange(big_l)
+        self.sum_cos1 += cos1.cpu().numpy()[ls, ls + 1]
 
     def _update_cka(self, tokens: Sequence[torch.Tensor]) -> None:
         self._cka_n += int(tokens[0].shape[0])
