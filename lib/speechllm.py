@@ -476,8 +476,6 @@ def build_speechllm(cfg: "ModelConfig", device: str = "cpu", with_encoder: bool 
     """
     from transformers import AutoConfig
 
-    from lib.assets import resolve_model
-
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     if encoder is None and with_encoder:
         encoder = build_encoder(cfg.encoder)
