@@ -17,9 +17,10 @@ The loss covers only the target tokens (and the closing eos).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -439,6 +440,20 @@ def add_lora(decoder: nn.Module, rank: int, alpha: int, dropout: float,
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                      target_modules=list(target_modules), bias="none")
     return get_peft_model(decoder, cfg)
+
+
+@contextlib.contextmanager
+def pretrained_decoder(model: SpeechLLM) -> Iterator[SpeechLLM]:
+    """Inside the block, ``model``'s decoder runs as the pretrained LLM (LoRA switched off).
+
+    The same weights, device and dtype: no second copy of the decoder is loaded.
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+    """
+    if hasattr(model.decoder, "disable_adapter"):
+        with model.decoder.disable_adapter():
+            yield model
+    else:  # no adapters: the decoder is the pretrained LLM
+        yield model
 
 
 def count_parameters(model: SpeechLLM) -> dict[str, int]:

@@ -173,3 +173,27 @@ def test_bad_lora_target_is_named():
                      lora_rank=2, lora_targets=("nope_proj",))
     with pytest.raises(CompanionError, match="nope_proj"):
         build_speechllm(mc)
+
+
+def test_pretrained_decoder_is_the_llm_without_adapters():
+    """With LoRA switched off, the decoder computes exactly what the pretrained LLM does."""
+    from lib.speechllm import load_decoder, pretrained_decoder
+
+    m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                    projector_hidden=8, lora_rank=4), seed=0)
+    m.eval()  # no LoRA dropout
+    with torch.no_grad():  # make the adapters matter (lora_B starts at zero)
+        for name, p in m.decoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([[5, 9, 23, 41, 7]])
+    llm, _ = load_decoder("tiny-llama")
+    with torch.no_grad():
+        ref = llm(input_ids=ids).logits
+        adapted = m.decoder(input_ids=ids).logits
+        with pretrained_decoder(m) as base:
+            off = base.decoder(input_ids=ids).logits
+        again = m.decoder(input_ids=ids).logits
+    torch.testing.assert_close(off, ref)
+    assert not torch.allclose(adapted, ref)
+    torch.testing.assert_close(again, adapted)  # adapters back on after the block
