@@ -25,11 +25,11 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 export PYTHONPATH := $(CURDIR)
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help setup book chapter test bench clean distclean
+.PHONY: help setup book chapter test bench bench-scores clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET [PRESET=default|tiny|paper-...] [CH=01] [ARGS='-p NAME VALUE']"
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 setup: $(SETUP_STAMP) ## create .venv, install the pinned packages, prepare models and data
 
@@ -55,9 +55,11 @@ chapter: setup ## re-run one chapter: CH=01 PRESET=tiny ARGS='-p train_steps 50'
 test: setup ## run the tests (all chapters with preset tiny, then the book build)
 	$(PY) -m pytest -q $(ARGS)
 
-bench: setup ## run scripts/benchmark.py (speed and memory)
-	@if [ -f scripts/benchmark.py ]; then $(PY) scripts/benchmark.py $(ARGS); \
-	else echo "no scripts/benchmark.py yet"; fi
+bench: setup ## training and decoding speed and memory (scripts/benchmark.py)
+	$(PY) scripts/benchmark.py $(ARGS)
+
+bench-scores: setup ## cost of redundancy scoring (scripts/benchmark_scores.py, ~6 min)
+	$(PY) scripts/benchmark_scores.py $(ARGS)
 
 clean: ## remove _build (keeps the cache and .venv)
 	rm -rf _build

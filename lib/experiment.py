@@ -142,6 +142,35 @@ def reliance_table(runs: dict[str, ModelRun], data: FeatureSet, n: int = 64) -> 
                      "utterances": rel["n_utterances"]})
     return pd.DataFrame(rows)
 
+def training_change(model: SpeechLLM, pretrained_text: Any, trained_text: Any,
+                    speech: Any) -> dict[str, Any]:
+    """What LoRA training did to one decoder, with the text -> speech change for scale.
+
+    ``pretrained_text`` / ``trained_text`` / ``speech`` are :class:`RedundancyResult` of the
+    same utterances (the decoder with LoRA off and on, and speech through the SpeechLLM).
+    Returns one table row: number of adapted matrices, mean and max relative weight update
+    (%), mean and max ``|Δd|`` (last token) from training, mean ``|Δd|`` from text to
+    speech, and the spread of ``d`` (largest minus smallest cell) of the pretrained LLM.
+    Explained in chapter 2.
+    """
+    import numpy as np
+
+    from lib.redundancy import agreement
+    from lib.speechllm import lora_update_norms
+
+    upd = lora_update_norms(model)["relative_update"]
+    lora = agreement(pretrained_text, trained_text)
+    modal = agreement(trained_text, speech)
+    surf = pretrained_text.distance_last[:, 1:]
+    return {"adapted matrices": len(upd),
+            "update, mean (%)": 100 * float(upd.mean()) if len(upd) else 0.0,
+            "update, max (%)": 100 * float(upd.max()) if len(upd) else 0.0,
+            "|Δd| training, mean": lora["mean_abs_diff"],
+            "|Δd| training, max": lora["max_abs_diff"],
+            "|Δd| text → speech, mean": modal["mean_abs_diff"],
+            "spread of d": float(np.nanmax(surf) - np.nanmin(surf))}
+
+
 def save_scores(results: dict[str, Any], run: ModelRun, config: Any) -> Path:
     """Save each redundancy result (JSON) and one tidy CSV beside the run, with provenance.
 

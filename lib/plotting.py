@@ -72,6 +72,18 @@ def plot_wer(df: pd.DataFrame, ax: Any = None) -> Any:
     return ax
 
 
+def _block_heatmap(ax: Any, mat: Any, label: str, **heatmap_kw: Any) -> None:
+    """One ``[l, n]`` matrix (``n = 1..L`` columns) as a heatmap: l on x, n on y, NaN blank."""
+    n_layers = mat.shape[0] - 1
+    frame = pd.DataFrame(mat.T, index=range(1, mat.shape[1] + 1), columns=range(n_layers + 1))
+    sns.heatmap(frame, ax=ax, mask=frame.isna(), xticklabels=max(1, n_layers // 6),
+                yticklabels=max(1, n_layers // 6), **heatmap_kw)
+    ax.invert_yaxis()
+    ax.set_xlabel("start layer l")
+    ax.set_ylabel("block size n (layers)")
+    ax.set_title(label, fontsize=10)
+
+
 def plot_distance_heatmaps(results: dict[str, Any], metric: str = "distance_last",
                            title: str = "") -> Any:
     """Side-by-side heatmaps of d(l, n): start layer l on x, block size n on y.
@@ -89,16 +101,29 @@ def plot_distance_heatmaps(results: dict[str, Any], metric: str = "distance_last
     vmax = float(np.nanmax([np.nanmax(m) for m in mats.values()]))
     fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.6), squeeze=False)
     for ax, (label, mat) in zip(axes[0], mats.items()):
-        n_layers = mat.shape[0] - 1
-        frame = pd.DataFrame(mat.T, index=range(1, mat.shape[1] + 1),
-                             columns=range(n_layers + 1))
-        sns.heatmap(frame, ax=ax, cmap="viridis", vmin=0, vmax=vmax, mask=frame.isna(),
-                    cbar_kws={"label": "angular distance d(l, n)"},
-                    xticklabels=max(1, n_layers // 6), yticklabels=max(1, n_layers // 6))
-        ax.invert_yaxis()
-        ax.set_xlabel("start layer l")
-        ax.set_ylabel("block size n (layers)")
-        ax.set_title(label, fontsize=10)
+        _block_heatmap(ax, mat, label, cmap="viridis", vmin=0, vmax=vmax,
+                       cbar_kws={"label": "angular distance d(l, n)"})
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_distance_change(pairs: dict[str, tuple[Any, Any]], metric: str = "distance_last",
+                         title: str = "") -> Any:
+    """Heatmaps of ``d_b(l, n) - d_a(l, n)`` for each label -> ``(a, b)`` pair of results.
+
+    A diverging colour scale centred on 0, the same limits in every panel.
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+    """
+    import numpy as np
+
+    mats = {k: (getattr(b, metric) - getattr(a, metric))[:, 1:] for k, (a, b) in pairs.items()}
+    lim = float(np.nanmax([np.nanmax(np.abs(m)) for m in mats.values()])) or 1e-9
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.6 * len(mats), 3.6), squeeze=False)
+    for ax, (label, mat) in zip(axes[0], mats.items()):
+        _block_heatmap(ax, mat, label, cmap="vlag", center=0.0, vmin=-lim, vmax=lim,
+                       cbar_kws={"label": "change in d(l, n)"})
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -126,4 +151,28 @@ def plot_block_profile(results: dict[str, Any], metric: str = "distance_last",
                  marker="o", ax=ax)
     ax.set_xlabel("block size n (layers removed)")
     ax.set_ylabel("min over l of d(l, n)")
+    return ax
+
+
+def plot_ablation(ablation_df: pd.DataFrame, chosen: int | None = None, ax: Any = None,
+                  title: str = "") -> Any:
+    """Loss after removing each block ``[l, l+n)`` against ``l``; the full model dashed.
+
+    ``chosen`` marks the block the redundancy score picks.
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+    """
+    ax = ax or plt.subplots()[1]
+    blocks = ablation_df[ablation_df["start"] >= 0]
+    full = float(ablation_df.loc[ablation_df["start"] < 0, "loss"].iloc[0])
+    ax.plot(blocks["start"], blocks["loss"], marker="o", label="block removed")
+    ax.axhline(full, color="black", ls="--", lw=0.8, label="no layer removed")
+    if chosen is not None:
+        row = blocks[blocks["start"] == chosen]
+        ax.scatter(row["start"], row["loss"], s=140, facecolors="none", edgecolors="C3",
+                   linewidths=2, zorder=3, label="block the score picks")
+    ax.set_xlabel("first removed layer l (block [l, l+n))")
+    ax.set_ylabel("target loss after removal (nats)")
+    if title:
+        ax.set_title(title)
+    ax.legend()
     return ax

@@ -31,9 +31,12 @@ Conventions (tested in ``tests/test_redundancy.py``)
 * Degenerate tokens: where ``h_l`` or ``h_{l+n}`` is a zero (or non-finite) vector the cosine is
   undefined; that token is skipped for that ``(l, n)`` and counted in ``n_undefined``
   (comparisons over the ``"all"`` variant); no NaN is ever averaged in.
-* Streaming: every ``(l, n)`` comes from ONE forward pass per batch; per batch only the
-  counted tokens of the ``L + 1`` states are kept (float64, ``N_batch x d x (L+1)``), reduced to
-  sums and counts, then dropped.
+* Streaming: every ``(l, n)`` comes from ONE forward pass per batch. Per batch only the
+  counted tokens of the ``L + 1`` states are kept, in the model's dtype, in one
+  ``(L+1) x N_batch x d`` buffer that the hooks fill in place; they are reduced to sums and
+  counts in float64 chunks of ``chunk_tokens`` tokens, then dropped. All ``(l, n)`` pairs for
+  every token need all ``L + 1`` states of that token at once, so this buffer is the floor;
+  nothing is kept across batches and no ``N x N`` token matrix is built.
 """
 
 from __future__ import annotations
@@ -72,6 +75,27 @@ def _unit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x.div_(norm.clamp_min(1e-300)).mul_(ok.unsqueeze(-1))  # in place: no second copy
     x.nan_to_num_(0.0)
     return x, ok
+
+
+def _pair_cosines(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos[t, i, j] = cos(h_i, h_j)`` of token ``t`` for every pair of states, in float64.
+
+    ``block`` is ``[S, n, D]`` (``S`` states of ``n`` tokens). One float64 copy laid out
+    ``[n, S, D]``, one batched Gram matrix, then the Gram is divided by the norms: the
+    ``D``-sized work is a single matmul. Returns ``(cos, ok)`` where ``ok[t, i]`` says state
+    ``i`` of token ``t`` is a non-zero finite vector; ``cos`` is 0 (never NaN) wherever
+    either vector is not ok.
+    """
+    x = torch.empty(block.shape[1], block.shape[0], block.shape[2], dtype=torch.float64,
+                    device=block.device)
+    x.copy_(block.detach().transpose(0, 1))
+    gram = torch.bmm(x, x.transpose(1, 2))  # [n, S, S]
+    del x
+    sq = torch.diagonal(gram, dim1=1, dim2=2)  # squared norms
+    ok = (sq > 0) & torch.isfinite(sq)
+    inv = torch.where(ok, sq, 1.0).rsqrt() * ok
+    cos = (gram * inv[:, :, None] * inv[:, None, :]).nan_to_num_(0.0).clamp_(-1.0, 1.0)
+    return cos, ok
 
 
 def angular_distance(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,9 +301,12 @@ class RedundancyAccumulator:
     call :meth:`result` at the end.
     """
 
-    def __init__(self, n_layers: int, cka_pairs: Any = None) -> None:
+    def __init__(self, n_layers: int, cka_pairs: Any = None, chunk_tokens: int = 64) -> None:
         if n_layers < 1:
             raise CompanionError(f"n_layers={n_layers}: a decoder has at least one layer")
+        if chunk_tokens < 1:
+            raise CompanionError(f"chunk_tokens={chunk_tokens}: use a positive integer")
+        self.chunk_tokens = int(chunk_tokens)
         self.n_layers = big_l = n_layers
         self.sum_all = np.zeros((big_l + 1, big_l + 1))
         self.cnt_all = np.zeros((big_l + 1, big_l + 1), dtype=np.int64)
@@ -311,11 +338,15 @@ class RedundancyAccumulator:
         tokens = [s[counted] for s in states]
         self.update_tokens(tokens, _last_flat_index(counted), n_sequences=counted.shape[0])
 
-    def update_tokens(self, tokens: Sequence[torch.Tensor], last_index: torch.Tensor,
-                      n_sequences: int) -> None:
+    def update_tokens(self, tokens: Sequence[torch.Tensor] | torch.Tensor,
+                      last_index: torch.Tensor, n_sequences: int) -> None:
         """Add one batch of gathered counted tokens: ``L + 1`` tensors ``[N, D]``.
 
-        ``last_index`` selects, among the ``N`` rows, the last counted token of each sequence.
+        ``tokens`` is a list of ``L + 1`` tensors or one ``[L + 1, N, D]`` tensor, in any
+        floating dtype (the model's own is best: nothing is copied). ``last_index`` selects,
+        among the ``N`` rows, the last counted token of each sequence. The float64 work runs
+        on ``chunk_tokens`` tokens at a time, so the extra memory is the states themselves
+        plus one ``chunk_tokens x (L + 1) x D`` float64 block.
         """
         big_l = self.n_layers
         if len(tokens) != big_l + 1:
@@ -329,24 +360,35 @@ class RedundancyAccumulator:
         self.n_sequences += int(n_sequences)
         if self.cka_pairs:
             self._update_cka(tokens)
-        u, ok = _unit(torch.stack(tokens))  # [L+1, N, D] unit rows (float64), one copy
-        ok = ok.T  # [N, L+1]: the vector is non-zero and finite
-        # Every pair of states at once: cos[t, i, j] = cos(h_i, h_j) for token t.
-        cos = torch.einsum("itd,jtd->tij", u, u).clamp(-1.0, 1.0)
-        valid = ok[:, :, None] & ok[:, None, :]
-        dist = torch.where(valid, torch.arccos(cos) / math.pi, 0.0)
-        last = last_index.to(dist.device)
-        sums = {"all": dist.sum(0), "last": dist[last].sum(0)}
-        counts = {"all": valid.sum(0), "last": valid[last].sum(0)}
-        cos1 = torch.where(valid, cos, 0.0).sum(0)
+        is_last = torch.zeros(n_tok, dtype=torch.bool, device=tokens[0].device)
+        is_last[last_index.to(is_last.device)] = True
+        size = big_l + 1
+        s_all = torch.zeros(size, size, dtype=torch.float64, device=is_last.device)
+        s_last, cos1 = torch.zeros_like(s_all), torch.zeros_like(s_all)
+        c_all = torch.zeros(size, size, dtype=torch.int64, device=is_last.device)
+        c_last = torch.zeros_like(c_all)
+        stacked = tokens if isinstance(tokens, torch.Tensor) else None
+        for a in range(0, n_tok, self.chunk_tokens):
+            b = min(a + self.chunk_tokens, n_tok)
+            block = (stacked[:, a:b] if stacked is not None
+                     else torch.stack([t[a:b] for t in tokens]))
+            cos, ok = _pair_cosines(block)  # [n, L+1, L+1], [n, L+1]
+            valid = ok[:, :, None] & ok[:, None, :]
+            dist = torch.where(valid, torch.arccos(cos) / math.pi, 0.0)
+            last = is_last[a:b]
+            s_all += dist.sum(0)
+            c_all += valid.sum(0)
+            s_last += dist[last].sum(0)
+            c_last += valid[last].sum(0)
+            cos1 += torch.where(valid, cos, 0.0).sum(0)
         # (i, j) with j > i is the block [l, l + n) with l = i, n = j - i.
-        ii, jj = np.triu_indices(big_l + 1, k=1)
+        ii, jj = np.triu_indices(size, k=1)
         nn_ = jj - ii
-        s_all, c_all = sums["all"].cpu().numpy(), counts["all"].cpu().numpy()
+        s_all, c_all = s_all.cpu().numpy(), c_all.cpu().numpy()
         self.sum_all[ii, nn_] += s_all[ii, jj]
         self.cnt_all[ii, nn_] += c_all[ii, jj]
-        self.sum_last[ii, nn_] += sums["last"].cpu().numpy()[ii, jj]
-        self.cnt_last[ii, nn_] += counts["last"].cpu().numpy()[ii, jj]
+        self.sum_last[ii, nn_] += s_last.cpu().numpy()[ii, jj]
+        self.cnt_last[ii, nn_] += c_last.cpu().numpy()[ii, jj]
         self.n_undefined += int((n_tok - c_all[ii, jj]).sum())
         ls = np.arange(big_l)
         self.sum_cos1 += cos1.cpu().numpy()[ls, ls + 1]
@@ -420,16 +462,24 @@ def _first(x: Any) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def capture_hidden_states(decoder: nn.Module, transform: Any = None
+def capture_hidden_states(decoder: nn.Module, transform: Any = None, sink: Any = None
                           ) -> Iterator[dict[int, torch.Tensor]]:
     """Hooks that record ``h_0 .. h_L`` (see the module docstring) of the next forward passes.
 
     Yields a dict ``{l: tensor}`` refilled on every forward; ``transform`` (default: detach)
-    maps each ``[B, T, D]`` state to what is stored. Hooks are removed on exit.
+    maps each ``[B, T, D]`` state to what is stored. With ``sink``, ``sink(l, h)`` is called
+    instead and nothing is stored. Hooks are removed on exit.
     """
     layers = find_decoder_layers(decoder)
     store: dict[int, torch.Tensor] = {}
     fn = transform or (lambda h: h.detach())
+
+    def put(idx: int, h: torch.Tensor) -> None:
+        if sink is not None:
+            sink(idx, h)
+        else:
+            store[idx] = fn(h)
+
     handles = []
 
     def pre(idx: int):
@@ -438,11 +488,11 @@ def capture_hidden_states(decoder: nn.Module, transform: Any = None
             if h is None:
                 raise CompanionError(f"cannot read the input of decoder layer {idx} "
                                      f"({type(module).__name__}): no hidden_states argument")
-            store[idx] = fn(h)
+            put(idx, h)
         return hook
 
     def post(module, args, output):
-        store[len(layers)] = fn(_first(output))
+        put(len(layers), _first(output))
 
     try:
         for i, layer in enumerate(layers):
@@ -466,21 +516,36 @@ def _is_speechllm(x: Any) -> bool:
 
 def _score_batch(decoder: nn.Module, acc: RedundancyAccumulator, counted: torch.Tensor,
                  **forward_kwargs: Any) -> None:
-    """One forward pass; hooks gather the counted tokens of every state into ``acc``."""
+    """One forward pass; hooks copy the counted tokens of every state into one buffer.
+
+    The buffer is ``[L + 1, N, D]`` in the model's dtype (the only per-batch cost that grows
+    with ``L``); the accumulator then works through it in float64 chunks.
+    """
     counted = counted.bool()
     if not counted.any():
         raise CompanionError("a batch has no counted tokens (only padding, or no position of "
                              "the requested kind): check the inputs and `positions`")
-    with capture_hidden_states(decoder, transform=lambda h: h.detach()[counted].double()) as st:
+    big_l = acc.n_layers
+    flat = counted.reshape(-1).nonzero().squeeze(1)
+    buf: list[torch.Tensor] = []
+    seen: set[int] = set()
+
+    def gather(idx: int, h: torch.Tensor) -> None:
+        h = h.detach()
+        if not buf:
+            buf.append(torch.empty(big_l + 1, flat.numel(), h.shape[-1], dtype=h.dtype,
+                                   device=h.device))
+        torch.index_select(h.reshape(-1, h.shape[-1]), 0, flat.to(h.device), out=buf[0][idx])
+        seen.add(idx)
+
+    with capture_hidden_states(decoder, sink=gather):
         _body(decoder)(use_cache=False, **forward_kwargs)
-        big_l = acc.n_layers
-        missing = [l for l in range(big_l + 1) if l not in st]
-        if missing:
-            raise CompanionError(f"hidden states {missing} were not seen in the forward pass: "
-                                 "the decoder skipped some of its layers")
-        tokens = [st.pop(l) for l in range(big_l + 1)]
-    acc.update_tokens(tokens, _last_flat_index(counted), n_sequences=counted.shape[0])
-    del tokens
+    missing = [l for l in range(big_l + 1) if l not in seen]
+    if missing:
+        raise CompanionError(f"hidden states {missing} were not seen in the forward pass: "
+                             "the decoder skipped some of its layers")
+    acc.update_tokens(buf[0], _last_flat_index(counted), n_sequences=counted.shape[0])
+    buf.clear()
 
 
 # ----------------------------------------------------------------------------------------
@@ -611,7 +676,8 @@ def agreement(a: RedundancyResult, b: RedundancyResult, metric: str = "angular_l
               ) -> dict[str, Any]:
     """How alike two d(l, n) surfaces are (e.g. text vs speech inputs).
 
-    Returns a dict: ``spearman`` over the cells valid in both, ``n_cells``, ``overlap``
+    Returns a dict: ``spearman`` over the cells valid in both, ``n_cells``,
+    ``mean_abs_diff`` / ``max_abs_diff`` (of ``d`` over those cells), ``overlap``
     (per n: ``|[l*_a, l*_a+n) & [l*_b, l*_b+n)| / n``), ``mean_overlap``, and the chosen
     starts ``blocks_a`` / ``blocks_b``.
     """
@@ -628,9 +694,12 @@ def agreement(a: RedundancyResult, b: RedundancyResult, metric: str = "angular_l
         la, lb = ba[n], bb[n]
         inter = max(0, min(la + n, lb + n) - max(la, lb))
         overlap[int(n)] = inter / n
+    diff = np.abs(sa[ok] - sb[ok])
     return {
         "spearman": rho,
         "n_cells": int(ok.sum()),
+        "mean_abs_diff": float(diff.mean()) if diff.size else float("nan"),
+        "max_abs_diff": float(diff.max()) if diff.size else float("nan"),
         "overlap": overlap,
         "mean_overlap": float(np.mean(list(overlap.values()))) if overlap else float("nan"),
         "blocks_a": {int(k): int(v) for k, v in ba.items()},
@@ -775,3 +844,27 @@ def rank_agreement(ablation_df: pd.DataFrame, result: RedundancyResult, n: int,
     loss = rows["loss"].to_numpy(dtype=float)
     ok = np.isfinite(d) & np.isfinite(loss)
     return _spearman(d[ok], loss[ok])
+
+
+def ablation_summary(ablation_df: pd.DataFrame, result: RedundancyResult, n: int,
+                     metric: str = "angular_last") -> dict[str, Any]:
+    """How the block the score picks fares when it is actually removed.
+
+    Returns ``spearman`` (:func:`rank_agreement`), ``n_blocks``, the score's block
+    (``chosen_start``, its loss increase ``chosen_delta`` and ``chosen_rank``: 1 = the least
+    harmful removal of all candidates) and the least harmful block by removal
+    (``best_start``, ``best_delta``).
+    """
+    rho = rank_agreement(ablation_df, result, n, metric)
+    rows = ablation_df[(ablation_df["block_size"] == n) & (ablation_df["start"] >= 0)]
+    rows = rows.sort_values("delta", kind="stable").reset_index(drop=True)
+    best = result.best_blocks(metric).set_index("block_size")
+    if n not in best.index:
+        raise CompanionError(f"the scores have no valid block of size {n}")
+    chosen = int(best.loc[n, "start"])
+    hit = rows.index[rows["start"] == chosen]
+    if hit.empty:
+        raise CompanionError(f"the ablation table has no row for block [{chosen}, {chosen + n})")
+    return {"spearman": rho, "n_blocks": len(rows), "chosen_start": chosen,
+            "chosen_delta": float(rows.loc[hit[0], "delta"]), "chosen_rank": int(hit[0]) + 1,
+            "best_start": int(rows.loc[0, "start"]), "best_delta": float(rows.loc[0, "delta"])}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -454,6 +455,32 @@ def pretrained_decoder(model: SpeechLLM) -> Iterator[SpeechLLM]:
             yield model
     else:  # no adapters: the decoder is the pretrained LLM
         yield model
+
+
+def lora_update_norms(model: SpeechLLM) -> pd.DataFrame:
+    """How far training moved each LoRA-adapted weight: ``||scale * B A||_F / ||W||_F``.
+
+    One row per adapted linear layer: ``layer`` (decoder layer index, -1 if outside the
+    layers), ``module`` (e.g. ``q_proj``), ``relative_update``. Empty when the decoder has
+    no adapters. Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+    """
+    import re
+
+    rows = []
+    for name, mod in model.decoder.named_modules():
+        lora_a, lora_b = getattr(mod, "lora_A", None), getattr(mod, "lora_B", None)
+        base = getattr(mod, "base_layer", None)
+        if not isinstance(lora_a, nn.ModuleDict) or base is None:
+            continue
+        w = base.weight.detach().float()
+        for key in lora_a:
+            delta = (lora_b[key].weight.detach().float() @ lora_a[key].weight.detach().float()
+                     * float(mod.scaling[key]))
+            m = re.search(r"\.layers\.(\d+)\.", name)
+            rows.append({"layer": int(m.group(1)) if m else -1,
+                         "module": name.rsplit(".", 1)[-1],
+                         "relative_update": float(delta.norm() / w.norm())})
+    return pd.DataFrame(rows, columns=["layer", "module", "relative_update"])
 
 
 def count_parameters(model: SpeechLLM) -> dict[str, int]:

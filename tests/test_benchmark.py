@@ -27,3 +27,17 @@ def test_benchmark_bad_device_is_one_line():
         return
     assert out.returncode == 1 and out.stderr.strip().count("\n") == 0
     assert "no GPU is visible" in out.stderr or "cuda:7" in out.stderr
+
+
+def test_scoring_benchmark_prints_its_ratios():
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark_scores.py"), "--decoders",
+           "tiny-llama", "--texts", "6", "--batch", "3", "--repeats", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert "tiny-llama:" in text
+    for what in ("wall, bare vs streaming", "peak memory above the model",
+                 "whole-process peak", "common approach"):
+        line = next(l for l in text.splitlines() if what in l)
+        assert "/" in line or "x" in line
+    assert text.count("stream/bare") == 3 and "naive/stream wall" in text

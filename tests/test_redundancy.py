@@ -18,6 +18,7 @@ from lib.redundancy import (
     RedundancyAccumulator,
     RedundancyResult,
     ablation_losses,
+    ablation_summary,
     agreement,
     angular_distance,
     capture_hidden_states,
@@ -139,6 +140,39 @@ def test_accumulator_matches_slow_loop_padding_and_zero_vectors():
     assert res.n_sequences == 5
     assert np.isnan(res.distance_all[:, 0]).all() and np.isnan(res.distance_all[1, big_l])
     assert np.isfinite(res.distance_all[0, 1:]).all()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_accumulator_chunks_and_stacked_buffer_give_the_same_sums(chunk):
+    # 19 tokens in chunks of 1, 3 or 7 (the last chunk short), fed as a list and as one
+    # [L+1, N, D] buffer, in float32 and float64, against a single float64 block.
+    g = torch.Generator().manual_seed(4)
+    big_l, n_tok, d = 4, 19, 5
+    tokens = torch.randn(big_l + 1, n_tok, d, generator=g, dtype=torch.float64)
+    tokens[2, 5] = 0.0  # an undefined direction inside a chunk
+    last = torch.tensor([3, 11, 18])
+
+    def run(tok, ch):
+        acc = RedundancyAccumulator(big_l, chunk_tokens=ch)
+        acc.update_tokens(tok, last, n_sequences=3)
+        return acc.result("text", "all")
+
+    ref = run(list(tokens), 10_000)
+    for tok, atol in ((list(tokens), 1e-13), (tokens, 1e-13), (tokens.float(), 1e-6)):
+        res = run(tok, chunk)
+        np.testing.assert_allclose(res.distance_all, ref.distance_all, atol=atol,
+                                   equal_nan=True)
+        np.testing.assert_allclose(res.distance_last, ref.distance_last, atol=atol,
+                                   equal_nan=True)
+        np.testing.assert_allclose(res.bi, ref.bi, atol=atol)
+        np.testing.assert_array_equal(res.count_all, ref.count_all)
+        np.testing.assert_array_equal(res.count_last, ref.count_last)
+        assert res.n_undefined == ref.n_undefined == big_l
+
+
+def test_accumulator_rejects_bad_chunk_size():
+    with pytest.raises(CompanionError, match="chunk_tokens=0"):
+        RedundancyAccumulator(2, chunk_tokens=0)
 
 
 def test_accumulator_rejects_only_padding():
@@ -326,6 +360,10 @@ def test_result_frame_best_blocks_save_load_agreement(lm, tmp_path):
         la, lb = ag["blocks_a"][n], ag["blocks_b"][n]
         assert ov == len(set(range(la, la + n)) & set(range(lb, lb + n))) / n
     assert -1.0 <= ag["spearman"] <= 1.0
+    diff = np.abs(r.distance_all - other.distance_all)
+    assert ag["mean_abs_diff"] == pytest.approx(float(np.nanmean(diff)))
+    assert ag["max_abs_diff"] == pytest.approx(float(np.nanmax(diff)))
+    assert same["mean_abs_diff"] == same["max_abs_diff"] == 0.0
 
 
 # ---------------------------------------------------------------- ablation
@@ -430,3 +468,26 @@ def _other_depth():
     acc = RedundancyAccumulator(2)
     acc.update([torch.randn(1, 3, 4) for _ in range(3)], torch.ones(1, 3, dtype=torch.bool))
     return acc.result("text", "all")
+
+
+def test_ablation_summary_by_hand():
+    import pandas as pd
+
+    big_l, n = 5, 2
+    surf = np.full((big_l + 1, big_l + 1), np.nan)
+    surf[:, n] = [0.30, 0.10, 0.20, 0.40, np.nan, np.nan]  # the score picks l = 1
+    r = RedundancyResult(n_layers=big_l, distance_last=surf, distance_all=surf,
+                         bi=np.zeros(big_l), cka={}, n_tokens=1, n_sequences=1,
+                         n_undefined=0, input_kind="speech", positions="all")
+    loss = {0: 5.0, 1: 3.5, 2: 3.2, 3: 6.0}  # removal: l = 2 is least harmful, l = 1 second
+    df = pd.DataFrame([(-1, -1, 0, 3.0, 0.0, 10)] +
+                      [(l, l + n, n, v, v - 3.0, 10) for l, v in loss.items()],
+                      columns=["start", "end", "block_size", "loss", "delta", "n_tokens"])
+    s = ablation_summary(df, r, n)
+    assert s["chosen_start"] == 1 and s["chosen_rank"] == 2 and s["n_blocks"] == 4
+    assert s["chosen_delta"] == pytest.approx(0.5)
+    assert s["best_start"] == 2 and s["best_delta"] == pytest.approx(0.2)
+    # d order 1 < 2 < 0 < 3 against loss order 2 < 1 < 0 < 3: Spearman 1 - 6*2/(4*15) = 0.8
+    assert s["spearman"] == pytest.approx(0.8)
+    with pytest.raises(CompanionError, match="no rows for block size 3"):
+        ablation_summary(df, r, 3)

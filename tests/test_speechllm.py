@@ -197,3 +197,34 @@ def test_pretrained_decoder_is_the_llm_without_adapters():
     torch.testing.assert_close(off, ref)
     assert not torch.allclose(adapted, ref)
     torch.testing.assert_close(again, adapted)  # adapters back on after the block
+
+
+def test_lora_update_norms_against_the_output_change():
+    """||scale * B A||_F / ||W||_F, checked by feeding the identity through each adapted layer."""
+    from lib.speechllm import lora_update_norms, pretrained_decoder
+
+    m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                    projector_hidden=8, lora_rank=4), seed=0)
+    m.eval()
+    fresh = lora_update_norms(m)
+    n_layers = len(m.decoder_layers)
+    assert len(fresh) == 4 * n_layers and (fresh["relative_update"] == 0).all()  # B = 0
+    assert sorted(set(fresh["layer"])) == list(range(n_layers))
+    with torch.no_grad():
+        for name, p in m.decoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    got = lora_update_norms(m).set_index(["layer", "module"])["relative_update"]
+    for i, layer in enumerate(m.decoder_layers):
+        for mod in ("q_proj", "v_proj"):
+            lin = getattr(layer.self_attn, mod)
+            eye = torch.eye(lin.in_features)
+            with torch.no_grad():
+                on = lin(eye)
+                with pretrained_decoder(m):
+                    off = lin(eye)  # = W^T, with the adapter switched off
+            ref = float((on - off).norm() / off.norm())
+            assert got[(i, mod)] == pytest.approx(ref, rel=1e-5) and ref > 0
+    plain = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                        projector_hidden=8, lora_rank=0), seed=0)
+    assert lora_update_norms(plain).empty
