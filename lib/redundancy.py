@@ -67,16 +67,6 @@ METRICS = ("angular_last", "angular_all", "block_influence", "cka")
 # ----------------------------------------------------------------------------------------
 
 
-def _unit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-normalised float64 vectors and a mask of rows with a defined direction."""
-    x = x.detach().to(torch.float64, copy=True)  # one copy; the caller's tensor is untouched
-    norm = x.norm(dim=-1, keepdim=True)
-    ok = (norm.squeeze(-1) > 0) & torch.isfinite(norm.squeeze(-1))
-    x.div_(norm.clamp_min(1e-300)).mul_(ok.unsqueeze(-1))  # in place: no second copy
-    x.nan_to_num_(0.0)
-    return x, ok
-
-
 def _pair_cosines(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``cos[t, i, j] = cos(h_i, h_j)`` of token ``t`` for every pair of states, in float64.
 
@@ -109,12 +99,11 @@ def angular_distance(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
     if a.shape != b.shape:
         raise CompanionError(f"angular_distance got shapes {tuple(a.shape)} and {tuple(b.shape)}: "
                              "pass two tensors of the same shape")
-    ua, oka = _unit(a)
-    ub, okb = _unit(b)
-    cos = (ua * ub).sum(-1).clamp(-1.0, 1.0)
-    valid = oka & okb
-    d = torch.where(valid, torch.arccos(cos) / math.pi, torch.zeros_like(cos))
-    return d, valid
+    d_model = a.shape[-1]
+    cos, ok = _pair_cosines(torch.stack([a.reshape(-1, d_model), b.reshape(-1, d_model)]))
+    valid = ok.all(1)
+    d = torch.where(valid, torch.arccos(cos[:, 0, 1]) / math.pi, 0.0)
+    return d.reshape(a.shape[:-1]), valid.reshape(a.shape[:-1])
 
 
 # ----------------------------------------------------------------------------------------
@@ -462,23 +451,21 @@ def _first(x: Any) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def capture_hidden_states(decoder: nn.Module, transform: Any = None, sink: Any = None
+def capture_hidden_states(decoder: nn.Module, sink: Any = None
                           ) -> Iterator[dict[int, torch.Tensor]]:
     """Hooks that record ``h_0 .. h_L`` (see the module docstring) of the next forward passes.
 
-    Yields a dict ``{l: tensor}`` refilled on every forward; ``transform`` (default: detach)
-    maps each ``[B, T, D]`` state to what is stored. With ``sink``, ``sink(l, h)`` is called
-    instead and nothing is stored. Hooks are removed on exit.
+    Yields a dict ``{l: detached [B, T, D] state}`` refilled on every forward. With ``sink``,
+    ``sink(l, h)`` is called instead and nothing is stored. Hooks are removed on exit.
     """
     layers = find_decoder_layers(decoder)
     store: dict[int, torch.Tensor] = {}
-    fn = transform or (lambda h: h.detach())
 
     def put(idx: int, h: torch.Tensor) -> None:
         if sink is not None:
             sink(idx, h)
         else:
-            store[idx] = fn(h)
+            store[idx] = h.detach()
 
     handles = []
 

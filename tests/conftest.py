@@ -22,3 +22,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false)")
     for item in gpu_tests:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def random_features():
+    """A factory of small FeatureSets: random fp16 encoder features with short transcripts.
+
+    ``make(n, dim, seed, split, base, step)``: utterance ``i`` has ``base + step * i`` frames.
+    """
+    import torch
+
+    from lib.data import Utterance
+    from lib.features import FeatureSet
+
+    texts = ["one two three", "four five", "six seven eight nine", "ten", "red green",
+             "blue sky"]
+
+    def make(n: int = 5, dim: int = 64, seed: int = 0, split: str = "test", base: int = 12,
+             step: int = 7) -> FeatureSet:
+        g = torch.Generator().manual_seed(seed)
+        utts = [Utterance(id=f"u{i}", audio=f"/nonexistent/u{i}.wav",
+                          text=texts[i % len(texts)], duration=1.0, voice="v", split=split,
+                          source="manifest")
+                for i in range(n)]
+        feats = [torch.randn(base + step * i, dim, generator=g).half() for i in range(n)]
+        return FeatureSet(utts, feats)
+
+    return make

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from lib.config import ModelConfig
-from lib.data import Utterance
 from lib.errors import CompanionError
 from lib.features import FeatureSet
 from lib.redundancy import (
@@ -47,16 +46,6 @@ def speech_model():
     m = build_speechllm(mc, seed=0)
     m.eval()
     return m
-
-
-def _featureset(n=5, dim=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    texts = ["one two three", "four five", "six seven eight nine", "ten", "red green"]
-    utts = [Utterance(id=f"u{i}", audio=f"/nonexistent/u{i}.wav", text=texts[i % 5],
-                      duration=1.0, voice="v", split="test", source="manifest")
-            for i in range(n)]
-    feats = [torch.randn(12 + 7 * i, dim, generator=g).half() for i in range(n)]
-    return FeatureSet(utts, feats)
 
 
 # ---------------------------------------------------------------- angular distance
@@ -294,8 +283,8 @@ def test_cka_pairs_on_model(lm):
 # ---------------------------------------------------------------- speech inputs
 
 
-def test_score_speech_counts_positions(speech_model):
-    data = _featureset()
+def test_score_speech_counts_positions(speech_model, random_features):
+    data = random_features()
     counts = {"all": 0, "audio": 0, "text": 0}
     for s in range(0, len(data), 2):
         idx = list(range(s, min(s + 2, len(data))))
@@ -373,9 +362,10 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_ablation_matches_hand_pruned_model_and_restores(speech_model):
+def test_ablation_matches_hand_pruned_model_and_restores(speech_model,
+                                                        random_features):
     model = speech_model
-    data = _featureset()
+    data = random_features()
     feats, lengths, texts = data.batch(range(len(data)))
     before = _state(model)
     layers_before = find_decoder_layers(model.decoder)
@@ -435,7 +425,7 @@ def test_skip_block_restores_on_error(speech_model):
 # ---------------------------------------------------------------- errors
 
 
-def test_errors(lm, speech_model):
+def test_errors(lm, speech_model, random_features):
     model, tok = lm
     with pytest.raises(CompanionError, match="empty list"):
         score_text(model, tok, [])
@@ -446,14 +436,14 @@ def test_errors(lm, speech_model):
     with pytest.raises(CompanionError, match="Linear"):
         score_text(nn.Linear(3, 3), tok, ["ok"])
     with pytest.raises(CompanionError):
-        score_speech(nn.Linear(3, 3), _featureset())
+        score_speech(nn.Linear(3, 3), random_features())
     with pytest.raises(CompanionError, match="empty feature set"):
         score_speech(speech_model, FeatureSet([], []))
-    data = _featureset(2)
+    data = random_features(2)
     data.feats[1] = data.feats[1][:0]
     with pytest.raises(CompanionError, match="u1"):
         score_speech(speech_model, data)
-    full = _featureset(2)
+    full = random_features(2)
     for bad in (0, 4, 7):
         with pytest.raises(CompanionError, match="out of range"):
             ablation_losses(speech_model, full, bad)

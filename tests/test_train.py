@@ -10,22 +10,10 @@ import pytest
 import torch
 
 from lib.config import ModelConfig, TrainConfig
-from lib.data import Utterance
 from lib.errors import CompanionError
 from lib.features import FeatureSet
 from lib.speechllm import build_speechllm
 from lib.train import train_speechllm
-
-
-def _featureset(n=6, dim=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    texts = ["one two three", "four five", "six seven eight nine", "ten", "red green",
-             "blue sky"]
-    utts = [Utterance(id=f"u{i}", audio=f"/nonexistent/u{i}.wav", text=texts[i % 6],
-                      duration=1.0, voice="v", split="train", source="manifest")
-            for i in range(n)]
-    feats = [torch.randn(20 + 5 * i, dim, generator=g).half() for i in range(n)]
-    return FeatureSet(utts, feats)
 
 
 def _model():
@@ -34,8 +22,9 @@ def _model():
     return build_speechllm(mc, seed=0)
 
 
-def test_training_moves_only_trainable_weights_and_lowers_the_loss(tmp_path):
-    data = _featureset(4)
+def test_training_moves_only_trainable_weights_and_lowers_the_loss(tmp_path,
+                                                                   random_features):
+    data = random_features(4, split="train", base=20, step=5)
     model = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                         projector_hidden=64, lora_rank=16, lora_alpha=32),
                             seed=0)
@@ -54,8 +43,8 @@ def test_training_moves_only_trainable_weights_and_lowers_the_loss(tmp_path):
         assert changed == (k in trainable), k
 
 
-def test_killed_run_resumes_to_identical_weights(tmp_path):
-    data = _featureset(6)
+def test_killed_run_resumes_to_identical_weights(tmp_path, random_features):
+    data = random_features(6, split="train", base=20, step=5)
     cfg = TrainConfig(steps=6, batch_size=2, grad_accum=2, learning_rate=1e-3,
                       warmup_steps=1, checkpoint_every=2)
     straight = train_speechllm(_model(), data, cfg, tmp_path / "a")
@@ -77,8 +66,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)
 
 
-def test_finished_run_is_reused(tmp_path, capsys):
-    data = _featureset(4)
+def test_finished_run_is_reused(tmp_path, capsys, random_features):
+    data = random_features(4, split="train", base=20, step=5)
     cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=0, checkpoint_every=1)
     train_speechllm(_model(), data, cfg, tmp_path / "r")
     again = train_speechllm(_model(), data, cfg, tmp_path / "r")
@@ -91,8 +80,8 @@ def test_empty_training_set_is_an_error(tmp_path):
         train_speechllm(_model(), empty, TrainConfig(steps=1), tmp_path / "e")
 
 
-def test_checkpoint_from_another_config_is_refused(tmp_path):
-    data = _featureset(4)
+def test_checkpoint_from_another_config_is_refused(tmp_path, random_features):
+    data = random_features(4, split="train", base=20, step=5)
     cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=0, checkpoint_every=1)
     train_speechllm(_model(), data, cfg, tmp_path / "r", stop_after=1)
     other = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
