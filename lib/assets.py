@@ -914,7 +914,7 @@ def resolve_model(name_or_path: str) -> str:
 
     * an offline alias (``"smollm2-135m"``) -> its converted folder;
     * a tiny alias (``"tiny-llama"``) -> its folder;
-    * an existing local folder -> itself;
+    * a local folder holding a ``config.json`` -> itself;
     * a hub id (``"meta-llama/Llama-3.2-1B"``) -> itself, when it is in the local HF
       cache or the hub answers within a few seconds; otherwise a fast, clear error.
 
@@ -925,8 +925,8 @@ def resolve_model(name_or_path: str) -> str:
         A folder path or a hub id, as a string.
 
     Raises:
-        CompanionError: For an unknown alias, a missing folder, or a hub id that
-            cannot be reached.
+        CompanionError: For an unknown alias, a missing folder, a folder that is not a
+            checkpoint (no ``config.json``), or a hub id that cannot be reached.
     """
     name = str(name_or_path).strip()
     if name in OFFLINE_MODELS:
@@ -934,9 +934,15 @@ def resolve_model(name_or_path: str) -> str:
     if name in TINY_MODELS:
         return str(ensure_tiny(name))
     path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path)
     known = ", ".join([*OFFLINE_MODELS, *TINY_MODELS])
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CompanionError(
+                f"Model folder {name!r} is not a transformers checkpoint (it has no "
+                f"config.json): pass a folder written by save_pretrained, a hub id, or one "
+                f"of: {known}."
+            )
+        return str(path)
     looks_like_path = name.startswith((".", "/", "~")) or os.sep in name.strip("/")
     if not _HUB_ID.match(name):
         if looks_like_path:

@@ -24,13 +24,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lib.config import load_preset
+from lib.config import load_preset, name_hints, parameter_names, parse_parameters
 from lib.errors import CompanionError
 from lib.paths import REPO_ROOT
 
 KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadata names
+INJECTED = "injected-parameters"  # papermill's tag on the cell of values it injects
+ERROR_MARKER = "papermill-error-cell-tag"  # papermill's notes in a failed copy
 
 # Sphinx through jupyter-book's own entry point, so ``_config.yml`` means what it means for
 # ``jupyter-book build``; called here only to choose the output folder (``html/``).
@@ -62,6 +62,31 @@ def preset_dir(preset: str, root: Path = REPO_ROOT) -> Path:
     return root / "_build" / name
 
 
+def check_folder(path: Path, create: bool = False) -> Path:
+    """Make sure ``path`` is (or can become) a folder: no file stands in its way.
+
+    Args:
+        path: the folder, e.g. ``_build/<preset>/executed``.
+        create: create it (and its parents) when it does not exist.
+
+    Raises:
+        CompanionError: ``path`` or one of its parents is a file, or it cannot be created.
+    """
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise CompanionError(
+                f"{part} is a file, not a folder: move or delete it (the book writes "
+                f"{path} there), then run again"
+            )
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CompanionError(f"cannot create the folder {path}: {err.strerror}: check "
+                                 "its permissions and free space") from None
+    return path
+
+
 def list_chapters(root: Path = REPO_ROOT) -> list[Path]:
     """The chapter notebooks ``book/NN_*.ipynb``, in chapter order."""
     return sorted((root / "book").glob("[0-9][0-9]_*.ipynb"))
@@ -69,6 +94,9 @@ def list_chapters(root: Path = REPO_ROOT) -> list[Path]:
 
 def select_chapters(chapters: Sequence[str] | None, root: Path = REPO_ROOT) -> list[Path]:
     """Chapters named by their number (``01`` or ``1``) or name (``01_building...``).
+
+    A name may end in ``.ipynb`` and start with ``book/``; anything else must match a
+    chapter exactly (``2.5`` or ``01_build`` is refused, not rounded to a chapter).
 
     Raises:
         CompanionError: there are no chapters, or a name matches none of them.
@@ -80,17 +108,19 @@ def select_chapters(chapters: Sequence[str] | None, root: Path = REPO_ROOT) -> l
         return found
     picked: list[Path] = []
     for want in chapters:
-        key = Path(str(want)).stem
+        key = str(want).strip().removesuffix(".ipynb")
+        key = key.removeprefix("book/") if key.startswith("book/") else key
         hits = [p for p in found if key in (p.stem, p.stem[:2]) or _same_number(key, p)]
         if not hits:
             names = ", ".join(p.stem for p in found)
-            raise CompanionError(f"unknown chapter {want!r}; chapters: {names}")
+            raise CompanionError(f"unknown chapter {want!r}: give a chapter number (01 or 1) "
+                                 f"or name; chapters: {names}")
         picked += [p for p in hits if p not in picked]
     return sorted(picked)
 
 
 def _same_number(key: str, chapter: Path) -> bool:
-    return key.isdigit() and int(key) == int(chapter.stem[:2])
+    return key.isascii() and key.isdigit() and int(key) == int(chapter.stem[:2])
 
 
 # --------------------------------------------------------------------------- parameters
@@ -128,7 +158,7 @@ def chapter_parameters(
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise CompanionError(
-            f"unknown parameter {', '.join(unknown)}; the chapters take: "
+            f"unknown parameter {name_hints(unknown, known)}; the chapters take: "
             f"{', '.join(sorted(known)) or '(none)'}"
         )
     merged = {**preset, **overrides}
@@ -173,16 +203,132 @@ class _CellOutput(logging.Filter):
                                    "Output Notebook", "Working directory"))
 
 
+class _Stdout(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stdout`` is when a line arrives.
+
+    A plain ``StreamHandler(sys.stdout)`` keeps the stream of its first run: a later
+    :func:`main` with stdout redirected (tests, notebooks) would write to a closed stream.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _show_cell_output() -> None:
     """Print what the chapter prints while it runs (papermill logs it at INFO)."""
     log = logging.getLogger("papermill")
     if not any(isinstance(f, _CellOutput) for h in log.handlers for f in h.filters):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _Stdout()
         handler.setFormatter(logging.Formatter("    %(message)s"))
         handler.addFilter(_CellOutput())
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+def _tags(cell: Any) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _source_cell(executed: Path, index: int) -> int:
+    """Where cell ``index`` of papermill's run sits in the source notebook (from 1).
+
+    Papermill numbers the cells of its copy, which has its injected parameters cell (and,
+    after a failure, its error notes) on top of the source's cells.
+    """
+    import nbformat
+
+    try:
+        cells = [c for c in nbformat.read(executed, 4).cells if ERROR_MARKER not in _tags(c)]
+    except (OSError, ValueError):  # unreadable copy: assume the usual injected cell
+        return index
+    return index + 1 - sum(INJECTED in _tags(c) for c in cells[:index])
+
+
+def _show_parameters_once(executed: Path, note: str) -> None:
+    """Let the executed copy show its parameter values in one cell, marked as such.
+
+    Papermill keeps the source's ``parameters`` cell (the defaults, with comments that
+    explain them) and adds its ``injected-parameters`` cell below it. Here the injected
+    cell takes the source cell's text with the values it injected in place of the defaults,
+    under a first line saying so, and the source cell goes: the page lists each value once,
+    as it was in effect, and the cells keep the source notebook's numbering. Nothing changes
+    when nothing was injected. Only the copy's text changes: both cells ran.
+
+    Args:
+        executed: the executed notebook, rewritten in place.
+        note: what to say about the run, e.g. ``preset tiny``.
+    """
+    import nbformat
+
+    nb = nbformat.read(executed, 4)
+    injected = next((c for c in nb.cells if INJECTED in _tags(c)), None)
+    if injected is None:
+        return
+    defaults = next((c for c in nb.cells if "parameters" in _tags(c)), None)
+    lines = injected.source.splitlines()
+    if lines and lines[0].strip() == "# Parameters":  # papermill's own heading
+        lines = lines[1:]
+    head = f"# Parameters this page was run with ({note})"
+    merged = None if defaults is None else _with_values(defaults.source, injected.source)
+    if merged is not None:
+        nb.cells = [c for c in nb.cells if c is not defaults]
+        injected.source = f"{head}\n{merged}"
+    elif defaults is not None:
+        injected.source = "\n".join([f"{head}; the cell above has the defaults", *lines])
+    else:
+        injected.source = "\n".join([head, *lines])
+    nbformat.write(nb, executed)
+
+
+def _with_values(defaults: str, injected: str) -> str | None:
+    """``defaults`` (a parameters cell) with each value ``injected`` sets put in its place.
+
+    Comments and layout stay. Returns None when a cell is not plain ``name = value`` lines
+    or the injected cell sets a name the defaults do not.
+    """
+    import ast
+
+    def assignments(text: str) -> list[tuple[str, ast.expr]] | None:
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            return None
+        out = []
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign):
+                target, value = node.target, node.value
+            else:
+                return None
+            if value is None or not isinstance(target, ast.Name):
+                return None
+            out.append((target.id, value))
+        return out
+
+    old, new = assignments(defaults), assignments(injected)
+    if old is None or new is None:
+        return None
+    values = {name: ast.get_source_segment(injected, value) for name, value in new}
+    if not set(values) <= {name for name, _ in old}:
+        return None
+    # ast offsets count UTF-8 bytes within a line: edit the bytes, from the end.
+    raw = defaults.encode()
+    starts = [0]
+    for line in raw.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    for name, value in reversed(old):
+        if name in values:
+            a = starts[value.lineno - 1] + value.col_offset
+            b = starts[value.end_lineno - 1] + value.end_col_offset
+            raw = raw[:a] + values[name].encode() + raw[b:]
+    return raw.decode()
 
 
 def run_chapters(
@@ -197,8 +343,9 @@ def run_chapters(
 
     Each chapter gets the preset's values (and then ``overrides``) for the parameters it
     declares, runs with ``book/`` as working folder, and is written to
-    ``out/<name>.ipynb`` only when it finishes, so a failed run never replaces the last good
-    copy; the partial run is kept as ``out/<name>.failed.ipynb``.
+    ``out/<name>.ipynb`` only when it finishes, so a failed or interrupted run never
+    replaces the last good copy; the partial run is kept as ``out/<name>.failed.ipynb``.
+    The executed copy shows the values it ran with once, in papermill's injected cell.
 
     Args:
         preset: a name in ``params/`` (``tiny``, ``default``, ``paper-...``) or a YAML path.
@@ -211,24 +358,28 @@ def run_chapters(
         The executed notebooks, in chapter order.
 
     Raises:
-        CompanionError: unknown preset, chapter or parameter, or a chapter that failed.
+        CompanionError: unknown preset, chapter or parameter, a preset key no chapter
+            takes, a file where the output folder goes, or a chapter that failed (named
+            with its cell, counted from 1 as in the source notebook).
+        KeyboardInterrupt: Ctrl-C; its message says where the partial run was kept.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     notebooks = select_chapters(chapters, root)
-    values = load_preset(preset, root)
-    params = chapter_parameters(
-        {nb: declared_parameters(nb) for nb in notebooks}, values, overrides
-    )
+    declared = {nb: declared_parameters(nb) for nb in list_chapters(root)}
+    known = {*parameter_names(), *(n for names in declared.values() for n in names)}
+    values = load_preset(preset, root, known=known)
+    params = chapter_parameters({nb: declared[nb] for nb in notebooks}, values, overrides)
     out = Path(out) if out is not None else preset_dir(preset, root) / "executed"
-    out.mkdir(parents=True, exist_ok=True)
+    check_folder(out, create=True)
 
     done: list[Path] = []
     for nb in notebooks:
         target = out / nb.name
         running = out / f"{nb.stem}.running.ipynb"
         failed = out / f"{nb.stem}.failed.ipynb"
+        running.unlink(missing_ok=True)  # left by a run that was killed outright
         changed = [f"{k}={v!r}" for k, v in (overrides or {}).items() if k in params[nb]]
         shown = f"; {', '.join(changed)}" if changed else ""
         print(f"chapter {nb.stem} (preset {preset}{shown})", flush=True)
@@ -248,20 +399,30 @@ def run_chapters(
                     # quiet the kernel's start-up chatter (a TCP warning on every start)
                     extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
                 )
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(_interrupted(nb, running, failed, target)) from None
         except PapermillExecutionError as err:
+            if err.ename == "KeyboardInterrupt":  # Ctrl-C reached the kernel too
+                raise KeyboardInterrupt(_interrupted(nb, running, failed, target)) from None
+            cell = _source_cell(running, err.cell_index)
             running.replace(failed)
-            print(f"  partial run kept at {failed}", file=sys.stderr)
             raise CompanionError(
-                f"chapter {nb.stem[:2]} failed in cell {err.exec_count}: "
-                f"{err.ename}: {_one_line(err.evalue)}"
+                f"chapter {nb.stem[:2]} failed in cell {cell}: "
+                f"{err.ename}: {_one_line(err.evalue)} (partial run kept at {failed})"
             ) from None
         except Exception as err:  # kernel died, could not start, ...
+            kept = ""
             if running.exists():
                 running.replace(failed)
-                print(f"  partial run kept at {failed}", file=sys.stderr)
+                kept = f" (partial run kept at {failed})"
             raise CompanionError(
-                f"chapter {nb.stem[:2]} failed: {type(err).__name__}: {_one_line(err)}"
+                f"chapter {nb.stem[:2]} failed: {type(err).__name__}: {_one_line(err)}{kept}"
             ) from None
+        note = f"preset {preset}" + (f"; -p {', '.join(changed)}" if changed else "")
+        try:
+            _show_parameters_once(running, note)
+        except Exception as err:  # cosmetic: the run itself succeeded, keep papermill's copy
+            print(f"  note: parameters shown as papermill wrote them ({_one_line(err)})")
         running.replace(target)
         failed.unlink(missing_ok=True)
         print(f"  done in {time.perf_counter() - start:.1f} s -> {target}", flush=True)
@@ -269,20 +430,32 @@ def run_chapters(
     return done
 
 
+def _interrupted(nb: Path, running: Path, failed: Path, target: Path) -> str:
+    """Keep an interrupted run as ``failed``; the one line that says so."""
+    kept = "nothing was saved"
+    if running.exists():
+        running.replace(failed)
+        kept = f"partial run kept at {failed}"
+    last = (f"{target} is unchanged" if target.exists()
+            else "there is no earlier executed copy")
+    return f"interrupted: chapter {nb.stem[:2]} stopped; {kept}; {last}"
+
+
 # --------------------------------------------------------------------------- building
 
 
 def _stage(preset: str, root: Path) -> Path:
     """Copy the book's text and the executed chapters into ``_build/<preset>/src``."""
-    base = preset_dir(preset, root)
-    executed = base / "executed"
+    base = check_folder(preset_dir(preset, root))
+    executed = check_folder(base / "executed")
+    src = check_folder(base / "src")
+    check_folder(base / "html")
     missing = [nb.name for nb in list_chapters(root) if not (executed / nb.name).is_file()]
     if missing:
         raise CompanionError(
             f"not run yet for preset {preset!r}: {', '.join(missing)}; "
-            f"run: python -m lib.book run --preset {preset}"
+            f"run them first: make chapter PRESET={preset}"
         )
-    src = base / "src"
     shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(
         root / "book",
@@ -314,7 +487,8 @@ def build_book(preset: str = "default", *, root: Path = REPO_ROOT) -> Path:
         The built ``index.html``.
 
     Raises:
-        CompanionError: a chapter was not run yet, or Sphinx reported a warning.
+        CompanionError: a chapter was not run yet, a file stands where a folder of
+            ``_build/<preset>`` goes, or Sphinx reported a warning.
     """
     src = _stage(preset, root)
     html = preset_dir(preset, root) / "html"
@@ -361,19 +535,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+def main(argv: Sequence[str] | None = None, *, root: Path = REPO_ROOT) -> int:
+    """Command-line entry point; returns the exit status.
+
+    A problem is one line on stderr (``error: ...``) and status 1; Ctrl-C is one line
+    (``interrupted: ...``) and status 130, with the partial run kept and the last good copy
+    untouched.
+
+    Args:
+        argv: the arguments (``sys.argv[1:]`` when None).
+        root: the repository (``book/``, ``params/``, ``_build/``); for tests.
+    """
     args = _parser().parse_args(argv)
     try:
         if args.command in ("run", "all"):
-            overrides = {name: yaml.safe_load(value) for name, value in args.parameter}
-            run_chapters(args.preset, args.chapter, overrides)
+            overrides = parse_parameters(args.parameter)
+            run_chapters(args.preset, args.chapter, overrides, root=root)
         if args.command in ("build", "all"):
-            index = build_book(args.preset)
+            index = build_book(args.preset, root=root)
             print(f"open {index}")
     except CompanionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        print(_one_line(err) if str(err) else "interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -10,8 +10,14 @@ Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -102,11 +108,22 @@ def preset_names(root: Path = REPO_ROOT) -> list[str]:
     return sorted(p.stem for p in (root / "params").glob("*.yaml"))
 
 
-def load_preset(name: str, root: Path = REPO_ROOT) -> dict[str, Any]:
+def load_preset(name: str, root: Path = REPO_ROOT,
+                known: Collection[str] | None = None) -> dict[str, Any]:
     """Read a preset (a name in ``<root>/params/`` or a path to a YAML file) as a dict.
 
+    The whole file is checked: its YAML, that it is a mapping, and that every key is a
+    parameter of some chapter, so a misspelt name fails instead of being ignored.
+
+    Args:
+        name: a preset name (``tiny``) or the path of a ``.yaml`` file.
+        root: the folder holding ``params/``.
+        known: the valid parameter names; every chapter's (:func:`parameter_names`) by
+            default.
+
     Raises:
-        CompanionError: the preset does not exist or is not a mapping.
+        CompanionError: the preset does not exist, is not valid YAML, is not a mapping, or
+            names an unknown parameter.
     """
     path = Path(name)
     if path.suffix not in {".yaml", ".yml"}:
@@ -116,10 +133,124 @@ def load_preset(name: str, root: Path = REPO_ROOT) -> dict[str, Any]:
             f"unknown preset '{name}': use one of {', '.join(preset_names(root)) or '(none)'}"
             " or a path to a .yaml file"
         )
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
+    data = load_yaml(path.read_text(), f"preset {path}") or {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise CompanionError(f"preset {path} must hold NAME: VALUE lines")
+    known = parameter_names() if known is None else known
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise CompanionError(
+            f"unknown parameter {name_hints(unknown, known)} in preset {path}: fix or remove "
+            f"it; the chapters take {', '.join(sorted(known))}"
+        )
     return data
+
+
+# ----------------------------------------------------------------------------------------
+# YAML: presets and -p values
+# ----------------------------------------------------------------------------------------
+
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# YAML 1.2 floats: PyYAML (YAML 1.1) wants a dot and a signed exponent, so it reads 1e-3
+# and 1E5 as strings. Base-60 floats (1:30.5) and .inf / .nan stay as in YAML 1.1.
+_FLOAT = re.compile(r"""^(?:
+      [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    | [-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    | [-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    | [-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    | [-+]?\.(?:inf|Inf|INF)
+    | \.(?:nan|NaN|NAN)
+)$""", re.X)
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 numbers (``1e-3`` is a float) and unique keys.
+
+    The one loader for presets and ``-p`` values: see :func:`load_yaml`.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode,
+                          deep: bool = False) -> dict[Any, Any]:
+        """A mapping, refusing a key given twice (PyYAML would keep the last silently)."""
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value!r} appears twice",
+                        key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _FLOAT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """``line L, column C: what is wrong[, while ... started at line ...]``, in one line."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None and (mark is None or start.line != mark.line):
+        problem += f", {context} started at line {start.line + 1}, column {start.column + 1}"
+    return " ".join(f"{where}{problem}".split())
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Read YAML with :class:`YamlLoader`; a syntax error is one line naming ``source``.
+
+    Args:
+        text: the YAML text.
+        source: what the text is, for the message (e.g. ``preset params/tiny.yaml``).
+
+    Raises:
+        CompanionError: the text is not valid YAML (with the line and column).
+    """
+    try:
+        return yaml.load(text, Loader=YamlLoader)
+    except yaml.YAMLError as err:
+        raise CompanionError(
+            f"{source} is not valid YAML ({_yaml_problem(err)}): fix it"
+        ) from None
+
+
+def parse_parameters(pairs: Iterable[Sequence[str]]) -> dict[str, Any]:
+    """The values of command-line ``-p NAME VALUE`` pairs, each ``VALUE`` read as YAML.
+
+    ``50``, ``1e-3``, ``true``, ``null`` and ``[a, b]`` become numbers, booleans, None and
+    lists; anything else is a string.
+
+    Raises:
+        CompanionError: a value is not valid YAML, or a name is given twice.
+    """
+    values: dict[str, Any] = {}
+    for name, text in pairs:
+        if name in values:
+            raise CompanionError(f"parameter {name} is given twice (-p {name} ...): give it "
+                                 "once")
+        try:
+            values[name] = yaml.load(text, Loader=YamlLoader)
+        except yaml.YAMLError as err:
+            raise CompanionError(
+                f"-p {name} {text!r} is not valid YAML ({_yaml_problem(err)}): fix it, or "
+                "pass a string in double quotes inside the shell's quotes ('\"...\"')"
+            ) from None
+    return values
+
+
+def name_hints(unknown: Iterable[str], known: Collection[str]) -> str:
+    """``trian_steps (did you mean train_steps?)``: unknown names with the nearest known."""
+    out = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, list(known), n=1)
+        out.append(f"{name} (did you mean {near[0]}?)" if near else name)
+    return ", ".join(out)
 
 
 # ----------------------------------------------------------------------------------------
@@ -141,7 +272,8 @@ def _pos_int(params: dict, name: str, allow_zero: bool = False) -> int:
 
 def _pos_float(params: dict, name: str) -> float:
     v = params[name]
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+          and v > 0)
     _check(ok, name, v, "use a positive number")
     return float(v)
 
@@ -173,7 +305,7 @@ def chapter1_config(**params: Any) -> Chapter1Config:
     unknown = sorted(set(params) - set(CHAPTER1_PARAMS))
     if unknown:
         raise CompanionError(
-            f"unknown parameter(s) {', '.join(unknown)}: chapter 1 takes "
+            f"unknown parameter(s) {name_hints(unknown, CHAPTER1_PARAMS)}: chapter 1 takes "
             f"{', '.join(CHAPTER1_PARAMS)}"
         )
     missing = [k for k in CHAPTER1_PARAMS if k not in params]
@@ -216,9 +348,66 @@ def chapter1_config(**params: Any) -> Chapter1Config:
     train_data = params["train_data"]
     _check(isinstance(train_data, str) and bool(train_data), "train_data", train_data,
            "name one data source, e.g. synthetic:train")
+    test_data = _str_list(params, "test_data")
+    for test in shared_sources(train_data, test_data):
+        warnings.warn(
+            f"train_data {train_data!r} and test_data {test!r} share utterances: its scores "
+            "measure memorisation, not transcription; test on data the training does not "
+            "see (another source or split)",
+            DataOverlapWarning, stacklevel=2)
     return Chapter1Config(models=models, corpus=corpus, train_data=train_data,
-                          test_data=_str_list(params, "test_data"), train=train, eval=evalc,
-                          device=device)
+                          test_data=test_data, train=train, eval=evalc, device=device)
+
+
+class DataOverlapWarning(UserWarning):
+    """The training data and a test set share utterances (one line naming both)."""
+
+
+def _locations(source: str) -> set[str]:
+    """Where a data source's utterances live, as normalised ``where#what`` strings.
+
+    ``librispeech:<root>#a,b`` becomes one location per split folder, so that a root with
+    ``#test-clean`` and the ``test-clean`` folder itself are the same location.
+    """
+    kind, _, rest = source.strip().partition(":")
+    path, _, split = rest.partition("#")
+    if kind not in {"librispeech", "manifest"} or not path:
+        return {source.strip()}  # synthetic:train, synthetic:test, real, unknown forms
+    full = os.path.abspath(os.path.expanduser(path))
+    splits = [x.strip() for x in split.split(",") if x.strip()]
+    if kind == "librispeech":
+        return {os.path.join(full, x) for x in splits} if splits else {full}
+    return {f"{full}#{x}" for x in splits} if splits else {full}
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Two locations share utterances: equal, one inside the other, or a whole manifest."""
+    if a == b:
+        return True
+    a_file, b_file = a.split("#")[0], b.split("#")[0]
+    if a_file == b_file and ("#" not in a or "#" not in b):  # a whole manifest and a split
+        return True
+    if "#" in a or "#" in b:
+        return False
+    return a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+
+
+def shared_sources(train_data: str, test_data: Sequence[str]) -> list[str]:
+    """The test sources that hold utterances of the training source.
+
+    The same name twice (``real`` and ``real``), the same LibriSpeech split named as the
+    root with ``#split`` or as its folder, a whole manifest and one of its splits.
+
+    Args:
+        train_data: the training data source (a :mod:`lib.sources` name).
+        test_data: the test data sources.
+
+    Returns:
+        The overlapping test sources, in the order given.
+    """
+    train = _locations(train_data)
+    return [test for test in test_data
+            if any(_overlaps(a, b) for a in train for b in _locations(test))]
 
 
 @dataclass(frozen=True)
@@ -247,6 +436,17 @@ CHAPTER2_PARAMS = CHAPTER1_PARAMS + (
 )
 
 
+def parameter_names() -> tuple[str, ...]:
+    """Every chapter's parameter names: the union of this module's ``CHAPTER<N>_PARAMS``.
+
+    A new chapter's tuple counts as soon as it is defined here; presets are checked
+    against this set (:func:`load_preset`).
+    """
+    groups = [value for key, value in sorted(globals().items())
+              if re.fullmatch(r"CHAPTER\d+_PARAMS", key)]
+    return tuple(dict.fromkeys(name for group in groups for name in group))
+
+
 def chapter2_config(**params: Any) -> Chapter2Config:
     """Build chapter 2's config: chapter 1's parameters plus the scoring ones.
 
@@ -255,8 +455,8 @@ def chapter2_config(**params: Any) -> Chapter2Config:
     """
     unknown = sorted(set(params) - set(CHAPTER2_PARAMS))
     if unknown:
-        raise CompanionError(f"unknown parameter(s) {', '.join(unknown)}: chapter 2 takes "
-                             f"{', '.join(CHAPTER2_PARAMS)}")
+        raise CompanionError(f"unknown parameter(s) {name_hints(unknown, CHAPTER2_PARAMS)}: "
+                             f"chapter 2 takes {', '.join(CHAPTER2_PARAMS)}")
     missing = [k for k in CHAPTER2_PARAMS if k not in params]
     if missing:
         raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter 2")
@@ -287,6 +487,8 @@ def resolve_device(device: str) -> str:
 
 __all__ = [
     "ModelConfig", "TrainConfig", "EvalConfig", "Chapter1Config", "chapter1_config",
-    "ScoreConfig", "Chapter2Config", "chapter2_config", "CHAPTER2_PARAMS",
+    "ScoreConfig", "Chapter2Config", "chapter2_config", "CHAPTER1_PARAMS", "CHAPTER2_PARAMS",
     "load_preset", "preset_names", "config_hash", "to_dict", "resolve_device",
+    "YamlLoader", "load_yaml", "parse_parameters", "parameter_names", "name_hints",
+    "DataOverlapWarning", "shared_sources",
 ]

@@ -12,3 +12,39 @@ class CompanionError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+def check_texts(value: object, name: str, where: str) -> list[str]:
+    """``value`` as a list of strings, or a one-line error naming the argument.
+
+    Catches the usual slips at a library entry point: one string where a list of strings
+    is expected (a string is itself a sequence of one-letter strings), ``None``, or an item
+    that is not a string.
+
+    Args:
+        value: what the caller passed.
+        name: the argument's name, e.g. ``"refs"``.
+        where: the function, e.g. ``"score_asr"``.
+
+    Returns:
+        The items, as a new list (an iterator is consumed once).
+
+    Raises:
+        CompanionError: ``value`` is a string, None, not iterable, or holds a non-string.
+    """
+    if isinstance(value, (str, bytes)):
+        shown = repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+        raise CompanionError(f"{where}: {name} is one string ({shown}), not a list: pass a "
+                             f"list of strings, e.g. [{shown}]")
+    if value is None:
+        raise CompanionError(f"{where}: {name} is None: pass a list of strings")
+    try:
+        items = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise CompanionError(f"{where}: {name} is a {type(value).__name__}, not a list: pass "
+                             "a list of strings") from None
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise CompanionError(f"{where}: {name}[{i}] is {item!r:.40}, not a string: pass a "
+                                 "list of strings ('' for an empty transcript)")
+    return items

@@ -19,10 +19,14 @@ from typing import Any, Callable, Sequence
 import jiwer
 from tqdm.auto import tqdm
 
-from lib.errors import CompanionError
+from lib.errors import CompanionError, check_texts
 from lib.features import FeatureSet
 from lib.results import load_json, provenance, save_json, save_jsonl
 from lib.speechllm import SpeechLLM
+
+
+EVAL_VERSION = 2
+"""Bumped when decoding or scoring changes what a cached score holds (part of its key)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,9 +50,12 @@ def score_asr(refs: Sequence[str], hyps: Sequence[str],
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
     Raises:
-        CompanionError: lengths differ, nothing to score, or a reference normalises to
-            nothing (an empty transcript cannot be scored).
+        CompanionError: refs or hyps is not a list of strings (one string, None), lengths
+            differ, nothing to score, or a reference normalises to nothing (an empty
+            transcript cannot be scored).
     """
+    refs = check_texts(refs, "refs", "score_asr")
+    hyps = check_texts(hyps, "hyps", "score_asr")
     if len(refs) != len(hyps):
         raise CompanionError(f"{len(refs)} references but {len(hyps)} hypotheses: "
                              "score matching lists")
@@ -64,11 +71,53 @@ def score_asr(refs: Sequence[str], hyps: Sequence[str],
     words = jiwer.process_words(r, h)
     chars = jiwer.process_characters(r, h)
     n_ref = sum(len(x.split()) for x in r)
+    errors, counts = utterance_errors(r, h)
     return {
-        "wer": words.wer, "cer": chars.cer, "n_utterances": len(r), "n_ref_words": n_ref,
+        "wer": words.wer, "wer_ci95": bootstrap_wer_ci(errors, counts),
+        "cer": chars.cer, "n_utterances": len(r), "n_ref_words": n_ref,
         "substitutions": words.substitutions, "deletions": words.deletions,
         "insertions": words.insertions,
     }
+
+
+def utterance_errors(refs: Sequence[str], hyps: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Word errors (S + D + I) and reference words of each (already normalised) pair.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    errors, counts = [], []
+    for ref, hyp in zip(refs, hyps):
+        out = jiwer.process_words(ref, hyp)
+        errors.append(out.substitutions + out.deletions + out.insertions)
+        counts.append(len(ref.split()))
+    return errors, counts
+
+
+def bootstrap_wer_ci(errors: Sequence[int], counts: Sequence[int], n_boot: int = 2000,
+                     seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the corpus WER, resampling utterances.
+
+    Each replicate draws as many utterances as there are, with replacement, and computes
+    ``sum(errors) / sum(words)`` over the draw (the corpus WER, not a mean of per-utterance
+    WERs). On 10 utterances the interval is wide: that is the point of showing it.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Returns:
+        ``[low, high]`` as fractions.
+    """
+    import numpy as np
+
+    e = np.asarray(errors, dtype=float)
+    w = np.asarray(counts, dtype=float)
+    if len(e) == 0 or len(e) != len(w):
+        raise CompanionError("bootstrap_wer_ci needs matching, non-empty error and word counts")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(e), size=(n_boot, len(e)))
+    words = w[idx].sum(1)
+    rates = e[idx].sum(1) / np.maximum(words, 1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(rates, [tail, 100 - tail])
+    return [float(low), float(high)]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -77,7 +126,15 @@ def _norm_words(s: str) -> str:
 
 
 def utterance_wer(ref: str, hyp: str) -> float:
-    """WER of one utterance after normalisation (for the per-utterance table)."""
+    """WER of one utterance after normalisation (for the per-utterance table).
+
+    Raises:
+        CompanionError: ref or hyp is not a string.
+    """
+    for name, value in (("ref", ref), ("hyp", hyp)):
+        if not isinstance(value, str):
+            raise CompanionError(f"utterance_wer: {name} is {value!r:.40}, not a string: pass "
+                                 "one transcript ('' for an empty one)")
     r, h = _norm_words(ref), _norm_words(hyp)
     return jiwer.wer(r, h) if r.strip() else float("nan")
 
@@ -117,12 +174,18 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
         config: stored with the score for provenance.
         reuse: return an existing score for the same (run, test set, cut) instead.
     """
+    from lib.config import config_hash
+
     subset = data.subset(max_utterances)
     slug = name.replace(":", "-").replace("/", "_")
+    key = config_hash({"data": subset.digest(), "max_new_tokens": max_new_tokens,
+                       "batch_size": batch_size, "prompt": model.prompt,
+                       "version": EVAL_VERSION})
     suffix = f".first{max_utterances}" if subset is not data else ""
-    path = Path(out_dir) / f"eval-{slug}{suffix}.json"
+    path = Path(out_dir) / f"eval-{slug}{suffix}-{key}.json"
     if reuse and path.is_file():
-        print(f"{name}: cached score reused ({path.name})")
+        print(f"{name}: cached score reused (key {key}: same utterances, audio features, "
+              f"max_new_tokens and batch size)")
         return load_json(path)
     t0 = time.perf_counter()
     hyps = transcribe(model, subset, batch_size, max_new_tokens, desc=f"decoding {name}")
@@ -133,7 +196,7 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
              "wer": utterance_wer(u.text, h)} for u, h in zip(subset.utterances, hyps)]
     hyp_path = save_jsonl(path.with_suffix(".hyps.jsonl"), rows)
     record = {
-        "test_set": name, **score,
+        "test_set": name, "key": key, **score,
         "quick_run": subset is not data,
         "n_available": len(data),
         "decode_utterances_per_s": round(len(subset) / max(wall, 1e-9), 3),

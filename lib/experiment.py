@@ -210,10 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
-    import yaml
     from accelerate import PartialState
 
-    from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset
+    from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset, parse_parameters
     from lib.errors import CompanionError
 
     ap = argparse.ArgumentParser(prog="python -m lib.experiment", description=main.__doc__)
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = load_preset(args.preset)
         params = {k: preset[k] for k in CHAPTER1_PARAMS if k in preset}
-        params.update({k: yaml.safe_load(v) for k, v in args.p})  # unknown names: error
+        params.update(parse_parameters(args.p))  # YAML values; unknown names: error
         cfg = chapter1_config(**params)
         with state.main_process_first():  # features are computed once, then read
             train, tests = prepare_features(cfg)

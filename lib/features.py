@@ -48,6 +48,18 @@ class FeatureSet:
             out[j, : x.shape[0]] = x.float()
         return out, lengths, [self.utterances[i].text for i in indices]
 
+    def digest(self) -> str:
+        """A hash of the set's content: ids, transcripts and every feature tensor's bytes.
+
+        Cached results computed from a feature set (scores, ...) are keyed by it, so a
+        changed clip or transcript never reuses an old result.
+        """
+        h = hashlib.sha256()
+        for u, f in zip(self.utterances, self.feats):
+            h.update(f"{u.id}|{u.text}|{tuple(f.shape)}\n".encode())
+            h.update(f.contiguous().view(-1).view(torch.uint8).numpy())
+        return h.hexdigest()[:16]
+
     def subset(self, n: int | None) -> "FeatureSet":
         """The first ``n`` utterances (all when ``n`` is None)."""
         if n is None or n >= len(self):
@@ -55,12 +67,50 @@ class FeatureSet:
         return FeatureSet(self.utterances[:n], self.feats[:n])
 
 
-def _set_key(encoder: SpeechEncoder, utts: Sequence[Utterance]) -> str:
+FEATURES_VERSION = 2
+"""Bumped when the encoder forward changes what a clip's features are (part of the key).
+2: every clip's features are its own (masked batch), long clips encoded in 30 s chunks."""
+
+
+MIN_SECONDS = 0.1
+"""Clips shorter than this (5 encoder frames, one projector frame at k=5) are skipped."""
+
+
+def encoder_fingerprint(encoder: SpeechEncoder) -> str:
+    """A hash of the encoder's weights and kind (computed once per encoder object).
+
+    Two folders with the same name but other weights get other feature caches.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    cached = getattr(encoder, "_fingerprint", None)
+    if cached is None:
+        h = hashlib.sha256(f"{encoder.kind}|{encoder.hidden_size}".encode())
+        for name, tensor in sorted(encoder.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+        cached = h.hexdigest()[:16]
+        encoder._fingerprint = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes ("missing" when it cannot be read): data by content."""
     h = hashlib.sha256()
-    h.update(json.dumps([encoder.name, encoder.kind, encoder.hidden_size]).encode())
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return "missing"
+    return h.hexdigest()
+
+
+def _set_key(encoder: SpeechEncoder, utts: Sequence[Utterance]) -> str:
+    """The feature cache key: encoder weights, code version and every clip's bytes."""
+    h = hashlib.sha256()
+    h.update(json.dumps([FEATURES_VERSION, encoder_fingerprint(encoder)]).encode())
     for u in utts:
-        st = os.stat(u.audio) if os.path.exists(u.audio) else None
-        h.update(f"{u.id}|{u.audio}|{st.st_size if st else -1}\n".encode())
+        h.update(f"{u.id}|{file_digest(u.audio)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -94,7 +144,12 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
             idx, waves = [], []
             for i in order[start:start + batch_size]:
                 try:
-                    waves.append(read_audio(utts[i].audio))
+                    wave = read_audio(utts[i].audio)
+                    if len(wave) < MIN_SECONDS * 16000:
+                        raise CompanionError(
+                            f"{utts[i].audio} lasts {len(wave) / 16000:.2f} s, less than one "
+                            f"projector frame ({MIN_SECONDS} s): drop it from the data")
+                    waves.append(wave)
                     idx.append(i)
                 except CompanionError as err:  # one bad file never sinks the set
                     warnings.warn(f"{err} (utterance {utts[i].id} skipped)", DataWarning,

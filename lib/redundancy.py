@@ -53,7 +53,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lib.errors import CompanionError
+from lib.errors import CompanionError, check_texts
 from lib.speechllm import find_decoder_layers
 
 if TYPE_CHECKING:
@@ -555,7 +555,12 @@ def score_text(model_or_decoder: Any, tokenizer: Any, texts: Sequence[str], batc
         max_length: truncation length in tokens.
         positions: ``"all"`` or ``"text"`` (the same set for text).
         cka_pairs: None (skip CKA), ``"default"`` or a list of ``(i, j)``.
+
+    Raises:
+        CompanionError: texts is not a list of non-empty strings (e.g. one string), the
+            model is not a causal LM or SpeechLLM, or the tokenizer is missing.
     """
+    texts = check_texts(texts, "texts", "score_text")
     if _is_speechllm(model_or_decoder):
         decoder, tokenizer = model_or_decoder.decoder, model_or_decoder.tokenizer
     else:
@@ -568,11 +573,10 @@ def score_text(model_or_decoder: Any, tokenizer: Any, texts: Sequence[str], batc
         raise CompanionError(f"positions={positions!r} for text inputs: use 'all' or 'text'")
     if tokenizer is None:
         raise CompanionError("score_text needs the decoder's tokenizer")
-    texts = list(texts)
     if not texts:
         raise CompanionError("score_text got an empty list of texts: pass at least one")
     for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
+        if not t.strip():
             raise CompanionError(f"text {i} is empty: drop empty texts before scoring")
     if batch_size < 1 or max_length < 1:
         raise CompanionError(f"batch_size={batch_size}, max_length={max_length}: use positive "

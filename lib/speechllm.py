@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -88,27 +89,63 @@ class SpeechEncoder(nn.Module):
         return self._ssl_forward(waves)
 
     def _whisper_forward(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whisper's encoder on short clips, each clip's features exactly its own.
+
+        Every clip's log-mel is computed on its own, then the batch is padded with zeros,
+        the padded conv1 outputs are zeroed again (so conv2 at a clip's last frame sees the
+        same zero padding as a one-clip run), and attention is masked to each clip's frames.
+        A clip's features therefore do not depend on the other clips of its batch.
+        Clips longer than Whisper's 30 s window are encoded in 30 s chunks whose frames
+        are concatenated (each chunk is encoded independently, as Whisper itself does).
+        """
         fe = self.feature_extractor
-        max_samples = fe.n_samples
-        waves = [w[:max_samples] for w in waves]
-        longest = max(len(w) for w in waves)
-        # Pad to the longest clip (not 30 s); hop 160 -> 100 mel frames/s, convs halve it.
-        padded = math.ceil(longest / fe.hop_length) * fe.hop_length
-        feats = fe(
-            list(waves), sampling_rate=fe.sampling_rate, return_tensors="pt",
-            padding="max_length", max_length=padded, truncation=True,
-        ).input_features.to(self.device, dtype=next(self.model.parameters()).dtype)
+        short = [len(w) for w in waves if len(w) < fe.n_fft]
+        if short:
+            raise CompanionError(
+                f"a clip of {short[0]} samples is shorter than the encoder's "
+                f"{fe.n_fft}-sample window: drop clips under 0.1 s")
+        pieces, owner = [], []
+        for i, w in enumerate(waves):
+            for start in range(0, len(w), fe.n_samples):
+                if start and len(w) - start < fe.n_fft:
+                    break  # a tail under 25 ms past a 30 s window carries no speech
+                pieces.append(w[start:start + fe.n_samples])
+                owner.append(i)
+        dtype = next(self.model.parameters()).dtype
+        mels = [fe(p, sampling_rate=fe.sampling_rate, return_tensors="pt", padding="longest",
+                   ).input_features[0] for p in pieces]  # [n_mels, frames] each
+        n_mel = torch.tensor([m.shape[1] for m in mels])
+        feats = torch.zeros(len(mels), mels[0].shape[0], int(n_mel.max()))
+        for j, m in enumerate(mels):
+            feats[j, :, : m.shape[1]] = m
+        feats = feats.to(self.device, dtype=dtype)
         enc = self.model
         x = nn.functional.gelu(enc.conv1(feats))
+        frame = torch.arange(x.shape[2], device=x.device)
+        x = x * (frame[None, :] < n_mel.to(x.device)[:, None])[:, None, :].to(x.dtype)
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
         x = x + enc.embed_positions.weight[: x.shape[1]]
+        lengths = torch.div(n_mel + 1, 2, rounding_mode="floor").clamp(max=x.shape[1])
+        valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]  # [B, T]
+        mask = None
+        if not bool(valid.all()):
+            mask = torch.zeros(valid.shape, dtype=x.dtype)
+            mask = mask.masked_fill(~valid, torch.finfo(x.dtype).min)
+            mask = mask[:, None, None, :].to(x.device)  # [B, 1, 1, T], added to the scores
         for layer in enc.layers:
-            out = layer(x, None)
+            out = layer(x, mask)
             x = out[0] if isinstance(out, tuple) else out
         x = enc.layer_norm(x)
-        n_mel = torch.tensor([math.ceil(len(w) / fe.hop_length) for w in waves])
-        lengths = torch.div(n_mel + 1, 2, rounding_mode="floor").clamp(max=x.shape[1])
-        return x, lengths.to(x.device)
+        # Reassemble the chunks of each clip.
+        per_clip: list[list[torch.Tensor]] = [[] for _ in waves]
+        for j, i in enumerate(owner):
+            per_clip[i].append(x[j, : int(lengths[j])])
+        joined = [torch.cat(parts, 0) for parts in per_clip]
+        out_len = torch.tensor([t.shape[0] for t in joined])
+        out_x = x.new_zeros(len(joined), int(out_len.max()), x.shape[2])
+        for i, t in enumerate(joined):
+            out_x[i, : t.shape[0]] = t
+        return out_x, out_len.to(x.device)
 
     def _ssl_forward(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         fe = self.feature_extractor
@@ -121,6 +158,29 @@ class SpeechEncoder(nn.Module):
         return out, lengths.clamp(max=out.shape[1]).long()
 
 
+SPEECH_ENCODERS = {"whisper": "whisper", "wavlm": "ssl", "wav2vec2": "ssl", "hubert": "ssl",
+                   "data2vec-audio": "ssl"}  # model_type -> how SpeechEncoder runs it
+
+
+def encoder_kind(name_or_path: str, config: Any) -> str:
+    """``"whisper"`` or ``"ssl"`` for a speech encoder's config; one line for anything else.
+
+    Raises:
+        CompanionError: the checkpoint is not a Whisper / WavLM / wav2vec2 / HuBERT model
+            (e.g. a text LLM given as the encoder).
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type in SPEECH_ENCODERS:
+        return SPEECH_ENCODERS[model_type]
+    archs = getattr(config, "architectures", None) or []
+    what = ("a text language model: name it in decoders"
+            if any(a.endswith("ForCausalLM") for a in archs) else "not a speech encoder")
+    raise CompanionError(
+        f"encoder '{name_or_path}' is a {model_type} model, {what}; use a Whisper, WavLM, "
+        "wav2vec2 or HuBERT checkpoint as the encoder (e.g. whisper-base)"
+    )
+
+
 def build_encoder(name_or_path: str, freeze: bool = True) -> SpeechEncoder:
     """Load a speech encoder: an offline alias, a local folder or a hub id.
 
@@ -130,25 +190,22 @@ def build_encoder(name_or_path: str, freeze: bool = True) -> SpeechEncoder:
     Args:
         name_or_path: e.g. ``"whisper-base"``, ``"microsoft/wavlm-large"``, a folder.
         freeze: stop gradients into the encoder (the paper keeps it frozen).
+
+    Raises:
+        CompanionError: the name is not a model, or the model is not a speech encoder.
     """
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
     path = resolve_model(name_or_path)
     config = AutoConfig.from_pretrained(path)
+    kind = encoder_kind(name_or_path, config)  # before the feature extractor: an LLM has none
     feature_extractor = AutoFeatureExtractor.from_pretrained(path)
-    if config.model_type == "whisper":
+    if kind == "whisper":
         from transformers import WhisperModel
 
         model = WhisperModel.from_pretrained(path).get_encoder()
-        kind = "whisper"
-    elif config.model_type in {"wavlm", "wav2vec2", "hubert", "data2vec-audio"}:
-        model = AutoModel.from_pretrained(path)
-        kind = "ssl"
     else:
-        raise CompanionError(
-            f"encoder '{name_or_path}' is a {config.model_type} model: use a Whisper, WavLM, "
-            "wav2vec2 or HuBERT checkpoint"
-        )
+        model = AutoModel.from_pretrained(path)
     model.eval()
     if freeze:
         model.requires_grad_(False)
@@ -171,8 +228,12 @@ class Projector(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, stack: int = 5, hidden: int = 1024) -> None:
         super().__init__()
-        if stack < 1:
-            raise CompanionError(f"projector_stack={stack}: use a positive integer (paper: 5)")
+        for name, value, hint in (("projector_stack", stack, "paper: 5"),
+                                  ("projector_hidden", hidden, "e.g. 1024")):
+            if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                    or value < 1):
+                raise CompanionError(f"{name}={value!r}: use a positive integer ({hint})")
+        stack, hidden = int(stack), int(hidden)
         self.stack = stack
         self.net = nn.Sequential(
             nn.Linear(in_dim * stack, hidden), nn.GELU(), nn.Linear(hidden, out_dim)
@@ -199,10 +260,27 @@ def load_decoder(name_or_path: str, dtype: torch.dtype = torch.float32) -> tuple
     """Load any transformers causal LM and its tokenizer (alias, folder or hub id).
 
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Raises:
+        CompanionError: the name is not a model (e.g. a folder without config.json), the
+            model is a speech encoder, or a local folder has no tokenizer files.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(name_or_path)
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type in SPEECH_ENCODERS:
+        raise CompanionError(
+            f"decoder '{name_or_path}' is a {model_type} speech model: use a causal LM as the "
+            "decoder (smollm2-135m, gemma3-270m, a Llama / Qwen / Gemma folder or hub id)")
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                       "vocab.json", "vocab.txt", "spiece.model")
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in tokenizer_files):
+        raise CompanionError(
+            f"decoder folder '{name_or_path}' has no tokenizer files (e.g. tokenizer.json): "
+            "save the tokenizer there too (tokenizer.save_pretrained(folder))")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if tokenizer.pad_token_id is None:
@@ -328,8 +406,7 @@ class SpeechLLM(nn.Module):
                         f"empty transcript in training batch (item {i}): drop utterances "
                         "without text"
                     )
-                tid = self.tokenizer(" " + text, add_special_tokens=False).input_ids
-                tid = tid + [self.eos_id]
+                tid = self.target_ids(text)
                 parts.append(self._embed(tid))
                 lab += tid
                 kind += [2] * len(tid)
@@ -361,17 +438,27 @@ class SpeechLLM(nn.Module):
 
     # -- training and decoding ----------------------------------------------------------------
 
+    def target_ids(self, text: str) -> list[int]:
+        """The token ids the model learns for one transcript: `` text`` then eos."""
+        return self.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids + [
+            self.eos_id]
+
     def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
-                targets: Sequence[str]) -> torch.Tensor:
+                targets: Sequence[str], reduction: str = "mean") -> torch.Tensor:
         """Training loss (see :meth:`loss`); ``forward`` so that DDP can wrap the model."""
-        return self.loss(feats, feat_lengths, targets)
+        return self.loss(feats, feat_lengths, targets, reduction)
 
     def loss(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
-             targets: Sequence[str]) -> torch.Tensor:
-        """Mean cross-entropy over target tokens (prompt and audio positions excluded).
+             targets: Sequence[str], reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy over target tokens (prompt and audio positions excluded).
 
         Logits are computed only where a label exists: a 262k-word vocabulary (Gemma) would
-        otherwise dominate the step.
+        otherwise dominate the step. No key/value cache is built (``use_cache=False``).
+
+        Args:
+            reduction: ``"mean"`` per target token, or ``"sum"`` (training divides the sum
+                by the target tokens of all its micro-batches, so that gradient
+                accumulation weights tokens, not micro-batches).
         """
         batch = self.build_inputs(feats, feat_lengths, targets)
         labels = batch["labels"]
@@ -379,13 +466,15 @@ class SpeechLLM(nn.Module):
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100
         body = self.decoder.get_decoder() if hasattr(self.decoder, "get_decoder") else None
-        out = body(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"])
+        out = body(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+                   use_cache=False)
         hidden = out.last_hidden_state[keep]
         logits = self.decoder.get_output_embeddings()(hidden).float()
         softcap = getattr(self.decoder.config, "final_logit_softcapping", None)
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
-        return nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]])
+        return nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]],
+                                           reduction=reduction)
 
     @torch.no_grad()
     def generate(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
@@ -522,6 +611,7 @@ def build_speechllm(cfg: "ModelConfig", device: str = "cpu", with_encoder: bool 
     if encoder is None and with_encoder:
         encoder = build_encoder(cfg.encoder)
     enc_cfg = AutoConfig.from_pretrained(resolve_model(cfg.encoder))
+    encoder_kind(cfg.encoder, enc_cfg)  # an LLM as encoder fails here, in one line
     enc_dim = int(getattr(enc_cfg, "d_model", None) or enc_cfg.hidden_size)
     decoder, tokenizer = load_decoder(cfg.decoder, dtype=dtype)
     decoder.requires_grad_(False)

@@ -171,21 +171,38 @@ def train_speechllm(
     bar = tqdm(range(start, end), desc=desc, total=end - start, **quiet)
     for step in bar:
         torch.manual_seed(cfg.seed * 7919 + step)  # dropout identical after a resume
-        losses = []
-        for micro in range(cfg.grad_accum):
-            feats, lengths, texts = train_set.batch(order.micro_batch(step * cfg.grad_accum
-                                                                      + micro))
+        micro = [train_set.batch(order.micro_batch(step * cfg.grad_accum + k))
+                 for k in range(cfg.grad_accum)]
+        # Weight tokens, not micro-batches: every micro-batch's summed loss is divided by
+        # the target tokens of the whole step (all micro-batches, all processes). DDP
+        # averages gradients over processes, hence the factor num_processes.
+        n_tok = torch.tensor(float(sum(len(model.target_ids(t)) for _, _, texts in micro
+                                       for t in texts)), device=model.device)
+        n_tok = acc.reduce(n_tok, reduction="sum") if acc.num_processes > 1 else n_tok
+        step_sum = 0.0
+        for feats, lengths, texts in micro:
             with acc.accumulate(ddp_model):
-                loss = ddp_model(feats, lengths, texts)
+                loss_sum = ddp_model(feats, lengths, texts, reduction="sum")
+                if not torch.isfinite(loss_sum):
+                    raise CompanionError(
+                        f"{desc}: the loss is {loss_sum.item()} at step {step + 1}; nothing "
+                        f"was cached. Lower learning_rate (now {cfg.learning_rate:g}) or "
+                        "check the data")
+                loss = loss_sum * acc.num_processes / n_tok
                 acc.backward(loss)
                 if acc.sync_gradients:
-                    acc.clip_grad_norm_(params, 1.0)
+                    norm = acc.clip_grad_norm_(params, 1.0)
+                    if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+                        raise CompanionError(
+                            f"{desc}: the gradient is not finite at step {step + 1}; "
+                            f"nothing was cached. Lower learning_rate (now "
+                            f"{cfg.learning_rate:g})")
                 optimizer.step()
                 if acc.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad()
-            losses.append(acc.gather(loss.detach()).float().mean().item())
-        row = {"step": step + 1, "loss": sum(losses) / len(losses),
+            step_sum += acc.gather(loss_sum.detach()).float().sum().item()
+        row = {"step": step + 1, "loss": step_sum / float(n_tok),
                "lr": scheduler.get_last_lr()[0],
                "elapsed_s": round(elapsed0 + time.perf_counter() - t0, 3)}
         log.append(row)

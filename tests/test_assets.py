@@ -284,7 +284,8 @@ def test_tiny_is_deterministic_and_idempotent(
 
 
 def test_resolve_local_folder_and_unknown_alias(tmp_path: Path) -> None:
-    """A folder passes through; unknown names list the aliases; missing paths say so."""
+    """A checkpoint folder passes through; unknown names list the aliases; missing paths say so."""
+    (tmp_path / "config.json").write_text("{}")
     assert assets.resolve_model(str(tmp_path)) == str(tmp_path)
     with pytest.raises(CompanionError, match="smollm2-135m") as err:
         assets.resolve_model("smollm3")

@@ -41,7 +41,7 @@ def layout(tmp_path: Path) -> Path:
     _notebook(tmp_path / "book/01_first.ipynb", "steps = 1\nseed = 0", "print('steps', steps)")
     _notebook(tmp_path / "book/02_second.ipynb", "seed = 0\nlr = 0.1", "print(seed, lr)")
     (tmp_path / "params").mkdir()
-    (tmp_path / "params/tiny.yaml").write_text("steps: 5\nseed: 7\nonly_later: true\n")
+    (tmp_path / "params/tiny.yaml").write_text("steps: 5\nseed: 7\n")
     return tmp_path
 
 
@@ -53,10 +53,11 @@ def test_parameters_are_filtered_per_chapter(layout: Path) -> None:
     first, second = book.list_chapters(layout)
     assert declared == {first: ["steps", "seed"], second: ["seed", "lr"]}
 
-    params = book.chapter_parameters(declared, book.load_preset("tiny", layout), {"lr": 0.5})
+    preset = book.load_preset("tiny", layout, known={"steps", "seed", "lr"})
+    params = book.chapter_parameters(declared, preset, {"lr": 0.5})
 
-    # Preset names no chapter declares (only_later) are dropped; an override reaches only
-    # the chapters that declare it.
+    # A chapter gets only the preset names it declares (steps is not the second's); an
+    # override reaches only the chapters that declare it.
     assert params == {first: {"steps": 5, "seed": 7}, second: {"seed": 7, "lr": 0.5}}
 
 
@@ -92,10 +93,12 @@ def test_failed_chapter_keeps_the_last_good_copy(layout: Path, capsys) -> None:
     with pytest.raises(CompanionError) as err:
         book.run_chapters("tiny", chapters=["01"], out=out, root=layout)
 
-    # Cell 3 is "In [3]" of the failed copy: parameters, papermill's injected cell, the raise.
-    assert str(err.value) == "chapter 01 failed in cell 3: ValueError: bad steps 5"
+    # Cell 2 of the source (parameters, the raise); papermill's injected cell not counted.
+    failed = out / "01_first.failed.ipynb"
+    assert str(err.value) == f"chapter 01 failed in cell 2: ValueError: bad steps 5 " \
+                             f"(partial run kept at {failed})"
     assert good.read_bytes() == before
-    assert (out / "01_first.failed.ipynb").is_file()
+    assert failed.is_file()
     assert not (out / "01_first.running.ipynb").exists()
 
 
@@ -179,8 +182,11 @@ def test_the_book_is_complete_and_offline(built) -> None:
 
     for name in chapters:
         page = html / name
-        # Rendered from the executed copy (papermill's cell), not from the output-free source.
-        assert "tag_injected-parameters" in page.read_text(encoding="utf-8"), name
+        # Rendered from the executed copy (papermill's cell), not from the output-free source,
+        # and the values shown once: the source's parameters cell is gone.
+        text = page.read_text(encoding="utf-8")
+        assert "tag_injected-parameters" in text and "tag_parameters" not in text, name
+        assert "Parameters this page was run with (preset tiny)" in text, name
         images = [s for s in _assets(page).images if "_images/" in s]
         assert images, f"{name} shows no figure"
         assert all((page.parent / s).resolve().is_file() for s in images), name

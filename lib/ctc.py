@@ -1,0 +1,251 @@
+"""The CTC warm start: teach the projector the decoder's word pieces before the decoder reads it.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+A freshly initialised projector emits vectors the decoder has never seen, and SLAM-style
+training then sits for a long time on a plateau at the language model's own text loss
+(the decoder ignores the audio). On two CPU cores that plateau is longer than the budget.
+The warm start trains the **same projector** first, with a CTC loss whose output layer is
+the decoder's own input-embedding table:
+
+.. math::
+
+    \\operatorname{logits}_t = [\\, z_t^\\top b ;\\; z_t^\\top e_1 ;\\; \\dots ;\\; z_t^\\top e_V \\,]
+
+where :math:`z_t` is the projector output at position ``t``, :math:`e_v` the decoder's
+embedding of word piece ``v`` (only the pieces the training transcripts use) and
+:math:`b` one learned "blank" vector. No decoder forward is needed, so an epoch costs
+seconds. Afterwards the projector emits, at each 10 Hz position, a vector pointing at the
+embedding of the word piece spoken there (or at the blank): the decoder reads audio
+positions that already look like its own tokens. The CTC head alone is also a small ASR
+system (greedy CTC decoding, no language model): chapter 1 reports it as a baseline.
+
+Nothing is added to the SpeechLLM: the head is discarded after the warm start, except for
+the baseline, and the norm matching that follows is folded into the projector's last layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from lib.errors import CompanionError
+from lib.features import FeatureSet
+from lib.speechllm import SpeechLLM
+
+
+class CTCHead(nn.Module):
+    """CTC output layer made of the decoder's input embeddings (fixed) and a learned blank.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Args:
+        token_ids: the decoder vocabulary ids the head can emit (class ``i + 1``).
+        embeddings: ``[V, d]`` rows of the decoder's embedding output for those ids (Gemma
+            multiplies its table by sqrt(d) inside the embedding module: these are the
+            vectors the decoder really reads).
+    """
+
+    def __init__(self, token_ids: Sequence[int], embeddings: torch.Tensor) -> None:
+        super().__init__()
+        self.token_ids = [int(t) for t in token_ids]
+        self.register_buffer("embeddings", embeddings.detach().float().clone())
+        self.blank = nn.Parameter(torch.zeros(embeddings.shape[1]))
+        # Divides the projector output: after norm matching scales the projector up or down,
+        # the head still sees the vectors it was trained on.
+        self.register_buffer("input_scale", torch.ones(()))
+
+    @property
+    def index(self) -> dict[int, int]:
+        """Decoder token id -> CTC class (0 is the blank)."""
+        return {t: i + 1 for i, t in enumerate(self.token_ids)}
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, T, d]`` projector outputs -> ``[B, T, V + 1]`` logits, blank first."""
+        z = z.float() / self.input_scale
+        return torch.cat([(z @ self.blank)[..., None], z @ self.embeddings.T], -1)
+
+
+def build_ctc_head(model: SpeechLLM, texts: Sequence[str]) -> CTCHead:
+    """A CTC head over the word pieces that ``texts`` use, in ``model``'s decoder.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Raises:
+        CompanionError: no transcript has a single token.
+    """
+    ids = sorted({t for text in texts for t in model.target_ids(text)[:-1]})
+    if not ids:
+        raise CompanionError("the CTC warm start found no tokens in the training transcripts:"
+                             " check train_data (its texts are empty)")
+    with torch.no_grad():
+        table = model.decoder.get_input_embeddings()
+        emb = table(torch.tensor(ids, device=model.device)).float().cpu()
+    return CTCHead(ids, emb).to(model.device)
+
+
+def _targets(model: SpeechLLM, head: CTCHead, texts: Sequence[str]) -> list[list[int]]:
+    index = head.index
+    return [[index[t] for t in model.target_ids(text)[:-1] if t in index] for text in texts]
+
+
+def ctc_loss(model: SpeechLLM, head: CTCHead, feats: torch.Tensor, lengths: torch.Tensor,
+             texts: Sequence[str], offset: int = 0) -> torch.Tensor:
+    """Mean CTC loss per utterance of a batch (PyTorch's ``ctc_loss``, blank 0).
+
+    Args:
+        offset: drop the first ``offset`` encoder frames before stacking (augmentation:
+            the projector sees each utterance stacked in another phase).
+    """
+    if offset:
+        feats, lengths = feats[:, offset:], (lengths - offset).clamp(min=1)
+    z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
+    logp = torch.log_softmax(head(z), -1).transpose(0, 1)
+    targets = _targets(model, head, texts)
+    flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
+    t_len = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
+    return nn.functional.ctc_loss(logp, flat, z_len.cpu(), t_len, blank=0,
+                                  reduction="mean", zero_infinity=True)
+
+
+@torch.no_grad()
+def ctc_transcribe(model: SpeechLLM, head: CTCHead, data: FeatureSet,
+                   batch_size: int = 64) -> list[str]:
+    """Greedy CTC transcripts (best class per position, repeats merged, blanks dropped).
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    out: list[str] = []
+    for start in range(0, len(data), batch_size):
+        idx = list(range(start, min(len(data), start + batch_size)))
+        feats, lengths, _ = data.batch(idx)
+        z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
+        best = head(z).argmax(-1).cpu()
+        for row, n in zip(best, z_len.tolist()):
+            ids, prev = [], 0
+            for c in row[:n].tolist():
+                if c != prev and c != 0:
+                    ids.append(head.token_ids[c - 1])
+                prev = c
+            out.append(model.tokenizer.decode(ids).strip())
+    return out
+
+
+@torch.no_grad()
+def match_embedding_norm(model: SpeechLLM, head: CTCHead, data: FeatureSet,
+                         n: int = 64) -> float:
+    """Scale the projector so its outputs have the norm of the decoder's token embeddings.
+
+    After CTC training the projector's outputs are an order of magnitude longer than the
+    embeddings the decoder reads (CTC only cares about their direction). The factor is
+    folded into the projector's last linear layer, so the model is unchanged in form.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Returns:
+        The factor applied (mean embedding norm / mean projector-output norm).
+    """
+    feats, lengths, _ = data.batch(list(range(min(n, len(data)))))
+    z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
+    valid = torch.arange(z.shape[1], device=z.device)[None] < z_len[:, None]
+    factor = float(head.embeddings.norm(dim=-1).mean() / z[valid].norm(dim=-1).mean())
+    last = model.projector.net[-1]
+    last.weight.mul_(factor)
+    last.bias.mul_(factor)
+    head.input_scale.mul_(factor)
+    return factor
+
+
+@dataclass
+class WarmStart:
+    """What the CTC warm start produced (or reused).
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+
+    head: CTCHead
+    log: list[dict[str, Any]]  # step, loss, elapsed_s
+    norm_factor: float
+    cached: bool
+    wall_time_s: float
+
+
+def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, epochs: float, learning_rate: float,
+                   batch_size: int, out_dir: Path, seed: int = 0,
+                   desc: str = "CTC warm start") -> WarmStart:
+    """Train ``model.projector`` with the CTC head, then match the embedding norm.
+
+    The projector and head are saved to ``out_dir`` (``projector.safetensors``,
+    ``ctc_head.safetensors``, ``warmstart.json``) and reused when present: the stage takes
+    a few minutes, so it restarts from its beginning when killed. Explained in chapter 1.
+
+    Args:
+        epochs: passes over ``train_set`` (fractions allowed).
+        learning_rate: peak AdamW rate (one-cycle schedule: 10 % warm-up, cosine decay).
+        batch_size: utterances per CTC step.
+    """
+    out_dir = Path(out_dir)
+    done = out_dir / "warmstart.json"
+    head = build_ctc_head(model, [u.text for u in train_set.utterances])
+    if done.is_file():
+        rec = json.loads(done.read_text())
+        if rec.get("token_ids") == head.token_ids:
+            proj = load_file(str(out_dir / "projector.safetensors"))
+            model.projector.load_state_dict({k: v.to(model.device) for k, v in proj.items()})
+            head.load_state_dict({k: v.to(model.device) for k, v in
+                                  load_file(str(out_dir / "ctc_head.safetensors")).items()})
+            print(f"{desc}: cached warm start reused ({out_dir})")
+            return WarmStart(head, rec["log"], rec["norm_factor"], True, rec["wall_time_s"])
+    n = len(train_set)
+    steps = max(1, int(round(epochs * n / batch_size)))
+    params = list(model.projector.parameters()) + [head.blank]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps,
+                                                pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    stack = model.projector.stack
+    queue: list[int] = []
+    log: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    model.projector.train()
+    for step in tqdm(range(steps), desc=desc):
+        if len(queue) < batch_size:
+            queue += torch.randperm(n, generator=gen).tolist()
+        idx, queue = queue[:batch_size], queue[batch_size:]
+        offset = int(torch.randint(0, stack, (1,), generator=gen))
+        feats, lengths, texts = train_set.batch(idx)
+        loss = ctc_loss(model, head, feats, lengths, texts, offset=offset)
+        if not torch.isfinite(loss):
+            raise CompanionError(f"{desc}: the CTC loss is {loss.item()} at step {step + 1}: "
+                                 f"lower ctc_learning_rate (now {learning_rate:g})")
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        sched.step()
+        log.append({"step": step + 1, "loss": round(loss.item(), 4),
+                    "elapsed_s": round(time.perf_counter() - t0, 2)})
+    model.projector.eval()
+    factor = match_embedding_norm(model, head, train_set)
+    wall = time.perf_counter() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, state in (("projector", model.projector.state_dict()),
+                        ("ctc_head", head.state_dict())):
+        tmp = out_dir / f"{name}.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, out_dir / f"{name}.safetensors")
+    rec = {"steps": steps, "epochs": epochs, "learning_rate": learning_rate,
+           "batch_size": batch_size, "norm_factor": factor, "wall_time_s": round(wall, 2),
+           "token_ids": head.token_ids, "log": log}
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec))
+    os.replace(tmp, done)
+    return WarmStart(head, log, factor, False, wall)
