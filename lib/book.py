@@ -172,9 +172,12 @@ def chapter_parameters(
 
 
 @contextlib.contextmanager
-def _kernel_environment() -> Iterator[None]:
-    """Environment the kernels inherit: ``import lib`` works, figures are not disabled."""
+def _kernel_environment(preset: str) -> Iterator[None]:
+    """Environment the kernels inherit: ``import lib`` works, figures are not disabled,
+    and ``COMPANION_PRESET`` names the preset (chapters record their headline figures
+    under ``results/<preset>/``, see :func:`lib.results.record_headline`)."""
     saved = dict(os.environ)
+    os.environ["COMPANION_PRESET"] = Path(preset).stem
     paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     os.environ.pop("MPLBACKEND", None)  # Agg here would drop every figure from the pages
@@ -385,7 +388,7 @@ def run_chapters(
         print(f"chapter {nb.stem} (preset {preset}{shown})", flush=True)
         start = time.perf_counter()
         try:
-            with _kernel_environment():
+            with _kernel_environment(preset):
                 _show_cell_output()
                 papermill.execute_notebook(
                     str(nb),

@@ -54,6 +54,20 @@ class TrainConfig:
     weight_decay: float = 0.0  # the projector is small; no decay needed
     checkpoint_every: int = 25  # steps between resumable checkpoints
     seed: int = 0  # data order and initialisation
+    recipe: str = "ctc-warmstart"  # "plain": projector and LoRA from scratch (the paper's)
+    ctc_epochs: float = 4.0  # CTC warm-start passes over the training set (no LLM forward)
+    ctc_learning_rate: float = 3e-3  # peak rate of the warm start (one-cycle schedule)
+    ctc_batch_size: int = 64  # utterances per warm-start step (cheap: projector only)
+    precision: str = "fp32"  # or "bf16" autocast: 2x faster on a CPU with native bf16
+    dev_every: int = 100  # steps between WER checks on the dev subset (0: none)
+
+
+RECIPES = ("ctc-warmstart", "plain")
+"""Training recipes: see lib.ctc (warm start) and lib.train."""
+
+PRECISIONS = ("auto", "bf16", "fp32")
+"""``auto``: bf16 where the hardware runs it natively (a GPU, a CPU with AVX-512 BF16 or
+AMX), else fp32."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class Chapter1Config:
     train: TrainConfig
     eval: EvalConfig
     device: str = "auto"
+    dev_utterances: int = 48  # held out from train_data: the learning curve's dev subset
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -293,6 +308,8 @@ CHAPTER1_PARAMS = (
     "projector_stack", "projector_hidden", "lora_rank", "lora_alpha", "train_steps",
     "batch_size", "grad_accum", "learning_rate", "warmup_steps", "checkpoint_every",
     "eval_batch_size", "max_new_tokens", "max_test_utterances", "seed", "device",
+    "recipe", "ctc_epochs", "ctc_learning_rate", "ctc_batch_size", "precision",
+    "dev_utterances", "dev_every",
 )
 
 
@@ -327,13 +344,27 @@ def chapter1_config(**params: Any) -> Chapter1Config:
     steps = _pos_int(params, "train_steps")
     warmup = _pos_int(params, "warmup_steps", allow_zero=True)
     _check(warmup < steps, "warmup_steps", warmup, f"must be below train_steps={steps}")
+    recipe = params["recipe"]
+    _check(recipe in RECIPES, "recipe", recipe, f"use one of {', '.join(RECIPES)}")
+    device = params["device"]
+    _check(device in {"auto", "cpu", "cuda"} or str(device).startswith("cuda:"), "device",
+           device, "use auto, cpu, cuda or cuda:N")
+    precision = params["precision"]
+    _check(precision in PRECISIONS, "precision", precision,
+           f"use one of {', '.join(PRECISIONS)}")
     train = TrainConfig(
         steps=steps, batch_size=_pos_int(params, "batch_size"),
         grad_accum=_pos_int(params, "grad_accum"),
         learning_rate=_pos_float(params, "learning_rate"), warmup_steps=warmup,
         checkpoint_every=_pos_int(params, "checkpoint_every"),
         seed=_pos_int(params, "seed", allow_zero=True),
+        recipe=recipe, ctc_epochs=_pos_float(params, "ctc_epochs"),
+        ctc_learning_rate=_pos_float(params, "ctc_learning_rate"),
+        ctc_batch_size=_pos_int(params, "ctc_batch_size"),
+        precision=resolve_precision(precision, device),
+        dev_every=_pos_int(params, "dev_every", allow_zero=True),
     )
+    dev = _pos_int(params, "dev_utterances", allow_zero=True)
     max_utt = params["max_test_utterances"]
     if max_utt is not None:
         max_utt = _pos_int(params, "max_test_utterances")
@@ -342,9 +373,6 @@ def chapter1_config(**params: Any) -> Chapter1Config:
                        max_utterances=max_utt)
     # The corpus is a fixed data set: its own seed (0), not the training seed.
     corpus = CorpusSpec(n_train=_pos_int(params, "n_train"), n_test=_pos_int(params, "n_test"))
-    device = params["device"]
-    _check(device in {"auto", "cpu", "cuda"} or str(device).startswith("cuda:"), "device",
-           device, "use auto, cpu, cuda or cuda:N")
     train_data = params["train_data"]
     _check(isinstance(train_data, str) and bool(train_data), "train_data", train_data,
            "name one data source, e.g. synthetic:train")
@@ -356,7 +384,8 @@ def chapter1_config(**params: Any) -> Chapter1Config:
             "see (another source or split)",
             DataOverlapWarning, stacklevel=2)
     return Chapter1Config(models=models, corpus=corpus, train_data=train_data,
-                          test_data=test_data, train=train, eval=evalc, device=device)
+                          test_data=test_data, train=train, eval=evalc, device=device,
+                          dev_utterances=dev)
 
 
 class DataOverlapWarning(UserWarning):
@@ -468,6 +497,21 @@ def chapter2_config(**params: Any) -> Chapter2Config:
         ablation_utterances=_pos_int(params, "ablation_utterances"),
     )
     return Chapter2Config(base=base, score=score)
+
+
+def resolve_precision(precision: str, device: str = "auto") -> str:
+    """``auto`` -> ``bf16`` where it runs natively (a GPU, or a CPU with AVX-512 BF16 /
+    AMX, where bf16 autocast is about 2x faster than fp32), else ``fp32``.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    import torch
+
+    if precision != "auto":
+        return precision
+    if str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return "bf16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def resolve_device(device: str) -> str:

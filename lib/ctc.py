@@ -140,6 +140,18 @@ def ctc_transcribe(model: SpeechLLM, head: CTCHead, data: FeatureSet,
     return out
 
 
+def score_ctc(model: SpeechLLM, head: CTCHead, data: FeatureSet) -> dict[str, Any]:
+    """WER of the CTC head alone on ``data`` (greedy CTC, no language model): a baseline.
+
+    Call it while ``model.projector`` holds the warm-start weights (before LLM training).
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    from lib.evaluate import score_asr
+
+    hyps = ctc_transcribe(model, head, data)
+    return {**score_asr([u.text for u in data.utterances], hyps), "hypotheses": hyps}
+
+
 @torch.no_grad()
 def match_embedding_norm(model: SpeechLLM, head: CTCHead, data: FeatureSet,
                          n: int = 64) -> float:
@@ -162,6 +174,24 @@ def match_embedding_norm(model: SpeechLLM, head: CTCHead, data: FeatureSet,
     last.bias.mul_(factor)
     head.input_scale.mul_(factor)
     return factor
+
+
+def _check_feasible(model: SpeechLLM, head: CTCHead, data: FeatureSet, desc: str) -> None:
+    """CTC needs an audio position per word piece (two for a repeated one): say how many
+    utterances cannot be aligned, and refuse when none can."""
+    stack = model.projector.stack
+    bad = 0
+    for text, f in zip((u.text for u in data.utterances), data.feats):
+        target = _targets(model, head, [text])[0]
+        need = len(target) + sum(a == b for a, b in zip(target, target[1:]))
+        bad += need > -(-f.shape[0] // stack)
+    if bad == len(data):
+        raise CompanionError(
+            f"{desc}: no training utterance has as many audio positions as word pieces at "
+            f"projector_stack={stack}: lower projector_stack or use recipe plain")
+    if bad:
+        print(f"{desc}: {bad} of {len(data)} utterances have more word pieces than audio "
+              f"positions (projector_stack={stack}); the CTC loss skips them")
 
 
 @dataclass
@@ -205,6 +235,7 @@ def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, epochs: float, learn
             print(f"{desc}: cached warm start reused ({out_dir})")
             return WarmStart(head, rec["log"], rec["norm_factor"], True, rec["wall_time_s"])
     n = len(train_set)
+    _check_feasible(model, head, train_set, desc)
     steps = max(1, int(round(epochs * n / batch_size)))
     params = list(model.projector.parameters()) + [head.blank]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from lib.config import Chapter1Config, ModelConfig, config_hash, resolve_device
-from lib.evaluate import audio_reliance, evaluate_asr
+from lib.corpus import voice_family
+from lib.ctc import WarmStart, ctc_warm_start, score_ctc
+from lib.errors import CompanionError
+from lib.evaluate import audio_reliance, evaluate_asr, score_asr, transcribe
 from lib.features import FeatureSet, extract_features
 from lib.paths import cache_subdir
 from lib.sources import load_source
@@ -22,13 +25,15 @@ from lib.train import TrainRun, train_speechllm
 
 @dataclass
 class ModelRun:
-    """One trained SpeechLLM with its training record and test scores."""
+    """One trained SpeechLLM with its training record, test scores and baselines."""
 
     config: ModelConfig
     model: SpeechLLM
     train: TrainRun
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
     parameters: dict[str, int] = field(default_factory=dict)
+    warm_start: WarmStart | None = None  # the CTC warm start (recipe ctc-warmstart)
+    ctc_scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # CTC head alone
 
 
 def slug(name: str) -> str:
@@ -36,11 +41,26 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", Path(name.rstrip("/")).name or name).strip("-")
 
 
-def run_dir(mc: ModelConfig, cfg: Chapter1Config) -> Path:
-    """The cache folder of one training run, keyed by everything that changes its result."""
-    key = config_hash({"model": mc, "train": cfg.train, "train_data": cfg.train_data,
-                       "corpus": cfg.corpus if cfg.train_data.startswith("synthetic") else None})
+def run_dir(mc: ModelConfig, cfg: Chapter1Config, fit: FeatureSet) -> Path:
+    """The cache folder of one training run, keyed by everything that changes its result:
+    the model, the training settings and the training data by content (``fit.digest()``)."""
+    key = config_hash({"model": mc, "train": cfg.train, "data": fit.digest()})
     return cache_subdir("runs") / f"{slug(mc.decoder)}-{key}"
+
+
+def split_dev(train: FeatureSet, n: int) -> tuple[FeatureSet, FeatureSet | None]:
+    """Hold out the last ``n`` training utterances as the dev subset of the learning curve.
+
+    Raises:
+        CompanionError: fewer than ``n + 1`` utterances would be left to train on.
+    """
+    if n == 0:
+        return train, None
+    if n >= len(train):
+        raise CompanionError(f"dev_utterances={n} leaves nothing to train on ({len(train)} "
+                             "training utterances): lower dev_utterances or raise n_train")
+    return (FeatureSet(train.utterances[:-n], train.feats[:-n]),
+            FeatureSet(train.utterances[-n:], train.feats[-n:]))
 
 
 def prepare_features(cfg: Chapter1Config) -> tuple[FeatureSet, dict[str, FeatureSet]]:
@@ -51,17 +71,30 @@ def prepare_features(cfg: Chapter1Config) -> tuple[FeatureSet, dict[str, Feature
     """
     device = resolve_device(cfg.device)
     encoder = build_encoder(cfg.models[0].encoder).to(device)
+    prec = cfg.train.precision
     train = extract_features(encoder, load_source(cfg.train_data, cfg.corpus),
-                             desc=f"features {cfg.train_data}")
+                             desc=f"features {cfg.train_data}", precision=prec)
     tests = {name: extract_features(encoder, load_source(name, cfg.corpus),
-                                    desc=f"features {name}")
+                                    desc=f"features {name}", precision=prec)
              for name in cfg.test_data}
     return train, tests
+
+
+def dev_wer(model: SpeechLLM, dev: FeatureSet, cfg: Chapter1Config) -> dict[str, Any]:
+    """WER (and its interval) of greedy transcripts of the dev subset: the learning curve."""
+    hyps = transcribe(model, dev, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                      desc="dev WER")
+    score = score_asr([u.text for u in dev.utterances], hyps)
+    return {"dev_wer": score["wer"], "dev_wer_ci95": score["wer_ci95"]}
 
 
 def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
                        tests: dict[str, FeatureSet], evaluate: bool = True) -> ModelRun:
     """Build one SpeechLLM, train it (or reuse the finished run), score every test set.
+
+    With ``recipe = "ctc-warmstart"`` the projector is first trained with the CTC head
+    (:func:`lib.ctc.ctc_warm_start`), and the CTC head alone is scored on every test set
+    as a baseline, before the decoder's LoRA and the projector train together.
 
     Args:
         evaluate: score the test sets (only the main process does, under several GPUs).
@@ -69,15 +102,26 @@ def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
     device = resolve_device(cfg.device)
     model = build_speechllm(mc, device=device, seed=cfg.train.seed)
     params = count_parameters(model)
-    out = run_dir(mc, cfg)
+    fit, dev = split_dev(train, cfg.dev_utterances)
+    out = run_dir(mc, cfg, fit)
     name = slug(mc.decoder)
-    tr = train_speechllm(model, train, cfg.train, out, run_config=cfg, desc=f"training {name}")
+    warm, ctc_scores = None, {}
+    if cfg.train.recipe == "ctc-warmstart":
+        t = cfg.train
+        warm = ctc_warm_start(model, fit, t.ctc_epochs, t.ctc_learning_rate, t.ctc_batch_size,
+                              out / "warmstart", seed=t.seed, desc=f"CTC warm start {name}")
+        if evaluate:
+            ctc_scores = {test: score_ctc(model, warm.head, fs.subset(cfg.eval.max_utterances))
+                          for test, fs in tests.items()}
+    check = (lambda m: dev_wer(m, dev, cfg)) if dev is not None and evaluate else None
+    tr = train_speechllm(model, fit, cfg.train, out, run_config=cfg, desc=f"training {name}",
+                         dev_check=check)
     scores = {
         test: evaluate_asr(model, fs, out, test, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                            cfg.eval.max_utterances, config=cfg)
         for test, fs in tests.items()
     } if evaluate else {}
-    return ModelRun(mc, model, tr, scores, params)
+    return ModelRun(mc, model, tr, scores, params, warm, ctc_scores)
 
 
 def data_summary(train: FeatureSet, tests: dict[str, FeatureSet],
@@ -90,7 +134,7 @@ def data_summary(train: FeatureSet, tests: dict[str, FeatureSet],
         durs = [u.duration for u in fs.utterances]
         rows.append({"set": name, "utterances": len(fs), "hours": sum(durs) / 3600,
                      "mean duration (s)": sum(durs) / len(durs),
-                     "voices": len({u.voice for u in fs.utterances}),
+                     "voices": len({voice_family(u.voice) for u in fs.utterances}),
                      "sources": ", ".join(sorted({u.source for u in fs.utterances}))})
     return pd.DataFrame(rows)
 
@@ -103,17 +147,77 @@ def training_log(runs: dict[str, ModelRun]) -> Any:
                       for name, r in runs.items()], ignore_index=True)
 
 
-def score_table(runs: dict[str, ModelRun]) -> Any:
-    """WER/CER per model and test set, with utterance counts and the quick-run label."""
+def wer_table(runs: dict[str, ModelRun],
+              whisper: dict[str, dict[str, Any]] | None = None) -> Any:
+    """WER with 95 % intervals of every system on every test set (one row each).
+
+    Systems: each SpeechLLM, its CTC head alone (recipe ``ctc-warmstart``) and the
+    encoder's own Whisper decoder (``whisper``: test set -> :func:`whisper_baseline`).
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
     import pandas as pd
 
     rows = []
+
+    def add(system: str, test: str, s: dict[str, Any], quick: bool = False) -> None:
+        lo, hi = s["wer_ci95"]
+        rows.append({"system": system, "test set": test, "wer": s["wer"], "wer_low": lo,
+                     "wer_high": hi, "cer": s["cer"], "utterances": s["n_utterances"],
+                     "quick run": quick})
+
     for name, r in runs.items():
         for test, s in r.scores.items():
-            rows.append({"model": slug(name), "test set": test, "wer": s["wer"],
-                         "cer": s["cer"], "utterances": s["n_utterances"],
-                         "quick run": s["quick_run"]})
+            add(f"SpeechLLM {slug(name)}", test, s, s["quick_run"])
+        for test, s in r.ctc_scores.items():
+            add(f"CTC head {slug(name)}", test, s)
+    for test, s in (whisper or {}).items():
+        add(f"{slug(s['model'])} (own decoder)", test, s)
     return pd.DataFrame(rows)
+
+
+def dev_curve(runs: dict[str, ModelRun]) -> Any:
+    """The learning curves: dev WER against training minutes (warm start included)."""
+    import pandas as pd
+
+    frames = []
+    for name, r in runs.items():
+        if not r.train.dev_log:
+            continue
+        d = pd.DataFrame(r.train.dev_log)
+        offset = r.warm_start.wall_time_s / 60 if r.warm_start else 0.0
+        frames.append(d.assign(model=slug(name), train_minutes=d["train_minutes"] + offset,
+                               dev_low=[c[0] for c in d["dev_wer_ci95"]],
+                               dev_high=[c[1] for c in d["dev_wer_ci95"]]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def headline_ch01(runs: dict[str, ModelRun], whisper: dict[str, dict[str, Any]],
+                  reliance: Any) -> dict[str, Any]:
+    """Chapter 1's figures of record (``results/<preset>/ch01.json``): per decoder and
+    test set ``wer``, ``wer_ci95``, ``n_utterances`` and the baselines' scores; training
+    minutes and the audio-reliance gap per decoder."""
+    out: dict[str, Any] = {}
+    gaps = dict(zip(reliance["model"], reliance["loss, other audio"] - reliance["loss, own audio"]))
+    for name, r in runs.items():
+        tests = {}
+        for test, s in r.scores.items():
+            base = {}
+            if test in r.ctc_scores:
+                base["ctc_head"] = {k: r.ctc_scores[test][k] for k in ("wer", "wer_ci95")}
+            if test in whisper:
+                base["whisper"] = {k: whisper[test][k] for k in ("wer", "wer_ci95")}
+            tests[test] = {"wer": s["wer"], "wer_ci95": s["wer_ci95"], "cer": s["cer"],
+                           "n_utterances": s["n_utterances"], "baselines": base}
+        ctc_min = r.warm_start.wall_time_s / 60 if r.warm_start else 0.0
+        llm_min = r.train.result["provenance"]["wall_time_s"] / 60
+        out[slug(name)] = {
+            "test_sets": tests,
+            "training": {"recipe": r.train.result["train_config"]["recipe"],
+                         "steps": r.train.result["steps"], "ctc_minutes": ctc_min,
+                         "llm_minutes": llm_min, "minutes": ctc_min + llm_min},
+            "audio_reliance_gap": float(gaps[slug(name)]),
+        }
+    return {"decoders": out}
 
 
 def examples_table(runs: dict[str, ModelRun], test: str, n: int = 5) -> Any:
@@ -245,3 +349,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"``: ``a`` beats
+    ``b`` only when their 95 % bootstrap intervals do not overlap (a conservative rule, the
+    one chapter 1's verdicts use). Explained in chapter 1."""
+    (a_lo, a_hi), (b_lo, b_hi) = a["wer_ci95"], b["wer_ci95"]
+    if a_hi < b_lo:
+        return "lower than"
+    if a_lo > b_hi:
+        return "higher than"
+    return "not distinguishable from"

@@ -56,19 +56,55 @@ def plot_training_curves(log: pd.DataFrame, ax: Any = None) -> Any:
     sns.lineplot(data=smooth, x="step", y="loss", hue="model", ax=ax)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("cross-entropy on target tokens (nats)")
-    ax.set_yscale("log")
+    if (log["loss"] > 0).all():
+        ax.set_yscale("log")
     return ax
 
 
 def plot_wer(df: pd.DataFrame, ax: Any = None) -> Any:
-    """WER (%) per model and test set as grouped bars with the values printed."""
+    """WER (%) per system and test set, bars with 95 % bootstrap intervals, values printed.
+
+    Args:
+        df: rows with ``test set``, ``system``, ``wer``, ``wer_low`` and ``wer_high``
+            (fractions), as :func:`lib.experiment.wer_table` returns.
+    """
     ax = ax or plt.subplots()[1]
-    d = df.assign(wer_pct=df["wer"] * 100)
-    sns.barplot(data=d, x="test set", y="wer_pct", hue="model", ax=ax)
-    for c in ax.containers:
-        ax.bar_label(c, fmt="%.1f", fontsize=8)
-    ax.set_ylabel("word error rate (%)")
+    d = df.assign(wer_pct=100 * df["wer"])
+    sns.barplot(data=d, x="test set", y="wer_pct", hue="system", ax=ax, errorbar=None)
+    hues = list(dict.fromkeys(d["system"]))
+    tests = list(dict.fromkeys(d["test set"]))
+    for container, system in zip(ax.containers, hues):
+        ax.bar_label(container, fmt="%.1f", fontsize=7, padding=2)
+        for bar, test in zip(container, tests):
+            row = d[(d["system"] == system) & (d["test set"] == test)]
+            if row.empty or bar.get_height() != bar.get_height():
+                continue
+            x = bar.get_x() + bar.get_width() / 2
+            ax.errorbar(x, 100 * row["wer"].iloc[0],
+                        yerr=[[100 * (row["wer"].iloc[0] - row["wer_low"].iloc[0])],
+                              [100 * (row["wer_high"].iloc[0] - row["wer"].iloc[0])]],
+                        color="black", capsize=2, lw=0.8)
+    ax.set_ylabel("word error rate (%), 95 % bootstrap interval")
     ax.set_xlabel("")
+    ax.legend(fontsize=8, title=None)
+    return ax
+
+
+def plot_learning_curve(dev: pd.DataFrame, ax: Any = None) -> Any:
+    """Dev-subset WER (%) against minutes of training, one line per model, with intervals.
+
+    Args:
+        dev: rows with ``model``, ``train_minutes``, ``dev_wer``, ``dev_low``, ``dev_high``.
+    """
+    ax = ax or plt.subplots()[1]
+    for (model, g), color in zip(dev.groupby("model", sort=False), sns.color_palette()):
+        ax.plot(g["train_minutes"], 100 * g["dev_wer"], marker="o", color=color, label=model)
+        ax.fill_between(g["train_minutes"], 100 * g["dev_low"], 100 * g["dev_high"],
+                        color=color, alpha=0.15)
+    ax.set_xlabel("training time (CPU minutes, warm start included)")
+    ax.set_ylabel("dev WER (%), 95 % interval")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
     return ax
 
 

@@ -112,8 +112,9 @@ class SpeechEncoder(nn.Module):
                 pieces.append(w[start:start + fe.n_samples])
                 owner.append(i)
         dtype = next(self.model.parameters()).dtype
-        mels = [fe(p, sampling_rate=fe.sampling_rate, return_tensors="pt", padding="longest",
-                   ).input_features[0] for p in pieces]  # [n_mels, frames] each
+        with torch.autocast("cpu", enabled=False):  # the log-mel stays float32
+            mels = [fe(p, sampling_rate=fe.sampling_rate, return_tensors="pt",
+                       padding="longest").input_features[0] for p in pieces]  # [n_mels, T]
         n_mel = torch.tensor([m.shape[1] for m in mels])
         feats = torch.zeros(len(mels), mels[0].shape[0], int(n_mel.max()))
         for j, m in enumerate(mels):

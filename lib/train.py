@@ -16,9 +16,9 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -44,6 +44,7 @@ class TrainRun:
     resumed_from: int | None  # step of the checkpoint a killed run restarted from
     finished: bool  # False when stopped early on purpose (``stop_after``)
     result: dict[str, Any]  # the train_result.json record (with provenance)
+    dev_log: list[dict[str, Any]] = field(default_factory=list)  # step, train_minutes, ...
 
 
 class _Order:
@@ -102,6 +103,7 @@ def train_speechllm(
     run_config: Any = None,
     stop_after: int | None = None,
     desc: str = "training",
+    dev_check: Callable[[SpeechLLM], dict[str, Any]] | None = None,
 ) -> TrainRun:
     """Train ``model``'s trainable parameters on ``train_set``; reuse or resume ``run_dir``.
 
@@ -116,6 +118,9 @@ def train_speechllm(
         stop_after: stop (as if killed) after this many steps in this call: for tests
             and for splitting a long run into sessions.
         desc: progress-bar label.
+        dev_check: called with the model (in eval mode) every ``cfg.dev_every`` steps and
+            at the end; its dict (e.g. a dev WER) is logged with the step and the training
+            minutes so far, in ``dev_log.jsonl``. Its own time is not counted as training.
     """
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -128,13 +133,13 @@ def train_speechllm(
         print(f"{desc}: cached run reused ({run_dir.name}); delete it to retrain")
         result = load_json(result_path)
         return TrainRun(run_dir, _read_log(run_dir / "train_log.jsonl", cfg.steps), True,
-                        None, True, result)
+                        None, True, result, _read_log(run_dir / "dev_log.jsonl", cfg.steps))
     if len(train_set) == 0:
         raise CompanionError(f"{desc}: the training set is empty; check train_data")
     run_dir.mkdir(parents=True, exist_ok=True)
 
     cuda = torch.cuda.is_available() and model.device.type == "cuda"
-    acc = Accelerator(mixed_precision="bf16" if cuda else "no",
+    acc = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
                       cpu=not cuda, gradient_accumulation_steps=cfg.grad_accum)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -152,10 +157,11 @@ def train_speechllm(
         scheduler.load_state_dict(states["scheduler"])
         resumed = start
         print(f"{desc}: resuming from the checkpoint at step {start}/{cfg.steps}")
-    log_path = run_dir / "train_log.jsonl"
-    log = _read_log(log_path, start)
+    log_path, dev_path = run_dir / "train_log.jsonl", run_dir / "dev_log.jsonl"
+    log, dev_log = _read_log(log_path, start), _read_log(dev_path, start)
     if acc.is_main_process:  # drop log rows written after the checkpoint
         log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
+        dev_path.write_text("".join(json.dumps(r) + "\n" for r in dev_log))
 
     # The scheduler stays unprepared: accelerate would step it once per process, while
     # cfg.steps counts global optimiser steps.
@@ -175,7 +181,8 @@ def train_speechllm(
                  for k in range(cfg.grad_accum)]
         # Weight tokens, not micro-batches: every micro-batch's summed loss is divided by
         # the target tokens of the whole step (all micro-batches, all processes). DDP
-        # averages gradients over processes, hence the factor num_processes.
+        # averages gradients over processes and accelerate's backward divides by
+        # grad_accum, hence the factors num_processes and grad_accum.
         n_tok = torch.tensor(float(sum(len(model.target_ids(t)) for _, _, texts in micro
                                        for t in texts)), device=model.device)
         n_tok = acc.reduce(n_tok, reduction="sum") if acc.num_processes > 1 else n_tok
@@ -188,7 +195,7 @@ def train_speechllm(
                         f"{desc}: the loss is {loss_sum.item()} at step {step + 1}; nothing "
                         f"was cached. Lower learning_rate (now {cfg.learning_rate:g}) or "
                         "check the data")
-                loss = loss_sum * acc.num_processes / n_tok
+                loss = loss_sum * (acc.num_processes * cfg.grad_accum) / n_tok
                 acc.backward(loss)
                 if acc.sync_gradients:
                     norm = acc.clip_grad_norm_(params, 1.0)
@@ -210,6 +217,17 @@ def train_speechllm(
         if acc.is_main_process:
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
+            if dev_check is not None and (
+                    step + 1 == cfg.steps or (cfg.dev_every and (step + 1) % cfg.dev_every == 0)):
+                t_dev = time.perf_counter()
+                ddp_model.eval()
+                dev_row = {"step": step + 1, "train_minutes": round(row["elapsed_s"] / 60, 3),
+                           **dev_check(acc.unwrap_model(ddp_model))}
+                ddp_model.train()
+                t0 += time.perf_counter() - t_dev  # the check's time is not training time
+                dev_log.append(dev_row)
+                with dev_path.open("a") as fh:
+                    fh.write(json.dumps(dev_row) + "\n")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
                 _write_checkpoint(ckpt, acc.unwrap_model(ddp_model), optimizer, scheduler,
                                   step + 1)
@@ -235,4 +253,4 @@ def train_speechllm(
             "provenance": provenance(run_config, seed=cfg.seed, wall_time_s=total),
         }
         save_json(result_path, result)
-    return TrainRun(run_dir, log, False, resumed, finished, result)
+    return TrainRun(run_dir, log, False, resumed, finished, result, dev_log)

@@ -114,3 +114,63 @@ def test_two_processes_follow_the_same_schedule(tmp_path):
     lrs = [r["lr"] for r in rows]
     peak = 1e-3  # tiny preset; linear warm-up over 1 step, then linear decay to 0 at 5
     assert lrs == pytest.approx([peak * (5 - s) / 4 for s in range(1, 6)])
+
+
+def test_accumulation_weights_tokens_not_micro_batches(tmp_path, random_features):
+    """Two micro-batches of 2 give the gradient of one batch of 4, though their transcripts
+    have different token counts (a per-micro-batch mean would weight them equally)."""
+    data = random_features(4, split="train", base=20, step=5)
+    assert len({len(u.text) for u in data.utterances}) > 1
+    mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=32,
+                     lora_rank=4, lora_alpha=8, lora_dropout=0.0)
+    cfg_one = TrainConfig(steps=1, batch_size=4, grad_accum=1, learning_rate=1e-2,
+                          warmup_steps=0, checkpoint_every=10)
+    cfg_two = TrainConfig(steps=1, batch_size=2, grad_accum=2, learning_rate=1e-2,
+                          warmup_steps=0, checkpoint_every=10)
+    # The reference: one plain full-batch gradient, computed by hand from summed token losses.
+    ref = build_speechllm(mc, seed=0)
+    ref.train()
+    feats, lengths, texts = data.batch([0, 1, 2, 3])
+    n_tok = sum(len(ref.target_ids(t)) for t in texts)
+    (ref.loss(feats, lengths, texts, reduction="sum") / n_tok).backward()
+    ref_grad = {n: p.grad.clone() for n, p in ref.named_parameters() if p.requires_grad}
+
+    grads = {}
+    for name, cfg in (("one", cfg_one), ("two", cfg_two)):
+        model = build_speechllm(mc, seed=0)
+        seen = {}
+        orig = torch.optim.AdamW.step
+
+        def capture(self, *a, _seen=seen, _model=model, **k):
+            _seen.update({n: p.grad.clone() for n, p in _model.named_parameters()
+                          if p.requires_grad and p.grad is not None})
+            return orig(self, *a, **k)
+
+        torch.optim.AdamW.step = capture
+        try:
+            # batch order: a seeded permutation of 4 items, so both see all four utterances
+            train_speechllm(model, data, cfg, tmp_path / name)
+        finally:
+            torch.optim.AdamW.step = orig
+        grads[name] = seen
+    for n, g in ref_grad.items():
+        # Gradient clipping (max norm 1) scales both alike; compare directions and ratios.
+        for name in ("one", "two"):
+            got = grads[name][n]
+            if g.norm() == 0:  # LoRA A starts with zero gradient (B is zero)
+                assert got.norm() == 0, (name, n)
+                continue
+            cos = torch.nn.functional.cosine_similarity(got.flatten(), g.flatten(), dim=0)
+            assert cos > 0.9999, (name, n)
+        torch.testing.assert_close(grads["one"][n], grads["two"][n], rtol=1e-4, atol=1e-6)
+
+
+def test_a_non_finite_loss_stops_training_and_caches_nothing(tmp_path, random_features):
+    data = random_features(4, split="train", base=20, step=5)
+    cfg = TrainConfig(steps=4, batch_size=2, learning_rate=float("inf"), warmup_steps=0,
+                      checkpoint_every=1)
+    with pytest.raises(CompanionError, match="not finite|loss is nan|loss is inf") as err:
+        train_speechllm(_model(), data, cfg, tmp_path / "run")
+    assert "\n" not in str(err.value) and "learning_rate" in str(err.value)
+    assert not (tmp_path / "run" / "final").exists()
+    assert not (tmp_path / "run" / "train_result.json").exists()

@@ -1,0 +1,113 @@
+"""The README's tables of results, rendered from ``results/<preset>/<chapter>.json``.
+
+The numbers of record of a full book run are the small JSON files the chapters write
+(:func:`lib.results.record_headline`). The README never types a figure: each block between
+
+    <!-- results: default/ch01 -->
+    ...
+    <!-- end results -->
+
+is replaced by the rendering of that file. ``python -m lib.report`` (and every
+``make book``) re-renders them; a test checks that the README matches its JSON files.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from lib.paths import REPO_ROOT
+from lib.results import atomic_write_text, load_json, results_root
+
+BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _wer(rec: dict[str, Any] | None) -> str:
+    if not rec:
+        return "–"
+    lo, hi = rec.get("wer_ci95") or (None, None)
+    ci = f" [{_pct(lo)}, {_pct(hi)}]" if lo is not None else ""
+    return f"{_pct(rec['wer'])}{ci}"
+
+
+def _provenance(rec: dict[str, Any]) -> str:
+    prov = rec.get("provenance", {})
+    commit = (prov.get("git_hash") or "unknown")[:7]
+    dirty = " (uncommitted changes)" if prov.get("git_dirty") else ""
+    cpus = prov.get("device", {}).get("cpu_count")
+    gpu = prov.get("device", {}).get("gpu")
+    where = gpu or f"{cpus} CPU cores, no GPU"
+    return (f"Measured by the book run of preset `{rec.get('preset')}` at commit {commit}"
+            f"{dirty} on {prov.get('date', '?')[:10]}, on {where}; torch "
+            f"{prov.get('versions', {}).get('torch', '?')}.")
+
+
+def render_ch01(rec: dict[str, Any]) -> str:
+    """Chapter 1: WER with 95 % intervals per decoder and test set, and the baselines."""
+    rows = ["| decoder | test set | utterances | SpeechLLM WER % [95 % CI] | CTC head alone "
+            "| Whisper-base (own decoder) |", "|---|---|---|---|---|---|"]
+    notes = []
+    for dec, d in rec["decoders"].items():
+        for test, t in d["test_sets"].items():
+            base = t.get("baselines", {})
+            rows.append(f"| {dec} | {test} | {t['n_utterances']} | {_wer(t)} | "
+                        f"{_wer(base.get('ctc_head'))} | {_wer(base.get('whisper'))} |")
+        tr = d.get("training", {})
+        notes.append(f"{dec}: {tr.get('minutes', float('nan')):.1f} min of training "
+                     f"({tr.get('ctc_minutes', 0):.1f} min CTC warm start + "
+                     f"{tr.get('llm_minutes', float('nan')):.1f} min for {tr.get('steps')} LLM "
+                     f"steps, recipe `{tr.get('recipe')}`); audio-reliance gap "
+                     f"{d.get('audio_reliance_gap', float('nan')):.2f} nats/token")
+    text = "\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes)
+    return text + "\n" + _provenance(rec) + "\n"
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {"ch01": render_ch01}
+"""Chapter -> the function that renders its results file as Markdown."""
+
+
+def render(text: str, root: Path | None = None) -> str:
+    """``text`` (the README) with every results block re-rendered from its JSON file.
+
+    A block whose file does not exist yet says so instead of showing a number.
+    """
+    root = root or results_root()
+
+    def one(m: re.Match) -> str:
+        preset, chapter = m.group(2), m.group(3)
+        path = root / preset / f"{chapter}.json"
+        if chapter not in RENDERERS:
+            body = f"(no renderer for {chapter})\n"
+        elif not path.is_file():
+            body = f"(no full `{preset}` run recorded yet: `make book PRESET={preset}`)\n"
+        else:
+            body = RENDERERS[chapter](load_json(path))
+        return m.group(1) + body + m.group(5)
+
+    return BLOCK.sub(one, text)
+
+
+def update_readme(readme: Path = REPO_ROOT / "README.md") -> bool:
+    """Re-render the README's results blocks; returns whether anything changed."""
+    old = readme.read_text(encoding="utf-8")
+    new = render(old)
+    if new != old:
+        atomic_write_text(readme, new)
+    return new != old
+
+
+def main() -> int:
+    """``python -m lib.report``: re-render the README's results blocks."""
+    changed = update_readme()
+    print("README.md results " + ("re-rendered" if changed else "already up to date"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
