@@ -554,6 +554,11 @@ def main(argv: Sequence[str] | None = None, *, root: Path = REPO_ROOT) -> int:
         if args.command in ("run", "all"):
             overrides = parse_parameters(args.parameter)
             run_chapters(args.preset, args.chapter, overrides, root=root)
+            if root == REPO_ROOT:  # a full run may have recorded new figures of record
+                from lib.report import update_readme
+
+                if update_readme():
+                    print("README.md: results tables re-rendered from results/")
         if args.command in ("build", "all"):
             index = build_book(args.preset, root=root)
             print(f"open {index}")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib import notebook  # noqa: E402
 from lib.assets import build_char_tokenizer  # noqa: E402
-from lib.config import ModelConfig, resolve_device  # noqa: E402
+from lib.config import ModelConfig, resolve_device, resolve_precision  # noqa: E402
 from lib.errors import CompanionError  # noqa: E402
 from lib.model_configs import PAPER_DECODERS, make_config  # noqa: E402
 from lib.results import device_info  # noqa: E402
@@ -52,10 +52,20 @@ def paper_model(hub_id: str, device: str, enc_dim: int = 1024) -> SpeechLLM:
 
 
 def measure(model: SpeechLLM, device: str, batch: int, seconds: float, words: int,
-            steps: int, new_tokens: int, enc_dim: int,
-            decode_batch: int = 32) -> dict[str, float]:
-    """Seconds per training step and per decode batch, after one warm-up each."""
+            steps: int, new_tokens: int, enc_dim: int, decode_batch: int = 32,
+            precision: str = "fp32", rounds: int = 3) -> dict[str, float]:
+    """Seconds per training step (and per bare decoder step), per decode batch.
+
+    The SpeechLLM step (projector + prompt assembly + decoder with LoRA, forward and
+    backward, AdamW) is timed against a *bare* step of the same decoder over the same
+    tokens: the assembled ``inputs_embeds`` fed straight to the decoder, the same target
+    positions, backward into the same LoRA weights and AdamW. Their ratio is the overhead
+    of everything a SpeechLLM adds around its decoder. Rounds alternate the two, and the
+    ratio is the median of the per-round ratios (single runs here vary by +-10 %).
+    """
     cuda = device.startswith("cuda")
+    amp = torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
+                         enabled=cuda or precision == "bf16")
     frames = int(seconds * 50)
     feats = torch.randn(batch, frames, enc_dim, device=device)
     lengths = torch.full((batch,), frames, device=device)
@@ -63,24 +73,48 @@ def measure(model: SpeechLLM, device: str, batch: int, seconds: float, words: in
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    with torch.no_grad():
+        fixed = model.build_inputs(feats, lengths, texts)
+    labels = fixed["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    body = model.decoder.get_decoder()
+    head = model.decoder.get_output_embeddings()
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with amp:
             loss = model(feats, lengths, texts)
         loss.backward()
         opt.step()
         opt.zero_grad()
 
+    def bare() -> None:
+        with amp:
+            out = body(inputs_embeds=fixed["inputs_embeds"],
+                       attention_mask=fixed["attention_mask"], use_cache=False)
+            logits = head(out.last_hidden_state[keep]).float()
+            loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    def timed(fn) -> float:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / steps
+
     model.train()
     step()
-    sync()
+    bare()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    train_s = (time.perf_counter() - t0) / steps
+    pairs = [(timed(step), timed(bare)) for _ in range(rounds)]
+    train_s = sorted(a for a, _ in pairs)[rounds // 2]
+    bare_s = sorted(b for _, b in pairs)[rounds // 2]
+    ratio = sorted(a / b for a, b in pairs)[rounds // 2]
     train_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     model.eval()
     feats = torch.randn(decode_batch, frames, enc_dim, device=device)
@@ -95,9 +129,9 @@ def measure(model: SpeechLLM, device: str, batch: int, seconds: float, words: in
         sync()
     decode_s = time.perf_counter() - t0
     decode_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    return {"train_utt_s": batch / train_s, "train_step_s": train_s,
-            "decode_utt_s": decode_batch / decode_s, "train_peak_gib": train_mem,
-            "decode_peak_gib": decode_mem}
+    return {"train_utt_s": batch / train_s, "train_step_s": train_s, "bare_step_s": bare_s,
+            "overhead": ratio, "decode_utt_s": decode_batch / decode_s,
+            "train_peak_gib": train_mem, "decode_peak_gib": decode_mem}
 
 
 def main() -> None:
@@ -112,6 +146,9 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=11)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="training autocast (auto: bf16 where the hardware has it)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     args = ap.parse_args()
     notebook.setup()  # quiet transformers' loading bars and peft's deprecation notice
     try:
@@ -120,8 +157,13 @@ def main() -> None:
         print(f"training batch {args.batch}, decoding batch {args.decode_batch}; "
               f"{args.seconds:.1f} s clips, {args.words}-word targets, {args.steps} timed "
               f"steps, {args.new_tokens} new tokens decoded (no early eos)")
-        header = (f"{'decoder':28s} {'train utt/s':>11s} {'s/step':>7s} {'decode utt/s':>12s}"
-                  f" {'train GiB':>9s} {'decode GiB':>10s}")
+        precision = resolve_precision(args.precision, device)
+        print(f"training precision {precision}; 'bare' = the decoder alone over the same "
+              f"tokens (forward, backward into LoRA, AdamW); median of {args.rounds} "
+              "alternating rounds")
+        header = (f"{'decoder':28s} {'train utt/s':>11s} {'s/step':>7s} {'bare s/step':>11s}"
+                  f" {'step/bare':>9s} {'decode utt/s':>12s} {'train GiB':>9s}"
+                  f" {'decode GiB':>10s}")
         print(header)
         print("-" * len(header))
         jobs = [(d, "offline") for d in args.decoders]
@@ -136,10 +178,12 @@ def main() -> None:
                                         device=device)
                 enc_dim = model.projector.net[0].in_features // model.projector.stack
             r = measure(model, device, args.batch, args.seconds, args.words, args.steps,
-                        args.new_tokens, enc_dim, args.decode_batch)
+                        args.new_tokens, enc_dim, args.decode_batch, precision,
+                        args.rounds)
             mem = (f"{r['train_peak_gib']:9.2f} {r['decode_peak_gib']:10.2f}"
                    if device.startswith("cuda") else f"{'n/a':>9s} {'n/a':>10s}")
-            print(f"{name:28s} {r['train_utt_s']:11.2f} {r['train_step_s']:7.2f} "
+            print(f"{name:28s} {r['train_utt_s']:11.2f} {r['train_step_s']:7.3f} "
+                  f"{r['bare_step_s']:11.3f} {r['overhead']:9.2f} "
                   f"{r['decode_utt_s']:12.2f} {mem}", flush=True)
             del model
             if device.startswith("cuda"):

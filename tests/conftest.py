@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 # No hub here: fail at once instead of retrying for ~25 s. Kernels started by tests inherit it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Book runs in the tests record their headline figures here, never in the repository's
+# results/ (which holds the numbers of record of full runs).
+os.environ["COMPANION_RESULTS"] = tempfile.mkdtemp(prefix="companion-results-")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

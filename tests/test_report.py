@@ -1,0 +1,57 @@
+"""The README's results tables: rendered from results/<preset>/<chapter>.json, never typed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lib.paths import REPO_ROOT
+from lib.report import render
+
+
+def _ch01(tmp_path: Path) -> Path:
+    rec = {
+        "chapter": "ch01", "preset": "demo",
+        "decoders": {"smollm2-135m": {
+            "test_sets": {"real": {
+                "wer": 0.2345, "wer_ci95": [0.1, 0.4], "cer": 0.1, "n_utterances": 10,
+                "baselines": {"ctc_head": {"wer": 0.5, "wer_ci95": [0.3, 0.7]},
+                              "whisper": {"wer": 0.13, "wer_ci95": [0.05, 0.2]}}}},
+            "training": {"recipe": "ctc-warmstart", "steps": 400, "ctc_minutes": 2.5,
+                         "llm_minutes": 7.25, "minutes": 9.75},
+            "audio_reliance_gap": 3.456}},
+        "provenance": {"date": "2026-11-23T18:00:00+00:00", "git_hash": "abcdef0123",
+                       "git_dirty": False, "device": {"cpu_count": 2},
+                       "versions": {"torch": "2.13.0+cpu"}},
+    }
+    path = tmp_path / "demo" / "ch01.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(rec))
+    return tmp_path
+
+
+def test_a_block_is_rendered_from_its_json(tmp_path):
+    root = _ch01(tmp_path)
+    text = "intro\n<!-- results: demo/ch01 -->\n| 99.9 | typed |\n<!-- end results -->\nend\n"
+    out = render(text, root)
+    assert out.startswith("intro\n<!-- results: demo/ch01 -->\n") and out.endswith(
+        "<!-- end results -->\nend\n")
+    # Percentages with one decimal, intervals in brackets, as written by hand here:
+    assert "| smollm2-135m | real | 10 | 23.4 [10.0, 40.0] | 50.0 [30.0, 70.0] | " \
+           "13.0 [5.0, 20.0] |" in out
+    assert "9.8 min of training (2.5 min CTC warm start + 7.2 min for 400 LLM steps" in out
+    assert "gap 3.46 nats/token" in out and "commit abcdef0" in out and "2 CPU cores" in out
+    assert "99.9" not in out  # the typed number is gone
+    assert render(out, root) == out  # rendering is stable
+
+
+def test_a_missing_results_file_says_so(tmp_path):
+    out = render("<!-- results: nothere/ch01 -->\nx\n<!-- end results -->", tmp_path)
+    assert "no full `nothere` run recorded yet" in out
+
+
+def test_the_readme_matches_its_results_files():
+    """Every results block of README.md is exactly the rendering of the committed JSON."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme == render(readme, REPO_ROOT / "results"), \
+        "README.md is out of date with results/: run `.venv/bin/python -m lib.report`"
