@@ -60,6 +60,8 @@ class TrainConfig:
     ctc_batch_size: int = 64  # utterances per warm-start step (cheap: projector only)
     precision: str = "fp32"  # or "bf16" autocast: 2x faster on a CPU with native bf16
     dev_every: int = 100  # steps between WER checks on the dev subset (0: none)
+    ctc_weight: float = 0.0  # the warm start's CTC loss, kept on while the LLM trains
+    projector_learning_rate: float | None = None  # None: learning_rate
 
 
 RECIPES = ("ctc-warmstart", "plain")
@@ -293,6 +295,14 @@ def _pos_float(params: dict, name: str) -> float:
     return float(v)
 
 
+def _non_neg_float(params: dict, name: str) -> float:
+    v = params[name]
+    ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+          and v >= 0)
+    _check(ok, name, v, "use a number >= 0")
+    return float(v)
+
+
 def _str_list(params: dict, name: str) -> tuple[str, ...]:
     v = params[name]
     if isinstance(v, str):
@@ -309,7 +319,7 @@ CHAPTER1_PARAMS = (
     "batch_size", "grad_accum", "learning_rate", "warmup_steps", "checkpoint_every",
     "eval_batch_size", "max_new_tokens", "max_test_utterances", "seed", "device",
     "recipe", "ctc_epochs", "ctc_learning_rate", "ctc_batch_size", "precision",
-    "dev_utterances", "dev_every",
+    "dev_utterances", "dev_every", "ctc_weight", "projector_learning_rate",
 )
 
 
@@ -363,6 +373,9 @@ def chapter1_config(**params: Any) -> Chapter1Config:
         ctc_batch_size=_pos_int(params, "ctc_batch_size"),
         precision=resolve_precision(precision, device),
         dev_every=_pos_int(params, "dev_every", allow_zero=True),
+        ctc_weight=_non_neg_float(params, "ctc_weight"),
+        projector_learning_rate=(None if params["projector_learning_rate"] is None
+                                 else _pos_float(params, "projector_learning_rate")),
     )
     dev = _pos_int(params, "dev_utterances", allow_zero=True)
     max_utt = params["max_test_utterances"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from lib.config import Chapter1Config, ModelConfig, config_hash, resolve_device
 from lib.corpus import voice_family
-from lib.ctc import WarmStart, ctc_warm_start, score_ctc
+from lib.ctc import WarmStart, ctc_loss, ctc_warm_start, score_ctc
 from lib.errors import CompanionError
 from lib.evaluate import audio_reliance, evaluate_asr, score_asr, transcribe
 from lib.features import FeatureSet, extract_features
@@ -114,8 +114,13 @@ def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
             ctc_scores = {test: score_ctc(model, warm.head, fs.subset(cfg.eval.max_utterances))
                           for test, fs in tests.items()}
     check = (lambda m: dev_wer(m, dev, cfg)) if dev is not None and evaluate else None
+    aux = None
+    if warm is not None and cfg.train.ctc_weight > 0:
+        warm.head.requires_grad_(False)  # the head is fixed; its loss keeps the projector
+        w = cfg.train.ctc_weight          # pointing at word pieces while the LLM trains
+        aux = lambda m, f, n, t: w * ctc_loss(m, warm.head, f, n, t)  # noqa: E731
     tr = train_speechllm(model, fit, cfg.train, out, run_config=cfg, desc=f"training {name}",
-                         dev_check=check)
+                         dev_check=check, aux_loss=aux)
     scores = {
         test: evaluate_asr(model, fs, out, test, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                            cfg.eval.max_utterances, config=cfg)

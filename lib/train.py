@@ -104,6 +104,7 @@ def train_speechllm(
     stop_after: int | None = None,
     desc: str = "training",
     dev_check: Callable[[SpeechLLM], dict[str, Any]] | None = None,
+    aux_loss: Callable[..., torch.Tensor] | None = None,
 ) -> TrainRun:
     """Train ``model``'s trainable parameters on ``train_set``; reuse or resume ``run_dir``.
 
@@ -121,6 +122,8 @@ def train_speechllm(
         dev_check: called with the model (in eval mode) every ``cfg.dev_every`` steps and
             at the end; its dict (e.g. a dev WER) is logged with the step and the training
             minutes so far, in ``dev_log.jsonl``. Its own time is not counted as training.
+        aux_loss: ``(model, feats, lengths, texts) -> loss`` added (already weighted) to
+            each micro-batch's loss; it may only depend on the model's trainable weights.
     """
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -144,7 +147,13 @@ def train_speechllm(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise CompanionError(f"{desc}: the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # The projector may learn at its own rate (a warm-started projector wants a gentler one).
+    proj_ids = {id(p) for p in model.projector.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in proj_ids]},
+              {"params": [p for p in params if id(p) in proj_ids],
+               "lr": cfg.projector_learning_rate or cfg.learning_rate}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
 
     ckpt = run_dir / "checkpoint"
@@ -196,6 +205,9 @@ def train_speechllm(
                         f"was cached. Lower learning_rate (now {cfg.learning_rate:g}) or "
                         "check the data")
                 loss = loss_sum * (acc.num_processes * cfg.grad_accum) / n_tok
+                if aux_loss is not None:  # e.g. the warm start's CTC loss, kept on
+                    loss = loss + aux_loss(acc.unwrap_model(ddp_model), feats, lengths,
+                                           texts) / cfg.grad_accum * acc.num_processes
                 acc.backward(loss)
                 if acc.sync_gradients:
                     norm = acc.clip_grad_norm_(params, 1.0)

@@ -461,3 +461,48 @@ def test_failed_chapter_with_a_real_kernel(layout: Path, capsys) -> None:
     assert _one_line(capsys) == (f"error: chapter 01 failed in cell 4: ValueError: boom 5 "
                                  f"(partial run kept at {failed})")
     assert _good(layout).read_bytes() == before
+
+
+# -- issue 11: the training recipe ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,value,hint", [
+    ("recipe", "ctc", "ctc-warmstart, plain"),
+    ("precision", "fp16", "auto, bf16, fp32"),
+    ("ctc_epochs", 0, "positive number"),
+    ("dev_every", -1, "non-negative integer"),
+])
+def test_recipe_parameters_are_checked(name: str, value: Any, hint: str) -> None:
+    with pytest.raises(CompanionError) as err:
+        chapter1_config(**_tiny_params(**{name: value}))
+    msg = _message(err)
+    assert f"{name}={value!r}" in msg and hint in msg
+
+
+def test_a_corpus_too_small_for_the_dev_subset(random_features) -> None:
+    from lib.experiment import split_dev
+
+    data = random_features(3, split="train")
+    with pytest.raises(CompanionError) as err:
+        split_dev(data, 3)
+    msg = _message(err)
+    assert "dev_utterances=3" in msg and "3 training utterances" in msg
+    fit, dev = split_dev(data, 1)
+    assert [u.id for u in fit.utterances] == ["u0", "u1"] and [u.id for u in dev.utterances] == ["u2"]
+
+
+def test_transcripts_longer_than_the_audio_cannot_warm_start(tmp_path: Path,
+                                                            random_features) -> None:
+    """Four encoder frames at projector_stack=5 are one position: no word fits twice."""
+    from lib.config import ModelConfig
+    from lib.ctc import ctc_warm_start
+    from lib.speechllm import build_speechllm
+
+    model = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                        projector_hidden=16, lora_rank=0), seed=0)
+    data = random_features(2, split="train", base=4, step=0)
+    with pytest.raises(CompanionError) as err:
+        ctc_warm_start(model, data, 1, 1e-3, 2, tmp_path / "ws")
+    msg = _message(err)
+    assert "projector_stack=5" in msg and "recipe plain" in msg
+    assert not (tmp_path / "ws").exists()
