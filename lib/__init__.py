@@ -10,12 +10,14 @@ module             what it does                                                 
 ``sources``        data-source names used by chapter parameters                     1
 ``speechllm``      encoder, projector, decoder, the SpeechLLM and its prompt        1
 ``features``       cached frozen-encoder features                                   1
+``ctc``            the CTC warm start of the projector; the CTC-head baseline       1
 ``train``          projector + LoRA training, resumable checkpoints                 1
 ``evaluate``       greedy decoding, WER / CER with the Whisper normaliser           1
 ``experiment``     chapter-level steps; ``python -m lib.experiment`` for long runs  1
 ``model_configs``  the paper's model shapes and parameter counts                    1
 ``config``         validated configs built from papermill parameters               all
-``results``        provenance and atomic result files                             all
+``results``        provenance, atomic result files, the numbers of record         all
+``report``         the README's results tables, rendered from ``results/``        --
 ``plotting``       one figure style and the book's plots                          all
 ``notebook``       chapter set-up (style, one-line errors)                        all
 ``book``           run chapters with papermill, build the HTML                    --

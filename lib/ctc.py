@@ -247,7 +247,8 @@ def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, epochs: float, learn
     log: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     model.projector.train()
-    for step in tqdm(range(steps), desc=desc):
+    bar = tqdm(range(steps), desc=desc)
+    for step in bar:
         if len(queue) < batch_size:
             queue += torch.randperm(n, generator=gen).tolist()
         idx, queue = queue[:batch_size], queue[batch_size:]
@@ -264,6 +265,10 @@ def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, epochs: float, learn
         sched.step()
         log.append({"step": step + 1, "loss": round(loss.item(), 4),
                     "elapsed_s": round(time.perf_counter() - t0, 2)})
+        if bar.disable and ((step + 1) % max(1, steps // 4) == 0 or step + 1 == steps):
+            # no progress bar (a book run): say where we are
+            print(f"{desc}: step {step + 1}/{steps}, CTC loss {loss.item():.3f}, "
+                  f"{log[-1]['elapsed_s']:.0f} s", flush=True)
     model.projector.eval()
     factor = match_embedding_norm(model, head, train_set)
     wall = time.perf_counter() - t0

@@ -268,7 +268,8 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
                        "data": [(u.id, u.text, file_digest(u.audio)) for u in data.utterances],
                        "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                        "version": EVAL_VERSION})
-    out = cache_subdir("baselines") / f"whisper-{test_name.replace(':', '-').replace('/', '_')}-{key}.json"
+    label = test_name.replace(":", "-").replace("/", "_")
+    out = cache_subdir("baselines") / f"whisper-{label}-{key}.json"
     if reuse and out.is_file():
         print(f"{test_name}: cached Whisper baseline reused (key {key})")
         return load_json(out)

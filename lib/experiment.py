@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{slug(mc.decoder)} {test}: WER {100 * s['wer']:.2f} % "
                       f"({s['n_utterances']} utterances)")
     except CompanionError as err:
-        print(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,11 +1,15 @@
 """Training the projector and the decoder's LoRA adapters, resumably.
 
-AdamW, linear warm-up then linear decay, gradient accumulation, bf16 autocast on a GPU
-(through ``accelerate``, so the same code runs under ``accelerate launch`` / ``torchrun`` on
-several GPUs). Every ``checkpoint_every`` steps the trainable weights (safetensors), the
-optimiser and the scheduler are written atomically; a killed run restarts from the last
-checkpoint and ends with the same weights as an uninterrupted one (data order and dropout
-are seeded by step). A finished run is keyed by its config and reused.
+AdamW, linear warm-up then linear decay, gradient accumulation weighted by target tokens,
+bf16 autocast when ``precision`` is ``bf16`` (on a GPU, or on a CPU with native bf16), all
+through ``accelerate``, so the same code runs under ``accelerate launch`` / ``torchrun`` on
+several GPUs. An optional dev check (a WER every ``dev_every`` steps) draws the learning
+curve, and an optional auxiliary loss (the warm start's CTC loss) is added to each step.
+
+Every ``checkpoint_every`` steps the trainable weights (safetensors), the optimiser and
+the scheduler are written atomically; a killed run restarts from the last checkpoint and
+ends with the same weights as an uninterrupted one (data order and dropout are seeded by
+step). A finished run is keyed by its config and reused.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 """

@@ -488,7 +488,8 @@ def test_a_corpus_too_small_for_the_dev_subset(random_features) -> None:
     msg = _message(err)
     assert "dev_utterances=3" in msg and "3 training utterances" in msg
     fit, dev = split_dev(data, 1)
-    assert [u.id for u in fit.utterances] == ["u0", "u1"] and [u.id for u in dev.utterances] == ["u2"]
+    assert [u.id for u in fit.utterances] == ["u0", "u1"]
+    assert [u.id for u in dev.utterances] == ["u2"]
 
 
 def test_transcripts_longer_than_the_audio_cannot_warm_start(tmp_path: Path,

@@ -103,3 +103,58 @@ def test_score_asr_reports_the_interval():
     lo, hi = s["wer_ci95"]
     # Resampling two utterances: WER is 0 (first twice), 1/8 or 2/8 (second twice).
     assert lo == pytest.approx(0.0) and hi == pytest.approx(0.25)
+
+
+def _tiny_speechllm():
+    from lib.config import ModelConfig
+    from lib.speechllm import build_speechllm
+
+    return build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                       projector_hidden=16, lora_rank=0), seed=0)
+
+
+def test_a_cached_score_is_reused_only_for_the_same_inputs(tmp_path, capsys, random_features):
+    """Each input that changes a score (max_new_tokens, batch size, a clip's features, a
+    transcript) misses the cache; the same inputs hit it and say which key they matched."""
+    import torch
+
+    from lib.evaluate import evaluate_asr
+    from lib.features import FeatureSet
+
+    model = _tiny_speechllm()
+    data = random_features(3, dim=64)
+    first = evaluate_asr(model, data, tmp_path, "t", batch_size=2, max_new_tokens=3)
+    again = evaluate_asr(model, data, tmp_path, "t", batch_size=2, max_new_tokens=3)
+    assert again == first and f"key {first['key']}" in capsys.readouterr().out
+    changed_feats = [f.clone() for f in data.feats]
+    changed_feats[1][0, 0] += 1
+    other_text = [u.__class__(**{**u.__dict__, "text": "other words"}) if i == 2 else u
+                  for i, u in enumerate(data.utterances)]
+    variants = [
+        (data, dict(batch_size=2, max_new_tokens=4)),
+        (data, dict(batch_size=3, max_new_tokens=3)),
+        (FeatureSet(data.utterances, changed_feats), dict(batch_size=2, max_new_tokens=3)),
+        (FeatureSet(other_text, data.feats), dict(batch_size=2, max_new_tokens=3)),
+    ]
+    keys = {first["key"]}
+    for fs, kw in variants:
+        rec = evaluate_asr(model, fs, tmp_path, "t", **kw)
+        assert "cached score reused" not in capsys.readouterr().out, kw
+        keys.add(rec["key"])
+    assert len(keys) == 1 + len(variants)
+    assert torch.equal(data.feats[1], random_features(3, dim=64).feats[1])  # untouched
+
+
+def test_the_run_folder_changes_with_the_training_data(random_features):
+    from lib.config import chapter1_config, load_preset, CHAPTER1_PARAMS
+    from lib.experiment import run_dir
+    from lib.features import FeatureSet
+
+    values = load_preset("tiny")
+    cfg = chapter1_config(**{k: values[k] for k in CHAPTER1_PARAMS})
+    data = random_features(3, dim=64, split="train")
+    feats = [f.clone() for f in data.feats]
+    feats[0][0, 0] += 1
+    a = run_dir(cfg.models[0], cfg, data)
+    assert run_dir(cfg.models[0], cfg, FeatureSet(data.utterances, data.feats)) == a
+    assert run_dir(cfg.models[0], cfg, FeatureSet(data.utterances, feats)) != a

@@ -174,3 +174,27 @@ def test_a_non_finite_loss_stops_training_and_caches_nothing(tmp_path, random_fe
     assert "\n" not in str(err.value) and "learning_rate" in str(err.value)
     assert not (tmp_path / "run" / "final").exists()
     assert not (tmp_path / "run" / "train_result.json").exists()
+
+
+def test_dev_checks_are_logged_every_dev_every_steps_and_survive_a_resume(tmp_path,
+                                                                          random_features):
+    data = random_features(4, split="train", base=20, step=5)
+    cfg = TrainConfig(steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=0,
+                      checkpoint_every=2, dev_every=2)
+    calls = []
+
+    def check(model):
+        assert not model.training  # the check runs the model in eval mode
+        calls.append(1)
+        return {"dev_wer": 0.5 - 0.01 * len(calls), "dev_wer_ci95": [0.1, 0.9]}
+
+    first = train_speechllm(_model(), data, cfg, tmp_path / "run", stop_after=3,
+                            dev_check=check)
+    assert [r["step"] for r in first.dev_log] == [2]
+    second = train_speechllm(_model(), data, cfg, tmp_path / "run", dev_check=check)
+    # Resumed from the checkpoint at step 2: steps 4 and 6 checked; 6 is also the end.
+    assert [r["step"] for r in second.dev_log] == [2, 4, 6]
+    minutes = [r["train_minutes"] for r in second.dev_log]
+    assert minutes == sorted(minutes) and all(m >= 0 for m in minutes)
+    reused = train_speechllm(_model(), data, cfg, tmp_path / "run")
+    assert reused.cached and [r["step"] for r in reused.dev_log] == [2, 4, 6]
