@@ -255,6 +255,7 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
     """
     import torch
     from transformers import AutoProcessor, WhisperForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
     from lib.assets import resolve_model
     from lib.config import config_hash
@@ -290,8 +291,15 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
         inputs = processor(audio, sampling_rate=16000, return_tensors="pt",
                            return_attention_mask=True,
                            **({"truncation": False, "padding": "longest"} if long_form else {}))
-        with torch.inference_mode():
-            ids = model.generate(**inputs, **task, max_new_tokens=max_new_tokens)
+        # transformers warns on every batch that max_new_tokens overrides the checkpoint's
+        # max_length (448): intended here, so its logger is quiet for the call.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            with torch.inference_mode():
+                ids = model.generate(**inputs, **task, max_new_tokens=max_new_tokens)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         hyps += [h.strip() for h in processor.batch_decode(ids, skip_special_tokens=True)]
     wall = time.perf_counter() - t0
     record = {"test_set": test_name, "key": key, "model": name_or_path,
