@@ -13,7 +13,6 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch

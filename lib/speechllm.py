@@ -18,7 +18,6 @@ The loss covers only the target tokens (and the closing eos).
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
