@@ -71,7 +71,8 @@ def score_asr(refs: Sequence[str], hyps: Sequence[str],
     words = jiwer.process_words(r, h)
     chars = jiwer.process_characters(r, h)
     n_ref = sum(len(x.split()) for x in r)
-    errors, counts = utterance_errors(r, h)
+    errors = utterance_errors(words)
+    counts = [len(x.split()) for x in r]
     return {
         "wer": words.wer, "wer_ci95": bootstrap_wer_ci(errors, counts),
         "cer": chars.cer, "n_utterances": len(r), "n_ref_words": n_ref,
@@ -80,17 +81,23 @@ def score_asr(refs: Sequence[str], hyps: Sequence[str],
     }
 
 
-def utterance_errors(refs: Sequence[str], hyps: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Word errors (S + D + I) and reference words of each (already normalised) pair.
+def utterance_errors(words: Any) -> list[int]:
+    """Word errors (S + D + I) of each utterance, read from jiwer's corpus alignment.
 
+    ``words`` is the output of ``jiwer.process_words`` over all utterances: its alignment
+    already holds every utterance's edit operations, so no second pass is needed.
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
     """
-    errors, counts = [], []
-    for ref, hyp in zip(refs, hyps):
-        out = jiwer.process_words(ref, hyp)
-        errors.append(out.substitutions + out.deletions + out.insertions)
-        counts.append(len(ref.split()))
-    return errors, counts
+    errors = []
+    for chunks in words.alignments:
+        n = 0
+        for c in chunks:
+            if c.type in ("substitute", "delete"):
+                n += c.ref_end_idx - c.ref_start_idx
+            elif c.type == "insert":
+                n += c.hyp_end_idx - c.hyp_start_idx
+        errors.append(n)
+    return errors
 
 
 def bootstrap_wer_ci(errors: Sequence[int], counts: Sequence[int], n_boot: int = 2000,
@@ -284,23 +291,24 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
     utts = data.utterances
     hyps: list[str] = []
     t0 = time.perf_counter()
-    for start in tqdm(range(0, len(utts), batch_size), desc=f"Whisper {test_name}",
-                      total=-(-len(utts) // batch_size)):
-        audio = [read_audio(u.audio) for u in utts[start:start + batch_size]]
-        long_form = max(len(a) for a in audio) > processor.feature_extractor.n_samples
-        inputs = processor(audio, sampling_rate=16000, return_tensors="pt",
-                           return_attention_mask=True,
-                           **({"truncation": False, "padding": "longest"} if long_form else {}))
-        # transformers warns on every batch that max_new_tokens overrides the checkpoint's
-        # max_length (448): intended here, so its logger is quiet for the call.
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
+    # transformers warns on every batch that max_new_tokens overrides the checkpoint's
+    # max_length (448): intended here, so its logger is quiet while decoding.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        for start in tqdm(range(0, len(utts), batch_size), desc=f"Whisper {test_name}",
+                          total=-(-len(utts) // batch_size)):
+            audio = [read_audio(u.audio) for u in utts[start:start + batch_size]]
+            long_form = max(len(a) for a in audio) > processor.feature_extractor.n_samples
+            inputs = processor(audio, sampling_rate=16000, return_tensors="pt",
+                               return_attention_mask=True,
+                               **({"truncation": False, "padding": "longest"}
+                                  if long_form else {}))
             with torch.inference_mode():
                 ids = model.generate(**inputs, **task, max_new_tokens=max_new_tokens)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        hyps += [h.strip() for h in processor.batch_decode(ids, skip_special_tokens=True)]
+            hyps += [h.strip() for h in processor.batch_decode(ids, skip_special_tokens=True)]
+    finally:
+        hf_logging.set_verbosity(verbosity)
     wall = time.perf_counter() - t0
     record = {"test_set": test_name, "key": key, "model": name_or_path,
               **score_asr([u.text for u in utts], hyps), "hypotheses": hyps,

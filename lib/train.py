@@ -210,8 +210,10 @@ def train_speechllm(
                         "check the data")
                 loss = loss_sum * (acc.num_processes * cfg.grad_accum) / n_tok
                 if aux_loss is not None:  # e.g. the warm start's CTC loss, kept on
+                    # A per-micro-batch mean: accelerate's 1/grad_accum and DDP's average
+                    # over processes already make it the mean over the whole step.
                     loss = loss + aux_loss(acc.unwrap_model(ddp_model), feats, lengths,
-                                           texts) / cfg.grad_accum * acc.num_processes
+                                           texts)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     norm = acc.clip_grad_norm_(params, 1.0)

@@ -158,3 +158,13 @@ def test_the_run_folder_changes_with_the_training_data(random_features):
     a = run_dir(cfg.models[0], cfg, data)
     assert run_dir(cfg.models[0], cfg, FeatureSet(data.utterances, data.feats)) == a
     assert run_dir(cfg.models[0], cfg, FeatureSet(data.utterances, feats)) != a
+
+
+def test_per_utterance_errors_are_counted_by_hand():
+    import jiwer
+
+    from lib.evaluate import utterance_errors
+
+    refs = ["the cat sat on the mat", "a b c", "one two"]
+    hyps = ["the cat sit on mat", "a x b c", ""]  # S+D = 2; one insertion; two deletions
+    assert utterance_errors(jiwer.process_words(refs, hyps)) == [2, 1, 2]

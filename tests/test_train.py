@@ -198,3 +198,39 @@ def test_dev_checks_are_logged_every_dev_every_steps_and_survive_a_resume(tmp_pa
     assert minutes == sorted(minutes) and all(m >= 0 for m in minutes)
     reused = train_speechllm(_model(), data, cfg, tmp_path / "run")
     assert reused.cached and [r["step"] for r in reused.dev_log] == [2, 4, 6]
+
+
+def test_an_auxiliary_loss_is_averaged_over_micro_batches(tmp_path, random_features):
+    """With an auxiliary per-batch mean added, 2 micro-batches of 2 still give the
+    gradient of one batch of 4 (the aux term must not be divided by grad_accum twice)."""
+    data = random_features(4, split="train", base=20, step=5)
+    mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=32,
+                     lora_rank=4, lora_alpha=8, lora_dropout=0.0)
+
+    def aux(model, feats, lengths, texts):  # a mean over the micro-batch's utterances
+        z, n = model.projector(feats, lengths)
+        valid = (torch.arange(z.shape[1])[None] < n[:, None]).float()
+        per_utt = (z.pow(2).mean(-1) * valid).sum(1) / valid.sum(1)
+        return 10.0 * per_utt.mean()
+
+    grads = {}
+    for name, batch, accum in (("one", 4, 1), ("two", 2, 2)):
+        cfg = TrainConfig(steps=1, batch_size=batch, grad_accum=accum, learning_rate=1e-2,
+                          warmup_steps=0, checkpoint_every=10)
+        model = build_speechllm(mc, seed=0)
+        seen = {}
+        orig = torch.optim.AdamW.step
+
+        def capture(self, *a, _seen=seen, _model=model, **k):
+            _seen.update({n: p.grad.clone() for n, p in _model.named_parameters()
+                          if p.requires_grad and p.grad is not None})
+            return orig(self, *a, **k)
+
+        torch.optim.AdamW.step = capture
+        try:
+            train_speechllm(model, data, cfg, tmp_path / name, aux_loss=aux)
+        finally:
+            torch.optim.AdamW.step = orig
+        grads[name] = seen
+    name = "projector.net.0.weight"
+    torch.testing.assert_close(grads["one"][name], grads["two"][name], rtol=1e-4, atol=1e-6)
