@@ -42,6 +42,10 @@ from lib.errors import CompanionError
 from lib.features import FeatureSet
 from lib.speechllm import SpeechLLM
 
+# Part of every training run's cache key: bump it when the warm start changes its result,
+# so a run trained by an older warm start is not reused.
+WARMSTART_VERSION = 2
+
 
 class CTCHead(nn.Module):
     """CTC output layer made of the decoder's input embeddings (fixed) and a learned blank.
@@ -50,15 +54,21 @@ class CTCHead(nn.Module):
 
     Args:
         token_ids: the decoder vocabulary ids the head can emit (class ``i + 1``).
-        embeddings: ``[V, d]`` rows of the decoder's embedding output for those ids (Gemma
-            multiplies its table by sqrt(d) inside the embedding module: these are the
-            vectors the decoder really reads).
+        embeddings: ``[V, d]`` rows of the decoder's embedding *table* for those ids.
+        embed_scale: the factor the decoder's embedding module multiplies its table by
+            (Gemma: sqrt(d) = 25.3 at d = 640; 1 for Llama-style decoders). The head's
+            logits use the unscaled rows, so their sharpness does not depend on that
+            factor (with Gemma's scaled rows a small change of the projector output moved
+            the logits 25x as far, and the warm start reached 64 % WER instead of 37 %);
+            the norm matching targets the scaled rows, which the decoder really reads.
     """
 
-    def __init__(self, token_ids: Sequence[int], embeddings: torch.Tensor) -> None:
+    def __init__(self, token_ids: Sequence[int], embeddings: torch.Tensor,
+                 embed_scale: float = 1.0) -> None:
         super().__init__()
         self.token_ids = [int(t) for t in token_ids]
         self.register_buffer("embeddings", embeddings.detach().float().clone())
+        self.register_buffer("embed_scale", torch.tensor(float(embed_scale)))
         self.blank = nn.Parameter(torch.zeros(embeddings.shape[1]))
         # Divides the projector output: after norm matching scales the projector up or down,
         # the head still sees the vectors it was trained on.
@@ -87,10 +97,9 @@ def build_ctc_head(model: SpeechLLM, texts: Sequence[str]) -> CTCHead:
     if not ids:
         raise CompanionError("the CTC warm start found no tokens in the training transcripts:"
                              " check train_data (its texts are empty)")
-    with torch.no_grad():
-        table = model.decoder.get_input_embeddings()
-        emb = table(torch.tensor(ids, device=model.device)).float().cpu()
-    return CTCHead(ids, emb).to(model.device)
+    table = model.decoder.get_input_embeddings()
+    rows = table.weight.detach()[torch.tensor(ids, device=table.weight.device)].float().cpu()
+    return CTCHead(ids, rows, float(getattr(table, "embed_scale", 1.0))).to(model.device)
 
 
 def _targets(model: SpeechLLM, head: CTCHead, texts: Sequence[str]) -> list[list[int]]:
@@ -168,7 +177,8 @@ def match_embedding_norm(model: SpeechLLM, head: CTCHead, data: FeatureSet,
     feats, lengths, _ = data.batch(list(range(min(n, len(data)))))
     z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
     valid = torch.arange(z.shape[1], device=z.device)[None] < z_len[:, None]
-    factor = float(head.embeddings.norm(dim=-1).mean() / z[valid].norm(dim=-1).mean())
+    target = head.embeddings.norm(dim=-1).mean() * head.embed_scale  # what the decoder reads
+    factor = float(target / z[valid].norm(dim=-1).mean())
     last = model.projector.net[-1]
     last.weight.mul_(factor)
     last.bias.mul_(factor)

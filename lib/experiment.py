@@ -14,7 +14,7 @@ from typing import Any
 
 from lib.config import Chapter1Config, ModelConfig, config_hash, resolve_device
 from lib.corpus import voice_family
-from lib.ctc import WarmStart, ctc_loss, ctc_warm_start, score_ctc
+from lib.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start, score_ctc
 from lib.errors import CompanionError
 from lib.evaluate import audio_reliance, evaluate_asr, score_asr, transcribe
 from lib.features import FeatureSet, extract_features
@@ -45,7 +45,8 @@ def slug(name: str) -> str:
 def run_dir(mc: ModelConfig, cfg: Chapter1Config, fit: FeatureSet) -> Path:
     """The cache folder of one training run, keyed by everything that changes its result:
     the model, the training settings and the training data by content (``fit.digest()``)."""
-    key = config_hash({"model": mc, "train": cfg.train, "data": fit.digest()})
+    key = config_hash({"model": mc, "train": cfg.train, "data": fit.digest(),
+                       "warmstart": WARMSTART_VERSION})
     return cache_subdir("runs") / f"{slug(mc.decoder)}-{key}"
 
 

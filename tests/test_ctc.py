@@ -101,6 +101,29 @@ def test_norm_matching_rescales_outputs_and_keeps_the_ctc_logits(model, random_f
     torch.testing.assert_close(logits1, logits0, rtol=1e-4, atol=1e-4)
 
 
+def test_gemma_head_uses_the_unscaled_table_and_matches_the_scaled_norm(random_features):
+    """Gemma's embedding module multiplies its table by sqrt(d): the head's logits use the
+    stored rows, and norm matching aims at what the decoder reads (the module's output)."""
+    mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-gemma", projector_hidden=32,
+                     lora_rank=0)
+    gemma = build_speechllm(mc, seed=0)
+    head = build_ctc_head(gemma, ["one two", "three"])
+    table = gemma.decoder.get_input_embeddings()
+    ids = torch.tensor(head.token_ids)
+    hidden = gemma.decoder.config.hidden_size
+    torch.testing.assert_close(head.embeddings, table.weight.detach()[ids].float())
+    read = table(ids).detach().float()  # the vectors the decoder really reads
+    torch.testing.assert_close(read, head.embeddings * math.sqrt(hidden), rtol=1e-3, atol=1e-4)
+    data = random_features(4, dim=64, base=20, step=5)
+    feats, lengths, _ = data.batch([0, 1, 2, 3])
+    match_embedding_norm(gemma, head, data)
+    with torch.no_grad():
+        z, n = gemma.projector(feats, lengths)
+    valid = torch.arange(z.shape[1])[None] < n[:, None]
+    assert z[valid].norm(dim=-1).mean().item() == pytest.approx(
+        read.norm(dim=-1).mean().item(), rel=1e-3)
+
+
 def test_warm_start_learns_and_is_reused(tmp_path, random_features):
     data = random_features(6, dim=64, split="train", base=30, step=5)
     mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=32,
