@@ -62,6 +62,9 @@ class TrainConfig:
     dev_every: int = 100  # steps between WER checks on the dev subset (0: none)
     ctc_weight: float = 0.0  # the warm start's CTC loss, kept on while the LLM trains
     projector_learning_rate: float | None = None  # None: learning_rate
+    # Batches drawn from pools of `length_grouping` batches sorted by length (HF Trainer's
+    # group_by_length): less padding, same data per epoch. 0 or 1: plain random batches.
+    length_grouping: int = 16
 
 
 RECIPES = ("ctc-warmstart", "plain")

@@ -111,7 +111,8 @@ def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
     if cfg.train.recipe == "ctc-warmstart":
         t = cfg.train
         warm = ctc_warm_start(model, fit, t.ctc_epochs, t.ctc_learning_rate, t.ctc_batch_size,
-                              out / "warmstart", seed=t.seed, desc=f"CTC warm start {name}")
+                              out / "warmstart", seed=t.seed, desc=f"CTC warm start {name}",
+                              precision=t.precision, length_grouping=t.length_grouping)
         if evaluate:
             ctc_scores = {test: score_ctc(model, warm.head, fs.subset(cfg.eval.max_utterances))
                           for test, fs in tests.items()}

@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -51,17 +51,48 @@ class TrainRun:
     dev_log: list[dict[str, Any]] = field(default_factory=list)  # step, train_minutes, ...
 
 
-class _Order:
-    """Deterministic data order: a fresh permutation per epoch, sliced per process."""
+def length_grouped_permutation(lengths: Sequence[int], batch: int, pool: int,
+                               generator: torch.Generator) -> list[int]:
+    """A random permutation of ``range(len(lengths))`` whose consecutive ``batch``-sized
+    slices hold items of similar length.
 
-    def __init__(self, n: int, batch: int, seed: int, world: int, rank: int) -> None:
+    The permutation is cut into pools of ``pool * batch`` items, each pool is sorted by
+    length (longest first) and cut into batches, and the batches are shuffled. Every item
+    still appears once per epoch; a batch pads to a length close to its own items'
+    (padding costs compute in every projector and decoder pass). ``pool <= 1``: a plain
+    random permutation. The same idea as ``group_by_length`` in transformers' Trainer.
+    """
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    if pool <= 1 or batch <= 1:
+        return perm
+    size = pool * batch
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), size):
+        chunk = sorted(perm[start:start + size], key=lambda i: -lengths[i])
+        batches += [chunk[k:k + batch] for k in range(0, len(chunk), batch)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [i for b in order for i in batches[b]]
+
+
+class _Order:
+    """Deterministic data order: a fresh (length-grouped) permutation per epoch, sliced
+    per process."""
+
+    def __init__(self, n: int, batch: int, seed: int, world: int, rank: int,
+                 lengths: Sequence[int] | None = None, pool: int = 0) -> None:
         self.n, self.batch, self.seed, self.world, self.rank = n, batch, seed, world, rank
+        self.lengths, self.pool = lengths, pool
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+            if self.lengths is None:
+                perm = torch.randperm(self.n, generator=g).tolist()
+            else:  # global batches grouped by length, then split among processes
+                perm = length_grouped_permutation(self.lengths, self.batch * self.world,
+                                                  self.pool, g)
+            self._perms = {epoch: perm}
         return self._perms[epoch]
 
     def micro_batch(self, k: int) -> list[int]:
@@ -180,7 +211,8 @@ def train_speechllm(
     # cfg.steps counts global optimiser steps.
     ddp_model, optimizer = acc.prepare(model, optimizer)
     order = _Order(len(train_set), cfg.batch_size, cfg.seed, acc.num_processes,
-                   acc.process_index)
+                   acc.process_index, [f.shape[0] for f in train_set.feats],
+                   cfg.length_grouping)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     ddp_model.train()
     t0 = time.perf_counter()

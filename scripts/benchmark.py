@@ -134,6 +134,43 @@ def measure(model: SpeechLLM, device: str, batch: int, seconds: float, words: in
             "train_peak_gib": train_mem, "decode_peak_gib": decode_mem}
 
 
+def measure_ctc(model: SpeechLLM, device: str, batch: int, seconds: float, words: int,
+                vocab: int, enc_dim: int, rounds: int = 3) -> dict[str, float]:
+    """Seconds per CTC warm-start step (projector + CTC head over ``vocab`` word pieces,
+    forward, backward, AdamW) in float32 and under bf16 autocast; median of alternating
+    rounds and the median per-round ratio."""
+    from lib.ctc import CTCHead, ctc_loss
+
+    table = model.decoder.get_input_embeddings()
+    ids = list(range(min(vocab, table.weight.shape[0])))
+    head = CTCHead(ids, table.weight.detach()[ids].float()).to(device)
+    frames = int(seconds * 50)
+    feats = torch.randn(batch, frames, enc_dim, device=device)
+    lengths = torch.full((batch,), frames, device=device)
+    # targets: `words` word pieces each, drawn from the head's classes
+    texts = [model.tokenizer.decode(ids[1 + (i * 7) % (len(ids) - 1):][:words])
+             for i in range(batch)]
+    opt = torch.optim.AdamW(model.projector.parameters(), lr=1e-4)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def step(bf16: bool) -> float:
+        sync()
+        t0 = time.perf_counter()
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            loss = ctc_loss(model, head, feats, lengths, texts)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        sync()
+        return time.perf_counter() - t0
+
+    step(False), step(True)
+    pairs = [(step(False), step(True)) for _ in range(rounds)]
+    return {"fp32_s": sorted(a for a, _ in pairs)[rounds // 2],
+            "bf16_s": sorted(b for _, b in pairs)[rounds // 2],
+            "speedup": sorted(a / b for a, b in pairs)[rounds // 2]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--decoders", nargs="*", default=["smollm2-135m", "gemma3-270m"])
@@ -149,6 +186,9 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                     help="training autocast (auto: bf16 where the hardware has it)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
+    ap.add_argument("--ctc-batch", type=int, default=64, help="CTC warm-start batch")
+    ap.add_argument("--ctc-vocab", type=int, default=5000,
+                    help="word pieces in the CTC head (the default corpus uses ~5k)")
     args = ap.parse_args()
     notebook.setup()  # quiet transformers' loading bars and peft's deprecation notice
     try:
@@ -167,6 +207,7 @@ def main() -> None:
         print(header)
         print("-" * len(header))
         jobs = [(d, "offline") for d in args.decoders]
+        ctc_rows = []
         if args.paper:
             jobs += [(h, "paper") for h in PAPER_DECODERS]
         for name, kind in jobs:
@@ -185,9 +226,21 @@ def main() -> None:
             print(f"{name:28s} {r['train_utt_s']:11.2f} {r['train_step_s']:7.3f} "
                   f"{r['bare_step_s']:11.3f} {r['overhead']:9.2f} "
                   f"{r['decode_utt_s']:12.2f} {mem}", flush=True)
+            if kind == "offline":
+                c = measure_ctc(model, device, args.ctc_batch, args.seconds, args.words,
+                                args.ctc_vocab, enc_dim, args.rounds)
+                ctc_rows.append(f"{name:28s} {c['fp32_s']:9.3f} {c['bf16_s']:9.3f} "
+                                f"{c['speedup']:10.2f} {args.ctc_batch / c['bf16_s']:9.1f}")
             del model
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
+        if ctc_rows:
+            print(f"\nCTC warm-start step ({args.ctc_batch} utterances, head over up to "
+                  f"{args.ctc_vocab} word pieces): float32 vs bf16 autocast")
+            head = f"{'decoder':28s} {'fp32 s':>9s} {'bf16 s':>9s} {'fp32/bf16':>10s} {'bf16 utt/s':>9s}"
+            print(head)
+            print("-" * len(head))
+            print("\n".join(ctc_rows))
     except CompanionError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

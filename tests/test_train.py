@@ -234,3 +234,20 @@ def test_an_auxiliary_loss_is_averaged_over_micro_batches(tmp_path, random_featu
         grads[name] = seen
     name = "projector.net.0.weight"
     torch.testing.assert_close(grads["one"][name], grads["two"][name], rtol=1e-4, atol=1e-6)
+
+
+def test_length_grouping_batches_neighbours_in_length_and_keeps_every_item():
+    """16 items of lengths 1..16, batches of 4, one pool of 4 batches: every batch is four
+    consecutive lengths (worked out by hand), and the epoch holds each item once."""
+    import torch
+
+    from lib.train import length_grouped_permutation
+
+    lengths = list(range(1, 17))
+    perm = length_grouped_permutation(lengths, 4, 4, torch.Generator().manual_seed(3))
+    assert sorted(perm) == list(range(16))
+    batches = [sorted(lengths[i] for i in perm[k:k + 4]) for k in range(0, 16, 4)]
+    assert sorted(batches) == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]
+    # pool 1 is a plain seeded permutation
+    plain = length_grouped_permutation(lengths, 4, 1, torch.Generator().manual_seed(3))
+    assert plain == torch.randperm(16, generator=torch.Generator().manual_seed(3)).tolist()
