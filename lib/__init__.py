@@ -7,6 +7,7 @@ module             what it does                                                 
 ``ct2_whisper``    CTranslate2 Whisper -> transformers converter                    1
 ``data``           audio I/O, utterances, manifest / LibriSpeech / real loaders     1
 ``corpus``         the offline synthetic corpus (espeak-ng + Piper, WEB text)       1
+``corpus_spec``    what the synthetic corpus is made of (no audio stack)            1
 ``sources``        data-source names used by chapter parameters                     1
 ``speechllm``      encoder, projector, decoder, the SpeechLLM and its prompt        1
 ``features``       cached frozen-encoder features                                   1
@@ -16,7 +17,8 @@ module             what it does                                                 
 ``experiment``     chapter-level steps; ``python -m lib.experiment`` for long runs  1
 ``model_configs``  the paper's model shapes and parameter counts                    1
 ``config``         validated configs built from papermill parameters               all
-``results``        provenance, atomic result files, the numbers of record         all
+``fileio``         provenance, atomic writes, JSON (imports nothing of ``lib``)    all
+``results``        the numbers of record in ``results/<preset>/``                 all
 ``report``         the README's results tables, rendered from ``results/``        --
 ``plotting``       one figure style and the book's plots                          all
 ``notebook``       chapter set-up (style, one-line errors)                        all

@@ -18,14 +18,15 @@ import os
 import re
 import warnings
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lib.corpus import CorpusSpec
+from lib.corpus_spec import CorpusSpec
 from lib.errors import CompanionError
+from lib.fileio import to_dict
 from lib.paths import REPO_ROOT
 
 @dataclass(frozen=True)
@@ -96,17 +97,6 @@ class Chapter1Config:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain JSON-able form of a (nested) config."""
-    if is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
 
 
 def config_hash(obj: Any, length: int = 12) -> str:

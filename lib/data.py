@@ -30,7 +30,7 @@ import soundfile as sf
 import soxr
 
 from lib.errors import CompanionError
-from lib.results import atomic_write_text
+from lib.fileio import atomic_write_text
 from lib.paths import cache_subdir
 
 SAMPLE_RATE = 16000

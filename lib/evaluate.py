@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from lib.errors import CompanionError, check_texts
 from lib.features import FeatureSet
-from lib.results import load_json, provenance, save_json, save_jsonl
+from lib.fileio import load_json, provenance, save_json, save_jsonl
 from lib.speechllm import SpeechLLM
 
 

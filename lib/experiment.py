@@ -297,7 +297,7 @@ def save_scores(results: dict[str, Any], run: ModelRun, config: Any) -> Path:
     """
     import pandas as pd
 
-    from lib.results import atomic_write_text, provenance
+    from lib.fileio import atomic_write_text, provenance
 
     out = run.train.run_dir / "redundancy"
     prov = provenance(config)

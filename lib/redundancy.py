@@ -217,7 +217,7 @@ class RedundancyResult:
 
     def save(self, path: str | Path, provenance: dict[str, Any]) -> Path:
         """Write JSON (arrays as lists, NaN as null) with a provenance record."""
-        from lib.results import save_json
+        from lib.fileio import save_json
 
         return save_json(Path(path), self.to_dict(provenance))
 

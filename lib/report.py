@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lib.paths import REPO_ROOT
-from lib.results import atomic_write_text, load_json, results_root
+from lib.fileio import atomic_write_text, load_json
+from lib.results import results_root
 
 BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
 

@@ -29,7 +29,7 @@ from lib.assets import build_char_tokenizer  # noqa: E402
 from lib.config import ModelConfig, resolve_device, resolve_precision  # noqa: E402
 from lib.errors import CompanionError  # noqa: E402
 from lib.model_configs import PAPER_DECODERS, make_config  # noqa: E402
-from lib.results import device_info  # noqa: E402
+from lib.fileio import device_info  # noqa: E402
 from lib.speechllm import Projector, SpeechLLM, add_lora, build_speechllm  # noqa: E402
 
 TEXT = "samuel lay until the morning and opened the doors of the house of the lord today"
