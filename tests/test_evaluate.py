@@ -1,4 +1,4 @@
-"""Scoring against hand-counted errors and jiwer on known strings."""
+"""Scoring against hand-counted errors on known strings (jiwer aligns, the counts are by hand)."""
 
 from __future__ import annotations
 
