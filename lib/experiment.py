@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from lib.config import Chapter1Config, ModelConfig, config_hash, resolve_device
-from lib.corpus import voice_family
+from lib.data.corpus import voice_family
 from lib.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start, score_ctc
 from lib.errors import CompanionError
 from lib.evaluate import audio_reliance, evaluate_asr, score_asr, transcribe
 from lib.features import FeatureSet, extract_features
 from lib.paths import cache_subdir
-from lib.sources import load_source
+from lib.data.sources import load_source
 from lib.speechllm import SpeechLLM, build_encoder, build_speechllm, count_parameters
 from lib.train import TrainRun, train_speechllm
 

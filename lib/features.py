@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from lib.data import DataWarning, Utterance, read_audio
+from lib.data.audio import DataWarning, read_audio
+from lib.data.loaders import Utterance
 from lib.errors import CompanionError
 from lib.paths import cache_subdir
 from lib.speechllm import SpeechEncoder

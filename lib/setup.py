@@ -20,12 +20,13 @@ STAMP = "setup.stamp"  # the Makefile names the same file
 
 
 def _steps() -> list[tuple[str, Callable[[], object]]]:
-    from lib import assets, corpus, data
+    from lib import assets
+    from lib.data import loaders, text
 
     return [
-        ("system tools", corpus.ensure_system_tools),
+        ("system tools", text.ensure_system_tools),
         ("models and assets", assets.ensure_all_offline),
-        ("real test utterances", data.load_real_testset),
+        ("real test utterances", loaders.load_real_testset),
     ]
 
 

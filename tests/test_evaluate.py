@@ -54,7 +54,7 @@ def test_audio_reliance_is_zero_when_the_projector_is_silent():
     import torch
 
     from lib.config import ModelConfig
-    from lib.data import Utterance
+    from lib.data.loaders import Utterance
     from lib.evaluate import audio_reliance
     from lib.features import FeatureSet
     from lib.speechllm import build_speechllm

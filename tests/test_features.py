@@ -7,7 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from lib.data import DataWarning, Utterance
+from lib.data.audio import DataWarning
+from lib.data.loaders import Utterance
 from lib.errors import CompanionError
 from lib.features import extract_features
 from lib.speechllm import build_encoder

@@ -1,6 +1,6 @@
 """What the synthetic corpus is made of: the :class:`CorpusSpec` and its voices.
 
-Kept apart from the builder (:mod:`lib.corpus`) so that configs can name a corpus without
+Kept apart from the builder (:mod:`lib.data.corpus`) so that configs can name a corpus without
 importing the audio stack: this module needs nothing but the standard library and
 :mod:`lib.errors`. Stage: data. Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 """
