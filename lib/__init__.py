@@ -11,6 +11,8 @@ module             what it does                                                 
 ``features``       cached frozen-encoder features                                   1
 ``ctc``            the CTC warm start of the projector; the CTC-head baseline       1
 ``train``          projector + LoRA training, resumable checkpoints                 1
+``redundancy``     redundancy scores: angular distance, Block Influence, CKA          2
+``prune``          remove a block of decoder layers; the ablation that checks scores 2
 ``evaluate``       greedy decoding, WER / CER with the Whisper normaliser           1
 ``experiment``     chapter-level steps; ``python -m lib.experiment`` for long runs  1
 ``model_configs``  the paper's model shapes and parameter counts                    1

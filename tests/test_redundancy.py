@@ -13,19 +13,16 @@ from torch import nn
 from lib.config import ModelConfig
 from lib.errors import CompanionError
 from lib.features import FeatureSet
+from lib.prune import ablation_losses, ablation_summary, rank_agreement, skip_block
 from lib.redundancy import (
     RedundancyAccumulator,
     RedundancyResult,
-    ablation_losses,
-    ablation_summary,
     agreement,
     angular_distance,
     capture_hidden_states,
     default_cka_pairs,
-    rank_agreement,
     score_speech,
     score_text,
-    skip_block,
 )
 from lib.speechllm import build_speechllm, find_decoder_layers, load_decoder
 
