@@ -14,7 +14,8 @@ module             what it does                                                 
 ``redundancy``     redundancy scores: angular distance, Block Influence, CKA          2
 ``prune``          remove a block of decoder layers; the ablation that checks scores 2
 ``evaluate``       greedy decoding, WER / CER with the Whisper normaliser           1
-``experiment``     chapter-level steps; ``python -m lib.experiment`` for long runs  1
+``experiment``     the pipeline: features, train or reuse, evaluate; run keys; CLI   1
+``pages``          the tables, headline figures and verdicts the chapters display    1
 ``model_configs``  the paper's model shapes and parameter counts                    1
 ``config``         validated configs built from papermill parameters               all
 ``fileio``         provenance, atomic writes, JSON (imports nothing of ``lib``)    all

@@ -66,7 +66,7 @@ def plot_wer(df: pd.DataFrame, ax: Any = None) -> Any:
 
     Args:
         df: rows with ``test set``, ``system``, ``wer``, ``wer_low`` and ``wer_high``
-            (fractions), as :func:`lib.experiment.wer_table` returns.
+            (fractions), as :func:`lib.pages.wer_table` returns.
     """
     ax = ax or plt.subplots()[1]
     d = df.assign(wer_pct=100 * df["wer"])

@@ -33,7 +33,7 @@ def test_training_change_is_zero_for_untrained_adapters_and_grows_with_them():
     import torch
 
     from lib.config import ModelConfig
-    from lib.experiment import training_change
+    from lib.pages import training_change
     from lib.speechllm import build_speechllm, pretrained_decoder
 
     m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
