@@ -18,6 +18,7 @@ module             what it does                                                 
 ``pages``          the tables, headline figures and verdicts the chapters display    1
 ``model_configs``  the paper's model shapes and parameter counts                    1
 ``config``         validated configs built from papermill parameters               all
+``params``         YAML 1.2 parameter values, the ``-p NAME VALUE`` parser          all
 ``fileio``         provenance, atomic writes, JSON (imports nothing of ``lib``)    all
 ``results``        the numbers of record in ``results/<preset>/``                 all
 ``report``         the README's results tables, rendered from ``results/``        --

@@ -24,7 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lib.config import load_preset, name_hints, parameter_names, parse_parameters
+from lib.config import load_preset, parameter_names
+from lib.params import name_hints, parse_parameters
 from lib.errors import CompanionError
 from lib.paths import REPO_ROOT
 

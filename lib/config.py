@@ -5,29 +5,29 @@ A chapter's ``parameters`` cell holds literals only; the next cell calls
 what is derived, and fails with one line naming the parameter when something is off.
 Presets are papermill parameter files in ``params/`` (``tiny``, ``default``, ``paper-*``).
 
-Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+Reading YAML and ``-p`` values is :mod:`lib.params`. Stage: all (configuration). Explained in
+chapter 1 (book/01_building_a_speechllm.ipynb).
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
 import os
 import re
 import warnings
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lib.data.spec import CorpusSpec
 from lib.errors import CompanionError
 from lib.fileio import to_dict
+from lib.params import load_yaml, name_hints
 from lib.paths import REPO_ROOT
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -151,113 +151,6 @@ def load_preset(name: str, root: Path = REPO_ROOT,
             f"it; the chapters take {', '.join(sorted(known))}"
         )
     return data
-
-
-# ----------------------------------------------------------------------------------------
-# YAML: presets and -p values
-# ----------------------------------------------------------------------------------------
-
-_FLOAT_TAG = "tag:yaml.org,2002:float"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-# YAML 1.2 floats: PyYAML (YAML 1.1) wants a dot and a signed exponent, so it reads 1e-3
-# and 1E5 as strings. Base-60 floats (1:30.5) and .inf / .nan stay as in YAML 1.1.
-_FLOAT = re.compile(r"""^(?:
-      [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    | [-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
-    | [-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
-    | [-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-    | [-+]?\.(?:inf|Inf|INF)
-    | \.(?:nan|NaN|NAN)
-)$""", re.X)
-
-
-class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 numbers (``1e-3`` is a float) and unique keys.
-
-    The one loader for presets and ``-p`` values: see :func:`load_yaml`.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode,
-                          deep: bool = False) -> dict[Any, Any]:
-        """A mapping, refusing a key given twice (PyYAML would keep the last silently)."""
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key_node.value!r} appears twice",
-                        key_node.start_mark)
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
-
-
-YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _FLOAT_TAG]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-YamlLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """``line L, column C: what is wrong[, while ... started at line ...]``, in one line."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
-    if context and start is not None and (mark is None or start.line != mark.line):
-        problem += f", {context} started at line {start.line + 1}, column {start.column + 1}"
-    return " ".join(f"{where}{problem}".split())
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """Read YAML with :class:`YamlLoader`; a syntax error is one line naming ``source``.
-
-    Args:
-        text: the YAML text.
-        source: what the text is, for the message (e.g. ``preset params/tiny.yaml``).
-
-    Raises:
-        CompanionError: the text is not valid YAML (with the line and column).
-    """
-    try:
-        return yaml.load(text, Loader=YamlLoader)
-    except yaml.YAMLError as err:
-        raise CompanionError(
-            f"{source} is not valid YAML ({_yaml_problem(err)}): fix it"
-        ) from None
-
-
-def parse_parameters(pairs: Iterable[Sequence[str]]) -> dict[str, Any]:
-    """The values of command-line ``-p NAME VALUE`` pairs, each ``VALUE`` read as YAML.
-
-    ``50``, ``1e-3``, ``true``, ``null`` and ``[a, b]`` become numbers, booleans, None and
-    lists; anything else is a string.
-
-    Raises:
-        CompanionError: a value is not valid YAML, or a name is given twice.
-    """
-    values: dict[str, Any] = {}
-    for name, text in pairs:
-        if name in values:
-            raise CompanionError(f"parameter {name} is given twice (-p {name} ...): give it "
-                                 "once")
-        try:
-            values[name] = yaml.load(text, Loader=YamlLoader)
-        except yaml.YAMLError as err:
-            raise CompanionError(
-                f"-p {name} {text!r} is not valid YAML ({_yaml_problem(err)}): fix it, or "
-                "pass a string in double quotes inside the shell's quotes ('\"...\"')"
-            ) from None
-    return values
-
-
-def name_hints(unknown: Iterable[str], known: Collection[str]) -> str:
-    """``trian_steps (did you mean train_steps?)``: unknown names with the nearest known."""
-    out = []
-    for name in unknown:
-        near = difflib.get_close_matches(name, list(known), n=1)
-        out.append(f"{name} (did you mean {near[0]}?)" if near else name)
-    return ", ".join(out)
 
 
 # ----------------------------------------------------------------------------------------
@@ -536,6 +429,6 @@ __all__ = [
     "ModelConfig", "TrainConfig", "EvalConfig", "Chapter1Config", "chapter1_config",
     "ScoreConfig", "Chapter2Config", "chapter2_config", "CHAPTER1_PARAMS", "CHAPTER2_PARAMS",
     "load_preset", "preset_names", "config_hash", "to_dict", "resolve_device",
-    "YamlLoader", "load_yaml", "parse_parameters", "parameter_names", "name_hints",
+    "parameter_names",
     "DataOverlapWarning", "shared_sources",
 ]

@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from accelerate import PartialState
 
-    from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset, parse_parameters
+    from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset
+    from lib.params import parse_parameters
     from lib.errors import CompanionError
 
     ap = argparse.ArgumentParser(prog="python -m lib.experiment", description=main.__doc__)

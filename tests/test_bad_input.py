@@ -20,8 +20,8 @@ import pytest
 from papermill.engines import Engine, papermill_engines
 
 from lib import book
-from lib.config import (CHAPTER1_PARAMS, DataOverlapWarning, chapter1_config, load_preset,
-                        parse_parameters)
+from lib.config import CHAPTER1_PARAMS, DataOverlapWarning, chapter1_config, load_preset
+from lib.params import parse_parameters
 from lib.errors import CompanionError
 
 # --------------------------------------------------------------------------- helpers

@@ -146,7 +146,7 @@ def test_a_cached_score_is_reused_only_for_the_same_inputs(tmp_path, capsys, ran
 
 
 def test_the_run_folder_changes_with_the_training_data(random_features):
-    from lib.config import chapter1_config, load_preset, CHAPTER1_PARAMS
+    from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset
     from lib.experiment import run_dir
     from lib.features import FeatureSet
 
