@@ -7,7 +7,9 @@ module             what it does                                                 
                    tiny random models, model-name resolution (a subpackage)
 ``data``           audio I/O, utterances, loaders, the synthetic corpus and its      1
                    text, named sources (a subpackage)
-``speechllm``      encoder, projector, decoder, the SpeechLLM and its prompt        1
+``components``     the component builders: speech encoder, projector, decoder       1
+``speechllm``      the SpeechLLM (prompt, inputs, loss, decoding, LoRA) and its    1
+                   model builder
 ``features``       cached frozen-encoder features                                   1
 ``ctc``            the CTC warm start of the projector; the CTC-head baseline       1
 ``train``          projector + LoRA training, resumable checkpoints                 1

@@ -21,7 +21,8 @@ from lib.errors import CompanionError
 from lib.evaluate import evaluate_asr, score_asr, transcribe
 from lib.features import FeatureSet, extract_features
 from lib.paths import cache_subdir
-from lib.speechllm import SpeechLLM, build_encoder, build_speechllm, count_parameters
+from lib.components import build_encoder
+from lib.speechllm import SpeechLLM, build_speechllm, count_parameters
 from lib.train import TrainRun, train_speechllm
 
 

@@ -23,7 +23,7 @@ from lib.data.audio import DataWarning, read_audio
 from lib.data.loaders import Utterance
 from lib.errors import CompanionError
 from lib.paths import cache_subdir
-from lib.speechllm import SpeechEncoder
+from lib.components import SpeechEncoder
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import nn
 
 from lib.errors import CompanionError
 from lib.redundancy import RedundancyResult, check_features, is_speechllm, spearman_rho
-from lib.speechllm import find_decoder_layers
+from lib.components import find_decoder_layers
 
 if TYPE_CHECKING:
     from lib.features import FeatureSet

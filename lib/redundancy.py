@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from lib.errors import CompanionError, check_texts
-from lib.speechllm import find_decoder_layers
+from lib.components import find_decoder_layers
 
 if TYPE_CHECKING:
     from lib.features import FeatureSet

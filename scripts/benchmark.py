@@ -30,7 +30,8 @@ from lib.config import ModelConfig, resolve_device, resolve_precision  # noqa: E
 from lib.errors import CompanionError  # noqa: E402
 from lib.model_configs import PAPER_DECODERS, make_config  # noqa: E402
 from lib.fileio import device_info  # noqa: E402
-from lib.speechllm import Projector, SpeechLLM, add_lora, build_speechllm  # noqa: E402
+from lib.components import Projector
+from lib.speechllm import SpeechLLM, add_lora, build_speechllm  # noqa: E402
 
 TEXT = "samuel lay until the morning and opened the doors of the house of the lord today"
 

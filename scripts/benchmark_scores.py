@@ -79,7 +79,7 @@ def run_variant(variant: str, decoder: str, n_texts: int, batch: int, device: st
 
     from lib import notebook
     from lib.redundancy import score_text
-    from lib.speechllm import load_decoder
+    from lib.components import load_decoder
 
     notebook.setup()
     model, tok = load_decoder(decoder)

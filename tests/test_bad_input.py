@@ -282,7 +282,7 @@ def test_score_asr_wants_lists_of_strings() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_llama() -> tuple[Any, Any]:
-    from lib.speechllm import load_decoder
+    from lib.components import load_decoder
 
     return load_decoder("tiny-llama")
 
@@ -307,7 +307,7 @@ def test_score_text_wants_a_list_of_texts(tiny_llama) -> None:
     ({"hidden": 16.0}, "projector_hidden=16.0"),
 ])
 def test_projector_wants_positive_integers(kwargs: dict[str, Any], name: str) -> None:
-    from lib.speechllm import Projector
+    from lib.components import Projector
 
     with pytest.raises(CompanionError) as err:
         Projector(4, 4, **kwargs)
@@ -315,13 +315,13 @@ def test_projector_wants_positive_integers(kwargs: dict[str, Any], name: str) ->
 
 
 def test_projector_takes_numpy_integers() -> None:
-    from lib.speechllm import Projector
+    from lib.components import Projector
 
     assert Projector(4, 4, stack=np.int64(3), hidden=8).stack == 3
 
 
 def test_decoder_folder_that_is_not_a_checkpoint(tmp_path: Path) -> None:
-    from lib.speechllm import load_decoder
+    from lib.components import load_decoder
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -339,7 +339,7 @@ def test_decoder_folder_that_is_not_a_checkpoint(tmp_path: Path) -> None:
 
 def test_decoder_folder_without_a_tokenizer(tmp_path: Path) -> None:
     from lib.assets import resolve_model
-    from lib.speechllm import load_decoder
+    from lib.components import load_decoder
 
     shutil.copy(Path(resolve_model("tiny-llama")) / "config.json", tmp_path / "config.json")
     with pytest.raises(CompanionError) as err:
@@ -348,7 +348,7 @@ def test_decoder_folder_without_a_tokenizer(tmp_path: Path) -> None:
 
 
 def test_llm_as_encoder_and_speech_model_as_decoder() -> None:
-    from lib.speechllm import build_encoder, load_decoder
+    from lib.components import build_encoder, load_decoder
 
     with pytest.raises(CompanionError) as err:
         build_encoder("tiny-llama")

@@ -8,7 +8,7 @@ import pandas as pd
 
 from lib.experiment import save_scores
 from lib.redundancy import RedundancyResult, score_text
-from lib.speechllm import load_decoder
+from lib.components import load_decoder
 
 
 def test_save_scores_round_trip(tmp_path):

@@ -11,7 +11,7 @@ from lib.data.audio import DataWarning
 from lib.data.loaders import Utterance
 from lib.errors import CompanionError
 from lib.features import extract_features
-from lib.speechllm import build_encoder
+from lib.components import build_encoder
 
 
 def _utt(path, i):

@@ -24,7 +24,8 @@ from lib.redundancy import (
     score_speech,
     score_text,
 )
-from lib.speechllm import build_speechllm, find_decoder_layers, load_decoder
+from lib.components import find_decoder_layers, load_decoder
+from lib.speechllm import build_speechllm
 
 TEXTS = ["hello world", "a much longer sentence, with more words in it", "x y",
          "the cat sat on the mat"]

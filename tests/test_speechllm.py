@@ -9,8 +9,8 @@ import torch
 from lib.config import ModelConfig
 from lib.errors import CompanionError
 from lib.model_configs import projector_parameters
-from lib.speechllm import (Projector, build_encoder, build_speechllm, count_parameters,
-                           find_decoder_layers)
+from lib.components import Projector, build_encoder, find_decoder_layers
+from lib.speechllm import build_speechllm, count_parameters
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gemma"])
@@ -184,7 +184,8 @@ def test_bad_lora_target_is_named():
 
 def test_pretrained_decoder_is_the_llm_without_adapters():
     """With LoRA switched off, the decoder computes exactly what the pretrained LLM does."""
-    from lib.speechllm import load_decoder, pretrained_decoder
+    from lib.components import load_decoder
+    from lib.speechllm import pretrained_decoder
 
     m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                     projector_hidden=8, lora_rank=4), seed=0)
