@@ -14,6 +14,7 @@ module             what it does                                                 
 ``ctc``            the CTC warm start of the projector; the CTC-head baseline       1
 ``train``          projector + LoRA training, resumable checkpoints                 1
 ``redundancy``     redundancy scores: angular distance, Block Influence, CKA          2
+``redundancy_stats`` per-token distances, their streamed statistics, the result     2
 ``prune``          remove a block of decoder layers; the ablation that checks scores 2
 ``evaluate``       greedy decoding, WER / CER with the Whisper normaliser           1
 ``experiment``     the pipeline: features, train or reuse, evaluate; run keys; CLI   1

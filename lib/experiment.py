@@ -139,7 +139,7 @@ def save_scores(results: dict[str, Any], run: ModelRun, config: Any) -> Path:
     Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
 
     Args:
-        results: input label -> :class:`lib.redundancy.RedundancyResult`.
+        results: input label -> :class:`lib.redundancy_stats.RedundancyResult`.
         run: the trained SpeechLLM run the scores belong to (its folder is the destination).
         config: stored with every file.
 

@@ -127,7 +127,7 @@ def plot_distance_heatmaps(results: dict[str, Any], metric: str = "distance_last
     Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
 
     Args:
-        results: label -> a :class:`lib.redundancy.RedundancyResult`.
+        results: label -> a :class:`lib.redundancy_stats.RedundancyResult`.
         metric: ``"distance_last"`` or ``"distance_all"``.
         title: figure title.
     """

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pandas as pd
 
 from lib.experiment import save_scores
-from lib.redundancy import RedundancyResult, score_text
+from lib.redundancy import score_text
+from lib.redundancy_stats import RedundancyResult
 from lib.components import load_decoder
 
 

@@ -14,15 +14,12 @@ from lib.config import ModelConfig
 from lib.errors import CompanionError
 from lib.features import FeatureSet
 from lib.prune import ablation_losses, ablation_summary, rank_agreement, skip_block
-from lib.redundancy import (
+from lib.redundancy import agreement, capture_hidden_states, score_speech, score_text
+from lib.redundancy_stats import (
     RedundancyAccumulator,
     RedundancyResult,
-    agreement,
     angular_distance,
-    capture_hidden_states,
     default_cka_pairs,
-    score_speech,
-    score_text,
 )
 from lib.components import find_decoder_layers, load_decoder
 from lib.speechllm import build_speechllm
