@@ -27,6 +27,7 @@ module             what it does                                                 
 ``report``         the README's results tables, rendered from ``results/``        --
 ``plotting``       one figure style and the book's plots                          all
 ``notebook``       chapter set-up (style, one-line errors)                        all
+``chapters``       the chapter notebooks, their selection and their parameters     --
 ``book``           run chapters with papermill, build the HTML                    --
 ``setup``          first-use set-up (tools, assets, real test set)                --
 =================  ===========================================================  =========
