@@ -36,7 +36,7 @@ from lib.chapters import (
 )
 from lib.config import load_preset, parameter_names
 from lib.errors import CompanionError
-from lib.params import parse_parameters
+from lib.params import add_parameter_option, parse_parameters
 from lib.paths import REPO_ROOT
 
 
@@ -423,15 +423,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--chapter", action="append", metavar="NN", help="run only this chapter (repeatable)"
         )
-        sub.add_argument(
-            "-p",
-            "--parameter",
-            nargs=2,
-            action="append",
-            default=[],
-            metavar=("NAME", "VALUE"),
-            help="override a parameter; VALUE is read as YAML (50, 1e-3, true, [1, 2])",
-        )
+        add_parameter_option(sub)
     return parser
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.errors import CompanionError
-from lib.params import name_hints
+from lib.params import reject_unknown
 from lib.paths import REPO_ROOT
 
 
@@ -118,12 +118,8 @@ def chapter_parameters(
     """
     overrides = overrides or {}
     known = {name for names in declared.values() for name in names}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise CompanionError(
-            f"unknown parameter {name_hints(unknown, known)}; the chapters take: "
-            f"{', '.join(sorted(known)) or '(none)'}"
-        )
+    reject_unknown(overrides, known, f"unknown parameter {{names}}; the chapters take: "
+                   f"{', '.join(sorted(known)) or '(none)'}")
     merged = {**preset, **overrides}
     return {
         nb: {name: merged[name] for name in names if name in merged}

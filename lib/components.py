@@ -47,8 +47,7 @@ class SpeechEncoder(nn.Module):
     @property
     def hidden_size(self) -> int:
         """Width of the features the encoder emits."""
-        cfg = self.model.config
-        return int(getattr(cfg, "d_model", None) or cfg.hidden_size)
+        return encoder_width(self.model.config)
 
     @property
     def device(self) -> torch.device:
@@ -275,6 +274,25 @@ def load_decoder(name_or_path: str, dtype: torch.dtype = torch.float32) -> tuple
     return model, tokenizer
 
 
+def decoder_body(model: nn.Module) -> nn.Module:
+    """The transformer body of a causal LM (what holds ``.layers``), through a peft wrapper.
+
+    The one lookup the library uses: ``get_base_model()`` when peft wraps the model, then
+    ``get_decoder()`` (Llama, Qwen2, Gemma), else ``.model``, else the model itself (already
+    a body). Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "get_decoder"):
+        return base.get_decoder()
+    return getattr(base, "model", base)
+
+
+def encoder_width(config: Any) -> int:
+    """Width of the features a speech encoder emits: ``d_model`` (Whisper) or
+    ``hidden_size`` (WavLM, wav2vec 2.0, HuBERT), from its transformers config."""
+    return int(getattr(config, "d_model", None) or config.hidden_size)
+
+
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The ``nn.ModuleList`` of transformer blocks inside a causal LM (peft-wrapped or not).
 
@@ -283,11 +301,7 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     Raises:
         CompanionError: when no such list can be found (name the model class).
     """
-    base = model
-    if hasattr(base, "get_base_model"):
-        base = base.get_base_model()
-    inner = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", None)
-    layers = getattr(inner, "layers", None)
+    layers = getattr(decoder_body(model), "layers", None)
     if isinstance(layers, nn.ModuleList) and len(layers) > 0:
         return layers
     raise CompanionError(

@@ -25,7 +25,7 @@ from typing import Any
 from lib.data.spec import CorpusSpec
 from lib.errors import CompanionError
 from lib.fileio import to_dict
-from lib.params import load_yaml, name_hints
+from lib.params import load_yaml, reject_unknown
 from lib.paths import REPO_ROOT
 
 
@@ -144,12 +144,8 @@ def load_preset(name: str, root: Path = REPO_ROOT,
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise CompanionError(f"preset {path} must hold NAME: VALUE lines")
     known = parameter_names() if known is None else known
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise CompanionError(
-            f"unknown parameter {name_hints(unknown, known)} in preset {path}: fix or remove "
-            f"it; the chapters take {', '.join(sorted(known))}"
-        )
+    reject_unknown(data, known, f"unknown parameter {{names}} in preset {path}: fix or "
+                   f"remove it; the chapters take {', '.join(sorted(known))}")
     return data
 
 
@@ -212,12 +208,8 @@ def chapter1_config(**params: Any) -> Chapter1Config:
     Raises:
         CompanionError: one line naming the first bad or missing parameter.
     """
-    unknown = sorted(set(params) - set(CHAPTER1_PARAMS))
-    if unknown:
-        raise CompanionError(
-            f"unknown parameter(s) {name_hints(unknown, CHAPTER1_PARAMS)}: chapter 1 takes "
-            f"{', '.join(CHAPTER1_PARAMS)}"
-        )
+    reject_unknown(params, CHAPTER1_PARAMS, f"unknown parameter(s) {{names}}: chapter 1 takes "
+                   f"{', '.join(CHAPTER1_PARAMS)}")
     missing = [k for k in CHAPTER1_PARAMS if k not in params]
     if missing:
         raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter 1")
@@ -378,10 +370,8 @@ def chapter2_config(**params: Any) -> Chapter2Config:
     Raises:
         CompanionError: one line naming the first bad, unknown or missing parameter.
     """
-    unknown = sorted(set(params) - set(CHAPTER2_PARAMS))
-    if unknown:
-        raise CompanionError(f"unknown parameter(s) {name_hints(unknown, CHAPTER2_PARAMS)}: "
-                             f"chapter 2 takes {', '.join(CHAPTER2_PARAMS)}")
+    reject_unknown(params, CHAPTER2_PARAMS, f"unknown parameter(s) {{names}}: chapter 2 takes "
+                   f"{', '.join(CHAPTER2_PARAMS)}")
     missing = [k for k in CHAPTER2_PARAMS if k not in params]
     if missing:
         raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter 2")

@@ -175,12 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset
-    from lib.params import parse_parameters
+    from lib.params import add_parameter_option, parse_parameters
     from lib.errors import CompanionError
 
     ap = argparse.ArgumentParser(prog="python -m lib.experiment", description=main.__doc__)
     ap.add_argument("--preset", default="default")
-    ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    add_parameter_option(ap)
     args = ap.parse_args(argv)
     import torch
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = load_preset(args.preset)
         params = {k: preset[k] for k in CHAPTER1_PARAMS if k in preset}
-        params.update(parse_parameters(args.p))  # YAML values; unknown names: error
+        params.update(parse_parameters(args.parameter))  # YAML values; unknown names: error
         cfg = chapter1_config(**params)
         with state.main_process_first():  # features are computed once, then read
             train, tests = prepare_features(cfg)

@@ -119,3 +119,34 @@ def name_hints(unknown: Iterable[str], known: Collection[str]) -> str:
         near = difflib.get_close_matches(name, list(known), n=1)
         out.append(f"{name} (did you mean {near[0]}?)" if near else name)
     return ", ".join(out)
+
+
+def reject_unknown(given: Iterable[str], known: Collection[str], message: str) -> None:
+    """The one check for parameter names nobody takes: a one-line error, or nothing.
+
+    Args:
+        given: the names passed (a preset's keys, ``-p`` overrides, a chapter's params).
+        known: the names that are valid here.
+        message: the error, with ``{names}`` where the unknown names (and their nearest
+            known names, :func:`name_hints`) go.
+
+    Raises:
+        CompanionError: some name in ``given`` is not in ``known``.
+    """
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise CompanionError(message.replace("{names}", name_hints(unknown, known)))
+
+
+def add_parameter_option(parser: Any) -> None:
+    """The ``-p NAME VALUE`` option (repeatable) of ``lib.book`` and ``lib.experiment``;
+    read the pairs with :func:`parse_parameters` (``args.parameter``)."""
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="override a parameter; VALUE is read as YAML (50, 1e-3, true, [1, 2])",
+    )

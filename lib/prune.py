@@ -21,7 +21,7 @@ from torch import nn
 from lib.errors import CompanionError
 from lib.redundancy import check_features, is_speechllm, spearman_rho
 from lib.redundancy_stats import RedundancyResult
-from lib.components import find_decoder_layers
+from lib.components import decoder_body, find_decoder_layers
 
 if TYPE_CHECKING:
     from lib.features import FeatureSet
@@ -31,9 +31,8 @@ if TYPE_CHECKING:
 def _layers_owner(decoder: nn.Module) -> nn.Module:
     """The module whose ``.layers`` attribute is the decoder's ModuleList."""
     layers = find_decoder_layers(decoder)
-    base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
-    inner = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", None)
-    if inner is None or getattr(inner, "layers", None) is not layers:
+    inner = decoder_body(decoder)
+    if getattr(inner, "layers", None) is not layers:
         raise CompanionError(f"cannot find the module holding the layers of "
                              f"{type(decoder).__name__}")
     return inner

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.components import find_decoder_layers
+from lib.components import decoder_body, find_decoder_layers
 from lib.errors import CompanionError, check_texts
 from lib.redundancy_stats import RedundancyAccumulator, RedundancyResult, last_flat_index
 
@@ -108,12 +108,6 @@ def capture_hidden_states(decoder: nn.Module, sink: Any = None
             h.remove()
 
 
-def _body(decoder: nn.Module) -> nn.Module:
-    if hasattr(decoder, "get_decoder"):
-        return decoder.get_decoder()
-    return decoder
-
-
 def is_speechllm(x: Any) -> bool:
     return hasattr(x, "build_inputs") and hasattr(x, "decoder") and hasattr(x, "tokenizer")
 
@@ -143,7 +137,7 @@ def _score_batch(decoder: nn.Module, acc: RedundancyAccumulator, counted: torch.
         seen.add(idx)
 
     with capture_hidden_states(decoder, sink=gather):
-        _body(decoder)(use_cache=False, **forward_kwargs)
+        decoder_body(decoder)(use_cache=False, **forward_kwargs)
     missing = [l for l in range(big_l + 1) if l not in seen]
     if missing:
         raise CompanionError(f"hidden states {missing} were not seen in the forward pass: "

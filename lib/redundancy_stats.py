@@ -21,8 +21,6 @@ import torch
 from lib.errors import CompanionError
 
 
-METRICS = ("angular_last", "angular_all", "block_influence", "cka")
-
 # ----------------------------------------------------------------------------------------
 # Per-token distances
 # ----------------------------------------------------------------------------------------

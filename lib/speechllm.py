@@ -31,7 +31,9 @@ from lib.components import (
     Projector,
     SpeechEncoder,
     build_encoder,
+    decoder_body,
     encoder_kind,
+    encoder_width,
     find_decoder_layers,
     load_decoder,
 )
@@ -196,7 +198,7 @@ class SpeechLLM(nn.Module):
         # Position t predicts token t+1: keep positions whose next label is a target.
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100
-        body = self.decoder.get_decoder() if hasattr(self.decoder, "get_decoder") else None
+        body = decoder_body(self.decoder)
         out = body(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                    use_cache=False)
         hidden = out.last_hidden_state[keep]
@@ -343,7 +345,7 @@ def build_speechllm(cfg: "ModelConfig", device: str = "cpu", with_encoder: bool 
         encoder = build_encoder(cfg.encoder)
     enc_cfg = AutoConfig.from_pretrained(resolve_model(cfg.encoder))
     encoder_kind(cfg.encoder, enc_cfg)  # an LLM as encoder fails here, in one line
-    enc_dim = int(getattr(enc_cfg, "d_model", None) or enc_cfg.hidden_size)
+    enc_dim = encoder_width(enc_cfg)
     decoder, tokenizer = load_decoder(cfg.decoder, dtype=dtype)
     decoder.requires_grad_(False)
     torch.manual_seed(seed)
