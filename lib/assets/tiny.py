@@ -53,9 +53,21 @@ def build_char_tokenizer() -> Any:
     )
 
 
+def _save_causal_lm(model: Any, tok: Any, out: Path) -> None:
+    """Save a tiny causal LM with its tokenizer; generation uses the tokenizer's ids."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 def _tiny_llama(out: Path) -> None:
     """Random 4-layer Llama with the char tokenizer."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = build_char_tokenizer()
     config = LlamaConfig(
@@ -65,18 +77,12 @@ def _tiny_llama(out: Path) -> None:
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_causal_lm(LlamaForCausalLM(config), tok, out)
 
 
 def _tiny_gemma(out: Path) -> None:
     """Random 4-layer Gemma 3 text model (3 sliding + 1 full attention)."""
-    from transformers import GenerationConfig, Gemma3ForCausalLM, Gemma3TextConfig
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     tok = build_char_tokenizer()
     config = Gemma3TextConfig(
@@ -88,13 +94,7 @@ def _tiny_gemma(out: Path) -> None:
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    model = Gemma3ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_causal_lm(Gemma3ForCausalLM(config), tok, out)
 
 
 def _tiny_whisper(out: Path) -> None:
