@@ -10,6 +10,7 @@ module             what it does                                                 
 ``components``     the component builders: speech encoder, projector, decoder       1
 ``speechllm``      the SpeechLLM (prompt, inputs, loss, decoding, LoRA) and its    1
                    model builder
+``tasks``          tasks as data: instruction, target field, metric (ASR + WER)     1
 ``features``       cached frozen-encoder features                                   1
 ``ctc``            the CTC warm start of the projector; the CTC-head baseline       1
 ``train``          projector + LoRA training, resumable checkpoints                 1

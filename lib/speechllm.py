@@ -19,7 +19,6 @@ The loss covers only the target tokens (and the closing eos).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import pandas as pd
@@ -38,6 +37,7 @@ from lib.components import (
     load_decoder,
 )
 from lib.errors import CompanionError
+from lib.tasks import ASR, Prompt, Task
 
 if TYPE_CHECKING:
     from lib.config import ModelConfig
@@ -46,18 +46,6 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------------------
 # The SpeechLLM
 # ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """The text around the audio embeddings.
-
-    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
-    """
-
-    audio_start: str = "<audio>"  # boundary marker before the audio embeddings
-    audio_end: str = "</audio>"  # boundary marker after them
-    instruction: str = " Transcribe the audio:"  # the task, read after the audio
 
 
 class SpeechLLM(nn.Module):
@@ -72,14 +60,16 @@ class SpeechLLM(nn.Module):
         projector: Projector,
         decoder: nn.Module,
         tokenizer: Any,
-        prompt: Prompt = Prompt(),
+        prompt: Prompt | None = None,
+        task: Task = ASR,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.projector = projector
         self.decoder = decoder
         self.tokenizer = tokenizer
-        self.prompt = prompt
+        self.task = task  # what the model is asked (lib.tasks); its prompt unless one is given
+        self.prompt = prompt = task.prompt() if prompt is None else prompt
         tok = tokenizer
         self._prefix_ids = tok(prompt.audio_start, add_special_tokens=True).input_ids
         self._suffix_ids = tok(prompt.audio_end + prompt.instruction,
@@ -324,7 +314,8 @@ def count_parameters(model: SpeechLLM) -> dict[str, int]:
 
 
 def build_speechllm(cfg: "ModelConfig", device: str = "cpu", with_encoder: bool = False,
-                    encoder: SpeechEncoder | None = None, seed: int = 0) -> SpeechLLM:
+                    encoder: SpeechEncoder | None = None, seed: int = 0,
+                    task: Task = ASR) -> SpeechLLM:
     """Build a SpeechLLM from a :class:`lib.config.ModelConfig` (a named preset's model).
 
     The projector is freshly initialised (seeded); LoRA is added when ``lora_rank > 0``.
@@ -337,6 +328,7 @@ def build_speechllm(cfg: "ModelConfig", device: str = "cpu", with_encoder: bool 
         with_encoder: also load the encoder (not needed when features are cached).
         encoder: an encoder already loaded (shared across decoders).
         seed: initialisation seed of projector and LoRA.
+        task: what the model is asked (:mod:`lib.tasks`); ASR, the book's task, by default.
     """
     from transformers import AutoConfig
 
@@ -360,7 +352,7 @@ def build_speechllm(cfg: "ModelConfig", device: str = "cpu", with_encoder: bool 
                 "linear layers it has (e.g. q_proj, v_proj)")
         decoder = add_lora(decoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
                            cfg.lora_targets)
-    model = SpeechLLM(encoder, projector, decoder, tokenizer)
+    model = SpeechLLM(encoder, projector, decoder, tokenizer, task=task)
     model.projector.to(device)
     model.decoder.to(device)
     if encoder is not None:
