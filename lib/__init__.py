@@ -22,6 +22,7 @@ module             what it does                                                 
 ``pages``          the tables, headline figures and verdicts the chapters display    1
 ``model_configs``  the paper's model shapes and parameter counts                    1
 ``config``         validated configs built from papermill parameters               all
+``chapter_params`` each chapter's parameters: one dataclass tree, a reason per default all
 ``params``         YAML 1.2 parameter values, the ``-p NAME VALUE`` parser          all
 ``fileio``         provenance, atomic writes, JSON (imports nothing of ``lib``)    all
 ``results``        the numbers of record in ``results/<preset>/``                 all

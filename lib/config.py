@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lib.chapter_params import Chapter1Params, Chapter2Params, param_names
 from lib.data.spec import CorpusSpec
 from lib.errors import CompanionError
 from lib.fileio import to_dict
@@ -192,14 +193,8 @@ def _str_list(params: dict, name: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in v)
 
 
-CHAPTER1_PARAMS = (
-    "encoder", "decoders", "train_data", "test_data", "n_train", "n_test",
-    "projector_stack", "projector_hidden", "lora_rank", "lora_alpha", "train_steps",
-    "batch_size", "grad_accum", "learning_rate", "warmup_steps", "checkpoint_every",
-    "eval_batch_size", "max_new_tokens", "max_test_utterances", "seed", "device",
-    "recipe", "ctc_epochs", "ctc_learning_rate", "ctc_batch_size", "precision",
-    "dev_utterances", "dev_every", "ctc_weight", "projector_learning_rate",
-)
+# The names of a chapter's parameters cell, from its class in lib.chapter_params.
+CHAPTER1_PARAMS = param_names(Chapter1Params)
 
 
 def chapter1_config(**params: Any) -> Chapter1Config:
@@ -348,9 +343,7 @@ class Chapter2Config:
         return to_dict(self)
 
 
-CHAPTER2_PARAMS = CHAPTER1_PARAMS + (
-    "n_score_utterances", "score_batch_size", "ablation_block", "ablation_utterances",
-)
+CHAPTER2_PARAMS = param_names(Chapter2Params)  # chapter 1's, then the scoring ones
 
 
 def parameter_names() -> tuple[str, ...]:
