@@ -138,6 +138,12 @@ class SpeechEncoder(nn.Module):
                    return_attention_mask=True)
         values = batch.input_values.to(self.device, dtype=next(self.model.parameters()).dtype)
         mask = batch.attention_mask.to(self.device)
+        frames = self.model._get_feat_extract_output_lengths(torch.tensor([len(w) for w in waves]))
+        if int(frames.min()) < 1:
+            i = int(frames.argmin())
+            raise CompanionError(
+                f"a clip of {len(waves[i])} samples is shorter than one frame of the "
+                f"encoder's convolutional front end ({self.name}): drop clips under 0.1 s")
         out = self.model(values, attention_mask=mask).last_hidden_state
         lengths = self.model._get_feat_extract_output_lengths(mask.sum(-1))
         return out, lengths.clamp(max=out.shape[1]).long()

@@ -259,6 +259,10 @@ def chapter1_config(**params: Any) -> Chapter1Config:
     train_data = params["train_data"]
     _check(isinstance(train_data, str) and bool(train_data), "train_data", train_data,
            "name one data source, e.g. synthetic:train")
+    if train_data == "synthetic:train":  # its size is known now: fail before building it
+        _check(dev < corpus.n_train, "dev_utterances", dev,
+               f"leaves nothing to train on ({corpus.n_train} synthetic training utterances, "
+               "n_train): lower dev_utterances or raise n_train")
     test_data = _str_list(params, "test_data")
     for test in shared_sources(train_data, test_data):
         warnings.warn(

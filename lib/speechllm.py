@@ -126,8 +126,8 @@ class SpeechLLM(nn.Module):
                 text = targets[i].strip()
                 if not text:
                     raise CompanionError(
-                        f"empty transcript in training batch (item {i}): drop utterances "
-                        "without text"
+                        f"empty transcript in training batch (item {i}, {targets[i]!r}): "
+                        "drop utterances without text"
                     )
                 tid = self.target_ids(text)
                 parts.append(self._embed(tid))
