@@ -33,6 +33,9 @@ module             what it does                                                 
 ``book``           run chapters with papermill, build the HTML                    --
 ``setup``          first-use set-up (tools, assets, real test set)                --
 =================  ===========================================================  =========
+
+Stages, in the paper's order: build -> data -> score -> prune -> heal -> evaluate ->
+report; the README's Layout section says which module holds each.
 """
 
 import warnings as _warnings

@@ -6,6 +6,8 @@ per-utterance hypotheses beside it and with its provenance; a test set cut to N 
 is labelled a quick run in the file and on the page.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: evaluation.
 """
 
 from __future__ import annotations

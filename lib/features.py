@@ -4,6 +4,8 @@ The paper keeps the speech encoder frozen, so its output for an utterance never 
 training and evaluation read cached features instead of re-running the encoder every step.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: data (the frozen encoder's features).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ configs give randomly initialised models of the real shapes for GPU speed and me
 benchmarks.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: building the SpeechLLM (the paper's model shapes).
 """
 
 from __future__ import annotations

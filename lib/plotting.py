@@ -1,6 +1,8 @@
 """Figures: one style for the whole book, seaborn for the statistical plots.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: report (figures).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ The numbers of record of a full book run are the small JSON files the chapters w
 
 is replaced by the rendering of that file. ``python -m lib.report`` (and every
 ``make book``) re-renders them; a test checks that the README matches its JSON files.
+
+Stage: report (the README's tables).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Three steps, each idempotent and quick when its result already exists: the syste
 (espeak-ng and friends), the pretrained models and assets, and the real test utterances.
 When all three succeed a stamp file is written in the cache, so ``make`` can skip this
 until ``lib/`` or the requirements change.
+
+Stage: set-up, before every chapter (``make setup``).
 """
 
 from __future__ import annotations

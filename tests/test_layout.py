@@ -103,7 +103,7 @@ def test_find_cycle_sees_a_cycle() -> None:
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_graph_reads_deferred_imports(tmp_path: Path) -> None:
+def test_graph_reads_deferred_imports() -> None:
     """A function-level import counts; one under ``if TYPE_CHECKING:`` does not."""
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                      "    from lib.x import A\ndef f():\n    from lib.y import g\n")

@@ -8,6 +8,8 @@
 =============================  =========================================================
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: data.
 """
 
 from __future__ import annotations
