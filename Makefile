@@ -43,7 +43,7 @@ $(REQ_STAMP): requirements.txt | $(PY)
 	$(PIP) install -r requirements.txt
 	@touch $@
 
-$(SETUP_STAMP): $(REQ_STAMP) $(wildcard lib/*.py)
+$(SETUP_STAMP): $(REQ_STAMP) $(wildcard lib/*.py lib/*/*.py)
 	$(PY) -m lib.setup
 
 book: setup ## run every chapter with PRESET, then build _build/PRESET/html

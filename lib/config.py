@@ -5,28 +5,30 @@ A chapter's ``parameters`` cell holds literals only; the next cell calls
 what is derived, and fails with one line naming the parameter when something is off.
 Presets are papermill parameter files in ``params/`` (``tiny``, ``default``, ``paper-*``).
 
-Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+Reading YAML and ``-p`` values is :mod:`lib.params`. Stage: all (configuration). Explained in
+chapter 1 (book/01_building_a_speechllm.ipynb).
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
 import os
 import re
 import warnings
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lib.corpus import CorpusSpec
+from lib.chapter_params import Chapter1Params, Chapter2Params, param_names
+from lib.data.spec import CorpusSpec
 from lib.errors import CompanionError
+from lib.fileio import to_dict
+from lib.params import load_yaml, reject_unknown
 from lib.paths import REPO_ROOT
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -101,17 +103,6 @@ class Chapter1Config:
         return to_dict(self)
 
 
-def to_dict(obj: Any) -> Any:
-    """Plain JSON-able form of a (nested) config."""
-    if is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
 def config_hash(obj: Any, length: int = 12) -> str:
     """Short stable hash of a config, used to key cached results."""
     blob = json.dumps(to_dict(obj), sort_keys=True, default=str)
@@ -157,120 +148,9 @@ def load_preset(name: str, root: Path = REPO_ROOT,
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise CompanionError(f"preset {path} must hold NAME: VALUE lines")
     known = parameter_names() if known is None else known
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise CompanionError(
-            f"unknown parameter {name_hints(unknown, known)} in preset {path}: fix or remove "
-            f"it; the chapters take {', '.join(sorted(known))}"
-        )
+    reject_unknown(data, known, f"unknown parameter {{names}} in preset {path}: fix or "
+                   f"remove it; the chapters take {', '.join(sorted(known))}")
     return data
-
-
-# ----------------------------------------------------------------------------------------
-# YAML: presets and -p values
-# ----------------------------------------------------------------------------------------
-
-_FLOAT_TAG = "tag:yaml.org,2002:float"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-# YAML 1.2 floats: PyYAML (YAML 1.1) wants a dot and a signed exponent, so it reads 1e-3
-# and 1E5 as strings. Base-60 floats (1:30.5) and .inf / .nan stay as in YAML 1.1.
-_FLOAT = re.compile(r"""^(?:
-      [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    | [-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
-    | [-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
-    | [-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-    | [-+]?\.(?:inf|Inf|INF)
-    | \.(?:nan|NaN|NAN)
-)$""", re.X)
-
-
-class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 numbers (``1e-3`` is a float) and unique keys.
-
-    The one loader for presets and ``-p`` values: see :func:`load_yaml`.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode,
-                          deep: bool = False) -> dict[Any, Any]:
-        """A mapping, refusing a key given twice (PyYAML would keep the last silently)."""
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key_node.value!r} appears twice",
-                        key_node.start_mark)
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
-
-
-YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _FLOAT_TAG]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-YamlLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """``line L, column C: what is wrong[, while ... started at line ...]``, in one line."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
-    if context and start is not None and (mark is None or start.line != mark.line):
-        problem += f", {context} started at line {start.line + 1}, column {start.column + 1}"
-    return " ".join(f"{where}{problem}".split())
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """Read YAML with :class:`YamlLoader`; a syntax error is one line naming ``source``.
-
-    Args:
-        text: the YAML text.
-        source: what the text is, for the message (e.g. ``preset params/tiny.yaml``).
-
-    Raises:
-        CompanionError: the text is not valid YAML (with the line and column).
-    """
-    try:
-        return yaml.load(text, Loader=YamlLoader)
-    except yaml.YAMLError as err:
-        raise CompanionError(
-            f"{source} is not valid YAML ({_yaml_problem(err)}): fix it"
-        ) from None
-
-
-def parse_parameters(pairs: Iterable[Sequence[str]]) -> dict[str, Any]:
-    """The values of command-line ``-p NAME VALUE`` pairs, each ``VALUE`` read as YAML.
-
-    ``50``, ``1e-3``, ``true``, ``null`` and ``[a, b]`` become numbers, booleans, None and
-    lists; anything else is a string.
-
-    Raises:
-        CompanionError: a value is not valid YAML, or a name is given twice.
-    """
-    values: dict[str, Any] = {}
-    for name, text in pairs:
-        if name in values:
-            raise CompanionError(f"parameter {name} is given twice (-p {name} ...): give it "
-                                 "once")
-        try:
-            values[name] = yaml.load(text, Loader=YamlLoader)
-        except yaml.YAMLError as err:
-            raise CompanionError(
-                f"-p {name} {text!r} is not valid YAML ({_yaml_problem(err)}): fix it, or "
-                "pass a string in double quotes inside the shell's quotes ('\"...\"')"
-            ) from None
-    return values
-
-
-def name_hints(unknown: Iterable[str], known: Collection[str]) -> str:
-    """``trian_steps (did you mean train_steps?)``: unknown names with the nearest known."""
-    out = []
-    for name in unknown:
-        near = difflib.get_close_matches(name, list(known), n=1)
-        out.append(f"{name} (did you mean {near[0]}?)" if near else name)
-    return ", ".join(out)
 
 
 # ----------------------------------------------------------------------------------------
@@ -316,14 +196,8 @@ def _str_list(params: dict, name: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in v)
 
 
-CHAPTER1_PARAMS = (
-    "encoder", "decoders", "train_data", "test_data", "n_train", "n_test",
-    "projector_stack", "projector_hidden", "lora_rank", "lora_alpha", "train_steps",
-    "batch_size", "grad_accum", "learning_rate", "warmup_steps", "checkpoint_every",
-    "eval_batch_size", "max_new_tokens", "max_test_utterances", "seed", "device",
-    "recipe", "ctc_epochs", "ctc_learning_rate", "ctc_batch_size", "precision",
-    "dev_utterances", "dev_every", "ctc_weight", "projector_learning_rate",
-)
+# The names of a chapter's parameters cell, from its class in lib.chapter_params.
+CHAPTER1_PARAMS = param_names(Chapter1Params)
 
 
 def chapter1_config(**params: Any) -> Chapter1Config:
@@ -332,12 +206,8 @@ def chapter1_config(**params: Any) -> Chapter1Config:
     Raises:
         CompanionError: one line naming the first bad or missing parameter.
     """
-    unknown = sorted(set(params) - set(CHAPTER1_PARAMS))
-    if unknown:
-        raise CompanionError(
-            f"unknown parameter(s) {name_hints(unknown, CHAPTER1_PARAMS)}: chapter 1 takes "
-            f"{', '.join(CHAPTER1_PARAMS)}"
-        )
+    reject_unknown(params, CHAPTER1_PARAMS, f"unknown parameter(s) {{names}}: chapter 1 takes "
+                   f"{', '.join(CHAPTER1_PARAMS)}")
     missing = [k for k in CHAPTER1_PARAMS if k not in params]
     if missing:
         raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter 1")
@@ -392,6 +262,10 @@ def chapter1_config(**params: Any) -> Chapter1Config:
     train_data = params["train_data"]
     _check(isinstance(train_data, str) and bool(train_data), "train_data", train_data,
            "name one data source, e.g. synthetic:train")
+    if train_data == "synthetic:train":  # its size is known now: fail before building it
+        _check(dev < corpus.n_train, "dev_utterances", dev,
+               f"leaves nothing to train on ({corpus.n_train} synthetic training utterances, "
+               "n_train): lower dev_utterances or raise n_train")
     test_data = _str_list(params, "test_data")
     for test in shared_sources(train_data, test_data):
         warnings.warn(
@@ -444,7 +318,7 @@ def shared_sources(train_data: str, test_data: Sequence[str]) -> list[str]:
     root with ``#split`` or as its folder, a whole manifest and one of its splits.
 
     Args:
-        train_data: the training data source (a :mod:`lib.sources` name).
+        train_data: the training data source (a :mod:`lib.data.sources` name).
         test_data: the test data sources.
 
     Returns:
@@ -476,9 +350,7 @@ class Chapter2Config:
         return to_dict(self)
 
 
-CHAPTER2_PARAMS = CHAPTER1_PARAMS + (
-    "n_score_utterances", "score_batch_size", "ablation_block", "ablation_utterances",
-)
+CHAPTER2_PARAMS = param_names(Chapter2Params)  # chapter 1's, then the scoring ones
 
 
 def parameter_names() -> tuple[str, ...]:
@@ -498,10 +370,8 @@ def chapter2_config(**params: Any) -> Chapter2Config:
     Raises:
         CompanionError: one line naming the first bad, unknown or missing parameter.
     """
-    unknown = sorted(set(params) - set(CHAPTER2_PARAMS))
-    if unknown:
-        raise CompanionError(f"unknown parameter(s) {name_hints(unknown, CHAPTER2_PARAMS)}: "
-                             f"chapter 2 takes {', '.join(CHAPTER2_PARAMS)}")
+    reject_unknown(params, CHAPTER2_PARAMS, f"unknown parameter(s) {{names}}: chapter 2 takes "
+                   f"{', '.join(CHAPTER2_PARAMS)}")
     missing = [k for k in CHAPTER2_PARAMS if k not in params]
     if missing:
         raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter 2")
@@ -549,6 +419,6 @@ __all__ = [
     "ModelConfig", "TrainConfig", "EvalConfig", "Chapter1Config", "chapter1_config",
     "ScoreConfig", "Chapter2Config", "chapter2_config", "CHAPTER1_PARAMS", "CHAPTER2_PARAMS",
     "load_preset", "preset_names", "config_hash", "to_dict", "resolve_device",
-    "YamlLoader", "load_yaml", "parse_parameters", "parameter_names", "name_hints",
+    "parameter_names",
     "DataOverlapWarning", "shared_sources",
 ]

@@ -2,6 +2,9 @@
 
 Every message is one line that names the offending input and says what to do. Notebooks
 show it without a stack trace (see :func:`lib.notebook.setup`); scripts print it and exit 1.
+
+Stage: all (bad input). Explained where each error is raised; the habit is set out in
+chapter 1 (book/01_building_a_speechllm.ipynb).
 """
 
 from __future__ import annotations

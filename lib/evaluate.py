@@ -6,6 +6,8 @@ per-utterance hypotheses beside it and with its provenance; a test set cut to N 
 is labelled a quick run in the file and on the page.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: evaluation.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from tqdm.auto import tqdm
 
 from lib.errors import CompanionError, check_texts
 from lib.features import FeatureSet
-from lib.results import load_json, provenance, save_json, save_jsonl
+from lib.fileio import load_json, provenance, save_json, save_jsonl
 from lib.speechllm import SpeechLLM
+from lib.tasks import Task
 
 
 EVAL_VERSION = 2
@@ -146,6 +149,17 @@ def utterance_wer(ref: str, hyp: str) -> float:
     return jiwer.wer(r, h) if r.strip() else float("nan")
 
 
+def score_task(task: Task, refs: Sequence[str], hyps: Sequence[str]) -> dict[str, Any]:
+    """A test set scored by the task's metric (:mod:`lib.tasks`): WER for ASR.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    if task.metric == "wer":
+        return score_asr(refs, hyps)
+    raise CompanionError(f"task {task.name!r}: metric {task.metric!r} is not implemented yet: "
+                         "use 'wer'")
+
+
 def transcribe(model: SpeechLLM, data: FeatureSet, batch_size: int = 16,
                max_new_tokens: int = 64, desc: str = "decoding") -> list[str]:
     """Greedy transcripts of every utterance in ``data`` (in order).
@@ -197,10 +211,10 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
     t0 = time.perf_counter()
     hyps = transcribe(model, subset, batch_size, max_new_tokens, desc=f"decoding {name}")
     wall = time.perf_counter() - t0
-    refs = [u.text for u in subset.utterances]
-    score = score_asr(refs, hyps)
-    rows = [{"id": u.id, "voice": u.voice, "ref": u.text, "hyp": h,
-             "wer": utterance_wer(u.text, h)} for u, h in zip(subset.utterances, hyps)]
+    refs = model.task.targets(subset.utterances)
+    score = score_task(model.task, refs, hyps)
+    rows = [{"id": u.id, "voice": u.voice, "ref": r, "hyp": h, "wer": utterance_wer(r, h)}
+            for u, r, h in zip(subset.utterances, refs, hyps)]
     hyp_path = save_jsonl(path.with_suffix(".hyps.jsonl"), rows)
     record = {
         "test_set": name, "key": key, **score,
@@ -266,7 +280,7 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
 
     from lib.assets import resolve_model
     from lib.config import config_hash
-    from lib.data import read_audio
+    from lib.data.audio import read_audio
     from lib.features import file_digest
     from lib.paths import cache_subdir
 

@@ -1,11 +1,13 @@
-"""Chapter-level steps shared by the chapters: features, train-or-reuse, evaluate.
+"""The chapters' pipeline: prepare features, train or reuse a run, evaluate; run keys; CLI.
 
-Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+``python -m lib.experiment`` runs chapter 1's training and evaluation outside a notebook
+(long runs). The tables and verdicts the chapters display from these runs live in
+:mod:`lib.pages`. Stage: the pipeline (build -> data -> train -> evaluate). Explained in
+chapter 1 (book/01_building_a_speechllm.ipynb).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -13,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from lib.config import Chapter1Config, ModelConfig, config_hash, resolve_device
-from lib.corpus import voice_family
 from lib.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start, score_ctc
+from lib.data.sources import load_source
 from lib.errors import CompanionError
-from lib.evaluate import audio_reliance, evaluate_asr, score_asr, transcribe
+from lib.evaluate import evaluate_asr, score_asr, transcribe
 from lib.features import FeatureSet, extract_features
 from lib.paths import cache_subdir
-from lib.sources import load_source
-from lib.speechllm import SpeechLLM, build_encoder, build_speechllm, count_parameters
+from lib.components import build_encoder
+from lib.speechllm import SpeechLLM, build_speechllm, count_parameters
 from lib.train import TrainRun, train_speechllm
 
 
@@ -132,164 +134,13 @@ def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
     return ModelRun(mc, model, tr, scores, params, warm, ctc_scores)
 
 
-def data_summary(train: FeatureSet, tests: dict[str, FeatureSet],
-                 train_name: str = "train") -> Any:
-    """Utterances, hours, voices and mean duration of each data set (a DataFrame)."""
-    import pandas as pd
-
-    rows = []
-    for name, fs in [(train_name, train), *tests.items()]:
-        durs = [u.duration for u in fs.utterances]
-        rows.append({"set": name, "utterances": len(fs), "hours": sum(durs) / 3600,
-                     "mean duration (s)": sum(durs) / len(durs),
-                     "voices": len({voice_family(u.voice) for u in fs.utterances}),
-                     "sources": ", ".join(sorted({u.source for u in fs.utterances}))})
-    return pd.DataFrame(rows)
-
-
-def training_log(runs: dict[str, ModelRun]) -> Any:
-    """All runs' training logs in one long DataFrame (model, step, loss, lr, elapsed_s)."""
-    import pandas as pd
-
-    return pd.concat([pd.DataFrame(r.train.log).assign(model=slug(name))
-                      for name, r in runs.items()], ignore_index=True)
-
-
-def wer_table(runs: dict[str, ModelRun],
-              whisper: dict[str, dict[str, Any]] | None = None) -> Any:
-    """WER with 95 % intervals of every system on every test set (one row each).
-
-    Systems: each SpeechLLM, its CTC head alone (recipe ``ctc-warmstart``) and the
-    encoder's own Whisper decoder (``whisper``: test set -> :func:`whisper_baseline`).
-    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
-    """
-    import pandas as pd
-
-    rows = []
-
-    def add(system: str, test: str, s: dict[str, Any], quick: bool = False) -> None:
-        lo, hi = s["wer_ci95"]
-        rows.append({"system": system, "test set": test, "wer": s["wer"], "wer_low": lo,
-                     "wer_high": hi, "cer": s["cer"], "utterances": s["n_utterances"],
-                     "quick run": quick})
-
-    for name, r in runs.items():
-        for test, s in r.scores.items():
-            add(f"SpeechLLM {slug(name)}", test, s, s["quick_run"])
-        for test, s in r.ctc_scores.items():
-            add(f"CTC head {slug(name)}", test, s)
-    for test, s in (whisper or {}).items():
-        add(f"{slug(s['model'])} (own decoder)", test, s)
-    return pd.DataFrame(rows)
-
-
-def dev_curve(runs: dict[str, ModelRun]) -> Any:
-    """The learning curves: dev WER against training minutes (warm start included)."""
-    import pandas as pd
-
-    frames = []
-    for name, r in runs.items():
-        if not r.train.dev_log:
-            continue
-        d = pd.DataFrame(r.train.dev_log)
-        offset = r.warm_start.wall_time_s / 60 if r.warm_start else 0.0
-        frames.append(d.assign(model=slug(name), train_minutes=d["train_minutes"] + offset,
-                               dev_low=[c[0] for c in d["dev_wer_ci95"]],
-                               dev_high=[c[1] for c in d["dev_wer_ci95"]]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def headline_ch01(runs: dict[str, ModelRun], whisper: dict[str, dict[str, Any]],
-                  reliance: Any) -> dict[str, Any]:
-    """Chapter 1's figures of record (``results/<preset>/ch01.json``): per decoder and
-    test set ``wer``, ``wer_ci95``, ``n_utterances`` and the baselines' scores; training
-    minutes and the audio-reliance gap per decoder."""
-    out: dict[str, Any] = {}
-    gaps = dict(zip(reliance["model"], reliance["loss, other audio"] - reliance["loss, own audio"]))
-    for name, r in runs.items():
-        tests = {}
-        for test, s in r.scores.items():
-            base = {}
-            if test in r.ctc_scores:
-                base["ctc_head"] = {k: r.ctc_scores[test][k] for k in ("wer", "wer_ci95")}
-            if test in whisper:
-                base["whisper"] = {k: whisper[test][k] for k in ("wer", "wer_ci95")}
-            tests[test] = {"wer": s["wer"], "wer_ci95": s["wer_ci95"], "cer": s["cer"],
-                           "n_utterances": s["n_utterances"], "baselines": base}
-        ctc_min = r.warm_start.wall_time_s / 60 if r.warm_start else 0.0
-        llm_min = r.train.result["provenance"]["wall_time_s"] / 60
-        out[slug(name)] = {
-            "test_sets": tests,
-            "training": {"recipe": r.train.result["train_config"]["recipe"],
-                         "steps": r.train.result["steps"], "ctc_minutes": ctc_min,
-                         "llm_minutes": llm_min, "minutes": ctc_min + llm_min},
-            "audio_reliance_gap": float(gaps[slug(name)]),
-        }
-    return {"decoders": out}
-
-
-def examples_table(runs: dict[str, ModelRun], test: str, n: int = 5) -> Any:
-    """Reference and each model's hypothesis for the first ``n`` utterances of ``test``."""
-    import pandas as pd
-
-    table: dict[str, list[str]] = {}
-    for name, r in runs.items():
-        rec = r.scores[test]
-        hyp_file = r.train.run_dir / rec["hypotheses"]
-        rows = [json.loads(x) for x in hyp_file.read_text().splitlines()][:n]
-        table.setdefault("reference", [x["ref"] for x in rows])
-        table[slug(name)] = [x["hyp"] for x in rows]
-    return pd.DataFrame(table)
-
-
-def reliance_table(runs: dict[str, ModelRun], data: FeatureSet, n: int = 64) -> Any:
-    """Per model: target loss with the right audio and with another utterance's audio."""
-    import pandas as pd
-
-    rows = []
-    for name, r in runs.items():
-        rel = audio_reliance(r.model, data, n=n)
-        rows.append({"model": slug(name), "loss, own audio": rel["own_audio_loss"],
-                     "loss, other audio": rel["other_audio_loss"],
-                     "utterances": rel["n_utterances"]})
-    return pd.DataFrame(rows)
-
-def training_change(model: SpeechLLM, pretrained_text: Any, trained_text: Any,
-                    speech: Any) -> dict[str, Any]:
-    """What LoRA training did to one decoder, with the text -> speech change for scale.
-
-    ``pretrained_text`` / ``trained_text`` / ``speech`` are :class:`RedundancyResult` of the
-    same utterances (the decoder with LoRA off and on, and speech through the SpeechLLM).
-    Returns one table row: number of adapted matrices, mean and max relative weight update
-    (%), mean and max ``|Δd|`` (last token) from training, mean ``|Δd|`` from text to
-    speech, and the spread of ``d`` (largest minus smallest cell) of the pretrained LLM.
-    Explained in chapter 2.
-    """
-    import numpy as np
-
-    from lib.redundancy import agreement
-    from lib.speechllm import lora_update_norms
-
-    upd = lora_update_norms(model)["relative_update"]
-    lora = agreement(pretrained_text, trained_text)
-    modal = agreement(trained_text, speech)
-    surf = pretrained_text.distance_last[:, 1:]
-    return {"adapted matrices": len(upd),
-            "update, mean (%)": 100 * float(upd.mean()) if len(upd) else 0.0,
-            "update, max (%)": 100 * float(upd.max()) if len(upd) else 0.0,
-            "|Δd| training, mean": lora["mean_abs_diff"],
-            "|Δd| training, max": lora["max_abs_diff"],
-            "|Δd| text → speech, mean": modal["mean_abs_diff"],
-            "spread of d": float(np.nanmax(surf) - np.nanmin(surf))}
-
-
 def save_scores(results: dict[str, Any], run: ModelRun, config: Any) -> Path:
     """Save each redundancy result (JSON) and one tidy CSV beside the run, with provenance.
 
     Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
 
     Args:
-        results: input label -> :class:`lib.redundancy.RedundancyResult`.
+        results: input label -> :class:`lib.redundancy_stats.RedundancyResult`.
         run: the trained SpeechLLM run the scores belong to (its folder is the destination).
         config: stored with every file.
 
@@ -298,7 +149,7 @@ def save_scores(results: dict[str, Any], run: ModelRun, config: Any) -> Path:
     """
     import pandas as pd
 
-    from lib.results import atomic_write_text, provenance
+    from lib.fileio import atomic_write_text, provenance
 
     out = run.train.run_dir / "redundancy"
     prov = provenance(config)
@@ -324,12 +175,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from accelerate import PartialState
 
-    from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset, parse_parameters
+    from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset
+    from lib.params import add_parameter_option, parse_parameters
     from lib.errors import CompanionError
 
     ap = argparse.ArgumentParser(prog="python -m lib.experiment", description=main.__doc__)
     ap.add_argument("--preset", default="default")
-    ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    add_parameter_option(ap)
     args = ap.parse_args(argv)
     import torch
 
@@ -337,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = load_preset(args.preset)
         params = {k: preset[k] for k in CHAPTER1_PARAMS if k in preset}
-        params.update(parse_parameters(args.p))  # YAML values; unknown names: error
+        params.update(parse_parameters(args.parameter))  # YAML values; unknown names: error
         cfg = chapter1_config(**params)
         with state.main_process_first():  # features are computed once, then read
             train, tests = prepare_features(cfg)
@@ -357,15 +209,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"``: ``a`` beats
-    ``b`` only when their 95 % bootstrap intervals do not overlap (a conservative rule, the
-    one chapter 1's verdicts use). Explained in chapter 1."""
-    (a_lo, a_hi), (b_lo, b_hi) = a["wer_ci95"], b["wer_ci95"]
-    if a_hi < b_lo:
-        return "lower than"
-    if a_lo > b_hi:
-        return "higher than"
-    return "not distinguishable from"

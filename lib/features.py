@@ -4,6 +4,8 @@ The paper keeps the speech encoder frozen, so its output for an utterance never 
 training and evaluation read cached features instead of re-running the encoder every step.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: data (the frozen encoder's features).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from lib.data import DataWarning, Utterance, read_audio
+from lib.data.audio import DataWarning, read_audio
+from lib.data.loaders import Utterance
 from lib.errors import CompanionError
 from lib.paths import cache_subdir
-from lib.speechllm import SpeechEncoder
+from lib.components import SpeechEncoder
 
 
 @dataclass

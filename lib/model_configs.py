@@ -7,6 +7,8 @@ configs give randomly initialised models of the real shapes for GPU speed and me
 benchmarks.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: building the SpeechLLM (the paper's model shapes).
 """
 
 from __future__ import annotations
@@ -101,7 +103,9 @@ def parameter_split(encoder: dict[str, Any], decoder: dict[str, Any], stack: int
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
     """
     enc_cfg, dec_cfg = make_config(encoder), make_config(decoder)
-    enc_dim = int(getattr(enc_cfg, "d_model", None) or enc_cfg.hidden_size)
+    from lib.components import encoder_width
+
+    enc_dim = encoder_width(enc_cfg)
     return {
         "encoder": count_on_meta(enc_cfg, encoder_only=True),
         "projector": projector_parameters(enc_dim, dec_cfg.hidden_size, stack, hidden),

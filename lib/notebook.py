@@ -1,6 +1,8 @@
 """What every chapter calls first: figure style and one-line errors.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: all (chapter set-up).
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Everything lives under one cache folder, ``$COMPANION_CACHE`` or ``<repo>/.cache``, so a
 fresh clone starts clean and ``rm -rf .cache`` resets it. Nothing in it is tracked by git.
+
+Stage: all (where the cache lives). Chapter 1 (book/01_building_a_speechllm.ipynb) says
+what is cached and why.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Figures: one style for the whole book, seaborn for the statistical plots.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: report (figures).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def plot_wer(df: pd.DataFrame, ax: Any = None) -> Any:
 
     Args:
         df: rows with ``test set``, ``system``, ``wer``, ``wer_low`` and ``wer_high``
-            (fractions), as :func:`lib.experiment.wer_table` returns.
+            (fractions), as :func:`lib.pages.wer_table` returns.
     """
     ax = ax or plt.subplots()[1]
     d = df.assign(wer_pct=100 * df["wer"])
@@ -127,7 +129,7 @@ def plot_distance_heatmaps(results: dict[str, Any], metric: str = "distance_last
     Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
 
     Args:
-        results: label -> a :class:`lib.redundancy.RedundancyResult`.
+        results: label -> a :class:`lib.redundancy_stats.RedundancyResult`.
         metric: ``"distance_last"`` or ``"distance_all"``.
         title: figure title.
     """

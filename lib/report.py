@@ -9,6 +9,8 @@ The numbers of record of a full book run are the small JSON files the chapters w
 
 is replaced by the rendering of that file. ``python -m lib.report`` (and every
 ``make book``) re-renders them; a test checks that the README matches its JSON files.
+
+Stage: report (the README's tables).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lib.paths import REPO_ROOT
-from lib.results import atomic_write_text, load_json, results_root
+from lib.fileio import atomic_write_text, load_json
+from lib.results import results_root
 
 BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
 

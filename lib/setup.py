@@ -4,6 +4,8 @@ Three steps, each idempotent and quick when its result already exists: the syste
 (espeak-ng and friends), the pretrained models and assets, and the real test utterances.
 When all three succeed a stamp file is written in the cache, so ``make`` can skip this
 until ``lib/`` or the requirements change.
+
+Stage: set-up, before every chapter (``make setup``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ STAMP = "setup.stamp"  # the Makefile names the same file
 
 
 def _steps() -> list[tuple[str, Callable[[], object]]]:
-    from lib import assets, corpus, data
+    from lib import assets
+    from lib.data import loaders, text
 
     return [
-        ("system tools", corpus.ensure_system_tools),
+        ("system tools", text.ensure_system_tools),
         ("models and assets", assets.ensure_all_offline),
-        ("real test utterances", data.load_real_testset),
+        ("real test utterances", loaders.load_real_testset),
     ]
 
 

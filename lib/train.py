@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from lib.config import TrainConfig, to_dict
 from lib.errors import CompanionError
 from lib.features import FeatureSet
-from lib.results import load_json, provenance, save_json
+from lib.fileio import load_json, provenance, save_json
 from lib.speechllm import SpeechLLM
 
 

@@ -26,11 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib import notebook  # noqa: E402
 from lib.assets import build_char_tokenizer  # noqa: E402
+from lib.components import Projector, decoder_body  # noqa: E402
 from lib.config import ModelConfig, resolve_device, resolve_precision  # noqa: E402
 from lib.errors import CompanionError  # noqa: E402
+from lib.fileio import device_info  # noqa: E402
 from lib.model_configs import PAPER_DECODERS, make_config  # noqa: E402
-from lib.results import device_info  # noqa: E402
-from lib.speechllm import Projector, SpeechLLM, add_lora, build_speechllm  # noqa: E402
+from lib.speechllm import SpeechLLM, add_lora, build_speechllm  # noqa: E402
 
 TEXT = "samuel lay until the morning and opened the doors of the house of the lord today"
 
@@ -78,7 +79,7 @@ def measure(model: SpeechLLM, device: str, batch: int, seconds: float, words: in
     labels = fixed["labels"]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
-    body = model.decoder.get_decoder()
+    body = decoder_body(model.decoder)
     head = model.decoder.get_output_embeddings()
 
     def step() -> None:

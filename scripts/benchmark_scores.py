@@ -78,15 +78,15 @@ def run_variant(variant: str, decoder: str, n_texts: int, batch: int, device: st
     import torch
 
     from lib import notebook
+    from lib.components import decoder_body, load_decoder
     from lib.redundancy import score_text
-    from lib.speechllm import load_decoder
 
     notebook.setup()
     model, tok = load_decoder(decoder)
     model.to(device)
     model.eval()
     texts = _texts(n_texts)
-    body = model.get_decoder()
+    body = decoder_body(model)
     n_layers = model.config.num_hidden_layers
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)

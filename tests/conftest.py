@@ -36,7 +36,7 @@ def random_features():
     """
     import torch
 
-    from lib.data import Utterance
+    from lib.data.loaders import Utterance
     from lib.features import FeatureSet
 
     texts = ["one two three", "four five", "six seven eight nine", "ten", "red green",

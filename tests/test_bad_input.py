@@ -20,8 +20,8 @@ import pytest
 from papermill.engines import Engine, papermill_engines
 
 from lib import book
-from lib.config import (CHAPTER1_PARAMS, DataOverlapWarning, chapter1_config, load_preset,
-                        parse_parameters)
+from lib.config import CHAPTER1_PARAMS, DataOverlapWarning, chapter1_config, load_preset
+from lib.params import parse_parameters
 from lib.errors import CompanionError
 
 # --------------------------------------------------------------------------- helpers
@@ -282,7 +282,7 @@ def test_score_asr_wants_lists_of_strings() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_llama() -> tuple[Any, Any]:
-    from lib.speechllm import load_decoder
+    from lib.components import load_decoder
 
     return load_decoder("tiny-llama")
 
@@ -307,7 +307,7 @@ def test_score_text_wants_a_list_of_texts(tiny_llama) -> None:
     ({"hidden": 16.0}, "projector_hidden=16.0"),
 ])
 def test_projector_wants_positive_integers(kwargs: dict[str, Any], name: str) -> None:
-    from lib.speechllm import Projector
+    from lib.components import Projector
 
     with pytest.raises(CompanionError) as err:
         Projector(4, 4, **kwargs)
@@ -315,13 +315,13 @@ def test_projector_wants_positive_integers(kwargs: dict[str, Any], name: str) ->
 
 
 def test_projector_takes_numpy_integers() -> None:
-    from lib.speechllm import Projector
+    from lib.components import Projector
 
     assert Projector(4, 4, stack=np.int64(3), hidden=8).stack == 3
 
 
 def test_decoder_folder_that_is_not_a_checkpoint(tmp_path: Path) -> None:
-    from lib.speechllm import load_decoder
+    from lib.components import load_decoder
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -339,7 +339,7 @@ def test_decoder_folder_that_is_not_a_checkpoint(tmp_path: Path) -> None:
 
 def test_decoder_folder_without_a_tokenizer(tmp_path: Path) -> None:
     from lib.assets import resolve_model
-    from lib.speechllm import load_decoder
+    from lib.components import load_decoder
 
     shutil.copy(Path(resolve_model("tiny-llama")) / "config.json", tmp_path / "config.json")
     with pytest.raises(CompanionError) as err:
@@ -348,7 +348,7 @@ def test_decoder_folder_without_a_tokenizer(tmp_path: Path) -> None:
 
 
 def test_llm_as_encoder_and_speech_model_as_decoder() -> None:
-    from lib.speechllm import build_encoder, load_decoder
+    from lib.components import build_encoder, load_decoder
 
     with pytest.raises(CompanionError) as err:
         build_encoder("tiny-llama")
@@ -507,3 +507,56 @@ def test_transcripts_longer_than_the_audio_cannot_warm_start(tmp_path: Path,
     msg = _message(err)
     assert "projector_stack=5" in msg and "recipe plain" in msg
     assert not (tmp_path / "ws").exists()
+
+
+# -- issue 7: bad input at the new homes -----------------------------------------------------
+
+
+def test_a_synthetic_corpus_too_small_for_the_recipe_fails_at_config_time() -> None:
+    """dev_utterances would take every synthetic training utterance: caught before the
+    corpus is built, naming both parameters."""
+    with pytest.raises(CompanionError) as err:
+        chapter1_config(**_tiny_params(n_train=12, dev_utterances=12))
+    msg = _message(err)
+    assert "dev_utterances=12" in msg and "12 synthetic training utterances" in msg
+    assert "n_train" in msg
+    assert chapter1_config(**_tiny_params(n_train=12, dev_utterances=11)).dev_utterances == 11
+
+
+def test_a_transcript_with_no_tokens_is_named() -> None:
+    import torch
+
+    from lib.config import ModelConfig
+    from lib.speechllm import build_speechllm
+
+    model = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                        projector_hidden=8, lora_rank=0), seed=0)
+    feats, lengths = torch.zeros(2, 10, 64), torch.tensor([10, 10])
+    with pytest.raises(CompanionError) as err:
+        model.build_inputs(feats, lengths, ["hello", "   "])
+    msg = _message(err)
+    assert "(item 1, ' ')" in msg and "drop utterances without text" in msg
+
+
+@pytest.mark.parametrize("alias,samples", [("tiny-whisper", 399), ("tiny-wavlm", 399)])
+def test_a_clip_shorter_than_one_frame_is_named(alias: str, samples: int) -> None:
+    """400 samples (25 ms) is one frame of either front end; one sample less is none."""
+    import numpy as np
+
+    from lib.components import build_encoder
+
+    enc = build_encoder(alias)
+    clip = np.full(samples, 0.1, dtype=np.float32)
+    with pytest.raises(CompanionError) as err:
+        enc([np.full(800, 0.1, dtype=np.float32), clip])
+    msg = _message(err)
+    assert f"{samples} samples" in msg and "0.1 s" in msg
+    _, lengths = enc([np.full(samples + 1, 0.1, dtype=np.float32)])
+    assert lengths.tolist() == [1]
+
+
+def test_a_recipe_that_does_not_exist_is_named_with_the_known_ones() -> None:
+    with pytest.raises(CompanionError) as err:
+        chapter1_config(**_tiny_params(recipe="warmstart"))
+    msg = _message(err)
+    assert "recipe='warmstart'" in msg and "ctc-warmstart, plain" in msg

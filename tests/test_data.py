@@ -1,11 +1,10 @@
-"""Tests for lib.data (audio I/O, manifests, loaders) and lib.corpus (synthetic corpus)."""
+"""Tests for lib.data: audio I/O, manifests, loaders, and the synthetic corpus."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import time
 import warnings
 from pathlib import Path
 
@@ -13,14 +12,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lib.data import (
-    SAMPLE_RATE,
-    DataWarning,
+from lib.data.audio import DataWarning, SAMPLE_RATE, read_audio
+from lib.data.loaders import (
     Utterance,
     load_librispeech,
     load_manifest,
     load_real_testset,
-    read_audio,
     write_manifest,
 )
 from lib.errors import CompanionError
@@ -245,7 +242,7 @@ def _need(*tools: str) -> None:
 def bible_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The cleaned WEB sentences, exported once per test session (~10 s)."""
     _need("espeak-ng", "diatheke")
-    from lib.corpus import bible_sentences
+    from lib.data.text import bible_sentences
 
     cache = tmp_path_factory.mktemp("bible-cache")
     with pytest.MonkeyPatch.context() as patch:
@@ -264,7 +261,7 @@ def _use_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bible: Path) -> 
 
 
 def test_clean_text_keeps_words_apart() -> None:
-    from lib.corpus import clean_text
+    from lib.data.text import clean_text
 
     raw = (
         " God   created ,\u201c Let there be light ,\u201d  God\u2019s  "
@@ -277,7 +274,8 @@ def test_clean_text_keeps_words_apart() -> None:
 def test_synthetic_corpus_tiny(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bible_text: Path
 ) -> None:
-    from lib.corpus import CorpusSpec, ensure_synthetic_corpus, voice_family
+    from lib.data.corpus import ensure_synthetic_corpus, voice_family
+    from lib.data.spec import CorpusSpec
 
     _use_cache(tmp_path, monkeypatch, bible_text)
     spec = CorpusSpec(n_train=6, n_test=3, engines=("espeak",), seed=3)
@@ -301,10 +299,10 @@ def test_synthetic_corpus_tiny(
         assert utt.duration == pytest.approx(info.frames / SAMPLE_RATE, abs=1e-3)
         assert utt.source == "synthetic-espeak"
         assert read_audio(utt.audio).size > SAMPLE_RATE // 2
-    # Rerun: cached, fast, same manifest.
-    start = time.perf_counter()
+    # Rerun: cached, so nothing is rewritten (same manifest, same files, same mtimes).
+    stamps = {p: p.stat().st_mtime_ns for p in manifest.parent.rglob("*") if p.is_file()}
     assert ensure_synthetic_corpus(spec) == manifest
-    assert time.perf_counter() - start < 1.0
+    assert {p: p.stat().st_mtime_ns for p in manifest.parent.rglob("*") if p.is_file()} == stamps
     # Interrupted run: no manifest, some wavs present -> they are reused, not rewritten.
     kept = Path(train[0].audio)
     stamp = kept.stat().st_mtime_ns
@@ -322,7 +320,8 @@ def test_synthetic_corpus_piper_one_utterance(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bible_text: Path
 ) -> None:
     pytest.importorskip("piper")
-    from lib.corpus import CorpusSpec, ensure_synthetic_corpus, piper_voice_dir
+    from lib.data.corpus import ensure_synthetic_corpus, piper_voice_dir
+    from lib.data.spec import CorpusSpec
 
     # Resolve the voice in the usual cache (downloaded once), then build in tmp_path.
     monkeypatch.setenv("COMPANION_PIPER_VOICE", str(piper_voice_dir()))
@@ -337,7 +336,7 @@ def test_synthetic_corpus_piper_one_utterance(
 
 
 def test_corpus_spec_rejects_bad_values() -> None:
-    from lib.corpus import CorpusSpec
+    from lib.data.spec import CorpusSpec
 
     with pytest.raises(CompanionError, match="test_voices"):
         CorpusSpec(test_voices=("en+zz9",))
@@ -348,7 +347,8 @@ def test_corpus_spec_rejects_bad_values() -> None:
 
 
 def test_default_spec_holds_out_test_voices() -> None:
-    from lib.corpus import CorpusSpec, plan_jobs
+    from lib.data.corpus import plan_jobs
+    from lib.data.spec import CorpusSpec
 
     spec = CorpusSpec(piper_fraction=0.25)
     assert not set(spec.train_voices) & set(spec.test_voices)
@@ -367,15 +367,17 @@ def test_default_spec_holds_out_test_voices() -> None:
 def test_missing_espeak_is_a_one_line_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lib import corpus
+    from lib.data import text
+    from lib.data.corpus import ensure_synthetic_corpus
+    from lib.data.spec import CorpusSpec
 
     monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
-    monkeypatch.setattr(corpus.shutil, "which", lambda name: None)
+    monkeypatch.setattr(text.shutil, "which", lambda name: None)
     with pytest.raises(CompanionError, match="apt-get install espeak-ng"):
-        corpus.ensure_synthetic_corpus(corpus.CorpusSpec(n_train=2, n_test=1))
-    monkeypatch.setattr(corpus.os, "geteuid", lambda: 1000)
+        ensure_synthetic_corpus(CorpusSpec(n_train=2, n_test=1))
+    monkeypatch.setattr(text.os, "geteuid", lambda: 1000)
     with pytest.raises(CompanionError, match="sword-text-web"):
-        corpus.ensure_system_tools()
+        text.ensure_system_tools()
 
 
 # --------------------------------------------------------------------------- real test set

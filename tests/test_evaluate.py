@@ -1,4 +1,4 @@
-"""Scoring against hand-counted errors and jiwer on known strings."""
+"""Scoring against hand-counted errors on known strings (jiwer aligns, the counts are by hand)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_audio_reliance_is_zero_when_the_projector_is_silent():
     import torch
 
     from lib.config import ModelConfig
-    from lib.data import Utterance
+    from lib.data.loaders import Utterance
     from lib.evaluate import audio_reliance
     from lib.features import FeatureSet
     from lib.speechllm import build_speechllm
@@ -146,7 +146,7 @@ def test_a_cached_score_is_reused_only_for_the_same_inputs(tmp_path, capsys, ran
 
 
 def test_the_run_folder_changes_with_the_training_data(random_features):
-    from lib.config import chapter1_config, load_preset, CHAPTER1_PARAMS
+    from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset
     from lib.experiment import run_dir
     from lib.features import FeatureSet
 

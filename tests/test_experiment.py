@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pandas as pd
 
 from lib.experiment import save_scores
-from lib.redundancy import RedundancyResult, score_text
-from lib.speechllm import load_decoder
+from lib.redundancy import score_text
+from lib.redundancy_stats import RedundancyResult
+from lib.components import load_decoder
 
 
 def test_save_scores_round_trip(tmp_path):
@@ -33,7 +34,7 @@ def test_training_change_is_zero_for_untrained_adapters_and_grows_with_them():
     import torch
 
     from lib.config import ModelConfig
-    from lib.experiment import training_change
+    from lib.pages import training_change
     from lib.speechllm import build_speechllm, pretrained_decoder
 
     m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",

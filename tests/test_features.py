@@ -7,10 +7,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from lib.data import DataWarning, Utterance
+from lib.data.audio import DataWarning
+from lib.data.loaders import Utterance
 from lib.errors import CompanionError
 from lib.features import extract_features
-from lib.speechllm import build_encoder
+from lib.components import build_encoder
 
 
 def _utt(path, i):

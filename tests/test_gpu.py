@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib.config import ModelConfig, TrainConfig
-from lib.data import Utterance
+from lib.data.loaders import Utterance
 from lib.features import FeatureSet
 from lib.speechllm import build_speechllm
 from lib.train import train_speechllm

@@ -35,8 +35,18 @@ def test_published_sizes():
     assert round(count_on_meta(make_config(PAPER_DECODERS["Qwen/Qwen2.5-7B"])) / 1e9, 1) == 7.6
 
 
-def test_split_table_shares_sum_to_total():
+def test_split_table_against_independent_counts():
+    """Each share from its own reference: the projector and decoder by hand, the encoder
+    from the WavLM paper (Chen et al. 2022, Table 1: WavLM Large has 316.62M parameters;
+    transformers' WavLMModel without the pre-training heads counts 0.4 % fewer)."""
     df = split_table([("microsoft/wavlm-large", "Qwen/Qwen2.5-7B")], hidden=2048)
     row = df.iloc[0]
-    assert row["encoder"] + row["projector"] + row["decoder"] == row["total"]
-    assert row["decoder share (%)"] > 90
+    # Linear(1024 * 5 -> 2048) + bias, GELU, Linear(2048 -> 3584) + bias.
+    projector = 1024 * 5 * 2048 + 2048 + 2048 * 3584 + 3584
+    assert row["projector"] == projector
+    assert row["decoder"] == _by_hand(PAPER_DECODERS["Qwen/Qwen2.5-7B"])
+    assert row["encoder"] == pytest.approx(316.62e6, rel=0.01)
+    total = row["encoder"] + projector + _by_hand(PAPER_DECODERS["Qwen/Qwen2.5-7B"])
+    assert row["total"] == total
+    assert row["decoder share (%)"] == pytest.approx(
+        100 * _by_hand(PAPER_DECODERS["Qwen/Qwen2.5-7B"]) / total)

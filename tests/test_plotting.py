@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
 from lib.plotting import plot_distance_change  # noqa: E402
-from lib.redundancy import RedundancyAccumulator  # noqa: E402
+from lib.redundancy_stats import RedundancyAccumulator  # noqa: E402
 
 
 def _result(seed):

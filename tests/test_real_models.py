@@ -19,7 +19,9 @@ from transformers import (
     WhisperProcessor,
 )
 
-from lib import assets, data
+from lib import assets
+from lib.data import audio as data_audio
+from lib.data import loaders
 from lib.evaluate import score_asr
 
 pytestmark = pytest.mark.real
@@ -75,9 +77,9 @@ def test_whisper_transcribes_real_speech(
     model, processor = whisper
     cfg = model.config
     assert (cfg.encoder_layers, cfg.decoder_layers, cfg.d_model) == (6, 6, 512)
-    utts = data.load_real_testset()
+    utts = loaders.load_real_testset()
     assert len(utts) == 10
-    audio = [data.read_audio(u.audio) for u in utts]
+    audio = [data_audio.read_audio(u.audio) for u in utts]
     feats = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
     with torch.inference_mode():
         ids = model.generate(feats, language="en", task="transcribe")

@@ -13,21 +13,16 @@ from torch import nn
 from lib.config import ModelConfig
 from lib.errors import CompanionError
 from lib.features import FeatureSet
-from lib.redundancy import (
+from lib.prune import ablation_losses, ablation_summary, rank_agreement, skip_block
+from lib.redundancy import agreement, capture_hidden_states, score_speech, score_text
+from lib.redundancy_stats import (
     RedundancyAccumulator,
     RedundancyResult,
-    ablation_losses,
-    ablation_summary,
-    agreement,
     angular_distance,
-    capture_hidden_states,
     default_cka_pairs,
-    rank_agreement,
-    score_speech,
-    score_text,
-    skip_block,
 )
-from lib.speechllm import build_speechllm, find_decoder_layers, load_decoder
+from lib.components import find_decoder_layers, load_decoder
+from lib.speechllm import build_speechllm
 
 TEXTS = ["hello world", "a much longer sentence, with more words in it", "x y",
          "the cat sat on the mat"]
@@ -285,14 +280,17 @@ def test_cka_pairs_on_model(lm):
 
 def test_score_speech_counts_positions(speech_model, random_features):
     data = random_features()
-    counts = {"all": 0, "audio": 0, "text": 0}
-    for s in range(0, len(data), 2):
-        idx = list(range(s, min(s + 2, len(data))))
-        feats, lengths, texts = data.batch(idx)
-        b = speech_model.build_inputs(feats, lengths, texts)
-        counts["all"] += int(b["attention_mask"].sum())
-        counts["audio"] += int(b["audio_mask"].sum())
-        counts["text"] += int(b["text_mask"].sum())
+    # Positions counted from the prompt strings and the tokenizer, not from build_inputs:
+    # audio = ceil(frames / stack); text = "<audio>" with BOS, "</audio> Transcribe the
+    # audio:", then " transcript" and EOS.
+    tok, stack = speech_model.tokenizer, speech_model.projector.stack
+    prefix = len(tok("<audio>", add_special_tokens=True).input_ids)
+    suffix = len(tok("</audio> Transcribe the audio:", add_special_tokens=False).input_ids)
+    audio = sum(-(-len(f) // stack) for f in data.feats)
+    target = sum(len(tok(" " + u.text, add_special_tokens=False).input_ids) + 1
+                 for u in data.utterances)
+    text = len(data) * (prefix + suffix) + target
+    counts = {"all": audio + text, "audio": audio, "text": text}
     results = {}
     for pos in counts:
         r = score_speech(speech_model, data, batch_size=2, positions=pos)
@@ -304,9 +302,9 @@ def test_score_speech_counts_positions(speech_model, random_features):
     mix = (results["audio"].distance_all * counts["audio"]
            + results["text"].distance_all * counts["text"]) / counts["all"]
     np.testing.assert_allclose(results["all"].distance_all, mix, atol=1e-9, equal_nan=True)
-    # without targets there are fewer text tokens
+    # without targets only the prompt's text positions are left
     r = score_speech(speech_model, data, batch_size=2, positions="text", with_targets=False)
-    assert r.n_tokens < counts["text"]
+    assert r.n_tokens == len(data) * (prefix + suffix)
 
 
 def test_score_text_accepts_speechllm(speech_model):
@@ -348,7 +346,16 @@ def test_result_frame_best_blocks_save_load_agreement(lm, tmp_path):
     for n, ov in ag["overlap"].items():
         la, lb = ag["blocks_a"][n], ag["blocks_b"][n]
         assert ov == len(set(range(la, la + n)) & set(range(lb, lb + n))) / n
-    assert -1.0 <= ag["spearman"] <= 1.0
+    # Spearman by hand over the cells valid in both (no ties among float distances):
+    # rho = 1 - 6 sum(d^2) / (m (m^2 - 1)), d the difference of the two ranks.
+    sa, sb = r.distance_all.ravel(), other.distance_all.ravel()
+    ok = np.isfinite(sa) & np.isfinite(sb)
+    ranks_a = np.argsort(np.argsort(sa[ok])).astype(float)
+    ranks_b = np.argsort(np.argsort(sb[ok])).astype(float)
+    m = int(ok.sum())
+    assert ag["n_cells"] == m and len(set(sa[ok])) == m and len(set(sb[ok])) == m
+    rho_hand = 1 - 6 * float(((ranks_a - ranks_b) ** 2).sum()) / (m * (m * m - 1))
+    assert ag["spearman"] == pytest.approx(rho_hand, abs=1e-9)
     diff = np.abs(r.distance_all - other.distance_all)
     assert ag["mean_abs_diff"] == pytest.approx(float(np.nanmean(diff)))
     assert ag["max_abs_diff"] == pytest.approx(float(np.nanmax(diff)))
@@ -409,7 +416,13 @@ def test_ablation_matches_hand_pruned_model_and_restores(speech_model,
     # rank agreement: Spearman over l between d(l, n) and the ablation loss
     r = score_speech(model, data, batch_size=2)
     rho = rank_agreement(df, r, n)
-    assert np.isnan(rho) or -1.0 <= rho <= 1.0
+    d = np.array([r.distance_last[l, n] for l in range(big_l - n + 1)])
+    loss = df["loss"].to_numpy()[1:]
+    assert np.isfinite(d).all() and len(set(d)) == len(d) and len(set(loss)) == len(loss)
+    k = len(d)
+    rank_d, rank_loss = np.argsort(np.argsort(d)), np.argsort(np.argsort(loss))
+    rho_hand = 1 - 6 * float(((rank_d - rank_loss) ** 2).sum()) / (k * (k * k - 1))
+    assert rho == pytest.approx(rho_hand, abs=1e-9)
 
 
 def test_skip_block_restores_on_error(speech_model):

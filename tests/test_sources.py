@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lib.data import Utterance, write_manifest
+from lib.data.loaders import Utterance, write_manifest
 from lib.errors import CompanionError
-from lib.sources import load_source
+from lib.data.sources import load_source
 
 
 def _librispeech(root, split, speaker, chapter, texts):

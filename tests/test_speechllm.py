@@ -9,8 +9,8 @@ import torch
 from lib.config import ModelConfig
 from lib.errors import CompanionError
 from lib.model_configs import projector_parameters
-from lib.speechllm import (Projector, build_encoder, build_speechllm, count_parameters,
-                           find_decoder_layers)
+from lib.components import Projector, build_encoder, find_decoder_layers
+from lib.speechllm import build_speechllm, count_parameters
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gemma"])
@@ -148,8 +148,15 @@ def test_whisper_short_forward_lengths_and_batch_independence():
     b = rng.normal(0, 0.1, 8000).astype(np.float32)  # 0.5 s -> 25 frames
     feats, lengths = enc([a, b])
     assert lengths.tolist() == [50, 25]
-    alone, _ = enc([a])
-    torch.testing.assert_close(feats[0, :50], alone[0], rtol=1e-4, atol=1e-4)
+    # Each clip's frames are those it gets alone, the padded short one included, in
+    # either order.
+    for clip, n, row in ((a, 50, 0), (b, 25, 1)):
+        alone, alone_lengths = enc([clip])
+        assert alone_lengths.tolist() == [n]
+        torch.testing.assert_close(feats[row, :n], alone[0, :n], rtol=1e-4, atol=1e-4)
+    swapped, _ = enc([b, a])
+    torch.testing.assert_close(swapped[0, :25], feats[1, :25], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(swapped[1, :50], feats[0, :50], rtol=1e-4, atol=1e-4)
 
 
 def test_wavlm_encoder_lengths():
@@ -177,7 +184,8 @@ def test_bad_lora_target_is_named():
 
 def test_pretrained_decoder_is_the_llm_without_adapters():
     """With LoRA switched off, the decoder computes exactly what the pretrained LLM does."""
-    from lib.speechllm import load_decoder, pretrained_decoder
+    from lib.components import load_decoder
+    from lib.speechllm import pretrained_decoder
 
     m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                     projector_hidden=8, lora_rank=4), seed=0)

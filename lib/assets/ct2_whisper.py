@@ -18,6 +18,8 @@ File layout (little endian)::
 
 Attention q/k/v (self-attention) and k/v (cross-attention) are fused along the output
 dimension; Whisper's k projections have no bias, so CTranslate2 stores zeros there.
+
+Stage: building the SpeechLLM (offline assets).
 """
 
 from __future__ import annotations

@@ -1,19 +1,22 @@
 """Named data sources, so a chapter parameter can say where its speech comes from.
 
 =============================  =========================================================
-``synthetic:train`` / ``:test``  the offline synthetic corpus (built once, see lib.corpus)
+``synthetic:train`` / ``:test``  the offline synthetic corpus (built once, lib.data.corpus)
 ``real``                         the 10 real pocketsphinx-testdata utterances
 ``librispeech:<folder>``         a LibriSpeech split folder (or root + ``#split[,split]``)
 ``manifest:<file.jsonl>``        a manifest; ``#<split>`` keeps one split
 =============================  =========================================================
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: data.
 """
 
 from __future__ import annotations
 
-from lib.corpus import CorpusSpec, ensure_synthetic_corpus
-from lib.data import Utterance, load_librispeech, load_manifest, load_real_testset
+from lib.data.corpus import ensure_synthetic_corpus
+from lib.data.spec import CorpusSpec
+from lib.data.loaders import Utterance, load_librispeech, load_manifest, load_real_testset
 from lib.errors import CompanionError
 
 FORMS = "synthetic:train, synthetic:test, real, librispeech:<folder>[#split], " \

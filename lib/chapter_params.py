@@ -1,0 +1,71 @@
+"""Each chapter's parameters as one dataclass tree: a chapter adds its fields to the last.
+
+The fields are the names of a chapter's ``parameters`` cell, in order, with the default
+preset's values and a reason beside each (nanoGPT's ``GPTConfig`` habit). A new chapter
+subclasses the previous one and adds only its own parameters; :mod:`lib.config` derives the
+``CHAPTER<N>_PARAMS`` names from these classes, and ``tests/test_chapter_params.py`` keeps
+every chapter's parameters cell, every preset in ``params/`` and these classes in step.
+(The cells still list every value as a literal: papermill injects literals only.)
+
+Imports nothing of the library. Stage: all (configuration). Explained in chapter 1
+(book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Chapter1Params:
+    """Chapter 1: build, train and evaluate a SpeechLLM per decoder."""
+
+    encoder: str = "whisper-base"  # offline alias, save_pretrained folder or hub id
+    decoders: tuple[str, ...] = ("smollm2-135m", "gemma3-270m")  # one SpeechLLM each
+    train_data: str = "synthetic:train"  # a lib.data.sources name
+    test_data: tuple[str, ...] = ("synthetic:test", "real")  # unseen voices; real speech
+    n_train: int = 6000  # synthetic train utterances: the CTC warm start needs this many
+    n_test: int = 100  # synthetic test utterances (unseen voices)
+    projector_stack: int = 5  # frames per LLM position: 50 Hz -> 10 Hz (paper)
+    projector_hidden: int = 1024  # hidden width of the projector's MLP
+    lora_rank: int = 8  # 0 trains the projector only
+    lora_alpha: int = 16  # LoRA scale = alpha / rank
+    train_steps: int = 250  # ~10 minutes per decoder on 2 CPU cores
+    batch_size: int = 8  # utterances per micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    learning_rate: float = 0.001  # peak AdamW rate of the LLM stage
+    warmup_steps: int = 20  # linear warm-up, then linear decay
+    checkpoint_every: int = 50  # steps between resumable checkpoints
+    eval_batch_size: int = 32  # utterances decoded at once
+    max_new_tokens: int = 48  # tokens decoded at most per utterance
+    max_test_utterances: int | None = None  # N: a quick run, labelled as one
+    seed: int = 0  # data order and initialisation
+    device: str = "auto"  # auto, cpu, cuda
+    recipe: str = "ctc-warmstart"  # CTC on the projector first; "plain" is the paper's
+    ctc_epochs: float = 4  # warm-start passes over the training set (projector only)
+    ctc_learning_rate: float = 0.003  # peak rate of the warm start
+    ctc_batch_size: int = 64  # cheap steps: projector only
+    precision: str = "auto"  # bf16 where native, else fp32
+    dev_utterances: int = 48  # held out from train_data for the learning curve
+    dev_every: int = 100  # steps between dev WER checks (0: none)
+    ctc_weight: float = 0.3  # the CTC loss kept on while the LLM trains (0: off)
+    projector_learning_rate: float | None = 0.0003  # None: learning_rate
+
+
+@dataclass(frozen=True)
+class Chapter2Params(Chapter1Params):
+    """Chapter 2: chapter 1's models (reused from the cache) and the redundancy scores."""
+
+    n_score_utterances: int = 64  # test utterances (and transcripts) scored
+    score_batch_size: int = 8  # sequences per scoring forward pass
+    ablation_block: int = 4  # block size n whose removal is checked directly
+    ablation_utterances: int = 32  # utterances per removal in that check
+
+
+CHAPTER_PARAMS: dict[int, type] = {1: Chapter1Params, 2: Chapter2Params}
+"""Chapter number -> its parameters class (a new chapter adds one line)."""
+
+
+def param_names(params: type) -> tuple[str, ...]:
+    """The parameter names of a chapter, in the order of its parameters cell."""
+    return tuple(f.name for f in fields(params))

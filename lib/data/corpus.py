@@ -1,0 +1,301 @@
+"""The offline synthetic ASR corpus: World English Bible sentences read by TTS voices.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb). Stage: data.
+
+No speech corpus can be downloaded here, so the book builds one: English sentences from
+the World English Bible (public domain, read with ``diatheke``, see :mod:`lib.data.text`)
+spoken by espeak-ng with many accent and voice variants, plus Piper's natural "joe" voice
+for part of the training set. Test voices never appear in training, so a test score
+measures generalisation to an unseen voice, not memorisation of one.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import struct
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lib.data.spec import CORPUS_VERSION, CorpusSpec
+from lib.data.audio import audio_duration, write_wav
+from lib.data.loaders import Utterance, load_manifest, write_manifest
+from lib.data.text import require_espeak, select_texts
+from lib.errors import CompanionError
+from lib.paths import cache_subdir
+
+
+def voice_family(voice: str) -> str:
+    """The speaker identity of a voice id, without per-utterance rate/pitch.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Args:
+        voice: e.g. ``"espeak:en-us+m3:r160:p40"`` or ``"piper:joe"``.
+
+    Returns:
+        e.g. ``"espeak:en-us+m3"`` or ``"piper:joe"``.
+    """
+    return ":".join(voice.split(":")[:2])
+
+
+# --------------------------------------------------------------------------- synthesis
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One utterance to synthesise."""
+
+    id: str
+    text: str
+    split: str
+    engine: str  # "espeak" or "piper"
+    voice: str  # espeak "accent+variant"; "joe" for piper
+    rate: int = 0  # espeak words per minute
+    pitch: int = 0  # espeak pitch
+    length_scale: float = 1.0  # piper
+
+    @property
+    def voice_id(self) -> str:
+        """The Utterance.voice string."""
+        if self.engine == "piper":
+            return f"piper:{self.voice}"
+        return f"espeak:{self.voice}:r{self.rate}:p{self.pitch}"
+
+
+def plan_jobs(spec: CorpusSpec, train: list[str], test: list[str]) -> list[_Job]:
+    """Assign engine, voice, rate and pitch to each text, deterministically by seed.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    espeak voices are dealt round-robin from a shuffled list so each appears about equally
+    often; test utterances only get ``spec.test_voices``, train ones only the rest.
+
+    Args:
+        spec: The corpus spec.
+        train: Train texts.
+        test: Test texts.
+
+    Returns:
+        One job per text, test first.
+    """
+    rng = random.Random(f"voices-{spec.seed}")
+    n_piper = 0
+    if "piper" in spec.engines:
+        n_piper = round(spec.piper_fraction * len(train))
+    piper_rows = set(rng.sample(range(len(train)), n_piper))
+    jobs = []
+    for split, texts, voices in (
+        ("test", test, list(spec.test_voices)),
+        ("train", train, list(spec.train_voices)),
+    ):
+        rng.shuffle(voices)
+        dealt = 0
+        for index, text in enumerate(texts):
+            job_id = f"{split}-{index:05d}"
+            if split == "train" and index in piper_rows:
+                scale = round(rng.uniform(*spec.length_scale_range), 2)
+                jobs.append(_Job(job_id, text, split, "piper", "joe", length_scale=scale))
+                continue
+            voice = voices[dealt % len(voices)]
+            dealt += 1
+            rate = rng.randint(*spec.rate_range)
+            pitch = rng.randint(*spec.pitch_range)
+            jobs.append(_Job(job_id, text, split, "espeak", voice, rate, pitch))
+    return jobs
+
+
+def _espeak_audio(job: _Job) -> tuple[np.ndarray, int]:
+    """Run espeak-ng for one job; returns int16 samples and their rate."""
+    result = subprocess.run(
+        ["espeak-ng", "-v", job.voice, "-s", str(job.rate), "-p", str(job.pitch),
+         "--stdout"],
+        input=job.text.encode(),
+        capture_output=True,
+    )  # fmt: skip
+    wav = result.stdout
+    if result.returncode != 0 or len(wav) <= 44 or wav[:4] != b"RIFF":
+        detail = result.stderr.decode(errors="replace").strip()[:200]
+        raise CompanionError(f"espeak-ng failed for voice {job.voice}: {detail}")
+    # Header sizes are bogus when streaming to stdout; the rate and 44-byte header are not.
+    rate = struct.unpack("<I", wav[24:28])[0]
+    samples = np.frombuffer(wav[44 : 44 + (len(wav) - 44) // 2 * 2], dtype="<i2")
+    return samples, rate
+
+
+_PIPER_VOICES: dict[str, Any] = {}
+"""Piper voices loaded in this (worker) process, by folder."""
+
+
+def _synthesise(args: tuple[_Job, str, str]) -> tuple[str, float]:
+    """Pool worker: synthesise one job into ``path`` (reused when already there).
+
+    Args:
+        args: (job, destination wav, Piper voice folder or "").
+
+    Returns:
+        (job id, duration in seconds).
+    """
+    job, path, piper_dir = args
+    if os.path.isfile(path):
+        return job.id, audio_duration(path)
+    if job.engine == "piper":
+        if piper_dir not in _PIPER_VOICES:
+            _PIPER_VOICES[piper_dir] = _load_piper(Path(piper_dir))
+        samples, rate = _piper_audio(_PIPER_VOICES[piper_dir], job)
+    else:
+        samples, rate = _espeak_audio(job)
+    return job.id, write_wav(path, samples, rate)
+
+
+def piper_voice_dir() -> Path:
+    """Folder holding Piper's ``en_US-joe-medium.onnx`` and its ``.onnx.json``.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    ``$COMPANION_PIPER_VOICE`` overrides it; otherwise ``lib.assets.ensure_model``.
+
+    Returns:
+        The folder.
+    """
+    override = os.environ.get("COMPANION_PIPER_VOICE")
+    if override:
+        return Path(override)
+    from lib.assets import ensure_model
+
+    return Path(ensure_model("piper-joe"))
+
+
+def _load_piper(folder: Path) -> Any:
+    """Load the Piper voice in ``folder`` on CPU with one onnxruntime thread.
+
+    One thread per process: the pool runs one process per core, and onnxruntime's default
+    thread pool made Piper about 2x slower on a busy 2-core machine.
+    """
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+
+    models = sorted(folder.glob("*.onnx"))
+    if not models or not Path(f"{models[0]}.json").is_file():
+        raise CompanionError(
+            f"no Piper voice (*.onnx + *.onnx.json) in {folder}: rerun the setup step"
+        )
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    config = json.loads(Path(f"{models[0]}.json").read_text(encoding="utf-8"))
+    return PiperVoice(
+        config=PiperConfig.from_dict(config),
+        session=onnxruntime.InferenceSession(
+            str(models[0]), sess_options=options, providers=["CPUExecutionProvider"]
+        ),
+    )
+
+
+def _piper_audio(voice: Any, job: _Job) -> tuple[np.ndarray, int]:
+    """Synthesise one job with a loaded Piper voice; returns float32 samples and rate."""
+    from piper import SynthesisConfig
+
+    config = SynthesisConfig(length_scale=job.length_scale)
+    chunks = [chunk.audio_float_array for chunk in voice.synthesize(job.text, config)]
+    rate = int(voice.config.sample_rate)
+    pause = np.zeros(int(0.2 * rate), dtype=np.float32)  # between sentences
+    pieces: list[np.ndarray] = []
+    for chunk in chunks:
+        pieces.extend([pause, chunk] if pieces else [chunk])
+    if not pieces:
+        raise CompanionError(f"Piper produced no audio for {job.id}: {job.text!r}")
+    return np.concatenate(pieces).astype(np.float32), rate
+
+
+def ensure_synthetic_corpus(spec: CorpusSpec | None = None) -> Path:
+    """Build (once) the synthetic ASR corpus for a spec and return its manifest.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Texts: World English Bible sentences of ``min_words..max_words`` words, train and test
+    disjoint. Audio: espeak-ng (accent+variant voices, random rate and pitch; test voices
+    held out) on a process pool over all cores, and Piper's joe voice (length scale varied)
+    for ``piper_fraction`` of the training set; Piper's single voice is train-only. Written
+    as 16 kHz mono 16-bit wav into ``<cache>/corpora/synthetic-<hash>/wavs/``.
+
+    Interrupt-safe: each wav appears under its final name only when complete and is reused
+    on a rerun; the manifest is written last, atomically. When it exists the call returns
+    at once.
+
+    Args:
+        spec: What to build; the default spec when None (2000 train + 200 test).
+
+    Returns:
+        ``<cache>/corpora/synthetic-<hash>/manifest.jsonl`` (load it with
+        :func:`lib.data.loaders.load_manifest`).
+
+    Raises:
+        CompanionError: espeak-ng, diatheke or the Bible module is missing.
+    """
+    spec = spec or CorpusSpec()
+    folder = cache_subdir("corpora", f"synthetic-{spec.digest()}")
+    manifest = folder / "manifest.jsonl"
+    expected = spec.n_train + spec.n_test
+    if manifest.is_file():
+        utts = load_manifest(manifest)
+        if len(utts) == expected:
+            print(f"synthetic corpus: cached ({len(utts)} utterances)")
+            return manifest
+    if "espeak" in spec.engines:
+        require_espeak()
+    start = time.perf_counter()
+    train, test = select_texts(spec)
+    jobs = plan_jobs(spec, train, test)
+    spec_file = {**asdict(spec), "version": CORPUS_VERSION}
+    (folder / "spec.json").write_text(json.dumps(spec_file, indent=1) + "\n")
+    wavs = folder / "wavs"
+    wavs.mkdir(exist_ok=True)
+    paths = {job.id: str(wavs / f"{job.id}.wav") for job in jobs}
+    durations: dict[str, float] = {}
+
+    piper_dir = ""
+    if any(job.engine == "piper" for job in jobs):
+        piper_dir = str(piper_voice_dir())
+    # Slow Piper jobs first so both cores stay busy until the end.
+    order = sorted(jobs, key=lambda job: job.engine != "piper")
+    work = [(job, paths[job.id], piper_dir) for job in order]
+    workers = max(1, min(os.cpu_count() or 1, len(work)))
+    with multiprocessing.get_context().Pool(workers) as pool:
+        results = pool.imap_unordered(_synthesise, work, chunksize=2)
+        desc = "espeak-ng + piper" if piper_dir else "espeak-ng"
+        for job_id, seconds in tqdm(results, total=len(work), desc=desc, unit="utt"):
+            durations[job_id] = seconds
+
+    utts = [
+        Utterance(
+            id=job.id,
+            audio=paths[job.id],
+            text=job.text,
+            duration=durations[job.id],
+            voice=job.voice_id,
+            split=job.split,
+            source=f"synthetic-{job.engine}",
+        )
+        for job in jobs
+    ]
+    write_manifest(manifest, utts)
+    hours = sum(utt.duration for utt in utts) / 3600
+    print(
+        f"synthetic corpus: built {len(utts)} utterances ({hours:.2f} h of audio) "
+        f"in {time.perf_counter() - start:.0f} s -> {folder}"
+    )
+    return manifest
+
+
+if __name__ == "__main__":  # pragma: no cover - manual build: python -m lib.data.corpus
+    ensure_synthetic_corpus(CorpusSpec())

@@ -1,0 +1,185 @@
+"""Pruning: remove a block of decoder layers, and measure what removing it costs.
+
+:func:`skip_block` is the model surgery (the layers leave the decoder's ``nn.ModuleList``
+and the config follows, then everything is put back); :func:`ablation_losses` removes every
+block of ``n`` layers in turn and records the loss, and :func:`rank_agreement` /
+:func:`ablation_summary` ask whether the cheap redundancy score (:mod:`lib.redundancy`)
+ranks blocks the way removing them does. Stage: prune. Explained in chapter 2 (the
+redundancy of decoder layers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lib.errors import CompanionError
+from lib.redundancy import check_features, is_speechllm, spearman_rho
+from lib.redundancy_stats import RedundancyResult
+from lib.components import decoder_body, find_decoder_layers
+
+if TYPE_CHECKING:
+    from lib.features import FeatureSet
+    from lib.speechllm import SpeechLLM
+
+
+def _layers_owner(decoder: nn.Module) -> nn.Module:
+    """The module whose ``.layers`` attribute is the decoder's ModuleList."""
+    layers = find_decoder_layers(decoder)
+    inner = decoder_body(decoder)
+    if getattr(inner, "layers", None) is not layers:
+        raise CompanionError(f"cannot find the module holding the layers of "
+                             f"{type(decoder).__name__}")
+    return inner
+
+
+def _configs(decoder: nn.Module, owner: nn.Module) -> list[Any]:
+    out = []
+    for m in (decoder, owner, getattr(decoder, "get_base_model", lambda: None)()):
+        cfg = getattr(m, "config", None) if m is not None else None
+        if cfg is not None and all(cfg is not c for c in out):
+            out.append(cfg)
+    return out
+
+
+@contextlib.contextmanager
+def skip_block(decoder: nn.Module, start: int, n: int) -> Iterator[None]:
+    """Temporarily remove decoder layers ``[start, start + n)``; everything restored on exit.
+
+    The ModuleList is swapped for one of the kept layers; each kept attention's ``layer_idx``,
+    ``config.num_hidden_layers`` and ``config.layer_types`` are renumbered to match (what a
+    saved pruned model needs, transformers issue 30508).
+    """
+    owner = _layers_owner(decoder)
+    old_layers = owner.layers
+    big_l = len(old_layers)
+    if not (1 <= n < big_l) or not (0 <= start <= big_l - n):
+        raise CompanionError(f"block [{start}, {start + n}) cannot be removed from a "
+                             f"{big_l}-layer decoder: need 1 <= n < {big_l} and "
+                             f"0 <= start <= {big_l} - n")
+    keep = [i for i in range(big_l) if not (start <= i < start + n)]
+    cfgs = _configs(decoder, owner)
+    saved_cfg = [(c, c.num_hidden_layers, getattr(c, "layer_types", None)) for c in cfgs]
+    idx_attrs: list[tuple[nn.Module, Any]] = []
+    for layer in old_layers:
+        for mod in (layer, getattr(layer, "self_attn", None)):
+            if mod is not None and isinstance(getattr(mod, "layer_idx", None), int):
+                idx_attrs.append((mod, mod.layer_idx))
+    try:
+        new = nn.ModuleList([old_layers[i] for i in keep])
+        for j, layer in enumerate(new):
+            for mod in (layer, getattr(layer, "self_attn", None)):
+                if mod is not None and isinstance(getattr(mod, "layer_idx", None), int):
+                    mod.layer_idx = j
+        owner.layers = new
+        for c, _, types in saved_cfg:
+            c.num_hidden_layers = len(keep)
+            if types is not None:
+                c.layer_types = [types[i] for i in keep]
+        yield
+    finally:
+        owner.layers = old_layers
+        for mod, v in idx_attrs:
+            mod.layer_idx = v
+        for c, nl, types in saved_cfg:
+            c.num_hidden_layers = nl
+            if types is not None:
+                c.layer_types = types
+
+
+@torch.no_grad()
+def ablation_losses(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: int = 8,
+                    max_utterances: int | None = None) -> pd.DataFrame:
+    """Target loss of the SpeechLLM with each block ``[l, l+n)`` skipped, plus the full model.
+
+    The loss is ``model.loss`` (mean over target tokens), averaged over batches weighted by
+    each batch's number of target tokens, i.e. the mean over all target tokens of the set.
+
+    Returns:
+        Columns start, end, block_size, loss, delta (loss minus the full model's), n_tokens;
+        the full model is the row with ``start = end = -1`` and ``block_size = 0``.
+    """
+    if not is_speechllm(model):
+        raise CompanionError(f"ablation_losses needs a SpeechLLM, got {type(model).__name__}")
+    big_l = len(find_decoder_layers(model.decoder))
+    if not (1 <= int(n) < big_l):
+        raise CompanionError(f"block size n={n} out of range: use 1 <= n < {big_l} for this "
+                             f"{big_l}-layer decoder")
+    n = int(n)
+    if data is None or len(data) == 0:
+        raise CompanionError("ablation_losses got an empty feature set: pass utterances")
+    if batch_size < 1:
+        raise CompanionError(f"batch_size={batch_size}: use a positive integer")
+    data = data.subset(max_utterances)
+    batches = []
+    for s in range(0, len(data), batch_size):
+        idx = list(range(s, min(s + batch_size, len(data))))
+        check_features(data, idx)
+        feats, lengths, texts = data.batch(idx)
+        labels = model.build_inputs(feats, lengths, texts)["labels"]
+        batches.append((feats, lengths, texts, int((labels != -100).sum())))
+    total = sum(b[3] for b in batches)
+
+    def mean_loss() -> float:
+        s = 0.0
+        for feats, lengths, texts, k in batches:
+            s += float(model.loss(feats, lengths, texts)) * k
+        return s / total
+
+    was_training = model.training
+    model.eval()
+    try:
+        ref = mean_loss()
+        rows = [(-1, -1, 0, ref, 0.0, total)]
+        for l in range(0, big_l - n + 1):
+            with skip_block(model.decoder, l, n):
+                v = mean_loss()
+            rows.append((l, l + n, n, v, v - ref, total))
+    finally:
+        model.train(was_training)
+    return pd.DataFrame(rows, columns=["start", "end", "block_size", "loss", "delta", "n_tokens"])
+
+
+def rank_agreement(ablation_df: pd.DataFrame, result: RedundancyResult, n: int,
+                   metric: str = "angular_last") -> float:
+    """Spearman correlation over l between ``d(l, n)`` and the loss with ``[l, l+n)`` removed."""
+    if not (1 <= n <= result.n_layers):
+        raise CompanionError(f"block size n={n} out of range 1..{result.n_layers}")
+    rows = ablation_df[(ablation_df["block_size"] == n) & (ablation_df["start"] >= 0)]
+    if rows.empty:
+        raise CompanionError(f"the ablation table has no rows for block size {n}: run "
+                             f"ablation_losses(..., n={n})")
+    surf = result._surface(metric)
+    d = np.array([surf[int(l), n] for l in rows["start"]])
+    loss = rows["loss"].to_numpy(dtype=float)
+    ok = np.isfinite(d) & np.isfinite(loss)
+    return spearman_rho(d[ok], loss[ok])
+
+
+def ablation_summary(ablation_df: pd.DataFrame, result: RedundancyResult, n: int,
+                     metric: str = "angular_last") -> dict[str, Any]:
+    """How the block the score picks fares when it is actually removed.
+
+    Returns ``spearman`` (:func:`rank_agreement`), ``n_blocks``, the score's block
+    (``chosen_start``, its loss increase ``chosen_delta`` and ``chosen_rank``: 1 = the least
+    harmful removal of all candidates) and the least harmful block by removal
+    (``best_start``, ``best_delta``).
+    """
+    rho = rank_agreement(ablation_df, result, n, metric)
+    rows = ablation_df[(ablation_df["block_size"] == n) & (ablation_df["start"] >= 0)]
+    rows = rows.sort_values("delta", kind="stable").reset_index(drop=True)
+    best = result.best_blocks(metric).set_index("block_size")
+    if n not in best.index:
+        raise CompanionError(f"the scores have no valid block of size {n}")
+    chosen = int(best.loc[n, "start"])
+    hit = rows.index[rows["start"] == chosen]
+    if hit.empty:
+        raise CompanionError(f"the ablation table has no row for block [{chosen}, {chosen + n})")
+    return {"spearman": rho, "n_blocks": len(rows), "chosen_start": chosen,
+            "chosen_delta": float(rows.loc[hit[0], "delta"]), "chosen_rank": int(hit[0]) + 1,
+            "best_start": int(rows.loc[0, "start"]), "best_delta": float(rows.loc[0, "delta"])}

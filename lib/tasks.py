@@ -1,0 +1,72 @@
+"""Tasks as data: what the SpeechLLM is asked to do, what it learns, how it is scored.
+
+A :class:`Task` names its instruction (read after the audio), the utterance field that holds
+its target text, and its metric, the way lm-evaluation-harness describes a task by prompt,
+target and metric. ASR (target: the transcript, metric: WER) is the book's task today;
+speech translation (target: a translation field, metric: BLEU) is the next one and needs only
+a new entry in :data:`TASKS` and its metric in :func:`lib.evaluate.score_task`.
+
+The default ASR task gives exactly the prompt the book has always used, so cached runs and
+evaluations keep their keys (``tests/test_tasks.py`` pins them). Stage: building the
+SpeechLLM (its prompt) and evaluation (its metric). Explained in chapter 1
+(book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lib.errors import CompanionError
+
+ASR_INSTRUCTION = " Transcribe the audio:"
+"""The ASR instruction, read after the audio (the paper's; part of every evaluation key)."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The text around the audio embeddings.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+
+    audio_start: str = "<audio>"  # boundary marker before the audio embeddings
+    audio_end: str = "</audio>"  # boundary marker after them
+    instruction: str = ASR_INSTRUCTION  # the task, read after the audio
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: its instruction, the field of its target text, and its metric."""
+
+    name: str  # short name, e.g. "asr"
+    instruction: str  # read after the audio, e.g. " Transcribe the audio:"
+    target: str = "text"  # the Utterance field the model learns and is scored against
+    metric: str = "wer"  # "wer" (ASR); "bleu" comes with speech translation
+
+    def prompt(self) -> Prompt:
+        """The prompt a SpeechLLM reads for this task (markers unchanged)."""
+        return Prompt(instruction=self.instruction)
+
+    def targets(self, utterances: Sequence[Any]) -> list[str]:
+        """The target text of each utterance (its ``target`` field)."""
+        try:
+            return [getattr(u, self.target) for u in utterances]
+        except AttributeError:
+            raise CompanionError(f"task {self.name!r}: the utterances have no field "
+                                 f"{self.target!r}: use a data source that provides it") from None
+
+
+ASR = Task(name="asr", instruction=ASR_INSTRUCTION)
+"""Speech recognition: transcribe the audio; scored by WER after Whisper's normaliser."""
+
+TASKS: dict[str, Task] = {"asr": ASR}
+"""The tasks by name (speech translation joins here)."""
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``, or a one-line error listing the known ones."""
+    if name not in TASKS:
+        raise CompanionError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,151 @@
+"""The library's layout: no import cycle among its modules, and ``lib.book`` stays light.
+
+The graph is read from the source with :mod:`ast`, not by importing: every ``import lib.x``
+and ``from lib.x import ...`` counts, at module level or inside a function (a deferred
+import still ties the two modules together); imports under ``if TYPE_CHECKING:`` do not,
+since they never run.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+LIB = Path(__file__).resolve().parent.parent / "lib"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(LIB.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imported(tree: ast.AST, modules: set[str], package: str) -> set[str]:
+    """Library modules that ``tree`` imports (a package's own ``__init__`` excluded)."""
+    found: set[str] = set()
+
+    def target(name: str) -> str | None:
+        # ``from lib.data import audio``: the submodule if there is one, else the package.
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("lib"):
+                    found.add(target(alias.name) or alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                + [node.module])
+            if base.split(".")[0] == "lib":
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    found.add(sub if sub in modules else (target(base) or base))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the library modules it imports, for every module under ``lib/``."""
+    files = {_module_name(p): p for p in LIB.rglob("*.py")}
+    modules = set(files)
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = _imported(ast.parse(path.read_text()), modules, package)
+        graph[name] = {d for d in deps if d != name and d != "lib"}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as a list of modules (first == last), or None: a depth-first search."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 finished
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle_sees_a_cycle() -> None:
+    """The checker itself: a made-up graph with a known cycle, and one without."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_graph_reads_deferred_imports() -> None:
+    """A function-level import counts; one under ``if TYPE_CHECKING:`` does not."""
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                     "    from lib.x import A\ndef f():\n    from lib.y import g\n")
+    assert _imported(tree, {"lib.x", "lib.y"}, "lib") == {"lib.y"}
+
+
+def test_library_has_no_import_cycle() -> None:
+    graph = import_graph()
+    assert len(graph) > 10  # the walk found the library
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_io_module_imports_nothing_of_the_library() -> None:
+    assert import_graph()["lib.fileio"] == set()
+
+
+def test_book_does_not_pull_the_audio_stack() -> None:
+    """``lib.book`` needs the presets, not torch, audio decoding or the corpus."""
+    heavy = ("torch", "soundfile", "lib.data.audio", "lib.data.corpus", "lib.speechllm",
+             "lib.assets")
+    code = (f"import sys, lib.book; print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=LIB.parent, check=True)
+    assert out.stdout.strip() == ""
+
+
+# Their docstrings get their "Stage:" line after the merge (both are edited on main now).
+_STAGE_PENDING = {"lib.ctc", "lib.train"}
+
+
+def test_every_module_says_its_stage_and_the_readme_lists_it() -> None:
+    readme = (LIB.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("## How the book is built")]
+    for path in sorted(LIB.rglob("*.py")):
+        name = _module_name(path)
+        if path.name == "__init__.py":
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if name not in _STAGE_PENDING:
+            assert "stage" in doc.lower(), f"{name}: its docstring names no pipeline stage"
+        rel = path.relative_to(LIB.parent).as_posix()
+        package = path.parent.relative_to(LIB.parent).as_posix() + "/"
+        listed = f"`{rel}`" in layout or (package != "lib/" and f"`{package}`" in layout)
+        assert listed, f"README's Layout section does not say where {rel} lives"

@@ -1,0 +1,66 @@
+"""Tasks as data: the default ASR task keeps the book's prompt, its keys and its metric."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from lib.config import config_hash
+from lib.data.loaders import Utterance
+from lib.errors import CompanionError
+from lib.evaluate import score_task
+from lib.tasks import ASR, Prompt, Task, get_task
+
+
+def test_asr_prompt_is_the_books_prompt():
+    """The strings every trained run and cached evaluation was made with (commit 8db4fb0)."""
+    assert ASR.prompt() == Prompt()
+    assert (Prompt().audio_start, Prompt().audio_end, Prompt().instruction) == (
+        "<audio>", "</audio>", " Transcribe the audio:")
+    assert (ASR.target, ASR.metric) == ("text", "wer")
+
+
+def test_evaluation_key_material_is_unchanged():
+    """evaluate_asr keys a score by config_hash({..., "prompt": model.prompt, ...}).
+
+    bada9e7d2d9c was computed at commit 8db4fb0 (before tasks existed) from the Prompt
+    dataclass of lib/speechllm.py, hashed as json.dumps(asdict, sort_keys) -> sha256[:12].
+    """
+    material = {"data": "x", "max_new_tokens": 8, "batch_size": 8, "prompt": ASR.prompt(),
+                "version": 1}
+    assert config_hash(material) == "bada9e7d2d9c"
+    blob = json.dumps({**material, "prompt": {"audio_start": "<audio>",
+                                              "audio_end": "</audio>",
+                                              "instruction": " Transcribe the audio:"}},
+                      sort_keys=True)
+    assert hashlib.sha256(blob.encode()).hexdigest()[:12] == "bada9e7d2d9c"
+
+
+def test_speechllm_reads_its_tasks_prompt():
+    from lib.config import ModelConfig
+    from lib.speechllm import build_speechllm
+
+    mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=8,
+                     lora_rank=0)
+    model = build_speechllm(mc)
+    assert model.task is ASR and model.prompt == Prompt()
+    tok = model.tokenizer
+    assert model._suffix_ids == tok("</audio> Transcribe the audio:",
+                                    add_special_tokens=False).input_ids
+    other = build_speechllm(mc, task=Task(name="echo", instruction=" Repeat:"))
+    assert other._suffix_ids == tok("</audio> Repeat:", add_special_tokens=False).input_ids
+
+
+def test_targets_and_metric():
+    utts = [Utterance(id="a", audio="/x.wav", text="the cat sat", duration=1.0, voice="v",
+                      split="test", source="manifest")]
+    assert ASR.targets(utts) == ["the cat sat"]
+    assert score_task(ASR, ["the cat sat"], ["the cat"])["wer"] == pytest.approx(1 / 3)
+    with pytest.raises(CompanionError, match="translation"):
+        Task(name="st", instruction=" Translate:", target="translation").targets(utts)
+    with pytest.raises(CompanionError, match="bleu"):
+        score_task(Task(name="st", instruction=" Translate:", metric="bleu"), ["a"], ["a"])
+    with pytest.raises(CompanionError, match="asr"):
+        get_task("summarise")
