@@ -249,6 +249,7 @@ def chapter1_config(**params: Any) -> Chapter1Config:
         ctc_weight=_non_neg_float(params, "ctc_weight"),
         projector_learning_rate=(None if params["projector_learning_rate"] is None
                                  else _pos_float(params, "projector_learning_rate")),
+        length_grouping=_pos_int(params, "length_grouping", allow_zero=True),
     )
     dev = _pos_int(params, "dev_utterances", allow_zero=True)
     max_utt = params["max_test_utterances"]

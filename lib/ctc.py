@@ -22,6 +22,9 @@ system (greedy CTC decoding, no language model): chapter 1 reports it as a basel
 
 Nothing is added to the SpeechLLM: the head is discarded after the warm start, except for
 the baseline, and the norm matching that follows is folded into the projector's last layer.
+
+Stage: training (the first half of the ``ctc-warmstart`` recipe; :mod:`lib.train` does the
+rest).
 """
 
 from __future__ import annotations

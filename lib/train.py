@@ -11,6 +11,7 @@ the scheduler are written atomically; a killed run restarts from the last checkp
 ends with the same weights as an uninterrupted one (data order and dropout are seeded by
 step). A finished run is keyed by its config and reused.
 
+Stage: training (projector + LoRA; :mod:`lib.ctc` holds the warm start before it).
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 """
 

@@ -230,7 +230,7 @@ def main() -> None:
             if kind == "offline":
                 c = measure_ctc(model, device, args.ctc_batch, args.seconds, args.words,
                                 args.ctc_vocab, enc_dim, args.rounds)
-                ctc_rows.append(f"{name:28s} {c['fp32_s']:9.3f} {c['bf16_s']:9.3f} "
+                ctc_rows.append(f"{name:28s} {c['fp32_s'] * 1e3:9.1f} {c['bf16_s'] * 1e3:9.1f} "
                                 f"{c['speedup']:10.2f} {args.ctc_batch / c['bf16_s']:9.1f}")
             del model
             if device.startswith("cuda"):
@@ -238,7 +238,8 @@ def main() -> None:
         if ctc_rows:
             print(f"\nCTC warm-start step ({args.ctc_batch} utterances, head over up to "
                   f"{args.ctc_vocab} word pieces): float32 vs bf16 autocast")
-            head = f"{'decoder':28s} {'fp32 s':>9s} {'bf16 s':>9s} {'fp32/bf16':>10s} {'bf16 utt/s':>9s}"
+            head = (f"{'decoder':28s} {'fp32 ms':>9s} {'bf16 ms':>9s} {'fp32/bf16':>10s} "
+                    f"{'bf16 utt/s':>9s}")
             print(head)
             print("-" * len(head))
             print("\n".join(ctc_rows))

@@ -18,12 +18,20 @@ def test_benchmark_prints_a_row_per_decoder():
     cmd = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--decoders",
            "tiny-llama", "tiny-gemma", "--encoder", "tiny-whisper", "--steps", "1",
            "--new-tokens", "2", "--decode-batch", "2", "--batch", "2", "--device", "cpu",
-           "--rounds", "1"]
+           "--rounds", "1", "--ctc-batch", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line.split() for line in out.stdout.splitlines()
+    main, ctc = out.stdout.split("CTC warm-start step")
+    rows = [line.split() for line in main.splitlines()
             if line.startswith(("tiny-llama", "tiny-gemma"))]
     assert [r[0] for r in rows] == ["tiny-llama", "tiny-gemma"]
+    ctc_rows = [line.split() for line in ctc.splitlines()
+                if line.startswith(("tiny-llama", "tiny-gemma"))]
+    assert [r[0] for r in ctc_rows] == ["tiny-llama", "tiny-gemma"]
+    for r in ctc_rows:  # fp32 ms, bf16 ms, their ratio (one round: the ratio of the two), utt/s
+        fp32_ms, bf16_ms, ratio, ups = map(float, r[1:5])
+        assert ratio == pytest.approx(fp32_ms / bf16_ms, rel=0.02, abs=0.01)
+        assert ups == pytest.approx(2e3 / bf16_ms, rel=0.02, abs=0.1)  # --ctc-batch 2
     for r in rows:  # train utt/s, s/step, bare s/step, their ratio, decode utt/s
         train_ups, step_s, bare_s, ratio, decode_ups = map(float, r[1:6])
         assert train_ups > 0 and decode_ups > 0 and step_s > 0 and bare_s > 0

@@ -131,10 +131,6 @@ def test_book_does_not_pull_the_audio_stack() -> None:
     assert out.stdout.strip() == ""
 
 
-# Their docstrings get their "Stage:" line after the merge (both are edited on main now).
-_STAGE_PENDING = {"lib.ctc", "lib.train"}
-
-
 def test_every_module_says_its_stage_and_the_readme_lists_it() -> None:
     readme = (LIB.parent / "README.md").read_text()
     layout = readme[readme.index("## Layout"):readme.index("## How the book is built")]
@@ -143,8 +139,7 @@ def test_every_module_says_its_stage_and_the_readme_lists_it() -> None:
         if path.name == "__init__.py":
             continue
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-        if name not in _STAGE_PENDING:
-            assert "stage" in doc.lower(), f"{name}: its docstring names no pipeline stage"
+        assert "stage" in doc.lower(), f"{name}: its docstring names no pipeline stage"
         rel = path.relative_to(LIB.parent).as_posix()
         package = path.parent.relative_to(LIB.parent).as_posix() + "/"
         listed = f"`{rel}`" in layout or (package != "lib/" and f"`{package}`" in layout)
