@@ -230,7 +230,8 @@ class Projector(nn.Module):
             nn.Linear(in_dim * stack, hidden), nn.GELU(), nn.Linear(hidden, out_dim)
         )
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feats: torch.Tensor,
+                lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ``[B, T, D]`` features to ``[B, ceil(T/k), out_dim]`` and their lengths."""
         b, t, d = feats.shape
         k = self.stack

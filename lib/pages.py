@@ -15,6 +15,7 @@ from lib.data.corpus import voice_family
 from lib.evaluate import audio_reliance
 from lib.experiment import ModelRun, slug
 from lib.features import FeatureSet
+from lib.report import compare_wer  # noqa: F401  (the chapters' verdict rule)
 from lib.speechllm import SpeechLLM
 
 
@@ -167,15 +168,3 @@ def training_change(model: SpeechLLM, pretrained_text: Any, trained_text: Any,
             "|Δd| training, max": lora["max_abs_diff"],
             "|Δd| text → speech, mean": modal["mean_abs_diff"],
             "spread of d": float(np.nanmax(surf) - np.nanmin(surf))}
-
-
-def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"``: ``a`` beats
-    ``b`` only when their 95 % bootstrap intervals do not overlap (a conservative rule, the
-    one chapter 1's verdicts use). Explained in chapter 1."""
-    (a_lo, a_hi), (b_lo, b_hi) = a["wer_ci95"], b["wer_ci95"]
-    if a_hi < b_lo:
-        return "lower than"
-    if a_lo > b_hi:
-        return "higher than"
-    return "not distinguishable from"

@@ -27,6 +27,47 @@ from lib.results import results_root
 BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
 
 
+LISTENS_GAP = 1.0
+"""Nats per token: a decoder "reads the audio" when scoring each transcript after another
+clip's audio costs at least this much more than after its own (chapter 1's reliance check)."""
+
+WER_TARGETS = {"synthetic:test": 0.15, "real": 0.35}
+"""The default recipe's WER targets per test set (issue 11): what a SpeechLLM that really
+transcribes should reach on the offline data."""
+
+
+def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"``: ``a`` beats
+    ``b`` only when their 95 % bootstrap intervals do not overlap (a conservative rule, the
+    one chapter 1's verdicts and the README's use). Explained in chapter 1."""
+    (a_lo, a_hi), (b_lo, b_hi) = a["wer_ci95"], b["wer_ci95"]
+    if a_hi < b_lo:
+        return "lower than"
+    if a_lo > b_hi:
+        return "higher than"
+    return "not distinguishable from"
+
+
+def _verdicts(dec: str, d: dict[str, Any]) -> str:
+    """One sentence per decoder, every clause computed from the record by a named rule."""
+    parts = []
+    for test, t in d["test_sets"].items():
+        base = t.get("baselines", {})
+        vs = [f"{compare_wer(t, base[k])} {label}" for k, label in
+              (("ctc_head", "its CTC head's"), ("whisper", "Whisper-base's"))
+              if base.get(k, {}).get("wer_ci95")]
+        target = WER_TARGETS.get(test)
+        met = ("" if target is None else
+               f"; target ≤ {100 * target:.0f} % {'met' if t['wer'] <= target else 'not met'}")
+        parts.append(f"on {test} its WER is {' and '.join(vs) or 'not compared'}{met}")
+    gap = d.get("audio_reliance_gap")
+    listens = ("" if gap is None else
+               f"; it {'reads' if gap >= LISTENS_GAP else 'does not read'} the audio "
+               f"(reliance gap {gap:.2f} {'≥' if gap >= LISTENS_GAP else '<'} "
+               f"{LISTENS_GAP:g} nats/token)")
+    return f"{dec}: " + "; ".join(parts) + listens
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
@@ -67,8 +108,10 @@ def render_ch01(rec: dict[str, Any]) -> str:
                      f"{tr.get('llm_minutes', float('nan')):.1f} min for {tr.get('steps')} LLM "
                      f"steps, recipe `{tr.get('recipe')}`); audio-reliance gap "
                      f"{d.get('audio_reliance_gap', float('nan')):.2f} nats/token")
-    text = "\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes)
-    return text + "\n" + _provenance(rec) + "\n"
+    verdicts = [_verdicts(dec, d) for dec, d in rec["decoders"].items()]
+    text = "\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes + verdicts)
+    return (text + "\nVerdicts: one WER is lower or higher than another only when their 95 % "
+            "intervals do not overlap.\n\n" + _provenance(rec) + "\n")
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {"ch01": render_ch01}

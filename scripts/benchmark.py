@@ -230,7 +230,7 @@ def main() -> None:
             if kind == "offline":
                 c = measure_ctc(model, device, args.ctc_batch, args.seconds, args.words,
                                 args.ctc_vocab, enc_dim, args.rounds)
-                ctc_rows.append(f"{name:28s} {c['fp32_s'] * 1e3:9.1f} {c['bf16_s'] * 1e3:9.1f} "
+                ctc_rows.append(f"{name:28s} {c['fp32_s'] * 1e3:9.2f} {c['bf16_s'] * 1e3:9.2f} "
                                 f"{c['speedup']:10.2f} {args.ctc_batch / c['bf16_s']:9.1f}")
             del model
             if device.startswith("cuda"):

@@ -55,3 +55,21 @@ def test_the_readme_matches_its_results_files():
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert readme == render(readme, REPO_ROOT / "results"), \
         "README.md is out of date with results/: run `.venv/bin/python -m lib.report`"
+
+
+def test_verdicts_follow_the_interval_rule_and_the_named_thresholds(tmp_path):
+    """The demo record by hand: real WER [10, 40] vs CTC head [30, 70] overlap -> not
+    distinguishable; vs Whisper [5, 20] overlap -> not distinguishable; 23.45 % > the 35 %
+    target? no -> met; gap 3.456 >= 1 -> reads the audio."""
+    out = render("<!-- results: demo/ch01 -->\n<!-- end results -->", _ch01(tmp_path))
+    assert ("smollm2-135m: on real its WER is not distinguishable from its CTC head's and "
+            "not distinguishable from Whisper-base's; target ≤ 35 % met; it reads the audio "
+            "(reliance gap 3.46 ≥ 1 nats/token)") in out
+
+
+def test_compare_wer_needs_intervals_apart():
+    from lib.report import compare_wer
+
+    a, b = {"wer_ci95": [0.10, 0.20]}, {"wer_ci95": [0.21, 0.30]}
+    assert compare_wer(a, b) == "lower than" and compare_wer(b, a) == "higher than"
+    assert compare_wer(a, {"wer_ci95": [0.20, 0.30]}) == "not distinguishable from"
