@@ -8,8 +8,9 @@ on each one (the decoder's layers are a plain ``nn.ModuleList``, see
 
 from __future__ import annotations
 
+import contextlib
 import numbers
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -315,3 +316,29 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
         f"cannot find the decoder layers of {type(model).__name__}: expected "
         "model.get_decoder().layers (an nn.ModuleList) as in Llama, Qwen2, Gemma"
     )
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: Any) -> Iterator[None]:
+    """Run ``modules`` in eval mode (dropout off) and give back each submodule's own mode.
+
+    The one switch every scoring and evaluation entry point uses (redundancy scores, the
+    ablation, decoding, the audio-reliance check): peft creates its LoRA modules in training
+    mode, so without it a score would carry dropout noise. Modes are restored per submodule,
+    so a model whose parts were in mixed modes gets exactly those back, also on an error.
+    ``None`` entries and non-modules (e.g. a tokenizer) are ignored. Explained in chapter 2
+    (book/02_where_redundancy_lies.ipynb).
+    """
+    saved: dict[int, tuple[nn.Module, bool]] = {}
+    for m in modules:
+        if isinstance(m, nn.Module):
+            for sub in m.modules():
+                saved.setdefault(id(sub), (sub, sub.training))
+    try:
+        for m in modules:
+            if isinstance(m, nn.Module):
+                m.eval()
+        yield
+    finally:
+        for sub, mode in saved.values():
+            sub.training = mode

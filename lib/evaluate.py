@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import jiwer
 from tqdm.auto import tqdm
 
+from lib.components import eval_mode
 from lib.errors import CompanionError, check_texts
 from lib.features import FeatureSet
 from lib.fileio import load_json, provenance, save_json, save_jsonl
@@ -164,17 +165,18 @@ def transcribe(model: SpeechLLM, data: FeatureSet, batch_size: int = 16,
                max_new_tokens: int = 64, desc: str = "decoding") -> list[str]:
     """Greedy transcripts of every utterance in ``data`` (in order).
 
-    Batches are formed longest-first so padding stays small.
+    Batches are formed longest-first so padding stays small. The model runs in eval mode
+    (dropout off) and gets its own mode back (:func:`lib.components.eval_mode`).
     """
     order = sorted(range(len(data)), key=lambda i: -data.feats[i].shape[0])
     hyps: list[str] = [""] * len(data)
-    model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc,
-                      total=-(-len(order) // batch_size)):
-        idx = order[start:start + batch_size]
-        feats, lengths, _ = data.batch(idx)
-        for i, text in zip(idx, model.generate(feats, lengths, max_new_tokens)):
-            hyps[i] = text
+    with eval_mode(model):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc,
+                          total=-(-len(order) // batch_size)):
+            idx = order[start:start + batch_size]
+            feats, lengths, _ = data.batch(idx)
+            for i, text in zip(idx, model.generate(feats, lengths, max_new_tokens)):
+                hyps[i] = text
     return hyps
 
 
@@ -248,8 +250,7 @@ def audio_reliance(model: SpeechLLM, data: FeatureSet, n: int = 64,
         raise CompanionError("audio_reliance needs at least 2 utterances")
     other = idx[1:] + idx[:1]
     own_sum = other_sum = 0.0
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         for s in range(0, len(idx), batch_size):
             b, ob = idx[s:s + batch_size], other[s:s + batch_size]
             feats, lengths, texts = data.batch(b)

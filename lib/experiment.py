@@ -126,6 +126,7 @@ def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
         aux = lambda m, f, n, t: w * ctc_loss(m, warm.head, f, n, t)  # noqa: E731
     tr = train_speechllm(model, fit, cfg.train, out, run_config=cfg, desc=f"training {name}",
                          dev_check=check, aux_loss=aux)
+    model.eval()  # trained or reused from the cache (peft builds LoRA in train mode)
     scores = {
         test: evaluate_asr(model, fs, out, test, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                            cfg.eval.max_utterances, config=cfg)

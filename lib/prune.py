@@ -21,7 +21,7 @@ from torch import nn
 from lib.errors import CompanionError
 from lib.redundancy import check_features, is_speechllm, spearman_rho
 from lib.redundancy_stats import RedundancyResult
-from lib.components import decoder_body, find_decoder_layers
+from lib.components import decoder_body, eval_mode, find_decoder_layers
 
 if TYPE_CHECKING:
     from lib.features import FeatureSet
@@ -131,17 +131,13 @@ def ablation_losses(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: 
             s += float(model.loss(feats, lengths, texts)) * k
         return s / total
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         ref = mean_loss()
         rows = [(-1, -1, 0, ref, 0.0, total)]
         for l in range(0, big_l - n + 1):
             with skip_block(model.decoder, l, n):
                 v = mean_loss()
             rows.append((l, l + n, n, v, v - ref, total))
-    finally:
-        model.train(was_training)
     return pd.DataFrame(rows, columns=["start", "end", "block_size", "loss", "delta", "n_tokens"])
 
 

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.components import decoder_body, find_decoder_layers
+from lib.components import decoder_body, eval_mode, find_decoder_layers
 from lib.errors import CompanionError, check_texts
 from lib.redundancy_stats import RedundancyAccumulator, RedundancyResult, last_flat_index
 
@@ -199,16 +199,17 @@ def score_text(model_or_decoder: Any, tokenizer: Any, texts: Sequence[str], batc
         raise CompanionError("the tokenizer has no pad token: set tokenizer.pad_token first")
     try:
         tokenizer.padding_side = "right"
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start: start + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_length)
-            mask = enc["attention_mask"].to(device)
-            for k, row in enumerate(mask):
-                if not row.any():
-                    raise CompanionError(f"text {start + k} gives no tokens: drop it")
-            _score_batch(decoder, acc, mask.bool(), input_ids=enc["input_ids"].to(device),
-                         attention_mask=mask)
+        with eval_mode(model_or_decoder):
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start: start + batch_size]
+                enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
+                                max_length=max_length)
+                mask = enc["attention_mask"].to(device)
+                for k, row in enumerate(mask):
+                    if not row.any():
+                        raise CompanionError(f"text {start + k} gives no tokens: drop it")
+                _score_batch(decoder, acc, mask.bool(), input_ids=enc["input_ids"].to(device),
+                             attention_mask=mask)
     finally:
         tokenizer.padding_side = pad_side
     return acc.result("text", positions)
@@ -246,18 +247,19 @@ def score_speech(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
     decoder = model.decoder
     layers = find_decoder_layers(decoder)
     acc = RedundancyAccumulator(len(layers), cka_pairs)
-    for start in range(0, len(data), batch_size):
-        idx = list(range(start, min(start + batch_size, len(data))))
-        check_features(data, idx)
-        feats, lengths, texts = data.batch(idx)
-        batch = model.build_inputs(feats, lengths, texts if with_targets else None)
-        mask = batch["attention_mask"].bool()
-        if positions == "audio":
-            mask = mask & batch["audio_mask"]
-        elif positions == "text":
-            mask = mask & batch["text_mask"]
-        _score_batch(decoder, acc, mask, inputs_embeds=batch["inputs_embeds"],
-                     attention_mask=batch["attention_mask"])
+    with eval_mode(model):
+        for start in range(0, len(data), batch_size):
+            idx = list(range(start, min(start + batch_size, len(data))))
+            check_features(data, idx)
+            feats, lengths, texts = data.batch(idx)
+            batch = model.build_inputs(feats, lengths, texts if with_targets else None)
+            mask = batch["attention_mask"].bool()
+            if positions == "audio":
+                mask = mask & batch["audio_mask"]
+            elif positions == "text":
+                mask = mask & batch["text_mask"]
+            _score_batch(decoder, acc, mask, inputs_embeds=batch["inputs_embeds"],
+                         attention_mask=batch["attention_mask"])
     return acc.result("speech", positions)
 
 

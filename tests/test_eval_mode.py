@@ -1,0 +1,91 @@
+"""Every scoring and evaluation entry point runs the model in eval mode (dropout off) and
+gives the caller's mode back (issue 8, part 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib.components import eval_mode
+from lib.config import ModelConfig
+from lib.evaluate import audio_reliance, transcribe
+from lib.prune import ablation_losses
+from lib.redundancy import score_speech, score_text
+from lib.speechllm import build_speechllm
+
+TEXTS = ["hello world", "the cat sat on the mat", "x y"]
+
+
+@pytest.fixture(scope="module")
+def noisy_model():
+    """LoRA with dropout 0.5 and non-zero B (a trained adapter), left in train mode."""
+    mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-gemma", projector_hidden=32,
+                     lora_rank=4, lora_alpha=8, lora_dropout=0.5)
+    m = build_speechllm(mc, seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in m.decoder.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    m.train()
+    return m
+
+
+def _modes(model):
+    return [sub.training for sub in model.modules()]
+
+
+def test_dropout_really_changes_a_train_mode_forward(noisy_model):
+    """The premise: in train mode two forwards differ (else the tests below cannot fail)."""
+    ids = noisy_model.tokenizer(TEXTS[:1], return_tensors="pt").input_ids
+    torch.manual_seed(0)
+    a = noisy_model.decoder(input_ids=ids).logits
+    b = noisy_model.decoder(input_ids=ids).logits
+    assert not torch.equal(a, b)
+
+
+def test_text_and_speech_scores_are_bit_identical_and_mode_restored(noisy_model,
+                                                                    random_features):
+    data = random_features(n=3)
+    before = _modes(noisy_model)
+    assert any(before)
+    t1 = score_text(noisy_model, None, TEXTS, batch_size=2)
+    t2 = score_text(noisy_model, None, TEXTS, batch_size=2)
+    np.testing.assert_array_equal(t1.distance_all, t2.distance_all)
+    np.testing.assert_array_equal(t1.distance_last, t2.distance_last)
+    s1 = score_speech(noisy_model, data, batch_size=2)
+    s2 = score_speech(noisy_model, data, batch_size=2)
+    np.testing.assert_array_equal(s1.distance_all, s2.distance_all)
+    assert _modes(noisy_model) == before
+    # the same as scoring a model the caller put in eval mode itself
+    noisy_model.eval()
+    try:
+        t3 = score_text(noisy_model, None, TEXTS, batch_size=2)
+    finally:
+        noisy_model.train()
+    np.testing.assert_array_equal(t1.distance_all, t3.distance_all)
+
+
+def test_ablation_decoding_and_reliance_are_deterministic(noisy_model, random_features):
+    data = random_features(n=3)
+    before = _modes(noisy_model)
+    a1 = ablation_losses(noisy_model, data, 1, batch_size=2)
+    a2 = ablation_losses(noisy_model, data, 1, batch_size=2)
+    np.testing.assert_array_equal(a1["loss"].to_numpy(), a2["loss"].to_numpy())
+    r1 = audio_reliance(noisy_model, data, n=3)
+    r2 = audio_reliance(noisy_model, data, n=3)
+    assert r1 == r2
+    assert transcribe(noisy_model, data, 2, 3) == transcribe(noisy_model, data, 2, 3)
+    assert _modes(noisy_model) == before
+
+
+def test_eval_mode_restores_mixed_modes_on_error():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    net.train()
+    net[0].eval()  # a mixed state, e.g. a frozen part kept in eval
+    with pytest.raises(RuntimeError):
+        with eval_mode(net, None, "not a module"):
+            assert not any(m.training for m in net.modules())
+            raise RuntimeError("boom")
+    assert [m.training for m in net.modules()] == [True, False, True]
