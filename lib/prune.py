@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from lib.errors import CompanionError
-from lib.redundancy import check_features, is_speechllm, spearman_rho
+from lib.agreement import spearman_rho
+from lib.redundancy import check_features, is_speechllm
 from lib.redundancy_stats import RedundancyResult
 from lib.components import decoder_body, eval_mode, find_decoder_layers
 

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lib.agreement import spearman_rho, surface_agreement  # noqa: F401  (re-exported)
 from lib.components import decoder_body, eval_mode, find_decoder_layers
 from lib.errors import CompanionError, check_texts
 from lib.redundancy_stats import RedundancyAccumulator, RedundancyResult, last_flat_index
@@ -268,44 +269,30 @@ def score_speech(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
 # ----------------------------------------------------------------------------------------
 
 
-def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
+def agreement(a: RedundancyResult, b: RedundancyResult, metric: str = "angular_last",
+              chance_draws: int = 0, seed: int = 0) -> dict[str, Any]:
+    """How alike two d(l, n) surfaces are (e.g. text vs speech inputs), within each n.
 
-    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
-
-
-def agreement(a: RedundancyResult, b: RedundancyResult, metric: str = "angular_last"
-              ) -> dict[str, Any]:
-    """How alike two d(l, n) surfaces are (e.g. text vs speech inputs).
-
-    Returns a dict: ``spearman`` over the cells valid in both, ``n_cells``,
-    ``mean_abs_diff`` / ``max_abs_diff`` (of ``d`` over those cells), ``overlap``
-    (per n: ``|[l*_a, l*_a+n) & [l*_b, l*_b+n)| / n``), ``mean_overlap``, and the chosen
-    starts ``blocks_a`` / ``blocks_b``.
+    The measures and their chance baseline are defined in :mod:`lib.agreement`
+    (:func:`~lib.agreement.surface_agreement`: ``spearman_per_n``, ``spearman_per_n_mean``,
+    ``overlap``, ``overlap_mean``, ``blocks_a`` / ``blocks_b`` and, with ``chance_draws``,
+    ``chance``). Added here: ``n_cells``, ``mean_abs_diff`` / ``max_abs_diff`` of ``d`` over
+    the cells valid in both, ``mean_overlap`` (= ``overlap_mean``) and ``spearman_pooled``,
+    the correlation over all (l, n) cells at once, kept only to show why it misleads (``d``
+    grows with ``n``, so unrelated surfaces still correlate when pooled).
     """
     if a.n_layers != b.n_layers:
         raise CompanionError(f"cannot compare a {a.n_layers}-layer result with a "
                              f"{b.n_layers}-layer one: score the same decoder")
     sa, sb = a._surface(metric), b._surface(metric)
+    out = surface_agreement(sa, sb, draws=chance_draws, seed=seed)
     ok = np.isfinite(sa) & np.isfinite(sb)
-    rho = spearman_rho(sa[ok], sb[ok])
-    ba = a.best_blocks(metric).set_index("block_size")["start"].to_dict()
-    bb = b.best_blocks(metric).set_index("block_size")["start"].to_dict()
-    overlap = {}
-    for n in sorted(set(ba) & set(bb)):
-        la, lb = ba[n], bb[n]
-        inter = max(0, min(la + n, lb + n) - max(la, lb))
-        overlap[int(n)] = inter / n
     diff = np.abs(sa[ok] - sb[ok])
-    return {
-        "spearman": rho,
+    out.update({
+        "spearman_pooled": spearman_rho(sa[ok], sb[ok]),
         "n_cells": int(ok.sum()),
         "mean_abs_diff": float(diff.mean()) if diff.size else float("nan"),
         "max_abs_diff": float(diff.max()) if diff.size else float("nan"),
-        "overlap": overlap,
-        "mean_overlap": float(np.mean(list(overlap.values()))) if overlap else float("nan"),
-        "blocks_a": {int(k): int(v) for k, v in ba.items()},
-        "blocks_b": {int(k): int(v) for k, v in bb.items()},
-    }
+        "mean_overlap": out["overlap_mean"],
+    })
+    return out

@@ -339,7 +339,8 @@ def test_result_frame_best_blocks_save_load_agreement(lm, tmp_path):
     assert back.cka == pytest.approx(r.cka) and back.provenance == {"seed": 0}
     assert back.n_tokens == r.n_tokens and back.positions == r.positions
     same = agreement(r, back)
-    assert same["spearman"] == pytest.approx(1.0) and same["mean_overlap"] == 1.0
+    assert same["spearman_pooled"] == pytest.approx(1.0) and same["mean_overlap"] == 1.0
+    assert same["spearman_per_n_mean"] == pytest.approx(1.0)
     assert same["n_cells"] == n_cells
     other = score_text(model, tok, ["zz qq", "ab"], batch_size=1)
     ag = agreement(r, other, metric="angular_all")
@@ -355,7 +356,7 @@ def test_result_frame_best_blocks_save_load_agreement(lm, tmp_path):
     m = int(ok.sum())
     assert ag["n_cells"] == m and len(set(sa[ok])) == m and len(set(sb[ok])) == m
     rho_hand = 1 - 6 * float(((ranks_a - ranks_b) ** 2).sum()) / (m * (m * m - 1))
-    assert ag["spearman"] == pytest.approx(rho_hand, abs=1e-9)
+    assert ag["spearman_pooled"] == pytest.approx(rho_hand, abs=1e-9)
     diff = np.abs(r.distance_all - other.distance_all)
     assert ag["mean_abs_diff"] == pytest.approx(float(np.nanmean(diff)))
     assert ag["max_abs_diff"] == pytest.approx(float(np.nanmax(diff)))
