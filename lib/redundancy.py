@@ -20,8 +20,13 @@ Conventions (tested in ``tests/test_redundancy.py``)
   sequence (Gromov et al.; with ``positions="all"`` the last non-padded token), and
   ``"all"``, every counted position.
 * Counted positions: ``positions="all"`` (every non-padded token), ``"audio"`` (the projected
-  audio frames) or ``"text"`` (prompt and target text); plain text inputs only have
-  ``"all"`` / ``"text"`` (the same set). Padding is never counted.
+  audio frames), ``"text"`` (prompt and target text) or ``"transcript"`` (the transcript's
+  own tokens, without the prompt and without the closing ``<eos>``, read from the layout
+  :meth:`lib.speechllm.SpeechLLM.build_inputs` returns; see :func:`speech_positions`).
+  Plain text inputs have ``"all"`` / ``"text"`` (the same set) and ``"transcript"`` (the
+  text's own tokens, without the tokenizer's special tokens such as ``<bos>``): so
+  ``"transcript"`` counts comparable positions for text and for speech, and its last
+  position is the transcript's last token in both. Padding is never counted.
 * Block Influence ``BI_l = 1 - mean cos(h_l, h_{l+1})`` over the counted tokens (ShortGPT),
   ``0 <= l < L``.
 * Linear CKA between layers ``i`` and ``j`` over the counted tokens of the whole set:
@@ -165,7 +170,9 @@ def score_text(model_or_decoder: Any, tokenizer: Any, texts: Sequence[str], batc
         texts: the inputs; none may be empty.
         batch_size: texts per forward pass.
         max_length: truncation length in tokens.
-        positions: ``"all"`` or ``"text"`` (the same set for text).
+        positions: ``"all"`` or ``"text"`` (the same set for text), or ``"transcript"``
+            (without special tokens such as ``<bos>``: the positions
+            ``score_speech(..., positions="transcript")`` counts).
         cka_pairs: None (skip CKA), ``"default"`` or a list of ``(i, j)``.
 
     Raises:
@@ -181,8 +188,9 @@ def score_text(model_or_decoder: Any, tokenizer: Any, texts: Sequence[str], batc
         raise CompanionError(f"score_text needs a causal LM or a SpeechLLM, got "
                              f"{type(decoder).__name__}")
     layers = find_decoder_layers(decoder)
-    if positions not in ("all", "text"):
-        raise CompanionError(f"positions={positions!r} for text inputs: use 'all' or 'text'")
+    if positions not in ("all", "text", "transcript"):
+        raise CompanionError(f"positions={positions!r} for text inputs: use 'all', 'text' or "
+                             "'transcript'")
     if tokenizer is None:
         raise CompanionError("score_text needs the decoder's tokenizer")
     if not texts:
@@ -204,12 +212,15 @@ def score_text(model_or_decoder: Any, tokenizer: Any, texts: Sequence[str], batc
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start: start + batch_size]
                 enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
-                                max_length=max_length)
+                                max_length=max_length, return_special_tokens_mask=True)
                 mask = enc["attention_mask"].to(device)
-                for k, row in enumerate(mask):
+                counted = mask.bool()
+                if positions == "transcript":
+                    counted = counted & (enc["special_tokens_mask"].to(device) == 0)
+                for k, row in enumerate(counted):
                     if not row.any():
                         raise CompanionError(f"text {start + k} gives no tokens: drop it")
-                _score_batch(decoder, acc, mask.bool(), input_ids=enc["input_ids"].to(device),
+                _score_batch(decoder, acc, counted, input_ids=enc["input_ids"].to(device),
                              attention_mask=mask)
     finally:
         tokenizer.padding_side = pad_side
@@ -223,6 +234,46 @@ def check_features(data: "FeatureSet", indices: Sequence[int]) -> None:
                                  "features: drop empty audio first")
 
 
+SPEECH_POSITIONS = ("all", "audio", "text", "transcript")
+"""The position selections of speech inputs (see the module docstring)."""
+
+
+def speech_positions(batch: dict[str, torch.Tensor], positions: str) -> torch.Tensor:
+    """The counted positions ``[B, T]`` of a batch built by ``SpeechLLM.build_inputs``.
+
+    The layout of each row is ``prompt start | audio | prompt end | transcript <eos> |
+    padding``: ``"all"`` is every non-padded position, ``"audio"`` the audio span, ``"text"``
+    both prompt parts and the transcript with its ``<eos>``, ``"transcript"`` the positions
+    whose label is a transcript token (``labels != -100``) except the closing ``<eos>`` (the
+    last labelled position of each row). Explained in chapter 2.
+
+    Raises:
+        CompanionError: an unknown selection, or ``"transcript"`` without labels (build the
+            inputs with targets).
+    """
+    if positions not in SPEECH_POSITIONS:
+        raise CompanionError(f"positions={positions!r}: use one of "
+                             f"{', '.join(SPEECH_POSITIONS)}")
+    mask = batch["attention_mask"].bool()
+    if positions == "audio":
+        return mask & batch["audio_mask"]
+    if positions == "text":
+        return mask & batch["text_mask"]
+    if positions == "transcript":
+        if "labels" not in batch:
+            raise CompanionError("positions='transcript' needs the transcripts: score with "
+                                 "with_targets=True")
+        target = mask & (batch["labels"] != -100)
+        t = target.shape[1]
+        last = (t - 1) - torch.flip(target.long(), [1]).argmax(1)  # the closing <eos>
+        target = target.clone()
+        rows = torch.arange(target.shape[0], device=target.device)
+        has = target.any(1)
+        target[rows[has], last[has]] = False
+        return target
+    return mask
+
+
 @torch.no_grad()
 def score_speech(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
                  positions: str = "all", with_targets: bool = True, cka_pairs: Any = None
@@ -233,14 +284,19 @@ def score_speech(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
         model: the SpeechLLM.
         data: cached encoder features (and transcripts).
         batch_size: utterances per forward pass.
-        positions: ``"all"``, ``"audio"`` or ``"text"`` positions are counted.
+        positions: which positions are counted: ``"all"``, ``"audio"``, ``"text"`` or
+            ``"transcript"`` (:func:`speech_positions`).
         with_targets: append the transcript (teacher forcing) after the prompt.
         cka_pairs: None (skip CKA), ``"default"`` or a list of ``(i, j)``.
     """
     if not is_speechllm(model):
         raise CompanionError(f"score_speech needs a SpeechLLM, got {type(model).__name__}")
-    if positions not in ("all", "audio", "text"):
-        raise CompanionError(f"positions={positions!r}: use 'all', 'audio' or 'text'")
+    if positions not in SPEECH_POSITIONS:
+        raise CompanionError(f"positions={positions!r}: use one of "
+                             f"{', '.join(SPEECH_POSITIONS)}")
+    if positions == "transcript" and not with_targets:
+        raise CompanionError("positions='transcript' needs the transcripts: score with "
+                             "with_targets=True")
     if data is None or len(data) == 0:
         raise CompanionError("score_speech got an empty feature set: pass at least one utterance")
     if batch_size < 1:
@@ -254,11 +310,7 @@ def score_speech(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
             check_features(data, idx)
             feats, lengths, texts = data.batch(idx)
             batch = model.build_inputs(feats, lengths, texts if with_targets else None)
-            mask = batch["attention_mask"].bool()
-            if positions == "audio":
-                mask = mask & batch["audio_mask"]
-            elif positions == "text":
-                mask = mask & batch["text_mask"]
+            mask = speech_positions(batch, positions)
             _score_batch(decoder, acc, mask, inputs_embeds=batch["inputs_embeds"],
                          attention_mask=batch["attention_mask"])
     return acc.result("speech", positions)
