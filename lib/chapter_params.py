@@ -61,6 +61,9 @@ class Chapter2Params(Chapter1Params):
     score_batch_size: int = 8  # sequences per scoring forward pass
     ablation_block: int = 4  # block size n whose removal is checked directly
     ablation_utterances: int = 32  # utterances per removal in that check
+    chance_draws: int = 1000  # shuffled surfaces behind each chance baseline
+    agree_rho: float = 0.8  # per-n Spearman mean for "the same blocks"
+    agree_overlap_gain: float = 0.5  # overlap this far from chance toward 1, same verdict
 
 
 CHAPTER_PARAMS: dict[int, type] = {1: Chapter1Params, 2: Chapter2Params}

@@ -186,6 +186,14 @@ def _non_neg_float(params: dict, name: str) -> float:
     return float(v)
 
 
+def _share(params: dict, name: str) -> float:
+    v = params[name]
+    ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+          and 0 < v <= 1)
+    _check(ok, name, v, "use a number in (0, 1]")
+    return float(v)
+
+
 def _str_list(params: dict, name: str) -> tuple[str, ...]:
     v = params[name]
     if isinstance(v, str):
@@ -338,6 +346,9 @@ class ScoreConfig:
     batch_size: int = 8  # sequences per forward pass
     ablation_block: int = 4  # block size n whose removal is checked directly
     ablation_utterances: int = 32  # utterances per removal in that check
+    chance_draws: int = 1000  # shuffled surfaces behind each chance baseline
+    agree_rho: float = 0.8  # per-n Spearman mean for "the same blocks" (lib.agreement)
+    agree_overlap_gain: float = 0.5  # overlap gain over chance for "the same blocks"
 
 
 @dataclass(frozen=True)
@@ -382,6 +393,9 @@ def chapter2_config(**params: Any) -> Chapter2Config:
         batch_size=_pos_int(params, "score_batch_size"),
         ablation_block=_pos_int(params, "ablation_block"),
         ablation_utterances=_pos_int(params, "ablation_utterances"),
+        chance_draws=_pos_int(params, "chance_draws"),
+        agree_rho=_share(params, "agree_rho"),
+        agree_overlap_gain=_share(params, "agree_overlap_gain"),
     )
     return Chapter2Config(base=base, score=score)
 

@@ -3,7 +3,8 @@ the runs of :mod:`lib.experiment`.
 
 Every function here takes finished results and returns a DataFrame, a dict of figures or
 a sentence; nothing trains or decodes. Stage: report (page level). Explained in chapter 1
-(book/01_building_a_speechllm.ipynb).
+(book/01_building_a_speechllm.ipynb); the agreement table and chapter 2's figures of record
+in chapter 2 (book/02_where_redundancy_lies.ipynb).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from lib.speechllm import SpeechLLM
 
 def data_summary(train: FeatureSet, tests: dict[str, FeatureSet],
                  train_name: str = "train") -> Any:
-    """Utterances, hours, voices and mean duration of each data set (a DataFrame)."""
+    """Utterances, hours, voices and mean duration of each data set (a DataFrame).
+
+    ``voices`` counts voice families (:func:`lib.data.corpus.voice_family`): the rate and
+    pitch variants of one synthetic voice count once."""
     import pandas as pd
 
     rows = []
@@ -168,3 +172,69 @@ def training_change(model: SpeechLLM, pretrained_text: Any, trained_text: Any,
             "|Δd| training, max": lora["max_abs_diff"],
             "|Δd| text → speech, mean": modal["mean_abs_diff"],
             "spread of d": float(np.nanmax(surf) - np.nanmin(surf))}
+
+
+CH02_COMPARISONS: dict[str, tuple[str, str]] = {
+    "text vs speech, transcript tokens": ("text, pretrained LLM", "speech, transcript"),
+    "text vs speech, audio positions": ("text, pretrained LLM", "speech, audio"),
+    "pretrained vs trained decoder, text": ("text, pretrained LLM", "text, SpeechLLM decoder"),
+}
+"""Chapter 2's comparisons: label -> the two inputs (keys of a decoder's results)."""
+
+
+def agreement_table(results: dict[str, dict[str, Any]], draws: int, rho_min: float,
+                    gain_min: float, seed: int = 0,
+                    comparisons: dict[str, tuple[str, str]] = CH02_COMPARISONS) -> Any:
+    """Every comparison of every decoder, each figure beside its chance level (a DataFrame).
+
+    Columns: decoder, comparison, ``Spearman per n`` (mean over n of the correlation over
+    l), ``chance Spearman``, ``overlap`` (mean block overlap), ``chance overlap``,
+    ``overlap gain`` and ``verdict`` (:func:`lib.agreement.agreement_verdict` with
+    ``rho_min`` and ``gain_min``). Explained in chapter 2.
+    """
+    import pandas as pd
+
+    from lib.agreement import agreement_verdict, overlap_gain
+    from lib.redundancy import agreement
+
+    rows = []
+    for dec, res in results.items():
+        for label, (a, b) in comparisons.items():
+            agr = agreement(res[a], res[b], chance_draws=draws, seed=seed)
+            rows.append({"decoder": dec, "comparison": label,
+                         "Spearman per n": agr["spearman_per_n_mean"],
+                         "chance Spearman": agr["chance"]["spearman_per_n_mean"],
+                         "overlap": agr["overlap_mean"],
+                         "chance overlap": agr["chance"]["overlap_mean"],
+                         "overlap gain": overlap_gain(agr),
+                         "verdict": agreement_verdict(agr, rho_min, gain_min)})
+    return pd.DataFrame(rows)
+
+
+def headline_ch02(agree: Any, ablation: dict[str, dict[str, Any]],
+                  thresholds: dict[str, float]) -> dict[str, Any]:
+    """Chapter 2's figures of record (``results/<preset>/ch02.json``): per decoder and
+    comparison ``spearman_per_n_mean``, ``overlap_mean``, the same two under ``chance``
+    and the verdict; the ablation summary per decoder; the verdicts' thresholds.
+    Explained in chapter 2."""
+    out: dict[str, Any] = {}
+    for row in agree.to_dict("records"):
+        dec = out.setdefault(row["decoder"], {"comparisons": {}})
+        dec["comparisons"][row["comparison"]] = {
+            "spearman_per_n_mean": float(row["Spearman per n"]),
+            "overlap_mean": float(row["overlap"]),
+            "chance": {"spearman_per_n_mean": float(row["chance Spearman"]),
+                       "overlap_mean": float(row["chance overlap"])},
+            "verdict": row["verdict"]}
+    for dec, summary in ablation.items():
+        out.setdefault(dec, {"comparisons": {}})["ablation"] = {
+            k: (float(v) if isinstance(v, float) else v) for k, v in summary.items()}
+    return {"decoders": out, "thresholds": dict(thresholds)}
+
+
+def gguf_decoders(names: Any) -> list[str]:
+    """The decoders among ``names`` that are offline GGUF checkpoints: 4-bit llama.cpp
+    weights dequantised to fp32 (:mod:`lib.assets.gguf`). Explained in chapter 2."""
+    from lib.assets.registry import OFFLINE_MODELS
+
+    return [n for n in names if getattr(OFFLINE_MODELS.get(n), "kind", None) == "gguf"]

@@ -114,7 +114,40 @@ def render_ch01(rec: dict[str, Any]) -> str:
             "intervals do not overlap.\n\n" + _provenance(rec) + "\n")
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {"ch01": render_ch01}
+def _f2(x: Any) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def render_ch02(rec: dict[str, Any]) -> str:
+    """Chapter 2: per decoder and comparison, the agreement figures beside their chance
+    level, the verdict, and the ablation check of the score's block."""
+    rows = ["| decoder | comparison | Spearman per n (chance) | block overlap (chance) "
+            "| verdict |", "|---|---|---|---|---|"]
+    notes = []
+    for dec, d in rec["decoders"].items():
+        for label, c in d.get("comparisons", {}).items():
+            ch = c.get("chance", {})
+            rows.append(f"| {dec} | {label} | {_f2(c.get('spearman_per_n_mean'))} "
+                        f"({_f2(ch.get('spearman_per_n_mean'))}) | "
+                        f"{_f2(c.get('overlap_mean'))} ({_f2(ch.get('overlap_mean'))}) | "
+                        f"{c.get('verdict', '–')} |")
+        a = d.get("ablation")
+        if a:
+            notes.append(f"{dec}: removing the block the score picks ([{a['chosen_start']}, "
+                         f"{a['chosen_start'] + a['block_size']})) raises the loss by "
+                         f"{a['chosen_delta']:.2f} nats, rank {a['chosen_rank']} of "
+                         f"{a['n_blocks']}; Spearman(d, loss) {_f2(a.get('spearman'))}")
+    th = rec.get("thresholds", {})
+    rule = (f"\nVerdicts: \"the same blocks\" when the per-n Spearman mean is at least "
+            f"{th.get('agree_rho', '?')} and the block overlap at least "
+            f"{th.get('agree_overlap_gain', '?')} of the way from chance to 1, both above "
+            f"their chance draws (p ≤ 0.05); \"no more than chance\" when neither is.\n")
+    return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + rule + "\n"
+            + _provenance(rec) + "\n")
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {"ch01": render_ch01,
+                                                         "ch02": render_ch02}
 """Chapter -> the function that renders its results file as Markdown."""
 
 

@@ -73,3 +73,39 @@ def test_compare_wer_needs_intervals_apart():
     a, b = {"wer_ci95": [0.10, 0.20]}, {"wer_ci95": [0.21, 0.30]}
     assert compare_wer(a, b) == "lower than" and compare_wer(b, a) == "higher than"
     assert compare_wer(a, {"wer_ci95": [0.20, 0.30]}) == "not distinguishable from"
+
+
+def _ch02(tmp_path: Path) -> Path:
+    rec = {
+        "chapter": "ch02", "preset": "demo",
+        "decoders": {"smollm2-135m": {
+            "comparisons": {"text vs speech, transcript tokens": {
+                "spearman_per_n_mean": 0.8765, "overlap_mean": 0.9012,
+                "chance": {"spearman_per_n_mean": -0.0049, "overlap_mean": 0.6001},
+                "verdict": "the same blocks"}},
+            "ablation": {"block_size": 4, "spearman": 0.456, "n_blocks": 27,
+                         "chosen_start": 20, "chosen_delta": 0.1234, "chosen_rank": 3,
+                         "best_start": 19, "best_delta": 0.1}}},
+        "thresholds": {"agree_rho": 0.8, "agree_overlap_gain": 0.5},
+        "provenance": {"date": "2026-11-23T18:00:00+00:00", "git_hash": "abcdef0123",
+                       "git_dirty": False, "device": {"cpu_count": 2},
+                       "versions": {"torch": "2.13.0+cpu"}},
+    }
+    path = tmp_path / "demo" / "ch02.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(rec))
+    return tmp_path
+
+
+def test_chapter_2_block_shows_each_figure_beside_its_chance_level(tmp_path):
+    root = _ch02(tmp_path)
+    out = render("<!-- results: demo/ch02 -->\n<!-- end results -->", root)
+    # two decimals, chance in brackets, as written by hand from the record above
+    assert ("| smollm2-135m | text vs speech, transcript tokens | 0.88 (-0.00) | "
+            "0.90 (0.60) | the same blocks |") in out
+    assert ("smollm2-135m: removing the block the score picks ([20, 24)) raises the loss by "
+            "0.12 nats, rank 3 of 27; Spearman(d, loss) 0.46") in out
+    assert "at least 0.8 and the block overlap at least 0.5 of the way" in out
+    assert "commit abcdef0" in out and render(out, root) == out
+    missing = render("<!-- results: nothere/ch02 -->\n<!-- end results -->", tmp_path)
+    assert "no full `nothere` run recorded yet" in missing

@@ -1,0 +1,53 @@
+"""Chapter 2's agreement table and figures of record, on constructed results (no model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from lib.pages import CH02_COMPARISONS, agreement_table, headline_ch02
+from lib.redundancy_stats import RedundancyResult
+from lib.report import render
+
+
+def _result(surface: np.ndarray) -> RedundancyResult:
+    big_l = surface.shape[0] - 1
+    return RedundancyResult(n_layers=big_l, distance_last=surface, distance_all=surface,
+                            bi=np.zeros(big_l), cka={}, n_tokens=10, n_sequences=2,
+                            n_undefined=0, input_kind="text", positions="transcript")
+
+
+def _surface(big_l: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    s = np.full((big_l + 1, big_l + 1), np.nan)
+    for n in range(1, big_l + 1):
+        s[: big_l - n + 1, n] = n + rng.random(big_l - n + 1)
+    return s
+
+
+def test_agreement_table_headline_and_readme_block(tmp_path):
+    same = _surface(8, 0)
+    res = {"text, pretrained LLM": _result(same), "text, SpeechLLM decoder": _result(same),
+           "speech, transcript": _result(same.copy()), "speech, audio": _result(_surface(8, 1))}
+    table = agreement_table({"dec": res}, draws=500, rho_min=0.8, gain_min=0.5)
+    assert list(table["comparison"]) == list(CH02_COMPARISONS)
+    by = table.set_index("comparison")
+    assert by.loc["text vs speech, transcript tokens", "Spearman per n"] == 1.0
+    assert by.loc["text vs speech, transcript tokens", "verdict"] == "the same blocks"
+    assert abs(by.loc["text vs speech, audio positions", "chance Spearman"]) < 0.1
+    rec = headline_ch02(table, {"dec": {"block_size": 2, "spearman": 0.5, "n_blocks": 7,
+                                        "chosen_start": 3, "chosen_delta": 0.25,
+                                        "chosen_rank": 1, "best_start": 3,
+                                        "best_delta": 0.25}},
+                        {"agree_rho": 0.8, "agree_overlap_gain": 0.5})
+    c = rec["decoders"]["dec"]["comparisons"]["text vs speech, transcript tokens"]
+    assert set(c) == {"spearman_per_n_mean", "overlap_mean", "chance", "verdict"}
+    assert set(c["chance"]) == {"spearman_per_n_mean", "overlap_mean"}
+    path = tmp_path / "demo" / "ch02.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"chapter": "ch02", "preset": "demo", **rec,
+                                "provenance": {"date": "2026-11-23"}}))
+    out = render("<!-- results: demo/ch02 -->\n<!-- end results -->", tmp_path)
+    assert "| dec | text vs speech, transcript tokens | 1.00 (" in out
+    assert "raises the loss by 0.25 nats, rank 1 of 7" in out
