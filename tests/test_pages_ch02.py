@@ -51,3 +51,10 @@ def test_agreement_table_headline_and_readme_block(tmp_path):
     out = render("<!-- results: demo/ch02 -->\n<!-- end results -->", tmp_path)
     assert "| dec | text vs speech, transcript tokens | 1.00 (" in out
     assert "raises the loss by 0.25 nats, rank 1 of 7" in out
+
+
+def test_gguf_decoders_are_the_offline_quantised_ones():
+    from lib.pages import gguf_decoders
+
+    assert gguf_decoders(["smollm2-135m", "tiny-llama", "gemma3-270m", "org/other"]) == [
+        "smollm2-135m", "gemma3-270m"]
