@@ -89,3 +89,16 @@ def test_eval_mode_restores_mixed_modes_on_error():
             assert not any(m.training for m in net.modules())
             raise RuntimeError("boom")
     assert [m.training for m in net.modules()] == [True, False, True]
+
+
+def test_without_the_switch_the_scores_would_differ(noisy_model, monkeypatch):
+    """The test above can fail: with eval_mode made a no-op, two scores disagree."""
+    import contextlib
+
+    import lib.redundancy
+
+    monkeypatch.setattr(lib.redundancy, "eval_mode", lambda *m: contextlib.nullcontext())
+    torch.manual_seed(0)
+    t1 = score_text(noisy_model, None, TEXTS, batch_size=2)
+    t2 = score_text(noisy_model, None, TEXTS, batch_size=2)
+    assert not np.array_equal(t1.distance_all, t2.distance_all, equal_nan=True)
