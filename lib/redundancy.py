@@ -118,19 +118,25 @@ def is_speechllm(x: Any) -> bool:
     return hasattr(x, "build_inputs") and hasattr(x, "decoder") and hasattr(x, "tokenizer")
 
 
-def _score_batch(decoder: nn.Module, acc: RedundancyAccumulator, counted: torch.Tensor,
+def _score_batch(decoder: nn.Module,
+                 jobs: Sequence[tuple[RedundancyAccumulator, torch.Tensor]],
                  **forward_kwargs: Any) -> None:
     """One forward pass; hooks copy the counted tokens of every state into one buffer.
 
-    The buffer is ``[L + 1, N, D]`` in the model's dtype (the only per-batch cost that grows
-    with ``L``); the accumulator then works through it in float64 chunks.
+    ``jobs`` pairs accumulators with their counted positions ``[B, T]``: several position
+    selections (e.g. the transcript and the audio positions) are scored from the same pass.
+    The buffer is ``[L + 1, N, D]`` in the model's dtype over the union of the selections
+    (the only per-batch cost that grows with ``L``); each accumulator then works through its
+    own tokens in float64 chunks.
     """
-    counted = counted.bool()
-    if not counted.any():
-        raise CompanionError("a batch has no counted tokens (only padding, or no position of "
-                             "the requested kind): check the inputs and `positions`")
-    big_l = acc.n_layers
-    flat = counted.reshape(-1).nonzero().squeeze(1)
+    jobs = [(acc, counted.bool()) for acc, counted in jobs]
+    for _, counted in jobs:
+        if not counted.any():
+            raise CompanionError("a batch has no counted tokens (only padding, or no position "
+                                 "of the requested kind): check the inputs and `positions`")
+    union = torch.stack([c for _, c in jobs]).any(0)
+    big_l = jobs[0][0].n_layers
+    flat = union.reshape(-1).nonzero().squeeze(1)
     buf: list[torch.Tensor] = []
     seen: set[int] = set()
 
@@ -148,7 +154,11 @@ def _score_batch(decoder: nn.Module, acc: RedundancyAccumulator, counted: torch.
     if missing:
         raise CompanionError(f"hidden states {missing} were not seen in the forward pass: "
                              "the decoder skipped some of its layers")
-    acc.update_tokens(buf[0], last_flat_index(counted), n_sequences=counted.shape[0])
+    for acc, counted in jobs:
+        # The union keeps the row-major order, so a selection's tokens come out in its own
+        # flat order and last_flat_index(counted) still points at each row's last token.
+        tokens = buf[0] if len(jobs) == 1 else buf[0][:, counted.reshape(-1)[flat]]
+        acc.update_tokens(tokens, last_flat_index(counted), n_sequences=counted.shape[0])
     buf.clear()
 
 
@@ -220,7 +230,7 @@ def score_text(model_or_decoder: Any, tokenizer: Any, texts: Sequence[str], batc
                 for k, row in enumerate(counted):
                     if not row.any():
                         raise CompanionError(f"text {start + k} gives no tokens: drop it")
-                _score_batch(decoder, acc, counted, input_ids=enc["input_ids"].to(device),
+                _score_batch(decoder, [(acc, counted)], input_ids=enc["input_ids"].to(device),
                              attention_mask=mask)
     finally:
         tokenizer.padding_side = pad_side
@@ -276,8 +286,8 @@ def speech_positions(batch: dict[str, torch.Tensor], positions: str) -> torch.Te
 
 @torch.no_grad()
 def score_speech(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
-                 positions: str = "all", with_targets: bool = True, cka_pairs: Any = None
-                 ) -> RedundancyResult:
+                 positions: str | Sequence[str] = "all", with_targets: bool = True,
+                 cka_pairs: Any = None) -> Any:
     """Redundancy scores of speech inputs: projected audio + prompt (+ target transcript).
 
     Args:
@@ -285,16 +295,26 @@ def score_speech(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
         data: cached encoder features (and transcripts).
         batch_size: utterances per forward pass.
         positions: which positions are counted: ``"all"``, ``"audio"``, ``"text"`` or
-            ``"transcript"`` (:func:`speech_positions`).
+            ``"transcript"`` (:func:`speech_positions`); or a sequence of them, all scored
+            from the same forward passes.
         with_targets: append the transcript (teacher forcing) after the prompt.
         cka_pairs: None (skip CKA), ``"default"`` or a list of ``(i, j)``.
+
+    Returns:
+        A :class:`RedundancyResult`, or ``{selection: RedundancyResult}`` when ``positions``
+        is a sequence.
     """
     if not is_speechllm(model):
         raise CompanionError(f"score_speech needs a SpeechLLM, got {type(model).__name__}")
-    if positions not in SPEECH_POSITIONS:
-        raise CompanionError(f"positions={positions!r}: use one of "
+    selections = [positions] if isinstance(positions, str) else list(positions)
+    for sel in selections:
+        if sel not in SPEECH_POSITIONS:
+            raise CompanionError(f"positions={sel!r}: use one of "
+                                 f"{', '.join(SPEECH_POSITIONS)}")
+    if not selections:
+        raise CompanionError("positions is empty: name at least one of "
                              f"{', '.join(SPEECH_POSITIONS)}")
-    if positions == "transcript" and not with_targets:
+    if "transcript" in selections and not with_targets:
         raise CompanionError("positions='transcript' needs the transcripts: score with "
                              "with_targets=True")
     if data is None or len(data) == 0:
@@ -303,17 +323,19 @@ def score_speech(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
         raise CompanionError(f"batch_size={batch_size}: use a positive integer")
     decoder = model.decoder
     layers = find_decoder_layers(decoder)
-    acc = RedundancyAccumulator(len(layers), cka_pairs)
+    accs = {sel: RedundancyAccumulator(len(layers), cka_pairs) for sel in selections}
     with eval_mode(model):
         for start in range(0, len(data), batch_size):
             idx = list(range(start, min(start + batch_size, len(data))))
             check_features(data, idx)
             feats, lengths, texts = data.batch(idx)
             batch = model.build_inputs(feats, lengths, texts if with_targets else None)
-            mask = speech_positions(batch, positions)
-            _score_batch(decoder, acc, mask, inputs_embeds=batch["inputs_embeds"],
+            _score_batch(decoder, [(accs[sel], speech_positions(batch, sel))
+                                   for sel in selections],
+                         inputs_embeds=batch["inputs_embeds"],
                          attention_mask=batch["attention_mask"])
-    return acc.result("speech", positions)
+    results = {sel: acc.result("speech", sel) for sel, acc in accs.items()}
+    return results[positions] if isinstance(positions, str) else results
 
 
 # ----------------------------------------------------------------------------------------

@@ -83,3 +83,18 @@ def test_text_transcript_positions_leave_out_bos():
     assert with_bos != without  # this tokenizer adds <bos>: the test can tell them apart
     assert score_text(model, tok, texts).n_tokens == sum(with_bos)
     assert score_text(model, tok, texts, positions="transcript").n_tokens == sum(without)
+
+
+def test_two_selections_from_one_pass_equal_two_separate_passes(speech_model, random_features):
+    """Scoring transcript and audio positions together (one forward per batch) gives the
+    same scores as scoring each selection on its own."""
+    import numpy as np
+
+    data = random_features(5, dim=64, base=20, step=5)
+    both = score_speech(speech_model, data, batch_size=2, positions=("transcript", "audio"))
+    for sel in ("transcript", "audio"):
+        alone = score_speech(speech_model, data, batch_size=2, positions=sel)
+        for field in ("distance_last", "distance_all", "bi"):
+            np.testing.assert_allclose(getattr(both[sel], field), getattr(alone, field),
+                                       rtol=1e-6, atol=1e-9)
+        assert both[sel].n_tokens == alone.n_tokens and both[sel].positions == sel
