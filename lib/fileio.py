@@ -47,7 +47,10 @@ def git_commit() -> dict[str, Any]:
             return ""
 
     commit = run("rev-parse", "HEAD")
-    dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
+    # What a book run writes itself (the results of record and the README rendered from
+    # them) is not a change to the code that produced the numbers.
+    dirty = bool(run("status", "--porcelain", "--untracked-files=no", "--", ".",
+                     ":(exclude)results", ":(exclude)README.md"))
     return {"git_hash": commit or None, "git_dirty": dirty if commit else None}
 
 

@@ -137,10 +137,14 @@ def plot_distance_heatmaps(results: dict[str, Any], metric: str = "distance_last
 
     mats = {k: getattr(r, metric)[:, 1:] for k, r in results.items()}  # drop n = 0
     vmax = float(np.nanmax([np.nanmax(m) for m in mats.values()]))
-    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.6), squeeze=False)
-    for ax, (label, mat) in zip(axes[0], mats.items()):
+    cols = min(len(mats), 2)  # two per row: readable on a page, four in one row are not
+    rows = -(-len(mats) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    for ax, (label, mat) in zip(axes.flat, mats.items()):
         _block_heatmap(ax, mat, label, cmap="viridis", vmin=0, vmax=vmax,
                        cbar_kws={"label": "angular distance d(l, n)"})
+    for ax in list(axes.flat)[len(mats):]:
+        ax.set_visible(False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
