@@ -68,3 +68,26 @@ def test_text_scores_equal_a_slow_float64_reference(name):
     res64 = score_text(copy.deepcopy(model).double(), tok, TEXTS, batch_size=2)
     np.testing.assert_allclose(res64.distance_all, ref_all, atol=1e-10, rtol=0,
                                equal_nan=True)
+
+
+PARAGRAPHS = [
+    "And the LORD spake unto Moses, saying, Speak unto the children of Israel, that they "
+    "bring me an offering: of every man that giveth it willingly with his heart ye shall "
+    "take my offering.",
+    "Elinor, this eldest daughter, whose advice was so effectual, possessed a strength of "
+    "understanding, and coolness of judgment, which qualified her, though only nineteen, to "
+    "be the counsellor of her mother.",
+    "A redundancy score compares the hidden state that enters a block of layers with the "
+    "one that leaves it; blocks that hardly rotate the residual stream can be removed.",
+]
+
+
+def test_smollm2_text_scores_equal_the_float64_reference():
+    """The same check on the real SmolLM2-135M (fp32 as loaded), over three paragraphs,
+    to 1e-4: deeper and wider than the tiny models, so rounding has more room."""
+    model, tok = load_decoder("smollm2-135m")
+    ref_all, ref_last = _reference(model, tok, PARAGRAPHS)
+    res = score_text(model, tok, PARAGRAPHS, batch_size=2)
+    np.testing.assert_allclose(res.distance_all, ref_all, atol=1e-4, rtol=0, equal_nan=True)
+    np.testing.assert_allclose(res.distance_last, ref_last, atol=1e-4, rtol=0,
+                               equal_nan=True)
