@@ -253,7 +253,7 @@ def audio_reliance(model: SpeechLLM, data: FeatureSet, n: int = 64,
     with torch.no_grad(), eval_mode(model):
         for s in range(0, len(idx), batch_size):
             b, ob = idx[s:s + batch_size], other[s:s + batch_size]
-            feats, lengths, texts = data.batch(b)
+            feats, lengths, texts = data.batch(b, target=model.task.target)
             o_feats, o_lengths, _ = data.batch(ob)
             own_sum += model.loss(feats, lengths, texts).item() * len(b)
             other_sum += model.loss(o_feats, o_lengths, texts).item() * len(b)

@@ -18,7 +18,7 @@ from lib.config import Chapter1Config, ModelConfig, config_hash, resolve_device
 from lib.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start, score_ctc
 from lib.data.sources import load_source
 from lib.errors import CompanionError
-from lib.evaluate import evaluate_asr, score_asr, transcribe
+from lib.evaluate import evaluate_asr, score_task, transcribe
 from lib.features import FeatureSet, extract_features
 from lib.paths import cache_subdir
 from lib.components import build_encoder
@@ -88,7 +88,7 @@ def dev_wer(model: SpeechLLM, dev: FeatureSet, cfg: Chapter1Config) -> dict[str,
     """WER (and its interval) of greedy transcripts of the dev subset: the learning curve."""
     hyps = transcribe(model, dev, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                       desc="dev WER")
-    score = score_asr([u.text for u in dev.utterances], hyps)
+    score = score_task(model.task, model.task.targets(dev.utterances), hyps)
     return {"dev_wer": score["wer"], "dev_wer_ci95": score["wer_ci95"]}
 
 
@@ -111,6 +111,10 @@ def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
     name = slug(mc.decoder)
     warm, ctc_scores = None, {}
     if cfg.train.recipe == "ctc-warmstart":
+        if model.task.target != "text":
+            raise CompanionError(
+                f"recipe ctc-warmstart aligns the audio with its transcript, but task "
+                f"{model.task.name!r} learns {model.task.target!r}: use recipe plain")
         t = cfg.train
         warm = ctc_warm_start(model, fit, t.ctc_epochs, t.ctc_learning_rate, t.ctc_batch_size,
                               out / "warmstart", seed=t.seed, desc=f"CTC warm start {name}",

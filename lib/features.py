@@ -42,14 +42,20 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Padded float32 features ``[B, T, D]``, lengths and transcripts of ``indices``."""
+    def batch(self, indices: Sequence[int], target: str = "text"
+              ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Padded float32 features ``[B, T, D]``, lengths and target texts of ``indices``.
+
+        Args:
+            target: the utterance field the texts come from: a task's target
+                (:class:`lib.tasks.Task`; ``"text"``, the transcript, for ASR).
+        """
         items = [self.feats[i] for i in indices]
         lengths = torch.tensor([x.shape[0] for x in items])
         out = torch.zeros(len(items), int(lengths.max()), items[0].shape[1])
         for j, x in enumerate(items):
             out[j, : x.shape[0]] = x.float()
-        return out, lengths, [self.utterances[i].text for i in indices]
+        return out, lengths, [getattr(self.utterances[i], target) for i in indices]
 
     def digest(self) -> str:
         """A hash of the set's content: ids, transcripts and every feature tensor's bytes.

@@ -121,7 +121,7 @@ def ablation_losses(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: 
     for s in range(0, len(data), batch_size):
         idx = list(range(s, min(s + batch_size, len(data))))
         check_features(data, idx)
-        feats, lengths, texts = data.batch(idx)
+        feats, lengths, texts = data.batch(idx, target=model.task.target)
         labels = model.build_inputs(feats, lengths, texts)["labels"]
         batches.append((feats, lengths, texts, int((labels != -100).sum())))
     total = sum(b[3] for b in batches)

@@ -328,7 +328,7 @@ def score_speech(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
         for start in range(0, len(data), batch_size):
             idx = list(range(start, min(start + batch_size, len(data))))
             check_features(data, idx)
-            feats, lengths, texts = data.batch(idx)
+            feats, lengths, texts = data.batch(idx, target=model.task.target)
             batch = model.build_inputs(feats, lengths, texts if with_targets else None)
             _score_batch(decoder, [(accs[sel], speech_positions(batch, sel))
                                    for sel in selections],

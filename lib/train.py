@@ -223,7 +223,8 @@ def train_speechllm(
     bar = tqdm(range(start, end), desc=desc, total=end - start, **quiet)
     for step in bar:
         torch.manual_seed(cfg.seed * 7919 + step)  # dropout identical after a resume
-        micro = [train_set.batch(order.micro_batch(step * cfg.grad_accum + k))
+        micro = [train_set.batch(order.micro_batch(step * cfg.grad_accum + k),
+                                 target=model.task.target)  # what the task learns
                  for k in range(cfg.grad_accum)]
         # Weight tokens, not micro-batches: every micro-batch's summed loss is divided by
         # the target tokens of the whole step (all micro-batches, all processes). DDP

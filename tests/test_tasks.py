@@ -64,3 +64,18 @@ def test_targets_and_metric():
         score_task(Task(name="st", instruction=" Translate:", metric="bleu"), ["a"], ["a"])
     with pytest.raises(CompanionError, match="asr"):
         get_task("summarise")
+
+
+def test_training_batches_carry_the_task_target(random_features):
+    """FeatureSet.batch reads the field a task names; the default is the transcript."""
+    import dataclasses
+
+    data = random_features(3, dim=8)
+    extra = [dataclasses.replace(u, text=u.text) for u in data.utterances]
+    for u, k in zip(extra, range(3)):
+        object.__setattr__(u, "translation", f"target {k}")
+    from lib.features import FeatureSet
+
+    fs = FeatureSet(extra, data.feats)
+    assert fs.batch([2, 0])[2] == [extra[2].text, extra[0].text]
+    assert fs.batch([2, 0], target="translation")[2] == ["target 2", "target 0"]
