@@ -16,7 +16,6 @@ from lib.data.corpus import voice_family
 from lib.evaluate import audio_reliance
 from lib.experiment import ModelRun, slug
 from lib.features import FeatureSet
-from lib.report import compare_wer  # noqa: F401  (the chapters' verdict rule)
 from lib.speechllm import SpeechLLM
 
 

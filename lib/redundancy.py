@@ -351,7 +351,7 @@ def agreement(a: RedundancyResult, b: RedundancyResult, metric: str = "angular_l
     (:func:`~lib.agreement.surface_agreement`: ``spearman_per_n``, ``spearman_per_n_mean``,
     ``overlap``, ``overlap_mean``, ``blocks_a`` / ``blocks_b`` and, with ``chance_draws``,
     ``chance``). Added here: ``n_cells``, ``mean_abs_diff`` / ``max_abs_diff`` of ``d`` over
-    the cells valid in both, ``mean_overlap`` (= ``overlap_mean``) and ``spearman_pooled``,
+    the cells valid in both, and ``spearman_pooled``,
     the correlation over all (l, n) cells at once, kept only to show why it misleads (``d``
     grows with ``n``, so unrelated surfaces still correlate when pooled).
     """
@@ -367,6 +367,5 @@ def agreement(a: RedundancyResult, b: RedundancyResult, metric: str = "angular_l
         "n_cells": int(ok.sum()),
         "mean_abs_diff": float(diff.mean()) if diff.size else float("nan"),
         "max_abs_diff": float(diff.max()) if diff.size else float("nan"),
-        "mean_overlap": out["overlap_mean"],
     })
     return out

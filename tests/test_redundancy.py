@@ -339,7 +339,7 @@ def test_result_frame_best_blocks_save_load_agreement(lm, tmp_path):
     assert back.cka == pytest.approx(r.cka) and back.provenance == {"seed": 0}
     assert back.n_tokens == r.n_tokens and back.positions == r.positions
     same = agreement(r, back)
-    assert same["spearman_pooled"] == pytest.approx(1.0) and same["mean_overlap"] == 1.0
+    assert same["spearman_pooled"] == pytest.approx(1.0) and same["overlap_mean"] == 1.0
     assert same["spearman_per_n_mean"] == pytest.approx(1.0)
     assert same["n_cells"] == n_cells
     other = score_text(model, tok, ["zz qq", "ab"], batch_size=1)

@@ -116,6 +116,25 @@ def test_two_processes_follow_the_same_schedule(tmp_path):
     assert lrs == pytest.approx([peak * (5 - s) / 4 for s in range(1, 6)])
 
 
+def _first_step_grads(mc: ModelConfig, data, cfg: TrainConfig, out, **kw) -> dict:
+    """The gradients AdamW sees at the first optimiser step of ``train_speechllm``."""
+    model = build_speechllm(mc, seed=0)
+    seen = {}
+    orig = torch.optim.AdamW.step
+
+    def capture(self, *a, **k):
+        seen.update({n: p.grad.clone() for n, p in model.named_parameters()
+                     if p.requires_grad and p.grad is not None})
+        return orig(self, *a, **k)
+
+    torch.optim.AdamW.step = capture
+    try:
+        train_speechllm(model, data, cfg, out, **kw)
+    finally:
+        torch.optim.AdamW.step = orig
+    return seen
+
+
 def test_accumulation_weights_tokens_not_micro_batches(tmp_path, random_features):
     """Two micro-batches of 2 give the gradient of one batch of 4, though their transcripts
     have different token counts (a per-micro-batch mean would weight them equally)."""
@@ -135,24 +154,9 @@ def test_accumulation_weights_tokens_not_micro_batches(tmp_path, random_features
     (ref.loss(feats, lengths, texts, reduction="sum") / n_tok).backward()
     ref_grad = {n: p.grad.clone() for n, p in ref.named_parameters() if p.requires_grad}
 
-    grads = {}
-    for name, cfg in (("one", cfg_one), ("two", cfg_two)):
-        model = build_speechllm(mc, seed=0)
-        seen = {}
-        orig = torch.optim.AdamW.step
-
-        def capture(self, *a, _seen=seen, _model=model, **k):
-            _seen.update({n: p.grad.clone() for n, p in _model.named_parameters()
-                          if p.requires_grad and p.grad is not None})
-            return orig(self, *a, **k)
-
-        torch.optim.AdamW.step = capture
-        try:
-            # batch order: a seeded permutation of 4 items, so both see all four utterances
-            train_speechllm(model, data, cfg, tmp_path / name)
-        finally:
-            torch.optim.AdamW.step = orig
-        grads[name] = seen
+    # batch order: a seeded permutation of 4 items, so both see all four utterances
+    grads = {name: _first_step_grads(mc, data, cfg, tmp_path / name)
+             for name, cfg in (("one", cfg_one), ("two", cfg_two))}
     for n, g in ref_grad.items():
         # Gradient clipping (max norm 1) scales both alike; compare directions and ratios.
         for name in ("one", "two"):
@@ -217,21 +221,7 @@ def test_an_auxiliary_loss_is_averaged_over_micro_batches(tmp_path, random_featu
     for name, batch, accum in (("one", 4, 1), ("two", 2, 2)):
         cfg = TrainConfig(steps=1, batch_size=batch, grad_accum=accum, learning_rate=1e-2,
                           warmup_steps=0, checkpoint_every=10)
-        model = build_speechllm(mc, seed=0)
-        seen = {}
-        orig = torch.optim.AdamW.step
-
-        def capture(self, *a, _seen=seen, _model=model, **k):
-            _seen.update({n: p.grad.clone() for n, p in _model.named_parameters()
-                          if p.requires_grad and p.grad is not None})
-            return orig(self, *a, **k)
-
-        torch.optim.AdamW.step = capture
-        try:
-            train_speechllm(model, data, cfg, tmp_path / name, aux_loss=aux)
-        finally:
-            torch.optim.AdamW.step = orig
-        grads[name] = seen
+        grads[name] = _first_step_grads(mc, data, cfg, tmp_path / name, aux_loss=aux)
     name = "projector.net.0.weight"
     torch.testing.assert_close(grads["one"][name], grads["two"][name], rtol=1e-4, atol=1e-6)
 
