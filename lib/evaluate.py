@@ -82,6 +82,7 @@ def score_asr(refs: Sequence[str], hyps: Sequence[str],
         "cer": chars.cer, "n_utterances": len(r), "n_ref_words": n_ref,
         "substitutions": words.substitutions, "deletions": words.deletions,
         "insertions": words.insertions,
+        "utterance_errors": errors, "utterance_words": counts,  # for paired bootstraps
     }
 
 

@@ -197,6 +197,45 @@ def receiving_layers(layers: Sequence[int], n_layers: int) -> list[int]:
     return sorted(out)
 
 
+class _MeanLoss:
+    """The SpeechLLM's mean target-token loss over a fixed set of batches (see
+    :func:`loss_function`)."""
+
+    def __init__(self, model: "SpeechLLM", batches: list, n_tokens: int) -> None:
+        self.model, self.batches, self.n_tokens = model, batches, n_tokens
+
+    @torch.no_grad()
+    def __call__(self) -> float:
+        s = 0.0
+        with eval_mode(self.model):
+            for feats, lengths, texts in self.batches:
+                s += float(self.model.loss(feats, lengths, texts, reduction="sum"))
+        return s / self.n_tokens
+
+
+def loss_function(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8) -> _MeanLoss:
+    """A callable giving the model's loss on ``data``: the mean over all target tokens.
+
+    The batches are built once, so calling it after each change of the decoder (a layer
+    skipped, a block removed) costs only the forward passes. Used by the ablation and by
+    the loss-driven pruning strategies (:mod:`lib.strategies`).
+    """
+    if not is_speechllm(model):
+        raise CompanionError(f"the loss needs a SpeechLLM, got {type(model).__name__}")
+    if data is None or len(data) == 0:
+        raise CompanionError("the loss got an empty feature set: pass utterances")
+    if batch_size < 1:
+        raise CompanionError(f"batch_size={batch_size}: use a positive integer")
+    batches, total = [], 0
+    for s in range(0, len(data), batch_size):
+        idx = list(range(s, min(s + batch_size, len(data))))
+        check_features(data, idx)
+        feats, lengths, texts = data.batch(idx, target=model.task.target)
+        total += sum(len(model.target_ids(t)) for t in texts)
+        batches.append((feats, lengths, texts))
+    return _MeanLoss(model, batches, total)
+
+
 @torch.no_grad()
 def ablation_losses(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: int = 8,
                     max_utterances: int | None = None) -> pd.DataFrame:
@@ -220,22 +259,8 @@ def ablation_losses(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: 
         raise CompanionError("ablation_losses got an empty feature set: pass utterances")
     if batch_size < 1:
         raise CompanionError(f"batch_size={batch_size}: use a positive integer")
-    data = data.subset(max_utterances)
-    batches = []
-    for s in range(0, len(data), batch_size):
-        idx = list(range(s, min(s + batch_size, len(data))))
-        check_features(data, idx)
-        feats, lengths, texts = data.batch(idx, target=model.task.target)
-        labels = model.build_inputs(feats, lengths, texts)["labels"]
-        batches.append((feats, lengths, texts, int((labels != -100).sum())))
-    total = sum(b[3] for b in batches)
-
-    def mean_loss() -> float:
-        s = 0.0
-        for feats, lengths, texts, k in batches:
-            s += float(model.loss(feats, lengths, texts)) * k
-        return s / total
-
+    mean_loss = loss_function(model, data.subset(max_utterances), batch_size)
+    total = mean_loss.n_tokens
     with eval_mode(model):
         ref = mean_loss()
         rows = [(-1, -1, 0, ref, 0.0, total)]
