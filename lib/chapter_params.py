@@ -66,7 +66,36 @@ class Chapter2Params(Chapter1Params):
     agree_overlap_gain: float = 0.5  # overlap this far from chance toward 1, same verdict
 
 
-CHAPTER_PARAMS: dict[int, type] = {1: Chapter1Params, 2: Chapter2Params}
+@dataclass(frozen=True)
+class Chapter3Params(Chapter2Params):
+    """Chapter 3: prune chapter 1's models by every strategy; WER against the cut."""
+
+    prune_strategies: tuple[str, ...] = ("angular", "block-influence", "gromov", "sleb",
+                                         "random", "oracle")  # lib.strategies.STRATEGIES
+    prune_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)  # of the layers removed
+    curve_utterances: int = 40  # first N of each test set per curve point (a dev subset)
+    calibration_utterances: int = 16  # dev utterances behind sleb's and oracle's losses
+    prune_threshold: float = 0.25  # the paper's rule: relative WER increase allowed
+
+
+@dataclass(frozen=True)
+class Chapter4Params(Chapter3Params):
+    """Chapter 4: heal the pruned models; save, reload and measure them."""
+
+    heal_variants: tuple[str, ...] = ("none", "projector", "decoder", "both",
+                                      "lora-all")  # compared at heal_fraction
+    heal_fraction: float = 0.4  # the cut (angular strategy) where variants are compared
+    heal_curve_fractions: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)  # healed with "both"
+    heal_steps: int = 50  # ~1 min per healing on 2 CPU cores (the paper: ~5k on GPUs)
+    heal_batch_size: int = 8  # utterances per step
+    heal_learning_rate: float = 0.0005  # the paper's peak rate, linear decay
+    heal_warmup_steps: int = 5  # linear warm-up
+    heal_lora_rank: int = 64  # the paper's rank, on the MLP of the receiving layer
+    heal_lora_alpha: int = 128  # LoRA scale = alpha / rank
+
+
+CHAPTER_PARAMS: dict[int, type] = {1: Chapter1Params, 2: Chapter2Params, 3: Chapter3Params,
+                                   4: Chapter4Params}
 """Chapter number -> its parameters class (a new chapter adds one line)."""
 
 

@@ -11,6 +11,8 @@ chapter 1 (book/01_building_a_speechllm.ipynb).
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import math
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.chapter_params import Chapter1Params, Chapter2Params, param_names
+from lib.chapter_params import (Chapter1Params, Chapter2Params, Chapter3Params, Chapter4Params,
+                                param_names)
 from lib.data.spec import CorpusSpec
 from lib.errors import CompanionError
 from lib.fileio import to_dict
@@ -400,6 +403,130 @@ def chapter2_config(**params: Any) -> Chapter2Config:
     return Chapter2Config(base=base, score=score)
 
 
+@dataclass(frozen=True)
+class PruneConfig:
+    """How the models are pruned and the curves measured (chapter 3)."""
+
+    strategies: tuple[str, ...]
+    fractions: tuple[float, ...]
+    curve_utterances: int
+    calibration_utterances: int
+    threshold: float
+
+
+@dataclass(frozen=True)
+class HealConfig:
+    """How the pruned models are healed (chapter 4)."""
+
+    variants: tuple[str, ...]
+    fraction: float
+    curve_fractions: tuple[float, ...]
+    lora_rank: int
+    lora_alpha: int
+    train: TrainConfig  # steps, batch, rate, warm-up of the healing runs
+
+
+@dataclass(frozen=True)
+class Chapter3Config:
+    """Chapter 3: chapter 2's models and scores, and the pruning."""
+
+    base: Chapter1Config
+    score: ScoreConfig
+    prune: PruneConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+@dataclass(frozen=True)
+class Chapter4Config(Chapter3Config):
+    """Chapter 4: chapter 3's pruning, and the healing."""
+
+    heal: HealConfig | None = None
+
+
+CHAPTER3_PARAMS = param_names(Chapter3Params)
+CHAPTER4_PARAMS = param_names(Chapter4Params)
+
+
+def _fractions(params: dict, name: str) -> tuple[float, ...]:
+    v = params[name]
+    v = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in v)
+    _check(ok, name, v, "use a non-empty list of fractions in (0, 1), e.g. [0.25, 0.5]")
+    return tuple(sorted(float(x) for x in v))
+
+
+def _names(params: dict, name: str, known: Any) -> tuple[str, ...]:
+    v = _str_list(params, name)
+    bad = [x for x in v if x not in known]
+    _check(not bad, name, v, f"unknown {bad[0] if bad else ''!r}; use any of "
+           f"{', '.join(known)}")
+    return tuple(dict.fromkeys(v))
+
+
+def chapter3_config(**params: Any) -> Chapter3Config:
+    """Build chapter 3's config: chapter 2's parameters plus the pruning ones.
+
+    Raises:
+        CompanionError: one line naming the first bad, unknown or missing parameter.
+    """
+    from lib.strategies import STRATEGIES
+
+    names = params.pop("_names", CHAPTER3_PARAMS)
+    reject_unknown(params, names, f"unknown parameter(s) {{names}}: this chapter takes "
+                   f"{', '.join(names)}")
+    missing = [k for k in names if k not in params]
+    if missing:
+        raise CompanionError(f"missing parameter(s) {', '.join(missing)}")
+    ch2 = chapter2_config(**{k: params[k] for k in CHAPTER2_PARAMS})
+    t = params["prune_threshold"]
+    _check(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1,
+           "prune_threshold", t, "use a relative WER increase in (0, 1), e.g. 0.25")
+    prune = PruneConfig(
+        strategies=_names(params, "prune_strategies", STRATEGIES),
+        fractions=_fractions(params, "prune_fractions"),
+        curve_utterances=_pos_int(params, "curve_utterances"),
+        calibration_utterances=_pos_int(params, "calibration_utterances"),
+        threshold=float(t))
+    return Chapter3Config(base=ch2.base, score=ch2.score, prune=prune)
+
+
+def chapter4_config(**params: Any) -> Chapter4Config:
+    """Build chapter 4's config: chapter 3's parameters plus the healing ones.
+
+    Raises:
+        CompanionError: one line naming the first bad, unknown or missing parameter.
+    """
+    from lib.heal import HEAL_VARIANTS
+
+    reject_unknown(params, CHAPTER4_PARAMS, f"unknown parameter(s) {{names}}: chapter 4 takes "
+                   f"{', '.join(CHAPTER4_PARAMS)}")
+    ch3 = chapter3_config(**{k: params[k] for k in CHAPTER3_PARAMS if k in params},
+                          _names=CHAPTER3_PARAMS)
+    missing = [k for k in CHAPTER4_PARAMS if k not in params]
+    if missing:
+        raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter 4")
+    fr = params["heal_fraction"]
+    _check(isinstance(fr, (int, float)) and not isinstance(fr, bool) and 0 < fr < 1,
+           "heal_fraction", fr, "use a fraction of the layers in (0, 1), e.g. 0.4")
+    b = ch3.base.train
+    train = dataclasses.replace(
+        b, steps=_pos_int(params, "heal_steps"), batch_size=_pos_int(params, "heal_batch_size"),
+        grad_accum=1, learning_rate=_pos_float(params, "heal_learning_rate"),
+        warmup_steps=_pos_int(params, "heal_warmup_steps", allow_zero=True),
+        weight_decay=0.0, checkpoint_every=max(1, min(b.checkpoint_every,
+                                                      params["heal_steps"])),
+        recipe="plain", dev_every=0, ctc_weight=0.0, projector_learning_rate=None)
+    heal = HealConfig(
+        variants=_names(params, "heal_variants", tuple(HEAL_VARIANTS)),
+        fraction=float(fr), curve_fractions=_fractions(params, "heal_curve_fractions"),
+        lora_rank=_pos_int(params, "heal_lora_rank"),
+        lora_alpha=_pos_int(params, "heal_lora_alpha"), train=train)
+    return Chapter4Config(base=ch3.base, score=ch3.score, prune=ch3.prune, heal=heal)
+
+
 def resolve_precision(precision: str, device: str = "auto") -> str:
     """``auto`` -> ``bf16`` where it runs natively (a GPU, or a CPU with AVX-512 BF16 /
     AMX, where bf16 autocast is about 2x faster than fp32), else ``fp32``.
@@ -434,6 +561,7 @@ __all__ = [
     "ModelConfig", "TrainConfig", "EvalConfig", "Chapter1Config", "chapter1_config",
     "ScoreConfig", "Chapter2Config", "chapter2_config", "CHAPTER1_PARAMS", "CHAPTER2_PARAMS",
     "load_preset", "preset_names", "config_hash", "to_dict", "resolve_device",
-    "parameter_names",
+    "parameter_names", "PruneConfig", "HealConfig", "Chapter3Config", "Chapter4Config",
+    "chapter3_config", "chapter4_config", "CHAPTER3_PARAMS", "CHAPTER4_PARAMS",
     "DataOverlapWarning", "shared_sources",
 ]

@@ -161,6 +161,32 @@ def save_scores(results: dict[str, Any], run: ModelRun, config: Any) -> Path:
     atomic_write_text(out / "scores.csv", pd.concat(frames).to_csv(index=False))
     return out
 
+def speech_scores(run: ModelRun, data: FeatureSet, config: Any) -> Any:
+    """Chapter 2's redundancy scores on speech (transcript tokens) for ``run``'s model.
+
+    Read from ``<run>/redundancy/speech-transcript.json`` when chapter 2 saved them for as
+    many utterances as chapter 2's parameters ask; otherwise computed here on the first
+    ``n_score_utterances`` of ``data`` and saved there (the pruning strategies ``angular``
+    and ``block-influence`` read them). Explained in chapter 3 (book/03_pruning.ipynb).
+    """
+    from lib.redundancy import score_speech
+    from lib.redundancy_stats import RedundancyResult
+
+    sc = config.score
+    scored = data.subset(sc.n_utterances)
+    path = run.train.run_dir / "redundancy" / f"{slug('speech, transcript')}.json"
+    if path.is_file():
+        res = RedundancyResult.load(path)
+        if res.n_sequences == len(scored) and res.positions == "transcript":
+            return res
+    from lib.fileio import provenance
+
+    res = score_speech(run.model, scored, batch_size=sc.batch_size, positions="transcript")
+    if not path.is_file():  # chapter 2's own file (other settings) is left as it is
+        res.save(path, provenance(config))
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train and evaluate every model of a preset from the command line.
 

@@ -240,3 +240,17 @@ def load_speechllm(folder: Path, device: str = "cpu") -> "SpeechLLM":
     model.requires_grad_(False)
     model.to(device)
     return model.eval()
+
+
+def pruned_copy(model: "SpeechLLM", layers: Sequence[int]) -> "SpeechLLM":
+    """A pruned copy of ``model`` (adapters merged, ``layers`` removed); ``model`` is kept."""
+    import copy
+
+    return prune_speechllm(copy.deepcopy(model), layers)
+
+
+def recovery(wer_full: float, wer_pruned: float, wer_healed: float) -> float:
+    """The share of the WER lost to pruning that healing won back:
+    ``(pruned - healed) / (pruned - full)``; NaN when pruning lost nothing."""
+    lost = wer_pruned - wer_full
+    return float("nan") if lost <= 0 else (wer_pruned - wer_healed) / lost

@@ -237,3 +237,87 @@ def gguf_decoders(names: Any) -> list[str]:
     from lib.assets.registry import OFFLINE_MODELS
 
     return [n for n in names if getattr(OFFLINE_MODELS.get(n), "kind", None) == "gguf"]
+
+
+# ------------------------------------------------------------------ chapters 3 and 4
+
+PAPER_CUTS = [  # the paper's headline table (../shared/PAPER.md): WER % full -> pruned
+    {"decoder": "Qwen2.5-7B", "removed (%)": 28.6, "test-clean": (2.01, 2.36),
+     "test-other": (4.77, 4.83)},
+    {"decoder": "Llama-3.1-8B", "removed (%)": 43.8, "test-clean": (2.65, 3.28),
+     "test-other": (5.03, 6.28)},
+    {"decoder": "Qwen2.5-3B", "removed (%)": 30.6, "test-clean": (2.22, 2.53),
+     "test-other": (4.83, 5.12)},
+]
+"""The paper's chosen cuts (the summaries differ on the 7B cut and the 8B WERs; marked (?)
+in PAPER.md). Llama 3.2 1B tolerates only ~6 % of its layers removed."""
+
+
+def paper_cuts_table() -> Any:
+    """The paper's cuts with the relative WER increase computed from its WERs."""
+    import pandas as pd
+
+    rows = []
+    for r in PAPER_CUTS:
+        row = {"decoder": r["decoder"], "layers removed (%)": r["removed (%)"]}
+        for test in ("test-clean", "test-other"):
+            full, pruned = r[test]
+            row[f"{test} WER full → pruned"] = f"{full:.2f} → {pruned:.2f}"
+            row[f"{test} relative increase (%)"] = round(100 * (pruned / full - 1), 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _curve_records(points: Any) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in points.sort_values("removed_fraction").to_dict("records"):
+        out.setdefault(r["test_set"], []).append({
+            "removed_fraction": round(float(r["removed_fraction"]), 4),
+            "n_removed": int(r["n_removed"]), "layers": [int(x) for x in r["layers"]],
+            "wer": float(r["wer"]), "wer_ci95": [float(r["wer_low"]), float(r["wer_high"])]})
+    return out
+
+
+def headline_ch03(curves: dict[str, tuple[Any, dict[str, Any]]], rules: dict[str, Any],
+                  chosen: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+    """Chapter 3's figures of record (``results/<preset>/ch03.json``).
+
+    Per decoder: the full model's WER on each curve subset, and per strategy the curve
+    points (``removed_fraction``, ``wer``, ``wer_ci95``, layers) and ``threshold_cut`` per
+    test set (``cut`` and its ``ci95``); ``chosen``: the paper strategy's cut evaluated on the
+    full test sets. Explained in chapter 3."""
+    out: dict[str, Any] = {}
+    for dec, (points, full) in curves.items():
+        rule = rules[dec]
+        d = out.setdefault(dec, {"full": {t: {"wer": f["wer"], "wer_ci95": f["wer_ci95"]}
+                                          for t, f in full.items()}, "strategies": {}})
+        for strategy, g in points.groupby("strategy", sort=False):
+            r = rule[rule["strategy"] == strategy]
+            d["strategies"][strategy] = {
+                "curve": _curve_records(g),
+                "threshold_cut": {row["test_set"]: {
+                    "cut": float(row["threshold_cut"]),
+                    "ci95": [float(row["cut_low"]), float(row["cut_high"])],
+                    "n_removed": int(row["n_removed"])} for row in r.to_dict("records")}}
+        d["chosen"] = chosen.get(dec, {})
+    return {"decoders": out, "settings": dict(settings)}
+
+
+def headline_ch04(variants: dict[str, dict[str, Any]], curve: dict[str, dict[str, Any]],
+                  exports: dict[str, dict[str, Any]], cuts: dict[str, int],
+                  settings: dict[str, Any], n_layers: dict[str, int]) -> dict[str, Any]:
+    """Chapter 4's figures of record (``results/<preset>/ch04.json``): per decoder the cut,
+    per healing variant ``wer_before`` / ``wer_after`` (with intervals) and the recovery per
+    test set, trainable parameters, steps and wall time; the healed curve; the reloaded
+    model's WER and the measured cost. Explained in chapter 4."""
+    out: dict[str, Any] = {}
+    for dec, vs in variants.items():
+        out[dec] = {
+            "cut": {"n_removed": cuts[dec], "n_layers": n_layers[dec],
+                    "removed_fraction": cuts[dec] / n_layers[dec]},
+            "variants": {v: {"steps": r["steps"], "wall_time_s": r["wall_time_s"],
+                             "trainable": r["trainable_projector"] + r["trainable_lora"],
+                             "lora_layers": r["lora_layers"], "tests": r["tests"]}
+                         for v, r in vs.items()},
+            "healed_curve": curve.get(dec, {}), "export": exports.get(dec, {})}
+    return {"decoders": out, "settings": dict(settings)}

@@ -218,3 +218,77 @@ def plot_ablation(ablation_df: pd.DataFrame, chosen: int | None = None, ax: Any 
         ax.set_title(title)
     ax.legend()
     return ax
+
+
+def plot_removed_layers(plans: dict[str, dict[int, list[int]]], n_layers: int,
+                        ax: Any = None, title: str = "") -> Any:
+    """Which layers each strategy removes at each cut: one row per (strategy, cut), one
+    column per layer, a filled cell where the layer goes. Explained in chapter 3."""
+    import numpy as np
+
+    rows = [(s, n) for s, plan in plans.items() for n in sorted(plan)]
+    mat = np.zeros((len(rows), n_layers))
+    for i, (s, n) in enumerate(rows):
+        mat[i, plans[s][n]] = 1
+    ax = ax or plt.subplots(figsize=(7.0, 0.16 * len(rows) + 1.4))[1]
+    ax.imshow(mat, aspect="auto", cmap="Greys", vmin=0, vmax=1.4, interpolation="nearest")
+    ax.set_yticks(range(len(rows)), [f"{s}, n={n}" for s, n in rows], fontsize=7)
+    ax.set_xticks(range(0, n_layers, max(1, n_layers // 15)))
+    ax.set_xlabel("decoder layer removed (index in the full model)")
+    for i in range(1, len(rows)):
+        if rows[i][0] != rows[i - 1][0]:
+            ax.axhline(i - 0.5, color="tab:red", lw=0.6)
+    ax.grid(False)
+    ax.set_title(title)
+    return ax
+
+
+def plot_pruning_curves(points: pd.DataFrame, full: dict[str, dict[str, Any]],
+                        threshold: float, title: str = "", hue: str = "strategy") -> Any:
+    """WER (95 % interval bands) against the fraction of layers removed, one panel per test
+    set, one line per ``hue`` value; the full model's WER at 0 and the threshold rule's
+    limit ``(1 + threshold) x WER_full`` dashed. Explained in chapters 3 and 4."""
+    tests = list(dict.fromkeys(points["test_set"]))
+    fig, axes = plt.subplots(1, len(tests), squeeze=False, figsize=(5.2 * len(tests), 3.6))
+    colors = dict(zip(dict.fromkeys(points[hue]), sns.color_palette("colorblind", 10)))
+    for ax, test in zip(axes[0], tests):
+        f = full[test]
+        for key, g in points[points["test_set"] == test].groupby(hue, sort=False):
+            g = g.sort_values("removed_fraction")
+            x = [0.0] + list(100 * g["removed_fraction"])
+            y = [100 * f["wer"]] + list(100 * g["wer"])
+            lo = [100 * f["wer_ci95"][0]] + list(100 * g["wer_low"])
+            hi = [100 * f["wer_ci95"][1]] + list(100 * g["wer_high"])
+            ax.plot(x, y, marker="o", ms=3, label=key, color=colors[key])
+            ax.fill_between(x, lo, hi, alpha=0.12, color=colors[key])
+        ax.axhline(100 * f["wer"] * (1 + threshold), ls="--", color="0.3", lw=1,
+                   label=f"rule: +{100 * threshold:g} % relative")
+        ax.set_xlabel("layers removed (%)")
+        ax.set_ylabel("WER (%)")
+        ax.set_title(f"{title}: {test}" if title else test)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
+
+
+def plot_heal_variants(df: pd.DataFrame, title: str = "") -> Any:
+    """WER after each healing variant (95 % intervals), one panel per test set, with the
+    full model's and the unhealed pruned model's WER as lines. ``df`` columns: variant,
+    test_set, wer, wer_low, wer_high, wer_full, wer_pruned. Explained in chapter 4."""
+    tests = list(dict.fromkeys(df["test_set"]))
+    fig, axes = plt.subplots(1, len(tests), squeeze=False, figsize=(5.2 * len(tests), 3.2))
+    for ax, test in zip(axes[0], tests):
+        g = df[df["test_set"] == test].reset_index(drop=True)
+        y = 100 * g["wer"]
+        err = [y - 100 * g["wer_low"], 100 * g["wer_high"] - y]
+        ax.errorbar(range(len(g)), y, yerr=err, fmt="o", color="tab:blue", capsize=3)
+        ax.axhline(100 * g["wer_full"].iloc[0], color="tab:green", ls="--", lw=1,
+                   label="full model")
+        ax.axhline(100 * g["wer_pruned"].iloc[0], color="tab:red", ls=":", lw=1,
+                   label="pruned, not healed")
+        ax.set_xticks(range(len(g)), g["variant"], rotation=20)
+        ax.set_ylabel("WER (%)")
+        ax.set_title(f"{title}: {test}" if title else test)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig

@@ -201,24 +201,31 @@ class _MeanLoss:
     """The SpeechLLM's mean target-token loss over a fixed set of batches (see
     :func:`loss_function`)."""
 
-    def __init__(self, model: "SpeechLLM", batches: list, n_tokens: int) -> None:
+    def __init__(self, model: "SpeechLLM", batches: list, n_tokens: int,
+                 precision: str = "fp32") -> None:
         self.model, self.batches, self.n_tokens = model, batches, n_tokens
+        self.precision = precision
 
     @torch.no_grad()
     def __call__(self) -> float:
         s = 0.0
-        with eval_mode(self.model):
+        amp = torch.autocast(self.model.device.type, dtype=torch.bfloat16,
+                             enabled=self.precision == "bf16")
+        with eval_mode(self.model), amp:
             for feats, lengths, texts in self.batches:
                 s += float(self.model.loss(feats, lengths, texts, reduction="sum"))
         return s / self.n_tokens
 
 
-def loss_function(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8) -> _MeanLoss:
+def loss_function(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
+                  precision: str = "fp32") -> _MeanLoss:
     """A callable giving the model's loss on ``data``: the mean over all target tokens.
 
     The batches are built once, so calling it after each change of the decoder (a layer
     skipped, a block removed) costs only the forward passes. Used by the ablation and by
-    the loss-driven pruning strategies (:mod:`lib.strategies`).
+    the loss-driven pruning strategies (:mod:`lib.strategies`). ``precision="bf16"`` runs
+    the forward passes under bf16 autocast (the loss itself in float32): what ranks
+    hundreds of candidate removals on a CPU with native bf16, about 3x faster.
     """
     if not is_speechllm(model):
         raise CompanionError(f"the loss needs a SpeechLLM, got {type(model).__name__}")
@@ -233,7 +240,7 @@ def loss_function(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8) -
         feats, lengths, texts = data.batch(idx, target=model.task.target)
         total += sum(len(model.target_ids(t)) for t in texts)
         batches.append((feats, lengths, texts))
-    return _MeanLoss(model, batches, total)
+    return _MeanLoss(model, batches, total, precision)
 
 
 @torch.no_grad()

@@ -146,8 +146,86 @@ def render_ch02(rec: dict[str, Any]) -> str:
             + _provenance(rec) + "\n")
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {"ch01": render_ch01,
-                                                         "ch02": render_ch02}
+def _pct0(x: Any) -> str:
+    return "–" if x is None else f"{100 * x:.0f}"
+
+
+def render_ch03(rec: dict[str, Any]) -> str:
+    """Chapter 3: per decoder and strategy, the paper's rule's cut (and its interval) on
+    each test set's curve subset; then the paper strategy's cut on the full test sets."""
+    s = rec.get("settings", {})
+    tests = sorted({t for d in rec["decoders"].values() for st in d["strategies"].values()
+                    for t in st["threshold_cut"]})
+    rows = ["| decoder | strategy | " + " | ".join(f"cut on {t} (%) [95 % CI]" for t in tests)
+            + " |", "|---|---|" + "---|" * len(tests)]
+    notes = []
+    for dec, d in rec["decoders"].items():
+        for strategy, st in d["strategies"].items():
+            cells = []
+            for t in tests:
+                c = st["threshold_cut"].get(t)
+                cells.append("–" if c is None else
+                             f"{_pct0(c['cut'])} [{_pct0(c['ci95'][0])}, {_pct0(c['ci95'][1])}]")
+            rows.append(f"| {dec} | {strategy} | " + " | ".join(cells) + " |")
+        ch = d.get("chosen", {})
+        for t, v in ch.get("tests", {}).items():
+            notes.append(f"{dec}, {ch['strategy']} cut of {ch['n_removed']} layers "
+                         f"({_pct0(ch['removed_fraction'])} %) on all of {t} "
+                         f"({v['n_utterances']} utterances): WER {_wer_pair(v)}")
+    rule = (f"\nThe paper's rule: the largest cut whose relative WER increase stays within "
+            f"{s.get('threshold', '?')}, on the first {s.get('curve_utterances', '?')} "
+            f"utterances of each test set; the interval re-applies the rule to curves "
+            f"resampled over utterances.\n")
+    return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + rule + "\n"
+            + _provenance(rec) + "\n")
+
+
+def _wer_pair(v: dict[str, Any]) -> str:
+    return (f"{100 * v['wer_full']:.1f} % [{100 * v['wer_full_ci95'][0]:.1f}, "
+            f"{100 * v['wer_full_ci95'][1]:.1f}] before, {100 * v['wer']:.1f} % "
+            f"[{100 * v['wer_ci95'][0]:.1f}, {100 * v['wer_ci95'][1]:.1f}] after pruning")
+
+
+def render_ch04(rec: dict[str, Any]) -> str:
+    """Chapter 4: per decoder and healing variant, WER before and after healing on each
+    test set's curve subset and the recovery; the reloaded model and what pruning bought."""
+    rows = ["| decoder | layers removed | variant | test set | WER pruned (%) | WER healed (%) "
+            "[95 % CI] | recovery | trainable (M) | minutes |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for dec, d in rec["decoders"].items():
+        for v, r in d["variants"].items():
+            for t, x in r["tests"].items():
+                lo, hi = x["wer_after_ci95"]
+                rc = x.get("recovery")
+                rows.append(
+                    f"| {dec} | {d['cut']['n_removed']} of {d['cut']['n_layers']} | {v} | {t} | "
+                    f"{100 * x['wer_before']:.1f} | {100 * x['wer_after']:.1f} [{100 * lo:.1f}, "
+                    f"{100 * hi:.1f}] | {'–' if rc is None else f'{rc:.2f}'} | "
+                    f"{r['trainable'] / 1e6:.2f} | {r['wall_time_s'] / 60:.1f} |")
+        e = d.get("export", {})
+        c = e.get("cost")
+        if c:
+            notes.append(f"{dec}: decoding {c['speedup']:.2f}x faster than the full model "
+                         f"(ideal from FLOPs {c['ideal_speedup']:.2f}x, ratio "
+                         f"{c['speedup'] / c['ideal_speedup']:.2f}); decoder parameters "
+                         f"{c['params_full_m']:.0f} M -> {c['params_pruned_m']:.0f} M; peak "
+                         f"memory {c['peak_mib_full']:.0f} -> {c['peak_mib_pruned']:.0f} MiB")
+        same = [t for t, x in e.get("tests", {}).items() if x.get("same_transcripts_as_in_memory")]
+        if e.get("tests"):
+            notes.append(f"{dec}: saved, reloaded with plain transformers; same transcripts as "
+                         f"in memory on {len(same)} of {len(e['tests'])} test sets")
+    s = rec.get("settings", {})
+    budget = (f"\nHealing budget: {s.get('heal_steps', '?')} steps of "
+              f"{s.get('heal_batch_size', '?')} utterances, peak rate "
+              f"{s.get('heal_learning_rate', '?')}, LoRA rank {s.get('heal_lora_rank', '?')}; "
+              "recovery = (pruned - healed) / (pruned - full).\n")
+    return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + budget + "\n"
+            + _provenance(rec) + "\n")
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "ch01": render_ch01, "ch02": render_ch02, "ch03": render_ch03, "ch04": render_ch04}
 """Chapter -> the function that renders its results file as Markdown."""
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from lib.errors import CompanionError
-from lib.prune import ablation_losses, block_layers, check_layers, loss_function, skip_layers
+from lib.prune import block_layers, check_layers, loss_function, skip_layers
 
 if TYPE_CHECKING:
     from lib.features import FeatureSet
@@ -98,17 +98,25 @@ def random_layers(n_layers: int, n: int, seed: int) -> list[int]:
     return block_layers(int(rng.integers(0, n_layers - n + 1)), n, n_layers)
 
 
-def oracle_layers(model: "SpeechLLM", data: "FeatureSet", n: int,
-                  batch_size: int = 8) -> list[int]:
-    """The contiguous block whose removal raises the dev loss least (every block tried)."""
-    abl = ablation_losses(model, data, n, batch_size=batch_size)
-    rows = abl[abl["start"] >= 0].sort_values(["delta", "start"], kind="stable")
+def oracle_layers(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: int = 8,
+                  precision: str = "fp32") -> list[int]:
+    """The contiguous block whose removal raises the dev loss least (every block tried;
+    ties: the lower start)."""
     big_l = len(model.decoder_layers)
-    return block_layers(int(rows.iloc[0]["start"]), n, big_l)
+    block_layers(0, n, big_l)  # n in range
+    loss = loss_function(model, data, batch_size, precision)
+    best: tuple[float, int] | None = None
+    for start in range(big_l - n + 1):
+        with skip_layers(model.decoder, list(range(start, start + n))):
+            v = loss()
+        if best is None or v < best[0]:
+            best = (v, start)
+    assert best is not None
+    return block_layers(best[1], n, big_l)
 
 
 def sleb_order(model: "SpeechLLM", data: "FeatureSet", max_removed: int,
-               batch_size: int = 8) -> list[tuple[int, float]]:
+               batch_size: int = 8, precision: str = "fp32") -> list[tuple[int, float]]:
     """SLEB's greedy removal: ``(layer, dev loss after removing it)`` in removal order.
 
     At each step every remaining layer is tried on top of those already removed and the one
@@ -119,7 +127,7 @@ def sleb_order(model: "SpeechLLM", data: "FeatureSet", max_removed: int,
     if not (1 <= max_removed < big_l):
         raise CompanionError(f"max_removed={max_removed}: use 1..{big_l - 1} for this "
                              f"{big_l}-layer decoder")
-    loss = loss_function(model, data, batch_size)
+    loss = loss_function(model, data, batch_size, precision)
     removed: list[int] = []
     order: list[tuple[int, float]] = []
     for _ in range(max_removed):
@@ -140,13 +148,15 @@ def sleb_order(model: "SpeechLLM", data: "FeatureSet", max_removed: int,
 def strategy_layers(strategy: str, sizes: Sequence[int], n_layers: int, *,
                     speech_scores: "RedundancyResult | None" = None,
                     model: "SpeechLLM | None" = None, dev: "FeatureSet | None" = None,
-                    batch_size: int = 8, seed: int = 0) -> dict[int, list[int]]:
+                    batch_size: int = 8, seed: int = 0,
+                    precision: str = "fp32") -> dict[int, list[int]]:
     """``{n: layers}`` for every cut size, by one strategy.
 
     Args:
         speech_scores: chapter 2's scores on speech (``angular``, ``block-influence``).
         model, dev: the SpeechLLM and a dev subset (``sleb``, ``oracle``).
         seed: the ``random`` strategy's seed.
+        precision: ``bf16`` runs the dev losses of ``sleb`` and ``oracle`` under autocast.
     """
     check_strategies([strategy])
     if strategy in ("angular", "block-influence"):
@@ -165,8 +175,8 @@ def strategy_layers(strategy: str, sizes: Sequence[int], n_layers: int, *,
     if model is None or dev is None:
         raise CompanionError(f"strategy {strategy!r} needs the model and a dev subset")
     if strategy == "oracle":
-        return {n: oracle_layers(model, dev, n, batch_size) for n in sizes}
-    order = [layer for layer, _ in sleb_order(model, dev, max(sizes), batch_size)]
+        return {n: oracle_layers(model, dev, n, batch_size, precision) for n in sizes}
+    order = [layer for layer, _ in sleb_order(model, dev, max(sizes), batch_size, precision)]
     return {n: sorted(order[:n]) for n in sizes}
 
 
