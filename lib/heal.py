@@ -83,8 +83,11 @@ def heal_targets(model: "SpeechLLM", variant: str) -> list[int]:
 
 
 def prepare_healing(model: "SpeechLLM", variant: str, rank: int = 64, alpha: int = 128,
-                    dropout: float = 0.0) -> dict[str, int]:
+                    dropout: float = 0.0, seed: int = 0) -> dict[str, int]:
     """Make ``variant``'s parameters trainable (everything else frozen).
+
+    The new adapters are initialised from ``seed`` (the global random state is left as it
+    was), so the same healing configuration always starts from the same weights.
 
     Returns:
         ``{"projector": n, "lora": n, "layers": [...]}``: trainable parameters and the
@@ -105,7 +108,10 @@ def prepare_healing(model: "SpeechLLM", variant: str, rank: int = 64, alpha: int
         cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                          target_modules=list(MLP_TARGETS), layers_to_transform=targets,
                          layers_pattern="layers", bias="none")
-        model.decoder = get_peft_model(model.decoder, cfg)
+        devices = [model.device.index or 0] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            model.decoder = get_peft_model(model.decoder, cfg)
     lora = sum(p.numel() for n, p in model.decoder.named_parameters()
                if p.requires_grad and "lora_" in n)
     proj = sum(p.numel() for p in model.projector.parameters()) if train_projector else 0
@@ -148,7 +154,7 @@ def heal(model: "SpeechLLM", train_set: "FeatureSet", variant: str, cfg: TrainCo
     """
     from lib.train import train_speechllm
 
-    trainable = prepare_healing(model, variant, rank, alpha)
+    trainable = prepare_healing(model, variant, rank, alpha, seed=cfg.seed)
     if variant == "none":
         model.eval()
         return HealRun(variant, None, trainable, None)
