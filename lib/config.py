@@ -72,6 +72,12 @@ class TrainConfig:
     length_grouping: int = 16
 
 
+STRATEGIES = ("angular", "block-influence", "gromov", "sleb", "random", "oracle")
+"""The pruning strategies (lib.strategies), in the order the chapters show them."""
+
+HEAL_VARIANTS = ("none", "projector", "decoder", "both", "lora-all")
+"""The healing variants (lib.heal)."""
+
 RECIPES = ("ctc-warmstart", "plain")
 """Training recipes: see lib.ctc (warm start) and lib.train."""
 
@@ -472,8 +478,6 @@ def chapter3_config(**params: Any) -> Chapter3Config:
     Raises:
         CompanionError: one line naming the first bad, unknown or missing parameter.
     """
-    from lib.strategies import STRATEGIES
-
     names = params.pop("_names", CHAPTER3_PARAMS)
     reject_unknown(params, names, f"unknown parameter(s) {{names}}: this chapter takes "
                    f"{', '.join(names)}")
@@ -499,8 +503,6 @@ def chapter4_config(**params: Any) -> Chapter4Config:
     Raises:
         CompanionError: one line naming the first bad, unknown or missing parameter.
     """
-    from lib.heal import HEAL_VARIANTS
-
     reject_unknown(params, CHAPTER4_PARAMS, f"unknown parameter(s) {{names}}: chapter 4 takes "
                    f"{', '.join(CHAPTER4_PARAMS)}")
     ch3 = chapter3_config(**{k: params[k] for k in CHAPTER3_PARAMS if k in params},

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
+from lib.config import HEAL_VARIANTS as VARIANT_NAMES
 from lib.config import TrainConfig, config_hash, to_dict
 from lib.errors import CompanionError
 from lib.fileio import load_json, provenance, save_json
@@ -38,7 +39,8 @@ HEAL_VARIANTS = {
     "both": (True, "receiving"),        # the paper's recipe: LoRA there and the projector
     "lora-all": (True, "all"),          # LoRA on every layer's MLP, and the projector
 }
-"""Variant -> (projector trains, where the LoRA goes)."""
+"""Variant -> (projector trains, where the LoRA goes); the names are lib.config's."""
+assert tuple(HEAL_VARIANTS) == VARIANT_NAMES
 
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 """The MLP's linear layers in Llama, Qwen2 and Gemma3."""
@@ -260,3 +262,10 @@ def recovery(wer_full: float, wer_pruned: float, wer_healed: float) -> float:
     ``(pruned - healed) / (pruned - full)``; NaN when pruning lost nothing."""
     lost = wer_pruned - wer_full
     return float("nan") if lost <= 0 else (wer_pruned - wer_healed) / lost
+
+
+def merged_copy(model: "SpeechLLM") -> "SpeechLLM":
+    """An unpruned copy of ``model`` with its adapters merged (``model`` is kept)."""
+    import copy
+
+    return merge_adapters(copy.deepcopy(model))

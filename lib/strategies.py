@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from lib.config import STRATEGIES
 from lib.errors import CompanionError
 from lib.prune import block_layers, check_layers, loss_function, skip_layers
 
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from lib.redundancy_stats import RedundancyResult
     from lib.speechllm import SpeechLLM
 
-STRATEGIES = ("angular", "block-influence", "gromov", "sleb", "random", "oracle")
-"""The named strategies, in the order the chapters show them."""
 
 CONTIGUOUS = {"angular": True, "block-influence": False, "gromov": True, "sleb": False,
               "random": True, "oracle": True}
