@@ -77,3 +77,25 @@ def test_config_hash_changes_with_config():
     b = chapter1_config(**_params(train_steps=7))
     assert config_hash(a) != config_hash(b)
     assert config_hash(a) == config_hash(chapter1_config(**_params()))
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"prune_strategies": ["angular", "magic"]}, "prune_strategies.*unknown 'magic'"),
+    ({"prune_fractions": [0.2, 1.0]}, "prune_fractions"),
+    ({"prune_fractions": []}, "prune_fractions"),
+    ({"prune_threshold": 0}, "prune_threshold=0"),
+    ({"prune_threshold": 1.5}, "prune_threshold=1.5"),
+    ({"curve_utterances": 0}, "curve_utterances=0"),
+    ({"heal_variants": ["both", "all"]}, "heal_variants.*unknown 'all'"),
+    ({"heal_fraction": 0}, "heal_fraction=0"),
+    ({"heal_steps": 0}, "heal_steps=0"),
+    ({"heal_lora_rank": -1}, "heal_lora_rank=-1"),
+])
+def test_bad_pruning_and_healing_values_name_the_parameter(over, match):
+    from lib.config import CHAPTER4_PARAMS, chapter4_config
+
+    p = load_preset("tiny")
+    p.update(over)
+    with pytest.raises(CompanionError, match=match) as err:
+        chapter4_config(**{k: p[k] for k in CHAPTER4_PARAMS})
+    assert "\n" not in str(err.value)
