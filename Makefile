@@ -25,7 +25,7 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 export PYTHONPATH := $(CURDIR)
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help setup book chapter test bench bench-scores clean distclean
+.PHONY: help setup book chapter test bench bench-scores bench-prune clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET [PRESET=default|tiny|paper-...] [CH=01] [ARGS='-p NAME VALUE']"
@@ -60,6 +60,9 @@ bench: setup ## training and decoding speed and memory (scripts/benchmark.py)
 
 bench-scores: setup ## cost of redundancy scoring (scripts/benchmark_scores.py, ~6 min)
 	$(PY) scripts/benchmark_scores.py $(ARGS)
+
+bench-prune: setup ## pruned vs full decoding speed and memory (scripts/benchmark_prune.py)
+	$(PY) scripts/benchmark_prune.py $(ARGS)
 
 clean: ## remove _build (keeps the cache and .venv)
 	rm -rf _build
