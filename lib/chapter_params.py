@@ -92,6 +92,7 @@ class Chapter4Params(Chapter3Params):
     heal_warmup_steps: int = 5  # linear warm-up
     heal_lora_rank: int = 64  # the paper's rank, on the MLP of the receiving layer
     heal_lora_alpha: int = 128  # LoRA scale = alpha / rank
+    cost_rounds: int = 3  # alternated rounds of the speed and memory check (medians)
 
 
 CHAPTER_PARAMS: dict[int, type] = {1: Chapter1Params, 2: Chapter2Params, 3: Chapter3Params,

@@ -430,6 +430,7 @@ class HealConfig:
     lora_rank: int
     lora_alpha: int
     train: TrainConfig  # steps, batch, rate, warm-up of the healing runs
+    cost_rounds: int = 3  # rounds of the speed and memory check
 
 
 @dataclass(frozen=True)
@@ -525,7 +526,8 @@ def chapter4_config(**params: Any) -> Chapter4Config:
         variants=_names(params, "heal_variants", tuple(HEAL_VARIANTS)),
         fraction=float(fr), curve_fractions=_fractions(params, "heal_curve_fractions"),
         lora_rank=_pos_int(params, "heal_lora_rank"),
-        lora_alpha=_pos_int(params, "heal_lora_alpha"), train=train)
+        lora_alpha=_pos_int(params, "heal_lora_alpha"), train=train,
+        cost_rounds=_pos_int(params, "cost_rounds"))
     return Chapter4Config(base=ch3.base, score=ch3.score, prune=ch3.prune, heal=heal)
 
 

@@ -282,7 +282,7 @@ def _decode_saved(folder: str, feats: torch.Tensor, lengths: torch.Tensor,
 
 def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
                      rounds: int = 3, full_folder: Any = None,
-                     pruned_folder: Any = None) -> dict[str, float]:
+                     pruned_folder: Any = None, memory_rounds: int = 3) -> dict[str, float]:
     """A SpeechLLM before and after pruning, decoding the same batch on this machine.
 
     Both decode all of ``data`` as one batch (the prompt, the projected audio, then exactly
@@ -291,7 +291,9 @@ def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
     model's time over the pruned one's, beside the ideal speed-up from the FLOPs actually
     removed (:func:`ideal_speedup`; embedding and LM head counted). With the saved folders
     (:func:`lib.heal.save_speechllm`), each is loaded and decoded in a fresh process whose
-    peak resident memory is reported.
+    peak resident memory is recorded, ``memory_rounds`` times alternated, and the median is
+    reported (one process's peak varies by ~100-200 MiB from run to run here, as much as a
+    small cut saves).
 
     Returns:
         ``speedup``, ``ideal_speedup``, ``speedup_over_ideal``, ``seconds_full``,
@@ -303,8 +305,9 @@ def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
     from lib.components import eval_mode
     from lib.prune import pruned_layers
 
-    if new_tokens < 1 or rounds < 1:
-        raise CompanionError(f"new_tokens={new_tokens}, rounds={rounds}: use positive integers")
+    if new_tokens < 1 or rounds < 1 or memory_rounds < 1:
+        raise CompanionError(f"new_tokens={new_tokens}, rounds={rounds}, memory_rounds="
+                             f"{memory_rounds}: use positive integers")
     feats, lengths, _ = data.batch(list(range(len(data))))
     inputs = {name: m.build_inputs(feats, lengths, None, left_pad=True)
               for name, m in (("full", full), ("pruned", pruned))}
@@ -327,10 +330,13 @@ def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
                           new_tokens=new_tokens, batch=len(data))
     speed = median_ratio(res["full"], res["pruned"], "total")
     mib = 2.0 ** 20
-    peaks = {}
-    for name, folder in (("full", full_folder), ("pruned", pruned_folder)):
-        peaks[name] = (run_isolated(_decode_saved, str(folder), feats, lengths, new_tokens)[1]
-                       / mib if folder is not None else float("nan"))
+    peaks: dict[str, list[float]] = {"full": [], "pruned": []}
+    for _ in range(memory_rounds):  # alternated, like the timing rounds
+        for name, folder in (("full", full_folder), ("pruned", pruned_folder)):
+            if folder is not None:
+                peaks[name].append(run_isolated(_decode_saved, str(folder), feats, lengths,
+                                                new_tokens)[1] / mib)
+    peak = {k: median(v) if v else float("nan") for k, v in peaks.items()}
     n_full = sum(p.numel() for n, p in full.decoder.named_parameters() if "lora_" not in n)
     n_pruned = sum(p.numel() for n, p in pruned.decoder.named_parameters() if "lora_" not in n)
     return {"speedup": speed, "ideal_speedup": ideal, "speedup_over_ideal": speed / ideal,
@@ -339,5 +345,5 @@ def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
             "params_full_m": n_full / 1e6, "params_pruned_m": n_pruned / 1e6,
             "param_mib_full": parameter_bytes(full.decoder) / mib,
             "param_mib_pruned": parameter_bytes(pruned.decoder) / mib,
-            "peak_mib_full": peaks["full"], "peak_mib_pruned": peaks["pruned"],
+            "peak_mib_full": peak["full"], "peak_mib_pruned": peak["pruned"],
             "batch": len(data), "prompt_tokens": prompt, "new_tokens": new_tokens}
