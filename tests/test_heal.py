@@ -22,6 +22,7 @@ from lib.heal import (
     save_speechllm,
 )
 from lib.prune import pruned_layers, remove_layers
+from references import rebuild_decoder
 from lib.speechllm import SpeechLLM, build_speechllm
 
 S, F = "sliding_attention", "full_attention"
@@ -63,25 +64,6 @@ def data(random_features):
     return random_features(4, split="train", base=20, step=5)
 
 
-def _rebuild(decoder, keep, layer_types):
-    """A fresh decoder of the same class, config written by hand, kept layers' weights."""
-    d = decoder.config.to_dict()
-    d["num_hidden_layers"] = len(keep)
-    d["layer_types"] = list(layer_types)
-    cfg = type(decoder.config).from_dict(d)
-    with torch.random.fork_rng(devices=[]):
-        fresh = type(decoder)(cfg)
-    new_of = {orig: new for new, orig in enumerate(keep)}
-    sd = {}
-    for k, v in decoder.state_dict().items():
-        m = re.match(r"^(model\.layers\.)(\d+)(\..*)$", k)
-        if m is None:
-            sd[k] = v.clone()
-        elif int(m.group(2)) in new_of:
-            sd[f"{m.group(1)}{new_of[int(m.group(2))]}{m.group(3)}"] = v.clone()
-    missing, unexpected = fresh.load_state_dict(sd, strict=False)
-    assert not unexpected and all("lm_head" in k for k in missing)
-    return fresh.eval()
 
 
 def _loss(model, data):
@@ -110,7 +92,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_prune_speechllm_merges_the_adapters_then_removes(data):
     model = _speech()
     reference = SpeechLLM(None, copy.deepcopy(model.projector),
-                          _rebuild(copy.deepcopy(model.decoder).merge_and_unload(), [0, 2, 3],
+                          rebuild_decoder(copy.deepcopy(model.decoder).merge_and_unload(), [0, 2, 3],
                                    [S, S, F]),
                           model.tokenizer).eval()
     assert _loss(model, data) != pytest.approx(_loss(reference, data), rel=1e-3)

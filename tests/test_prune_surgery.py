@@ -18,6 +18,7 @@ from lib.config import ModelConfig
 from lib.data.loaders import Utterance
 from lib.errors import CompanionError
 from lib.features import FeatureSet
+from references import rebuild_decoder
 from lib.prune import (
     block_layers,
     check_layers,
@@ -121,30 +122,6 @@ def _generate(model, tok, ids, new=8, **kw):
     return out[0, ids.shape[1]:].tolist()
 
 
-def _rebuild(decoder, keep, layer_types=None):
-    """An independent reference: a fresh model of the same class whose config is written
-    by hand (``len(keep)`` layers, ``layer_types`` as given) and whose weights are the kept
-    layers' weights, renamed ``layers.<orig>`` -> ``layers.<new>``."""
-    d = decoder.config.to_dict()
-    d["num_hidden_layers"] = len(keep)
-    if layer_types is not None:
-        d["layer_types"] = list(layer_types)
-    for k in ("pruned_layers", "unpruned_num_hidden_layers"):
-        d.pop(k, None)
-    cfg = type(decoder.config).from_dict(d)
-    with torch.random.fork_rng(devices=[]):
-        fresh = type(decoder)(cfg)
-    new_of = {orig: new for new, orig in enumerate(keep)}
-    sd = {}
-    for k, v in decoder.state_dict().items():
-        m = re.match(r"^(model\.layers\.)(\d+)(\..*)$", k)
-        if m is None:
-            sd[k] = v.clone()
-        elif int(m.group(2)) in new_of:
-            sd[f"{m.group(1)}{new_of[int(m.group(2))]}{m.group(3)}"] = v.clone()
-    missing, unexpected = fresh.load_state_dict(sd, strict=False)
-    assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
-    return fresh.eval()
 
 
 def _make_identity(decoder, layer: int) -> None:
@@ -234,7 +211,7 @@ def test_pruned_model_generates_the_same_with_and_without_cache(alias, drop, typ
     no_cache = _generate(pruned, tok, ids, use_cache=False)
     assert with_cache == no_cache
     # and both are what a model built by hand with those layers produces
-    ref = _rebuild(base, keep, types)
+    ref = rebuild_decoder(base, keep, types)
     assert _generate(ref, tok, ids) == with_cache
     torch.testing.assert_close(_logits(pruned, ids), _logits(ref, ids), rtol=0, atol=1e-5)
 
@@ -265,7 +242,7 @@ def test_saved_pruned_decoder_reloads_to_the_same_logits(which, tmp_path, llama,
     torch.testing.assert_close(_logits(back, ids), _logits(pruned, ids), rtol=0, atol=1e-6)
     assert _generate(back, tok, ids) == _generate(pruned, tok, ids)
     # the original model's layers 0 and 3
-    ref = _rebuild(base, [0, 3], [S, F] if which == "gemma" else None)
+    ref = rebuild_decoder(base, [0, 3], [S, F] if which == "gemma" else None)
     torch.testing.assert_close(_logits(back, ids), _logits(ref, ids), rtol=0, atol=1e-5)
 
 
@@ -296,7 +273,7 @@ def test_pruning_through_peft_then_merging_equals_merging_then_pruning(which, dr
     keep = [i for i in range(4) if i not in drop]
     wrapped = _peft(base)
     assert not torch.allclose(_logits(wrapped, ids), _logits(base, ids), atol=1e-3)
-    merged_first = _rebuild(copy.deepcopy(wrapped).merge_and_unload(), keep, types)
+    merged_first = rebuild_decoder(copy.deepcopy(wrapped).merge_and_unload(), keep, types)
     want = _logits(merged_first, ids)
     # skip_layers through the wrapper, then everything back
     before = _logits(wrapped, ids)
@@ -588,7 +565,7 @@ def _speech_without(model, drop):
     big_l = model.decoder.config.num_hidden_layers
     keep = [i for i in range(big_l) if i not in drop]
     types = [model.decoder.config.layer_types[i] for i in keep]
-    return SpeechLLM(None, model.projector, _rebuild(model.decoder, keep, types),
+    return SpeechLLM(None, model.projector, rebuild_decoder(model.decoder, keep, types),
                      model.tokenizer).eval()
 
 

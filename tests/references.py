@@ -1,0 +1,33 @@
+"""Independent references shared by the pruning tests: a decoder rebuilt from scratch."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+
+def rebuild_decoder(decoder, keep, layer_types=None):
+    """An independent reference: a fresh model of the same class whose config is written
+    by hand (``len(keep)`` layers, ``layer_types`` as given) and whose weights are the kept
+    layers' weights, renamed ``layers.<orig>`` -> ``layers.<new>``."""
+    d = decoder.config.to_dict()
+    d["num_hidden_layers"] = len(keep)
+    if layer_types is not None:
+        d["layer_types"] = list(layer_types)
+    for k in ("pruned_layers", "unpruned_num_hidden_layers"):
+        d.pop(k, None)
+    cfg = type(decoder.config).from_dict(d)
+    with torch.random.fork_rng(devices=[]):
+        fresh = type(decoder)(cfg)
+    new_of = {orig: new for new, orig in enumerate(keep)}
+    sd = {}
+    for k, v in decoder.state_dict().items():
+        m = re.match(r"^(model\.layers\.)(\d+)(\..*)$", k)
+        if m is None:
+            sd[k] = v.clone()
+        elif int(m.group(2)) in new_of:
+            sd[f"{m.group(1)}{new_of[int(m.group(2))]}{m.group(3)}"] = v.clone()
+    missing, unexpected = fresh.load_state_dict(sd, strict=False)
+    assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
+    return fresh.eval()
