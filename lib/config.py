@@ -385,17 +385,22 @@ def parameter_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for group in groups for name in group))
 
 
+def _require(params: dict[str, Any], names: Sequence[str], chapter: int) -> None:
+    """Exactly the chapter's parameters: one line naming an unknown or a missing one."""
+    reject_unknown(params, names, f"unknown parameter(s) {{names}}: chapter {chapter} takes "
+                   f"{', '.join(names)}")
+    missing = [k for k in names if k not in params]
+    if missing:
+        raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter {chapter}")
+
+
 def chapter2_config(**params: Any) -> Chapter2Config:
     """Build chapter 2's config: chapter 1's parameters plus the scoring ones.
 
     Raises:
         CompanionError: one line naming the first bad, unknown or missing parameter.
     """
-    reject_unknown(params, CHAPTER2_PARAMS, f"unknown parameter(s) {{names}}: chapter 2 takes "
-                   f"{', '.join(CHAPTER2_PARAMS)}")
-    missing = [k for k in CHAPTER2_PARAMS if k not in params]
-    if missing:
-        raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter 2")
+    _require(params, CHAPTER2_PARAMS, 2)
     base = chapter1_config(**{k: params[k] for k in CHAPTER1_PARAMS})
     score = ScoreConfig(
         n_utterances=_pos_int(params, "n_score_utterances"),
@@ -479,12 +484,7 @@ def chapter3_config(**params: Any) -> Chapter3Config:
     Raises:
         CompanionError: one line naming the first bad, unknown or missing parameter.
     """
-    names = params.pop("_names", CHAPTER3_PARAMS)
-    reject_unknown(params, names, f"unknown parameter(s) {{names}}: this chapter takes "
-                   f"{', '.join(names)}")
-    missing = [k for k in names if k not in params]
-    if missing:
-        raise CompanionError(f"missing parameter(s) {', '.join(missing)}")
+    _require(params, CHAPTER3_PARAMS, 3)
     ch2 = chapter2_config(**{k: params[k] for k in CHAPTER2_PARAMS})
     t = params["prune_threshold"]
     _check(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1,
@@ -504,13 +504,8 @@ def chapter4_config(**params: Any) -> Chapter4Config:
     Raises:
         CompanionError: one line naming the first bad, unknown or missing parameter.
     """
-    reject_unknown(params, CHAPTER4_PARAMS, f"unknown parameter(s) {{names}}: chapter 4 takes "
-                   f"{', '.join(CHAPTER4_PARAMS)}")
-    ch3 = chapter3_config(**{k: params[k] for k in CHAPTER3_PARAMS if k in params},
-                          _names=CHAPTER3_PARAMS)
-    missing = [k for k in CHAPTER4_PARAMS if k not in params]
-    if missing:
-        raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter 4")
+    _require(params, CHAPTER4_PARAMS, 4)
+    ch3 = chapter3_config(**{k: params[k] for k in CHAPTER3_PARAMS})
     fr = params["heal_fraction"]
     _check(isinstance(fr, (int, float)) and not isinstance(fr, bool) and 0 < fr < 1,
            "heal_fraction", fr, "use a fraction of the layers in (0, 1), e.g. 0.4")

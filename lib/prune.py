@@ -245,7 +245,8 @@ def loss_function(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
 
 @torch.no_grad()
 def ablation_losses(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: int = 8,
-                    max_utterances: int | None = None) -> pd.DataFrame:
+                    max_utterances: int | None = None,
+                    precision: str = "fp32") -> pd.DataFrame:
     """Target loss of the SpeechLLM with each block ``[l, l+n)`` skipped, plus the full model.
 
     The loss is ``model.loss`` (mean over target tokens), averaged over batches weighted by
@@ -254,6 +255,8 @@ def ablation_losses(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: 
     Returns:
         Columns start, end, block_size, loss, delta (loss minus the full model's), n_tokens;
         the full model is the row with ``start = end = -1`` and ``block_size = 0``.
+        ``precision="bf16"``: the forward passes under bf16 autocast (see
+        :func:`loss_function`).
     """
     if not is_speechllm(model):
         raise CompanionError(f"ablation_losses needs a SpeechLLM, got {type(model).__name__}")
@@ -266,7 +269,7 @@ def ablation_losses(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: 
         raise CompanionError("ablation_losses got an empty feature set: pass utterances")
     if batch_size < 1:
         raise CompanionError(f"batch_size={batch_size}: use a positive integer")
-    mean_loss = loss_function(model, data.subset(max_utterances), batch_size)
+    mean_loss = loss_function(model, data.subset(max_utterances), batch_size, precision)
     total = mean_loss.n_tokens
     with eval_mode(model):
         ref = mean_loss()

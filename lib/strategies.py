@@ -27,7 +27,8 @@ import numpy as np
 
 from lib.config import STRATEGIES
 from lib.errors import CompanionError
-from lib.prune import block_layers, check_layers, loss_function, skip_layers
+from lib.prune import (ablation_losses, block_layers, check_layers, loss_function,
+                       skip_layers)
 
 if TYPE_CHECKING:
     from lib.features import FeatureSet
@@ -99,19 +100,11 @@ def random_layers(n_layers: int, n: int, seed: int) -> list[int]:
 
 def oracle_layers(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: int = 8,
                   precision: str = "fp32") -> list[int]:
-    """The contiguous block whose removal raises the dev loss least (every block tried;
-    ties: the lower start)."""
-    big_l = len(model.decoder_layers)
-    block_layers(0, n, big_l)  # n in range
-    loss = loss_function(model, data, batch_size, precision)
-    best: tuple[float, int] | None = None
-    for start in range(big_l - n + 1):
-        with skip_layers(model.decoder, list(range(start, start + n))):
-            v = loss()
-        if best is None or v < best[0]:
-            best = (v, start)
-    assert best is not None
-    return block_layers(best[1], n, big_l)
+    """The contiguous block whose removal raises the dev loss least (every block tried by
+    :func:`lib.prune.ablation_losses`; ties: the lower start)."""
+    abl = ablation_losses(model, data, n, batch_size=batch_size, precision=precision)
+    rows = abl[abl["start"] >= 0].sort_values(["loss", "start"], kind="stable")
+    return block_layers(int(rows.iloc[0]["start"]), n, len(model.decoder_layers))
 
 
 def sleb_order(model: "SpeechLLM", data: "FeatureSet", max_removed: int,
