@@ -51,6 +51,9 @@ class Chapter1Params:
     ctc_weight: float = 0.3  # the CTC loss kept on while the LLM trains (0: off)
     projector_learning_rate: float | None = 0.0003  # None: learning_rate
     length_grouping: int = 16  # batches from pools of N batches sorted by length (0: off)
+    rescore_beams: int = 2  # joint CTC / attention decoding: beams re-ranked (0: off)
+    rescore_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # CTC weights tried
+    # on the dev subset; the best one decodes the test sets
 
 
 @dataclass(frozen=True)

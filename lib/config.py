@@ -93,6 +93,8 @@ class EvalConfig:
     batch_size: int = 32  # utterances decoded together (amortises per-step overhead)
     max_new_tokens: int = 64  # greedy decoding stops at eos or here
     max_utterances: int | None = None  # cut each test set to N (a quick run, labelled)
+    rescore_beams: int = 2  # beams re-ranked with the CTC head (0: no joint decoding)
+    rescore_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # tried on dev
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,9 @@ def chapter1_config(**params: Any) -> Chapter1Config:
         max_utt = _pos_int(params, "max_test_utterances")
     evalc = EvalConfig(batch_size=_pos_int(params, "eval_batch_size"),
                        max_new_tokens=_pos_int(params, "max_new_tokens"),
-                       max_utterances=max_utt)
+                       max_utterances=max_utt,
+                       rescore_beams=_pos_int(params, "rescore_beams", allow_zero=True),
+                       rescore_weights=_weights(params, "rescore_weights"))
     # The corpus is a fixed data set: its own seed (0), not the training seed.
     corpus = CorpusSpec(n_train=_pos_int(params, "n_train"), n_test=_pos_int(params, "n_test"))
     train_data = params["train_data"]
@@ -459,6 +463,15 @@ class Chapter4Config(Chapter3Config):
 
 CHAPTER3_PARAMS = param_names(Chapter3Params)
 CHAPTER4_PARAMS = param_names(Chapter4Params)
+
+
+def _weights(params: dict, name: str) -> tuple[float, ...]:
+    v = params[name]
+    v = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v)
+    _check(ok, name, v, "use a non-empty list of weights in [0, 1], e.g. [0, 0.5, 1]")
+    return tuple(sorted({float(x) for x in v}))
 
 
 def _fractions(params: dict, name: str) -> tuple[float, ...]:

@@ -20,8 +20,10 @@ embedding of the word piece spoken there (or at the blank): the decoder reads au
 positions that already look like its own tokens. The CTC head alone is also a small ASR
 system (greedy CTC decoding, no language model): chapter 1 reports it as a baseline.
 
-Nothing is added to the SpeechLLM: the head is discarded after the warm start, except for
-the baseline, and the norm matching that follows is folded into the projector's last layer.
+Nothing is added to the SpeechLLM: the norm matching that follows is folded into the
+projector's last layer, and the head is kept beside the run only for the baseline and for
+joint CTC / attention decoding (:class:`lib.evaluate.Rescoring`), which score with
+:func:`ctc_greedy` and :func:`ctc_logprob`.
 
 Stage: training (the first half of the ``ctc-warmstart`` recipe; :mod:`lib.train` does the
 rest).
@@ -131,6 +133,28 @@ def ctc_loss(model: SpeechLLM, head: CTCHead, feats: torch.Tensor, lengths: torc
 
 
 @torch.no_grad()
+def ctc_logprob(model: SpeechLLM, head: CTCHead, feats: torch.Tensor, lengths: torch.Tensor,
+                texts: Sequence[str]) -> torch.Tensor:
+    """``log p_CTC(text | audio)`` of each (utterance, text) pair, ``[B]`` (float32).
+
+    The sum over every alignment (PyTorch's ``ctc_loss``, ``reduction="none"``). A text
+    with a word piece the head cannot emit, or more pieces than the audio has room for,
+    gets ``-inf``; an empty text is the all-blank path.
+    """
+    index = head.index
+    z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
+    logp = torch.log_softmax(head(z), -1).transpose(0, 1)
+    pieces = [model.target_ids(t)[:-1] if t.strip() else [] for t in texts]
+    ok = torch.tensor([all(p in index for p in seq) for seq in pieces])
+    targets = [[index.get(p, 1) for p in seq] for seq in pieces]
+    flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
+    t_len = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
+    nll = nn.functional.ctc_loss(logp, flat, z_len.cpu(), t_len, blank=0, reduction="none",
+                                 zero_infinity=False).float().cpu()
+    return torch.where(ok, -nll, torch.tensor(float("-inf")))
+
+
+@torch.no_grad()
 def ctc_transcribe(model: SpeechLLM, head: CTCHead, data: FeatureSet,
                    batch_size: int = 64) -> list[str]:
     """Greedy CTC transcripts (best class per position, repeats merged, blanks dropped).
@@ -141,28 +165,25 @@ def ctc_transcribe(model: SpeechLLM, head: CTCHead, data: FeatureSet,
     for start in range(0, len(data), batch_size):
         idx = list(range(start, min(len(data), start + batch_size)))
         feats, lengths, _ = data.batch(idx)
-        z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
-        best = head(z).argmax(-1).cpu()
-        for row, n in zip(best, z_len.tolist()):
-            ids, prev = [], 0
-            for c in row[:n].tolist():
-                if c != prev and c != 0:
-                    ids.append(head.token_ids[c - 1])
-                prev = c
-            out.append(model.tokenizer.decode(ids).strip())
+        out += ctc_greedy(model, head, feats, lengths)
     return out
 
 
-def score_ctc(model: SpeechLLM, head: CTCHead, data: FeatureSet) -> dict[str, Any]:
-    """WER of the CTC head alone on ``data`` (greedy CTC, no language model): a baseline.
-
-    Call it while ``model.projector`` holds the warm-start weights (before LLM training).
-    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
-    """
-    from lib.evaluate import score_asr
-
-    hyps = ctc_transcribe(model, head, data)
-    return {**score_asr([u.text for u in data.utterances], hyps), "hypotheses": hyps}
+@torch.no_grad()
+def ctc_greedy(model: SpeechLLM, head: CTCHead, feats: torch.Tensor,
+               lengths: torch.Tensor) -> list[str]:
+    """Greedy CTC transcripts of one batch of encoder features."""
+    z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
+    best = head(z).argmax(-1).cpu()
+    out = []
+    for row, n in zip(best, z_len.tolist()):
+        ids, prev = [], 0
+        for c in row[:n].tolist():
+            if c != prev and c != 0:
+                ids.append(head.token_ids[c - 1])
+            prev = c
+        out.append(model.tokenizer.decode(ids).strip())
+    return out
 
 
 @torch.no_grad()

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from lib.config import Chapter1Config, ModelConfig, config_hash, resolve_device
-from lib.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start, score_ctc
+from lib.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start
 from lib.data.sources import load_source
 from lib.errors import CompanionError
-from lib.evaluate import evaluate_asr, score_task, transcribe
+from lib.evaluate import (Rescoring, choose, evaluate_asr, score_ctc, score_task,
+                          transcribe, transcribe_candidates)
 from lib.features import FeatureSet, extract_features
 from lib.paths import cache_subdir
 from lib.components import build_encoder
@@ -37,6 +38,7 @@ class ModelRun:
     parameters: dict[str, int] = field(default_factory=dict)
     warm_start: WarmStart | None = None  # the CTC warm start (recipe ctc-warmstart)
     ctc_scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # CTC head alone
+    rescored: dict[str, Any] = field(default_factory=dict)  # joint decoding: rescore_run()
 
 
 def slug(name: str) -> str:
@@ -133,6 +135,52 @@ def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
         for test, fs in tests.items()
     } if evaluate else {}
     return ModelRun(mc, model, tr, scores, params, warm, ctc_scores)
+
+
+def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
+                tests: dict[str, FeatureSet]) -> dict[str, Any]:
+    """Joint CTC / attention decoding of a trained run (:class:`lib.evaluate.Rescoring`).
+
+    The CTC weight is chosen on the dev subset (the last ``dev_utterances`` of the training
+    data, never trained on): one beam-search pass gives every candidate's two
+    log-likelihoods, the dev WER is computed for each of ``rescore_weights`` and the lowest
+    wins (ties: the smaller weight, closer to the plain decoder). Every test set is then
+    decoded with that weight and scored like the greedy SpeechLLM (cached by key beside the
+    run). Sets ``run.rescored`` and returns it: ``{"sweep": [{"weight", "dev_wer",
+    "dev_wer_ci95"}, ...], "weight": w, "scores": {test: score}}``; ``{}`` when the run has
+    no CTC head (recipe ``plain``), ``rescore_beams`` is 0 or there is no dev subset.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    from lib.fileio import load_json, provenance, save_json
+
+    ev = cfg.eval
+    _, dev = split_dev(train, cfg.dev_utterances)
+    if run.warm_start is None or ev.rescore_beams == 0 or dev is None:
+        return {}
+    head = run.warm_start.head
+    key = config_hash({"dev": dev.digest(), "beams": ev.rescore_beams,
+                       "weights": ev.rescore_weights, "max_new_tokens": ev.max_new_tokens,
+                       "batch_size": ev.batch_size})
+    path = run.train.run_dir / f"rescore-dev-{key}.json"
+    if path.is_file():
+        sweep = load_json(path)["sweep"]
+    else:
+        cands = transcribe_candidates(run.model, dev, head, ev.rescore_beams, ev.batch_size,
+                                      ev.max_new_tokens, desc="dev: beams + CTC")
+        refs = run.model.task.targets(dev.utterances)
+        sweep = []
+        for w in ev.rescore_weights:
+            sc = score_task(run.model.task, refs, choose(cands, w))
+            sweep.append({"weight": w, "dev_wer": sc["wer"], "dev_wer_ci95": sc["wer_ci95"]})
+        save_json(path, {"sweep": sweep, "n_dev": len(dev), "provenance": provenance(cfg)})
+    best = min(sweep, key=lambda r: (r["dev_wer"], r["weight"]))["weight"]
+    rescore = Rescoring(head, weight=best, num_beams=ev.rescore_beams)
+    scores = {test: evaluate_asr(run.model, fs, run.train.run_dir, test, ev.batch_size,
+                                 ev.max_new_tokens, ev.max_utterances, config=cfg,
+                                 rescore=rescore)
+              for test, fs in tests.items()}
+    run.rescored = {"sweep": sweep, "weight": best, "scores": scores}
+    return run.rescored
 
 
 def save_scores(results: dict[str, Any], run: ModelRun, config: Any) -> Path:

@@ -49,8 +49,10 @@ def wer_table(runs: dict[str, ModelRun],
               whisper: dict[str, dict[str, Any]] | None = None) -> Any:
     """WER with 95 % intervals of every system on every test set (one row each).
 
-    Systems: each SpeechLLM, its CTC head alone (recipe ``ctc-warmstart``) and the
-    encoder's own Whisper decoder (``whisper``: test set -> :func:`whisper_baseline`).
+    Systems: each SpeechLLM (greedy), the same SpeechLLM with joint CTC / attention
+    decoding (:func:`lib.experiment.rescore_run`, when run), its CTC head alone (recipe
+    ``ctc-warmstart``) and the encoder's own Whisper decoder (``whisper``: test set ->
+    :func:`whisper_baseline`).
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
     """
     import pandas as pd
@@ -66,6 +68,9 @@ def wer_table(runs: dict[str, ModelRun],
     for name, r in runs.items():
         for test, s in r.scores.items():
             add(f"SpeechLLM {slug(name)}", test, s, s["quick_run"])
+        for test, s in r.rescored.get("scores", {}).items():
+            add(f"SpeechLLM {slug(name)} + CTC rescoring (weight {r.rescored['weight']:g})",
+                test, s, s["quick_run"])
         for test, s in r.ctc_scores.items():
             add(f"CTC head {slug(name)}", test, s)
     for test, s in (whisper or {}).items():
@@ -89,11 +94,24 @@ def dev_curve(runs: dict[str, ModelRun]) -> Any:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def rescore_sweep(runs: dict[str, ModelRun]) -> Any:
+    """The CTC-weight sweeps of joint decoding (dev WER per weight), one frame for all
+    runs, with the chosen weight marked."""
+    import pandas as pd
+
+    rows = [{"model": slug(name), "weight": x["weight"], "dev_wer": x["dev_wer"],
+             "dev_low": x["dev_wer_ci95"][0], "dev_high": x["dev_wer_ci95"][1],
+             "chosen": x["weight"] == r.rescored["weight"]}
+            for name, r in runs.items() if r.rescored for x in r.rescored["sweep"]]
+    return pd.DataFrame(rows)
+
+
 def headline_ch01(runs: dict[str, ModelRun], whisper: dict[str, dict[str, Any]],
                   reliance: Any) -> dict[str, Any]:
     """Chapter 1's figures of record (``results/<preset>/ch01.json``): per decoder and
-    test set ``wer``, ``wer_ci95``, ``n_utterances`` and the baselines' scores; training
-    minutes and the audio-reliance gap per decoder."""
+    test set ``wer``, ``wer_ci95``, ``n_utterances``, the baselines' scores and (when run)
+    ``ctc_rescored`` (joint decoding: ``wer``, ``wer_ci95``, the dev-chosen ``weight``);
+    training minutes and the audio-reliance gap per decoder."""
     out: dict[str, Any] = {}
     gaps = dict(zip(reliance["model"], reliance["loss, other audio"] - reliance["loss, own audio"]))
     for name, r in runs.items():
@@ -106,6 +124,10 @@ def headline_ch01(runs: dict[str, ModelRun], whisper: dict[str, dict[str, Any]],
                 base["whisper"] = {k: whisper[test][k] for k in ("wer", "wer_ci95")}
             tests[test] = {"wer": s["wer"], "wer_ci95": s["wer_ci95"], "cer": s["cer"],
                            "n_utterances": s["n_utterances"], "baselines": base}
+            if test in r.rescored.get("scores", {}):
+                rs = r.rescored["scores"][test]
+                tests[test]["ctc_rescored"] = {"wer": rs["wer"], "wer_ci95": rs["wer_ci95"],
+                                               "weight": r.rescored["weight"]}
         ctc_min = r.warm_start.wall_time_s / 60 if r.warm_start else 0.0
         llm_min = r.train.result["provenance"]["wall_time_s"] / 60
         out[slug(name)] = {

@@ -92,6 +92,17 @@ def plot_wer(df: pd.DataFrame, ax: Any = None) -> Any:
     return ax
 
 
+def _dev_wer_lines(ax: Any, frame: pd.DataFrame, x: str) -> list[tuple[pd.DataFrame, Any]]:
+    """One line of ``dev_wer`` (%) against ``x`` per model, with its ``dev_low``-``dev_high``
+    band; returns each model's rows and colour."""
+    drawn = []
+    for (model, g), color in zip(frame.groupby("model", sort=False), sns.color_palette()):
+        ax.plot(g[x], 100 * g["dev_wer"], marker="o", color=color, label=model)
+        ax.fill_between(g[x], 100 * g["dev_low"], 100 * g["dev_high"], color=color, alpha=0.15)
+        drawn.append((g, color))
+    return drawn
+
+
 def plot_learning_curve(dev: pd.DataFrame, ax: Any = None) -> Any:
     """Dev-subset WER (%) against minutes of training, one line per model, with intervals.
 
@@ -99,11 +110,28 @@ def plot_learning_curve(dev: pd.DataFrame, ax: Any = None) -> Any:
         dev: rows with ``model``, ``train_minutes``, ``dev_wer``, ``dev_low``, ``dev_high``.
     """
     ax = ax or plt.subplots()[1]
-    for (model, g), color in zip(dev.groupby("model", sort=False), sns.color_palette()):
-        ax.plot(g["train_minutes"], 100 * g["dev_wer"], marker="o", color=color, label=model)
-        ax.fill_between(g["train_minutes"], 100 * g["dev_low"], 100 * g["dev_high"],
-                        color=color, alpha=0.15)
+    _dev_wer_lines(ax, dev, "train_minutes")
     ax.set_xlabel("training time (CPU minutes, warm start included)")
+    ax.set_ylabel("dev WER (%), 95 % interval")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_rescore_sweep(sweep: pd.DataFrame, ax: Any = None) -> Any:
+    """Dev WER (%) against the CTC weight of joint decoding, one line per model, with
+    intervals; the chosen weight (lowest dev WER) ringed.
+
+    Args:
+        sweep: rows with ``model``, ``weight``, ``dev_wer``, ``dev_low``, ``dev_high``,
+            ``chosen`` (bool).
+    """
+    ax = ax or plt.subplots()[1]
+    for g, color in _dev_wer_lines(ax, sweep, "weight"):
+        best = g[g["chosen"]]
+        ax.scatter(best["weight"], 100 * best["dev_wer"], s=160, facecolors="none",
+                   edgecolors=color, linewidths=2)
+    ax.set_xlabel("CTC weight (0: the decoder's best beam; 1: the CTC head's choice)")
     ax.set_ylabel("dev WER (%), 95 % interval")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)

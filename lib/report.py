@@ -59,6 +59,12 @@ def _verdicts(dec: str, d: dict[str, Any]) -> str:
         target = WER_TARGETS.get(test)
         met = ("" if target is None else
                f"; target ≤ {100 * target:.0f} % {'met' if t['wer'] <= target else 'not met'}")
+        resc = t.get("ctc_rescored")
+        if resc:
+            rmet = ("" if target is None else
+                    f", target {'met' if resc['wer'] <= target else 'not met'}")
+            met += (f"; with CTC rescoring (weight {resc['weight']:g}) "
+                    f"{100 * resc['wer']:.1f} %, {compare_wer(resc, t)} greedy{rmet}")
         parts.append(f"on {test} its WER is {' and '.join(vs) or 'not compared'}{met}")
     gap = d.get("audio_reliance_gap")
     listens = ("" if gap is None else
@@ -93,14 +99,17 @@ def _provenance(rec: dict[str, Any]) -> str:
 
 
 def render_ch01(rec: dict[str, Any]) -> str:
-    """Chapter 1: WER with 95 % intervals per decoder and test set, and the baselines."""
-    rows = ["| decoder | test set | utterances | SpeechLLM WER % [95 % CI] | CTC head alone "
-            "| Whisper-base (own decoder) |", "|---|---|---|---|---|---|"]
+    """Chapter 1: WER with 95 % intervals per decoder and test set (greedy, and with joint
+    CTC / attention decoding when the run has it), and the baselines."""
+    rows = ["| decoder | test set | utterances | SpeechLLM WER % [95 % CI] | SpeechLLM + CTC "
+            "rescoring | CTC head alone | Whisper-base (own decoder) |",
+            "|---|---|---|---|---|---|---|"]
     notes = []
     for dec, d in rec["decoders"].items():
         for test, t in d["test_sets"].items():
             base = t.get("baselines", {})
             rows.append(f"| {dec} | {test} | {t['n_utterances']} | {_wer(t)} | "
+                        f"{_wer(t.get('ctc_rescored'))} | "
                         f"{_wer(base.get('ctc_head'))} | {_wer(base.get('whisper'))} |")
         tr = d.get("training", {})
         notes.append(f"{dec}: {tr.get('minutes', float('nan')):.1f} min of training "

@@ -179,9 +179,11 @@ class SpeechLLM(nn.Module):
         otherwise dominate the step. No key/value cache is built (``use_cache=False``).
 
         Args:
-            reduction: ``"mean"`` per target token, or ``"sum"`` (training divides the sum
+            reduction: ``"mean"`` per target token, ``"sum"`` (training divides the sum
                 by the target tokens of all its micro-batches, so that gradient
-                accumulation weights tokens, not micro-batches).
+                accumulation weights tokens, not micro-batches), or ``"sequence"``: one
+                summed loss per utterance, ``[B]`` (minus its log-likelihood; CTC
+                rescoring compares candidate transcripts by it).
         """
         batch = self.build_inputs(feats, feat_lengths, targets)
         labels = batch["labels"]
@@ -196,20 +198,28 @@ class SpeechLLM(nn.Module):
         softcap = getattr(self.decoder.config, "final_logit_softcapping", None)
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
-        return nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]],
-                                           reduction=reduction)
+        target = labels[:, 1:][keep[:, :-1]]
+        if reduction != "sequence":
+            return nn.functional.cross_entropy(logits, target, reduction=reduction)
+        per_token = nn.functional.cross_entropy(logits, target, reduction="none")
+        rows = keep.nonzero()[:, 0]
+        return torch.zeros(labels.shape[0], device=per_token.device).index_add_(0, rows,
+                                                                                per_token)
 
     @torch.no_grad()
     def generate(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
-                 max_new_tokens: int = 64) -> list[str]:
-        """Batched greedy decoding with the KV cache (transformers ``generate``)."""
+                 max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
+        """Batched decoding with the KV cache (transformers ``generate``): greedy, or with
+        ``num_beams > 1`` beam search returning every beam's text, ``num_beams`` per
+        utterance in a row (best first)."""
         batch = self.build_inputs(feats, feat_lengths, None, left_pad=True)
         out = self.decoder.generate(
             inputs_embeds=batch["inputs_embeds"],
             attention_mask=batch["attention_mask"],
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            num_beams=1,
+            num_beams=num_beams,
+            num_return_sequences=num_beams,
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
         )

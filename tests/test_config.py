@@ -52,6 +52,9 @@ def _params(**over):
     ({"decoders": []}, "decoders"),
     ({"device": "tpu"}, "device='tpu'"),
     ({"max_test_utterances": 0}, "max_test_utterances=0"),
+    ({"rescore_beams": -1}, "rescore_beams=-1"),
+    ({"rescore_weights": [0.5, 1.5]}, r"rescore_weights=\[0.5, 1.5\].*weights in \[0, 1\]"),
+    ({"rescore_weights": []}, "rescore_weights=\\[\\]"),
 ])
 def test_bad_values_name_the_parameter(over, match):
     with pytest.raises(CompanionError, match=match):

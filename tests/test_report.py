@@ -15,6 +15,7 @@ def _ch01(tmp_path: Path) -> Path:
         "decoders": {"smollm2-135m": {
             "test_sets": {"real": {
                 "wer": 0.2345, "wer_ci95": [0.1, 0.4], "cer": 0.1, "n_utterances": 10,
+                "ctc_rescored": {"wer": 0.051, "wer_ci95": [0.0, 0.09], "weight": 0.6},
                 "baselines": {"ctc_head": {"wer": 0.5, "wer_ci95": [0.3, 0.7]},
                               "whisper": {"wer": 0.13, "wer_ci95": [0.05, 0.2]}}}},
             "training": {"recipe": "ctc-warmstart", "steps": 400, "ctc_minutes": 2.5,
@@ -37,8 +38,8 @@ def test_a_block_is_rendered_from_its_json(tmp_path):
     assert out.startswith("intro\n<!-- results: demo/ch01 -->\n") and out.endswith(
         "<!-- end results -->\nend\n")
     # Percentages with one decimal, intervals in brackets, as written by hand here:
-    assert "| smollm2-135m | real | 10 | 23.4 [10.0, 40.0] | 50.0 [30.0, 70.0] | " \
-           "13.0 [5.0, 20.0] |" in out
+    assert "| smollm2-135m | real | 10 | 23.4 [10.0, 40.0] | 5.1 [0.0, 9.0] | " \
+           "50.0 [30.0, 70.0] | 13.0 [5.0, 20.0] |" in out
     assert "9.8 min of training (2.5 min CTC warm start + 7.2 min for 400 LLM steps" in out
     assert "gap 3.46 nats/token" in out and "commit abcdef0" in out and "2 CPU cores" in out
     assert "99.9" not in out  # the typed number is gone
@@ -60,10 +61,12 @@ def test_the_readme_matches_its_results_files():
 def test_verdicts_follow_the_interval_rule_and_the_named_thresholds(tmp_path):
     """The demo record by hand: real WER [10, 40] vs CTC head [30, 70] overlap -> not
     distinguishable; vs Whisper [5, 20] overlap -> not distinguishable; 23.45 % > the 35 %
-    target? no -> met; gap 3.456 >= 1 -> reads the audio."""
+    target? no -> met; rescored [0, 9] below greedy [10, 40] -> lower, 5.1 % <= 35 % -> met;
+    gap 3.456 >= 1 -> reads the audio."""
     out = render("<!-- results: demo/ch01 -->\n<!-- end results -->", _ch01(tmp_path))
     assert ("smollm2-135m: on real its WER is not distinguishable from its CTC head's and "
-            "not distinguishable from Whisper-base's; target ≤ 35 % met; it reads the audio "
+            "not distinguishable from Whisper-base's; target ≤ 35 % met; with CTC rescoring "
+            "(weight 0.6) 5.1 %, lower than greedy, target met; it reads the audio "
             "(reliance gap 3.46 ≥ 1 nats/token)") in out
 
 
