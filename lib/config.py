@@ -465,22 +465,26 @@ CHAPTER3_PARAMS = param_names(Chapter3Params)
 CHAPTER4_PARAMS = param_names(Chapter4Params)
 
 
-def _weights(params: dict, name: str) -> tuple[float, ...]:
+def _unit_list(params: dict, name: str, closed: bool) -> tuple[float, ...]:
+    """A non-empty list of numbers in [0, 1] (``closed``) or (0, 1), sorted; one number is
+    a list of one."""
     v = params[name]
     v = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    inside = (lambda x: 0 <= x <= 1) if closed else (lambda x: 0 < x < 1)
     ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v)
-    _check(ok, name, v, "use a non-empty list of weights in [0, 1], e.g. [0, 0.5, 1]")
-    return tuple(sorted({float(x) for x in v}))
+        isinstance(x, (int, float)) and not isinstance(x, bool) and inside(x) for x in v)
+    what = ("weights in [0, 1], e.g. [0, 0.5, 1]" if closed else
+            "fractions in (0, 1), e.g. [0.25, 0.5]")
+    _check(ok, name, v, f"use a non-empty list of {what}")
+    return tuple(sorted(float(x) for x in v))
+
+
+def _weights(params: dict, name: str) -> tuple[float, ...]:
+    return tuple(dict.fromkeys(_unit_list(params, name, closed=True)))
 
 
 def _fractions(params: dict, name: str) -> tuple[float, ...]:
-    v = params[name]
-    v = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in v)
-    _check(ok, name, v, "use a non-empty list of fractions in (0, 1), e.g. [0.25, 0.5]")
-    return tuple(sorted(float(x) for x in v))
+    return _unit_list(params, name, closed=False)
 
 
 def _names(params: dict, name: str, known: Any) -> tuple[str, ...]:

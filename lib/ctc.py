@@ -123,13 +123,20 @@ def ctc_loss(model: SpeechLLM, head: CTCHead, feats: torch.Tensor, lengths: torc
     """
     if offset:
         feats, lengths = feats[:, offset:], (lengths - offset).clamp(min=1)
+    return _ctc_nll(model, head, feats, lengths, _targets(model, head, texts), "mean", True)
+
+
+def _ctc_nll(model: SpeechLLM, head: CTCHead, feats: torch.Tensor, lengths: torch.Tensor,
+             targets: Sequence[Sequence[int]], reduction: str,
+             zero_infinity: bool) -> torch.Tensor:
+    """PyTorch's ``ctc_loss`` (blank 0) of the head's classes ``targets`` after the
+    projector: the one CTC computation behind training and rescoring."""
     z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
     logp = torch.log_softmax(head(z), -1).transpose(0, 1)
-    targets = _targets(model, head, texts)
     flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
     t_len = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
     return nn.functional.ctc_loss(logp, flat, z_len.cpu(), t_len, blank=0,
-                                  reduction="mean", zero_infinity=True)
+                                  reduction=reduction, zero_infinity=zero_infinity)
 
 
 @torch.no_grad()
@@ -142,15 +149,10 @@ def ctc_logprob(model: SpeechLLM, head: CTCHead, feats: torch.Tensor, lengths: t
     gets ``-inf``; an empty text is the all-blank path.
     """
     index = head.index
-    z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
-    logp = torch.log_softmax(head(z), -1).transpose(0, 1)
     pieces = [model.target_ids(t)[:-1] if t.strip() else [] for t in texts]
     ok = torch.tensor([all(p in index for p in seq) for seq in pieces])
     targets = [[index.get(p, 1) for p in seq] for seq in pieces]
-    flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
-    t_len = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
-    nll = nn.functional.ctc_loss(logp, flat, z_len.cpu(), t_len, blank=0, reduction="none",
-                                 zero_infinity=False).float().cpu()
+    nll = _ctc_nll(model, head, feats, lengths, targets, "none", False).float().cpu()
     return torch.where(ok, -nll, torch.tensor(float("-inf")))
 
 

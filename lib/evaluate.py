@@ -192,7 +192,7 @@ class Rescoring:
 
     head: CTCHead  # the warm start's, trained with this model's projector
     weight: float = 0.5
-    num_beams: int = 4
+    num_beams: int = 2  # chapter 1's default (rescore_beams)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weight <= 1.0:
@@ -218,7 +218,7 @@ Candidate = tuple[str, float, float]
 
 
 def rescore_candidates(model: SpeechLLM, feats: Any, lengths: Any, head: CTCHead,
-                       num_beams: int = 4, max_new_tokens: int = 64,
+                       num_beams: int = 2, max_new_tokens: int = 64,
                        chunk: int = 32) -> list[list[Candidate]]:
     """The candidates of each utterance of one batch, with both log-likelihoods.
 
@@ -282,7 +282,7 @@ def transcribe(model: SpeechLLM, data: FeatureSet, batch_size: int = 16,
 
 
 def transcribe_candidates(model: SpeechLLM, data: FeatureSet, head: CTCHead,
-                          num_beams: int = 4,
+                          num_beams: int = 2,
                           batch_size: int = 16, max_new_tokens: int = 64,
                           desc: str = "decoding (beams + CTC)") -> list[list[Candidate]]:
     """:func:`rescore_candidates` of every utterance in ``data`` (in order): one decoding
