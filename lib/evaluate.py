@@ -136,6 +136,53 @@ def bootstrap_wer_ci(errors: Sequence[int], counts: Sequence[int], n_boot: int =
     return [float(low), float(high)]
 
 
+def paired_wer_difference(errors_a: Sequence[int], errors_b: Sequence[int],
+                          counts: Sequence[int], n_boot: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> dict[str, Any]:
+    """WER of system ``a`` minus WER of ``b`` on the same utterances, with a paired bootstrap.
+
+    Each replicate draws utterances with replacement and computes both corpus WERs on the
+    *same* draw, so what the two systems share (an utterance hard for both) cancels: the
+    interval of the difference is much narrower than the two WER intervals side by side.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Returns:
+        ``difference`` and ``difference_ci95`` (``[low, high]``), as fractions.
+
+    Raises:
+        CompanionError: the three lists do not cover the same (non-empty) utterances.
+    """
+    import numpy as np
+
+    ea, eb = np.asarray(errors_a, dtype=float), np.asarray(errors_b, dtype=float)
+    w = np.asarray(counts, dtype=float)
+    if len(w) == 0 or not len(ea) == len(eb) == len(w):
+        raise CompanionError(f"paired_wer_difference needs the same utterances for both "
+                             f"systems ({len(ea)} and {len(eb)} error counts, {len(w)} word "
+                             "counts): score them on the same test set")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(w), size=(n_boot, len(w)))
+    words = np.maximum(w[idx].sum(1), 1)
+    diffs = (ea[idx].sum(1) - eb[idx].sum(1)) / words
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return {"difference": float((ea.sum() - eb.sum()) / max(w.sum(), 1)),
+            "difference_ci95": [float(low), float(high)]}
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """:func:`paired_wer_difference` of two score dicts (:func:`score_asr`) of one test set.
+
+    Raises:
+        CompanionError: the two were scored on different utterances.
+    """
+    if a.get("utterance_words") != b.get("utterance_words"):
+        raise CompanionError("the two scores are not of the same utterances (their reference "
+                             "word counts differ): score both systems on the same test set")
+    return paired_wer_difference(a["utterance_errors"], b["utterance_errors"],
+                                 a["utterance_words"], **kwargs)
+
+
 @functools.lru_cache(maxsize=4096)
 def _norm_words(s: str) -> str:
     return english_normalizer()(s)

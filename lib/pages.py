@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from lib.data.corpus import voice_family
-from lib.evaluate import audio_reliance
+from lib.evaluate import audio_reliance, paired_difference
 from lib.experiment import ModelRun, slug
 from lib.features import FeatureSet
 from lib.speechllm import SpeechLLM
@@ -110,7 +110,8 @@ def headline_ch01(runs: dict[str, ModelRun], whisper: dict[str, dict[str, Any]],
                   reliance: Any) -> dict[str, Any]:
     """Chapter 1's figures of record (``results/<preset>/ch01.json``): per decoder and
     test set ``wer``, ``wer_ci95``, ``n_utterances``, the baselines' scores and (when run)
-    ``ctc_rescored`` (joint decoding: ``wer``, ``wer_ci95``, the dev-chosen ``weight``);
+    ``ctc_rescored`` (joint decoding: ``wer``, ``wer_ci95``, the dev-chosen ``weight``, and
+    ``vs_greedy``, its paired difference from greedy decoding);
     training minutes and the audio-reliance gap per decoder."""
     out: dict[str, Any] = {}
     gaps = dict(zip(reliance["model"], reliance["loss, other audio"] - reliance["loss, own audio"]))
@@ -127,7 +128,8 @@ def headline_ch01(runs: dict[str, ModelRun], whisper: dict[str, dict[str, Any]],
             if test in r.rescored.get("scores", {}):
                 rs = r.rescored["scores"][test]
                 tests[test]["ctc_rescored"] = {"wer": rs["wer"], "wer_ci95": rs["wer_ci95"],
-                                               "weight": r.rescored["weight"]}
+                                               "weight": r.rescored["weight"],
+                                               "vs_greedy": paired_difference(rs, s)}
         ctc_min = r.warm_start.wall_time_s / 60 if r.warm_start else 0.0
         llm_min = r.train.result["provenance"]["wall_time_s"] / 60
         out[slug(name)] = {

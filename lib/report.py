@@ -48,6 +48,19 @@ def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
     return "not distinguishable from"
 
 
+def paired_verdict(d: dict[str, Any]) -> str:
+    """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"`` for a paired
+    difference (:func:`lib.evaluate.paired_difference`, ``a`` minus ``b``): ``a`` beats ``b``
+    when the 95 % interval of the difference lies wholly below zero. The rule for two
+    systems on the same utterances (chapter 1's rescored against greedy)."""
+    low, high = d["difference_ci95"]
+    if high < 0:
+        return "lower than"
+    if low > 0:
+        return "higher than"
+    return "not distinguishable from"
+
+
 def _verdicts(dec: str, d: dict[str, Any]) -> str:
     """One sentence per decoder, every clause computed from the record by a named rule."""
     parts = []
@@ -63,8 +76,12 @@ def _verdicts(dec: str, d: dict[str, Any]) -> str:
         if resc:
             rmet = ("" if target is None else
                     f", target {'met' if resc['wer'] <= target else 'not met'}")
+            diff = resc["vs_greedy"]
             met += (f"; with CTC rescoring (weight {resc['weight']:g}) "
-                    f"{100 * resc['wer']:.1f} %, {compare_wer(resc, t)} greedy{rmet}")
+                    f"{100 * resc['wer']:.1f} %, {paired_verdict(diff)} greedy "
+                    f"(paired difference {100 * diff['difference']:+.1f} points, "
+                    "95 % interval {:+.1f} to {:+.1f}){}".format(
+                        *(100 * x for x in diff["difference_ci95"]), rmet))
         parts.append(f"on {test} its WER is {' and '.join(vs) or 'not compared'}{met}")
     gap = d.get("audio_reliance_gap")
     listens = ("" if gap is None else

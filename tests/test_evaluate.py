@@ -7,7 +7,8 @@ import random
 import pytest
 
 from lib.errors import CompanionError
-from lib.evaluate import bootstrap_wer_ci, english_normalizer, score_asr, utterance_wer
+from lib.evaluate import (bootstrap_wer_ci, english_normalizer, paired_difference,
+                          paired_wer_difference, score_asr, utterance_wer)
 
 
 def test_wer_counts_by_hand():
@@ -95,6 +96,58 @@ def test_bootstrap_interval_matches_a_slow_resampling_loop():
     # Two independent Monte Carlo estimates of the same percentiles: close, not equal.
     assert lo == pytest.approx(ref_lo, abs=0.02) and hi == pytest.approx(ref_hi, abs=0.02)
     assert lo < sum(errors) / sum(words) < hi
+
+
+def test_paired_difference_is_exact_when_one_system_makes_one_error_more_everywhere():
+    # b makes exactly one more error than a in every 4-word utterance: every resample has
+    # WER(a) - WER(b) = -n / (4 n) = -0.25, however different the utterances are.
+    d = paired_wer_difference([0, 3, 1, 4, 2], [1, 4, 2, 5, 3], [4, 4, 4, 4, 4])
+    assert d["difference"] == pytest.approx(-0.25)
+    assert d["difference_ci95"] == pytest.approx([-0.25, -0.25])
+
+
+def test_paired_difference_matches_a_slow_resampling_loop():
+    a = [0, 3, 1, 7, 2, 0, 5, 1, 0, 4]
+    b = [1, 5, 1, 6, 4, 2, 5, 3, 0, 6]
+    words = [8, 9, 6, 12, 7, 5, 10, 9, 4, 11]
+    d = paired_wer_difference(a, b, words, n_boot=4000, seed=3)
+    rng = random.Random(11)
+    diffs = []
+    for _ in range(4000):
+        draw = [rng.randrange(10) for _ in range(10)]
+        n = sum(words[i] for i in draw)
+        diffs.append((sum(a[i] for i in draw) - sum(b[i] for i in draw)) / n)
+    diffs.sort()
+    lo, hi = diffs[int(0.025 * 4000)], diffs[int(0.975 * 4000) - 1]
+    assert d["difference"] == pytest.approx((23 - 33) / 81)
+    assert d["difference_ci95"] == pytest.approx([lo, hi], abs=0.02)
+
+
+def test_pairing_separates_what_side_by_side_intervals_cannot():
+    """Utterance difficulty varies a lot (wide WER intervals that overlap), but b is worse on
+    every utterance: the unpaired rule cannot tell them apart, the paired one can."""
+    from lib.report import compare_wer, paired_verdict
+
+    words = [10] * 12
+    a = [0, 1, 8, 2, 9, 0, 7, 1, 6, 3, 9, 2]
+    b = [x + 1 for x in a]
+    sa = {"wer_ci95": bootstrap_wer_ci(a, words)}
+    sb = {"wer_ci95": bootstrap_wer_ci(b, words)}
+    assert compare_wer(sa, sb) == "not distinguishable from"
+    d = paired_wer_difference(a, b, words)
+    assert paired_verdict(d) == "lower than"
+    assert paired_verdict(paired_wer_difference(b, a, words)) == "higher than"
+    assert paired_verdict({"difference_ci95": [-0.01, 0.02]}) == "not distinguishable from"
+
+
+def test_paired_difference_refuses_different_utterances():
+    x = {"utterance_errors": [1, 2], "utterance_words": [5, 6]}
+    y = {"utterance_errors": [1, 2], "utterance_words": [5, 7]}
+    with pytest.raises(CompanionError, match="same test set"):
+        paired_difference(x, y)
+    with pytest.raises(CompanionError, match="same utterances"):
+        paired_wer_difference([1, 2], [1], [5, 6])
+    assert paired_difference(x, x)["difference_ci95"] == [0.0, 0.0]
 
 
 def test_score_asr_reports_the_interval():

@@ -15,7 +15,9 @@ def _ch01(tmp_path: Path) -> Path:
         "decoders": {"smollm2-135m": {
             "test_sets": {"real": {
                 "wer": 0.2345, "wer_ci95": [0.1, 0.4], "cer": 0.1, "n_utterances": 10,
-                "ctc_rescored": {"wer": 0.051, "wer_ci95": [0.0, 0.09], "weight": 0.6},
+                "ctc_rescored": {"wer": 0.051, "wer_ci95": [0.0, 0.09], "weight": 0.6,
+                                 "vs_greedy": {"difference": -0.1835,
+                                               "difference_ci95": [-0.3, -0.05]}},
                 "baselines": {"ctc_head": {"wer": 0.5, "wer_ci95": [0.3, 0.7]},
                               "whisper": {"wer": 0.13, "wer_ci95": [0.05, 0.2]}}}},
             "training": {"recipe": "ctc-warmstart", "steps": 400, "ctc_minutes": 2.5,
@@ -66,7 +68,8 @@ def test_verdicts_follow_the_interval_rule_and_the_named_thresholds(tmp_path):
     out = render("<!-- results: demo/ch01 -->\n<!-- end results -->", _ch01(tmp_path))
     assert ("smollm2-135m: on real its WER is not distinguishable from its CTC head's and "
             "not distinguishable from Whisper-base's; target ≤ 35 % met; with CTC rescoring "
-            "(weight 0.6) 5.1 %, lower than greedy, target met; it reads the audio "
+            "(weight 0.6) 5.1 %, lower than greedy (paired difference -18.4 points, 95 % interval "
+            "-30.0 to -5.0), target met; it reads the audio "
             "(reliance gap 3.46 ≥ 1 nats/token)") in out
 
 
