@@ -137,7 +137,9 @@ def render_ch01(rec: dict[str, Any]) -> str:
     verdicts = [_verdicts(dec, d) for dec, d in rec["decoders"].items()]
     text = "\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes + verdicts)
     return (text + "\nVerdicts: one WER is lower or higher than another only when their 95 % "
-            "intervals do not overlap.\n\n" + _provenance(rec) + "\n")
+            "intervals do not overlap; rescored against greedy (the same utterances, decoded "
+            "twice), only when the 95 % interval of their paired bootstrap difference lies "
+            "wholly on one side of zero.\n\n" + _provenance(rec) + "\n")
 
 
 def _f2(x: Any) -> str:
