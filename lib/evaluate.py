@@ -121,16 +121,22 @@ def bootstrap_wer_ci(errors: Sequence[int], counts: Sequence[int], n_boot: int =
     Returns:
         ``[low, high]`` as fractions.
     """
+    if len(errors) == 0 or len(errors) != len(counts):
+        raise CompanionError("bootstrap_wer_ci needs matching, non-empty error and word counts")
+    return _bootstrap_rate(errors, counts, n_boot, seed, level)
+
+
+def _bootstrap_rate(errors: Sequence[float], counts: Sequence[int], n_boot: int, seed: int,
+                    level: float) -> list[float]:
+    """Percentile interval of ``sum(errors) / sum(counts)`` over utterances resampled with
+    replacement (``errors`` may be a per-utterance difference of two systems)."""
     import numpy as np
 
     e = np.asarray(errors, dtype=float)
     w = np.asarray(counts, dtype=float)
-    if len(e) == 0 or len(e) != len(w):
-        raise CompanionError("bootstrap_wer_ci needs matching, non-empty error and word counts")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(e), size=(n_boot, len(e)))
-    words = w[idx].sum(1)
-    rates = e[idx].sum(1) / np.maximum(words, 1)
+    rates = e[idx].sum(1) / np.maximum(w[idx].sum(1), 1)
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(rates, [tail, 100 - tail])
     return [float(low), float(high)]
@@ -152,22 +158,13 @@ def paired_wer_difference(errors_a: Sequence[int], errors_b: Sequence[int],
     Raises:
         CompanionError: the three lists do not cover the same (non-empty) utterances.
     """
-    import numpy as np
-
-    ea, eb = np.asarray(errors_a, dtype=float), np.asarray(errors_b, dtype=float)
-    w = np.asarray(counts, dtype=float)
-    if len(w) == 0 or not len(ea) == len(eb) == len(w):
+    if len(counts) == 0 or not len(errors_a) == len(errors_b) == len(counts):
         raise CompanionError(f"paired_wer_difference needs the same utterances for both "
-                             f"systems ({len(ea)} and {len(eb)} error counts, {len(w)} word "
-                             "counts): score them on the same test set")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(w), size=(n_boot, len(w)))
-    words = np.maximum(w[idx].sum(1), 1)
-    diffs = (ea[idx].sum(1) - eb[idx].sum(1)) / words
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    return {"difference": float((ea.sum() - eb.sum()) / max(w.sum(), 1)),
-            "difference_ci95": [float(low), float(high)]}
+                             f"systems ({len(errors_a)} and {len(errors_b)} error counts, "
+                             f"{len(counts)} word counts): score them on the same test set")
+    diff = [a - b for a, b in zip(errors_a, errors_b)]
+    return {"difference": sum(diff) / max(sum(counts), 1),
+            "difference_ci95": _bootstrap_rate(diff, counts, n_boot, seed, level)}
 
 
 def paired_difference(a: dict[str, Any], b: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from lib.config import Chapter1Config, ModelConfig, config_hash, resolve_device
 from lib.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start
 from lib.data.sources import load_source
 from lib.errors import CompanionError
-from lib.evaluate import (Rescoring, choose, evaluate_asr, score_ctc, score_task,
-                          transcribe, transcribe_candidates)
+from lib.evaluate import (Rescoring, choose, evaluate_asr, paired_difference, score_ctc,
+                          score_task, transcribe, transcribe_candidates)
 from lib.features import FeatureSet, extract_features
 from lib.paths import cache_subdir
 from lib.components import build_encoder
@@ -146,8 +146,10 @@ def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
     log-likelihoods, the dev WER is computed for each of ``rescore_weights`` and the lowest
     wins (ties: the smaller weight, closer to the plain decoder). Every test set is then
     decoded with that weight and scored like the greedy SpeechLLM (cached by key beside the
-    run). Sets ``run.rescored`` and returns it: ``{"sweep": [{"weight", "dev_wer",
-    "dev_wer_ci95"}, ...], "weight": w, "scores": {test: score}}``; ``{}`` when the run has
+    run), and compared with the greedy score of the same test set by a paired bootstrap
+    (:func:`lib.evaluate.paired_difference`, rescored minus greedy). Sets ``run.rescored``
+    and returns it: ``{"sweep": [{"weight", "dev_wer", "dev_wer_ci95"}, ...], "weight": w,
+    "scores": {test: score}, "vs_greedy": {test: difference}}``; ``{}`` when the run has
     no CTC head (recipe ``plain``), ``rescore_beams`` is 0 or there is no dev subset.
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
     """
@@ -179,7 +181,9 @@ def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
                                  ev.max_new_tokens, ev.max_utterances, config=cfg,
                                  rescore=rescore)
               for test, fs in tests.items()}
-    run.rescored = {"sweep": sweep, "weight": best, "scores": scores}
+    vs_greedy = {test: paired_difference(s, run.scores[test])
+                 for test, s in scores.items() if test in run.scores}
+    run.rescored = {"sweep": sweep, "weight": best, "scores": scores, "vs_greedy": vs_greedy}
     return run.rescored
 
 

@@ -41,11 +41,7 @@ def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
     ``b`` only when their 95 % bootstrap intervals do not overlap (a conservative rule, the
     one chapter 1's verdicts and the README's use). Explained in chapter 1."""
     (a_lo, a_hi), (b_lo, b_hi) = a["wer_ci95"], b["wer_ci95"]
-    if a_hi < b_lo:
-        return "lower than"
-    if a_lo > b_hi:
-        return "higher than"
-    return "not distinguishable from"
+    return _sign_verdict(a_lo - b_hi, a_hi - b_lo)  # the widest a - b the intervals allow
 
 
 def paired_verdict(d: dict[str, Any]) -> str:
@@ -53,7 +49,11 @@ def paired_verdict(d: dict[str, Any]) -> str:
     difference (:func:`lib.evaluate.paired_difference`, ``a`` minus ``b``): ``a`` beats ``b``
     when the 95 % interval of the difference lies wholly below zero. The rule for two
     systems on the same utterances (chapter 1's rescored against greedy)."""
-    low, high = d["difference_ci95"]
+    return _sign_verdict(*d["difference_ci95"])
+
+
+def _sign_verdict(low: float, high: float) -> str:
+    """The verdict on ``a`` against ``b`` from an interval of ``a - b``: which side of zero."""
     if high < 0:
         return "lower than"
     if low > 0:

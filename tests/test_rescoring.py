@@ -13,7 +13,7 @@ import torch
 from lib.config import ModelConfig
 from lib.ctc import build_ctc_head, ctc_greedy, ctc_logprob
 from lib.errors import CompanionError
-from lib.evaluate import Rescoring, transcribe
+from lib.evaluate import Rescoring, evaluate_asr, transcribe
 from lib.features import FeatureSet
 from lib.speechllm import build_speechllm
 
@@ -138,8 +138,10 @@ def test_rescore_run_picks_the_lowest_dev_wer_and_reuses_its_sweep(model, random
     ev = EvalConfig(batch_size=4, max_new_tokens=5, rescore_beams=2,
                     rescore_weights=(0.0, 0.5, 1.0))
     cfg = SimpleNamespace(eval=ev, dev_utterances=3)
+    greedy = evaluate_asr(model, tests["t"], tmp_path, "t", 4, 5)
     run = SimpleNamespace(model=model, warm_start=SimpleNamespace(head=head),
-                          train=SimpleNamespace(run_dir=tmp_path), rescored={})
+                          train=SimpleNamespace(run_dir=tmp_path), rescored={},
+                          scores={"t": greedy})
     out = experiment.rescore_run(run, cfg, train, tests)
 
     dev_utts = train.utterances[-3:]  # the last dev_utterances of the training data
@@ -154,6 +156,9 @@ def test_rescore_run_picks_the_lowest_dev_wer_and_reuses_its_sweep(model, random
     assert [r["dev_wer"] for r in out["sweep"]] == pytest.approx([wers[w] for w in (0, .5, 1)])
     assert set(out["scores"]) == {"t"} and out["scores"]["t"]["decoding"] == {
         "ctc_rescore": {"ctc_rescore_weight": best, "num_beams": 2}}
+    # the paired comparison with greedy: its point value is the difference of the two WERs
+    assert out["vs_greedy"]["t"]["difference"] == pytest.approx(
+        out["scores"]["t"]["wer"] - greedy["wer"])
 
     def fail(*a, **k):
         raise AssertionError("the dev sweep was decoded again")
