@@ -280,6 +280,29 @@ def _decode_saved(folder: str, feats: torch.Tensor, lengths: torch.Tensor,
     return int(ids.numel())
 
 
+def peak_summary(peaks: dict[str, list[float]]) -> dict[str, Any]:
+    """Medians and spread of the peak memory (MiB) of fresh processes, per model.
+
+    Args:
+        peaks: ``{"full": [...], "pruned": [...]}``, one peak per process (round).
+
+    Returns:
+        ``peak_mib_full`` and ``peak_mib_pruned`` (medians; NaN for no rounds), the rounds
+        themselves as ``peak_mib_full_rounds`` / ``peak_mib_pruned_rounds``, and
+        ``peak_spread_mib``: the largest max - min among one model's rounds, the noise a
+        change of the medians is judged against (:func:`lib.report.memory_verdict`); NaN
+        when no model has two rounds.
+    """
+    spreads = [max(v) - min(v) for v in peaks.values() if len(v) > 1]
+    out: dict[str, Any] = {}
+    for name in ("full", "pruned"):
+        rounds = list(peaks.get(name, []))
+        out[f"peak_mib_{name}"] = median(rounds) if rounds else float("nan")
+        out[f"peak_mib_{name}_rounds"] = rounds
+    out["peak_spread_mib"] = max(spreads) if spreads else float("nan")
+    return out
+
+
 def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
                      rounds: int = 3, full_folder: Any = None,
                      pruned_folder: Any = None, memory_rounds: int = 3) -> dict[str, float]:
@@ -298,8 +321,8 @@ def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
     Returns:
         ``speedup``, ``ideal_speedup``, ``speedup_over_ideal``, ``seconds_full``,
         ``seconds_pruned`` (medians), ``params_full_m``, ``params_pruned_m`` (decoder
-        parameters, millions), ``param_mib_full``, ``param_mib_pruned``, ``peak_mib_full``,
-        ``peak_mib_pruned`` (NaN without folders), ``batch``, ``prompt_tokens``,
+        parameters, millions), ``param_mib_full``, ``param_mib_pruned``, the peak memory
+        figures of :func:`peak_summary` (NaN without folders), ``batch``, ``prompt_tokens``,
         ``new_tokens``.
     """
     from lib.components import eval_mode
@@ -336,7 +359,7 @@ def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
             if folder is not None:
                 peaks[name].append(run_isolated(_decode_saved, str(folder), feats, lengths,
                                                 new_tokens)[1] / mib)
-    peak = {k: median(v) if v else float("nan") for k, v in peaks.items()}
+    peak = peak_summary(peaks)
     n_full = sum(p.numel() for n, p in full.decoder.named_parameters() if "lora_" not in n)
     n_pruned = sum(p.numel() for n, p in pruned.decoder.named_parameters() if "lora_" not in n)
     return {"speedup": speed, "ideal_speedup": ideal, "speedup_over_ideal": speed / ideal,
@@ -345,5 +368,4 @@ def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
             "params_full_m": n_full / 1e6, "params_pruned_m": n_pruned / 1e6,
             "param_mib_full": parameter_bytes(full.decoder) / mib,
             "param_mib_pruned": parameter_bytes(pruned.decoder) / mib,
-            "peak_mib_full": peak["full"], "peak_mib_pruned": peak["pruned"],
-            "batch": len(data), "prompt_tokens": prompt, "new_tokens": new_tokens}
+            **peak, "batch": len(data), "prompt_tokens": prompt, "new_tokens": new_tokens}

@@ -61,6 +61,29 @@ def _sign_verdict(low: float, high: float) -> str:
     return "not distinguishable from"
 
 
+def memory_verdict(cost: dict[str, Any]) -> str:
+    """Whether pruning lowered the peak memory of a fresh decoding process, as a phrase.
+
+    One process's peak varies from run to run, so the change of the medians
+    (pruned - full, :func:`lib.cost.compare_decoding`) counts only beyond the noise measured
+    in the same run: ``peak_spread_mib``, the largest max - min among one model's rounds.
+    The verdict is :func:`_sign_verdict`'s on ``change ± spread``: "the peak fell" only when
+    the change is below minus the spread. Explained in chapter 4.
+    """
+    change = cost["peak_mib_pruned"] - cost["peak_mib_full"]
+    if change != change:  # NaN: no saved folders, no processes
+        return "no peak measured"
+    if "peak_spread_mib" not in cost:  # a record written before the spread was kept
+        return "no spread recorded to judge the change against"
+    spread = cost["peak_spread_mib"]
+    if spread != spread:
+        return "one process per model, so no spread to judge the change against"
+    verdict = _sign_verdict(change - spread, change + spread)
+    said = {"lower than": "the peak fell", "higher than": "the peak rose",
+            "not distinguishable from": "no change beyond the noise"}[verdict]
+    return f"{said} (the rounds of one model spread over up to {spread:.0f} MiB)"
+
+
 def _verdicts(dec: str, d: dict[str, Any]) -> str:
     """One sentence per decoder, every clause computed from the record by a named rule."""
     parts = []
@@ -238,7 +261,8 @@ def render_ch04(rec: dict[str, Any]) -> str:
                          f"(ideal from FLOPs {c['ideal_speedup']:.2f}x, ratio "
                          f"{c['speedup'] / c['ideal_speedup']:.2f}); decoder parameters "
                          f"{c['params_full_m']:.0f} M -> {c['params_pruned_m']:.0f} M; peak "
-                         f"memory {c['peak_mib_full']:.0f} -> {c['peak_mib_pruned']:.0f} MiB")
+                         f"memory {c['peak_mib_full']:.0f} -> {c['peak_mib_pruned']:.0f} MiB, "
+                         f"{memory_verdict(c)}")
         same = [t for t, x in e.get("tests", {}).items() if x.get("same_transcripts_as_in_memory")]
         if e.get("tests"):
             notes.append(f"{dec}: saved, reloaded with plain transformers; same transcripts as "

@@ -12,7 +12,7 @@ import math
 import pytest
 
 from lib.config import ModelConfig
-from lib.cost import compare_decoding
+from lib.cost import compare_decoding, peak_summary
 from lib.heal import merged_copy, pruned_copy, save_speechllm
 from lib.speechllm import build_speechllm
 
@@ -53,3 +53,17 @@ def test_peak_memory_of_saved_models(tiny_pair, random_features, tmp_path):
     # a fresh process holding the model holds at least its parameters
     assert c["peak_mib_full"] > c["param_mib_full"] > c["param_mib_pruned"]
     assert c["peak_mib_pruned"] > c["param_mib_pruned"]
+    # one process per model: the median is that process's peak, and no spread is measured
+    assert c["peak_mib_full_rounds"] == [c["peak_mib_full"]]
+    assert c["peak_mib_pruned_rounds"] == [c["peak_mib_pruned"]]
+    assert math.isnan(c["peak_spread_mib"])
+
+
+def test_peak_summary_by_hand():
+    s = peak_summary({"full": [1200.0, 1100.0, 1150.0], "pruned": [1000.0, 1090.0]})
+    assert s["peak_mib_full"] == 1150.0  # the middle of three
+    assert s["peak_mib_pruned"] == 1045.0  # the mean of the middle two
+    assert s["peak_spread_mib"] == 100.0  # max(1200 - 1100, 1090 - 1000)
+    assert s["peak_mib_full_rounds"] == [1200.0, 1100.0, 1150.0]
+    empty = peak_summary({"full": [], "pruned": []})
+    assert math.isnan(empty["peak_mib_full"]) and math.isnan(empty["peak_spread_mib"])

@@ -115,3 +115,23 @@ def test_chapter_2_block_shows_each_figure_beside_its_chance_level(tmp_path):
     assert "commit abcdef0" in out and render(out, root) == out
     missing = render("<!-- results: nothere/ch02 -->\n<!-- end results -->", tmp_path)
     assert "no full `nothere` run recorded yet" in missing
+
+
+def test_memory_verdict_judges_the_change_against_the_spread_of_the_rounds():
+    from lib.report import memory_verdict
+
+    def cost(full, pruned, spread):
+        return {"peak_mib_full": full, "peak_mib_pruned": pruned, "peak_spread_mib": spread}
+
+    # 72 MiB less, rounds spread over 40: the interval -72 ± 40 lies below zero
+    assert memory_verdict(cost(1957, 1885, 40.0)).startswith("the peak fell")
+    # 1 MiB less against a 150 MiB spread: no verdict
+    assert memory_verdict(cost(1154, 1153, 150.0)).startswith("no change beyond the noise")
+    # a change exactly as large as the spread is not beyond it
+    assert memory_verdict(cost(1000, 960, 40.0)).startswith("no change beyond the noise")
+    assert memory_verdict(cost(1000, 1060, 20.0)).startswith("the peak rose")
+    assert "up to 40 MiB" in memory_verdict(cost(1957, 1885, 40.0))
+    assert memory_verdict(cost(1000, 900, float("nan"))).startswith("one process per model")
+    assert memory_verdict({"peak_mib_full": 1000, "peak_mib_pruned": 900}).startswith(
+        "no spread recorded")
+    assert memory_verdict(cost(float("nan"), float("nan"), float("nan"))) == "no peak measured"
