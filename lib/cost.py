@@ -281,25 +281,21 @@ def _decode_saved(folder: str, feats: torch.Tensor, lengths: torch.Tensor,
 
 
 def peak_summary(peaks: dict[str, list[float]]) -> dict[str, Any]:
-    """Medians and spread of the peak memory (MiB) of fresh processes, per model.
+    """Medians of the peak memory (MiB) of fresh processes per model, beside the rounds.
 
     Args:
         peaks: ``{"full": [...], "pruned": [...]}``, one peak per process (round).
 
     Returns:
-        ``peak_mib_full`` and ``peak_mib_pruned`` (medians; NaN for no rounds), the rounds
-        themselves as ``peak_mib_full_rounds`` / ``peak_mib_pruned_rounds``, and
-        ``peak_spread_mib``: the largest max - min among one model's rounds, the noise a
-        change of the medians is judged against (:func:`lib.report.memory_verdict`); NaN
-        when no model has two rounds.
+        ``peak_mib_full`` and ``peak_mib_pruned`` (medians; NaN for no rounds) and the rounds
+        themselves as ``peak_mib_full_rounds`` / ``peak_mib_pruned_rounds``, whose spread
+        (:func:`lib.report.peak_spread`) a change of the medians is judged against.
     """
-    spreads = [max(v) - min(v) for v in peaks.values() if len(v) > 1]
     out: dict[str, Any] = {}
     for name in ("full", "pruned"):
         rounds = list(peaks.get(name, []))
         out[f"peak_mib_{name}"] = median(rounds) if rounds else float("nan")
         out[f"peak_mib_{name}_rounds"] = rounds
-    out["peak_spread_mib"] = max(spreads) if spreads else float("nan")
     return out
 
 

@@ -61,21 +61,30 @@ def _sign_verdict(low: float, high: float) -> str:
     return "not distinguishable from"
 
 
+def peak_spread(cost: dict[str, Any]) -> float:
+    """The noise of a peak-memory measurement (MiB): the largest max - min among one
+    model's rounds (``peak_mib_full_rounds``, ``peak_mib_pruned_rounds`` of
+    :func:`lib.cost.compare_decoding`); NaN when no model has two rounds."""
+    spreads = [max(r) - min(r) for r in (cost.get("peak_mib_full_rounds", []),
+                                         cost.get("peak_mib_pruned_rounds", [])) if len(r) > 1]
+    return max(spreads) if spreads else float("nan")
+
+
 def memory_verdict(cost: dict[str, Any]) -> str:
     """Whether pruning lowered the peak memory of a fresh decoding process, as a phrase.
 
     One process's peak varies from run to run, so the change of the medians
     (pruned - full, :func:`lib.cost.compare_decoding`) counts only beyond the noise measured
-    in the same run: ``peak_spread_mib``, the largest max - min among one model's rounds.
-    The verdict is :func:`_sign_verdict`'s on ``change ± spread``: "the peak fell" only when
-    the change is below minus the spread. Explained in chapter 4.
+    in the same run, :func:`peak_spread`. The verdict is :func:`_sign_verdict`'s on
+    ``change ± spread``: "the peak fell" only when the change is below minus the spread.
+    Explained in chapter 4.
     """
     change = cost["peak_mib_pruned"] - cost["peak_mib_full"]
     if change != change:  # NaN: no saved folders, no processes
         return "no peak measured"
-    if "peak_spread_mib" not in cost:  # a record written before the spread was kept
+    if "peak_mib_full_rounds" not in cost:  # a record written before the rounds were kept
         return "no spread recorded to judge the change against"
-    spread = cost["peak_spread_mib"]
+    spread = peak_spread(cost)
     if spread != spread:
         return "one process per model, so no spread to judge the change against"
     verdict = _sign_verdict(change - spread, change + spread)

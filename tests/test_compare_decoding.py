@@ -13,6 +13,7 @@ import pytest
 
 from lib.config import ModelConfig
 from lib.cost import compare_decoding, peak_summary
+from lib.report import peak_spread
 from lib.heal import merged_copy, pruned_copy, save_speechllm
 from lib.speechllm import build_speechllm
 
@@ -56,14 +57,14 @@ def test_peak_memory_of_saved_models(tiny_pair, random_features, tmp_path):
     # one process per model: the median is that process's peak, and no spread is measured
     assert c["peak_mib_full_rounds"] == [c["peak_mib_full"]]
     assert c["peak_mib_pruned_rounds"] == [c["peak_mib_pruned"]]
-    assert math.isnan(c["peak_spread_mib"])
+    assert math.isnan(peak_spread(c))
 
 
 def test_peak_summary_by_hand():
     s = peak_summary({"full": [1200.0, 1100.0, 1150.0], "pruned": [1000.0, 1090.0]})
     assert s["peak_mib_full"] == 1150.0  # the middle of three
     assert s["peak_mib_pruned"] == 1045.0  # the mean of the middle two
-    assert s["peak_spread_mib"] == 100.0  # max(1200 - 1100, 1090 - 1000)
+    assert peak_spread(s) == 100.0  # max(1200 - 1100, 1090 - 1000)
     assert s["peak_mib_full_rounds"] == [1200.0, 1100.0, 1150.0]
     empty = peak_summary({"full": [], "pruned": []})
-    assert math.isnan(empty["peak_mib_full"]) and math.isnan(empty["peak_spread_mib"])
+    assert math.isnan(empty["peak_mib_full"]) and math.isnan(peak_spread(empty))

@@ -120,8 +120,10 @@ def test_chapter_2_block_shows_each_figure_beside_its_chance_level(tmp_path):
 def test_memory_verdict_judges_the_change_against_the_spread_of_the_rounds():
     from lib.report import memory_verdict
 
-    def cost(full, pruned, spread):
-        return {"peak_mib_full": full, "peak_mib_pruned": pruned, "peak_spread_mib": spread}
+    def cost(full, pruned, spread):  # rounds whose spread is `spread` (one round for NaN)
+        rounds = [full] if spread != spread else [full, full + spread]
+        return {"peak_mib_full": full, "peak_mib_pruned": pruned,
+                "peak_mib_full_rounds": rounds, "peak_mib_pruned_rounds": [pruned]}
 
     # 72 MiB less, rounds spread over 40: the interval -72 ± 40 lies below zero
     assert memory_verdict(cost(1957, 1885, 40.0)).startswith("the peak fell")
