@@ -1,7 +1,7 @@
 """One error type for mistakes a user can fix: bad input, missing tools, unknown names.
 
 Every message is one line that names the offending input and says what to do. Notebooks
-show it without a stack trace (see :func:`lib.notebook.setup`); scripts print it and exit 1.
+show it without a stack trace (see :func:`lib.recipes.notebook.setup`); scripts print it and exit 1.
 
 Stage: all (bad input). Explained where each error is raised; the habit is set out in
 chapter 1 (book/01_building_a_speechllm.ipynb).

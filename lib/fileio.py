@@ -12,6 +12,7 @@ files through it without an import cycle. Stage: all (results). Explained in cha
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -35,6 +36,12 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def config_hash(obj: Any, length: int = 12) -> str:
+    """Short stable hash of a (nested) config: the key of a cached result."""
+    blob = json.dumps(to_dict(obj), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 def git_commit() -> dict[str, Any]:

@@ -27,3 +27,11 @@ def cache_subdir(*parts: str) -> Path:
     path = cache_dir().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def slug(name: str) -> str:
+    """A file-name-safe short form of a model name or path (``Qwen/Qwen2.5-7B`` ->
+    ``Qwen2.5-7B``, ``speech, transcript`` -> ``speech-transcript``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.]+", "-", Path(name.rstrip("/")).name or name).strip("-")

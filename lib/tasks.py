@@ -4,7 +4,7 @@ A :class:`Task` names its instruction (read after the audio), the utterance fiel
 its target text, and its metric, the way lm-evaluation-harness describes a task by prompt,
 target and metric. ASR (target: the transcript, metric: WER) is the book's task today;
 speech translation (target: a translation field, metric: BLEU) is the next one and needs only
-a new entry in :data:`TASKS` and its metric in :func:`lib.evaluate.score_task`.
+a new entry in :data:`TASKS` and its metric in :func:`lib.evaluate.metrics.score_task`.
 
 The default ASR task gives exactly the prompt the book has always used, so cached runs and
 evaluations keep their keys (``tests/test_tasks.py`` pins them). Stage: building the

@@ -24,14 +24,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib import notebook  # noqa: E402
+from lib.recipes import notebook  # noqa: E402
 from lib.assets import build_char_tokenizer  # noqa: E402
-from lib.components import Projector, decoder_body  # noqa: E402
-from lib.config import ModelConfig, resolve_device, resolve_precision  # noqa: E402
+from lib.build.components import Projector, decoder_body
+from lib.config.sections import ModelConfig
+from lib.device import resolve_device, resolve_precision
 from lib.errors import CompanionError  # noqa: E402
 from lib.fileio import device_info  # noqa: E402
-from lib.model_configs import PAPER_DECODERS, make_config  # noqa: E402
-from lib.speechllm import SpeechLLM, add_lora, build_speechllm  # noqa: E402
+from lib.build.model_configs import PAPER_DECODERS, make_config
+from lib.build.speechllm import SpeechLLM, add_lora, build_speechllm
 
 TEXT = "samuel lay until the morning and opened the doors of the house of the lord today"
 
@@ -140,7 +141,7 @@ def measure_ctc(model: SpeechLLM, device: str, batch: int, seconds: float, words
     """Seconds per CTC warm-start step (projector + CTC head over ``vocab`` word pieces,
     forward, backward, AdamW) in float32 and under bf16 autocast; median of alternating
     rounds and the median per-round ratio."""
-    from lib.ctc import CTCHead, ctc_loss
+    from lib.train.ctc import CTCHead, ctc_loss
 
     table = model.decoder.get_input_embeddings()
     ids = list(range(min(vocab, table.weight.shape[0])))

@@ -4,14 +4,14 @@ For each decoder, a contiguous block of 25 / 40 / 60 % of the layers (ending jus
 last layer) is removed and greedy decoding with the KV cache is timed against the full
 model, all configurations alternated over rounds in one process (the speed-up is the median
 of the per-round ratios full time / pruned time). The ideal speed-up is the FLOP ratio of
-:func:`lib.cost.decoder_flops` for the same prompt, batch and new tokens (embedding and LM
+:func:`lib.prune.cost.decoder_flops` for the same prompt, batch and new tokens (embedding and LM
 head counted); measured / ideal is the issue's target (>= 0.9). Peak memory is the resident
 set size of a fresh process per configuration that loads the model (a pruned model is saved
 and loaded as a checkpoint of its own, never the full one) and decodes once.
 
 What is timed: the decoder's prefill over the assembled SpeechLLM prompt (prompt text and
 projected audio) and then ``--new-tokens`` greedy steps by hand with the cache
-(:func:`lib.cost.greedy_decode`): exactly that many tokens whatever is predicted, so an
+(:func:`lib.prune.cost.greedy_decode`): exactly that many tokens whatever is predicted, so an
 early eos cannot shorten a run. The features are random (speed does not depend on their
 values), shaped like ``--seconds`` of Whisper-base features; the projector runs once before
 timing (it is not pruned and costs ~1 % of the FLOPs here). No LoRA: a healed model would
@@ -41,13 +41,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.config import ModelConfig  # noqa: E402
-from lib.cost import (alternate_rounds, decoder_flops, greedy_decode, ideal_speedup,  # noqa: E402
-                      median, median_ratio, parameter_bytes, run_isolated)
+from lib.config.sections import ModelConfig
+from lib.prune.cost import (alternate_rounds, decoder_flops, greedy_decode, ideal_speedup,
+                            median, median_ratio, parameter_bytes, run_isolated)
 from lib.errors import CompanionError  # noqa: E402
 from lib.fileio import device_info, provenance, save_json  # noqa: E402
-from lib.model_configs import PAPER_DECODERS, make_config  # noqa: E402
-from lib.prune import remove_layers, skip_layers  # noqa: E402
+from lib.build.model_configs import PAPER_DECODERS, make_config
+from lib.prune.surgery import remove_layers, skip_layers
 
 PAPER_MODELS = ("meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-3B")
 PAPER_LINE = ("paper (Llama 3.1 8B, ~40 % of layers removed): ~35 % faster, peak memory "
@@ -55,7 +55,7 @@ PAPER_LINE = ("paper (Llama 3.1 8B, ~40 % of layers removed): ~35 % faster, peak
 
 
 def _quiet() -> None:
-    """No "Loading weights" bars (lib.notebook.setup would also import matplotlib)."""
+    """No "Loading weights" bars (lib.recipes.notebook.setup would also import matplotlib)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -88,7 +88,7 @@ def _speechllm_inputs(model: Any, batch: int, frames: int) -> tuple[torch.Tensor
 def offline_memory(decoder: str, encoder: str, batch: int, frames: int,
                    new_tokens: int) -> dict[str, float]:
     """In a fresh process: build the SpeechLLM, decode once; its decoder's parameters."""
-    from lib.speechllm import build_speechllm
+    from lib.build.speechllm import build_speechllm
 
     _quiet()
     model = build_speechllm(ModelConfig(encoder=encoder, decoder=decoder, lora_rank=0))
@@ -102,7 +102,7 @@ def offline_memory(decoder: str, encoder: str, batch: int, frames: int,
 
 def offline_rows(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Part a: one decoder of the book, full and with each fraction of layers removed."""
-    from lib.speechllm import build_speechllm
+    from lib.build.speechllm import build_speechllm
 
     model = build_speechllm(ModelConfig(encoder=args.encoder, decoder=name, lora_rank=0))
     model.eval()

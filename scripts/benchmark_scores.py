@@ -4,7 +4,7 @@ For each decoder, over the same batches of text, three variants each run in a fr
 subprocess (so peak memory is comparable):
 
 - ``bare``: the decoder's forward and nothing else;
-- ``stream``: :func:`lib.redundancy.score_text`, every (l, n) from one pass per batch;
+- ``stream``: :func:`lib.score.redundancy.score_text`, every (l, n) from one pass per batch;
 - ``naive``: ``output_hidden_states=True`` and one pass per block size n, keeping every
   layer's states (what many public implementations do).
 
@@ -77,9 +77,9 @@ def run_variant(variant: str, decoder: str, n_texts: int, batch: int, device: st
 
     import torch
 
-    from lib import notebook
-    from lib.components import decoder_body, load_decoder
-    from lib.redundancy import score_text
+    from lib.recipes import notebook
+    from lib.build.components import decoder_body, load_decoder
+    from lib.score.redundancy import score_text
 
     notebook.setup()
     model, tok = load_decoder(decoder)

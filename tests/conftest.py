@@ -37,7 +37,7 @@ def random_features():
     import torch
 
     from lib.data.loaders import Utterance
-    from lib.features import FeatureSet
+    from lib.data.features import FeatureSet
 
     texts = ["one two three", "four five", "six seven eight nine", "ten", "red green",
              "blue sky"]

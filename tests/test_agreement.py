@@ -9,7 +9,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from lib.agreement import agreement_verdict, overlap_gain, surface_agreement
+from lib.report.rules import agreement_verdict
+from lib.score.agreement import overlap_gain, surface_agreement
 from lib.errors import CompanionError
 
 
@@ -72,7 +73,7 @@ def test_a_surface_against_its_reverse_in_l_has_rho_minus_one():
 def test_pooling_over_n_misleads_but_per_n_does_not():
     """Two independent surfaces that both grow with n: pooled rho is high, per-n is not."""
     a, b = _surface(12, seed=3, trend=1.0), _surface(12, seed=4, trend=1.0)
-    from lib.agreement import spearman_rho
+    from lib.score.agreement import spearman_rho
 
     ok = np.isfinite(a)
     assert spearman_rho(a[ok], b[ok]) > 0.9
@@ -116,8 +117,8 @@ def test_chance_is_seeded_and_bad_input_is_one_line():
 @pytest.mark.parametrize("name,value", [("agree_rho", 1.5), ("agree_overlap_gain", 0),
                                         ("chance_draws", 0)])
 def test_bad_verdict_parameters_are_one_line(name, value):
-    from lib.chapter_params import Chapter2Params
-    from lib.config import CHAPTER2_PARAMS, chapter2_config
+    from lib.config.defaults import Chapter2Params
+    from lib.config.build import CHAPTER2_PARAMS, chapter2_config
 
     params = {k: getattr(Chapter2Params(), k) for k in CHAPTER2_PARAMS}
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}

@@ -28,10 +28,10 @@ from transformers import (
 
 from lib import assets
 from lib.assets import hub, wheels
+from lib.assets.ct2_format import read_ct2_model
 from lib.assets.ct2_whisper import (
     build_whisper_model,
     ct2_to_hf_state_dict,
-    read_ct2_model,
     whisper_generation_config,
 )
 from lib.errors import CompanionError

@@ -1,7 +1,7 @@
 """Bad input fails loud, in one line, and nothing already written is lost or changed.
 
 Each test feeds one mistake through a public entry point: the config functions, the book's
-command line (:func:`lib.book.main`), the scoring functions and the model builders. Book runs
+command line (:func:`lib.cli.main`), the scoring functions and the model builders. Book runs
 use a throwaway layout in a temporary folder and papermill with a stand-in engine that needs
 no kernel (one test, marked ``slow``, starts a real kernel).
 """
@@ -19,8 +19,10 @@ import papermill
 import pytest
 from papermill.engines import Engine, papermill_engines
 
-from lib import book
-from lib.config import CHAPTER1_PARAMS, DataOverlapWarning, chapter1_config, load_preset
+from lib.book import chapters, cli
+from lib.config.build import chapter1_config, config_for
+from lib.data.sources import DataOverlapWarning
+from lib.config.presets import chapter_values, load_preset
 from lib.params import parse_parameters
 from lib.errors import CompanionError
 
@@ -42,8 +44,8 @@ def _message(err: pytest.ExceptionInfo[CompanionError]) -> str:
 
 
 def _tiny_params(**over: Any) -> dict[str, Any]:
-    values = {**load_preset("tiny"), **over}
-    return {k: values[k] for k in CHAPTER1_PARAMS}
+    values, _ = chapter_values(1, "tiny")
+    return {**values, **over}
 
 
 class _NoKernel(Engine):
@@ -146,17 +148,16 @@ def test_other_values_stay_strings(text: str) -> None:
 def test_a_preset_reads_numbers_the_same_way(tmp_path: Path) -> None:
     text = (Path(__file__).parents[1] / "params/tiny.yaml").read_text()
     preset = tmp_path / "mine.yaml"
-    preset.write_text(text.replace("learning_rate: 0.001", "learning_rate: 1e-3"))
-    assert "1e-3" in preset.read_text()
+    preset.write_text(text + "learning_rate: 2e-3  # YAML 1.2 reads this as a float\n")
     values = load_preset(str(preset))
-    assert values["learning_rate"] == 0.001
-    cfg = chapter1_config(**{k: values[k] for k in CHAPTER1_PARAMS})
-    assert cfg.train.learning_rate == 0.001
+    assert values["learning_rate"] == 0.002 and isinstance(values["learning_rate"], float)
+    cfg = config_for(1, str(preset))
+    assert cfg.train.learning_rate == 0.002
 
 
 def test_p_value_in_e_notation_reaches_the_chapter_as_a_float(layout: Path, no_kernel,
                                                               capsys) -> None:
-    status = book.main(["run", "--preset", "tiny", "--chapter", "01", "-p", "lr", "1e-3"],
+    status = cli.main(["run", "--preset", "tiny", "--chapter", "01", "-p", "lr", "1e-3"],
                        root=layout)
     assert status == 0, capsys.readouterr().err
     assert no_kernel == [{"steps": 5, "lr": 0.001}]
@@ -178,7 +179,7 @@ def test_preset_with_an_unknown_key_from_the_command_line(layout: Path, no_kerne
                                                           capsys) -> None:
     (layout / "params/tiny.yaml").write_text("stpes: 5\nlr: 0.5\nseed: 7\n")
     before = _good(layout).read_bytes()
-    assert book.main(["run", "--preset", "tiny"], root=layout) == 1
+    assert cli.main(["run", "--preset", "tiny"], root=layout) == 1
     line = _one_line(capsys)
     assert line.startswith("error: unknown parameter stpes (did you mean steps?)")
     assert "tiny.yaml" in line
@@ -206,7 +207,7 @@ def test_preset_with_a_key_twice(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["[a, b", "{x", "a: b: c", '"open'])
 def test_malformed_p_value(layout: Path, no_kernel, capsys, value: str) -> None:
     before = _good(layout).read_bytes()
-    assert book.main(["run", "--preset", "tiny", "-p", "lr", value], root=layout) == 1
+    assert cli.main(["run", "--preset", "tiny", "-p", "lr", value], root=layout) == 1
     line = _one_line(capsys)
     assert line.startswith(f"error: -p lr {value!r} is not valid YAML (line 1, column ")
     assert no_kernel == [] and _good(layout).read_bytes() == before
@@ -222,7 +223,7 @@ def test_p_name_given_twice() -> None:
 def test_chapter_selector_must_name_a_chapter(layout: Path, no_kernel, capsys,
                                              selector: str) -> None:
     before = _good(layout).read_bytes()
-    assert book.main(["run", "--preset", "tiny", "--chapter", selector], root=layout) == 1
+    assert cli.main(["run", "--preset", "tiny", "--chapter", selector], root=layout) == 1
     line = _one_line(capsys)
     assert line.startswith(f"error: unknown chapter {selector!r}")
     assert line.endswith("chapters: 01_first, 02_second")
@@ -232,7 +233,7 @@ def test_chapter_selector_must_name_a_chapter(layout: Path, no_kernel, capsys,
 @pytest.mark.parametrize("selector", ["01", "1", "01_first", "01_first.ipynb",
                                       "book/01_first.ipynb"])
 def test_chapter_selectors_that_name_a_chapter(layout: Path, selector: str) -> None:
-    assert book.select_chapters([selector], layout) == [layout / "book/01_first.ipynb"]
+    assert chapters.select_chapters([selector], layout) == [layout / "book/01_first.ipynb"]
 
 
 @pytest.mark.parametrize("train,test", [
@@ -267,7 +268,7 @@ def test_disjoint_train_and_test_do_not_warn(train: str, test: list[str]) -> Non
 
 
 def test_score_asr_wants_lists_of_strings() -> None:
-    from lib.evaluate import score_asr
+    from lib.evaluate.metrics import score_asr
 
     with pytest.raises(CompanionError) as err:
         score_asr("hello", "hallo")
@@ -282,13 +283,13 @@ def test_score_asr_wants_lists_of_strings() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_llama() -> tuple[Any, Any]:
-    from lib.components import load_decoder
+    from lib.build.components import load_decoder
 
     return load_decoder("tiny-llama")
 
 
 def test_score_text_wants_a_list_of_texts(tiny_llama) -> None:
-    from lib.redundancy import score_text
+    from lib.score.redundancy import score_text
 
     model, tok = tiny_llama
     with pytest.raises(CompanionError) as err:
@@ -307,7 +308,7 @@ def test_score_text_wants_a_list_of_texts(tiny_llama) -> None:
     ({"hidden": 16.0}, "projector_hidden=16.0"),
 ])
 def test_projector_wants_positive_integers(kwargs: dict[str, Any], name: str) -> None:
-    from lib.components import Projector
+    from lib.build.components import Projector
 
     with pytest.raises(CompanionError) as err:
         Projector(4, 4, **kwargs)
@@ -315,13 +316,13 @@ def test_projector_wants_positive_integers(kwargs: dict[str, Any], name: str) ->
 
 
 def test_projector_takes_numpy_integers() -> None:
-    from lib.components import Projector
+    from lib.build.components import Projector
 
     assert Projector(4, 4, stack=np.int64(3), hidden=8).stack == 3
 
 
 def test_decoder_folder_that_is_not_a_checkpoint(tmp_path: Path) -> None:
-    from lib.components import load_decoder
+    from lib.build.components import load_decoder
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -339,7 +340,7 @@ def test_decoder_folder_that_is_not_a_checkpoint(tmp_path: Path) -> None:
 
 def test_decoder_folder_without_a_tokenizer(tmp_path: Path) -> None:
     from lib.assets import resolve_model
-    from lib.components import load_decoder
+    from lib.build.components import load_decoder
 
     shutil.copy(Path(resolve_model("tiny-llama")) / "config.json", tmp_path / "config.json")
     with pytest.raises(CompanionError) as err:
@@ -348,7 +349,7 @@ def test_decoder_folder_without_a_tokenizer(tmp_path: Path) -> None:
 
 
 def test_llm_as_encoder_and_speech_model_as_decoder() -> None:
-    from lib.components import build_encoder, load_decoder
+    from lib.build.components import build_encoder, load_decoder
 
     with pytest.raises(CompanionError) as err:
         build_encoder("tiny-llama")
@@ -371,7 +372,7 @@ def test_build_folder_is_a_file(tmp_path: Path, no_kernel, capsys, command: str)
     (tmp_path / "_build").mkdir()
     blocker = tmp_path / "_build/tiny"
     blocker.write_bytes(b"not a folder\n")
-    assert book.main([command, "--preset", "tiny"], root=tmp_path) == 1
+    assert cli.main([command, "--preset", "tiny"], root=tmp_path) == 1
     line = _one_line(capsys)
     assert line.startswith(f"error: {blocker} is a file, not a folder")
     assert blocker.read_bytes() == b"not a folder\n"
@@ -384,7 +385,7 @@ def test_ctrl_c_keeps_the_last_good_copy(layout: Path, no_kernel, capsys, how: s
               "print(2)")
     good = _good(layout)
     before = good.read_bytes()
-    assert book.main(["run", "--preset", "tiny"], root=layout) == 130
+    assert cli.main(["run", "--preset", "tiny"], root=layout) == 130
     failed = good.with_name("01_first.failed.ipynb")
     assert _one_line(capsys) == (f"interrupted: chapter 01 stopped; partial run kept at "
                                  f"{failed}; {good} is unchanged")
@@ -402,7 +403,7 @@ def test_failed_chapter_names_the_source_cell(layout: Path, no_kernel, capsys) -
     nb.cells.insert(3, nbformat.v4.new_markdown_cell("Next, the failure."))
     nbformat.write(nb, layout / "book/01_first.ipynb")
     before = _good(layout).read_bytes()
-    assert book.main(["run", "--preset", "tiny"], root=layout) == 1
+    assert cli.main(["run", "--preset", "tiny"], root=layout) == 1
     failed = _good(layout).with_name("01_first.failed.ipynb")
     assert _one_line(capsys) == (f"error: chapter 01 failed in cell 5: ValueError: boom "
                                  f"(partial run kept at {failed})")
@@ -418,7 +419,7 @@ def test_executed_copy_shows_the_parameters_once(layout: Path, no_kernel, capsys
     _notebook(layout / "book/01_first.ipynb", "# Steps.\nsteps = 1  # how many\nlr = 0.1",
               "print(steps)")
     source = nbformat.read(layout / "book/01_first.ipynb", 4)
-    assert book.main(["run", "--preset", "tiny", "--chapter", "01", "-p", "steps", "9"],
+    assert cli.main(["run", "--preset", "tiny", "--chapter", "01", "-p", "steps", "9"],
                      root=layout) == 0
     executed = nbformat.read(_good(layout), 4)
     # Same cells as the source; the parameters cell shows the values it ran with, comments
@@ -438,13 +439,13 @@ def test_executed_copy_keeps_the_defaults_a_preset_does_not_set(layout: Path, no
                                                                 capsys) -> None:
     (layout / "params/partial.yaml").write_text("steps: 5\n")
     (layout / "params/none.yaml").write_text("seed: 1\n")  # nothing for chapter 01
-    assert book.main(["run", "--preset", "partial", "--chapter", "01"], root=layout) == 0
+    assert cli.main(["run", "--preset", "partial", "--chapter", "01"], root=layout) == 0
     cells = nbformat.read(layout / "_build/partial/executed/01_first.ipynb", 4).cells
     assert [_tags(c) for c in cells] == [[], ["injected-parameters"], []]
     assert cells[1].source.splitlines() == [
         "# Parameters this page was run with (preset partial)", "steps = 5", "lr = 0.1"]
 
-    assert book.main(["run", "--preset", "none", "--chapter", "01"], root=layout) == 0
+    assert cli.main(["run", "--preset", "none", "--chapter", "01"], root=layout) == 0
     cells = nbformat.read(layout / "_build/none/executed/01_first.ipynb", 4).cells
     assert [_tags(c) for c in cells] == [[], ["parameters"], []]
     assert cells[1].source == "steps = 1\nlr = 0.1"
@@ -456,7 +457,7 @@ def test_failed_chapter_with_a_real_kernel(layout: Path, capsys) -> None:
     _notebook(layout / "book/01_first.ipynb", "steps = 1\nlr = 0.1", "print(steps)",
               "raise ValueError(f'boom {steps}')")
     before = _good(layout).read_bytes()
-    assert book.main(["run", "--preset", "tiny", "--chapter", "01"], root=layout) == 1
+    assert cli.main(["run", "--preset", "tiny", "--chapter", "01"], root=layout) == 1
     failed = _good(layout).with_name("01_first.failed.ipynb")
     assert _one_line(capsys) == (f"error: chapter 01 failed in cell 4: ValueError: boom 5 "
                                  f"(partial run kept at {failed})")
@@ -480,7 +481,7 @@ def test_recipe_parameters_are_checked(name: str, value: Any, hint: str) -> None
 
 
 def test_a_corpus_too_small_for_the_dev_subset(random_features) -> None:
-    from lib.experiment import split_dev
+    from lib.recipes.pipeline import split_dev
 
     data = random_features(3, split="train")
     with pytest.raises(CompanionError) as err:
@@ -495,15 +496,16 @@ def test_a_corpus_too_small_for_the_dev_subset(random_features) -> None:
 def test_transcripts_longer_than_the_audio_cannot_warm_start(tmp_path: Path,
                                                             random_features) -> None:
     """Four encoder frames at projector_stack=5 are one position: no word fits twice."""
-    from lib.config import ModelConfig
-    from lib.ctc import ctc_warm_start
-    from lib.speechllm import build_speechllm
+    from lib.config.sections import ModelConfig, TrainConfig
+    from lib.train.ctc import ctc_warm_start
+    from lib.build.speechllm import build_speechllm
 
     model = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                         projector_hidden=16, lora_rank=0), seed=0)
     data = random_features(2, split="train", base=4, step=0)
     with pytest.raises(CompanionError) as err:
-        ctc_warm_start(model, data, 1, 1e-3, 2, tmp_path / "ws")
+        ctc_warm_start(model, data, TrainConfig(ctc_epochs=1, ctc_learning_rate=1e-3,
+                                                ctc_batch_size=2), tmp_path / "ws")
     msg = _message(err)
     assert "projector_stack=5" in msg and "recipe plain" in msg
     assert not (tmp_path / "ws").exists()
@@ -526,8 +528,8 @@ def test_a_synthetic_corpus_too_small_for_the_recipe_fails_at_config_time() -> N
 def test_a_transcript_with_no_tokens_is_named() -> None:
     import torch
 
-    from lib.config import ModelConfig
-    from lib.speechllm import build_speechllm
+    from lib.config.sections import ModelConfig
+    from lib.build.speechllm import build_speechllm
 
     model = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                         projector_hidden=8, lora_rank=0), seed=0)
@@ -543,7 +545,7 @@ def test_a_clip_shorter_than_one_frame_is_named(alias: str, samples: int) -> Non
     """400 samples (25 ms) is one frame of either front end; one sample less is none."""
     import numpy as np
 
-    from lib.components import build_encoder
+    from lib.build.components import build_encoder
 
     enc = build_encoder(alias)
     clip = np.full(samples, 0.1, dtype=np.float32)

@@ -16,7 +16,8 @@ import nbformat
 import pytest
 import yaml
 
-from lib import book
+from lib.book import build, chapters, run
+from lib.config.presets import load_preset
 from lib.errors import CompanionError
 from lib.paths import REPO_ROOT
 
@@ -49,32 +50,59 @@ def layout(tmp_path: Path) -> Path:
 
 
 def test_parameters_are_filtered_per_chapter(layout: Path) -> None:
-    declared = {nb: book.declared_parameters(nb) for nb in book.list_chapters(layout)}
-    first, second = book.list_chapters(layout)
+    declared = {nb: chapters.declared_parameters(nb) for nb in chapters.list_chapters(layout)}
+    first, second = chapters.list_chapters(layout)
     assert declared == {first: ["steps", "seed"], second: ["seed", "lr"]}
 
-    preset = book.load_preset("tiny", layout, known={"steps", "seed", "lr"})
-    params = book.chapter_parameters(declared, preset, {"lr": 0.5})
+    preset = load_preset("tiny", layout, known={"steps", "seed", "lr"})
+    params = chapters.chapter_parameters(declared, preset, {"lr": 0.5})
 
     # A chapter gets only the preset names it declares (steps is not the second's); an
     # override reaches only the chapters that declare it.
     assert params == {first: {"steps": 5, "seed": 7}, second: {"seed": 7, "lr": 0.5}}
 
 
+def test_a_chapter_that_starts_from_a_preset_gets_it_and_its_inherited_overrides(
+        tmp_path: Path) -> None:
+    """The book's chapters declare ``preset`` and ``overrides``: chapter 3 gets the preset's
+    name, its own parameters from the preset and the command line, and in ``overrides`` the
+    command-line values of parameters it inherits (chapter 1's train_steps), nothing of a
+    later chapter (heal_steps) and nothing of the preset it will read itself."""
+    _notebook(tmp_path / "book/01_a.ipynb", "preset = 'default'\ntrain_steps = 300", "")
+    _notebook(tmp_path / "book/03_c.ipynb",
+              "preset = 'default'\noverrides = {}\nprune_threshold = 0.25\n"
+              "curve_utterances = 40", "")
+    _notebook(tmp_path / "book/04_d.ipynb", "preset = 'default'\noverrides = {}\n"
+              "heal_steps = 50", "")
+    found = chapters.list_chapters(tmp_path)
+    declared = {nb: chapters.declared_parameters(nb) for nb in found}
+    preset = {"train_steps": 6, "curve_utterances": 4, "heal_steps": 3}
+    params = chapters.chapter_parameters(
+        declared, preset, {"train_steps": 9, "prune_threshold": 0.1}, preset_name="tiny")
+    one, three, four = found
+    assert params[one] == {"train_steps": 9, "preset": "tiny"}
+    assert params[three] == {"prune_threshold": 0.1, "curve_utterances": 4, "preset": "tiny",
+                             "overrides": {"train_steps": 9}}
+    assert params[four] == {"heal_steps": 3, "preset": "tiny",
+                            "overrides": {"train_steps": 9, "prune_threshold": 0.1}}
+    with pytest.raises(CompanionError, match="unknown parameter heal_stpes"):
+        chapters.chapter_parameters(declared, preset, {"heal_stpes": 1}, preset_name="tiny")
+
+
 def test_unknown_override_lists_the_parameters(layout: Path) -> None:
     with pytest.raises(CompanionError, match=r"unknown parameter stpes.*lr, seed, steps"):
-        book.run_chapters("tiny", overrides={"stpes": 3}, root=layout)
+        run.run_chapters("tiny", overrides={"stpes": 3}, root=layout)
 
 
 def test_unknown_preset_lists_the_presets(layout: Path) -> None:
     with pytest.raises(CompanionError, match=r"unknown preset 'huge': use one of tiny"):
-        book.run_chapters("huge", root=layout)
+        run.run_chapters("huge", root=layout)
 
 
 def test_unknown_chapter_lists_the_chapters(layout: Path) -> None:
     with pytest.raises(CompanionError, match=r"unknown chapter '07'.*01_first, 02_second"):
-        book.run_chapters("tiny", chapters=["07"], root=layout)
-    assert book.select_chapters(["2"], layout) == [layout / "book/02_second.ipynb"]
+        run.run_chapters("tiny", chapters=["07"], root=layout)
+    assert chapters.select_chapters(["2"], layout) == [layout / "book/02_second.ipynb"]
 
 
 @pytest.mark.slow
@@ -82,7 +110,7 @@ def test_failed_chapter_keeps_the_last_good_copy(layout: Path, capsys) -> None:
     source = layout / "book/01_first.ipynb"
     out = layout / "executed"
 
-    (good,) = book.run_chapters(
+    (good,) = run.run_chapters(
         "tiny", chapters=["01"], overrides={"steps": 42}, out=out, root=layout
     )
     assert "steps 42" in json.dumps(nbformat.read(good, 4).cells[-1].outputs)
@@ -91,7 +119,7 @@ def test_failed_chapter_keeps_the_last_good_copy(layout: Path, capsys) -> None:
 
     _notebook(source, "steps = 1", "raise ValueError(f'bad\\nsteps {steps}')")
     with pytest.raises(CompanionError) as err:
-        book.run_chapters("tiny", chapters=["01"], out=out, root=layout)
+        run.run_chapters("tiny", chapters=["01"], out=out, root=layout)
 
     # Cell 2 of the source (parameters, the raise); papermill's injected cell not counted.
     failed = out / "01_first.failed.ipynb"
@@ -139,14 +167,14 @@ def _toc() -> tuple[str, list[str]]:
 @pytest.fixture(scope="module")
 def built() -> tuple[list[Path], Path]:
     """Every chapter run with the tiny preset into _build/tiny, then the book built."""
-    executed = book.run_chapters("tiny")
-    return executed, book.build_book("tiny")
+    executed = run.run_chapters("tiny")
+    return executed, build.build_book("tiny")
 
 
 @pytest.mark.book
 def test_every_chapter_runs_cleanly_and_draws(built) -> None:
     executed, _ = built
-    assert [p.name for p in executed] == [p.name for p in book.list_chapters()]
+    assert [p.name for p in executed] == [p.name for p in chapters.list_chapters()]
     for path in executed:
         outputs = [o for c in nbformat.read(path, 4).cells for o in c.get("outputs", [])]
         errors = [o for o in outputs if o.output_type == "error"]

@@ -1,4 +1,4 @@
-"""lib.cost.compare_decoding: a SpeechLLM before and after pruning, on tiny models.
+"""lib.prune.cost.compare_decoding: a SpeechLLM before and after pruning, on tiny models.
 
 The parameter counts are checked against the removed layers' own parameters counted by
 hand, the ideal speed-up against the layer share of a hand count, and the saved folders'
@@ -11,11 +11,13 @@ import math
 
 import pytest
 
-from lib.config import ModelConfig
-from lib.cost import compare_decoding, peak_summary
-from lib.report import peak_spread
-from lib.heal import merged_copy, pruned_copy, save_speechllm
-from lib.speechllm import build_speechllm
+from lib.config.sections import ModelConfig
+from lib.prune.cost import compare_decoding, peak_summary
+from lib.report.rules import peak_spread
+from lib.build.speechllm import merged_copy
+from lib.prune.surgery import pruned_copy
+from lib.build.checkpoint import save_speechllm
+from lib.build.speechllm import build_speechllm
 
 
 @pytest.fixture(scope="module")

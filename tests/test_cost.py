@@ -1,4 +1,4 @@
-"""lib.cost: the FLOP count against a hand computation, the hand-written greedy decoding
+"""lib.prune.cost: the FLOP count against a hand computation, the hand-written greedy decoding
 against ``generate()``, a child's peak memory as its own, and a smoke run of
 scripts/benchmark_prune.py (its figures depend on the machine and are not asserted)."""
 
@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from lib.cost import (decoder_flops, greedy_decode, ideal_speedup, median, peak_rss_bytes,
-                      run_isolated)
+from lib.prune.cost import (decoder_flops, greedy_decode, ideal_speedup, median,
+                            peak_rss_bytes, run_isolated)
 from lib.errors import CompanionError
 from lib.paths import REPO_ROOT
 
@@ -81,8 +81,8 @@ def test_removing_k_of_l_layers_removes_k_over_l_of_the_layer_flops():
 
 def test_pruned_config_counts_as_the_removed_layers():
     """remove_layers renumbers config.layer_types: the pruned config gives the same count."""
-    from lib.components import load_decoder
-    from lib.prune import remove_layers
+    from lib.build.components import load_decoder
+    from lib.prune.surgery import remove_layers
 
     model, _ = load_decoder("tiny-gemma")
     kw = dict(prompt_tokens=9, new_tokens=3)
@@ -93,7 +93,7 @@ def test_pruned_config_counts_as_the_removed_layers():
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma"])
 def test_greedy_decode_matches_generate(name):
-    from lib.components import load_decoder
+    from lib.build.components import load_decoder
 
     model, _ = load_decoder(name)
     model.generation_config.eos_token_id = None  # generate() may not stop early either

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from lib.config import ModelConfig
-from lib.ctc import (build_ctc_head, ctc_loss, ctc_transcribe, ctc_warm_start,
-                     match_embedding_norm)
+from lib.config.sections import ModelConfig, TrainConfig
+from lib.train.ctc import (build_ctc_head, ctc_loss, ctc_transcribe, ctc_warm_start,
+                           match_embedding_norm)
 from lib.errors import CompanionError
-from lib.speechllm import build_speechllm
+from lib.build.speechllm import build_speechllm
 
 
 @pytest.fixture
@@ -129,15 +129,15 @@ def test_warm_start_learns_and_is_reused(tmp_path, random_features):
     mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=32,
                      lora_rank=0)
     m1 = build_speechllm(mc, seed=0)
-    ws = ctc_warm_start(m1, data, epochs=30, learning_rate=1e-2, batch_size=3,
-                        out_dir=tmp_path / "ws")
+    cfg = TrainConfig(ctc_epochs=30, ctc_learning_rate=1e-2, ctc_batch_size=3,
+                      precision="fp32")
+    ws = ctc_warm_start(m1, data, cfg, tmp_path / "ws")
     assert not ws.cached and len(ws.log) == 60
     first = sum(r["loss"] for r in ws.log[:5]) / 5
     last = sum(r["loss"] for r in ws.log[-5:]) / 5
     assert last < first - 0.5  # measured: ~6 -> ~2 nats on 6 random-feature utterances
     m2 = build_speechllm(mc, seed=1)
-    again = ctc_warm_start(m2, data, epochs=30, learning_rate=1e-2, batch_size=3,
-                           out_dir=tmp_path / "ws")
+    again = ctc_warm_start(m2, data, cfg, tmp_path / "ws")
     assert again.cached and again.norm_factor == ws.norm_factor
     for (k, v), (_, w) in zip(m1.projector.state_dict().items(),
                               m2.projector.state_dict().items()):

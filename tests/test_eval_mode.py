@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from lib.components import eval_mode
-from lib.config import ModelConfig
-from lib.evaluate import audio_reliance, transcribe
-from lib.prune import ablation_losses
-from lib.redundancy import score_speech, score_text
-from lib.speechllm import build_speechllm
+from lib.config.sections import EvalConfig
+from lib.build.components import eval_mode
+from lib.config.sections import ModelConfig
+from lib.evaluate.baselines import audio_reliance
+from lib.evaluate.decode import transcribe
+from lib.prune.losses import ablation_losses
+from lib.score.redundancy import score_speech, score_text
+from lib.build.speechllm import build_speechllm
 
 TEXTS = ["hello world", "the cat sat on the mat", "x y"]
 
@@ -76,7 +78,8 @@ def test_ablation_decoding_and_reliance_are_deterministic(noisy_model, random_fe
     r1 = audio_reliance(noisy_model, data, n=3)
     r2 = audio_reliance(noisy_model, data, n=3)
     assert r1 == r2
-    assert transcribe(noisy_model, data, 2, 3) == transcribe(noisy_model, data, 2, 3)
+    ev = EvalConfig(batch_size=2, max_new_tokens=3)
+    assert transcribe(noisy_model, data, ev) == transcribe(noisy_model, data, ev)
     assert _modes(noisy_model) == before
 
 
@@ -95,9 +98,9 @@ def test_without_the_switch_the_scores_would_differ(noisy_model, monkeypatch):
     """The test above can fail: with eval_mode made a no-op, two scores disagree."""
     import contextlib
 
-    import lib.redundancy
+    import lib.score.redundancy
 
-    monkeypatch.setattr(lib.redundancy, "eval_mode", lambda *m: contextlib.nullcontext())
+    monkeypatch.setattr(lib.score.redundancy, "eval_mode", lambda *m: contextlib.nullcontext())
     torch.manual_seed(0)
     t1 = score_text(noisy_model, None, TEXTS, batch_size=2)
     t2 = score_text(noisy_model, None, TEXTS, batch_size=2)

@@ -6,9 +6,10 @@ import random
 
 import pytest
 
+from lib.config.sections import EvalConfig
 from lib.errors import CompanionError
-from lib.evaluate import (bootstrap_wer_ci, english_normalizer, paired_difference,
-                          paired_wer_difference, score_asr, utterance_wer)
+from lib.evaluate.metrics import (bootstrap_wer_ci, english_normalizer, paired_difference,
+                                  paired_wer_difference, score_asr, utterance_wer)
 
 
 def test_wer_counts_by_hand():
@@ -54,11 +55,11 @@ def test_audio_reliance_is_zero_when_the_projector_is_silent():
     """A projector that outputs zeros makes every audio look alike: no reliance."""
     import torch
 
-    from lib.config import ModelConfig
+    from lib.config.sections import ModelConfig
     from lib.data.loaders import Utterance
-    from lib.evaluate import audio_reliance
-    from lib.features import FeatureSet
-    from lib.speechllm import build_speechllm
+    from lib.evaluate.baselines import audio_reliance
+    from lib.data.features import FeatureSet
+    from lib.build.speechllm import build_speechllm
 
     model = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                         projector_hidden=16, lora_rank=0), seed=0)
@@ -126,7 +127,7 @@ def test_paired_difference_matches_a_slow_resampling_loop():
 def test_pairing_separates_what_side_by_side_intervals_cannot():
     """Utterance difficulty varies a lot (wide WER intervals that overlap), but b is worse on
     every utterance: the unpaired rule cannot tell them apart, the paired one can."""
-    from lib.report import compare_wer, paired_verdict
+    from lib.report.rules import compare_wer, paired_verdict
 
     words = [10] * 12
     a = [0, 1, 8, 2, 9, 0, 7, 1, 6, 3, 9, 2]
@@ -159,8 +160,8 @@ def test_score_asr_reports_the_interval():
 
 
 def _tiny_speechllm():
-    from lib.config import ModelConfig
-    from lib.speechllm import build_speechllm
+    from lib.config.sections import ModelConfig
+    from lib.build.speechllm import build_speechllm
 
     return build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                        projector_hidden=16, lora_rank=0), seed=0)
@@ -171,13 +172,13 @@ def test_a_cached_score_is_reused_only_for_the_same_inputs(tmp_path, capsys, ran
     transcript) misses the cache; the same inputs hit it and say which key they matched."""
     import torch
 
-    from lib.evaluate import evaluate_asr
-    from lib.features import FeatureSet
+    from lib.evaluate.decode import evaluate_asr
+    from lib.data.features import FeatureSet
 
     model = _tiny_speechllm()
     data = random_features(3, dim=64)
-    first = evaluate_asr(model, data, tmp_path, "t", batch_size=2, max_new_tokens=3)
-    again = evaluate_asr(model, data, tmp_path, "t", batch_size=2, max_new_tokens=3)
+    first = evaluate_asr(model, data, tmp_path, "t", EvalConfig(batch_size=2, max_new_tokens=3))
+    again = evaluate_asr(model, data, tmp_path, "t", EvalConfig(batch_size=2, max_new_tokens=3))
     assert again == first and f"key {first['key']}" in capsys.readouterr().out
     changed_feats = [f.clone() for f in data.feats]
     changed_feats[1][0, 0] += 1
@@ -191,7 +192,7 @@ def test_a_cached_score_is_reused_only_for_the_same_inputs(tmp_path, capsys, ran
     ]
     keys = {first["key"]}
     for fs, kw in variants:
-        rec = evaluate_asr(model, fs, tmp_path, "t", **kw)
+        rec = evaluate_asr(model, fs, tmp_path, "t", EvalConfig(**kw))
         assert "cached score reused" not in capsys.readouterr().out, kw
         keys.add(rec["key"])
     assert len(keys) == 1 + len(variants)
@@ -199,12 +200,11 @@ def test_a_cached_score_is_reused_only_for_the_same_inputs(tmp_path, capsys, ran
 
 
 def test_the_run_folder_changes_with_the_training_data(random_features):
-    from lib.config import CHAPTER1_PARAMS, chapter1_config, load_preset
-    from lib.experiment import run_dir
-    from lib.features import FeatureSet
+    from lib.config.build import config_for
+    from lib.data.features import FeatureSet
+    from lib.recipes.pipeline import run_dir
 
-    values = load_preset("tiny")
-    cfg = chapter1_config(**{k: values[k] for k in CHAPTER1_PARAMS})
+    cfg = config_for(1, "tiny")
     data = random_features(3, dim=64, split="train")
     feats = [f.clone() for f in data.feats]
     feats[0][0, 0] += 1
@@ -216,7 +216,7 @@ def test_the_run_folder_changes_with_the_training_data(random_features):
 def test_per_utterance_errors_are_counted_by_hand():
     import jiwer
 
-    from lib.evaluate import utterance_errors
+    from lib.evaluate.metrics import utterance_errors
 
     refs = ["the cat sat on the mat", "a b c", "one two"]
     hyps = ["the cat sit on mat", "a x b c", ""]  # S+D = 2; one insertion; two deletions

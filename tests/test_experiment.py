@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pandas as pd
 
-from lib.experiment import save_scores
-from lib.redundancy import score_text
-from lib.redundancy_stats import RedundancyResult
-from lib.components import load_decoder
+from lib.score.records import save_scores
+from lib.score.redundancy import score_text
+from lib.score.stats import RedundancyResult
+from lib.build.components import load_decoder
 
 
 def test_save_scores_round_trip(tmp_path):
     llm, tok = load_decoder("tiny-llama")
     res = score_text(llm, tok, ["the cat sat on the mat", "a dog"], batch_size=2)
-    run = SimpleNamespace(train=SimpleNamespace(run_dir=tmp_path))
-    out = save_scores({"text, pretrained LLM": res}, run, {"note": "test"})
+    out = save_scores({"text, pretrained LLM": res}, tmp_path, {"note": "test"})
     back = RedundancyResult.load(out / "text-pretrained-LLM.json")
     assert back.n_tokens == res.n_tokens
     assert ((back.distance_last == res.distance_last) | pd.isna(res.distance_last)).all()
@@ -33,9 +30,9 @@ def test_training_change_is_zero_for_untrained_adapters_and_grows_with_them():
     import pytest
     import torch
 
-    from lib.config import ModelConfig
-    from lib.pages import training_change
-    from lib.speechllm import build_speechllm, pretrained_decoder
+    from lib.config.sections import ModelConfig
+    from lib.recipes.ch02 import training_change
+    from lib.build.speechllm import build_speechllm, pretrained_decoder
 
     m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                     projector_hidden=8, lora_rank=4), seed=0)

@@ -10,8 +10,8 @@ import torch
 from lib.data.audio import DataWarning
 from lib.data.loaders import Utterance
 from lib.errors import CompanionError
-from lib.features import extract_features
-from lib.components import build_encoder
+from lib.data.features import extract_features
+from lib.build.components import build_encoder
 
 
 def _utt(path, i):

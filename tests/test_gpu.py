@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from lib.config import ModelConfig, TrainConfig
+from lib.config.sections import ModelConfig, TrainConfig
 from lib.data.loaders import Utterance
-from lib.features import FeatureSet
-from lib.speechllm import build_speechllm
-from lib.train import train_speechllm
+from lib.data.features import FeatureSet
+from lib.build.speechllm import build_speechllm
+from lib.train.loop import train_speechllm
 
 pytestmark = pytest.mark.gpu
 
@@ -26,7 +26,7 @@ def test_bf16_training_and_decoding_on_cuda(tmp_path):
     utts = [Utterance(f"u{i}", "/x.wav", "one two three", 1.0, "v", "train", "manifest")
             for i in range(4)]
     data = FeatureSet(utts, [torch.randn(30, 64, generator=g).half() for _ in utts])
-    run = train_speechllm(model, data, TrainConfig(steps=3, batch_size=2, warmup_steps=0),
+    run = train_speechllm(model, data, TrainConfig(steps=3, batch_size=2, warmup_steps=0, precision="bf16"),
                           tmp_path / "run")
     assert run.finished and all(math.isfinite(r["loss"]) for r in run.log)
     feats, lengths, _ = data.batch([0, 1])

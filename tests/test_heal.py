@@ -3,6 +3,8 @@ by hand, parameter counts worked out by hand, uninterrupted runs and file bytes.
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import json
 import re
@@ -11,26 +13,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.config import ModelConfig, TrainConfig
+from lib.config.sections import HealConfig, ModelConfig, TrainConfig
 from lib.errors import CompanionError
-from lib.heal import (
-    HEAL_VARIANTS,
-    heal,
-    load_speechllm,
-    prepare_healing,
-    prune_speechllm,
-    save_speechllm,
-)
-from lib.prune import pruned_layers, remove_layers
+from lib.heal.healing import HEAL_VARIANTS, heal, prepare_healing
+from lib.build.checkpoint import load_speechllm, save_speechllm
+from lib.prune.surgery import prune_speechllm
+from lib.prune.surgery import pruned_layers, remove_layers
 from references import rebuild_decoder
-from lib.speechllm import SpeechLLM, build_speechllm
+from lib.build.speechllm import SpeechLLM, build_speechllm
 
 S, F = "sliding_attention", "full_attention"
 # tiny-gemma: hidden 64, MLP 128; the projector stacks 5 frames of 64 -> 32 -> 64
 PROJECTOR_PARAMS = (5 * 64) * 32 + 32 + 32 * 64 + 64
 MLP_LORA_PER_LAYER = lambda r: r * (64 + 128) + r * (64 + 128) + r * (128 + 64)  # noqa: E731
-CFG = TrainConfig(steps=5, batch_size=2, learning_rate=1e-2, warmup_steps=1,
-                  checkpoint_every=2, seed=0)
+# fp32 and one rate for every trainable weight, as the references below were measured
+TRAIN = TrainConfig(steps=5, batch_size=2, learning_rate=1e-2, warmup_steps=1,
+                    checkpoint_every=2, seed=0, precision="fp32", projector_learning_rate=None)
+CFG = HealConfig(train=TRAIN)  # the paper's rank 64, alpha 128
+CFG4 = HealConfig(train=TRAIN, lora_rank=4, lora_alpha=8)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -147,10 +147,10 @@ def test_healing_moves_only_the_variant_weights(pruned, data, tmp_path):
     for variant in ("decoder", "projector"):
         model = copy.deepcopy(pruned)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        run = heal(model, data, variant, CFG, base_run=tmp_path / "base", rank=4, alpha=8)
+        run = heal(model, data, variant, CFG4, base_run=tmp_path / "base")
         assert run.run_dir.parent == tmp_path / "base" / "heal"
         assert run.run_dir.name.startswith(variant + "-")
-        assert run.record()["steps"] == CFG.steps
+        assert run.record()["steps"] == TRAIN.steps
         trainable = _trainable(model)
         after = model.state_dict()
         for k, v in after.items():
@@ -163,7 +163,7 @@ def test_healing_moves_only_the_variant_weights(pruned, data, tmp_path):
         assert any(("lora_" in k) == (variant == "decoder") for k in trainable)
         # a second call with the same configuration reuses the finished run
         again = copy.deepcopy(pruned)
-        run2 = heal(again, data, variant, CFG, base_run=tmp_path / "base", rank=4, alpha=8)
+        run2 = heal(again, data, variant, CFG4, base_run=tmp_path / "base")
         assert run2.run_dir == run.run_dir and run2.train.cached
         for (k, a), (_, b) in zip(sorted(model.trainable_state_dict().items()),
                                   sorted(again.trainable_state_dict().items())):
@@ -179,16 +179,16 @@ def test_killed_heal_resumes_to_the_same_weights(variant, pruned, data, tmp_path
     straight = copy.deepcopy(pruned)
     with torch.random.fork_rng(devices=[]):  # whatever state the process is in
         torch.manual_seed(100)
-        heal(straight, data, variant, CFG, base_run=base, rank=4, alpha=8,
+        heal(straight, data, variant, CFG4, base_run=base,
              run_dir=tmp_path / "a")
     with torch.random.fork_rng(devices=[]):  # a killed run, in another process's state
         torch.manual_seed(200)
-        first = heal(copy.deepcopy(pruned), data, variant, CFG, base_run=base, rank=4,
-                     alpha=8, run_dir=tmp_path / "b", stop_after=3)
+        first = heal(copy.deepcopy(pruned), data, variant, CFG4, base_run=base,
+                     run_dir=tmp_path / "b", stop_after=3)
     assert not first.train.finished
     assert not (tmp_path / "b" / "final").exists()
     resumed = copy.deepcopy(pruned)
-    second = heal(resumed, data, variant, CFG, base_run=base, rank=4, alpha=8,
+    second = heal(resumed, data, variant, CFG4, base_run=base,
                   run_dir=tmp_path / "b")
     assert second.train.resumed_from == 3 and second.train.finished
     a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
@@ -231,9 +231,10 @@ def test_saved_pruned_and_healed_speechllm_reloads_the_same(data, tmp_path):
     model = prune_speechllm(_speech(), [1])
     prune_speechllm(model, [1])  # the second 1 is the original 2
     assert pruned_layers(model.decoder) == [1, 2]
-    heal(model, data, "both", TrainConfig(steps=3, batch_size=2, learning_rate=1e-2,
-                                          warmup_steps=0, checkpoint_every=10),
-         base_run=tmp_path / "base", rank=4, alpha=8)
+    heal(model, data, "both", HealConfig(
+        train=TrainConfig(steps=3, batch_size=2, learning_rate=1e-2, warmup_steps=0,
+                          checkpoint_every=10, precision="fp32", projector_learning_rate=None),
+        lora_rank=4, lora_alpha=8), base_run=tmp_path / "base")
     assert hasattr(model.decoder, "peft_config")  # healed adapters, not merged yet
     loss, hyps = _loss(model, data), _decode(model, data)
     folder = save_speechllm(model, tmp_path / "saved", extra={"note": "test"})
@@ -291,8 +292,7 @@ def test_resuming_from_a_folder_of_another_configuration_is_refused(pruned, data
          stop_after=2)
     before = _snapshot(run)
     assert "heal_config.json" in before and "checkpoint/trainable.safetensors" in before
-    other_cfg = TrainConfig(steps=5, batch_size=2, learning_rate=5e-3, warmup_steps=1,
-                            checkpoint_every=2, seed=0)
+    other_cfg = HealConfig(train=dataclasses.replace(TRAIN, learning_rate=5e-3))
     for variant, cfg in (("projector", other_cfg), ("both", CFG)):
         with pytest.raises(CompanionError) as e:
             heal(copy.deepcopy(pruned), data, variant, cfg, base_run=tmp_path, run_dir=run)

@@ -9,6 +9,7 @@ since they never run.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,9 +122,17 @@ def test_io_module_imports_nothing_of_the_library() -> None:
     assert import_graph()["lib.fileio"] == set()
 
 
+def test_the_book_reads_presets_without_the_stages() -> None:
+    """``lib.book`` needs the presets and the chapters' parameter names, nothing heavier."""
+    graph = import_graph()
+    for name in ("lib.book.run", "lib.book.chapters", "lib.book.build",
+                 "lib.config.presets"):
+        assert all(floor(d) <= 1 or d.startswith("lib.book") for d in graph[name]), name
+
+
 def test_book_does_not_pull_the_audio_stack() -> None:
     """``lib.book`` needs the presets, not torch, audio decoding or the corpus."""
-    heavy = ("torch", "soundfile", "lib.data.audio", "lib.data.corpus", "lib.speechllm",
+    heavy = ("torch", "soundfile", "lib.data.audio", "lib.data.corpus", "lib.build.speechllm",
              "lib.assets")
     code = (f"import sys, lib.book; print(','.join(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -131,16 +140,97 @@ def test_book_does_not_pull_the_audio_stack() -> None:
     assert out.stdout.strip() == ""
 
 
-def test_every_module_says_its_stage_and_the_readme_lists_it() -> None:
+def _layout_paths() -> set[str]:
+    """The paths the README's Layout section lists: the ``lib/`` lines of its code blocks
+    (paths separated by single spaces, the description after two or more)."""
     readme = (LIB.parent / "README.md").read_text()
     layout = readme[readme.index("## Layout"):readme.index("## How the book is built")]
+    paths: set[str] = set()
+    for line in layout.splitlines():
+        if not line.startswith("lib/"):
+            continue
+        folder = ""
+        for token in re.split(r"\s{2,}", line)[0].split():
+            path = token if token.startswith("lib/") else folder + token
+            folder = path if path.endswith("/") else path.rpartition("/")[0] + "/"
+            paths.add(path)
+    return paths
+
+
+def test_every_module_says_its_stage_and_the_readme_lists_it() -> None:
+    listed = _layout_paths()
+    assert len(listed) > 20  # the parse found the list
     for path in sorted(LIB.rglob("*.py")):
         name = _module_name(path)
-        if path.name == "__init__.py":
+        if path.name in ("__init__.py", "__main__.py"):
             continue
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         assert "stage" in doc.lower(), f"{name}: its docstring names no pipeline stage"
         rel = path.relative_to(LIB.parent).as_posix()
         package = path.parent.relative_to(LIB.parent).as_posix() + "/"
-        listed = f"`{rel}`" in layout or (package != "lib/" and f"`{package}`" in layout)
-        assert listed, f"README's Layout section does not say where {rel} lives"
+        assert rel in listed or package in listed, \
+            f"README's Layout section does not say where {rel} lives"
+
+
+def test_the_readme_lists_nothing_that_is_not_there() -> None:
+    for path in sorted(_layout_paths()):
+        assert (LIB.parent / path).exists(), f"README's Layout section lists {path}: gone"
+
+
+# Floors: a module may import only from its own floor or below (the most specific prefix
+# decides). Within a floor anything goes, as long as there is no cycle.
+FLOORS = [
+    ("leaf", ("lib.errors", "lib.paths", "lib.fileio", "lib.params", "lib.device")),
+    ("configuration", ("lib.config.defaults", "lib.config.presets", "lib.config.sections",
+                       "lib.data.spec", "lib.tasks", "lib.assets")),
+    ("stages", ("lib.data", "lib.build", "lib.train", "lib.score", "lib.prune", "lib.heal",
+                "lib.evaluate")),
+    ("report", ("lib.report",)),
+    ("validation", ("lib.config.build",)),
+    ("recipes", ("lib.recipes",)),
+    ("entry points", ("lib.experiment", "lib.book", "lib.setup")),
+]
+
+
+def floor(module: str) -> int:
+    """The floor of ``module``: the most specific prefix in :data:`FLOORS` that names it."""
+    best, rank = "", None
+    for i, (_, prefixes) in enumerate(FLOORS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > len(best):
+                best, rank = p, i
+    assert rank is not None, f"{module} has no floor: add it to FLOORS"
+    return rank
+
+
+def test_floor_of_the_checker_itself() -> None:
+    assert floor("lib.data.spec") == 1 and floor("lib.data.audio") == 2
+    assert floor("lib.config.build") == 4 and floor("lib.config.sections") == 1
+
+
+def test_no_module_imports_from_a_floor_above_its_own() -> None:
+    graph = import_graph()
+    bad = [f"{m} ({FLOORS[floor(m)][0]}) imports {d} ({FLOORS[floor(d)][0]})"
+           for m, deps in graph.items() if m not in ("lib", "lib.book", "lib.config",
+                                                     "lib.recipes")
+           for d in deps if floor(d) > floor(m)]
+    assert not bad, "; ".join(bad)
+
+
+def test_the_defaults_import_nothing_of_the_library() -> None:
+    assert import_graph()["lib.config.defaults"] == set()
+
+
+def test_modules_and_functions_stay_short() -> None:
+    """No module over 450 lines, no function over 80 lines of code (its docstring aside)."""
+    for path in sorted(LIB.rglob("*.py")):
+        text = path.read_text()
+        rel = path.relative_to(LIB.parent)
+        assert len(text.splitlines()) <= 450, f"{rel}: {len(text.splitlines())} lines"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                first = node.body[0]
+                if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                    size -= first.end_lineno - first.lineno + 1  # the docstring
+                assert size <= 80, f"{rel}:{node.lineno} {node.name}: {size} lines of code"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib.model_configs import PAPER_DECODERS, count_on_meta, make_config, split_table
+from lib.build.model_configs import PAPER_DECODERS, count_on_meta, make_config, split_table
 
 
 def _by_hand(c: dict) -> int:

@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 
-from lib.pages import CH02_COMPARISONS, agreement_table, headline_ch02
-from lib.redundancy_stats import RedundancyResult
-from lib.report import render
+from lib.recipes.ch02 import COMPARISONS as CH02_COMPARISONS, agreement_table
+from lib.recipes.ch02 import headline as headline_ch02
+from lib.score.stats import RedundancyResult
+from lib.report.readme import render
 
 
 def _result(surface: np.ndarray) -> RedundancyResult:
@@ -54,7 +55,7 @@ def test_agreement_table_headline_and_readme_block(tmp_path):
 
 
 def test_gguf_decoders_are_the_offline_quantised_ones():
-    from lib.pages import gguf_decoders
+    from lib.recipes.ch02 import gguf_decoders
 
     assert gguf_decoders(["smollm2-135m", "tiny-llama", "gemma3-270m", "org/other"]) == [
         "smollm2-135m", "gemma3-270m"]

@@ -8,8 +8,8 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 
-from lib.plotting import plot_distance_change  # noqa: E402
-from lib.redundancy_stats import RedundancyAccumulator  # noqa: E402
+from lib.report.plotting import plot_distance_change
+from lib.score.stats import RedundancyAccumulator
 
 
 def _result(seed):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from lib.config import ModelConfig
+from lib.config.sections import ModelConfig
 from lib.errors import CompanionError
-from lib.redundancy import score_speech, score_text, speech_positions
-from lib.speechllm import build_speechllm
+from lib.score.redundancy import score_speech, score_text, speech_positions
+from lib.build.speechllm import build_speechllm
 
 
 def _layout():
@@ -73,7 +73,7 @@ def test_transcript_positions_count_the_same_tokens_for_text_and_speech(speech_m
 
 
 def test_text_transcript_positions_leave_out_bos():
-    from lib.components import load_decoder
+    from lib.build.components import load_decoder
 
     model, tok = load_decoder("tiny-llama")
     tok.add_bos_token = True  # as Llama's and Gemma's real tokenizers do

@@ -12,39 +12,22 @@ import pandas as pd
 import pytest
 import torch
 
+from lib.config.sections import EvalConfig
 from lib.assets.tiny import ensure_tiny
-from lib.config import ModelConfig
+from lib.config.sections import ModelConfig
 from lib.data.loaders import Utterance
 from lib.errors import CompanionError
-from lib.features import FeatureSet
+from lib.data.features import FeatureSet
 from references import rebuild_decoder
-from lib.prune import (
-    block_layers,
-    check_layers,
-    loss_function,
-    pruned_layers,
-    receiving_layers,
-    remove_layers,
-    skip_block,
-    skip_layers,
-)
-from lib.redundancy_stats import RedundancyResult
-from lib.speechllm import SpeechLLM, build_speechllm
-from lib.strategies import (
-    angular_layers,
-    block_influence_layers,
-    check_strategies,
-    check_threshold,
-    cut_sizes,
-    gromov_layers,
-    oracle_layers,
-    random_layers,
-    relative_change,
-    rule_cut,
-    sleb_order,
-    strategy_layers,
-    threshold_cut,
-)
+from lib.prune.surgery import (block_layers, check_layers, pruned_layers, receiving_layers,
+                               remove_layers, skip_block, skip_layers)
+from lib.prune.losses import loss_function
+from lib.score.stats import RedundancyResult
+from lib.build.speechllm import SpeechLLM, build_speechllm
+from lib.prune.strategies import (angular_layers, block_influence_layers, check_strategies,
+                                  cut_sizes, gromov_layers, oracle_layers, random_layers,
+                                  sleb_order, strategy_layers)
+from lib.prune.rule import check_threshold, relative_change, rule_cut, threshold_cut
 
 S, F = "sliding_attention", "full_attention"
 PROMPT = "the quick brown fox jumps over the lazy dog, again and again"  # > sliding window
@@ -425,7 +408,7 @@ def test_threshold_cut_bootstrap_interval():
 
 
 def test_threshold_table_from_made_up_curves():
-    from lib.curves import threshold_table
+    from lib.prune.curves import threshold_table
 
     full = {"clean": {"utterance_errors": [2, 2, 2, 2], "utterance_words": [10] * 4,
                       "wer": 0.2}}
@@ -637,7 +620,7 @@ def _state(model):
 
 
 def test_evaluate_cut_caches_and_restores_the_model(speech, tmp_path, monkeypatch):
-    import lib.curves as curves
+    import lib.prune.curves as curves
 
     model = speech
     data = _features(3)
@@ -645,8 +628,8 @@ def test_evaluate_cut_caches_and_restores_the_model(speech, tmp_path, monkeypatc
     before_state = _state(model)
     with torch.no_grad():
         before = float(model.loss(f, ln, tx))
-    rec = curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean", batch_size=2,
-                              max_new_tokens=5)
+    rec = curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean",
+                              EvalConfig(batch_size=2, max_new_tokens=5))
     assert rec["layers"] == [1, 3] and rec["n_removed"] == 2
     assert rec["removed_fraction"] == 0.5 and rec["n_layers"] == 4
     # the hypotheses are those of a decoder rebuilt by hand without layers 1 and 3
@@ -669,26 +652,26 @@ def test_evaluate_cut_caches_and_restores_the_model(speech, tmp_path, monkeypatc
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(curves, "transcribe", no_decoding)
-    again = curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean", batch_size=2,
-                                max_new_tokens=5)
+    again = curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean",
+                                EvalConfig(batch_size=2, max_new_tokens=5))
     assert again == rec
     # another layer set or another max_new_tokens is another point: it decodes
     with pytest.raises(AssertionError, match="decoded again"):
-        curves.evaluate_cut(model, data, [1, 2], tmp_path, "clean", batch_size=2,
-                            max_new_tokens=5)
+        curves.evaluate_cut(model, data, [1, 2], tmp_path, "clean",
+                            EvalConfig(batch_size=2, max_new_tokens=5))
     with pytest.raises(AssertionError, match="decoded again"):
-        curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean", batch_size=2,
-                            max_new_tokens=6)
+        curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean",
+                            EvalConfig(batch_size=2, max_new_tokens=6))
     # reuse=False decodes even when the point is cached
     with pytest.raises(AssertionError, match="decoded again"):
-        curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean", batch_size=2,
-                            max_new_tokens=5, reuse=False)
+        curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean",
+                            EvalConfig(batch_size=2, max_new_tokens=5), reuse=False)
     assert len(model.decoder_layers) == 4  # restored after a failed decoding too
     monkeypatch.undo()
-    r2 = curves.evaluate_cut(model, data, [1, 2], tmp_path, "clean", batch_size=2,
-                             max_new_tokens=5)
-    r3 = curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean", batch_size=2,
-                             max_new_tokens=6)
+    r2 = curves.evaluate_cut(model, data, [1, 2], tmp_path, "clean",
+                             EvalConfig(batch_size=2, max_new_tokens=5))
+    r3 = curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean",
+                             EvalConfig(batch_size=2, max_new_tokens=6))
     names = {p.name for p in (tmp_path / "cuts").iterdir()}
     assert len(names) == 3 and r2["layers"] == [1, 2] and r3["layers"] == [1, 3]
 
@@ -696,12 +679,12 @@ def test_evaluate_cut_caches_and_restores_the_model(speech, tmp_path, monkeypatc
 def test_pruning_curves_with_a_fake_decoder(speech, tmp_path, monkeypatch):
     """The decoding is replaced by one whose errors are known: each removed layer turns one
     more word of every transcript into 'zzz' (so the WER of every point is known by hand)."""
-    import lib.curves as curves
+    import lib.prune.curves as curves
 
     texts = ["red green blue sky", "cat dog", "up and down we go now"]  # 4, 2, 6 words
     data = _features(3, texts=texts)
 
-    def fake(model, data, batch_size=16, max_new_tokens=64, desc=""):
+    def fake(model, data, ev=None, desc=""):
         k = 4 - len(model.decoder_layers)
         out = []
         for u in data.utterances:
@@ -712,7 +695,7 @@ def test_pruning_curves_with_a_fake_decoder(speech, tmp_path, monkeypatch):
     monkeypatch.setattr(curves, "transcribe", fake)
     plans = {"gromov": {1: [2], 2: [1, 2]}, "random": {1: [0], 3: [0, 1, 2]}}
     points, full = curves.pruning_curves(speech, {"clean": data}, plans, tmp_path,
-                                         max_new_tokens=4)
+                                         EvalConfig(max_new_tokens=4))
     assert full["clean"]["wer"] == 0.0 and full["clean"]["utterance_words"] == [4, 2, 6]
     by_hand = {1: 3 / 12, 2: 6 / 12, 3: 8 / 12}  # errors per utterance: min(k, words)
     errors = {1: [1, 1, 1], 2: [2, 2, 2], 3: [3, 2, 3]}

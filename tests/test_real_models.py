@@ -22,7 +22,7 @@ from transformers import (
 from lib import assets
 from lib.data import audio as data_audio
 from lib.data import loaders
-from lib.evaluate import score_asr
+from lib.evaluate.metrics import score_asr
 
 pytestmark = pytest.mark.real
 

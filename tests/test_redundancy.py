@@ -10,19 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from lib.config import ModelConfig
+from lib.config.sections import ModelConfig
 from lib.errors import CompanionError
-from lib.features import FeatureSet
-from lib.prune import ablation_losses, ablation_summary, rank_agreement, skip_block
-from lib.redundancy import agreement, capture_hidden_states, score_speech, score_text
-from lib.redundancy_stats import (
-    RedundancyAccumulator,
-    RedundancyResult,
-    angular_distance,
-    default_cka_pairs,
-)
-from lib.components import find_decoder_layers, load_decoder
-from lib.speechllm import build_speechllm
+from lib.data.features import FeatureSet
+from lib.prune.losses import ablation_losses, ablation_summary, rank_agreement
+from lib.prune.surgery import skip_block
+from lib.score.redundancy import agreement, capture_hidden_states, score_speech, score_text
+from lib.score.stats import (RedundancyAccumulator, RedundancyResult, angular_distance,
+                             default_cka_pairs)
+from lib.build.components import find_decoder_layers, load_decoder
+from lib.build.speechllm import build_speechllm
 
 TEXTS = ["hello world", "a much longer sentence, with more words in it", "x y",
          "the cat sat on the mat"]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib.components import load_decoder
-from lib.redundancy import score_text
+from lib.build.components import load_decoder
+from lib.score.redundancy import score_text
 
 TEXTS = ["hello world", "a much longer sentence, with more words in it", "x y",
          "the cat sat on the mat", "numbers like 12 and 345 too"]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from lib.paths import REPO_ROOT
-from lib.report import render
+from lib.report.readme import render
 
 
 def _ch01(tmp_path: Path) -> Path:
@@ -74,7 +74,7 @@ def test_verdicts_follow_the_interval_rule_and_the_named_thresholds(tmp_path):
 
 
 def test_compare_wer_needs_intervals_apart():
-    from lib.report import compare_wer
+    from lib.report.rules import compare_wer
 
     a, b = {"wer_ci95": [0.10, 0.20]}, {"wer_ci95": [0.21, 0.30]}
     assert compare_wer(a, b) == "lower than" and compare_wer(b, a) == "higher than"
@@ -118,7 +118,7 @@ def test_chapter_2_block_shows_each_figure_beside_its_chance_level(tmp_path):
 
 
 def test_memory_verdict_judges_the_change_against_the_spread_of_the_rounds():
-    from lib.report import memory_verdict
+    from lib.report.rules import memory_verdict
 
     def cost(full, pruned, spread):  # rounds whose spread is `spread` (one round for NaN)
         rounds = [full] if spread != spread else [full, full + spread]

@@ -1,4 +1,4 @@
-"""Joint CTC / attention decoding (lib.evaluate.Rescoring): per-utterance log-likelihoods
+"""Joint CTC / attention decoding (lib.evaluate.decode.Rescoring): per-utterance log-likelihoods
 against slow one-utterance loops and a brute-force sum over CTC alignments, and the chosen
 transcript against candidates scored one at a time by hand."""
 
@@ -10,12 +10,13 @@ import math
 import pytest
 import torch
 
-from lib.config import ModelConfig
-from lib.ctc import build_ctc_head, ctc_greedy, ctc_logprob
+from lib.config.sections import EvalConfig
+from lib.config.sections import ModelConfig
+from lib.train.ctc import build_ctc_head, ctc_greedy, ctc_logprob
 from lib.errors import CompanionError
-from lib.evaluate import Rescoring, evaluate_asr, transcribe
-from lib.features import FeatureSet
-from lib.speechllm import build_speechllm
+from lib.evaluate.decode import Rescoring, evaluate_asr, transcribe
+from lib.data.features import FeatureSet
+from lib.build.speechllm import build_speechllm
 
 TEXTS = ["one two", "to on", "no tot", "wet one"]
 
@@ -103,7 +104,7 @@ def test_rescored_transcripts_match_candidates_scored_by_hand(model, random_feat
     with torch.no_grad():  # a random blank and projector: give the head some opinion
         head.blank.normal_(0, 1.0)
     rescore = Rescoring(head, weight=weight, num_beams=3)
-    got = transcribe(model, data, batch_size=4, max_new_tokens=6, rescore=rescore)
+    got = transcribe(model, data, EvalConfig(batch_size=4, max_new_tokens=6), rescore=rescore)
     feats, lengths, _ = data.batch(list(range(4)))
     with torch.no_grad():
         want = _by_hand(model, head, feats, lengths, weight, 3, 6)
@@ -126,9 +127,9 @@ def test_rescore_run_picks_the_lowest_dev_wer_and_reuses_its_sweep(model, random
 
     import jiwer
 
-    import lib.experiment as experiment
-    from lib.config import EvalConfig
-    from lib.evaluate import english_normalizer
+    import lib.recipes.pipeline as experiment
+    from lib.config.sections import EvalConfig
+    from lib.evaluate.metrics import english_normalizer
 
     train = random_features(6, dim=64, base=40, step=3)
     tests = {"t": random_features(2, dim=64, base=40, step=3, seed=1)}
@@ -138,7 +139,7 @@ def test_rescore_run_picks_the_lowest_dev_wer_and_reuses_its_sweep(model, random
     ev = EvalConfig(batch_size=4, max_new_tokens=5, rescore_beams=2,
                     rescore_weights=(0.0, 0.5, 1.0))
     cfg = SimpleNamespace(eval=ev, dev_utterances=3)
-    greedy = evaluate_asr(model, tests["t"], tmp_path, "t", 4, 5)
+    greedy = evaluate_asr(model, tests["t"], tmp_path, "t", ev)
     run = SimpleNamespace(model=model, warm_start=SimpleNamespace(head=head),
                           train=SimpleNamespace(run_dir=tmp_path), rescored={},
                           scores={"t": greedy})
@@ -149,7 +150,7 @@ def test_rescore_run_picks_the_lowest_dev_wer_and_reuses_its_sweep(model, random
     norm = english_normalizer()
     wers = {}
     for w in ev.rescore_weights:
-        hyps = transcribe(model, dev, 4, 5, rescore=Rescoring(head, w, 2))
+        hyps = transcribe(model, dev, ev, rescore=Rescoring(head, w, 2))
         wers[w] = jiwer.wer([norm(u.text) for u in dev_utts], [norm(h) for h in hyps])
     best = min(wers, key=lambda w: (wers[w], w))
     assert out["weight"] == best

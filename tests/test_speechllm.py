@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lib.config import ModelConfig
+from lib.config.sections import ModelConfig
 from lib.errors import CompanionError
-from lib.model_configs import projector_parameters
-from lib.components import Projector, build_encoder, find_decoder_layers
-from lib.speechllm import build_speechllm, count_parameters
+from lib.build.model_configs import projector_parameters
+from lib.build.components import Projector, build_encoder, find_decoder_layers
+from lib.build.speechllm import build_speechllm, count_parameters
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gemma"])
@@ -184,8 +184,8 @@ def test_bad_lora_target_is_named():
 
 def test_pretrained_decoder_is_the_llm_without_adapters():
     """With LoRA switched off, the decoder computes exactly what the pretrained LLM does."""
-    from lib.components import load_decoder
-    from lib.speechllm import pretrained_decoder
+    from lib.build.components import load_decoder
+    from lib.build.speechllm import pretrained_decoder
 
     m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                     projector_hidden=8, lora_rank=4), seed=0)
@@ -209,7 +209,7 @@ def test_pretrained_decoder_is_the_llm_without_adapters():
 
 def test_lora_update_norms_against_the_output_change():
     """||scale * B A||_F / ||W||_F, checked by feeding the identity through each adapted layer."""
-    from lib.speechllm import lora_update_norms, pretrained_decoder
+    from lib.build.speechllm import lora_update_norms, pretrained_decoder
 
     m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                     projector_hidden=8, lora_rank=4), seed=0)

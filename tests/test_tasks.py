@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from lib.config import config_hash
+from lib.fileio import config_hash
 from lib.data.loaders import Utterance
 from lib.errors import CompanionError
-from lib.evaluate import score_task
+from lib.evaluate.metrics import score_task
 from lib.tasks import ASR, Prompt, Task, get_task
 
 
@@ -26,7 +26,7 @@ def test_evaluation_key_material_is_unchanged():
     """evaluate_asr keys a score by config_hash({..., "prompt": model.prompt, ...}).
 
     bada9e7d2d9c was computed at commit 8db4fb0 (before tasks existed) from the Prompt
-    dataclass of lib/speechllm.py, hashed as json.dumps(asdict, sort_keys) -> sha256[:12].
+    dataclass of lib/build/speechllm.py, hashed as json.dumps(asdict, sort_keys) -> sha256[:12].
     """
     material = {"data": "x", "max_new_tokens": 8, "batch_size": 8, "prompt": ASR.prompt(),
                 "version": 1}
@@ -39,8 +39,8 @@ def test_evaluation_key_material_is_unchanged():
 
 
 def test_speechllm_reads_its_tasks_prompt():
-    from lib.config import ModelConfig
-    from lib.speechllm import build_speechllm
+    from lib.config.sections import ModelConfig
+    from lib.build.speechllm import build_speechllm
 
     mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=8,
                      lora_rank=0)
@@ -74,7 +74,7 @@ def test_training_batches_carry_the_task_target(random_features):
     extra = [dataclasses.replace(u, text=u.text) for u in data.utterances]
     for u, k in zip(extra, range(3)):
         object.__setattr__(u, "translation", f"target {k}")
-    from lib.features import FeatureSet
+    from lib.data.features import FeatureSet
 
     fs = FeatureSet(extra, data.feats)
     assert fs.batch([2, 0])[2] == [extra[2].text, extra[0].text]

@@ -9,11 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.config import ModelConfig, TrainConfig
+from lib.config.sections import ModelConfig, TrainConfig
 from lib.errors import CompanionError
-from lib.features import FeatureSet
-from lib.speechllm import build_speechllm
-from lib.train import train_speechllm
+from lib.data.features import FeatureSet
+from lib.build.speechllm import build_speechllm
+from lib.train.loop import train_speechllm
+
+
+def _train_config(**fields):
+    """A training section as these tests measured their references: float32 and one
+    learning rate for every trainable weight (the defaults use bf16 where the CPU has it and
+    a gentler projector rate), the rest as given."""
+    return TrainConfig(**{"precision": "fp32", "projector_learning_rate": None, **fields})
 
 
 def _model():
@@ -30,7 +37,7 @@ def test_training_moves_only_trainable_weights_and_lowers_the_loss(tmp_path,
                             seed=0)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    cfg = TrainConfig(steps=30, batch_size=4, learning_rate=1e-2, warmup_steps=0,
+    cfg = _train_config(steps=30, batch_size=4, learning_rate=1e-2, warmup_steps=0,
                       checkpoint_every=100)
     run = train_speechllm(model, data, cfg, tmp_path / "run")
     assert run.finished and len(run.log) == 30
@@ -45,7 +52,7 @@ def test_training_moves_only_trainable_weights_and_lowers_the_loss(tmp_path,
 
 def test_killed_run_resumes_to_identical_weights(tmp_path, random_features):
     data = random_features(6, split="train", base=20, step=5)
-    cfg = TrainConfig(steps=6, batch_size=2, grad_accum=2, learning_rate=1e-3,
+    cfg = _train_config(steps=6, batch_size=2, grad_accum=2, learning_rate=1e-3,
                       warmup_steps=1, checkpoint_every=2)
     straight = train_speechllm(_model(), data, cfg, tmp_path / "a")
     ref = json.loads((tmp_path / "a" / "train_result.json").read_text())
@@ -68,7 +75,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, random_features):
 
 def test_finished_run_is_reused(tmp_path, capsys, random_features):
     data = random_features(4, split="train", base=20, step=5)
-    cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=0, checkpoint_every=1)
+    cfg = _train_config(steps=2, batch_size=2, warmup_steps=0, checkpoint_every=1)
     train_speechllm(_model(), data, cfg, tmp_path / "r")
     again = train_speechllm(_model(), data, cfg, tmp_path / "r")
     assert again.cached and "cached run reused" in capsys.readouterr().out
@@ -77,12 +84,12 @@ def test_finished_run_is_reused(tmp_path, capsys, random_features):
 def test_empty_training_set_is_an_error(tmp_path):
     empty = FeatureSet([], [])
     with pytest.raises(CompanionError, match="empty"):
-        train_speechllm(_model(), empty, TrainConfig(steps=1), tmp_path / "e")
+        train_speechllm(_model(), empty, _train_config(steps=1), tmp_path / "e")
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path, random_features):
     data = random_features(4, split="train", base=20, step=5)
-    cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=0, checkpoint_every=1)
+    cfg = _train_config(steps=2, batch_size=2, warmup_steps=0, checkpoint_every=1)
     train_speechllm(_model(), data, cfg, tmp_path / "r", stop_after=1)
     other = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                         projector_hidden=16, lora_rank=0), seed=0)
@@ -142,9 +149,9 @@ def test_accumulation_weights_tokens_not_micro_batches(tmp_path, random_features
     assert len({len(u.text) for u in data.utterances}) > 1
     mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=32,
                      lora_rank=4, lora_alpha=8, lora_dropout=0.0)
-    cfg_one = TrainConfig(steps=1, batch_size=4, grad_accum=1, learning_rate=1e-2,
+    cfg_one = _train_config(steps=1, batch_size=4, grad_accum=1, learning_rate=1e-2,
                           warmup_steps=0, checkpoint_every=10)
-    cfg_two = TrainConfig(steps=1, batch_size=2, grad_accum=2, learning_rate=1e-2,
+    cfg_two = _train_config(steps=1, batch_size=2, grad_accum=2, learning_rate=1e-2,
                           warmup_steps=0, checkpoint_every=10)
     # The reference: one plain full-batch gradient, computed by hand from summed token losses.
     ref = build_speechllm(mc, seed=0)
@@ -171,7 +178,7 @@ def test_accumulation_weights_tokens_not_micro_batches(tmp_path, random_features
 
 def test_a_non_finite_loss_stops_training_and_caches_nothing(tmp_path, random_features):
     data = random_features(4, split="train", base=20, step=5)
-    cfg = TrainConfig(steps=4, batch_size=2, learning_rate=float("inf"), warmup_steps=0,
+    cfg = _train_config(steps=4, batch_size=2, learning_rate=float("inf"), warmup_steps=0,
                       checkpoint_every=1)
     with pytest.raises(CompanionError, match="not finite|loss is nan|loss is inf") as err:
         train_speechllm(_model(), data, cfg, tmp_path / "run")
@@ -183,7 +190,7 @@ def test_a_non_finite_loss_stops_training_and_caches_nothing(tmp_path, random_fe
 def test_dev_checks_are_logged_every_dev_every_steps_and_survive_a_resume(tmp_path,
                                                                           random_features):
     data = random_features(4, split="train", base=20, step=5)
-    cfg = TrainConfig(steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=0,
+    cfg = _train_config(steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=0,
                       checkpoint_every=2, dev_every=2)
     calls = []
 
@@ -219,7 +226,7 @@ def test_an_auxiliary_loss_is_averaged_over_micro_batches(tmp_path, random_featu
 
     grads = {}
     for name, batch, accum in (("one", 4, 1), ("two", 2, 2)):
-        cfg = TrainConfig(steps=1, batch_size=batch, grad_accum=accum, learning_rate=1e-2,
+        cfg = _train_config(steps=1, batch_size=batch, grad_accum=accum, learning_rate=1e-2,
                           warmup_steps=0, checkpoint_every=10)
         grads[name] = _first_step_grads(mc, data, cfg, tmp_path / name, aux_loss=aux)
     name = "projector.net.0.weight"
@@ -231,7 +238,7 @@ def test_length_grouping_batches_neighbours_in_length_and_keeps_every_item():
     consecutive lengths (worked out by hand), and the epoch holds each item once."""
     import torch
 
-    from lib.train import length_grouped_permutation
+    from lib.train.loop import length_grouped_permutation
 
     lengths = list(range(1, 17))
     perm = length_grouped_permutation(lengths, 4, 4, torch.Generator().manual_seed(3))

@@ -1,51 +1,28 @@
 """Convert a CTranslate2 Whisper ``model.bin`` into a transformers checkpoint.
 
 The only Whisper weights that can be had offline ship as a CTranslate2 file (see
-``shared/ASSETS.md``). transformers cannot read it, so this module parses the binary
-layout and maps every variable onto :class:`transformers.WhisperForConditionalGeneration`.
+``shared/ASSETS.md``). transformers cannot read it: :mod:`lib.assets.ct2_format` parses the
+binary layout and this module maps every variable onto
+:class:`transformers.WhisperForConditionalGeneration`. Attention q/k/v (self-attention) and
+k/v (cross-attention) are fused along the output dimension; Whisper's k projections have no
+bias, so CTranslate2 stores zeros there.
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
-
-File layout (little endian)::
-
-    uint32 binary version (6)
-    string spec name ("WhisperSpec")      # uint16 length incl. NUL, bytes, NUL
-    uint32 spec revision
-    uint32 variable count
-    per variable: string name, uint8 rank, uint32 dims[rank], uint8 dtype,
-                  uint32 byte count, raw bytes
-    uint32 alias count, per alias: string alias, string target
-
-Attention q/k/v (self-attention) and k/v (cross-attention) are fused along the output
-dimension; Whisper's k projections have no bias, so CTranslate2 stores zeros there.
 
 Stage: building the SpeechLLM (offline assets).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import struct
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import numpy as np
 import torch
 
+from lib.assets.ct2_format import dequantize, read_ct2_model
 from lib.errors import CompanionError
-
-# CTranslate2 dtype codes -> numpy dtypes (bf16 is read as uint16 then widened).
-_DTYPES: dict[int, np.dtype] = {
-    0: np.dtype("<f4"),
-    1: np.dtype("i1"),
-    2: np.dtype("<i2"),
-    3: np.dtype("<i4"),
-    4: np.dtype("<f2"),
-    5: np.dtype("<u2"),
-}
 
 # Scalar settings stored as variables; they describe the architecture, not weights.
 _METADATA = re.compile(
@@ -56,94 +33,6 @@ _METADATA = re.compile(
     r"rms_norm|multi_query_attention|rotary_.*|parallel_residual|shared_layer_norm"
     r")$"
 )
-
-
-def _read_string(f: BinaryIO) -> str:
-    """Read a uint16-length-prefixed, NUL-terminated UTF-8 string."""
-    (length,) = struct.unpack("<H", f.read(2))
-    raw = f.read(length)
-    return raw.rstrip(b"\0").decode("utf-8")
-
-
-def _to_tensor(raw: bytes, dtype_code: int, dims: list[int]) -> torch.Tensor:
-    """Turn raw variable bytes into a tensor (bf16 kept as bf16)."""
-    if dtype_code not in _DTYPES:
-        raise CompanionError(f"CTranslate2 dtype code {dtype_code} is not supported.")
-    arr = np.frombuffer(raw, dtype=_DTYPES[dtype_code]).copy()
-    if dtype_code == 5:
-        widened = arr.astype(np.uint32) << 16
-        tensor = torch.from_numpy(widened.view(np.float32)).to(torch.bfloat16)
-    else:
-        tensor = torch.from_numpy(arr)
-    return tensor.reshape(dims) if dims else tensor.reshape(())
-
-
-def read_ct2_model(
-    source: Path | bytes | Iterable[Path],
-) -> tuple[str, dict[str, torch.Tensor]]:
-    """Parse a CTranslate2 ``model.bin`` into named tensors.
-
-    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
-
-    Args:
-        source: The file, its bytes, or the ordered parts of a split file (joined in
-            memory in the order given).
-
-    Returns:
-        The spec name (e.g. ``"WhisperSpec"``) and a dict of variables; aliases are
-        resolved to the tensor they point at.
-
-    Raises:
-        CompanionError: If the file is truncated or not a CTranslate2 model.
-    """
-    if isinstance(source, bytes):
-        data = source
-    elif isinstance(source, Path):
-        data = source.read_bytes()
-    else:
-        data = b"".join(Path(p).read_bytes() for p in source)
-    f = io.BytesIO(data)
-    try:
-        (version,) = struct.unpack("<I", f.read(4))
-        if version < 5 or version > 6:
-            raise CompanionError(
-                f"CTranslate2 binary version {version} is not supported (expected 5 or 6)."
-            )
-        spec = _read_string(f)
-        struct.unpack("<I", f.read(4))  # spec revision
-        (count,) = struct.unpack("<I", f.read(4))
-        variables: dict[str, torch.Tensor] = {}
-        for _ in range(count):
-            name = _read_string(f)
-            (rank,) = struct.unpack("<B", f.read(1))
-            dims = list(struct.unpack(f"<{rank}I", f.read(4 * rank)))
-            (dtype_code,) = struct.unpack("<B", f.read(1))
-            (nbytes,) = struct.unpack("<I", f.read(4))
-            raw = f.read(nbytes)
-            if len(raw) != nbytes:
-                raise CompanionError("CTranslate2 model.bin is truncated.")
-            variables[name] = _to_tensor(raw, dtype_code, dims)
-        (n_alias,) = struct.unpack("<I", f.read(4))
-        for _ in range(n_alias):
-            alias = _read_string(f)
-            target = _read_string(f)
-            variables[alias] = variables[target]
-    except struct.error as exc:
-        raise CompanionError(f"CTranslate2 model.bin is truncated or corrupt ({exc}).")
-    return spec, variables
-
-
-def _dequantize(variables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Turn int8/int16 weights with a ``weight_scale`` back into float32."""
-    out: dict[str, torch.Tensor] = {}
-    for name, value in variables.items():
-        if name.endswith("/weight_scale"):
-            continue
-        scale = variables.get(name + "_scale")
-        if scale is not None and not value.is_floating_point():
-            value = value.float() / scale.float().reshape(-1, 1)
-        out[name] = value.float() if value.is_floating_point() else value
-    return out
 
 
 def _count_layers(variables: dict[str, torch.Tensor], side: str) -> int:
@@ -221,6 +110,53 @@ def _split(t: torch.Tensor, parts: int) -> list[torch.Tensor]:
     return list(torch.chunk(t, parts, dim=0))
 
 
+class _Mapping:
+    """CTranslate2 variables taken one by one into a transformers state dict (``sd``),
+    each name remembered in ``used`` so that nothing is left behind unseen."""
+
+    def __init__(self, variables: dict[str, torch.Tensor]) -> None:
+        self.v, self.used, self.sd = variables, set(), {}
+
+    def take(self, name: str) -> torch.Tensor:
+        self.used.add(name)
+        return self.v[name]
+
+    def norm(self, src: str, dst: str) -> None:
+        self.sd[f"{dst}.weight"] = self.take(f"{src}/gamma")
+        self.sd[f"{dst}.bias"] = self.take(f"{src}/beta")
+
+    def linear(self, src: str, dst: str) -> None:
+        self.sd[f"{dst}.weight"] = self.take(f"{src}/weight")
+        self.sd[f"{dst}.bias"] = self.take(f"{src}/bias")
+
+    def ffn(self, src: str, dst: str) -> None:
+        self.norm(f"{src}/layer_norm", f"{dst}.final_layer_norm")
+        self.linear(f"{src}/linear_0", f"{dst}.fc1")
+        self.linear(f"{src}/linear_1", f"{dst}.fc2")
+
+    def self_attn(self, src: str, dst: str, norm_dst: str) -> None:
+        """Fused q/k/v split in three (k has no bias in Whisper)."""
+        sd = self.sd
+        self.norm(f"{src}/layer_norm", norm_dst)
+        q, k, val = _split(self.take(f"{src}/linear_0/weight"), 3)
+        qb, _kb, vb = _split(self.take(f"{src}/linear_0/bias"), 3)
+        sd[f"{dst}.q_proj.weight"], sd[f"{dst}.q_proj.bias"] = q, qb
+        sd[f"{dst}.k_proj.weight"] = k
+        sd[f"{dst}.v_proj.weight"], sd[f"{dst}.v_proj.bias"] = val, vb
+        self.linear(f"{src}/linear_1", f"{dst}.out_proj")
+
+    def cross_attn(self, src: str, dst: str, norm_dst: str) -> None:
+        """q on its own, fused k/v split in two."""
+        sd = self.sd
+        self.norm(f"{src}/layer_norm", norm_dst)
+        self.linear(f"{src}/linear_0", f"{dst}.q_proj")
+        k, val = _split(self.take(f"{src}/linear_1/weight"), 2)
+        _kb, vb = _split(self.take(f"{src}/linear_1/bias"), 2)
+        sd[f"{dst}.k_proj.weight"] = k
+        sd[f"{dst}.v_proj.weight"], sd[f"{dst}.v_proj.bias"] = val, vb
+        self.linear(f"{src}/linear_2", f"{dst}.out_proj")
+
+
 def ct2_to_hf_state_dict(
     variables: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
@@ -240,78 +176,36 @@ def ct2_to_hf_state_dict(
     Raises:
         CompanionError: If a variable cannot be mapped.
     """
-    v = _dequantize(variables)
-    used: set[str] = set()
-    sd: dict[str, torch.Tensor] = {}
-
-    def take(name: str) -> torch.Tensor:
-        used.add(name)
-        return v[name]
-
-    def norm(src: str, dst: str) -> None:
-        sd[f"{dst}.weight"] = take(f"{src}/gamma")
-        sd[f"{dst}.bias"] = take(f"{src}/beta")
-
-    def linear(src: str, dst: str) -> None:
-        sd[f"{dst}.weight"] = take(f"{src}/weight")
-        sd[f"{dst}.bias"] = take(f"{src}/bias")
-
-    def ffn(src: str, dst: str) -> None:
-        norm(f"{src}/layer_norm", f"{dst}.final_layer_norm")
-        linear(f"{src}/linear_0", f"{dst}.fc1")
-        linear(f"{src}/linear_1", f"{dst}.fc2")
-
-    def self_attn(src: str, dst: str, norm_dst: str) -> None:
-        norm(f"{src}/layer_norm", norm_dst)
-        q, k, val = _split(take(f"{src}/linear_0/weight"), 3)
-        qb, _kb, vb = _split(take(f"{src}/linear_0/bias"), 3)
-        sd[f"{dst}.q_proj.weight"], sd[f"{dst}.q_proj.bias"] = q, qb
-        sd[f"{dst}.k_proj.weight"] = k
-        sd[f"{dst}.v_proj.weight"], sd[f"{dst}.v_proj.bias"] = val, vb
-        linear(f"{src}/linear_1", f"{dst}.out_proj")
-
-    def cross_attn(src: str, dst: str, norm_dst: str) -> None:
-        norm(f"{src}/layer_norm", norm_dst)
-        linear(f"{src}/linear_0", f"{dst}.q_proj")
-        k, val = _split(take(f"{src}/linear_1/weight"), 2)
-        _kb, vb = _split(take(f"{src}/linear_1/bias"), 2)
-        sd[f"{dst}.k_proj.weight"] = k
-        sd[f"{dst}.v_proj.weight"], sd[f"{dst}.v_proj.bias"] = val, vb
-        linear(f"{src}/linear_2", f"{dst}.out_proj")
-
+    v = dequantize(variables)
+    m = _Mapping(v)
     enc, dec = "model.encoder", "model.decoder"
     for i in (1, 2):
-        linear(f"encoder/conv{i}", f"{enc}.conv{i}")
-    sd[f"{enc}.embed_positions.weight"] = take("encoder/position_encodings/encodings")
+        m.linear(f"encoder/conv{i}", f"{enc}.conv{i}")
+    m.sd[f"{enc}.embed_positions.weight"] = m.take("encoder/position_encodings/encodings")
     for i in range(_count_layers(v, "encoder")):
         src, dst = f"encoder/layer_{i}", f"{enc}.layers.{i}"
-        self_attn(
-            f"{src}/self_attention", f"{dst}.self_attn", f"{dst}.self_attn_layer_norm"
-        )
-        ffn(f"{src}/ffn", dst)
-    norm("encoder/layer_norm", f"{enc}.layer_norm")
+        m.self_attn(f"{src}/self_attention", f"{dst}.self_attn", f"{dst}.self_attn_layer_norm")
+        m.ffn(f"{src}/ffn", dst)
+    m.norm("encoder/layer_norm", f"{enc}.layer_norm")
 
-    sd[f"{dec}.embed_tokens.weight"] = take("decoder/embeddings/weight")
-    sd[f"{dec}.embed_positions.weight"] = take("decoder/position_encodings/encodings")
+    m.sd[f"{dec}.embed_tokens.weight"] = m.take("decoder/embeddings/weight")
+    m.sd[f"{dec}.embed_positions.weight"] = m.take("decoder/position_encodings/encodings")
     for i in range(_count_layers(v, "decoder")):
         src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        self_attn(
-            f"{src}/self_attention", f"{dst}.self_attn", f"{dst}.self_attn_layer_norm"
-        )
-        cross_attn(
-            f"{src}/attention", f"{dst}.encoder_attn", f"{dst}.encoder_attn_layer_norm"
-        )
-        ffn(f"{src}/ffn", dst)
-    norm("decoder/layer_norm", f"{dec}.layer_norm")
+        m.self_attn(f"{src}/self_attention", f"{dst}.self_attn", f"{dst}.self_attn_layer_norm")
+        m.cross_attn(f"{src}/attention", f"{dst}.encoder_attn",
+                     f"{dst}.encoder_attn_layer_norm")
+        m.ffn(f"{src}/ffn", dst)
+    m.norm("decoder/layer_norm", f"{dec}.layer_norm")
     # The output projection is tied to the embeddings (an alias in the file).
     proj = v.get("decoder/projection/weight")
     if proj is not None:
-        used.add("decoder/projection/weight")
+        m.used.add("decoder/projection/weight")
         if not torch.equal(proj, v["decoder/embeddings/weight"]):
             raise CompanionError(
                 "CTranslate2 Whisper has an untied output projection; not supported."
             )
-
+    used, sd = m.used, m.sd
     left = sorted(n for n in v if n not in used and not _METADATA.match(n))
     if left:
         raise CompanionError(

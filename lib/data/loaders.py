@@ -129,64 +129,64 @@ def load_manifest(path: str | os.PathLike[str]) -> list[Utterance]:
             f"manifest is empty: {manifest}: expected one JSON object per line with "
             "keys id, audio, text"
         )
-    utts: list[Utterance] = []
-    for number, line in enumerate(rows, start=1):
-        if not line.strip():
-            continue
-        where = f"{manifest}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CompanionError(
-                f"malformed manifest line {where} ({exc.msg}): expected one JSON object "
-                "per line with keys id, audio, text"
-            ) from None
-        if not isinstance(row, dict):
-            raise CompanionError(
-                f"malformed manifest line {where}: expected a JSON object with keys "
-                "id, audio, text"
-            )
-        missing = [key for key in ("id", "audio", "text") if key not in row]
-        if missing:
-            raise CompanionError(
-                f"malformed manifest line {where}: missing key(s) {', '.join(missing)}"
-            )
-        audio = Path(str(row["audio"])).expanduser()
-        if not audio.is_absolute():
-            audio = folder / audio
-        text = " ".join(str(row["text"] or "").split())
-        if not audio.is_file():
-            warn_skipped(f"skipped {where} (id {row['id']}): audio file not found: {audio}")
-            continue
-        if not text:
-            warn_skipped(f"skipped {where} (id {row['id']}): empty transcript")
-            continue
-        try:
-            duration = float(row["duration"]) if "duration" in row else None
-        except (TypeError, ValueError):
-            raise CompanionError(
-                f"malformed manifest line {where}: duration {row['duration']!r} is "
-                "not a number"
-            ) from None
-        if duration is None:
-            duration = audio_duration(audio)
-        utts.append(
-            Utterance(
-                id=str(row["id"]),
-                audio=str(audio),
-                text=text,
-                duration=duration,
-                voice=str(row.get("voice") or "unknown"),
-                split=str(row.get("split") or ""),
-                source=str(row.get("source") or "manifest"),
-            )
-        )
+    utts = [u for number, line in enumerate(rows, start=1) if line.strip()
+            for u in [_manifest_row(line, f"{manifest}:{number}", folder)] if u is not None]
     if not utts:
         raise CompanionError(
             f"manifest {manifest} has no usable rows (see the warnings above): fix the "
             "audio paths or transcripts"
         )
     return utts
+
+
+def _manifest_row(line: str, where: str, folder: Path) -> Utterance | None:
+    """One manifest line as an utterance; None (with a one-line warning) when its audio is
+    missing or its transcript empty.
+
+    Raises:
+        CompanionError: the line is not a JSON object with id, audio and text, or its
+            duration is not a number.
+    """
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CompanionError(
+            f"malformed manifest line {where} ({exc.msg}): expected one JSON object "
+            "per line with keys id, audio, text"
+        ) from None
+    if not isinstance(row, dict):
+        raise CompanionError(
+            f"malformed manifest line {where}: expected a JSON object with keys "
+            "id, audio, text"
+        )
+    missing = [key for key in ("id", "audio", "text") if key not in row]
+    if missing:
+        raise CompanionError(
+            f"malformed manifest line {where}: missing key(s) {', '.join(missing)}"
+        )
+    audio = Path(str(row["audio"])).expanduser()
+    if not audio.is_absolute():
+        audio = folder / audio
+    text = " ".join(str(row["text"] or "").split())
+    if not audio.is_file():
+        warn_skipped(f"skipped {where} (id {row['id']}): audio file not found: {audio}")
+        return None
+    if not text:
+        warn_skipped(f"skipped {where} (id {row['id']}): empty transcript")
+        return None
+    try:
+        duration = float(row["duration"]) if "duration" in row else None
+    except (TypeError, ValueError):
+        raise CompanionError(
+            f"malformed manifest line {where}: duration {row['duration']!r} is "
+            "not a number"
+        ) from None
+    if duration is None:
+        duration = audio_duration(audio)
+    return Utterance(id=str(row["id"]), audio=str(audio), text=text, duration=duration,
+                     voice=str(row.get("voice") or "unknown"),
+                     split=str(row.get("split") or ""),
+                     source=str(row.get("source") or "manifest"))
 
 
 # --------------------------------------------------------------------------- LibriSpeech

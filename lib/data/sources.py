@@ -7,12 +7,19 @@
 ``manifest:<file.jsonl>``        a manifest; ``#<split>`` keeps one split
 =============================  =========================================================
 
+:func:`shared_sources` finds a test source that holds utterances of the training source
+(the same split named two ways, a manifest and one of its splits), which chapter 1's config
+warns about.
+
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
 Stage: data.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 
 from lib.data.corpus import ensure_synthetic_corpus
 from lib.data.spec import CorpusSpec
@@ -54,3 +61,54 @@ def load_source(name: str, corpus: CorpusSpec | None = None) -> list[Utterance]:
     if not utts:
         raise CompanionError(f"data source '{name}' has no utterances: check its path/split")
     return utts
+
+
+class DataOverlapWarning(UserWarning):
+    """The training data and a test set share utterances (one line naming both)."""
+
+
+def _locations(source: str) -> set[str]:
+    """Where a data source's utterances live, as normalised ``where#what`` strings.
+
+    ``librispeech:<root>#a,b`` becomes one location per split folder, so that a root with
+    ``#test-clean`` and the ``test-clean`` folder itself are the same location.
+    """
+    kind, _, rest = source.strip().partition(":")
+    path, _, split = rest.partition("#")
+    if kind not in {"librispeech", "manifest"} or not path:
+        return {source.strip()}  # synthetic:train, synthetic:test, real, unknown forms
+    full = os.path.abspath(os.path.expanduser(path))
+    splits = [x.strip() for x in split.split(",") if x.strip()]
+    if kind == "librispeech":
+        return {os.path.join(full, x) for x in splits} if splits else {full}
+    return {f"{full}#{x}" for x in splits} if splits else {full}
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Two locations share utterances: equal, one inside the other, or a whole manifest."""
+    if a == b:
+        return True
+    a_file, b_file = a.split("#")[0], b.split("#")[0]
+    if a_file == b_file and ("#" not in a or "#" not in b):  # a whole manifest and a split
+        return True
+    if "#" in a or "#" in b:
+        return False
+    return a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+
+
+def shared_sources(train_data: str, test_data: Sequence[str]) -> list[str]:
+    """The test sources that hold utterances of the training source.
+
+    The same name twice (``real`` and ``real``), the same LibriSpeech split named as the
+    root with ``#split`` or as its folder, a whole manifest and one of its splits.
+
+    Args:
+        train_data: the training data source (a :mod:`lib.data.sources` name).
+        test_data: the test data sources.
+
+    Returns:
+        The overlapping test sources, in the order given.
+    """
+    train = _locations(train_data)
+    return [test for test in test_data
+            if any(_overlaps(a, b) for a in train for b in _locations(test))]

@@ -1,0 +1,155 @@
+"""The book's chapters and where their outputs go: which notebooks, selected how, with
+which parameters (a preset, then ``-p`` overrides, cut to what each chapter declares).
+
+Used by :mod:`lib.book` to run and build the book. Stage: the book. Explained in the
+README (How the book is built).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lib.errors import CompanionError
+from lib.params import reject_unknown
+from lib.paths import REPO_ROOT
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def preset_dir(preset: str, root: Path = REPO_ROOT) -> Path:
+    """``_build/<preset>``: everything built for one preset (a path preset uses its stem)."""
+    name = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    return root / "_build" / name
+
+
+def check_folder(path: Path, create: bool = False) -> Path:
+    """Make sure ``path`` is (or can become) a folder: no file stands in its way.
+
+    Args:
+        path: the folder, e.g. ``_build/<preset>/executed``.
+        create: create it (and its parents) when it does not exist.
+
+    Raises:
+        CompanionError: ``path`` or one of its parents is a file, or it cannot be created.
+    """
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise CompanionError(
+                f"{part} is a file, not a folder: move or delete it (the book writes "
+                f"{path} there), then run again"
+            )
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CompanionError(f"cannot create the folder {path}: {err.strerror}: check "
+                                 "its permissions and free space") from None
+    return path
+
+
+def list_chapters(root: Path = REPO_ROOT) -> list[Path]:
+    """The chapter notebooks ``book/NN_*.ipynb``, in chapter order."""
+    return sorted((root / "book").glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_chapters(chapters: Sequence[str] | None, root: Path = REPO_ROOT) -> list[Path]:
+    """Chapters named by their number (``01`` or ``1``) or name (``01_building...``).
+
+    A name may end in ``.ipynb`` and start with ``book/``; anything else must match a
+    chapter exactly (``2.5`` or ``01_build`` is refused, not rounded to a chapter).
+
+    Raises:
+        CompanionError: there are no chapters, or a name matches none of them.
+    """
+    found = list_chapters(root)
+    if not found:
+        raise CompanionError(f"no chapters book/NN_*.ipynb under {root}")
+    if not chapters:
+        return found
+    picked: list[Path] = []
+    for want in chapters:
+        key = str(want).strip().removesuffix(".ipynb")
+        key = key.removeprefix("book/") if key.startswith("book/") else key
+        hits = [p for p in found if key in (p.stem, p.stem[:2]) or _same_number(key, p)]
+        if not hits:
+            names = ", ".join(p.stem for p in found)
+            raise CompanionError(f"unknown chapter {want!r}: give a chapter number (01 or 1) "
+                                 f"or name; chapters: {names}")
+        picked += [p for p in hits if p not in picked]
+    return sorted(picked)
+
+
+def _same_number(key: str, chapter: Path) -> bool:
+    return key.isascii() and key.isdigit() and int(key) == int(chapter.stem[:2])
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def declared_parameters(notebook: Path) -> list[str]:
+    """Names in the notebook's cell tagged ``parameters`` (what papermill can set)."""
+    import papermill
+
+    try:
+        return list(papermill.inspect_notebook(str(notebook)))
+    except ValueError as err:  # e.g. no kernel language in the notebook's metadata
+        raise CompanionError(f"cannot read the parameters of {notebook.name}: {err}") from None
+
+
+def chapter_parameters(
+    declared: dict[Path, list[str]],
+    preset: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+    preset_name: str | None = None,
+) -> dict[Path, dict[str, Any]]:
+    """What papermill injects into each chapter: the preset's and the overrides' values of
+    the names it declares, and for a chapter that starts from a preset, the preset itself.
+
+    A chapter whose parameters cell declares ``preset`` (and ``overrides``) gets
+    ``preset=<preset_name>`` and, in ``overrides``, the ``-p`` values of parameters it
+    inherits from earlier chapters (:data:`lib.config.defaults.CHAPTER_PARAMS`): its own
+    parameters are set directly, everything else it reads from the preset in its kernel. A
+    notebook without ``preset`` gets the values of the names it declares, as papermill does.
+
+    Args:
+        declared: each chapter's declared parameter names (:func:`declared_parameters`).
+        preset: the preset's values (:func:`lib.config.presets.load_preset`).
+        overrides: values given on the command line; they win over the preset.
+        preset_name: the preset as the kernel should load it (a name or an absolute path).
+
+    Raises:
+        CompanionError: an override names a parameter that no chapter takes.
+    """
+    from lib.config.defaults import CHAPTER_PARAMS, param_names
+
+    overrides = overrides or {}
+    known = {name for names in declared.values() for name in names}
+    takes = {nb: set(param_names(CHAPTER_PARAMS[_number(nb)]))
+             if "preset" in names and _number(nb) in CHAPTER_PARAMS else set()
+             for nb, names in declared.items()}
+    known |= {n for names in takes.values() for n in names}
+    known -= {"preset", "overrides"}
+    reject_unknown(overrides, known, f"unknown parameter {{names}}; the chapters take: "
+                   f"{', '.join(sorted(known)) or '(none)'}")
+    merged = {**preset, **overrides}
+    out = {}
+    for nb, names in declared.items():
+        values = {name: merged[name] for name in names
+                  if name in merged and name not in ("preset", "overrides")}
+        if "preset" in names and preset_name is not None:
+            values["preset"] = preset_name
+            inherited = {k: v for k, v in overrides.items()
+                         if k in takes[nb] and k not in names}
+            if "overrides" in names and inherited:
+                values["overrides"] = inherited
+        out[nb] = values
+    return out
+
+
+def _number(notebook: Path) -> int:
+    """The chapter number of ``book/NN_name.ipynb`` (-1 when the name has none)."""
+    head = notebook.stem[:2]
+    return int(head) if head.isdigit() else -1

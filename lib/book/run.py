@@ -1,0 +1,220 @@
+"""Run the book's chapters with papermill into ``_build/<preset>/executed/``.
+
+The chapters are the notebooks ``book/NN_name.ipynb``. Their sources stay free of outputs;
+:func:`run_chapters` executes them with the parameters of a *preset*
+(``params/<preset>.yaml``) and ``-p`` overrides; a chapter that fails or is interrupted never
+replaces its last good executed copy. Building the HTML is :mod:`lib.book.build`, the
+command line :mod:`lib.book.__main__`, which chapters run with which parameters
+:mod:`lib.book.chapters`. Stage: the book.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lib.book.chapters import (chapter_parameters, check_folder, declared_parameters,
+                               list_chapters, preset_dir, select_chapters)
+from lib.book.executed import show_parameters_once, source_cell
+from lib.config.defaults import parameter_names
+from lib.config.presets import load_preset, preset_path
+from lib.errors import CompanionError
+from lib.paths import REPO_ROOT
+
+
+KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadata names
+
+# --------------------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def _kernel_environment(preset: str) -> Iterator[None]:
+    """Environment the kernels inherit: ``import lib`` works, figures are not disabled,
+    and ``COMPANION_PRESET`` names the preset (chapters record their headline figures
+    under ``results/<preset>/``, see :func:`lib.report.results.record_headline`)."""
+    saved = dict(os.environ)
+    os.environ["COMPANION_PRESET"] = Path(preset).stem
+    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ.pop("MPLBACKEND", None)  # Agg here would drop every figure from the pages
+    # Progress bars are for people watching a kernel; in executed pages they are noise.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _CellOutput(logging.Filter):
+    """Keep the chapters' own output lines; drop papermill's per-cell bookkeeping."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage().strip()
+        if msg.startswith("<") and msg.endswith(">"):  # reprs of figures, tables, audio
+            return False
+        return not msg.startswith(("Executing", "Ending Cell", "Input Notebook",
+                                   "Output Notebook", "Working directory"))
+
+
+class _Stdout(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stdout`` is when a line arrives.
+
+    A plain ``StreamHandler(sys.stdout)`` keeps the stream of its first run: a later
+    :func:`main` with stdout redirected (tests, notebooks) would write to a closed stream.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _show_cell_output() -> None:
+    """Print what the chapter prints while it runs (papermill logs it at INFO)."""
+    log = logging.getLogger("papermill")
+    if not any(isinstance(f, _CellOutput) for h in log.handlers for f in h.filters):
+        handler = _Stdout()
+        handler.setFormatter(logging.Formatter("    %(message)s"))
+        handler.addFilter(_CellOutput())
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def run_chapters(
+    preset: str = "default",
+    chapters: list[str] | None = None,
+    overrides: dict | None = None,
+    out: Path | None = None,
+    *,
+    root: Path = REPO_ROOT,
+) -> list[Path]:
+    """Execute chapters with papermill; the source notebooks are left untouched.
+
+    Each chapter gets the preset's values (and then ``overrides``) for the parameters it
+    declares, runs with ``book/`` as working folder, and is written to
+    ``out/<name>.ipynb`` only when it finishes, so a failed or interrupted run never
+    replaces the last good copy; the partial run is kept as ``out/<name>.failed.ipynb``.
+    The executed copy shows the values it ran with once, in papermill's injected cell.
+
+    Args:
+        preset: a name in ``params/`` (``tiny``, ``default``, ``paper-...``) or a YAML path.
+        chapters: chapter numbers or names to run; all of them when ``None``.
+        overrides: parameter values that win over the preset, e.g. ``{"train_steps": 50}``.
+        out: folder for the executed notebooks; ``_build/<preset>/executed`` by default.
+        root: the folder holding ``book/`` and ``params/`` (the repository).
+
+    Returns:
+        The executed notebooks, in chapter order.
+
+    Raises:
+        CompanionError: unknown preset, chapter or parameter, a preset key no chapter
+            takes, a file where the output folder goes, or a chapter that failed (named
+            with its cell, counted from 1 as in the source notebook).
+        KeyboardInterrupt: Ctrl-C; its message says where the partial run was kept.
+    """
+    notebooks = select_chapters(chapters, root)
+    declared = {nb: declared_parameters(nb) for nb in list_chapters(root)}
+    known = {*parameter_names(), *(n for names in declared.values() for n in names)}
+    values = load_preset(preset, root, known=known)
+    # the kernel runs in book/: a preset given as a path is passed as an absolute one
+    name = str(preset_path(preset, root).resolve()) if preset.endswith((".yaml", ".yml")) \
+        else preset
+    params = chapter_parameters({nb: declared[nb] for nb in notebooks}, values, overrides,
+                                preset_name=name)
+    out = Path(out) if out is not None else preset_dir(preset, root) / "executed"
+    check_folder(out, create=True)
+
+    done: list[Path] = []
+    for nb in notebooks:
+        target = out / nb.name
+        running = out / f"{nb.stem}.running.ipynb"
+        failed = out / f"{nb.stem}.failed.ipynb"
+        running.unlink(missing_ok=True)  # left by a run that was killed outright
+        reached = {**params[nb].get("overrides", {}), **params[nb]}
+        changed = [f"{k}={v!r}" for k, v in (overrides or {}).items() if k in reached]
+        shown = f"; {', '.join(changed)}" if changed else ""
+        print(f"chapter {nb.stem} (preset {preset}{shown})", flush=True)
+        start = time.perf_counter()
+        _execute(nb, running, failed, target, params[nb], preset)
+        note = f"preset {preset}" + (f"; -p {', '.join(changed)}" if changed else "")
+        try:
+            show_parameters_once(running, note)
+        except Exception as err:  # cosmetic: the run itself succeeded, keep papermill's copy
+            print(f"  note: parameters shown as papermill wrote them ({one_line(err)})")
+        running.replace(target)
+        failed.unlink(missing_ok=True)
+        print(f"  done in {time.perf_counter() - start:.1f} s -> {target}", flush=True)
+        done.append(target)
+    return done
+
+
+def _execute(nb: Path, running: Path, failed: Path, target: Path, params: dict[str, Any],
+             preset: str) -> None:
+    """Run one chapter with papermill into ``running``; a failure is one line, with the
+    partial run kept as ``failed`` and ``target`` (the last good copy) untouched."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        with _kernel_environment(preset):
+            _show_cell_output()
+            papermill.execute_notebook(
+                str(nb),
+                str(running),
+                parameters=params,
+                kernel_name=KERNEL,
+                language="python",
+                cwd=str(nb.parent),
+                progress_bar=False,
+                log_output=True,  # the chapter's own lines (steps, checkpoints) live
+                # quiet the kernel's start-up chatter (a TCP warning on every start)
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted(nb, running, failed, target)) from None
+    except PapermillExecutionError as err:
+        if err.ename == "KeyboardInterrupt":  # Ctrl-C reached the kernel too
+            raise KeyboardInterrupt(_interrupted(nb, running, failed, target)) from None
+        cell = source_cell(running, err.cell_index)
+        running.replace(failed)
+        raise CompanionError(
+            f"chapter {nb.stem[:2]} failed in cell {cell}: "
+            f"{err.ename}: {one_line(err.evalue)} (partial run kept at {failed})"
+        ) from None
+    except Exception as err:  # kernel died, could not start, ...
+        kept = ""
+        if running.exists():
+            running.replace(failed)
+            kept = f" (partial run kept at {failed})"
+        raise CompanionError(
+            f"chapter {nb.stem[:2]} failed: {type(err).__name__}: {one_line(err)}{kept}"
+        ) from None
+
+
+def _interrupted(nb: Path, running: Path, failed: Path, target: Path) -> str:
+    """Keep an interrupted run as ``failed``; the one line that says so."""
+    kept = "nothing was saved"
+    if running.exists():
+        running.replace(failed)
+        kept = f"partial run kept at {failed}"
+    last = (f"{target} is unchanged" if target.exists()
+            else "there is no earlier executed copy")
+    return f"interrupted: chapter {nb.stem[:2]} stopped; {kept}; {last}"
+
+

@@ -1,0 +1,92 @@
+"""Saving and reloading a SpeechLLM: the decoder as a plain transformers checkpoint, the
+projector beside it.
+
+:func:`save_speechllm` writes ``decoder/`` with ``save_pretrained`` (adapters merged, so
+plain ``AutoModelForCausalLM.from_pretrained`` loads it, pruned or not),
+``projector.safetensors`` and ``speechllm.json``; :func:`load_speechllm` reads them back.
+Stage: building the SpeechLLM (its checkpoint). Explained in chapter 4
+(book/04_healing.ipynb).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lib.build.speechllm import SpeechLLM, merge_adapters
+from lib.errors import CompanionError
+from lib.fileio import load_json, provenance, save_json
+from lib.prune.surgery import pruned_layers
+
+
+def save_speechllm(model: "SpeechLLM", folder: Path, overwrite: bool = False,
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Save a (pruned, healed) SpeechLLM: ``decoder/`` by ``save_pretrained`` (adapters
+    merged, so plain transformers loads it), ``projector.safetensors`` and
+    ``speechllm.json`` (projector shape, task, encoder features it expects, provenance).
+
+    Written into a temporary folder first and moved in place: a failed save leaves an
+    existing folder untouched. An existing folder is replaced only with ``overwrite``.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise CompanionError(f"{folder} already exists: pass overwrite=True or choose another "
+                             "folder (nothing was written)")
+    merge_adapters(model)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.decoder.save_pretrained(tmp / "decoder")
+    model.tokenizer.save_pretrained(tmp / "decoder")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()},
+              str(tmp / "projector.safetensors"))
+    lin = model.projector.net[0]
+    save_json(tmp / "speechllm.json", {
+        "projector": {"in_dim": lin.in_features // model.projector.stack,
+                      "out_dim": model.projector.net[2].out_features,
+                      "stack": model.projector.stack, "hidden": lin.out_features},
+        "task": model.task.name, "pruned_layers": pruned_layers(model.decoder),
+        **(extra or {}), "provenance": provenance()})
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load_speechllm(folder: Path, device: str = "cpu") -> "SpeechLLM":
+    """Load what :func:`save_speechllm` wrote: the decoder with plain
+    ``AutoModelForCausalLM.from_pretrained``, the projector from its weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lib.build.components import Projector
+    from lib.build.speechllm import SpeechLLM
+    from lib.tasks import get_task
+
+    folder = Path(folder)
+    meta_path = folder / "speechllm.json"
+    if not meta_path.is_file():
+        raise CompanionError(f"{folder} is not a saved SpeechLLM (no speechllm.json): save "
+                             "one with lib.build.checkpoint.save_speechllm")
+    meta = load_json(meta_path)
+    decoder = AutoModelForCausalLM.from_pretrained(folder / "decoder", dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder / "decoder")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    p = meta["projector"]
+    projector = Projector(p["in_dim"], p["out_dim"], p["stack"], p["hidden"])
+    projector.load_state_dict(load_file(str(folder / "projector.safetensors")))
+    model = SpeechLLM(None, projector, decoder, tok, task=get_task(meta["task"]))
+    model.requires_grad_(False)
+    model.to(device)
+    return model.eval()
+
+

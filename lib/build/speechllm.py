@@ -1,0 +1,377 @@
+"""Building a SLAM-style SpeechLLM: speech encoder -> projector -> LLM decoder.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb). Stage: building the SpeechLLM;
+the component builders (encoder, projector, decoder) are in :mod:`lib.build.components`.
+
+The three parts stay separate modules so that later chapters can operate on each one:
+``model.encoder`` (frozen by default, its features cacheable), ``model.projector`` (frame
+stacking + a two-layer MLP) and ``model.decoder`` (any transformers causal LM, optionally
+wrapped by peft LoRA). ``model.decoder_layers`` is the plain ``nn.ModuleList`` of decoder
+blocks: pruning (a later chapter) is visible surgery on that list.
+
+Sequence layout fed to the decoder, per utterance::
+
+    [prefix: "<audio>"] [projected audio frames] [suffix: "</audio> " + instruction] [target + eos]
+
+The loss covers only the target tokens (and the closing eos).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from lib.assets import resolve_model
+from lib.build.components import (Projector, SpeechEncoder, build_encoder, decoder_body,
+                                  encoder_kind, encoder_width, find_decoder_layers,
+                                  load_decoder)
+from lib.errors import CompanionError
+from lib.tasks import ASR, Prompt, Task
+
+if TYPE_CHECKING:
+    from lib.config.sections import ModelConfig
+
+
+# ----------------------------------------------------------------------------------------
+# The SpeechLLM
+# ----------------------------------------------------------------------------------------
+
+
+class SpeechLLM(nn.Module):
+    """Encoder -> projector -> decoder, with the prompt and the loss on target tokens only.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+
+    def __init__(
+        self,
+        encoder: SpeechEncoder | None,
+        projector: Projector,
+        decoder: nn.Module,
+        tokenizer: Any,
+        prompt: Prompt | None = None,
+        task: Task = ASR,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.task = task  # what the model is asked (lib.tasks); its prompt unless one is given
+        self.prompt = prompt = task.prompt() if prompt is None else prompt
+        tok = tokenizer
+        self._prefix_ids = tok(prompt.audio_start, add_special_tokens=True).input_ids
+        self._suffix_ids = tok(prompt.audio_end + prompt.instruction,
+                               add_special_tokens=False).input_ids
+        self.eos_id = int(tok.eos_token_id)
+        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        """The decoder's transformer blocks, as a plain ``nn.ModuleList``."""
+        return find_decoder_layers(self.decoder)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.projector.parameters()).device
+
+    # -- building the decoder input ---------------------------------------------------------
+
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        table = self.decoder.get_input_embeddings()
+        return table(torch.tensor(ids, device=self.device, dtype=torch.long))
+
+    def build_inputs(
+        self,
+        feats: torch.Tensor,
+        feat_lengths: torch.Tensor,
+        targets: Sequence[str] | None = None,
+        left_pad: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Assemble ``inputs_embeds``, ``attention_mask`` and (with targets) ``labels``.
+
+        Args:
+            feats: encoder features ``[B, T, D]``.
+            feat_lengths: valid frames per utterance.
+            targets: transcripts to learn (training); ``None`` for generation.
+            left_pad: pad on the left (generation) instead of the right (training).
+
+        Returns:
+            A dict of decoder inputs; ``audio_mask`` marks the audio positions, ``text_mask``
+            the prompt and target text positions (both exclude padding).
+        """
+        audio, audio_lengths = self.projector(feats.to(self.device), feat_lengths.to(self.device))
+        emb_dtype = self.decoder.get_input_embeddings().weight.dtype
+        audio = audio.to(emb_dtype)
+        prefix = self._embed(self._prefix_ids)
+        suffix = self._embed(self._suffix_ids)
+        rows, labels, kinds = [], [], []
+        for i in range(audio.shape[0]):
+            a = audio[i, : int(audio_lengths[i])]
+            parts = [prefix, a, suffix]
+            lab = [-100] * (len(self._prefix_ids) + a.shape[0] + len(self._suffix_ids))
+            kind = [2] * len(self._prefix_ids) + [1] * a.shape[0] + [2] * len(self._suffix_ids)
+            if targets is not None:
+                text = targets[i].strip()
+                if not text:
+                    raise CompanionError(
+                        f"empty transcript in training batch (item {i}, {targets[i]!r}): "
+                        "drop utterances without text"
+                    )
+                tid = self.target_ids(text)
+                parts.append(self._embed(tid))
+                lab += tid
+                kind += [2] * len(tid)
+            rows.append(torch.cat(parts, 0))
+            labels.append(lab)
+            kinds.append(kind)
+        longest = max(r.shape[0] for r in rows)
+        dim = rows[0].shape[1]
+        embeds = torch.zeros(len(rows), longest, dim, device=self.device, dtype=emb_dtype)
+        mask = torch.zeros(len(rows), longest, device=self.device, dtype=torch.long)
+        lab_t = torch.full((len(rows), longest), -100, device=self.device, dtype=torch.long)
+        kind_t = torch.zeros(len(rows), longest, device=self.device, dtype=torch.long)
+        for i, (r, lab, kind) in enumerate(zip(rows, labels, kinds)):
+            n = r.shape[0]
+            sl = slice(longest - n, longest) if left_pad else slice(0, n)
+            embeds[i, sl] = r
+            mask[i, sl] = 1
+            lab_t[i, sl] = torch.tensor(lab, device=self.device)
+            kind_t[i, sl] = torch.tensor(kind, device=self.device)
+        out = {
+            "inputs_embeds": embeds,
+            "attention_mask": mask,
+            "audio_mask": kind_t == 1,
+            "text_mask": kind_t == 2,
+        }
+        if targets is not None:
+            out["labels"] = lab_t
+        return out
+
+    # -- training and decoding ----------------------------------------------------------------
+
+    def target_ids(self, text: str) -> list[int]:
+        """The token ids the model learns for one transcript: `` text`` then eos."""
+        return self.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids + [
+            self.eos_id]
+
+    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
+                targets: Sequence[str], reduction: str = "mean") -> torch.Tensor:
+        """Training loss (see :meth:`loss`); ``forward`` so that DDP can wrap the model."""
+        return self.loss(feats, feat_lengths, targets, reduction)
+
+    def loss(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
+             targets: Sequence[str], reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy over target tokens (prompt and audio positions excluded).
+
+        Logits are computed only where a label exists: a 262k-word vocabulary (Gemma) would
+        otherwise dominate the step. No key/value cache is built (``use_cache=False``).
+
+        Args:
+            reduction: ``"mean"`` per target token, ``"sum"`` (training divides the sum
+                by the target tokens of all its micro-batches, so that gradient
+                accumulation weights tokens, not micro-batches), or ``"sequence"``: one
+                summed loss per utterance, ``[B]`` (minus its log-likelihood; CTC
+                rescoring compares candidate transcripts by it).
+        """
+        batch = self.build_inputs(feats, feat_lengths, targets)
+        labels = batch["labels"]
+        # Position t predicts token t+1: keep positions whose next label is a target.
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        body = decoder_body(self.decoder)
+        out = body(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+                   use_cache=False)
+        hidden = out.last_hidden_state[keep]
+        logits = self.decoder.get_output_embeddings()(hidden).float()
+        softcap = getattr(self.decoder.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        target = labels[:, 1:][keep[:, :-1]]
+        if reduction != "sequence":
+            return nn.functional.cross_entropy(logits, target, reduction=reduction)
+        per_token = nn.functional.cross_entropy(logits, target, reduction="none")
+        rows = keep.nonzero()[:, 0]
+        return torch.zeros(labels.shape[0], device=per_token.device).index_add_(0, rows,
+                                                                                per_token)
+
+    @torch.no_grad()
+    def generate(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
+                 max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
+        """Batched decoding with the KV cache (transformers ``generate``): greedy, or with
+        ``num_beams > 1`` beam search returning every beam's text, ``num_beams`` per
+        utterance in a row (best first)."""
+        batch = self.build_inputs(feats, feat_lengths, None, left_pad=True)
+        out = self.decoder.generate(
+            inputs_embeds=batch["inputs_embeds"],
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=num_beams,
+            num_return_sequences=num_beams,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # -- trainable state ------------------------------------------------------------------------
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the parameters that train (projector, LoRA): what checkpoints store."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                if k in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`trainable_state_dict` saved; every key must match."""
+        own = dict(self.named_parameters())
+        missing = [k for k, p in own.items() if p.requires_grad and k not in state]
+        unknown = [k for k in state if k not in own]
+        if missing or unknown:
+            raise CompanionError(
+                f"checkpoint does not fit this model ({len(missing)} missing, {len(unknown)} "
+                "unexpected tensors): it was trained with another configuration; delete it "
+                "or point to the matching run"
+            )
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v.to(own[k].device, own[k].dtype))
+
+
+def add_lora(decoder: nn.Module, rank: int, alpha: int, dropout: float,
+             target_modules: Sequence[str]) -> nn.Module:
+    """Wrap a decoder with peft LoRA adapters; the base weights are frozen.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if rank <= 0:
+        decoder.requires_grad_(False)
+        return decoder
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                     target_modules=list(target_modules), bias="none")
+    return get_peft_model(decoder, cfg)
+
+
+@contextlib.contextmanager
+def pretrained_decoder(model: SpeechLLM) -> Iterator[SpeechLLM]:
+    """Inside the block, ``model``'s decoder runs as the pretrained LLM (LoRA switched off).
+
+    The same weights, device and dtype: no second copy of the decoder is loaded.
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+    """
+    if hasattr(model.decoder, "disable_adapter"):
+        with model.decoder.disable_adapter():
+            yield model
+    else:  # no adapters: the decoder is the pretrained LLM
+        yield model
+
+
+def lora_update_norms(model: SpeechLLM) -> pd.DataFrame:
+    """How far training moved each LoRA-adapted weight: ``||scale * B A||_F / ||W||_F``.
+
+    One row per adapted linear layer: ``layer`` (decoder layer index, -1 if outside the
+    layers), ``module`` (e.g. ``q_proj``), ``relative_update``. Empty when the decoder has
+    no adapters. Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+    """
+    import re
+
+    rows = []
+    for name, mod in model.decoder.named_modules():
+        lora_a, lora_b = getattr(mod, "lora_A", None), getattr(mod, "lora_B", None)
+        base = getattr(mod, "base_layer", None)
+        if not isinstance(lora_a, nn.ModuleDict) or base is None:
+            continue
+        w = base.weight.detach().float()
+        for key in lora_a:
+            delta = (lora_b[key].weight.detach().float() @ lora_a[key].weight.detach().float()
+                     * float(mod.scaling[key]))
+            m = re.search(r"\.layers\.(\d+)\.", name)
+            rows.append({"layer": int(m.group(1)) if m else -1,
+                         "module": name.rsplit(".", 1)[-1],
+                         "relative_update": float(delta.norm() / w.norm())})
+    return pd.DataFrame(rows, columns=["layer", "module", "relative_update"])
+
+
+def count_parameters(model: SpeechLLM) -> dict[str, int]:
+    """Parameters of encoder, projector and decoder (LoRA adapters counted apart).
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    def n(module: nn.Module | None, pred=lambda name: True) -> int:
+        if module is None:
+            return 0
+        return sum(p.numel() for name, p in module.named_parameters() if pred(name))
+
+    return {
+        "encoder": n(model.encoder),
+        "projector": n(model.projector),
+        "decoder": n(model.decoder, lambda name: "lora_" not in name),
+        "lora": n(model.decoder, lambda name: "lora_" in name),
+    }
+
+
+def build_speechllm(cfg: "ModelConfig", device: str = "cpu", with_encoder: bool = False,
+                    encoder: SpeechEncoder | None = None, seed: int = 0,
+                    task: Task = ASR) -> SpeechLLM:
+    """Build a SpeechLLM from a :class:`lib.config.sections.ModelConfig` (a named preset's model).
+
+    The projector is freshly initialised (seeded); LoRA is added when ``lora_rank > 0``.
+    On a GPU the frozen decoder is held in bf16; trainable weights stay fp32.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Args:
+        cfg: which encoder/decoder and projector/LoRA sizes.
+        device: ``cpu`` or ``cuda[:N]``.
+        with_encoder: also load the encoder (not needed when features are cached).
+        encoder: an encoder already loaded (shared across decoders).
+        seed: initialisation seed of projector and LoRA.
+        task: what the model is asked (:mod:`lib.tasks`); ASR, the book's task, by default.
+    """
+    from transformers import AutoConfig
+
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if encoder is None and with_encoder:
+        encoder = build_encoder(cfg.encoder)
+    enc_cfg = AutoConfig.from_pretrained(resolve_model(cfg.encoder))
+    encoder_kind(cfg.encoder, enc_cfg)  # an LLM as encoder fails here, in one line
+    enc_dim = encoder_width(enc_cfg)
+    decoder, tokenizer = load_decoder(cfg.decoder, dtype=dtype)
+    decoder.requires_grad_(False)
+    torch.manual_seed(seed)
+    projector = Projector(enc_dim, decoder.config.hidden_size, cfg.projector_stack,
+                          cfg.projector_hidden)
+    if cfg.lora_rank > 0:
+        missing = [t for t in cfg.lora_targets
+                   if not any(n.endswith(t) for n, _ in decoder.named_modules())]
+        if missing:
+            raise CompanionError(
+                f"lora target(s) {missing} not found in decoder '{cfg.decoder}': name "
+                "linear layers it has (e.g. q_proj, v_proj)")
+        decoder = add_lora(decoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
+                           cfg.lora_targets)
+    model = SpeechLLM(encoder, projector, decoder, tokenizer, task=task)
+    model.projector.to(device)
+    model.decoder.to(device)
+    if encoder is not None:
+        encoder.to(device)
+    return model
+
+
+def merge_adapters(model: "SpeechLLM") -> "SpeechLLM":
+    """Merge the decoder's peft LoRA adapters into its weights (a plain transformers model)."""
+    if hasattr(model.decoder, "merge_and_unload"):
+        model.decoder = model.decoder.merge_and_unload()
+    return model
+
+
+def merged_copy(model: "SpeechLLM") -> "SpeechLLM":
+    """An unpruned copy of ``model`` with its adapters merged (``model`` is kept)."""
+    import copy
+
+    return merge_adapters(copy.deepcopy(model))

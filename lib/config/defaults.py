@@ -1,0 +1,130 @@
+"""Every parameter's default, once, with its reason: one dataclass per chapter, each adding
+its own fields to the previous chapter's (nanoGPT's ``GPTConfig`` habit).
+
+This is the one place a default lives. Everything else is derived from it or checked
+against it: the typed config sections (:mod:`lib.config.sections`) take their defaults from
+these classes; a preset in ``params/`` holds only the values that differ from them, each
+with its reason (:mod:`lib.config.presets`); a chapter's ``parameters`` cell lists the
+chapter's own fields (:func:`own_names`) with these values, and inherits the rest from its
+preset (``tests/test_config_defaults.py`` keeps cells, presets and classes in step).
+
+Imports nothing of the library. Stage: all (configuration). Explained in chapter 1
+(book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Chapter1Params:
+    """Chapter 1: build, train and evaluate a SpeechLLM per decoder."""
+
+    encoder: str = "whisper-base"  # offline alias, save_pretrained folder or hub id
+    decoders: tuple[str, ...] = ("smollm2-135m", "gemma3-270m")  # one SpeechLLM each
+    train_data: str = "synthetic:train"  # a lib.data.sources name
+    test_data: tuple[str, ...] = ("synthetic:test", "real")  # unseen voices; real speech
+    n_train: int = 6000  # synthetic train utterances: the CTC warm start needs this many
+    n_test: int = 100  # synthetic test utterances (unseen voices)
+    projector_stack: int = 5  # frames per LLM position: 50 Hz -> 10 Hz (paper)
+    projector_hidden: int = 1024  # hidden width of the projector's MLP
+    lora_rank: int = 8  # 0 trains the projector only
+    lora_alpha: int = 16  # LoRA scale: alpha / rank
+    train_steps: int = 300  # ~10 minutes per decoder on 2 CPU cores (warm start included)
+    batch_size: int = 8  # utterances per micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    learning_rate: float = 0.001  # peak AdamW rate of the LLM stage
+    warmup_steps: int = 20  # linear warm-up, then linear decay
+    checkpoint_every: int = 50  # steps between resumable checkpoints
+    eval_batch_size: int = 32  # utterances decoded at once
+    max_new_tokens: int = 48  # tokens decoded at most per utterance
+    max_test_utterances: int | None = None  # N: a quick run, labelled as one
+    seed: int = 0  # data order and initialisation
+    device: str = "auto"  # auto, cpu, cuda
+    recipe: str = "ctc-warmstart"  # CTC on the projector first; "plain" is the paper's
+    ctc_epochs: float = 4  # warm-start passes over the training set (projector only)
+    ctc_learning_rate: float = 0.003  # peak rate of the warm start
+    ctc_batch_size: int = 64  # cheap steps: projector only
+    precision: str = "auto"  # bf16 where native, else fp32
+    dev_utterances: int = 48  # held out from train_data for the learning curve
+    dev_every: int = 100  # steps between dev WER checks (0: none)
+    ctc_weight: float = 0.3  # the CTC loss kept on while the LLM trains (0: off)
+    projector_learning_rate: float | None = 0.0003  # None: learning_rate
+    length_grouping: int = 16  # batches from pools of N batches sorted by length (0: off)
+    rescore_beams: int = 2  # joint CTC / attention decoding: beams re-ranked (0: off)
+    rescore_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # CTC weights tried
+    # on the dev subset; the best one decodes the test sets
+
+
+@dataclass(frozen=True)
+class Chapter2Params(Chapter1Params):
+    """Chapter 2: chapter 1's models (reused from the cache) and the redundancy scores."""
+
+    n_score_utterances: int = 64  # test utterances (and transcripts) scored
+    score_batch_size: int = 8  # sequences per scoring forward pass
+    ablation_block: int = 4  # block size n whose removal is checked directly
+    ablation_utterances: int = 32  # utterances per removal in that check
+    chance_draws: int = 1000  # shuffled surfaces behind each chance baseline
+    agree_rho: float = 0.8  # per-n Spearman mean for "the same blocks"
+    agree_overlap_gain: float = 0.5  # overlap this far from chance toward 1, same verdict
+
+
+@dataclass(frozen=True)
+class Chapter3Params(Chapter2Params):
+    """Chapter 3: prune chapter 1's models by every strategy; WER against the cut."""
+
+    prune_strategies: tuple[str, ...] = ("angular", "block-influence", "gromov", "sleb",
+                                         "random", "oracle")  # lib.prune.strategies.STRATEGIES
+    prune_fractions: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3)  # of the layers removed
+    curve_utterances: int = 40  # first N of each test set per curve point (a dev subset)
+    calibration_utterances: int = 16  # dev utterances behind sleb's and oracle's losses
+    prune_threshold: float = 0.25  # the paper's rule: relative WER increase allowed
+
+
+@dataclass(frozen=True)
+class Chapter4Params(Chapter3Params):
+    """Chapter 4: heal the pruned models; save, reload and measure them."""
+
+    heal_variants: tuple[str, ...] = ("none", "projector", "decoder", "both",
+                                      "lora-all")  # compared at heal_fraction
+    heal_fraction: float = 0.2  # the cut (angular strategy) where variants are compared
+    heal_curve_fractions: tuple[float, ...] = (0.1, 0.2, 0.3)  # healed with "both"
+    heal_steps: int = 50  # ~1 min per healing on 2 CPU cores (the paper: ~5k on GPUs)
+    heal_batch_size: int = 8  # utterances per step
+    heal_learning_rate: float = 0.0005  # the paper's peak rate, linear decay
+    heal_warmup_steps: int = 5  # linear warm-up
+    heal_lora_rank: int = 64  # the paper's rank, on the MLP of the receiving layer
+    heal_lora_alpha: int = 128  # LoRA scale: alpha / rank
+    cost_rounds: int = 3  # alternated rounds of the speed and memory check (medians)
+
+
+CHAPTER_PARAMS: dict[int, type] = {1: Chapter1Params, 2: Chapter2Params, 3: Chapter3Params,
+                                   4: Chapter4Params}
+"""Chapter number -> its parameters class (a new chapter adds one line)."""
+
+
+def param_names(params: type) -> tuple[str, ...]:
+    """Every parameter a chapter takes (its own and its earlier chapters'), in order."""
+    return tuple(f.name for f in fields(params))
+
+
+def own_names(chapter: int) -> tuple[str, ...]:
+    """The parameters a chapter adds (its ``parameters`` cell lists these), in order."""
+    params = CHAPTER_PARAMS[chapter]
+    earlier = {f.name for base in params.__mro__[1:] if hasattr(base, "__dataclass_fields__")
+               for f in fields(base)}
+    return tuple(n for n in param_names(params) if n not in earlier)
+
+
+def defaults(chapter: int) -> dict[str, object]:
+    """Name -> default value of every parameter a chapter takes (lists as lists)."""
+    params = CHAPTER_PARAMS[chapter]
+    return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+            for f in fields(params)}
+
+
+def parameter_names() -> tuple[str, ...]:
+    """Every chapter's parameter names (the last chapter's class holds them all)."""
+    return tuple(dict.fromkeys(n for params in CHAPTER_PARAMS.values()
+                               for n in param_names(params)))

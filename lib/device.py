@@ -1,0 +1,51 @@
+"""Where and in what precision the models run: ``device`` and ``precision`` resolved.
+
+Imports nothing of the library but :mod:`lib.errors`. Stage: all (device). Explained in
+chapter 1 (book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+import os
+
+from lib.errors import CompanionError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+"""``auto``: bf16 where the hardware runs it natively (a GPU, a CPU with AVX-512 BF16 or
+AMX), else fp32."""
+
+
+def resolve_precision(precision: str, device: str = "auto") -> str:
+    """``auto`` -> ``bf16`` where it runs natively (a GPU, or a CPU with AVX-512 BF16 /
+    AMX, where bf16 autocast is about 2x faster than fp32), else ``fp32``.
+
+    Raises:
+        CompanionError: ``precision`` is not one of :data:`PRECISIONS`.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise CompanionError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return "bf16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; one GPU per process
+    under ``torchrun`` / ``accelerate launch``.
+
+    Raises:
+        CompanionError: a GPU is asked for and none is visible.
+    """
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CompanionError(f"device={device!r} but no GPU is visible: use device='cpu'")
+    return device

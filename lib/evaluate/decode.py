@@ -1,0 +1,217 @@
+"""Decoding: batched greedy decoding, joint CTC / attention rescoring, and one test set
+decoded, scored and saved.
+
+Chapter 1 decodes two ways: greedy (the paper's), and joint CTC / attention decoding
+(:class:`Rescoring`: the decoder's beams re-ranked with the warm start's CTC head), scored
+the same way (:mod:`lib.evaluate.metrics`). Every score is saved with the per-utterance
+hypotheses beside it and with its provenance; a test set cut to N utterances is labelled a
+quick run in the file and on the page.
+
+Stage: evaluation. Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from lib.build.components import eval_mode
+from lib.build.speechllm import SpeechLLM
+from lib.config.sections import EvalConfig
+from lib.data.features import FeatureSet
+from lib.errors import CompanionError
+from lib.evaluate.metrics import score_task, utterance_wer
+from lib.fileio import config_hash, load_json, provenance, save_json, save_jsonl
+from lib.train.ctc import CTCHead, ctc_greedy, ctc_logprob
+
+
+EVAL_VERSION = 2
+"""Bumped when decoding or scoring changes what a cached score holds (part of its key)."""
+
+
+@dataclass(frozen=True)
+class Rescoring:
+    """Joint CTC / attention decoding: how the SpeechLLM's beams are re-ranked.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb). The candidates of an
+    utterance are the decoder's ``num_beams`` beams plus the CTC head's greedy transcript;
+    each is scored ``(1 - weight) * log p_LLM(text | audio) + weight * log p_CTC(text |
+    audio)`` (both summed over the text's word pieces, the LLM's with its closing eos) and
+    the best one is the transcript. ``weight`` 0 is the LLM's best beam; 1 is the CTC head
+    choosing among the candidates. The CTC term penalises text the audio does not carry
+    (the decoder's language prior writing its own sentence), which the LLM term alone
+    cannot see.
+    """
+
+    head: CTCHead  # the warm start's, trained with this model's projector
+    weight: float = 0.5
+    num_beams: int = 2  # chapter 1's default (rescore_beams)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise CompanionError(f"rescore weight {self.weight}: use a value in [0, 1]")
+        if self.num_beams < 1:
+            raise CompanionError(f"rescore num_beams {self.num_beams}: use 1 or more")
+
+    def key(self) -> dict[str, Any]:
+        """What a cached score depends on, besides the run (whose key covers the head)."""
+        return {"ctc_rescore_weight": self.weight, "num_beams": self.num_beams}
+
+
+def _unique(texts: Sequence[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for t in texts:
+        if t.strip():
+            seen.setdefault(t, None)
+    return list(seen)
+
+
+Candidate = tuple[str, float, float]
+"""One rescoring candidate: (text, log p_LLM(text | audio), log p_CTC(text | audio))."""
+
+
+def rescore_candidates(model: SpeechLLM, feats: Any, lengths: Any, head: CTCHead,
+                       num_beams: int = 2, max_new_tokens: int = 64,
+                       chunk: int = 32) -> list[list[Candidate]]:
+    """The candidates of each utterance of one batch, with both log-likelihoods.
+
+    The decoder's ``num_beams`` beams plus the CTC head's greedy transcript, empty and
+    repeated texts dropped; both log-likelihoods are computed teacher-forced, ``chunk``
+    candidates per forward pass. Explained in chapter 1 (see :class:`Rescoring`).
+    """
+    import torch
+
+    k = num_beams
+    beams = model.generate(feats, lengths, max_new_tokens, num_beams=k)
+    greedy = ctc_greedy(model, head, feats, lengths)
+    texts = [_unique([*beams[i * k:(i + 1) * k], greedy[i]]) for i in range(len(greedy))]
+    owner = [i for i, c in enumerate(texts) for _ in c]
+    flat = [t for c in texts for t in c]
+    out: list[list[Candidate]] = [[] for _ in texts]
+    for s in range(0, len(flat), chunk):
+        rows = torch.tensor(owner[s:s + chunk])
+        f, n, part = feats[rows], lengths[rows], flat[s:s + chunk]
+        llm = (-model.loss(f, n, part, reduction="sequence")).float().cpu().tolist()
+        ctc = ctc_logprob(model, head, f, n, part).tolist()
+        for i, text, a, c in zip(owner[s:s + chunk], part, llm, ctc):
+            out[i].append((text, a, c))
+    return out
+
+
+def choose(candidates: Sequence[Sequence[Candidate]], weight: float) -> list[str]:
+    """The best candidate of each utterance at CTC weight ``weight`` (see :class:`Rescoring`).
+
+    A term with weight 0 is left out (``0 * -inf`` would be nan). When every candidate is
+    impossible for the CTC head (``-inf``), the first one (the decoder's best beam) is
+    kept; an utterance without candidates gets ``""``.
+    """
+    out = []
+    for cands in candidates:
+        best, best_text = float("-inf"), None
+        for text, llm, ctc in cands:
+            score = ((1 - weight) * llm if weight < 1 else 0.0) + (
+                weight * ctc if weight else 0.0)
+            if best_text is None or score > best:
+                best, best_text = score, text
+        out.append(best_text or "")
+    return out
+
+
+def transcribe(model: SpeechLLM, data: FeatureSet, ev: EvalConfig = EvalConfig(),
+               desc: str = "decoding", rescore: Rescoring | None = None) -> list[str]:
+    """Transcripts of every utterance in ``data`` (in order): greedy, or with ``rescore``
+    the joint CTC / attention decoding of :class:`Rescoring`.
+
+    ``ev`` gives the batch size and ``max_new_tokens`` (its ``max_utterances`` is for
+    :func:`evaluate_asr`: every utterance of ``data`` is decoded here). Batches are formed
+    longest-first so padding stays small. The model runs in eval mode (dropout off) and
+    gets its own mode back (:func:`lib.build.components.eval_mode`).
+    """
+    if rescore is not None:
+        cands = transcribe_candidates(model, data, rescore.head, rescore.num_beams, ev, desc)
+        return choose(cands, rescore.weight)
+    return _batched(model, data, ev.batch_size, desc,
+                    lambda f, n: model.generate(f, n, ev.max_new_tokens))
+
+
+def transcribe_candidates(model: SpeechLLM, data: FeatureSet, head: CTCHead, num_beams: int,
+                          ev: EvalConfig = EvalConfig(),
+                          desc: str = "decoding (beams + CTC)") -> list[list[Candidate]]:
+    """:func:`rescore_candidates` of every utterance in ``data`` (in order): one decoding
+    pass serves every CTC weight (chapter 1's sweep)."""
+    return _batched(model, data, ev.batch_size, desc, lambda f, n: rescore_candidates(
+        model, f, n, head, num_beams, ev.max_new_tokens))
+
+
+def _batched(model: SpeechLLM, data: FeatureSet, batch_size: int, desc: str,
+             step: Callable[[Any, Any], list[Any]]) -> list[Any]:
+    """``step(feats, lengths)`` over longest-first batches, results back in data order."""
+    import torch
+
+    order = sorted(range(len(data)), key=lambda i: -data.feats[i].shape[0])
+    out: list[Any] = [None] * len(data)
+    with eval_mode(model), torch.no_grad():
+        for start in tqdm(range(0, len(order), batch_size), desc=desc,
+                          total=-(-len(order) // batch_size)):
+            idx = order[start:start + batch_size]
+            feats, lengths, _ = data.batch(idx)
+            for i, item in zip(idx, step(feats, lengths)):
+                out[i] = item
+    return out
+
+
+def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
+                 ev: EvalConfig = EvalConfig(), config: Any = None, reuse: bool = True,
+                 rescore: Rescoring | None = None) -> dict[str, Any]:
+    """Decode and score one test set; save ``<name>.json`` and ``<name>.hyps.jsonl``.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Args:
+        model: the SpeechLLM to evaluate.
+        data: cached features of the test set.
+        out_dir: the run's folder (keyed by config).
+        name: test-set label, e.g. ``"synthetic:test"``.
+        ev: batch size and ``max_new_tokens``; ``max_utterances`` cuts the set to its first
+            N (the result says it is a quick run).
+        config: the chapter's config, stored with the score for provenance.
+        reuse: return an existing score for the same (run, test set, cut) instead.
+        rescore: joint CTC / attention decoding (:class:`Rescoring`) instead of greedy.
+    """
+    max_utterances = ev.max_utterances
+    subset = data.subset(max_utterances)
+    slug = name.replace(":", "-").replace("/", "_")
+    keyed = {"data": subset.digest(), "max_new_tokens": ev.max_new_tokens,
+             "batch_size": ev.batch_size, "prompt": model.prompt, "version": EVAL_VERSION}
+    if rescore is not None:
+        keyed["rescore"] = rescore.key()
+    key = config_hash(keyed)
+    suffix = f".first{max_utterances}" if subset is not data else ""
+    path = Path(out_dir) / f"eval-{slug}{suffix}-{key}.json"
+    if reuse and path.is_file():
+        print(f"{name}: cached score reused (key {key}: same utterances, audio features, "
+              f"max_new_tokens and batch size)")
+        return load_json(path)
+    t0 = time.perf_counter()
+    hyps = transcribe(model, subset, ev, desc=f"decoding {name}", rescore=rescore)
+    wall = time.perf_counter() - t0
+    refs = model.task.targets(subset.utterances)
+    score = score_task(model.task, refs, hyps)
+    rows = [{"id": u.id, "voice": u.voice, "ref": r, "hyp": h, "wer": utterance_wer(r, h)}
+            for u, r, h in zip(subset.utterances, refs, hyps)]
+    hyp_path = save_jsonl(path.with_suffix(".hyps.jsonl"), rows)
+    record = {
+        "test_set": name, "key": key, **score,
+        "quick_run": subset is not data,
+        "decoding": "greedy" if rescore is None else {"ctc_rescore": rescore.key()},
+        "n_available": len(data),
+        "decode_utterances_per_s": round(len(subset) / max(wall, 1e-9), 3),
+        "hypotheses": hyp_path.name,
+        "provenance": provenance(config, wall_time_s=wall),
+    }
+    save_json(path, record)
+    return record

@@ -1,0 +1,193 @@
+"""Metrics: WER and CER after Whisper's English normaliser, bootstrap intervals, paired
+differences, and a task's score by its metric.
+
+Scores follow the paper: Whisper's English text normaliser on both sides, then word and
+character error rates with jiwer. Every rate carries a 95 % bootstrap interval over
+utterances; two systems on the same utterances are compared by a paired bootstrap.
+
+Stage: evaluation. Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable, Sequence
+
+import jiwer
+
+from lib.errors import CompanionError, check_texts
+from lib.tasks import Task
+
+
+@functools.lru_cache(maxsize=1)
+def english_normalizer() -> Callable[[str], str]:
+    """Whisper's English text normaliser, with its British-to-American spelling table.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    from lib.assets import ensure_model
+
+    mapping = json.loads((ensure_model("whisper-normalizer") / "english.json").read_text())
+    return EnglishTextNormalizer(mapping)
+
+
+def score_asr(refs: Sequence[str], hyps: Sequence[str],
+              normalize: bool = True) -> dict[str, Any]:
+    """Corpus WER and CER (fractions, not %) with the error counts.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Raises:
+        CompanionError: refs or hyps is not a list of strings (one string, None), lengths
+            differ, nothing to score, or a reference normalises to nothing (an empty
+            transcript cannot be scored).
+    """
+    refs = check_texts(refs, "refs", "score_asr")
+    hyps = check_texts(hyps, "hyps", "score_asr")
+    if len(refs) != len(hyps):
+        raise CompanionError(f"{len(refs)} references but {len(hyps)} hypotheses: "
+                             "score matching lists")
+    if not refs:
+        raise CompanionError("nothing to score: the test set is empty")
+    norm = english_normalizer() if normalize else (lambda s: " ".join(s.split()))
+    r = [norm(x) for x in refs]
+    h = [norm(x) for x in hyps]
+    empty = [i for i, x in enumerate(r) if not x.strip()]
+    if empty:
+        raise CompanionError(f"reference {empty[0]} ({refs[empty[0]]!r}) is empty after "
+                             "normalisation: drop utterances without words")
+    words = jiwer.process_words(r, h)
+    chars = jiwer.process_characters(r, h)
+    n_ref = sum(len(x.split()) for x in r)
+    errors = utterance_errors(words)
+    counts = [len(x.split()) for x in r]
+    return {
+        "wer": words.wer, "wer_ci95": bootstrap_wer_ci(errors, counts),
+        "cer": chars.cer, "n_utterances": len(r), "n_ref_words": n_ref,
+        "substitutions": words.substitutions, "deletions": words.deletions,
+        "insertions": words.insertions,
+        "utterance_errors": errors, "utterance_words": counts,  # for paired bootstraps
+    }
+
+
+def utterance_errors(words: Any) -> list[int]:
+    """Word errors (S + D + I) of each utterance, read from jiwer's corpus alignment.
+
+    ``words`` is the output of ``jiwer.process_words`` over all utterances: its alignment
+    already holds every utterance's edit operations, so no second pass is needed.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    errors = []
+    for chunks in words.alignments:
+        n = 0
+        for c in chunks:
+            if c.type in ("substitute", "delete"):
+                n += c.ref_end_idx - c.ref_start_idx
+            elif c.type == "insert":
+                n += c.hyp_end_idx - c.hyp_start_idx
+        errors.append(n)
+    return errors
+
+
+def bootstrap_wer_ci(errors: Sequence[int], counts: Sequence[int], n_boot: int = 2000,
+                     seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the corpus WER, resampling utterances.
+
+    Each replicate draws as many utterances as there are, with replacement, and computes
+    ``sum(errors) / sum(words)`` over the draw (the corpus WER, not a mean of per-utterance
+    WERs). On 10 utterances the interval is wide: that is the point of showing it.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Returns:
+        ``[low, high]`` as fractions.
+    """
+    if len(errors) == 0 or len(errors) != len(counts):
+        raise CompanionError("bootstrap_wer_ci needs matching, non-empty error and word counts")
+    return _bootstrap_rate(errors, counts, n_boot, seed, level)
+
+
+def _bootstrap_rate(errors: Sequence[float], counts: Sequence[int], n_boot: int, seed: int,
+                    level: float) -> list[float]:
+    """Percentile interval of ``sum(errors) / sum(counts)`` over utterances resampled with
+    replacement (``errors`` may be a per-utterance difference of two systems)."""
+    import numpy as np
+
+    e = np.asarray(errors, dtype=float)
+    w = np.asarray(counts, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(e), size=(n_boot, len(e)))
+    rates = e[idx].sum(1) / np.maximum(w[idx].sum(1), 1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(rates, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def paired_wer_difference(errors_a: Sequence[int], errors_b: Sequence[int],
+                          counts: Sequence[int], n_boot: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> dict[str, Any]:
+    """WER of system ``a`` minus WER of ``b`` on the same utterances, with a paired bootstrap.
+
+    Each replicate draws utterances with replacement and computes both corpus WERs on the
+    *same* draw, so what the two systems share (an utterance hard for both) cancels: the
+    interval of the difference is much narrower than the two WER intervals side by side.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Returns:
+        ``difference`` and ``difference_ci95`` (``[low, high]``), as fractions.
+
+    Raises:
+        CompanionError: the three lists do not cover the same (non-empty) utterances.
+    """
+    if len(counts) == 0 or not len(errors_a) == len(errors_b) == len(counts):
+        raise CompanionError(f"paired_wer_difference needs the same utterances for both "
+                             f"systems ({len(errors_a)} and {len(errors_b)} error counts, "
+                             f"{len(counts)} word counts): score them on the same test set")
+    diff = [a - b for a, b in zip(errors_a, errors_b)]
+    return {"difference": sum(diff) / max(sum(counts), 1),
+            "difference_ci95": _bootstrap_rate(diff, counts, n_boot, seed, level)}
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """:func:`paired_wer_difference` of two score dicts (:func:`score_asr`) of one test set.
+
+    Raises:
+        CompanionError: the two were scored on different utterances.
+    """
+    if a.get("utterance_words") != b.get("utterance_words"):
+        raise CompanionError("the two scores are not of the same utterances (their reference "
+                             "word counts differ): score both systems on the same test set")
+    return paired_wer_difference(a["utterance_errors"], b["utterance_errors"],
+                                 a["utterance_words"], **kwargs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _norm_words(s: str) -> str:
+    return english_normalizer()(s)
+
+
+def utterance_wer(ref: str, hyp: str) -> float:
+    """WER of one utterance after normalisation (for the per-utterance table).
+
+    Raises:
+        CompanionError: ref or hyp is not a string.
+    """
+    for name, value in (("ref", ref), ("hyp", hyp)):
+        if not isinstance(value, str):
+            raise CompanionError(f"utterance_wer: {name} is {value!r:.40}, not a string: pass "
+                                 "one transcript ('' for an empty one)")
+    r, h = _norm_words(ref), _norm_words(hyp)
+    return jiwer.wer(r, h) if r.strip() else float("nan")
+
+
+def score_task(task: Task, refs: Sequence[str], hyps: Sequence[str]) -> dict[str, Any]:
+    """A test set scored by the task's metric (:mod:`lib.tasks`): WER for ASR.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    if task.metric == "wer":
+        return score_asr(refs, hyps)
+    raise CompanionError(f"task {task.name!r}: metric {task.metric!r} is not implemented yet: "
+                         "use 'wer'")

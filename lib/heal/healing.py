@@ -1,0 +1,179 @@
+"""Healing a pruned SpeechLLM: LoRA on the MLP of the layer that receives the cut, the
+projector optionally unfrozen.
+
+:data:`HEAL_VARIANTS` names what each variant trains; :func:`prepare_healing` makes one
+variant's parameters trainable on a model pruned by :func:`lib.prune.surgery.prune_speechllm`;
+:func:`heal` trains them with chapter 1's training loop
+(:func:`lib.train.loop.train_speechllm`: AdamW without weight decay, linear warm-up and
+decay, resumable checkpoints) in a run folder keyed by the base run, the layers removed,
+the variant and the schedule. Saving the healed model is :mod:`lib.build.checkpoint`.
+Stage: heal. Explained in chapter 4 (book/04_healing.ipynb).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from lib.config.sections import HealConfig
+from lib.errors import CompanionError
+from lib.fileio import config_hash, load_json, provenance, save_json, to_dict
+from lib.prune.surgery import pruned_layers, receiving_layers
+
+if TYPE_CHECKING:
+    from lib.data.features import FeatureSet
+    from lib.build.speechllm import SpeechLLM
+    from lib.train.loop import TrainRun
+
+@dataclass(frozen=True)
+class Variant:
+    """What one healing variant trains."""
+
+    projector: bool  # the projector trains
+    lora: str  # where LoRA goes on the MLPs: "none", "receiving" layers, or "all" layers
+    note: str  # what it is, for a reader
+
+
+HEAL_VARIANTS: dict[str, Variant] = {
+    "none": Variant(False, "none", "the pruned model as it is"),
+    "projector": Variant(True, "none", "the projector only"),
+    "decoder": Variant(False, "receiving", "LoRA on the receiving layers' MLPs only"),
+    "both": Variant(True, "receiving", "the paper's recipe: LoRA there and the projector"),
+    "lora-all": Variant(True, "all", "LoRA on every layer's MLP, and the projector"),
+}
+"""The healing variants, in the order chapter 4 compares them: adding one is one entry."""
+
+MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+"""The MLP's linear layers in Llama, Qwen2 and Gemma3."""
+
+
+def check_variant(variant: str) -> str:
+    if variant not in HEAL_VARIANTS:
+        raise CompanionError(f"unknown healing variant {variant!r}: use any of "
+                             f"{', '.join(HEAL_VARIANTS)}")
+    return variant
+
+
+def heal_targets(model: "SpeechLLM", variant: str) -> list[int]:
+    """Decoder layers (indices in the pruned model) whose MLP gets LoRA in ``variant``."""
+    where = HEAL_VARIANTS[check_variant(variant)].lora
+    removed = pruned_layers(model.decoder)
+    if not removed:
+        raise CompanionError("this model was not pruned (its config records no "
+                             "pruned_layers): prune it first with prune_speechllm(model, "
+                             "layers), then heal")
+    if where == "none":
+        return []
+    if where == "all":
+        return list(range(len(model.decoder_layers)))
+    original = int(model.decoder.config.unpruned_num_hidden_layers)
+    return receiving_layers(removed, original)
+
+
+def prepare_healing(model: "SpeechLLM", variant: str, rank: int = 64, alpha: int = 128,
+                    dropout: float = 0.0, seed: int = 0) -> dict[str, int]:
+    """Make ``variant``'s parameters trainable (everything else frozen).
+
+    The new adapters are initialised from ``seed`` (the global random state is left as it
+    was), so the same healing configuration always starts from the same weights.
+
+    Returns:
+        ``{"projector": n, "lora": n, "layers": [...]}``: trainable parameters and the
+        layers whose MLP has LoRA.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = heal_targets(model, variant)
+    if hasattr(model.decoder, "peft_config"):
+        raise CompanionError("the decoder still has adapters: prune with prune_speechllm "
+                             "(which merges them) before healing")
+    if rank < 1:
+        raise CompanionError(f"heal_lora_rank={rank}: use a positive integer (paper: 64)")
+    model.requires_grad_(False)
+    train_projector = HEAL_VARIANTS[variant].projector
+    model.projector.requires_grad_(train_projector)
+    if targets:
+        cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                         target_modules=list(MLP_TARGETS), layers_to_transform=targets,
+                         layers_pattern="layers", bias="none")
+        devices = [model.device.index or 0] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            model.decoder = get_peft_model(model.decoder, cfg)
+    lora = sum(p.numel() for n, p in model.decoder.named_parameters()
+               if p.requires_grad and "lora_" in n)
+    proj = sum(p.numel() for p in model.projector.parameters()) if train_projector else 0
+    return {"projector": proj, "lora": lora, "layers": targets}
+
+
+@dataclass
+class HealRun:
+    """A healing run: where it lives, what trained, and its training record."""
+
+    variant: str
+    run_dir: Path | None
+    trainable: dict[str, Any]
+    train: "TrainRun | None"
+
+    def record(self) -> dict[str, Any]:
+        """Steps, trainable parameters and wall time (what the chapter reports)."""
+        r = self.train.result if self.train is not None else {}
+        prov = r.get("provenance", {})
+        return {"variant": self.variant, "steps": r.get("steps", 0),
+                "trainable_projector": self.trainable["projector"],
+                "trainable_lora": self.trainable["lora"], "lora_layers": self.trainable["layers"],
+                "wall_time_s": prov.get("wall_time_s", 0.0),
+                "final_loss": r.get("final_loss")}
+
+
+def heal(model: "SpeechLLM", train_set: "FeatureSet", variant: str, hc: HealConfig,
+         base_run: Path, desc: str = "healing", run_dir: Path | None = None,
+         stop_after: int | None = None,
+         dev_check: Callable[["SpeechLLM"], dict[str, Any]] | None = None,
+         run_config: Any = None) -> HealRun:
+    """Heal a pruned SpeechLLM in place with one variant; reuse or resume its run.
+
+    Args:
+        hc: chapter 4's healing section: the LoRA rank and alpha, and the schedule
+            (``hc.train``: steps, batch, rate, warm-up, seed, precision).
+        base_run: the training run the pruned model came from (its key is part of the
+            healing run's key); the healing run lives in ``<base_run>/heal/``.
+        run_dir: an explicit folder instead of the keyed one; it must not hold a run of
+            another configuration.
+        stop_after: stop after this many steps (as if killed; for tests).
+    """
+    from lib.train.loop import train_speechllm
+
+    cfg, rank, alpha = hc.train, hc.lora_rank, hc.lora_alpha
+    trainable = prepare_healing(model, variant, rank, alpha, seed=cfg.seed)
+    if variant == "none":
+        model.eval()
+        return HealRun(variant, None, trainable, None)
+    spec = {"base": Path(base_run).name, "layers": pruned_layers(model.decoder),
+            "variant": variant, "rank": rank, "alpha": alpha, "train": to_dict(cfg),
+            "data": train_set.digest()}
+    out = Path(run_dir) if run_dir is not None else (
+        Path(base_run) / "heal" / f"{variant}-{config_hash(spec)}")
+    marker = out / "heal_config.json"
+    if marker.is_file():
+        saved = load_json(marker)
+        if saved.get("spec") != json.loads(json.dumps(spec)):
+            raise CompanionError(f"{out} holds a healing run of another configuration: "
+                                 "delete it or heal into another folder (nothing was changed)")
+    else:
+        save_json(marker, {"spec": spec, "provenance": provenance(run_config)})
+    tr = train_speechllm(model, train_set, cfg, out, run_config=run_config, desc=desc,
+                         stop_after=stop_after, dev_check=dev_check)
+    model.eval()
+    return HealRun(variant, out, trainable, tr)
+
+
+def recovery(wer_full: float, wer_pruned: float, wer_healed: float) -> float:
+    """The share of the WER lost to pruning that healing won back:
+    ``(pruned - healed) / (pruned - full)``; NaN when pruning lost nothing."""
+    lost = wer_pruned - wer_full
+    return float("nan") if lost <= 0 else (wer_pruned - wer_healed) / lost

@@ -1,0 +1,144 @@
+"""WER against layers removed: decode a SpeechLLM with a set of decoder layers skipped,
+cache each point, and apply the paper's threshold rule to each curve.
+
+Every point is one greedy decoding of a test set with the given layers skipped
+(:func:`lib.prune.surgery.skip_layers`; the model is restored afterwards), scored with its 95 %
+bootstrap interval, and saved as JSON beside the run it belongs to, keyed by the layers, the
+utterances, the decoding settings and the weights' own run folder: an interrupted chapter
+resumes at the first point it had not finished, and two strategies that pick the same layers
+share one decoding. Stage: prune (evaluation of pruned models). Explained in chapter 3
+(book/03_pruning.ipynb).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lib.config.sections import EvalConfig
+from lib.errors import CompanionError
+from lib.evaluate.metrics import score_task
+from lib.evaluate.decode import transcribe
+from lib.fileio import config_hash, load_json, provenance, save_json
+from lib.prune.surgery import check_layers, skip_layers
+from lib.prune.rule import threshold_cut
+
+if TYPE_CHECKING:
+    from lib.data.features import FeatureSet
+    from lib.build.speechllm import SpeechLLM
+
+CURVE_VERSION = 1
+"""Part of every point's key: bump it when decoding or scoring changes."""
+
+
+def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], out_dir: Path,
+                 name: str, ev: EvalConfig = EvalConfig(), n_layers: int | None = None,
+                 reuse: bool = True, config: Any = None) -> dict[str, Any]:
+    """WER of ``model`` on ``data`` with decoder ``layers`` skipped (``[]``: the full model).
+
+    Every utterance of ``data`` is decoded (``ev.max_utterances`` does not apply: a curve
+    point is measured on the subset it is given), ``ev.batch_size`` at a time, at most
+    ``ev.max_new_tokens`` each.
+
+    Args:
+        out_dir: the folder of the weights being evaluated (a training or healing run);
+            the point is saved there as ``cuts/<name>-<key>.json`` with its hypotheses.
+        n_layers: the decoder's layer count, for ``removed_fraction`` (default: the model's).
+
+    Returns:
+        ``test_set, layers, n_removed, removed_fraction, wer, wer_ci95, utterance_errors,
+        utterance_words, decode_utterances_per_s, hypotheses, provenance``.
+    """
+    big_l = n_layers or len(model.decoder_layers)
+    layers = check_layers(layers, big_l) if len(layers) else []
+    key = config_hash({"data": data.digest(), "layers": layers,
+                       "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size,
+                       "prompt": model.prompt, "version": CURVE_VERSION})
+    path = Path(out_dir) / "cuts" / f"{name.replace(':', '-').replace('/', '_')}-{key}.json"
+    if reuse and path.is_file():
+        return load_json(path)
+    skip = skip_layers(model.decoder, layers) if layers else contextlib.nullcontext()
+    t0 = time.perf_counter()
+    with skip:
+        hyps = transcribe(model, data, ev, desc=f"{name}, {len(layers)} layers removed")
+    wall = time.perf_counter() - t0
+    refs = model.task.targets(data.utterances)
+    score = score_task(model.task, refs, hyps)
+    record = {
+        "test_set": name, "layers": layers, "n_removed": len(layers),
+        "removed_fraction": len(layers) / big_l, "n_layers": big_l,
+        "wer": score["wer"], "wer_ci95": score["wer_ci95"],
+        "utterance_errors": score["utterance_errors"],
+        "utterance_words": score["utterance_words"],
+        "n_utterances": len(data),
+        "decode_utterances_per_s": round(len(data) / max(wall, 1e-9), 3),
+        "hypotheses": [{"id": u.id, "ref": r, "hyp": h}
+                       for u, r, h in zip(data.utterances, refs, hyps)],
+        "provenance": provenance(config, wall_time_s=wall),
+    }
+    save_json(path, record)
+    return record
+
+
+def pruning_curves(model: "SpeechLLM", sets: dict[str, "FeatureSet"],
+                   plans: dict[str, dict[int, list[int]]], out_dir: Path,
+                   ev: EvalConfig = EvalConfig(), config: Any = None) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """Every strategy's curve on every test set, plus the full model.
+
+    Args:
+        sets: test-set name -> features (the curve subsets).
+        plans: strategy -> ``{n: layers}`` (:func:`lib.prune.strategies.strategy_layers`).
+
+    Returns:
+        ``(points, full)``: one row per strategy, cut and test set (``strategy, test_set,
+        n_removed, removed_fraction, layers, wer, wer_low, wer_high``, the per-utterance
+        ``errors``), and the full model's record per test set.
+    """
+    big_l = len(model.decoder_layers)
+    full = {name: evaluate_cut(model, fs, [], out_dir, name, ev, config=config)
+            for name, fs in sets.items()}
+    rows = []
+    for strategy, plan in plans.items():
+        for n, layers in sorted(plan.items()):
+            for name, fs in sets.items():
+                r = evaluate_cut(model, fs, layers, out_dir, name, ev, n_layers=big_l,
+                                 config=config)
+                rows.append({"strategy": strategy, "test_set": name, "n_removed": n,
+                             "removed_fraction": n / big_l, "layers": layers,
+                             "wer": r["wer"], "wer_low": r["wer_ci95"][0],
+                             "wer_high": r["wer_ci95"][1], "errors": r["utterance_errors"],
+                             "decode_utterances_per_s": r["decode_utterances_per_s"]})
+    return pd.DataFrame(rows), full
+
+
+def threshold_table(points: pd.DataFrame, full: dict[str, dict[str, Any]],
+                    threshold: float = 0.25, n_boot: int = 2000,
+                    seed: int = 0) -> pd.DataFrame:
+    """The paper's rule per strategy and test set: the cut, its interval, the WER there.
+
+    Columns: strategy, test_set, threshold_cut, cut_low, cut_high, n_removed (at the cut),
+    wer_full, wer_at_cut, relative_increase (at the cut; NaN when nothing is cut).
+    """
+    if points.empty:
+        raise CompanionError("no curve points: give at least one strategy and one cut size")
+    rows = []
+    for (strategy, test), g in points.groupby(["strategy", "test_set"], sort=False):
+        g = g.sort_values("removed_fraction")
+        f = full[test]
+        res = threshold_cut(g["removed_fraction"].tolist(), f["utterance_errors"],
+                            np.stack(g["errors"].to_numpy()), f["utterance_words"],
+                            threshold, n_boot, seed)
+        at = g[np.isclose(g["removed_fraction"], res["cut"])]
+        rows.append({"strategy": strategy, "test_set": test, "threshold_cut": res["cut"],
+                     "cut_low": res["cut_ci95"][0], "cut_high": res["cut_ci95"][1],
+                     "n_removed": int(at["n_removed"].iloc[0]) if len(at) else 0,
+                     "wer_full": f["wer"],
+                     "wer_at_cut": float(at["wer"].iloc[0]) if len(at) else f["wer"],
+                     "relative_increase": (float(at["wer"].iloc[0]) / f["wer"] - 1)
+                     if len(at) and f["wer"] > 0 else float("nan")})
+    return pd.DataFrame(rows)

@@ -1,0 +1,340 @@
+"""Chapter 2's recipe: where the redundancy lies, for text and for speech, section by
+section (book/02_where_redundancy_lies.ipynb).
+
+Each function is one section of the page and returns a
+:class:`~lib.recipes.section.Section`; every verdict comes from :mod:`lib.report.rules`.
+
+Stage: the chapters' recipes. Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lib.build.speechllm import SpeechLLM, count_parameters, lora_update_norms, pretrained_decoder
+from lib.config.sections import Chapter2Config
+from lib.data.features import FeatureSet
+from lib.evaluate.baselines import audio_reliance
+from lib.paths import slug
+from lib.prune.losses import ablation_losses, ablation_summary
+from lib.recipes.pipeline import prepare_features, train_and_evaluate
+from lib.recipes.section import Section
+from lib.report import plotting
+from lib.report.results import record_headline
+from lib.report.rules import (CHEAP_SHARE, LISTENS_GAP, agreement_verdict, cheap_to_remove,
+                              reads_audio)
+from lib.score.agreement import overlap_gain
+from lib.score.records import SPEECH_LABEL, save_scores
+from lib.score.redundancy import agreement, score_speech, score_text
+from lib.score.stats import RedundancyResult
+
+PRE, TRAINED, SPEECH, AUDIO = ("text, pretrained LLM", "text, SpeechLLM decoder", SPEECH_LABEL,
+                               "speech, audio")
+"""The four inputs scored for every decoder."""
+
+COMPARISONS: dict[str, tuple[str, str]] = {
+    "text vs speech, transcript tokens": (PRE, SPEECH),
+    "text vs speech, audio positions": (PRE, AUDIO),
+    "pretrained vs trained decoder, text": (PRE, TRAINED),
+}
+"""Chapter 2's comparisons: label -> the two inputs (keys of a decoder's results)."""
+
+
+def gguf_decoders(names: Any) -> list[str]:
+    """The decoders among ``names`` that are offline GGUF checkpoints: 4-bit llama.cpp
+    weights dequantised to fp32 (:mod:`lib.assets.gguf`)."""
+    from lib.assets.registry import OFFLINE_MODELS
+
+    return [n for n in names if getattr(OFFLINE_MODELS.get(n), "kind", None) == "gguf"]
+
+
+# ------------------------------------------------------------------ 2.1 the inputs
+
+
+def _notes(sizes: dict[str, int], gaps: dict[str, float], gguf: list[str]) -> dict[str, str]:
+    deaf = [k for k, g in gaps.items() if not reads_audio(g)]
+    return dict(
+        decoder_sizes=" and ".join(f"{v / 1e6:.3g}M ({k})" for k, v in sizes.items()),
+        size_note=(
+            "far below the paper's 1–8B decoders (Llama 3.2 1B to Llama 3.1 8B, Qwen2.5 1.5B "
+            "to 7B; the paper's Setup); the paper finds that smaller decoders tolerate less "
+            "pruning (abstract, claim 3)" if max(sizes.values()) < 1e9 else
+            "in the range of the paper's 1–8B decoders (the paper's Setup)"),
+        gguf_note=(
+            f"{' and '.join(gguf)} {'is' if len(gguf) == 1 else 'are'} 4-bit GGUF "
+            "checkpoints (llama.cpp quantisation) dequantised to fp32, not the original "
+            "bf16 weights the paper uses. Quantisation adds a small rounding error to every "
+            "weight; the redundancy score compares hidden states, so it can make adjacent "
+            "layers look a little less alike (a larger d) and can swap the order of blocks "
+            "whose distances nearly tie. Read small differences between blocks with that in "
+            "mind." if gguf else "The decoders are unquantised checkpoints."),
+        listen_note=(
+            "By chapter 1's rule (a transcript costs at least "
+            f"{LISTENS_GAP:g} nats/token more after another clip's audio than after its own), "
+            + ("every SpeechLLM here reads the audio " if not deaf else
+               f"{' and '.join(deaf)} {'does' if len(deaf) == 1 else 'do'} not read the "
+               "audio: there the audio positions carry little the decoder uses, and the "
+               "speech scores say more about the prompt and the text than about speech ")
+            + "(gaps: " + ", ".join(f"{k} {g:.2f}" for k, g in gaps.items())
+            + " nats/token)."))
+
+
+def score_inputs(cfg: Chapter2Config) -> Section:
+    """Chapter 1's models (reused), and the four inputs scored for each decoder on the same
+    utterances of the first test set, saved beside the run."""
+    sc = cfg.score
+    train, tests = prepare_features(cfg.base)
+    test_name = cfg.base.test_data[0]
+    scored = tests[test_name].subset(sc.n_utterances)
+    texts = [u.text for u in scored.utterances]
+    results, models, sizes, gaps, items = {}, {}, {}, {}, []
+    for m in cfg.base.models:
+        name = slug(m.decoder)
+        run = train_and_evaluate(m, cfg.base, train, tests, evaluate=False)
+        with pretrained_decoder(run.model) as llm:  # same weights, LoRA off
+            base = score_text(llm, None, texts, batch_size=sc.batch_size,
+                              positions="transcript")
+        # transcript and audio positions are scored from the same forward passes
+        speech = score_speech(run.model, scored, batch_size=sc.batch_size,
+                              positions=("transcript", "audio"))
+        results[name] = {
+            PRE: base,
+            TRAINED: score_text(run.model, None, texts, batch_size=sc.batch_size,
+                                positions="transcript"),
+            SPEECH: speech["transcript"],
+            AUDIO: speech["audio"],
+        }
+        items.append(f"{name}: scores saved in "
+                     f"{save_scores(results[name], run.train.run_dir, cfg)}")
+        models[name] = run.model
+        sizes[name] = count_parameters(run.model)["decoder"]
+        rel = audio_reliance(run.model, scored, n=sc.n_utterances, batch_size=sc.batch_size)
+        gaps[name] = rel["other_audio_loss"] - rel["own_audio_loss"]
+    glue = {"n_scored": len(scored), "test_name": test_name,
+            **_notes(sizes, gaps, gguf_decoders([m.decoder for m in cfg.base.models]))}
+    return Section(glue=glue, items=items,
+                   data={"results": results, "models": models, "scored": scored})
+
+
+def heatmaps(results: dict[str, dict[str, RedundancyResult]]) -> Section:
+    """The heatmaps of ``d(l, n)``, one figure per decoder."""
+    for name, res in results.items():
+        plotting.plot_distance_heatmaps(res, title=name)
+    return Section()
+
+
+# ------------------------------------------------------------------ 2.3 agreement
+
+
+def agreement_table(results: dict[str, dict[str, Any]], draws: int, rho_min: float,
+                    gain_min: float, seed: int = 0,
+                    comparisons: dict[str, tuple[str, str]] = COMPARISONS) -> pd.DataFrame:
+    """Every comparison of every decoder, each figure beside its chance level.
+
+    Columns: decoder, comparison, ``Spearman per n`` (mean over n of the correlation over
+    l), ``chance Spearman``, ``overlap`` (mean block overlap), ``chance overlap``,
+    ``overlap gain`` and ``verdict`` (:func:`lib.report.rules.agreement_verdict` with
+    ``rho_min`` and ``gain_min``).
+    """
+    rows = []
+    for dec, res in results.items():
+        for label, (a, b) in comparisons.items():
+            agr = agreement(res[a], res[b], chance_draws=draws, seed=seed)
+            rows.append({"decoder": dec, "comparison": label,
+                         "Spearman per n": agr["spearman_per_n_mean"],
+                         "chance Spearman": agr["chance"]["spearman_per_n_mean"],
+                         "overlap": agr["overlap_mean"],
+                         "chance overlap": agr["chance"]["overlap_mean"],
+                         "overlap gain": overlap_gain(agr),
+                         "verdict": agreement_verdict(agr, rho_min, gain_min)})
+    return pd.DataFrame(rows)
+
+
+def _all(rows: pd.DataFrame, verdict: str) -> bool:
+    return bool((rows["verdict"] == verdict).all())
+
+
+def _verdicts(rows: pd.DataFrame) -> str:
+    return "; ".join(f"{d}: {v}" for d, v in zip(rows["decoder"], rows["verdict"]))
+
+
+def agreements(cfg: Chapter2Config, results: dict[str, dict[str, Any]]) -> Section:
+    """Do text and speech (and the decoder before and after training) mark the same
+    blocks? Each comparison against its chance draws, with its verdict."""
+    sc = cfg.score
+    agree = agreement_table(results, sc.chance_draws, sc.agree_rho, sc.agree_overlap_gain,
+                            seed=cfg.base.train.seed)
+    ts, ta, tt = (agree[agree["comparison"] == c] for c in COMPARISONS)
+    glue = dict(
+        chance_draws=sc.chance_draws, agree_rho=sc.agree_rho, agree_gain=sc.agree_overlap_gain,
+        rho_min=ts["Spearman per n"].min(), rho_max=ts["Spearman per n"].max(),
+        rho_chance=ts["chance Spearman"].abs().max(),
+        ovl_min=ts["overlap"].min(), ovl_max=ts["overlap"].max(),
+        ovl_chance_min=ts["chance overlap"].min(), ovl_chance_max=ts["chance overlap"].max(),
+        ts_verdicts=_verdicts(ts), ta_verdicts=_verdicts(ta),
+        ta_rho_min=ta["Spearman per n"].min(), ta_rho_max=ta["Spearman per n"].max(),
+        lora_verdicts=_verdicts(tt),
+        verdict=(
+            "the same blocks stand out for text and for speech for every decoder, as the "
+            "paper reports (abstract, claim 2)" if _all(ts, "the same blocks") else
+            "text and speech agree no more than chance for any decoder: the paper's finding "
+            "(abstract, claim 2) is not reproduced here" if _all(ts, "no more than chance")
+            else "text and speech agree only in part: weaker than the paper's finding "
+                 "(abstract, claim 2)"),
+        lora_effect=(
+            "leaves the ranking of blocks where the pretrained LLM had it, for every decoder"
+            if _all(tt, "the same blocks") else
+            "moves the ranking of blocks away from the pretrained LLM's for at least one "
+            "decoder"))
+    return Section(agree, glue, {"agree": agree, "lora_same": _all(tt, "the same blocks")})
+
+
+def profiles(results: dict[str, dict[str, RedundancyResult]]) -> Section:
+    """The smallest distance for each block size, one panel per decoder."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), squeeze=False,
+                             figsize=(7.0 * len(results) / 1.6, 3.4))
+    for ax, (name, res) in zip(axes[0], results.items()):
+        plotting.plot_block_profile(res, ax=ax)
+        ax.set_title(name)
+    fig.tight_layout()
+    return Section()
+
+
+# ------------------------------------------------------------------ 2.4 what training did
+
+
+def training_change(model: SpeechLLM, pretrained_text: Any, trained_text: Any,
+                    speech: Any) -> dict[str, Any]:
+    """What LoRA training did to one decoder, with the text -> speech change for scale.
+
+    ``pretrained_text`` / ``trained_text`` / ``speech`` are :class:`RedundancyResult` of the
+    same utterances (the decoder with LoRA off and on, and speech through the SpeechLLM).
+    Returns one table row: number of adapted matrices, mean and max relative weight update
+    (%), mean and max ``|Δd|`` (last token) from training, mean ``|Δd|`` from text to
+    speech, and the spread of ``d`` (largest minus smallest cell) of the pretrained LLM.
+    """
+    upd = lora_update_norms(model)["relative_update"]
+    lora = agreement(pretrained_text, trained_text)
+    modal = agreement(trained_text, speech)
+    surf = pretrained_text.distance_last[:, 1:]
+    return {"adapted matrices": len(upd),
+            "update, mean (%)": 100 * float(upd.mean()) if len(upd) else 0.0,
+            "update, max (%)": 100 * float(upd.max()) if len(upd) else 0.0,
+            "|Δd| training, mean": lora["mean_abs_diff"],
+            "|Δd| training, max": lora["max_abs_diff"],
+            "|Δd| text → speech, mean": modal["mean_abs_diff"],
+            "spread of d": float(np.nanmax(surf) - np.nanmin(surf))}
+
+
+def what_training_changed(cfg: Chapter2Config, results: dict[str, dict[str, Any]],
+                          models: dict[str, SpeechLLM], lora_same: bool) -> Section:
+    """How far LoRA moved the weights and ``d(l, n)``, against the text -> speech change."""
+    rows = []
+    for name, res in results.items():
+        rows.append({"decoder": name, **training_change(models[name], res[PRE], res[TRAINED],
+                                                        res[SPEECH])})
+        plotting.plot_distance_change(
+            {"LoRA training (text)": (res[PRE], res[TRAINED]),
+             "text → speech (trained decoder)": (res[TRAINED], res[SPEECH])}, title=name)
+    change = pd.DataFrame(rows)
+    m0 = cfg.base.models[0]
+    upd_mean, upd_max = change["update, mean (%)"], change["update, max (%)"]
+    smaller = (change["|Δd| training, mean"] < change["|Δd| text → speech, mean"]).all()
+    glue = dict(
+        lora_desc=(f"rank {m0.lora_rank}, alpha {m0.lora_alpha}, on "
+                   f"{', '.join(m0.lora_targets)}, {cfg.base.train.steps} steps"
+                   if m0.lora_rank > 0 else "none here: lora_rank = 0"),
+        upd_sentence=(
+            f"Training moved the adapted weights by {upd_mean.min():.2f}–"
+            f"{upd_mean.max():.2f} % on average across the decoders (at most "
+            f"{upd_max.max():.2f} % in any one matrix)"
+            if change["adapted matrices"].min() > 0 else
+            "These decoders have no adapters, so the decoder is the pretrained LLM unchanged"),
+        dd_lora_mean=change["|Δd| training, mean"].max(),
+        dd_lora_peak=change["|Δd| training, max"].max(),
+        dd_modal_min=change["|Δd| text → speech, mean"].min(),
+        spread_min=change["spread of d"].min(),
+        lora_vs_modal=(
+            "less than switching the input from text to speech did, for every decoder"
+            if smaller else "as much as or more than switching the input from text to "
+            "speech did, for at least one decoder"),
+        inherit_sentence=(
+            "Here the paper's second claim (abstract, claim 2) holds from the decoder's "
+            "side: the ranking of blocks, which is what pruning uses, is the pretrained "
+            "LLM's (the same blocks before and after training, by the rule of section 2.3)"
+            if lora_same else
+            "Here the paper's second claim (abstract, claim 2) does not hold from the "
+            "decoder's side for every decoder: training moved the ranking of blocks away "
+            "from the pretrained LLM's (section 2.3)"))
+    return Section(change, glue, precision=3)
+
+
+# ------------------------------------------------------------------ 2.5 the ablation
+
+
+def headline(agree: pd.DataFrame, ablation: dict[str, dict[str, Any]],
+             thresholds: dict[str, float]) -> dict[str, Any]:
+    """Chapter 2's figures of record (``results/<preset>/ch02.json``): per decoder and
+    comparison ``spearman_per_n_mean``, ``overlap_mean``, the same two under ``chance``
+    and the verdict; the ablation summary per decoder; the verdicts' thresholds."""
+    out: dict[str, Any] = {}
+    for row in agree.to_dict("records"):
+        dec = out.setdefault(row["decoder"], {"comparisons": {}})
+        dec["comparisons"][row["comparison"]] = {
+            "spearman_per_n_mean": float(row["Spearman per n"]),
+            "overlap_mean": float(row["overlap"]),
+            "chance": {"spearman_per_n_mean": float(row["chance Spearman"]),
+                       "overlap_mean": float(row["chance overlap"])},
+            "verdict": row["verdict"]}
+    for dec, summary in ablation.items():
+        out.setdefault(dec, {"comparisons": {}})["ablation"] = {
+            k: (float(v) if isinstance(v, float) else v) for k, v in summary.items()}
+    return {"decoders": out, "thresholds": dict(thresholds)}
+
+
+def ablation(cfg: Chapter2Config, results: dict[str, dict[str, Any]],
+             models: dict[str, SpeechLLM], scored: FeatureSet, agree: pd.DataFrame) -> Section:
+    """Remove every block of ``ablation_block`` layers in turn: does the score's block
+    rank among the cheapest removals (:func:`lib.report.rules.cheap_to_remove`)? Then the
+    chapter's figures of record are kept (a full book run only)."""
+    sc = cfg.score
+    n = sc.ablation_block
+    rows, picks, top, summaries = [], [], [], {}
+    for name, res in results.items():
+        abl = ablation_losses(models[name], scored, n, batch_size=sc.batch_size,
+                              max_utterances=sc.ablation_utterances)
+        s = ablation_summary(abl, res[SPEECH], n)
+        summaries[name] = {"block_size": n, **s}
+        l_d, l_best = s["chosen_start"], s["best_start"]
+        rows.append({"decoder": name, "Spearman(d, loss)": s["spearman"],
+                     "l picked by d": l_d, "Δloss, picked": s["chosen_delta"],
+                     "rank, picked": f"{s['chosen_rank']} of {s['n_blocks']}",
+                     "l least harmful": l_best, "Δloss, least harmful": s["best_delta"]})
+        picks.append(f"for {name} the score picks [{l_d}, {l_d + n}), whose removal raises "
+                     f"the loss by {s['chosen_delta']:.2f} nats, rank {s['chosen_rank']} of "
+                     f"{s['n_blocks']} candidates; the least harmful removal is [{l_best}, "
+                     f"{l_best + n}) at {s['best_delta']:+.2f} nats")
+        top.append(cheap_to_remove(s["chosen_rank"], s["n_blocks"]))
+        plotting.plot_ablation(abl, chosen=l_d, title=f"{name}: removing {n} layers")
+    ranks = pd.DataFrame(rows)
+    glue = dict(
+        abl_n=n, abl_picks="; ".join(picks), abl_rho_min=ranks["Spearman(d, loss)"].min(),
+        abl_rho_max=ranks["Spearman(d, loss)"].max(),
+        abl_verdict=(f"for every decoder the score's block is among the cheapest "
+                     f"{CHEAP_SHARE:.0%} of removals" if all(top) else
+                     f"for at least one decoder the score's block is not among the cheapest "
+                     f"{CHEAP_SHARE:.0%} of removals: at this scale, check a pruning choice "
+                     "against the loss before trusting it"))
+    path = record_headline(
+        "ch02", headline(agree, summaries, {"agree_rho": sc.agree_rho,
+                                            "agree_overlap_gain": sc.agree_overlap_gain,
+                                            "chance_draws": sc.chance_draws}),
+        config=cfg, quick_run=cfg.base.eval.max_utterances is not None)
+    items = [f"headline figures recorded in {path}" if path else
+             "headline figures not recorded (not a full book run)"]
+    return Section(ranks, glue, items=items)

@@ -1,0 +1,178 @@
+"""The pipeline every chapter starts from: encode the data once, train each SpeechLLM or
+reuse its finished run, score the test sets; the run keys.
+
+Chapter 1 trains with it (:mod:`lib.recipes.ch01`); chapters 2-4 call the same functions and
+find chapter 1's runs in the cache; ``python -m lib.experiment`` runs it outside a notebook
+(long and multi-GPU runs). Stage: the pipeline (build -> data -> train -> evaluate).
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lib.config.sections import Chapter1Config, ModelConfig
+from lib.fileio import config_hash
+from lib.device import resolve_device
+from lib.train.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start
+from lib.data.sources import load_source
+from lib.errors import CompanionError
+from lib.evaluate.decode import (Rescoring, choose, evaluate_asr, transcribe,
+                                 transcribe_candidates)
+from lib.evaluate.metrics import paired_difference, score_task
+from lib.evaluate.baselines import score_ctc
+from lib.data.features import FeatureSet, extract_features
+from lib.paths import cache_subdir, slug
+from lib.build.components import build_encoder
+from lib.build.speechllm import SpeechLLM, build_speechllm, count_parameters
+from lib.train.loop import TrainRun, train_speechllm
+
+
+@dataclass
+class ModelRun:
+    """One trained SpeechLLM with its training record, test scores and baselines."""
+
+    config: ModelConfig
+    model: SpeechLLM
+    train: TrainRun
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    parameters: dict[str, int] = field(default_factory=dict)
+    warm_start: WarmStart | None = None  # the CTC warm start (recipe ctc-warmstart)
+    ctc_scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # CTC head alone
+    rescored: dict[str, Any] = field(default_factory=dict)  # joint decoding: rescore_run()
+
+
+def run_dir(mc: ModelConfig, cfg: Chapter1Config, fit: FeatureSet) -> Path:
+    """The cache folder of one training run, keyed by everything that changes its result:
+    the model, the training settings and the training data by content (``fit.digest()``)."""
+    key = config_hash({"model": mc, "train": cfg.train, "data": fit.digest(),
+                       "warmstart": WARMSTART_VERSION})
+    return cache_subdir("runs") / f"{slug(mc.decoder)}-{key}"
+
+
+def split_dev(train: FeatureSet, n: int) -> tuple[FeatureSet, FeatureSet | None]:
+    """Hold out the last ``n`` training utterances as the dev subset of the learning curve.
+
+    Raises:
+        CompanionError: fewer than ``n + 1`` utterances would be left to train on.
+    """
+    if n == 0:
+        return train, None
+    if n >= len(train):
+        raise CompanionError(f"dev_utterances={n} leaves nothing to train on ({len(train)} "
+                             "training utterances): lower dev_utterances or raise n_train")
+    return (FeatureSet(train.utterances[:-n], train.feats[:-n]),
+            FeatureSet(train.utterances[-n:], train.feats[-n:]))
+
+
+def prepare_features(cfg: Chapter1Config) -> tuple[FeatureSet, dict[str, FeatureSet]]:
+    """Load the data sources and encode them once with the (frozen) encoder.
+
+    Returns:
+        ``(train_features, {test_source_name: features})``.
+    """
+    device = resolve_device(cfg.device)
+    encoder = build_encoder(cfg.models[0].encoder).to(device)
+    prec = cfg.train.precision
+    train = extract_features(encoder, load_source(cfg.train_data, cfg.corpus),
+                             desc=f"features {cfg.train_data}", precision=prec)
+    tests = {name: extract_features(encoder, load_source(name, cfg.corpus),
+                                    desc=f"features {name}", precision=prec)
+             for name in cfg.test_data}
+    return train, tests
+
+
+def dev_wer(model: SpeechLLM, dev: FeatureSet, cfg: Chapter1Config) -> dict[str, Any]:
+    """WER (and its interval) of greedy transcripts of the dev subset: the learning curve."""
+    hyps = transcribe(model, dev, cfg.eval, desc="dev WER")
+    score = score_task(model.task, model.task.targets(dev.utterances), hyps)
+    return {"dev_wer": score["wer"], "dev_wer_ci95": score["wer_ci95"]}
+
+
+def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
+                       tests: dict[str, FeatureSet], evaluate: bool = True) -> ModelRun:
+    """Build one SpeechLLM, train it (or reuse the finished run), score every test set.
+
+    With ``recipe = "ctc-warmstart"`` the projector is first trained with the CTC head
+    (:func:`lib.train.ctc.ctc_warm_start`), and the CTC head alone is scored on every test set
+    as a baseline, before the decoder's LoRA and the projector train together.
+
+    Args:
+        evaluate: score the test sets (only the main process does, under several GPUs).
+    """
+    device = resolve_device(cfg.device)
+    model = build_speechllm(mc, device=device, seed=cfg.train.seed)
+    params = count_parameters(model)
+    fit, dev = split_dev(train, cfg.dev_utterances)
+    out = run_dir(mc, cfg, fit)
+    name = slug(mc.decoder)
+    warm, ctc_scores = None, {}
+    if cfg.train.recipe == "ctc-warmstart":
+        warm = ctc_warm_start(model, fit, cfg.train, out / "warmstart",
+                              desc=f"CTC warm start {name}")
+        if evaluate:
+            ctc_scores = {test: score_ctc(model, warm.head, fs.subset(cfg.eval.max_utterances))
+                          for test, fs in tests.items()}
+    check = (lambda m: dev_wer(m, dev, cfg)) if dev is not None and evaluate else None
+    aux = None
+    if warm is not None and cfg.train.ctc_weight > 0:
+        warm.head.requires_grad_(False)  # the head is fixed; its loss keeps the projector
+        w = cfg.train.ctc_weight          # pointing at word pieces while the LLM trains
+        aux = lambda m, f, n, t: w * ctc_loss(m, warm.head, f, n, t)  # noqa: E731
+    tr = train_speechllm(model, fit, cfg.train, out, run_config=cfg, desc=f"training {name}",
+                         dev_check=check, aux_loss=aux)
+    model.eval()  # trained or reused from the cache (peft builds LoRA in train mode)
+    scores = {test: evaluate_asr(model, fs, out, test, cfg.eval, config=cfg)
+              for test, fs in tests.items()} if evaluate else {}
+    return ModelRun(mc, model, tr, scores, params, warm, ctc_scores)
+
+
+def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
+                tests: dict[str, FeatureSet]) -> dict[str, Any]:
+    """Joint CTC / attention decoding of a trained run (:class:`lib.evaluate.decode.Rescoring`).
+
+    The CTC weight is chosen on the dev subset (the last ``dev_utterances`` of the training
+    data, never trained on): one beam-search pass gives every candidate's two
+    log-likelihoods, the dev WER is computed for each of ``rescore_weights`` and the lowest
+    wins (ties: the smaller weight, closer to the plain decoder). Every test set is then
+    decoded with that weight and scored like the greedy SpeechLLM (cached by key beside the
+    run), and compared with the greedy score of the same test set by a paired bootstrap
+    (:func:`lib.evaluate.metrics.paired_difference`, rescored minus greedy). Sets ``run.rescored``
+    and returns it: ``{"sweep": [{"weight", "dev_wer", "dev_wer_ci95"}, ...], "weight": w,
+    "scores": {test: score}, "vs_greedy": {test: difference}}``; ``{}`` when the run has
+    no CTC head (recipe ``plain``), ``rescore_beams`` is 0 or there is no dev subset.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    from lib.fileio import load_json, provenance, save_json
+
+    ev = cfg.eval
+    _, dev = split_dev(train, cfg.dev_utterances)
+    if run.warm_start is None or ev.rescore_beams == 0 or dev is None:
+        return {}
+    head = run.warm_start.head
+    key = config_hash({"dev": dev.digest(), "beams": ev.rescore_beams,
+                       "weights": ev.rescore_weights, "max_new_tokens": ev.max_new_tokens,
+                       "batch_size": ev.batch_size})
+    path = run.train.run_dir / f"rescore-dev-{key}.json"
+    if path.is_file():
+        sweep = load_json(path)["sweep"]
+    else:
+        cands = transcribe_candidates(run.model, dev, head, ev.rescore_beams, ev,
+                                      desc="dev: beams + CTC")
+        refs = run.model.task.targets(dev.utterances)
+        sweep = []
+        for w in ev.rescore_weights:
+            sc = score_task(run.model.task, refs, choose(cands, w))
+            sweep.append({"weight": w, "dev_wer": sc["wer"], "dev_wer_ci95": sc["wer_ci95"]})
+        save_json(path, {"sweep": sweep, "n_dev": len(dev), "provenance": provenance(cfg)})
+    best = min(sweep, key=lambda r: (r["dev_wer"], r["weight"]))["weight"]
+    rescore = Rescoring(head, weight=best, num_beams=ev.rescore_beams)
+    scores = {test: evaluate_asr(run.model, fs, run.train.run_dir, test, ev, config=cfg,
+                                 rescore=rescore)
+              for test, fs in tests.items()}
+    vs_greedy = {test: paired_difference(s, run.scores[test])
+                 for test, s in scores.items() if test in run.scores}
+    run.rescored = {"sweep": sweep, "weight": best, "scores": scores, "vs_greedy": vs_greedy}
+    return run.rescored

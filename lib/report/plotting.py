@@ -1,0 +1,322 @@
+"""Figures: one style for the whole book, seaborn for the statistical plots.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+Stage: report (figures).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+
+def set_style() -> None:
+    """Theme, sizes and resolution shared by every chapter's figures."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.figsize": (7.0, 3.6), "figure.dpi": 110,
+                         "savefig.dpi": 150, "axes.titleweight": "bold"})
+
+
+def plot_parameter_split(df: pd.DataFrame, ax: Any = None) -> Any:
+    """Stacked horizontal bars: share of parameters in encoder, projector and decoder.
+
+    Args:
+        df: one row per SpeechLLM with columns ``model``, ``encoder``, ``projector``,
+            ``decoder`` (parameter counts).
+    """
+    parts = ["encoder", "projector", "decoder"]
+    share = df.set_index("model")[parts].div(df.set_index("model")[parts].sum(1), axis=0)
+    ax = ax or plt.subplots(figsize=(7.0, 0.45 * len(df) + 1.2))[1]
+    left = pd.Series(0.0, index=share.index)
+    for part, color in zip(parts, sns.color_palette("colorblind", 3)):
+        ax.barh(share.index, share[part] * 100, left=left * 100, label=part, color=color)
+        left += share[part]
+    ax.set_xlabel("share of SpeechLLM parameters (%)")
+    ax.set_ylabel("")
+    ax.set_xlim(0, 100)
+    ax.axvline(90, color="black", lw=0.8, ls="--")
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False)
+    ax.invert_yaxis()
+    return ax
+
+
+def plot_training_curves(log: pd.DataFrame, ax: Any = None) -> Any:
+    """Training loss against step, one line per model.
+
+    Args:
+        log: rows with ``model``, ``step`` and ``loss``.
+    """
+    ax = ax or plt.subplots()[1]
+    sns.lineplot(data=log, x="step", y="loss", hue="model", ax=ax, alpha=0.35, legend=False)
+    smooth = log.copy()
+    smooth["loss"] = smooth.groupby("model")["loss"].transform(
+        lambda s: s.rolling(max(1, len(s) // 20), min_periods=1).mean())
+    sns.lineplot(data=smooth, x="step", y="loss", hue="model", ax=ax)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("cross-entropy on target tokens (nats)")
+    if (log["loss"] > 0).all():
+        ax.set_yscale("log")
+    return ax
+
+
+def plot_wer(df: pd.DataFrame, ax: Any = None) -> Any:
+    """WER (%) per system and test set, bars with 95 % bootstrap intervals, values printed.
+
+    Args:
+        df: rows with ``test set``, ``system``, ``wer``, ``wer_low`` and ``wer_high``
+            (fractions), as :func:`lib.recipes.ch01.wer_table` returns.
+    """
+    ax = ax or plt.subplots()[1]
+    d = df.assign(wer_pct=100 * df["wer"])
+    sns.barplot(data=d, x="test set", y="wer_pct", hue="system", ax=ax, errorbar=None)
+    hues = list(dict.fromkeys(d["system"]))
+    tests = list(dict.fromkeys(d["test set"]))
+    for container, system in zip(ax.containers, hues):
+        ax.bar_label(container, fmt="%.1f", fontsize=7, padding=2)
+        for bar, test in zip(container, tests):
+            row = d[(d["system"] == system) & (d["test set"] == test)]
+            if row.empty or bar.get_height() != bar.get_height():
+                continue
+            x = bar.get_x() + bar.get_width() / 2
+            ax.errorbar(x, 100 * row["wer"].iloc[0],
+                        yerr=[[100 * (row["wer"].iloc[0] - row["wer_low"].iloc[0])],
+                              [100 * (row["wer_high"].iloc[0] - row["wer"].iloc[0])]],
+                        color="black", capsize=2, lw=0.8)
+    ax.set_ylabel("word error rate (%), 95 % bootstrap interval")
+    ax.set_xlabel("")
+    ax.legend(fontsize=8, title=None)
+    return ax
+
+
+def _dev_wer_lines(ax: Any, frame: pd.DataFrame, x: str) -> list[tuple[pd.DataFrame, Any]]:
+    """One line of ``dev_wer`` (%) against ``x`` per model, with its ``dev_low``-``dev_high``
+    band; returns each model's rows and colour."""
+    drawn = []
+    for (model, g), color in zip(frame.groupby("model", sort=False), sns.color_palette()):
+        ax.plot(g[x], 100 * g["dev_wer"], marker="o", color=color, label=model)
+        ax.fill_between(g[x], 100 * g["dev_low"], 100 * g["dev_high"], color=color, alpha=0.15)
+        drawn.append((g, color))
+    return drawn
+
+
+def plot_learning_curve(dev: pd.DataFrame, ax: Any = None) -> Any:
+    """Dev-subset WER (%) against minutes of training, one line per model, with intervals.
+
+    Args:
+        dev: rows with ``model``, ``train_minutes``, ``dev_wer``, ``dev_low``, ``dev_high``.
+    """
+    ax = ax or plt.subplots()[1]
+    _dev_wer_lines(ax, dev, "train_minutes")
+    ax.set_xlabel("training time (CPU minutes, warm start included)")
+    ax.set_ylabel("dev WER (%), 95 % interval")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_rescore_sweep(sweep: pd.DataFrame, ax: Any = None) -> Any:
+    """Dev WER (%) against the CTC weight of joint decoding, one line per model, with
+    intervals; the chosen weight (lowest dev WER) ringed.
+
+    Args:
+        sweep: rows with ``model``, ``weight``, ``dev_wer``, ``dev_low``, ``dev_high``,
+            ``chosen`` (bool).
+    """
+    ax = ax or plt.subplots()[1]
+    for g, color in _dev_wer_lines(ax, sweep, "weight"):
+        best = g[g["chosen"]]
+        ax.scatter(best["weight"], 100 * best["dev_wer"], s=160, facecolors="none",
+                   edgecolors=color, linewidths=2)
+    ax.set_xlabel("CTC weight (0: the decoder's best beam; 1: the CTC head's choice)")
+    ax.set_ylabel("dev WER (%), 95 % interval")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def _block_heatmap(ax: Any, mat: Any, label: str, **heatmap_kw: Any) -> None:
+    """One ``[l, n]`` matrix (``n = 1..L`` columns) as a heatmap: l on x, n on y, NaN blank."""
+    n_layers = mat.shape[0] - 1
+    frame = pd.DataFrame(mat.T, index=range(1, mat.shape[1] + 1), columns=range(n_layers + 1))
+    sns.heatmap(frame, ax=ax, mask=frame.isna(), xticklabels=max(1, n_layers // 6),
+                yticklabels=max(1, n_layers // 6), **heatmap_kw)
+    ax.invert_yaxis()
+    ax.set_xlabel("start layer l")
+    ax.set_ylabel("block size n (layers)")
+    ax.set_title(label, fontsize=10)
+
+
+def plot_distance_heatmaps(results: dict[str, Any], metric: str = "distance_last",
+                           title: str = "") -> Any:
+    """Side-by-side heatmaps of d(l, n): start layer l on x, block size n on y.
+
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+
+    Args:
+        results: label -> a :class:`lib.score.stats.RedundancyResult`.
+        metric: ``"distance_last"`` or ``"distance_all"``.
+        title: figure title.
+    """
+    import numpy as np
+
+    mats = {k: getattr(r, metric)[:, 1:] for k, r in results.items()}  # drop n = 0
+    vmax = float(np.nanmax([np.nanmax(m) for m in mats.values()]))
+    cols = min(len(mats), 2)  # two per row: readable on a page, four in one row are not
+    rows = -(-len(mats) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    for ax, (label, mat) in zip(axes.flat, mats.items()):
+        _block_heatmap(ax, mat, label, cmap="viridis", vmin=0, vmax=vmax,
+                       cbar_kws={"label": "angular distance d(l, n)"})
+    for ax in list(axes.flat)[len(mats):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_distance_change(pairs: dict[str, tuple[Any, Any]], metric: str = "distance_last",
+                         title: str = "") -> Any:
+    """Heatmaps of ``d_b(l, n) - d_a(l, n)`` for each label -> ``(a, b)`` pair of results.
+
+    A diverging colour scale centred on 0, the same limits in every panel.
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+    """
+    import numpy as np
+
+    mats = {k: (getattr(b, metric) - getattr(a, metric))[:, 1:] for k, (a, b) in pairs.items()}
+    lim = float(np.nanmax([np.nanmax(np.abs(m)) for m in mats.values()])) or 1e-9
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.6 * len(mats), 3.6), squeeze=False)
+    for ax, (label, mat) in zip(axes[0], mats.items()):
+        _block_heatmap(ax, mat, label, cmap="vlag", center=0.0, vmin=-lim, vmax=lim,
+                       cbar_kws={"label": "change in d(l, n)"})
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_block_profile(results: dict[str, Any], metric: str = "distance_last",
+                       ax: Any = None) -> Any:
+    """min over l of d(l, n) against n: how far the best block of n layers moves the state.
+
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+    """
+    import numpy as np
+
+    ax = ax or plt.subplots()[1]
+    rows = []
+    for label, r in results.items():
+        mat = getattr(r, metric)
+        for n in range(1, mat.shape[1]):
+            col = mat[:, n]
+            if np.isfinite(col).any():
+                rows.append({"input": label, "block size n": n,
+                             "min distance": float(np.nanmin(col))})
+    sns.lineplot(data=pd.DataFrame(rows), x="block size n", y="min distance", hue="input",
+                 marker="o", ax=ax)
+    ax.set_xlabel("block size n (layers removed)")
+    ax.set_ylabel("min over l of d(l, n)")
+    return ax
+
+
+def plot_ablation(ablation_df: pd.DataFrame, chosen: int | None = None, ax: Any = None,
+                  title: str = "") -> Any:
+    """Loss after removing each block ``[l, l+n)`` against ``l``; the full model dashed.
+
+    ``chosen`` marks the block the redundancy score picks.
+    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
+    """
+    ax = ax or plt.subplots()[1]
+    blocks = ablation_df[ablation_df["start"] >= 0]
+    full = float(ablation_df.loc[ablation_df["start"] < 0, "loss"].iloc[0])
+    ax.plot(blocks["start"], blocks["loss"], marker="o", label="block removed")
+    ax.axhline(full, color="black", ls="--", lw=0.8, label="no layer removed")
+    if chosen is not None:
+        row = blocks[blocks["start"] == chosen]
+        ax.scatter(row["start"], row["loss"], s=140, facecolors="none", edgecolors="C3",
+                   linewidths=2, zorder=3, label="block the score picks")
+    ax.set_xlabel("first removed layer l (block [l, l+n))")
+    ax.set_ylabel("target loss after removal (nats)")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def plot_removed_layers(plans: dict[str, dict[int, list[int]]], n_layers: int,
+                        ax: Any = None, title: str = "") -> Any:
+    """Which layers each strategy removes at each cut: one row per (strategy, cut), one
+    column per layer, a filled cell where the layer goes. Explained in chapter 3."""
+    import numpy as np
+
+    rows = [(s, n) for s, plan in plans.items() for n in sorted(plan)]
+    mat = np.zeros((len(rows), n_layers))
+    for i, (s, n) in enumerate(rows):
+        mat[i, plans[s][n]] = 1
+    ax = ax or plt.subplots(figsize=(7.0, 0.16 * len(rows) + 1.4))[1]
+    ax.imshow(mat, aspect="auto", cmap="Greys", vmin=0, vmax=1.4, interpolation="nearest")
+    ax.set_yticks(range(len(rows)), [f"{s}, n={n}" for s, n in rows], fontsize=7)
+    ax.set_xticks(range(0, n_layers, max(1, n_layers // 15)))
+    ax.set_xlabel("decoder layer removed (index in the full model)")
+    for i in range(1, len(rows)):
+        if rows[i][0] != rows[i - 1][0]:
+            ax.axhline(i - 0.5, color="tab:red", lw=0.6)
+    ax.grid(False)
+    ax.set_title(title)
+    return ax
+
+
+def plot_pruning_curves(points: pd.DataFrame, full: dict[str, dict[str, Any]],
+                        threshold: float, title: str = "", hue: str = "strategy") -> Any:
+    """WER (95 % interval bands) against the fraction of layers removed, one panel per test
+    set, one line per ``hue`` value; the full model's WER at 0 and the threshold rule's
+    limit ``(1 + threshold) x WER_full`` dashed. Explained in chapters 3 and 4."""
+    tests = list(dict.fromkeys(points["test_set"]))
+    fig, axes = plt.subplots(1, len(tests), squeeze=False, figsize=(5.2 * len(tests), 3.6))
+    colors = dict(zip(dict.fromkeys(points[hue]), sns.color_palette("colorblind", 10)))
+    for ax, test in zip(axes[0], tests):
+        f = full[test]
+        for key, g in points[points["test_set"] == test].groupby(hue, sort=False):
+            g = g.sort_values("removed_fraction")
+            x = [0.0] + list(100 * g["removed_fraction"])
+            y = [100 * f["wer"]] + list(100 * g["wer"])
+            lo = [100 * f["wer_ci95"][0]] + list(100 * g["wer_low"])
+            hi = [100 * f["wer_ci95"][1]] + list(100 * g["wer_high"])
+            ax.plot(x, y, marker="o", ms=3, label=key, color=colors[key])
+            ax.fill_between(x, lo, hi, alpha=0.12, color=colors[key])
+        ax.axhline(100 * f["wer"] * (1 + threshold), ls="--", color="0.3", lw=1,
+                   label=f"rule: +{100 * threshold:g} % relative")
+        ax.set_xlabel("layers removed (%)")
+        ax.set_ylabel("WER (%)")
+        ax.set_title(f"{title}: {test}" if title else test)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
+
+
+def plot_heal_variants(df: pd.DataFrame, title: str = "") -> Any:
+    """WER after each healing variant (95 % intervals), one panel per test set, with the
+    full model's and the unhealed pruned model's WER as lines. ``df`` columns: variant,
+    test_set, wer, wer_low, wer_high, wer_full, wer_pruned. Explained in chapter 4."""
+    tests = list(dict.fromkeys(df["test_set"]))
+    fig, axes = plt.subplots(1, len(tests), squeeze=False, figsize=(5.2 * len(tests), 3.2))
+    for ax, test in zip(axes[0], tests):
+        g = df[df["test_set"] == test].reset_index(drop=True)
+        y = 100 * g["wer"]
+        err = [y - 100 * g["wer_low"], 100 * g["wer_high"] - y]
+        ax.errorbar(range(len(g)), y, yerr=err, fmt="o", color="tab:blue", capsize=3)
+        ax.axhline(100 * g["wer_full"].iloc[0], color="tab:green", ls="--", lw=1,
+                   label="full model")
+        ax.axhline(100 * g["wer_pruned"].iloc[0], color="tab:red", ls=":", lw=1,
+                   label="pruned, not healed")
+        ax.set_xticks(range(len(g)), g["variant"], rotation=20)
+        ax.set_ylabel("WER (%)")
+        ax.set_title(f"{title}: {test}" if title else test)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig

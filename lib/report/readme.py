@@ -1,0 +1,262 @@
+"""The README's tables of results, rendered from ``results/<preset>/<chapter>.json``.
+
+The numbers of record of a full book run are the small JSON files the chapters write
+(:func:`lib.report.results.record_headline`). The README never types a figure: each block between
+
+    <!-- results: default/ch01 -->
+    ...
+    <!-- end results -->
+
+is replaced by the rendering of that file. ``python -m lib.report`` (and every
+``make book``) re-renders them; a test checks that the README matches its JSON files.
+
+Stage: report (the README's tables).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from lib.paths import REPO_ROOT
+from lib.fileio import atomic_write_text, load_json
+from lib.report.rules import (LISTENS_GAP, WER_TARGETS, compare_wer, memory_verdict,
+                              paired_verdict)
+from lib.report.results import results_root
+
+BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
+
+
+def _verdicts(dec: str, d: dict[str, Any]) -> str:
+    """One sentence per decoder, every clause computed from the record by a named rule."""
+    parts = []
+    for test, t in d["test_sets"].items():
+        base = t.get("baselines", {})
+        vs = [f"{compare_wer(t, base[k])} {label}" for k, label in
+              (("ctc_head", "its CTC head's"), ("whisper", "Whisper-base's"))
+              if base.get(k, {}).get("wer_ci95")]
+        target = WER_TARGETS.get(test)
+        met = ("" if target is None else
+               f"; target ≤ {100 * target:.0f} % {'met' if t['wer'] <= target else 'not met'}")
+        resc = t.get("ctc_rescored")
+        if resc:
+            rmet = ("" if target is None else
+                    f", target {'met' if resc['wer'] <= target else 'not met'}")
+            diff = resc["vs_greedy"]
+            met += (f"; with CTC rescoring (weight {resc['weight']:g}) "
+                    f"{100 * resc['wer']:.1f} %, {paired_verdict(diff)} greedy "
+                    f"(paired difference {100 * diff['difference']:+.1f} points, "
+                    "95 % interval {:+.1f} to {:+.1f}){}".format(
+                        *(100 * x for x in diff["difference_ci95"]), rmet))
+        parts.append(f"on {test} its WER is {' and '.join(vs) or 'not compared'}{met}")
+    gap = d.get("audio_reliance_gap")
+    listens = ("" if gap is None else
+               f"; it {'reads' if gap >= LISTENS_GAP else 'does not read'} the audio "
+               f"(reliance gap {gap:.2f} {'≥' if gap >= LISTENS_GAP else '<'} "
+               f"{LISTENS_GAP:g} nats/token)")
+    return f"{dec}: " + "; ".join(parts) + listens
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _wer(rec: dict[str, Any] | None) -> str:
+    if not rec:
+        return "–"
+    lo, hi = rec.get("wer_ci95") or (None, None)
+    ci = f" [{_pct(lo)}, {_pct(hi)}]" if lo is not None else ""
+    return f"{_pct(rec['wer'])}{ci}"
+
+
+def _provenance(rec: dict[str, Any]) -> str:
+    prov = rec.get("provenance", {})
+    commit = (prov.get("git_hash") or "unknown")[:7]
+    dirty = " (uncommitted changes)" if prov.get("git_dirty") else ""
+    cpus = prov.get("device", {}).get("cpu_count")
+    gpu = prov.get("device", {}).get("gpu")
+    where = gpu or f"{cpus} CPU cores, no GPU"
+    return (f"Measured by the book run of preset `{rec.get('preset')}` at commit {commit}"
+            f"{dirty} on {prov.get('date', '?')[:10]}, on {where}; torch "
+            f"{prov.get('versions', {}).get('torch', '?')}.")
+
+
+def render_ch01(rec: dict[str, Any]) -> str:
+    """Chapter 1: WER with 95 % intervals per decoder and test set (greedy, and with joint
+    CTC / attention decoding when the run has it), and the baselines."""
+    rows = ["| decoder | test set | utterances | SpeechLLM WER % [95 % CI] | SpeechLLM + CTC "
+            "rescoring | CTC head alone | Whisper-base (own decoder) |",
+            "|---|---|---|---|---|---|---|"]
+    notes = []
+    for dec, d in rec["decoders"].items():
+        for test, t in d["test_sets"].items():
+            base = t.get("baselines", {})
+            rows.append(f"| {dec} | {test} | {t['n_utterances']} | {_wer(t)} | "
+                        f"{_wer(t.get('ctc_rescored'))} | "
+                        f"{_wer(base.get('ctc_head'))} | {_wer(base.get('whisper'))} |")
+        tr = d.get("training", {})
+        notes.append(f"{dec}: {tr.get('minutes', float('nan')):.1f} min of training "
+                     f"({tr.get('ctc_minutes', 0):.1f} min CTC warm start + "
+                     f"{tr.get('llm_minutes', float('nan')):.1f} min for {tr.get('steps')} LLM "
+                     f"steps, recipe `{tr.get('recipe')}`); audio-reliance gap "
+                     f"{d.get('audio_reliance_gap', float('nan')):.2f} nats/token")
+    verdicts = [_verdicts(dec, d) for dec, d in rec["decoders"].items()]
+    text = "\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes + verdicts)
+    return (text + "\nVerdicts: one WER is lower or higher than another only when their 95 % "
+            "intervals do not overlap; rescored against greedy (the same utterances, decoded "
+            "twice), only when the 95 % interval of their paired bootstrap difference lies "
+            "wholly on one side of zero.\n\n" + _provenance(rec) + "\n")
+
+
+def _f2(x: Any) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def render_ch02(rec: dict[str, Any]) -> str:
+    """Chapter 2: per decoder and comparison, the agreement figures beside their chance
+    level, the verdict, and the ablation check of the score's block."""
+    rows = ["| decoder | comparison | Spearman per n (chance) | block overlap (chance) "
+            "| verdict |", "|---|---|---|---|---|"]
+    notes = []
+    for dec, d in rec["decoders"].items():
+        for label, c in d.get("comparisons", {}).items():
+            ch = c.get("chance", {})
+            rows.append(f"| {dec} | {label} | {_f2(c.get('spearman_per_n_mean'))} "
+                        f"({_f2(ch.get('spearman_per_n_mean'))}) | "
+                        f"{_f2(c.get('overlap_mean'))} ({_f2(ch.get('overlap_mean'))}) | "
+                        f"{c.get('verdict', '–')} |")
+        a = d.get("ablation")
+        if a:
+            notes.append(f"{dec}: removing the block the score picks ([{a['chosen_start']}, "
+                         f"{a['chosen_start'] + a['block_size']})) raises the loss by "
+                         f"{a['chosen_delta']:.2f} nats, rank {a['chosen_rank']} of "
+                         f"{a['n_blocks']}; Spearman(d, loss) {_f2(a.get('spearman'))}")
+    th = rec.get("thresholds", {})
+    rule = (f"\nVerdicts: \"the same blocks\" when the per-n Spearman mean is at least "
+            f"{th.get('agree_rho', '?')} and the block overlap at least "
+            f"{th.get('agree_overlap_gain', '?')} of the way from chance to 1, both above "
+            f"their chance draws (p ≤ 0.05); \"no more than chance\" when neither is.\n")
+    return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + rule + "\n"
+            + _provenance(rec) + "\n")
+
+
+def _pct0(x: Any) -> str:
+    return "–" if x is None else f"{100 * x:.0f}"
+
+
+def render_ch03(rec: dict[str, Any]) -> str:
+    """Chapter 3: per decoder and strategy, the paper's rule's cut (and its interval) on
+    each test set's curve subset; then the paper strategy's cut on the full test sets."""
+    s = rec.get("settings", {})
+    tests = sorted({t for d in rec["decoders"].values() for st in d["strategies"].values()
+                    for t in st["threshold_cut"]})
+    rows = ["| decoder | strategy | " + " | ".join(f"cut on {t} (%) [95 % CI]" for t in tests)
+            + " |", "|---|---|" + "---|" * len(tests)]
+    notes = []
+    for dec, d in rec["decoders"].items():
+        for strategy, st in d["strategies"].items():
+            cells = []
+            for t in tests:
+                c = st["threshold_cut"].get(t)
+                cells.append("–" if c is None else
+                             f"{_pct0(c['cut'])} [{_pct0(c['ci95'][0])}, {_pct0(c['ci95'][1])}]")
+            rows.append(f"| {dec} | {strategy} | " + " | ".join(cells) + " |")
+        ch = d.get("chosen", {})
+        for t, v in ch.get("tests", {}).items():
+            notes.append(f"{dec}, {ch['strategy']} cut of {ch['n_removed']} layers "
+                         f"({_pct0(ch['removed_fraction'])} %) on all of {t} "
+                         f"({v['n_utterances']} utterances): WER {_wer_pair(v)}")
+    rule = (f"\nThe paper's rule: the largest cut whose relative WER increase stays within "
+            f"{s.get('threshold', '?')}, on the first {s.get('curve_utterances', '?')} "
+            f"utterances of each test set; the interval re-applies the rule to curves "
+            f"resampled over utterances.\n")
+    return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + rule + "\n"
+            + _provenance(rec) + "\n")
+
+
+def _wer_pair(v: dict[str, Any]) -> str:
+    return (f"{100 * v['wer_full']:.1f} % [{100 * v['wer_full_ci95'][0]:.1f}, "
+            f"{100 * v['wer_full_ci95'][1]:.1f}] before, {100 * v['wer']:.1f} % "
+            f"[{100 * v['wer_ci95'][0]:.1f}, {100 * v['wer_ci95'][1]:.1f}] after pruning")
+
+
+def render_ch04(rec: dict[str, Any]) -> str:
+    """Chapter 4: per decoder and healing variant, WER before and after healing on each
+    test set's curve subset and the recovery; the reloaded model and what pruning bought."""
+    rows = ["| decoder | layers removed | variant | test set | WER pruned (%) | WER healed (%) "
+            "[95 % CI] | recovery | trainable (M) | minutes |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for dec, d in rec["decoders"].items():
+        for v, r in d["variants"].items():
+            for t, x in r["tests"].items():
+                lo, hi = x["wer_after_ci95"]
+                rc = x.get("recovery")
+                rows.append(
+                    f"| {dec} | {d['cut']['n_removed']} of {d['cut']['n_layers']} | {v} | {t} | "
+                    f"{100 * x['wer_before']:.1f} | {100 * x['wer_after']:.1f} [{100 * lo:.1f}, "
+                    f"{100 * hi:.1f}] | {'–' if rc is None else f'{rc:.2f}'} | "
+                    f"{r['trainable'] / 1e6:.2f} | {r['wall_time_s'] / 60:.1f} |")
+        e = d.get("export", {})
+        c = e.get("cost")
+        if c:
+            notes.append(f"{dec}: decoding {c['speedup']:.2f}x faster than the full model "
+                         f"(ideal from FLOPs {c['ideal_speedup']:.2f}x, ratio "
+                         f"{c['speedup'] / c['ideal_speedup']:.2f}); decoder parameters "
+                         f"{c['params_full_m']:.0f} M -> {c['params_pruned_m']:.0f} M; peak "
+                         f"memory {c['peak_mib_full']:.0f} -> {c['peak_mib_pruned']:.0f} MiB, "
+                         f"{memory_verdict(c)}")
+        same = [t for t, x in e.get("tests", {}).items() if x.get("same_transcripts_as_in_memory")]
+        if e.get("tests"):
+            notes.append(f"{dec}: saved, reloaded with plain transformers; same transcripts as "
+                         f"in memory on {len(same)} of {len(e['tests'])} test sets")
+    s = rec.get("settings", {})
+    budget = (f"\nHealing budget: {s.get('heal_steps', '?')} steps of "
+              f"{s.get('heal_batch_size', '?')} utterances, peak rate "
+              f"{s.get('heal_learning_rate', '?')}, LoRA rank {s.get('heal_lora_rank', '?')}; "
+              "recovery = (pruned - healed) / (pruned - full).\n")
+    return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + budget + "\n"
+            + _provenance(rec) + "\n")
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "ch01": render_ch01, "ch02": render_ch02, "ch03": render_ch03, "ch04": render_ch04}
+"""Chapter -> the function that renders its results file as Markdown."""
+
+
+def render(text: str, root: Path | None = None) -> str:
+    """``text`` (the README) with every results block re-rendered from its JSON file.
+
+    A block whose file does not exist yet says so instead of showing a number.
+    """
+    root = root or results_root()
+
+    def one(m: re.Match) -> str:
+        preset, chapter = m.group(2), m.group(3)
+        path = root / preset / f"{chapter}.json"
+        if chapter not in RENDERERS:
+            body = f"(no renderer for {chapter})\n"
+        elif not path.is_file():
+            body = f"(no full `{preset}` run recorded yet: `make book PRESET={preset}`)\n"
+        else:
+            body = RENDERERS[chapter](load_json(path))
+        return m.group(1) + body + m.group(5)
+
+    return BLOCK.sub(one, text)
+
+
+def update_readme(readme: Path = REPO_ROOT / "README.md") -> bool:
+    """Re-render the README's results blocks; returns whether anything changed."""
+    old = readme.read_text(encoding="utf-8")
+    new = render(old)
+    if new != old:
+        atomic_write_text(readme, new)
+    return new != old
+
+
+def main() -> int:
+    """``python -m lib.report``: re-render the README's results blocks."""
+    changed = update_readme()
+    print("README.md results " + ("re-rendered" if changed else "already up to date"))
+    return 0

@@ -1,0 +1,147 @@
+"""Every verdict rule and threshold of the book, in one place.
+
+A verdict sentence on a page or in the README ("lower than", "the same blocks", "the peak
+fell", "target met") is computed by one of these functions from measured values and a
+named threshold; nothing else in the library or the chapters decides a verdict. The
+thresholds that a reader may change per run are parameters (``agree_rho``,
+``agree_overlap_gain``, ``prune_threshold``: :mod:`lib.config.defaults`); the fixed ones
+are named here, each with its reason. The paper's pruning rule, which chooses a cut rather
+than judging one, is the pruning stage's own (:mod:`lib.prune.rule`).
+
+Stage: report (the rules). Explained in chapter 1 (book/01_building_a_speechllm.ipynb) and
+where each rule is first used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lib.score.agreement import overlap_gain
+
+LISTENS_GAP = 1.0
+"""Nats per token: a decoder "reads the audio" when scoring each transcript after another
+clip's audio costs at least this much more than after its own (chapter 1's reliance check)."""
+
+WER_TARGETS = {"synthetic:test": 0.15, "real": 0.35}
+"""The default recipe's WER targets per test set (issue 11): what a SpeechLLM that really
+transcribes should reach on the offline data."""
+
+
+def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"``: ``a`` beats
+    ``b`` only when their 95 % bootstrap intervals do not overlap (a conservative rule, the
+    one chapter 1's verdicts and the README's use). Explained in chapter 1."""
+    (a_lo, a_hi), (b_lo, b_hi) = a["wer_ci95"], b["wer_ci95"]
+    return _sign_verdict(a_lo - b_hi, a_hi - b_lo)  # the widest a - b the intervals allow
+
+
+def paired_verdict(d: dict[str, Any]) -> str:
+    """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"`` for a paired
+    difference (:func:`lib.evaluate.metrics.paired_difference`, ``a`` minus ``b``): ``a`` beats ``b``
+    when the 95 % interval of the difference lies wholly below zero. The rule for two
+    systems on the same utterances (chapter 1's rescored against greedy)."""
+    return _sign_verdict(*d["difference_ci95"])
+
+
+def _sign_verdict(low: float, high: float) -> str:
+    """The verdict on ``a`` against ``b`` from an interval of ``a - b``: which side of zero."""
+    if high < 0:
+        return "lower than"
+    if low > 0:
+        return "higher than"
+    return "not distinguishable from"
+
+
+def peak_spread(cost: dict[str, Any]) -> float:
+    """The noise of a peak-memory measurement (MiB): the largest max - min among one
+    model's rounds (``peak_mib_full_rounds``, ``peak_mib_pruned_rounds`` of
+    :func:`lib.prune.cost.compare_decoding`); NaN when no model has two rounds."""
+    spreads = [max(r) - min(r) for r in (cost.get("peak_mib_full_rounds", []),
+                                         cost.get("peak_mib_pruned_rounds", [])) if len(r) > 1]
+    return max(spreads) if spreads else float("nan")
+
+
+def memory_verdict(cost: dict[str, Any]) -> str:
+    """Whether pruning lowered the peak memory of a fresh decoding process, as a phrase.
+
+    One process's peak varies from run to run, so the change of the medians
+    (pruned - full, :func:`lib.prune.cost.compare_decoding`) counts only beyond the noise measured
+    in the same run, :func:`peak_spread`. The verdict is :func:`_sign_verdict`'s on
+    ``change ± spread``: "the peak fell" only when the change is below minus the spread.
+    Explained in chapter 4.
+    """
+    change = cost["peak_mib_pruned"] - cost["peak_mib_full"]
+    if change != change:  # NaN: no saved folders, no processes
+        return "no peak measured"
+    if "peak_mib_full_rounds" not in cost:  # a record written before the rounds were kept
+        return "no spread recorded to judge the change against"
+    spread = peak_spread(cost)
+    if spread != spread:
+        return "one process per model, so no spread to judge the change against"
+    verdict = _sign_verdict(change - spread, change + spread)
+    said = {"lower than": "the peak fell", "higher than": "the peak rose",
+            "not distinguishable from": "no change beyond the noise"}[verdict]
+    return f"{said} (the rounds of one model spread over up to {spread:.0f} MiB)"
+
+
+P_MAX = 0.05
+"""An agreement figure beats its chance draws when at most this share of them reach it."""
+
+CHEAP_SHARE = 0.25
+"""Chapter 2: the score's block is "cheap to remove" when its removal ranks within this
+share of all candidate blocks (a block picked at random does so one time in four)."""
+
+SPEEDUP_TARGET = 0.9
+"""Chapter 4: pruning's measured decoding speed-up should reach this share of the ideal
+one computed from the FLOPs removed."""
+
+
+def agreement_verdict(agr: dict[str, Any], rho_min: float, gain_min: float,
+                      p_max: float = P_MAX) -> str:
+    """``"the same blocks"``, ``"partly the same blocks"`` or ``"no more than chance"``.
+
+    "The same blocks": the per-n Spearman mean is at least ``rho_min`` and the overlap is at
+    least ``gain_min`` of the way from chance to 1 (:func:`overlap_gain`), both above their
+    chance draws (``p <= p_max``). "No more than chance": neither figure beats its chance
+    draws. Otherwise "partly the same blocks". Explained in chapter 2.
+    """
+    c = agr["chance"]
+    beats_r = math.isfinite(c["p_spearman"]) and c["p_spearman"] <= p_max
+    beats_o = c["p_overlap"] <= p_max
+    if (beats_r and beats_o and agr["spearman_per_n_mean"] >= rho_min
+            and overlap_gain(agr) >= gain_min):
+        return "the same blocks"
+    if not beats_r and not beats_o:
+        return "no more than chance"
+    return "partly the same blocks"
+
+
+def reads_audio(gap: float) -> bool:
+    """Chapter 1's reliance check: the decoder reads the audio when a transcript costs at
+    least :data:`LISTENS_GAP` nats/token more after another clip's audio than after its
+    own."""
+    return gap >= LISTENS_GAP
+
+
+def target_met(wer: float, test_set: str) -> bool | None:
+    """Whether ``wer`` meets :data:`WER_TARGETS` for ``test_set`` (None: no target)."""
+    target = WER_TARGETS.get(test_set)
+    return None if target is None else wer <= target
+
+
+def cheap_to_remove(rank: int, n_blocks: int) -> bool:
+    """Chapter 2: the score's block ranks (1 = least harmful removal) within
+    :data:`CHEAP_SHARE` of the ``n_blocks`` candidates (at least the first)."""
+    return rank <= max(1, int(n_blocks * CHEAP_SHARE))
+
+
+def speedup_reaches_target(ratio: float) -> bool:
+    """Chapter 4: the measured speed-up over the ideal reaches :data:`SPEEDUP_TARGET`."""
+    return ratio >= SPEEDUP_TARGET
+
+
+def interval_beats(a: dict[str, Any], b: dict[str, Any], key: str = "wer_ci95") -> bool:
+    """``a`` is lower than ``b`` by the interval rule of :func:`compare_wer` (their 95 %
+    intervals do not overlap, ``a``'s below)."""
+    return a[key][1] < b[key][0]

@@ -1,0 +1,355 @@
+"""The CTC warm start: teach the projector the decoder's word pieces before the decoder reads it.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+A freshly initialised projector emits vectors the decoder has never seen, and SLAM-style
+training then sits for a long time on a plateau at the language model's own text loss
+(the decoder ignores the audio). On two CPU cores that plateau is longer than the budget.
+The warm start trains the **same projector** first, with a CTC loss whose output layer is
+the decoder's own input-embedding table:
+
+.. math::
+
+    \\operatorname{logits}_t = [\\, z_t^\\top b ;\\; z_t^\\top e_1 ;\\; \\dots ;\\; z_t^\\top e_V \\,]
+
+where :math:`z_t` is the projector output at position ``t``, :math:`e_v` the decoder's
+embedding of word piece ``v`` (only the pieces the training transcripts use) and
+:math:`b` one learned "blank" vector. No decoder forward is needed, so an epoch costs
+seconds. Afterwards the projector emits, at each 10 Hz position, a vector pointing at the
+embedding of the word piece spoken there (or at the blank): the decoder reads audio
+positions that already look like its own tokens. The CTC head alone is also a small ASR
+system (greedy CTC decoding, no language model): chapter 1 reports it as a baseline.
+
+Nothing is added to the SpeechLLM: the norm matching that follows is folded into the
+projector's last layer, and the head is kept beside the run only for the baseline and for
+joint CTC / attention decoding (:class:`lib.evaluate.decode.Rescoring`), which score with
+:func:`ctc_greedy` and :func:`ctc_logprob`.
+
+Stage: training (the first half of the ``ctc-warmstart`` recipe; :mod:`lib.train` does the
+rest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from lib.config.sections import TrainConfig
+from lib.device import resolve_precision
+from lib.errors import CompanionError
+from lib.data.features import FeatureSet
+from lib.build.speechllm import SpeechLLM
+from lib.train.loop import length_grouped_permutation
+
+# Part of every training run's cache key: bump it when the warm start changes its result,
+# so a run trained by an older warm start is not reused.
+WARMSTART_VERSION = 2
+
+
+class CTCHead(nn.Module):
+    """CTC output layer made of the decoder's input embeddings (fixed) and a learned blank.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Args:
+        token_ids: the decoder vocabulary ids the head can emit (class ``i + 1``).
+        embeddings: ``[V, d]`` rows of the decoder's embedding *table* for those ids.
+        embed_scale: the factor the decoder's embedding module multiplies its table by
+            (Gemma: sqrt(d) = 25.3 at d = 640; 1 for Llama-style decoders). The head's
+            logits use the unscaled rows, so their sharpness does not depend on that
+            factor (with Gemma's scaled rows a small change of the projector output moved
+            the logits 25x as far, and the warm start reached 64 % WER instead of 37 %);
+            the norm matching targets the scaled rows, which the decoder really reads.
+    """
+
+    def __init__(self, token_ids: Sequence[int], embeddings: torch.Tensor,
+                 embed_scale: float = 1.0) -> None:
+        super().__init__()
+        self.token_ids = [int(t) for t in token_ids]
+        self.register_buffer("embeddings", embeddings.detach().float().clone())
+        self.register_buffer("embed_scale", torch.tensor(float(embed_scale)))
+        self.blank = nn.Parameter(torch.zeros(embeddings.shape[1]))
+        # Divides the projector output: after norm matching scales the projector up or down,
+        # the head still sees the vectors it was trained on.
+        self.register_buffer("input_scale", torch.ones(()))
+
+    @property
+    def index(self) -> dict[int, int]:
+        """Decoder token id -> CTC class (0 is the blank)."""
+        return {t: i + 1 for i, t in enumerate(self.token_ids)}
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, T, d]`` projector outputs -> ``[B, T, V + 1]`` logits, blank first."""
+        z = z.float() / self.input_scale
+        return torch.cat([(z @ self.blank)[..., None], z @ self.embeddings.T], -1)
+
+
+def build_ctc_head(model: SpeechLLM, texts: Sequence[str]) -> CTCHead:
+    """A CTC head over the word pieces that ``texts`` use, in ``model``'s decoder.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Raises:
+        CompanionError: no transcript has a single token.
+    """
+    ids = sorted({t for text in texts for t in model.target_ids(text)[:-1]})
+    if not ids:
+        raise CompanionError("the CTC warm start found no tokens in the training transcripts:"
+                             " check train_data (its texts are empty)")
+    table = model.decoder.get_input_embeddings()
+    rows = table.weight.detach()[torch.tensor(ids, device=table.weight.device)].float().cpu()
+    return CTCHead(ids, rows, float(getattr(table, "embed_scale", 1.0))).to(model.device)
+
+
+def _targets(model: SpeechLLM, head: CTCHead, texts: Sequence[str]) -> list[list[int]]:
+    index = head.index
+    return [[index[t] for t in model.target_ids(text)[:-1] if t in index] for text in texts]
+
+
+def ctc_loss(model: SpeechLLM, head: CTCHead, feats: torch.Tensor, lengths: torch.Tensor,
+             texts: Sequence[str], offset: int = 0) -> torch.Tensor:
+    """Mean CTC loss per utterance of a batch (PyTorch's ``ctc_loss``, blank 0).
+
+    Args:
+        offset: drop the first ``offset`` encoder frames before stacking (augmentation:
+            the projector sees each utterance stacked in another phase).
+    """
+    if offset:
+        feats, lengths = feats[:, offset:], (lengths - offset).clamp(min=1)
+    return _ctc_nll(model, head, feats, lengths, _targets(model, head, texts), "mean", True)
+
+
+def _ctc_nll(model: SpeechLLM, head: CTCHead, feats: torch.Tensor, lengths: torch.Tensor,
+             targets: Sequence[Sequence[int]], reduction: str,
+             zero_infinity: bool) -> torch.Tensor:
+    """PyTorch's ``ctc_loss`` (blank 0) of the head's classes ``targets`` after the
+    projector: the one CTC computation behind training and rescoring."""
+    z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
+    logp = torch.log_softmax(head(z), -1).transpose(0, 1)
+    flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
+    t_len = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
+    return nn.functional.ctc_loss(logp, flat, z_len.cpu(), t_len, blank=0,
+                                  reduction=reduction, zero_infinity=zero_infinity)
+
+
+@torch.no_grad()
+def ctc_logprob(model: SpeechLLM, head: CTCHead, feats: torch.Tensor, lengths: torch.Tensor,
+                texts: Sequence[str]) -> torch.Tensor:
+    """``log p_CTC(text | audio)`` of each (utterance, text) pair, ``[B]`` (float32).
+
+    The sum over every alignment (PyTorch's ``ctc_loss``, ``reduction="none"``). A text
+    with a word piece the head cannot emit, or more pieces than the audio has room for,
+    gets ``-inf``; an empty text is the all-blank path.
+    """
+    index = head.index
+    pieces = [model.target_ids(t)[:-1] if t.strip() else [] for t in texts]
+    ok = torch.tensor([all(p in index for p in seq) for seq in pieces])
+    targets = [[index.get(p, 1) for p in seq] for seq in pieces]
+    nll = _ctc_nll(model, head, feats, lengths, targets, "none", False).float().cpu()
+    return torch.where(ok, -nll, torch.tensor(float("-inf")))
+
+
+@torch.no_grad()
+def ctc_transcribe(model: SpeechLLM, head: CTCHead, data: FeatureSet,
+                   batch_size: int = 64) -> list[str]:
+    """Greedy CTC transcripts (best class per position, repeats merged, blanks dropped).
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    out: list[str] = []
+    for start in range(0, len(data), batch_size):
+        idx = list(range(start, min(len(data), start + batch_size)))
+        feats, lengths, _ = data.batch(idx)
+        out += ctc_greedy(model, head, feats, lengths)
+    return out
+
+
+@torch.no_grad()
+def ctc_greedy(model: SpeechLLM, head: CTCHead, feats: torch.Tensor,
+               lengths: torch.Tensor) -> list[str]:
+    """Greedy CTC transcripts of one batch of encoder features."""
+    z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
+    best = head(z).argmax(-1).cpu()
+    out = []
+    for row, n in zip(best, z_len.tolist()):
+        ids, prev = [], 0
+        for c in row[:n].tolist():
+            if c != prev and c != 0:
+                ids.append(head.token_ids[c - 1])
+            prev = c
+        out.append(model.tokenizer.decode(ids).strip())
+    return out
+
+
+@torch.no_grad()
+def match_embedding_norm(model: SpeechLLM, head: CTCHead, data: FeatureSet,
+                         n: int = 64) -> float:
+    """Scale the projector so its outputs have the norm of the decoder's token embeddings.
+
+    After CTC training the projector's outputs are an order of magnitude longer than the
+    embeddings the decoder reads (CTC only cares about their direction). The factor is
+    folded into the projector's last linear layer, so the model is unchanged in form.
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+
+    Returns:
+        The factor applied (mean embedding norm / mean projector-output norm).
+    """
+    feats, lengths, _ = data.batch(list(range(min(n, len(data)))))
+    z, z_len = model.projector(feats.to(model.device), lengths.to(model.device))
+    valid = torch.arange(z.shape[1], device=z.device)[None] < z_len[:, None]
+    target = head.embeddings.norm(dim=-1).mean() * head.embed_scale  # what the decoder reads
+    factor = float(target / z[valid].norm(dim=-1).mean())
+    last = model.projector.net[-1]
+    last.weight.mul_(factor)
+    last.bias.mul_(factor)
+    head.input_scale.mul_(factor)
+    return factor
+
+
+def _check_feasible(model: SpeechLLM, head: CTCHead, data: FeatureSet, desc: str) -> None:
+    """CTC needs an audio position per word piece (two for a repeated one): say how many
+    utterances cannot be aligned, and refuse when none can."""
+    stack = model.projector.stack
+    bad = 0
+    for text, f in zip((u.text for u in data.utterances), data.feats):
+        target = _targets(model, head, [text])[0]
+        need = len(target) + sum(a == b for a, b in zip(target, target[1:]))
+        bad += need > -(-f.shape[0] // stack)
+    if bad == len(data):
+        raise CompanionError(
+            f"{desc}: no training utterance has as many audio positions as word pieces at "
+            f"projector_stack={stack}: lower projector_stack or use recipe plain")
+    if bad:
+        print(f"{desc}: {bad} of {len(data)} utterances have more word pieces than audio "
+              f"positions (projector_stack={stack}); the CTC loss skips them")
+
+
+@dataclass
+class WarmStart:
+    """What the CTC warm start produced (or reused).
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+
+    head: CTCHead
+    log: list[dict[str, Any]]  # step, loss, elapsed_s
+    norm_factor: float
+    cached: bool
+    wall_time_s: float
+
+
+def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, cfg: TrainConfig,
+                   out_dir: Path, desc: str = "CTC warm start") -> WarmStart:
+    """Train ``model.projector`` with the CTC head, then match the embedding norm.
+
+    The projector and head are saved to ``out_dir`` (``projector.safetensors``,
+    ``ctc_head.safetensors``, ``warmstart.json``) and reused when present: the stage takes
+    a few minutes, so it restarts from its beginning when killed. Explained in chapter 1.
+
+    ``cfg`` (chapter 1's training section) gives what the warm start reads:
+    ``ctc_epochs`` (passes over ``train_set``, fractions allowed), ``ctc_learning_rate``
+    (peak AdamW rate; one-cycle schedule: 10 % warm-up, cosine decay), ``ctc_batch_size``
+    (utterances per CTC step), ``seed``, ``precision`` (bf16 runs the projector and the
+    head's matmuls under autocast, the log-softmax and the CTC loss stay float32: 2x faster
+    on a CPU with native bf16, as ``make bench`` measures) and ``length_grouping``
+    (batches from pools of this many batches sorted by length,
+    :func:`lib.train.loop.length_grouped_permutation`; 0 or 1: plain random batches).
+    """
+    out_dir = Path(out_dir)
+    head = build_ctc_head(model, [u.text for u in train_set.utterances])
+    reused = _reuse_warm_start(model, head, out_dir, desc)
+    if reused is not None:
+        return reused
+    _check_feasible(model, head, train_set, desc)
+    precision = resolve_precision(cfg.precision, str(model.device))
+    t0 = time.perf_counter()
+    log = _train_projector(model, head, train_set, cfg, precision, desc)
+    factor = match_embedding_norm(model, head, train_set)
+    wall = time.perf_counter() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, state in (("projector", model.projector.state_dict()),
+                        ("ctc_head", head.state_dict())):
+        tmp = out_dir / f"{name}.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, out_dir / f"{name}.safetensors")
+    rec = {"steps": len(log), "epochs": cfg.ctc_epochs, "learning_rate": cfg.ctc_learning_rate,
+           "precision": precision, "length_grouping": cfg.length_grouping,
+           "batch_size": cfg.ctc_batch_size, "norm_factor": factor,
+           "wall_time_s": round(wall, 2), "token_ids": head.token_ids, "log": log}
+    done = out_dir / "warmstart.json"
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec))
+    os.replace(tmp, done)
+    return WarmStart(head, log, factor, False, wall)
+
+
+def _reuse_warm_start(model: SpeechLLM, head: CTCHead, out_dir: Path,
+                      desc: str) -> WarmStart | None:
+    """The finished warm start in ``out_dir`` loaded into ``model`` and ``head``, or None
+    (none there, or one made for other word pieces)."""
+    done = out_dir / "warmstart.json"
+    if not done.is_file():
+        return None
+    rec = json.loads(done.read_text())
+    if rec.get("token_ids") != head.token_ids:
+        return None
+    proj = load_file(str(out_dir / "projector.safetensors"))
+    model.projector.load_state_dict({k: v.to(model.device) for k, v in proj.items()})
+    head.load_state_dict({k: v.to(model.device) for k, v in
+                          load_file(str(out_dir / "ctc_head.safetensors")).items()})
+    print(f"{desc}: cached warm start reused ({out_dir})")
+    return WarmStart(head, rec["log"], rec["norm_factor"], True, rec["wall_time_s"])
+
+
+def _train_projector(model: SpeechLLM, head: CTCHead, train_set: FeatureSet,
+                     cfg: TrainConfig, precision: str, desc: str) -> list[dict[str, Any]]:
+    """The warm start's optimisation: AdamW on the projector and the blank, one-cycle rate,
+    length-grouped batches at a random frame offset; its log (step, loss, elapsed_s)."""
+    batch_size, learning_rate = cfg.ctc_batch_size, cfg.ctc_learning_rate
+    steps = max(1, int(round(cfg.ctc_epochs * len(train_set) / batch_size)))
+    params = list(model.projector.parameters()) + [head.blank]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps,
+                                                pct_start=0.1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    frames = [f.shape[0] for f in train_set.feats]
+    stack = model.projector.stack
+    queue: list[int] = []
+    log: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    model.projector.train()
+    bar = tqdm(range(steps), desc=desc)
+    for step in bar:
+        if len(queue) < batch_size:
+            queue += length_grouped_permutation(frames, batch_size, cfg.length_grouping, gen)
+        idx, queue = queue[:batch_size], queue[batch_size:]
+        offset = int(torch.randint(0, stack, (1,), generator=gen))
+        feats, lengths, texts = train_set.batch(idx)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16,
+                            enabled=precision == "bf16"):
+            loss = ctc_loss(model, head, feats, lengths, texts, offset=offset)
+        if not torch.isfinite(loss):
+            raise CompanionError(f"{desc}: the CTC loss is {loss.item()} at step {step + 1}: "
+                                 f"lower ctc_learning_rate (now {learning_rate:g})")
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        sched.step()
+        log.append({"step": step + 1, "loss": round(loss.item(), 4),
+                    "elapsed_s": round(time.perf_counter() - t0, 2)})
+        if bar.disable and ((step + 1) % max(1, steps // 4) == 0 or step + 1 == steps):
+            # no progress bar (a book run): say where we are
+            print(f"{desc}: step {step + 1}/{steps}, CTC loss {loss.item():.3f}, "
+                  f"{log[-1]['elapsed_s']:.0f} s", flush=True)
+    model.projector.eval()
+    return log
