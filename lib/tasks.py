@@ -43,26 +43,47 @@ class Task:
     name: str  # short name, e.g. "asr"
     instruction: str  # read after the audio, e.g. " Transcribe the audio:"
     target: str = "text"  # the Utterance field the model learns and is scored against
-    metric: str = "wer"  # "wer" (ASR); "bleu" comes with speech translation
+    metric: str = "wer"  # "wer" (ASR) or "bleu" (translation; chrF beside it)
+    hears: str = "en"  # the language of the audio (the utterances' ``language``)
+    writes: str = "en"  # the language of the target text (picks the WER normaliser)
 
     def prompt(self) -> Prompt:
         """The prompt a SpeechLLM reads for this task (markers unchanged)."""
         return Prompt(instruction=self.instruction)
 
     def targets(self, utterances: Sequence[Any]) -> list[str]:
-        """The target text of each utterance (its ``target`` field)."""
+        """The target text of each utterance (its ``target`` field).
+
+        Raises:
+            CompanionError: an utterance has no such field, or it is empty (a source
+                without translations for a translation task), naming the utterance.
+        """
         try:
-            return [getattr(u, self.target) for u in utterances]
+            out = [getattr(u, self.target) for u in utterances]
         except AttributeError:
             raise CompanionError(f"task {self.name!r}: the utterances have no field "
                                  f"{self.target!r}: use a data source that provides it") from None
+        empty = [u.id for u, t in zip(utterances, out) if not str(t).strip()]
+        if empty:
+            raise CompanionError(
+                f"task {self.name!r}: utterance {empty[0]} ({len(empty)} of {len(out)}) has "
+                f"no {self.target!r}: use a data source that provides it (e.g. the "
+                "parallel corpus, lib.data.parallel)")
+        return out
 
 
 ASR = Task(name="asr", instruction=ASR_INSTRUCTION)
 """Speech recognition: transcribe the audio; scored by WER after Whisper's normaliser."""
 
-TASKS: dict[str, Task] = {"asr": ASR}
-"""The tasks by name (speech translation joins here)."""
+TASKS: dict[str, Task] = {
+    "asr": ASR,
+    "asr-es": Task(name="asr-es", instruction=ASR_INSTRUCTION, hears="es", writes="es"),
+    "st-en-es": Task(name="st-en-es", instruction=" Translate the audio into Spanish:",
+                     target="translation", metric="bleu", hears="en", writes="es"),
+    "st-es-en": Task(name="st-es-en", instruction=" Translate the audio into English:",
+                     target="translation", metric="bleu", hears="es", writes="en"),
+}
+"""The tasks by name, in the order the chapters show them."""
 
 
 def get_task(name: str) -> Task:

@@ -156,3 +156,17 @@ def test_the_stages_take_their_sections_whole():
     assert cfg.eval == EvalConfig()
     # the built train section holds the resolved precision; every other field is the default
     assert dataclasses.replace(cfg.train, precision="auto") == TrainConfig()
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"tasks": ["asr", "summarise"]}, "tasks.*unknown 'summarise'; use any of asr, asr-es"),
+    ({"tasks": ["asr-es", "st-es-en"]}, "tasks=.*include asr"),
+    ({"n_parallel_train": 0}, "n_parallel_train=0"),
+    ({"multitask_steps": 1}, "multitask_steps=1: must be above warmup_steps=1"),
+])
+def test_bad_multitask_values_name_the_parameter(over, match):
+    p, _ = chapter_values(5, "tiny")
+    p.update(over)
+    with pytest.raises(CompanionError, match=match) as err:
+        BUILDERS[5](**p)
+    assert "\n" not in str(err.value)

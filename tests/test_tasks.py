@@ -58,12 +58,38 @@ def test_targets_and_metric():
                       split="test", source="manifest")]
     assert ASR.targets(utts) == ["the cat sat"]
     assert score_task(ASR, ["the cat sat"], ["the cat"])["wer"] == pytest.approx(1 / 3)
-    with pytest.raises(CompanionError, match="translation"):
+    with pytest.raises(CompanionError, match="utterance a .*has no 'translation'"):
         Task(name="st", instruction=" Translate:", target="translation").targets(utts)
-    with pytest.raises(CompanionError, match="bleu"):
-        score_task(Task(name="st", instruction=" Translate:", metric="bleu"), ["a"], ["a"])
-    with pytest.raises(CompanionError, match="asr"):
+    with pytest.raises(CompanionError, match="metric 'rouge' is not known"):
+        score_task(Task(name="sum", instruction=" Sum:", metric="rouge"), ["a"], ["a"])
+    with pytest.raises(CompanionError, match="unknown task 'summarise'.*asr, asr-es"):
         get_task("summarise")
+
+
+def test_every_task_is_one_entry_and_scores_by_its_metric():
+    """Each task of TASKS: its metric and its written language's normaliser (an
+    independent reference: jiwer on strings normalised by hand)."""
+    import jiwer
+
+    from lib.tasks import TASKS
+
+    assert list(TASKS) == ["asr", "asr-es", "st-en-es", "st-es-en"]
+    es = TASKS["asr-es"]
+    assert (es.hears, es.writes, es.target, es.metric) == ("es", "es", "text", "wer")
+    assert es.instruction == ASR.instruction  # the model hears the language
+    got = score_task(es, ["¿Qué fué lo que dijo?"], ["que fue lo dijo"])["wer"]
+    assert got == pytest.approx(jiwer.wer("que fue lo que dijo", "que fue lo dijo"))
+    st = TASKS["st-es-en"]
+    assert (st.hears, st.writes, st.target, st.metric) == ("es", "en", "translation", "bleu")
+    s = score_task(st, ["the cat sat on the mat"], ["the cat sat on the mat"])
+    assert s["bleu"] == pytest.approx(100.0) and "bleu_signature" in s
+
+
+def test_no_normaliser_for_an_unknown_language_is_one_line():
+    from lib.evaluate.metrics import normalizer
+
+    with pytest.raises(CompanionError, match="no WER normaliser for language 'de'"):
+        normalizer("de")
 
 
 def test_training_batches_carry_the_task_target(random_features):

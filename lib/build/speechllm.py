@@ -61,14 +61,37 @@ class SpeechLLM(nn.Module):
         self.projector = projector
         self.decoder = decoder
         self.tokenizer = tokenizer
-        self.task = task  # what the model is asked (lib.tasks); its prompt unless one is given
-        self.prompt = prompt = task.prompt() if prompt is None else prompt
+        self._suffixes: dict[str, list[int]] = {}  # marker + instruction -> token ids
+        self.set_task(task, prompt)
         tok = tokenizer
-        self._prefix_ids = tok(prompt.audio_start, add_special_tokens=True).input_ids
-        self._suffix_ids = tok(prompt.audio_end + prompt.instruction,
-                               add_special_tokens=False).input_ids
         self.eos_id = int(tok.eos_token_id)
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+    def set_task(self, task: Task, prompt: Prompt | None = None) -> None:
+        """Ask the model ``task`` from now on (its prompt, unless ``prompt`` is given)."""
+        self.task = task  # what the model is asked (lib.tasks)
+        self.prompt = prompt = task.prompt() if prompt is None else prompt
+        self._prefix_ids = self.tokenizer(prompt.audio_start, add_special_tokens=True).input_ids
+        self._suffix_ids = self._suffix(prompt.instruction)
+
+    @contextlib.contextmanager
+    def asking(self, task: Task) -> Iterator["SpeechLLM"]:
+        """Ask ``task`` inside the block (a multi-task model's evaluation); the task the
+        model had comes back afterwards."""
+        before = (self.task, self.prompt)
+        self.set_task(task, Prompt(self.prompt.audio_start, self.prompt.audio_end,
+                                   task.instruction))
+        try:
+            yield self
+        finally:
+            self.set_task(*before)
+
+    def _suffix(self, instruction: str) -> list[int]:
+        """Token ids of the audio's closing marker and ``instruction`` (cached)."""
+        text = self.prompt.audio_end + instruction
+        if text not in self._suffixes:
+            self._suffixes[text] = self.tokenizer(text, add_special_tokens=False).input_ids
+        return self._suffixes[text]
 
     @property
     def decoder_layers(self) -> nn.ModuleList:
@@ -91,6 +114,8 @@ class SpeechLLM(nn.Module):
         feat_lengths: torch.Tensor,
         targets: Sequence[str] | None = None,
         left_pad: bool = False,
+        tasks: Sequence[Task] | None = None,
+        audio: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Assemble ``inputs_embeds``, ``attention_mask`` and (with targets) ``labels``.
 
@@ -99,22 +124,33 @@ class SpeechLLM(nn.Module):
             feat_lengths: valid frames per utterance.
             targets: transcripts to learn (training); ``None`` for generation.
             left_pad: pad on the left (generation) instead of the right (training).
+            tasks: one task per utterance (a multi-task batch: each reads its own
+                instruction); ``None``: every utterance reads the model's task.
+            audio: embeddings ``[B, T, d]`` and lengths to put where the projected audio
+                goes (text in place of speech); ``feats`` is then unused.
 
         Returns:
             A dict of decoder inputs; ``audio_mask`` marks the audio positions, ``text_mask``
             the prompt and target text positions (both exclude padding).
         """
-        audio, audio_lengths = self.projector(feats.to(self.device), feat_lengths.to(self.device))
+        if audio is None:
+            audio, audio_lengths = self.projector(feats.to(self.device),
+                                                  feat_lengths.to(self.device))
+        else:
+            audio, audio_lengths = audio
         emb_dtype = self.decoder.get_input_embeddings().weight.dtype
         audio = audio.to(emb_dtype)
         prefix = self._embed(self._prefix_ids)
-        suffix = self._embed(self._suffix_ids)
+        suffix_ids = ([self._suffix(t.instruction) for t in tasks] if tasks is not None
+                      else [self._suffix_ids] * audio.shape[0])
+        suffixes = {tuple(ids): self._embed(ids) for ids in suffix_ids}
         rows, labels, kinds = [], [], []
         for i in range(audio.shape[0]):
             a = audio[i, : int(audio_lengths[i])]
-            parts = [prefix, a, suffix]
-            lab = [-100] * (len(self._prefix_ids) + a.shape[0] + len(self._suffix_ids))
-            kind = [2] * len(self._prefix_ids) + [1] * a.shape[0] + [2] * len(self._suffix_ids)
+            sfx = suffix_ids[i]
+            parts = [prefix, a, suffixes[tuple(sfx)]]
+            lab = [-100] * (len(self._prefix_ids) + a.shape[0] + len(sfx))
+            kind = [2] * len(self._prefix_ids) + [1] * a.shape[0] + [2] * len(sfx)
             if targets is not None:
                 text = targets[i].strip()
                 if not text:
@@ -160,12 +196,14 @@ class SpeechLLM(nn.Module):
             self.eos_id]
 
     def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
-                targets: Sequence[str], reduction: str = "mean") -> torch.Tensor:
+                targets: Sequence[str], reduction: str = "mean",
+                tasks: Sequence[Task] | None = None) -> torch.Tensor:
         """Training loss (see :meth:`loss`); ``forward`` so that DDP can wrap the model."""
-        return self.loss(feats, feat_lengths, targets, reduction)
+        return self.loss(feats, feat_lengths, targets, reduction, tasks)
 
     def loss(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
-             targets: Sequence[str], reduction: str = "mean") -> torch.Tensor:
+             targets: Sequence[str], reduction: str = "mean",
+             tasks: Sequence[Task] | None = None) -> torch.Tensor:
         """Cross-entropy over target tokens (prompt and audio positions excluded).
 
         Logits are computed only where a label exists: a 262k-word vocabulary (Gemma) would
@@ -177,8 +215,9 @@ class SpeechLLM(nn.Module):
                 accumulation weights tokens, not micro-batches), or ``"sequence"``: one
                 summed loss per utterance, ``[B]`` (minus its log-likelihood; CTC
                 rescoring compares candidate transcripts by it).
+            tasks: one task per utterance (a multi-task batch), see :meth:`build_inputs`.
         """
-        batch = self.build_inputs(feats, feat_lengths, targets)
+        batch = self.build_inputs(feats, feat_lengths, targets, tasks=tasks)
         labels = batch["labels"]
         # Position t predicts token t+1: keep positions whose next label is a target.
         keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -205,7 +244,26 @@ class SpeechLLM(nn.Module):
         """Batched decoding with the KV cache (transformers ``generate``): greedy, or with
         ``num_beams > 1`` beam search returning every beam's text, ``num_beams`` per
         utterance in a row (best first)."""
-        batch = self.build_inputs(feats, feat_lengths, None, left_pad=True)
+        return self._generate(self.build_inputs(feats, feat_lengths, None, left_pad=True),
+                              max_new_tokens, num_beams)
+
+    @torch.no_grad()
+    def generate_from_text(self, texts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
+        """Greedy decoding with each text's token embeddings where the audio goes: the same
+        prompt, the same decoder, text instead of speech (chapter 5's text cascade)."""
+        ids = [self.tokenizer(" " + t.strip(), add_special_tokens=False).input_ids or
+               [self.eos_id] for t in texts]
+        lengths = torch.tensor([len(x) for x in ids])
+        emb = torch.zeros(len(ids), int(lengths.max()), self.decoder.config.hidden_size,
+                          device=self.device,
+                          dtype=self.decoder.get_input_embeddings().weight.dtype)
+        for i, x in enumerate(ids):
+            emb[i, :len(x)] = self._embed(x)
+        batch = self.build_inputs(None, lengths, None, left_pad=True, audio=(emb, lengths))
+        return self._generate(batch, max_new_tokens, 1)
+
+    def _generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int,
+                  num_beams: int) -> list[str]:
         out = self.decoder.generate(
             inputs_embeds=batch["inputs_embeds"],
             attention_mask=batch["attention_mask"],

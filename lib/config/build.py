@@ -24,8 +24,9 @@ from typing import Any
 from lib.config.defaults import CHAPTER_PARAMS, own_names, param_names
 from lib.config.presets import chapter_values
 from lib.config.sections import (Chapter1Config, Chapter2Config, Chapter3Config,
-                                 Chapter4Config, EvalConfig, HealConfig, ModelConfig,
-                                 PruneConfig, ScoreConfig, TrainConfig)
+                                 Chapter4Config, Chapter5Config, EvalConfig, HealConfig,
+                                 ModelConfig, MultitaskConfig, PruneConfig, ScoreConfig,
+                                 TrainConfig)
 from lib.data.sources import DataOverlapWarning, shared_sources
 from lib.data.spec import CorpusSpec
 from lib.device import PRECISIONS, resolve_precision
@@ -36,6 +37,7 @@ CHAPTER1_PARAMS = param_names(CHAPTER_PARAMS[1])
 CHAPTER2_PARAMS = param_names(CHAPTER_PARAMS[2])
 CHAPTER3_PARAMS = param_names(CHAPTER_PARAMS[3])
 CHAPTER4_PARAMS = param_names(CHAPTER_PARAMS[4])
+CHAPTER5_PARAMS = param_names(CHAPTER_PARAMS[5])
 
 
 def chapter_config(chapter: int, namespace: Mapping[str, Any]) -> Any:
@@ -342,5 +344,33 @@ def chapter4_config(_source: dict[str, Any] | None = None, **params: Any) -> Cha
     return Chapter4Config(base=ch3.base, score=ch3.score, prune=ch3.prune, heal=heal)
 
 
-BUILDERS = {1: chapter1_config, 2: chapter2_config, 3: chapter3_config, 4: chapter4_config}
+def chapter5_config(_source: dict[str, Any] | None = None, **params: Any) -> Chapter5Config:
+    """Build chapter 5's config: chapter 4's parameters plus the multi-task ones.
+
+    Raises:
+        CompanionError: one line naming the first bad, unknown or missing parameter.
+    """
+    from lib.tasks import TASKS
+
+    _require(params, CHAPTER5_PARAMS, 5)
+    ch4 = chapter4_config(_source, **{k: params[k] for k in CHAPTER4_PARAMS})
+    tasks = _names(params, "tasks", tuple(TASKS))
+    _check("asr" in tasks, "tasks", list(tasks), "include asr: chapter 5 compares English "
+           "ASR with chapter 1's model")
+    steps = _pos_int(params, "multitask_steps")
+    b = ch4.base.train
+    _check(b.warmup_steps < steps, "multitask_steps", steps,
+           f"must be above warmup_steps={b.warmup_steps}")
+    mt = MultitaskConfig(
+        tasks=tasks, n_train=_pos_int(params, "n_parallel_train"),
+        n_test=_pos_int(params, "n_parallel_test"),
+        dev_per_task=_pos_int(params, "task_dev_utterances", allow_zero=True),
+        train=dataclasses.replace(b, steps=steps,
+                                  checkpoint_every=max(1, min(b.checkpoint_every, steps))))
+    return Chapter5Config(base=ch4.base, score=ch4.score, prune=ch4.prune, heal=ch4.heal,
+                          multitask=mt)
+
+
+BUILDERS = {1: chapter1_config, 2: chapter2_config, 3: chapter3_config, 4: chapter4_config,
+            5: chapter5_config}
 """Chapter number -> its config builder (a new chapter adds one line)."""

@@ -99,8 +99,20 @@ class Chapter4Params(Chapter3Params):
     cost_rounds: int = 3  # alternated rounds of the speed and memory check (medians)
 
 
+@dataclass(frozen=True)
+class Chapter5Params(Chapter4Params):
+    """Chapter 5: one multi-task SpeechLLM per decoder (ASR and speech translation, English
+    and Spanish), and whether the same blocks are redundant across tasks and languages."""
+
+    tasks: tuple[str, ...] = ("asr", "asr-es", "st-en-es", "st-es-en")  # lib.tasks.TASKS
+    n_parallel_train: int = 2000  # verse pairs, each spoken in both languages (4 examples)
+    n_parallel_test: int = 100  # verse pairs per test set: a BLEU to a few points
+    multitask_steps: int = 400  # LLM steps on the mix: four tasks share the budget
+    task_dev_utterances: int = 12  # per task, held-out training verses: the learning curve
+
+
 CHAPTER_PARAMS: dict[int, type] = {1: Chapter1Params, 2: Chapter2Params, 3: Chapter3Params,
-                                   4: Chapter4Params}
+                                   4: Chapter4Params, 5: Chapter5Params}
 """Chapter number -> its parameters class (a new chapter adds one line)."""
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib.config.defaults import Chapter4Params as P
+from lib.config.defaults import Chapter5Params as P
 from lib.data.spec import CorpusSpec
 from lib.fileio import to_dict
 
@@ -113,6 +113,18 @@ class HealConfig:
 
 
 @dataclass(frozen=True)
+class MultitaskConfig:
+    """The multi-task SpeechLLM of chapter 5: its tasks, its parallel corpus, its budget."""
+
+    tasks: tuple[str, ...] = P.tasks
+    n_train: int = P.n_parallel_train
+    n_test: int = P.n_parallel_test
+    dev_per_task: int = P.task_dev_utterances
+    # chapter 1's training section, at the mix's own number of steps
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=P.multitask_steps))
+
+
+@dataclass(frozen=True)
 class Chapter1Config:
     """Everything chapter 1 needs, validated: one :class:`ModelConfig` per decoder."""
 
@@ -180,6 +192,13 @@ class Chapter4Config(Chapter3Config):
     """Chapter 4: chapter 3's pruning, and the healing."""
 
     heal: HealConfig = field(default_factory=HealConfig)
+
+
+@dataclass(frozen=True)
+class Chapter5Config(Chapter4Config):
+    """Chapter 5: the multi-task SpeechLLMs and the redundancy across tasks and languages."""
+
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
 
 
 def _pairs(values: dict[str, Any]) -> str:

@@ -217,6 +217,29 @@ def _piper_audio(voice: Any, job: _Job) -> tuple[np.ndarray, int]:
     return np.concatenate(pieces).astype(np.float32), rate
 
 
+def synthesise(jobs: list[_Job], wavs: Path) -> tuple[dict[str, str], dict[str, float]]:
+    """Speak every job into ``wavs/<id>.wav`` on a process pool over all cores (a wav
+    already there is reused); the paths and durations by job id.
+
+    Slow Piper jobs go first, so both cores stay busy until the end.
+    """
+    wavs.mkdir(parents=True, exist_ok=True)
+    paths = {job.id: str(wavs / f"{job.id}.wav") for job in jobs}
+    durations: dict[str, float] = {}
+    piper_dir = ""
+    if any(job.engine == "piper" for job in jobs):
+        piper_dir = str(piper_voice_dir())
+    order = sorted(jobs, key=lambda job: job.engine != "piper")
+    work = [(job, paths[job.id], piper_dir) for job in order]
+    workers = max(1, min(os.cpu_count() or 1, len(work)))
+    with multiprocessing.get_context().Pool(workers) as pool:
+        results = pool.imap_unordered(_synthesise, work, chunksize=2)
+        desc = "espeak-ng + piper" if piper_dir else "espeak-ng"
+        for job_id, seconds in tqdm(results, total=len(work), desc=desc, unit="utt"):
+            durations[job_id] = seconds
+    return paths, durations
+
+
 def ensure_synthetic_corpus(spec: CorpusSpec | None = None) -> Path:
     """Build (once) the synthetic ASR corpus for a spec and return its manifest.
 
@@ -258,23 +281,7 @@ def ensure_synthetic_corpus(spec: CorpusSpec | None = None) -> Path:
     jobs = plan_jobs(spec, train, test)
     spec_file = {**asdict(spec), "version": CORPUS_VERSION}
     (folder / "spec.json").write_text(json.dumps(spec_file, indent=1) + "\n")
-    wavs = folder / "wavs"
-    wavs.mkdir(exist_ok=True)
-    paths = {job.id: str(wavs / f"{job.id}.wav") for job in jobs}
-    durations: dict[str, float] = {}
-
-    piper_dir = ""
-    if any(job.engine == "piper" for job in jobs):
-        piper_dir = str(piper_voice_dir())
-    # Slow Piper jobs first so both cores stay busy until the end.
-    order = sorted(jobs, key=lambda job: job.engine != "piper")
-    work = [(job, paths[job.id], piper_dir) for job in order]
-    workers = max(1, min(os.cpu_count() or 1, len(work)))
-    with multiprocessing.get_context().Pool(workers) as pool:
-        results = pool.imap_unordered(_synthesise, work, chunksize=2)
-        desc = "espeak-ng + piper" if piper_dir else "espeak-ng"
-        for job_id, seconds in tqdm(results, total=len(work), desc=desc, unit="utt"):
-            durations[job_id] = seconds
+    paths, durations = synthesise(jobs, folder / "wavs")
 
     utts = [
         Utterance(

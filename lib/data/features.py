@@ -15,7 +15,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,6 +38,9 @@ class FeatureSet:
     utterances: list[Utterance]
     feats: list[torch.Tensor]  # [T_i, D] float16 each
     _digest: str | None = field(default=None, repr=False, compare=False)  # see digest()
+    # One task per utterance (lib.tasks.Task): a multi-task training mix, where an
+    # utterance's target is its own task's field. None: one task, the model's.
+    tasks: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -55,7 +58,19 @@ class FeatureSet:
         out = torch.zeros(len(items), int(lengths.max()), items[0].shape[1])
         for j, x in enumerate(items):
             out[j, : x.shape[0]] = x.float()
+        if self.tasks is not None:  # a mix: each utterance's own task's target
+            return out, lengths, [getattr(self.utterances[i], self.tasks[i].target)
+                                  for i in indices]
         return out, lengths, [getattr(self.utterances[i], target) for i in indices]
+
+    def tasks_of(self, indices: Sequence[int]) -> list[Any] | None:
+        """The tasks of ``indices`` in a multi-task mix (None for a one-task set)."""
+        return None if self.tasks is None else [self.tasks[i] for i in indices]
+
+    def slice(self, start: int | None, stop: int | None) -> "FeatureSet":
+        """The utterances ``[start:stop]`` (and their tasks, in a mix)."""
+        return FeatureSet(self.utterances[start:stop], self.feats[start:stop],
+                          tasks=None if self.tasks is None else self.tasks[start:stop])
 
     def digest(self) -> str:
         """A hash of the set's content: ids, transcripts and every feature tensor's bytes.
@@ -66,8 +81,11 @@ class FeatureSet:
         if self._digest is not None:
             return self._digest
         h = hashlib.sha256()
-        for u, f in zip(self.utterances, self.feats):
+        for k, (u, f) in enumerate(zip(self.utterances, self.feats)):
             h.update(f"{u.id}|{u.text}|{tuple(f.shape)}\n".encode())
+            if self.tasks is not None:  # a mix: the task and its target count too
+                task = self.tasks[k]
+                h.update(f"{task.name}|{getattr(u, task.target)}\n".encode())
             h.update(f.contiguous().view(-1).view(torch.uint8).numpy())
         self._digest = h.hexdigest()[:16]
         return self._digest
@@ -76,7 +94,7 @@ class FeatureSet:
         """The first ``n`` utterances (all when ``n`` is None)."""
         if n is None or n >= len(self):
             return self
-        return FeatureSet(self.utterances[:n], self.feats[:n])
+        return self.slice(None, n)
 
 
 FEATURES_VERSION = 2

@@ -35,6 +35,10 @@ from lib.paths import cache_subdir
 MANIFEST_KEYS = ("id", "audio", "duration", "text", "voice", "split", "source")
 """Keys of one manifest row, in the order they are written."""
 
+OPTIONAL_KEYS = ("language", "translation")
+"""Keys a row carries only when they differ from their defaults (English, no translation),
+so an English-only manifest stays as it always was."""
+
 @dataclass(frozen=True)
 class Utterance:
     """One transcribed recording.
@@ -51,6 +55,9 @@ class Utterance:
         split: Corpus split, e.g. ``"train"``, ``"test"``, ``"real"``, ``"test-clean"``.
         source: Where it came from: ``"synthetic-espeak"``, ``"synthetic-piper"``,
             ``"pocketsphinx"``, ``"librispeech"`` or ``"manifest"``.
+        language: The language spoken (and of ``text``), e.g. ``"en"``, ``"es"``.
+        translation: The same words in the other language of a parallel corpus, ``""``
+            when there is none (the target of a speech-translation task).
     """
 
     id: str
@@ -60,6 +67,8 @@ class Utterance:
     voice: str
     split: str
     source: str
+    language: str = "en"
+    translation: str = ""
 
 
 # --------------------------------------------------------------------------- manifests
@@ -91,7 +100,10 @@ def write_manifest(path: str | os.PathLike[str], utts: Iterable[Utterance]) -> P
         else:
             row["audio"] = str(audio)
         row["duration"] = round(float(utt.duration), 4)
-        lines.append(json.dumps({k: row[k] for k in MANIFEST_KEYS}, ensure_ascii=False))
+        keep = {k: row[k] for k in MANIFEST_KEYS}
+        keep.update({k: row[k] for k in OPTIONAL_KEYS
+                     if row[k] != Utterance.__dataclass_fields__[k].default})
+        lines.append(json.dumps(keep, ensure_ascii=False))
     atomic_write_text(manifest, "".join(line + "\n" for line in lines))
     return manifest
 
@@ -103,7 +115,8 @@ def load_manifest(path: str | os.PathLike[str]) -> list[Utterance]:
 
     Required keys: id, audio, text. Optional: duration (read from the file header when
     absent), voice (default ``"unknown"``), split (default ``""``), source (default
-    ``"manifest"``). Relative audio paths are relative to the manifest's folder. A row
+    ``"manifest"``), language (default ``"en"``), translation (default ``""``). Relative
+    audio paths are relative to the manifest's folder. A row
     whose audio file is missing or whose transcript is empty is skipped with one
     :class:`DataWarning` line naming it; the rest load.
 
@@ -186,7 +199,9 @@ def _manifest_row(line: str, where: str, folder: Path) -> Utterance | None:
     return Utterance(id=str(row["id"]), audio=str(audio), text=text, duration=duration,
                      voice=str(row.get("voice") or "unknown"),
                      split=str(row.get("split") or ""),
-                     source=str(row.get("source") or "manifest"))
+                     source=str(row.get("source") or "manifest"),
+                     language=str(row.get("language") or "en"),
+                     translation=" ".join(str(row.get("translation") or "").split()))
 
 
 # --------------------------------------------------------------------------- LibriSpeech

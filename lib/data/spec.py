@@ -107,3 +107,68 @@ class CorpusSpec:
         blob = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
+
+
+SPANISH_LANGUAGES = ("es", "es-419")
+"""espeak-ng Spanish accents: Spain, Latin America (its MBROLA voices need MBROLA, which the
+Debian archive here does not have)."""
+
+SPANISH_TEST_VOICES = ("es+m3", "es+f2", "es-419+m6", "es-419+f4")
+"""Spanish accent+variant pairs held out for the test split, as TEST_VOICES for English."""
+
+
+@dataclass(frozen=True)
+class ParallelSpec:
+    """What :func:`lib.data.parallel.ensure_parallel_corpus` builds: verse-aligned English /
+    Spanish pairs, spoken in both languages; its hash names the cache folder.
+
+    Explained in chapter 5 (book/05_tasks_and_languages.ipynb). The test verses are never
+    among chapter 1's training sentences (``english``) and the training verses never among
+    its test sentences, so chapter 1's ASR-only model and chapter 5's multi-task model are
+    compared on speech neither trained on.
+    """
+
+    n_train: int = 2000  # verse pairs whose speech the multi-task model trains on
+    n_test: int = 100  # verse pairs per test set (each task's, in both languages)
+    min_words: int = 4  # as chapter 1: both sides of a pair within this range
+    max_words: int = 15
+    seed: int = 0  # picks the verses and the voices
+    languages: tuple[str, ...] = SPANISH_LANGUAGES  # espeak-ng Spanish accents
+    variants: tuple[str, ...] = ESPEAK_VARIANTS  # espeak-ng voice variants
+    test_voices: tuple[str, ...] = SPANISH_TEST_VOICES  # Spanish "accent+variant", test only
+    rate_range: tuple[int, int] = (130, 200)  # espeak words/minute
+    pitch_range: tuple[int, int] = (25, 75)  # espeak pitch 0-99
+    english: CorpusSpec = CorpusSpec()  # chapter 1's corpus: its voices and its splits
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_train < 1 or self.n_test < 1:
+            problems.append("n_train and n_test must be >= 1")
+        if not 1 <= self.min_words <= self.max_words:
+            problems.append("need 1 <= min_words <= max_words")
+        combos = {f"{lang}+{var}" for lang in self.languages for var in self.variants}
+        stray = [v for v in self.test_voices if v not in combos]
+        if stray:
+            problems.append(f"test_voices {stray} are not language+variant pairs")
+        if not combos - set(self.test_voices):
+            problems.append("no Spanish voice is left for training")
+        if problems:
+            raise CompanionError(f"invalid ParallelSpec: {'; '.join(problems)}")
+
+    @property
+    def train_voices(self) -> tuple[str, ...]:
+        """Spanish ``accent+variant`` pairs used for training (all but the test ones)."""
+        held_out = set(self.test_voices)
+        return tuple(f"{lang}+{var}" for lang in self.languages for var in self.variants
+                     if f"{lang}+{var}" not in held_out)
+
+    def digest(self) -> str:
+        """Short hash of the spec (and builder version) naming its cache folder."""
+        payload = asdict(self)
+        payload["english"] = self.english.digest()
+        payload["version"] = PARALLEL_VERSION
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+PARALLEL_VERSION = 1
+"""Bumped when the parallel builder changes what a spec produces (part of the folder hash)."""

@@ -24,8 +24,11 @@ from lib.paths import cache_subdir
 BIBLE_MODULE = "engWEB2015eb"
 """SWORD module of the World English Bible installed by Debian's ``sword-text-web``."""
 
-APT_PACKAGES = ("espeak-ng", "diatheke", "sword-text-web")
-"""Debian packages the synthetic corpus needs."""
+APT_PACKAGES = ("espeak-ng", "diatheke", "sword-text-web", "sword-text-sparv")
+"""Debian packages the synthetic corpora need (the Reina-Valera 1909 for chapter 5)."""
+
+SPANISH_MODULE = "spaRV1909eb"
+"""SWORD module of the Reina-Valera 1909 installed by Debian's ``sword-text-sparv``."""
 
 BIBLE_BOOKS = (
     "Genesis", "Exodus", "Leviticus", "Numbers", "Deuteronomy", "Joshua", "Judges",
@@ -53,19 +56,22 @@ def _missing_tools() -> list[str]:
     if shutil.which("diatheke") is None:
         missing.append("diatheke")
         missing.append("sword-text-web")
-    elif not _bible_available():
-        missing.append("sword-text-web")
+    else:
+        if not _bible_available():
+            missing.append("sword-text-web")
+        if not _bible_available(SPANISH_MODULE, "principio"):
+            missing.append("sword-text-sparv")
     return missing
 
 
-def _bible_available() -> bool:
-    """Whether diatheke can read Genesis 1:1 from the World English Bible."""
+def _bible_available(module: str = BIBLE_MODULE, word: str = "beginning") -> bool:
+    """Whether diatheke can read Genesis 1:1 of ``module`` (``word`` is in it)."""
     result = subprocess.run(
-        ["diatheke", "-b", BIBLE_MODULE, "-f", "plain", "-k", "Genesis 1:1"],
+        ["diatheke", "-b", module, "-f", "plain", "-k", "Genesis 1:1"],
         capture_output=True,
         text=True,
     )
-    return "beginning" in result.stdout
+    return word in result.stdout
 
 
 def ensure_system_tools() -> None:
@@ -74,7 +80,7 @@ def ensure_system_tools() -> None:
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
     When something is missing and we run as root with apt-get, installs
-    ``espeak-ng diatheke sword-text-web`` (running ``apt-get update`` first if the plain
+    ``espeak-ng diatheke sword-text-web sword-text-sparv`` (running ``apt-get update`` first if the plain
     install fails). Otherwise raises an error naming the command to run.
 
     Raises:
@@ -132,14 +138,19 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _ALLOWED = re.compile(r"^[A-Za-z][A-Za-z ,.;:!?'-]*$")
 
 
-def _export_book(book: str) -> list[tuple[int, str]]:
-    """One book of the WEB as (chapter, verse text with markup removed) pairs.
+def export_book(book: str, module: str = BIBLE_MODULE,
+                package: str = "sword-text-web") -> list[tuple[int, int, str]]:
+    """One book of a SWORD Bible module as (chapter, verse, text with markup removed).
 
     OSIS output keeps each word in a ``<w>`` element; the plain format drops the markup
-    but glues neighbouring words ("Godcreated"). Here every tag becomes a space.
+    but glues neighbouring words ("Godcreated"). Here every tag becomes a space. Exported
+    book by book: one diatheke call for a long range stops early, silently.
+
+    Raises:
+        CompanionError: diatheke gives no text (naming the module and the package).
     """
     result = subprocess.run(
-        ["diatheke", "-b", BIBLE_MODULE, "-f", "OSIS", "-k", book],
+        ["diatheke", "-b", module, "-f", "OSIS", "-k", book],
         capture_output=True,
         text=True,
     )
@@ -147,8 +158,8 @@ def _export_book(book: str) -> list[tuple[int, str]]:
     label = _VERSE_PREFIX.match(lines[0]) if lines else None
     if result.returncode != 0 or label is None:
         raise CompanionError(
-            f"diatheke returned no text for {book!r} of {BIBLE_MODULE}: reinstall it with "
-            "`apt-get install --reinstall diatheke sword-text-web`"
+            f"diatheke returned no text for {book!r} of {module}: reinstall it with "
+            f"`apt-get install --reinstall diatheke {package}`"
         )
     verse = re.compile(re.escape(label.group(1)) + r" (\d+):(\d+): (.*)$")
     verses = []
@@ -159,7 +170,8 @@ def _export_book(book: str) -> list[tuple[int, str]]:
         raw = re.split(r" {8,}", match.group(3))[0]  # the glossary after Rev 22:21
         raw = _SPEAKER_LABEL.sub(" ", raw)  # Song of Solomon speaker headings
         raw = re.sub(r"<note\b.*?</note>|<title\b.*?</title>", " ", raw)
-        verses.append((int(match.group(1)), html.unescape(_TAG.sub(" ", raw))))
+        verses.append((int(match.group(1)), int(match.group(2)),
+                       html.unescape(_TAG.sub(" ", raw))))
     return verses
 
 
@@ -209,7 +221,7 @@ def bible_sentences() -> list[str]:
     with ThreadPoolExecutor(max_workers=4) as pool:
         books = list(
             tqdm(
-                pool.map(_export_book, BIBLE_BOOKS),
+                pool.map(export_book, BIBLE_BOOKS),
                 total=len(BIBLE_BOOKS),
                 desc="World English Bible",
                 unit="book",
@@ -218,7 +230,7 @@ def bible_sentences() -> list[str]:
     sentences: list[str] = []
     for verses in books:
         chapters: dict[int, list[str]] = {}
-        for chapter, text in verses:
+        for chapter, _verse, text in verses:
             chapters.setdefault(chapter, []).append(text)
         for texts in chapters.values():
             for sentence in _SENTENCE_END.split(clean_text(" ".join(texts))):

@@ -17,8 +17,9 @@ from lib.build.speechllm import SpeechLLM
 from lib.data.features import FeatureSet
 from lib.errors import CompanionError
 from lib.evaluate.decode import EVAL_VERSION
-from lib.evaluate.metrics import score_asr
+from lib.evaluate.metrics import score_asr, score_task
 from lib.fileio import load_json, provenance, save_json
+from lib.tasks import ASR, Task
 from lib.train.ctc import CTCHead, ctc_transcribe
 
 
@@ -65,7 +66,7 @@ def audio_reliance(model: SpeechLLM, data: FeatureSet, n: int = 64,
 
 def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
                      batch_size: int = 16, max_new_tokens: int = 128,
-                     reuse: bool = True) -> dict[str, Any]:
+                     reuse: bool = True, task: Task = ASR) -> dict[str, Any]:
     """The encoder's original ASR: a Whisper checkpoint with its own decoder, greedy.
 
     The baseline a SpeechLLM built on Whisper's encoder should beat. Audio is read again
@@ -74,8 +75,18 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
     every clip's bytes and transcript, ``max_new_tokens`` and the batch size.
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
+    Args:
+        task: what Whisper is asked, in the language ``task.hears``: transcription for a
+            WER task, its built-in translation for a translation task (into English only,
+            the one direction Whisper translates); scored by ``task``'s metric
+            (chapter 5).
+
     Returns:
-        The :func:`score_asr` record plus ``test_set``, ``key`` and ``hypotheses``.
+        The :func:`lib.evaluate.metrics.score_task` record plus ``test_set``, ``key``,
+        ``task`` and ``hypotheses``.
+
+    Raises:
+        CompanionError: a translation task into another language than English.
     """
     import torch
     from transformers import AutoProcessor, WhisperForConditionalGeneration
@@ -89,10 +100,16 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
 
     path = Path(resolve_model(name_or_path))
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-    key = config_hash({"model": [file_digest(str(w)) for w in weights],
-                       "data": [(u.id, u.text, file_digest(u.audio)) for u in data.utterances],
-                       "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                       "version": EVAL_VERSION})
+    if task.metric != "wer" and task.writes != "en":
+        raise CompanionError(f"Whisper translates into English only, not for task "
+                             f"{task.name!r} ({task.hears} -> {task.writes})")
+    keyed = {"model": [file_digest(str(w)) for w in weights],
+             "data": [(u.id, u.text, file_digest(u.audio)) for u in data.utterances],
+             "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+             "version": EVAL_VERSION}
+    if task is not ASR:  # chapter 1's English ASR keeps the key it always had
+        keyed["task"] = task.name
+    key = config_hash(keyed)
     label = test_name.replace(":", "-").replace("/", "_")
     out = cache_subdir("baselines") / f"whisper-{label}-{key}.json"
     if reuse and out.is_file():
@@ -103,7 +120,9 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
     # English transcription where the checkpoint knows its languages (a tiny random
     # stand-in has no language table and decodes without one).
     has_langs = bool(getattr(model.generation_config, "lang_to_id", None))
-    task = {"language": "en", "task": "transcribe"} if has_langs else {}
+    asked = ({"language": task.hears,
+              "task": "transcribe" if task.metric == "wer" else "translate"}
+             if has_langs else {})
     max_new_tokens = min(max_new_tokens, model.config.max_target_positions - 4)
     utts = data.utterances
     hyps: list[str] = []
@@ -122,13 +141,16 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
                                **({"truncation": False, "padding": "longest"}
                                   if long_form else {}))
             with torch.inference_mode():
-                ids = model.generate(**inputs, **task, max_new_tokens=max_new_tokens)
+                ids = model.generate(**inputs, **asked, max_new_tokens=max_new_tokens)
             hyps += [h.strip() for h in processor.batch_decode(ids, skip_special_tokens=True)]
     finally:
         hf_logging.set_verbosity(verbosity)
     wall = time.perf_counter() - t0
-    record = {"test_set": test_name, "key": key, "model": name_or_path,
-              **score_asr([u.text for u in utts], hyps), "hypotheses": hyps,
-              "provenance": provenance(wall_time_s=wall)}
+    score = (score_asr([u.text for u in utts], hyps) if task is ASR
+             else score_task(task, task.targets(utts), hyps))
+    record = {"test_set": test_name, "key": key, "model": name_or_path, **score,
+              "hypotheses": hyps, "provenance": provenance(wall_time_s=wall)}
+    if task is not ASR:
+        record["task"] = task.name
     save_json(out, record)
     return record

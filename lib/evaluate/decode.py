@@ -24,7 +24,7 @@ from lib.build.speechllm import SpeechLLM
 from lib.config.sections import EvalConfig
 from lib.data.features import FeatureSet
 from lib.errors import CompanionError
-from lib.evaluate.metrics import score_task, utterance_wer
+from lib.evaluate.metrics import score_task, utterance_score
 from lib.fileio import config_hash, load_json, provenance, save_json, save_jsonl
 from lib.train.ctc import CTCHead, ctc_greedy, ctc_logprob
 
@@ -201,7 +201,8 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
     wall = time.perf_counter() - t0
     refs = model.task.targets(subset.utterances)
     score = score_task(model.task, refs, hyps)
-    rows = [{"id": u.id, "voice": u.voice, "ref": r, "hyp": h, "wer": utterance_wer(r, h)}
+    rows = [{"id": u.id, "voice": u.voice, "ref": r, "hyp": h,
+             **utterance_score(model.task, r, h)}
             for u, r, h in zip(subset.utterances, refs, hyps)]
     hyp_path = save_jsonl(path.with_suffix(".hyps.jsonl"), rows)
     record = {

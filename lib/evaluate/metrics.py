@@ -34,10 +34,40 @@ def english_normalizer() -> Callable[[str], str]:
     return EnglishTextNormalizer(mapping)
 
 
+@functools.lru_cache(maxsize=1)
+def spanish_normalizer() -> Callable[[str], str]:
+    """Whisper's basic (language-independent) normaliser, accents removed: lower case, no
+    punctuation or symbols, one space between words.
+
+    Accents go because the Reina-Valera 1909 writes them where today's Spanish does not
+    ("fué", "á"), while the audio sounds the same: a transcript in today's spelling is not
+    a word error. Explained in chapter 5 (book/05_tasks_and_languages.ipynb).
+    """
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    return BasicTextNormalizer(remove_diacritics=True)
+
+
+def normalizer(language: str) -> Callable[[str], str]:
+    """The WER normaliser of a written language: Whisper's English one for ``en``,
+    :func:`spanish_normalizer` for ``es``.
+
+    Raises:
+        CompanionError: a language without a normaliser.
+    """
+    if language == "en":
+        return english_normalizer()
+    if language == "es":
+        return spanish_normalizer()
+    raise CompanionError(f"no WER normaliser for language {language!r}: use en or es, or add "
+                         "one in lib.evaluate.metrics.normalizer")
+
+
 def score_asr(refs: Sequence[str], hyps: Sequence[str],
-              normalize: bool = True) -> dict[str, Any]:
+              normalize: bool = True, language: str = "en") -> dict[str, Any]:
     """Corpus WER and CER (fractions, not %) with the error counts.
 
+    ``language`` picks the normaliser applied to both sides (:func:`normalizer`).
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
     Raises:
@@ -52,7 +82,7 @@ def score_asr(refs: Sequence[str], hyps: Sequence[str],
                              "score matching lists")
     if not refs:
         raise CompanionError("nothing to score: the test set is empty")
-    norm = english_normalizer() if normalize else (lambda s: " ".join(s.split()))
+    norm = normalizer(language) if normalize else (lambda s: " ".join(s.split()))
     r = [norm(x) for x in refs]
     h = [norm(x) for x in hyps]
     empty = [i for i, x in enumerate(r) if not x.strip()]
@@ -164,12 +194,12 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any], **kwargs: Any) -> di
 
 
 @functools.lru_cache(maxsize=4096)
-def _norm_words(s: str) -> str:
-    return english_normalizer()(s)
+def _norm_words(s: str, language: str = "en") -> str:
+    return normalizer(language)(s)
 
 
-def utterance_wer(ref: str, hyp: str) -> float:
-    """WER of one utterance after normalisation (for the per-utterance table).
+def utterance_wer(ref: str, hyp: str, language: str = "en") -> float:
+    """WER of one utterance after the ``language`` normaliser (for the per-utterance table).
 
     Raises:
         CompanionError: ref or hyp is not a string.
@@ -178,16 +208,42 @@ def utterance_wer(ref: str, hyp: str) -> float:
         if not isinstance(value, str):
             raise CompanionError(f"utterance_wer: {name} is {value!r:.40}, not a string: pass "
                                  "one transcript ('' for an empty one)")
-    r, h = _norm_words(ref), _norm_words(hyp)
+    r, h = _norm_words(ref, language), _norm_words(hyp, language)
     return jiwer.wer(r, h) if r.strip() else float("nan")
 
 
 def score_task(task: Task, refs: Sequence[str], hyps: Sequence[str]) -> dict[str, Any]:
-    """A test set scored by the task's metric (:mod:`lib.tasks`): WER for ASR.
+    """A test set scored by the task's metric (:mod:`lib.tasks`): WER after the written
+    language's normaliser for ASR, BLEU and chrF (:mod:`lib.evaluate.bleu`) for translation.
 
-    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb) and chapter 5.
     """
     if task.metric == "wer":
-        return score_asr(refs, hyps)
-    raise CompanionError(f"task {task.name!r}: metric {task.metric!r} is not implemented yet: "
-                         "use 'wer'")
+        return score_asr(refs, hyps, language=task.writes)
+    if task.metric == "bleu":
+        from lib.evaluate.bleu import score_translation
+
+        return score_translation(refs, hyps, allow_empty=True)  # 0 for a silent system
+    raise CompanionError(f"task {task.name!r}: metric {task.metric!r} is not known: use "
+                         "'wer' or 'bleu'")
+
+
+def utterance_score(task: Task, ref: str, hyp: str) -> dict[str, float]:
+    """One utterance's score for the per-utterance table: its WER (ASR) or its sentence
+    chrF (translation)."""
+    if task.metric == "wer":
+        return {"wer": utterance_wer(ref, hyp, task.writes)}
+    from sacrebleu.metrics import CHRF
+
+    return {"chrf": float(CHRF().sentence_score(hyp, [ref]).score)}
+
+
+def paired_task_difference(task: Task, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """System ``a`` minus system ``b`` on the same utterances by ``task``'s metric, with a
+    paired bootstrap: WER (:func:`paired_difference`) or BLEU
+    (:func:`lib.evaluate.bleu.paired_translation_difference`)."""
+    if task.metric == "wer":
+        return {**paired_difference(a, b), "metric": "wer"}
+    from lib.evaluate.bleu import paired_translation_difference
+
+    return paired_translation_difference(a, b, "bleu")

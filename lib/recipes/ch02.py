@@ -24,8 +24,9 @@ from lib.recipes.pipeline import prepare_features, train_and_evaluate
 from lib.recipes.section import Section
 from lib.report import plotting
 from lib.report.results import record_headline
-from lib.report.rules import (CHEAP_SHARE, LISTENS_GAP, agreement_verdict, cheap_to_remove,
-                              reads_audio)
+from lib.report.rules import (CHEAP_SHARE, LISTENS_GAP, NULL_SHARE_MAX, agreement_verdict,
+                              cheap_to_remove, null_share, reads_audio, specific_verdict)
+from lib.score.controls import null_agreement, null_surfaces
 from lib.score.agreement import overlap_gain
 from lib.score.records import SPEECH_LABEL, save_scores
 from lib.score.redundancy import agreement, score_speech, score_text
@@ -90,7 +91,7 @@ def score_inputs(cfg: Chapter2Config) -> Section:
     test_name = cfg.base.test_data[0]
     scored = tests[test_name].subset(sc.n_utterances)
     texts = [u.text for u in scored.utterances]
-    results, models, sizes, gaps, items = {}, {}, {}, {}, []
+    results, models, sizes, gaps, nulls, items = {}, {}, {}, {}, {}, []
     for m in cfg.base.models:
         name = slug(m.decoder)
         run = train_and_evaluate(m, cfg.base, train, tests, evaluate=False)
@@ -113,10 +114,12 @@ def score_inputs(cfg: Chapter2Config) -> Section:
         sizes[name] = count_parameters(run.model)["decoder"]
         rel = audio_reliance(run.model, scored, n=sc.n_utterances, batch_size=sc.batch_size)
         gaps[name] = rel["other_audio_loss"] - rel["own_audio_loss"]
+        nulls[name] = null_surfaces(run.model, scored, texts, batch_size=sc.batch_size,
+                                    seed=cfg.base.train.seed)
     glue = {"n_scored": len(scored), "test_name": test_name,
             **_notes(sizes, gaps, gguf_decoders([m.decoder for m in cfg.base.models]))}
-    return Section(glue=glue, items=items,
-                   data={"results": results, "models": models, "scored": scored})
+    return Section(glue=glue, items=items, data={"results": results, "models": models,
+                                                 "scored": scored, "nulls": nulls})
 
 
 def heatmaps(results: dict[str, dict[str, RedundancyResult]]) -> Section:
@@ -131,25 +134,35 @@ def heatmaps(results: dict[str, dict[str, RedundancyResult]]) -> Section:
 
 def agreement_table(results: dict[str, dict[str, Any]], draws: int, rho_min: float,
                     gain_min: float, seed: int = 0,
-                    comparisons: dict[str, tuple[str, str]] = COMPARISONS) -> pd.DataFrame:
+                    comparisons: dict[str, tuple[str, str]] = COMPARISONS,
+                    nulls: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
     """Every comparison of every decoder, each figure beside its chance level.
 
     Columns: decoder, comparison, ``Spearman per n`` (mean over n of the correlation over
     l), ``chance Spearman``, ``overlap`` (mean block overlap), ``chance overlap``,
     ``overlap gain`` and ``verdict`` (:func:`lib.report.rules.agreement_verdict` with
-    ``rho_min`` and ``gain_min``).
+    ``rho_min`` and ``gain_min``); with ``nulls`` (decoder -> its null surfaces,
+    :func:`lib.score.controls.null_surfaces`) also ``null share``
+    (:func:`lib.report.rules.null_share`) and ``beyond null`` (the verdict read against
+    them, :func:`lib.report.rules.specific_verdict`).
     """
     rows = []
     for dec, res in results.items():
         for label, (a, b) in comparisons.items():
             agr = agreement(res[a], res[b], chance_draws=draws, seed=seed)
-            rows.append({"decoder": dec, "comparison": label,
-                         "Spearman per n": agr["spearman_per_n_mean"],
-                         "chance Spearman": agr["chance"]["spearman_per_n_mean"],
-                         "overlap": agr["overlap_mean"],
-                         "chance overlap": agr["chance"]["overlap_mean"],
-                         "overlap gain": overlap_gain(agr),
-                         "verdict": agreement_verdict(agr, rho_min, gain_min)})
+            row = {"decoder": dec, "comparison": label,
+                   "Spearman per n": agr["spearman_per_n_mean"],
+                   "chance Spearman": agr["chance"]["spearman_per_n_mean"],
+                   "overlap": agr["overlap_mean"],
+                   "chance overlap": agr["chance"]["overlap_mean"],
+                   "overlap gain": overlap_gain(agr),
+                   "verdict": agreement_verdict(agr, rho_min, gain_min)}
+            if nulls is not None:
+                found = [*null_agreement(res[a], nulls[dec]).values(),
+                         *null_agreement(res[b], nulls[dec]).values()]
+                row["null share"] = null_share(agr, found)
+                row["beyond null"] = specific_verdict(row["verdict"], row["null share"])
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -161,12 +174,14 @@ def _verdicts(rows: pd.DataFrame) -> str:
     return "; ".join(f"{d}: {v}" for d, v in zip(rows["decoder"], rows["verdict"]))
 
 
-def agreements(cfg: Chapter2Config, results: dict[str, dict[str, Any]]) -> Section:
+def agreements(cfg: Chapter2Config, results: dict[str, dict[str, Any]],
+               nulls: dict[str, dict[str, Any]] | None = None) -> Section:
     """Do text and speech (and the decoder before and after training) mark the same
-    blocks? Each comparison against its chance draws, with its verdict."""
+    blocks? Each comparison against its chance draws and against the null inputs
+    (chapter 5's control), with its verdicts."""
     sc = cfg.score
     agree = agreement_table(results, sc.chance_draws, sc.agree_rho, sc.agree_overlap_gain,
-                            seed=cfg.base.train.seed)
+                            seed=cfg.base.train.seed, nulls=nulls)
     ts, ta, tt = (agree[agree["comparison"] == c] for c in COMPARISONS)
     glue = dict(
         chance_draws=sc.chance_draws, agree_rho=sc.agree_rho, agree_gain=sc.agree_overlap_gain,
@@ -188,8 +203,25 @@ def agreements(cfg: Chapter2Config, results: dict[str, dict[str, Any]]) -> Secti
             "leaves the ranking of blocks where the pretrained LLM had it, for every decoder"
             if _all(tt, "the same blocks") else
             "moves the ranking of blocks away from the pretrained LLM's for at least one "
-            "decoder"))
+            "decoder"),
+        null_sentence=_null_sentence(agree))
     return Section(agree, glue, {"agree": agree, "lora_same": _all(tt, "the same blocks")})
+
+
+def _null_sentence(agree: pd.DataFrame) -> str:
+    """What the null inputs say about chapter 2's verdicts, in one sentence."""
+    if "null share" not in agree:
+        return "no null inputs were scored"
+    same = agree[agree["verdict"] == "the same blocks"]
+    if same.empty:
+        return "no comparison passed the rule, so the null inputs change no verdict"
+    kept = same[same["beyond null"] == "the same blocks, beyond a null input"]
+    return (f"{len(kept)} of the {len(same)} comparisons that pass the rule also agree beyond "
+            f"what a null input reaches (null share at most {NULL_SHARE_MAX:g}; the largest "
+            f"here {same['null share'].max():.2f}); "
+            + ("so the agreement is specific to the inputs" if len(kept) == len(same) else
+               "for the others a null input, which carries no task, already marks the same "
+               "blocks: the agreement there describes the decoder more than the inputs"))
 
 
 def profiles(results: dict[str, dict[str, RedundancyResult]]) -> Section:
@@ -290,7 +322,9 @@ def headline(agree: pd.DataFrame, ablation: dict[str, dict[str, Any]],
             "overlap_mean": float(row["overlap"]),
             "chance": {"spearman_per_n_mean": float(row["chance Spearman"]),
                        "overlap_mean": float(row["chance overlap"])},
-            "verdict": row["verdict"]}
+            "verdict": row["verdict"],
+            **({"null_share": float(row["null share"]), "beyond_null": row["beyond null"]}
+               if "null share" in row else {})}
     for dec, summary in ablation.items():
         out.setdefault(dec, {"comparisons": {}})["ablation"] = {
             k: (float(v) if isinstance(v, float) else v) for k, v in summary.items()}

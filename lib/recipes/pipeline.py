@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from lib.config.sections import Chapter1Config, ModelConfig
+from lib.config.sections import Chapter1Config, ModelConfig, TrainConfig
 from lib.fileio import config_hash
 from lib.device import resolve_device
 from lib.train.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start
@@ -44,12 +44,17 @@ class ModelRun:
     rescored: dict[str, Any] = field(default_factory=dict)  # joint decoding: rescore_run()
 
 
-def run_dir(mc: ModelConfig, cfg: Chapter1Config, fit: FeatureSet) -> Path:
+def run_folder(mc: ModelConfig, train: TrainConfig, fit: FeatureSet) -> Path:
     """The cache folder of one training run, keyed by everything that changes its result:
     the model, the training settings and the training data by content (``fit.digest()``)."""
-    key = config_hash({"model": mc, "train": cfg.train, "data": fit.digest(),
+    key = config_hash({"model": mc, "train": train, "data": fit.digest(),
                        "warmstart": WARMSTART_VERSION})
     return cache_subdir("runs") / f"{slug(mc.decoder)}-{key}"
+
+
+def run_dir(mc: ModelConfig, cfg: Chapter1Config, fit: FeatureSet) -> Path:
+    """Chapter 1's run folder of ``mc`` (:func:`run_folder` with chapter 1's training)."""
+    return run_folder(mc, cfg.train, fit)
 
 
 def split_dev(train: FeatureSet, n: int) -> tuple[FeatureSet, FeatureSet | None]:
@@ -63,8 +68,7 @@ def split_dev(train: FeatureSet, n: int) -> tuple[FeatureSet, FeatureSet | None]
     if n >= len(train):
         raise CompanionError(f"dev_utterances={n} leaves nothing to train on ({len(train)} "
                              "training utterances): lower dev_utterances or raise n_train")
-    return (FeatureSet(train.utterances[:-n], train.feats[:-n]),
-            FeatureSet(train.utterances[-n:], train.feats[-n:]))
+    return train.slice(None, -n), train.slice(-n, None)
 
 
 def prepare_features(cfg: Chapter1Config) -> tuple[FeatureSet, dict[str, FeatureSet]]:
@@ -91,42 +95,65 @@ def dev_wer(model: SpeechLLM, dev: FeatureSet, cfg: Chapter1Config) -> dict[str,
     return {"dev_wer": score["wer"], "dev_wer_ci95": score["wer_ci95"]}
 
 
+def train_run(mc: ModelConfig, train: TrainConfig, fit: FeatureSet, out: Path, device: str,
+              *, warm_set: FeatureSet | None = None, run_config: Any = None,
+              dev_check: Callable[[SpeechLLM], dict[str, Any]] | None = None,
+              after_warm_start: Callable[[SpeechLLM, WarmStart], None] | None = None
+              ) -> tuple[SpeechLLM, WarmStart | None, TrainRun]:
+    """Build one SpeechLLM and train it by ``train.recipe`` in ``out`` (or reuse the run).
+
+    ``ctc-warmstart``: the projector first learns the CTC head on ``warm_set`` (the
+    transcripts of the audio; ``fit`` when None), ``after_warm_start`` sees the model then
+    (chapter 1 scores the CTC head alone), and the CTC loss stays on at ``ctc_weight``
+    while projector and LoRA train on ``fit``. ``plain``: projector and LoRA from scratch.
+    """
+    model = build_speechllm(mc, device=device, seed=train.seed)
+    name = slug(mc.decoder)
+    warm = None
+    if train.recipe == "ctc-warmstart":
+        warm = ctc_warm_start(model, fit if warm_set is None else warm_set, train,
+                              out / "warmstart", desc=f"CTC warm start {name}")
+        if after_warm_start is not None:
+            after_warm_start(model, warm)
+    aux = None
+    if warm is not None and train.ctc_weight > 0:
+        warm.head.requires_grad_(False)  # the head is fixed; its loss keeps the projector
+        w = train.ctc_weight              # pointing at word pieces while the LLM trains
+        aux = lambda m, f, n, t: w * ctc_loss(m, warm.head, f, n, t)  # noqa: E731
+    tr = train_speechllm(model, fit, train, out, run_config=run_config,
+                         desc=f"training {name}", dev_check=dev_check, aux_loss=aux)
+    model.eval()  # trained or reused from the cache (peft builds LoRA in train mode)
+    return model, warm, tr
+
+
 def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
                        tests: dict[str, FeatureSet], evaluate: bool = True) -> ModelRun:
-    """Build one SpeechLLM, train it (or reuse the finished run), score every test set.
+    """Chapter 1's run of one decoder: train it (or reuse the finished run), score every
+    test set.
 
-    With ``recipe = "ctc-warmstart"`` the projector is first trained with the CTC head
-    (:func:`lib.train.ctc.ctc_warm_start`), and the CTC head alone is scored on every test set
-    as a baseline, before the decoder's LoRA and the projector train together.
+    With ``recipe = "ctc-warmstart"`` the CTC head alone is scored on every test set as a
+    baseline right after the warm start (:func:`train_run`), before the decoder's LoRA and
+    the projector train together.
 
     Args:
         evaluate: score the test sets (only the main process does, under several GPUs).
     """
-    device = resolve_device(cfg.device)
-    model = build_speechllm(mc, device=device, seed=cfg.train.seed)
-    params = count_parameters(model)
     fit, dev = split_dev(train, cfg.dev_utterances)
     out = run_dir(mc, cfg, fit)
-    name = slug(mc.decoder)
-    warm, ctc_scores = None, {}
-    if cfg.train.recipe == "ctc-warmstart":
-        warm = ctc_warm_start(model, fit, cfg.train, out / "warmstart",
-                              desc=f"CTC warm start {name}")
+    ctc_scores: dict[str, dict[str, Any]] = {}
+
+    def head_alone(model: SpeechLLM, warm: WarmStart) -> None:
         if evaluate:
-            ctc_scores = {test: score_ctc(model, warm.head, fs.subset(cfg.eval.max_utterances))
-                          for test, fs in tests.items()}
+            ctc_scores.update({test: score_ctc(model, warm.head,
+                                               fs.subset(cfg.eval.max_utterances))
+                               for test, fs in tests.items()})
+
     check = (lambda m: dev_wer(m, dev, cfg)) if dev is not None and evaluate else None
-    aux = None
-    if warm is not None and cfg.train.ctc_weight > 0:
-        warm.head.requires_grad_(False)  # the head is fixed; its loss keeps the projector
-        w = cfg.train.ctc_weight          # pointing at word pieces while the LLM trains
-        aux = lambda m, f, n, t: w * ctc_loss(m, warm.head, f, n, t)  # noqa: E731
-    tr = train_speechllm(model, fit, cfg.train, out, run_config=cfg, desc=f"training {name}",
-                         dev_check=check, aux_loss=aux)
-    model.eval()  # trained or reused from the cache (peft builds LoRA in train mode)
+    model, warm, tr = train_run(mc, cfg.train, fit, out, resolve_device(cfg.device),
+                                run_config=cfg, dev_check=check, after_warm_start=head_alone)
     scores = {test: evaluate_asr(model, fs, out, test, cfg.eval, config=cfg)
               for test, fs in tests.items()} if evaluate else {}
-    return ModelRun(mc, model, tr, scores, params, warm, ctc_scores)
+    return ModelRun(mc, model, tr, scores, count_parameters(model), warm, ctc_scores)
 
 
 def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,

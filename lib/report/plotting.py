@@ -320,3 +320,81 @@ def plot_heal_variants(df: pd.DataFrame, title: str = "") -> Any:
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
+
+
+def plot_task_curves(curves: pd.DataFrame) -> Any:
+    """Every task's dev score against training minutes, one panel per task, one line per
+    model (WER in %, lower is better; BLEU, higher is better). Explained in chapter 5."""
+    tasks = list(dict.fromkeys(curves["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.3 * len(tasks), 3.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        d = curves[curves["task"] == task]
+        sns.lineplot(data=d, x="minutes", y="score", hue="model", marker="o", ax=ax,
+                     legend=ax is axes[0, 0])
+        metric = d["metric"].iloc[0]
+        ax.set_title(task)
+        ax.set_xlabel("training minutes (warm start included)")
+        ax.set_ylabel("dev WER (%)" if metric == "WER" else "dev BLEU")
+    fig.tight_layout()
+    return fig
+
+
+def plot_task_scores(found: dict[str, dict[str, Any]]) -> Any:
+    """Each task's score per decoder beside its no-audio floor and its baselines, with 95 %
+    intervals: WER tasks (%) on the left, BLEU tasks on the right. Explained in chapter 5."""
+    rows = []
+    for dec, tasks in found.items():
+        for name, r in tasks.items():
+            key = "wer" if r["metric"] == "wer" else "bleu"
+            scale = 100 if key == "wer" else 1
+            systems = {f"{dec}": r["score"], f"{dec}, other audio": r["floor"],
+                       **{f"{b} ({dec})" if b != "whisper" else "Whisper-base": s
+                          for b, s in r["baselines"].items()}}
+            for system, s in systems.items():
+                lo, hi = s[f"{key}_ci95"]
+                rows.append({"task": name, "metric": key, "system": system,
+                             "value": scale * s[key], "low": scale * lo, "high": scale * hi})
+    df = pd.DataFrame(rows).drop_duplicates(["task", "system"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), squeeze=False)
+    for ax, metric, label in zip(axes[0], ("wer", "bleu"), ("WER (%), 95 % interval",
+                                                            "BLEU, 95 % interval")):
+        d = df[df["metric"] == metric]
+        if d.empty:
+            ax.set_visible(False)
+            continue
+        sns.barplot(data=d, x="task", y="value", hue="system", ax=ax, errorbar=None)
+        for container, system in zip(ax.containers, dict.fromkeys(d["system"])):
+            for bar, task in zip(container, dict.fromkeys(d["task"])):
+                row = d[(d["system"] == system) & (d["task"] == task)]
+                if row.empty or bar.get_height() != bar.get_height():
+                    continue
+                x = bar.get_x() + bar.get_width() / 2
+                v = row.iloc[0]
+                ax.errorbar(x, v["value"], yerr=[[v["value"] - v["low"]],
+                                                 [v["high"] - v["value"]]],
+                            color="black", capsize=2, lw=0.8)
+        ax.set_ylabel(label)
+        ax.set_xlabel("")
+        ax.legend(fontsize=7, title=None)
+    fig.tight_layout()
+    return fig
+
+
+def plot_agreement_matrix(table: pd.DataFrame, value: str = "Spearman per n") -> Any:
+    """For each decoder, the agreement of every compared pair of inputs as a matrix
+    (``value``), each cell annotated; pairs not compared are blank. Explained in chapter 5."""
+    decoders = list(dict.fromkeys(table["decoder"]))
+    fig, axes = plt.subplots(1, len(decoders), figsize=(6.2 * len(decoders), 5.2),
+                             squeeze=False)
+    for ax, dec in zip(axes[0], decoders):
+        t = table[table["decoder"] == dec]
+        labels = list(dict.fromkeys([*t["a"], *t["b"]]))
+        mat = pd.DataFrame(float("nan"), index=labels, columns=labels)
+        for a, b, v in zip(t["a"], t["b"], t[value]):
+            mat.loc[a, b] = mat.loc[b, a] = v
+        sns.heatmap(mat, ax=ax, vmin=-1, vmax=1, cmap="vlag", annot=True, fmt=".2f",
+                    annot_kws={"fontsize": 7}, cbar_kws={"label": value}, square=True)
+        ax.set_title(dec)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig

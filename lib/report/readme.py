@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 from lib.paths import REPO_ROOT
 from lib.fileio import atomic_write_text, load_json
-from lib.report.rules import (LISTENS_GAP, WER_TARGETS, compare_wer, memory_verdict,
-                              paired_verdict)
+from lib.report.rules import (LISTENS_GAP, NULL_SHARE_MAX, P_MAX, WER_TARGETS, compare_wer,
+                              memory_verdict, paired_verdict)
 from lib.report.results import results_root
 
 BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
@@ -115,9 +115,9 @@ def _f2(x: Any) -> str:
 
 def render_ch02(rec: dict[str, Any]) -> str:
     """Chapter 2: per decoder and comparison, the agreement figures beside their chance
-    level, the verdict, and the ablation check of the score's block."""
+    level, the verdict, the share a null input reaches, and the ablation check."""
     rows = ["| decoder | comparison | Spearman per n (chance) | block overlap (chance) "
-            "| verdict |", "|---|---|---|---|---|"]
+            "| verdict | null share | beyond a null input |", "|---|---|---|---|---|---|---|"]
     notes = []
     for dec, d in rec["decoders"].items():
         for label, c in d.get("comparisons", {}).items():
@@ -125,7 +125,8 @@ def render_ch02(rec: dict[str, Any]) -> str:
             rows.append(f"| {dec} | {label} | {_f2(c.get('spearman_per_n_mean'))} "
                         f"({_f2(ch.get('spearman_per_n_mean'))}) | "
                         f"{_f2(c.get('overlap_mean'))} ({_f2(ch.get('overlap_mean'))}) | "
-                        f"{c.get('verdict', '–')} |")
+                        f"{c.get('verdict', '–')} | {_f2(c.get('null_share'))} | "
+                        f"{c.get('beyond_null', '–')} |")
         a = d.get("ablation")
         if a:
             notes.append(f"{dec}: removing the block the score picks ([{a['chosen_start']}, "
@@ -136,8 +137,53 @@ def render_ch02(rec: dict[str, Any]) -> str:
     rule = (f"\nVerdicts: \"the same blocks\" when the per-n Spearman mean is at least "
             f"{th.get('agree_rho', '?')} and the block overlap at least "
             f"{th.get('agree_overlap_gain', '?')} of the way from chance to 1, both above "
-            f"their chance draws (p ≤ 0.05); \"no more than chance\" when neither is.\n")
+            f"their chance draws (p ≤ {P_MAX:g}); \"no more than chance\" when neither is; "
+            f"\"beyond a null input\" when, in addition, an input that carries no task "
+            f"reaches at most {NULL_SHARE_MAX:g} of the agreement above chance (the null "
+            "share; – where the run recorded none).\n")
     return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + rule + "\n"
+            + _provenance(rec) + "\n")
+
+
+def _score(metric: str, s: dict[str, Any]) -> str:
+    if not s:
+        return "–"
+    if metric == "wer":
+        lo, hi = s["wer_ci95"]
+        return f"{100 * s['wer']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    lo, hi = s["bleu_ci95"]
+    return f"{s['bleu']:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def render_ch05(rec: dict[str, Any]) -> str:
+    """Chapter 5: per decoder and task, the score with its interval, its no-audio floor and
+    its baselines (each with its paired verdict); then the agreement of tasks and languages
+    read against the null inputs."""
+    rows = ["| decoder | task | score [95 % CI] | no-audio floor | Whisper-base | text "
+            "cascade | chapter 1 ASR-only |", "|---|---|---|---|---|---|---|"]
+    agree = ["| decoder | a | b | Spearman per n (chance) | null share | verdict |",
+             "|---|---|---|---|---|---|"]
+    sig = ""
+    for dec, d in rec["decoders"].items():
+        for name, t in d["tasks"].items():
+            m = t["metric"]
+            cells = [f"{_score(m, t['baselines'][k])} ({t[f'vs_{k}']['verdict']})"
+                     if k in t["baselines"] else "–"
+                     for k in ("whisper", "cascade", "asr-only")]
+            rows.append(f"| {dec} | {name} | {_score(m, t)} | {_score(m, t['floor'])} "
+                        f"({t['vs_floor']['verdict']}) | " + " | ".join(cells) + " |")
+            sig = sig or t.get("bleu_signature", "")
+        for a in d.get("agreement", []):
+            if a["a"].startswith("speech") and a["b"].startswith("speech"):
+                agree.append(f"| {dec} | {a['a']} | {a['b']} | {_f2(a['Spearman per n'])} "
+                             f"({_f2(a['chance Spearman'])}) | {_f2(a['null share'])} | "
+                             f"{a['verdict']} |")
+    note = ("\nScores: WER % (ASR) or BLEU (translation, sacrebleu " + sig + "), each with "
+            "its 95 % bootstrap interval over utterances; a baseline's verdict is the "
+            "multi-task model's against it, by the paired bootstrap. Agreement: speech of "
+            "every task on its target positions; verdicts as in chapter 2, read against "
+            f"inputs that carry no task (null share at most {NULL_SHARE_MAX:g}).\n")
+    return ("\n".join(rows) + "\n\n" + "\n".join(agree) + "\n" + note + "\n"
             + _provenance(rec) + "\n")
 
 
@@ -221,7 +267,8 @@ def render_ch04(rec: dict[str, Any]) -> str:
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "ch01": render_ch01, "ch02": render_ch02, "ch03": render_ch03, "ch04": render_ch04}
+    "ch01": render_ch01, "ch02": render_ch02, "ch03": render_ch03, "ch04": render_ch04,
+    "ch05": render_ch05}
 """Chapter -> the function that renders its results file as Markdown."""
 
 

@@ -145,3 +145,45 @@ def interval_beats(a: dict[str, Any], b: dict[str, Any], key: str = "wer_ci95") 
     """``a`` is lower than ``b`` by the interval rule of :func:`compare_wer` (their 95 %
     intervals do not overlap, ``a``'s below)."""
     return a[key][1] < b[key][0]
+
+
+NULL_SHARE_MAX = 0.75
+"""Chapters 2 and 5: an agreement says something about the two inputs (not only about the
+decoder) when a null input, which carries no task (:mod:`lib.score.controls`), reaches at
+most this share of it above chance."""
+
+
+def null_share(agr: dict[str, Any], null_agrs: list[dict[str, Any]]) -> float:
+    """How much of an agreement above chance a null input already reaches: the largest,
+    over the null comparisons given and the two measures (per-n Spearman, block overlap),
+    of ``(null - chance) / (observed - chance)``; 1 or more when a null input agrees as
+    much; NaN when the observed agreement is not above chance."""
+    shares = []
+    for key in ("spearman_per_n_mean", "overlap_mean"):
+        chance = agr["chance"][key]
+        gain = agr[key] - chance
+        if not (gain > 0):
+            continue
+        shares += [(n[key] - chance) / gain for n in null_agrs]
+    return max(shares) if shares else float("nan")
+
+
+def specific_verdict(base: str, share: float) -> str:
+    """An agreement verdict (:func:`agreement_verdict`) read against the null inputs:
+    "the same blocks" becomes "the same blocks, beyond a null input" when a null input
+    reaches at most :data:`NULL_SHARE_MAX` of it, else "the same blocks, as a null input
+    does" (the decoder marks those blocks for anything)."""
+    if base != "the same blocks":
+        return base
+    if share == share and share <= NULL_SHARE_MAX:
+        return "the same blocks, beyond a null input"
+    return "the same blocks, as a null input does"
+
+
+def paired_target(d: dict[str, Any], higher_is_better: bool) -> str:
+    """A paired difference (``a`` minus ``b``) as a verdict on ``a``: "better than",
+    "worse than" or "not distinguishable from" ``b``, by :func:`paired_verdict`."""
+    v = _sign_verdict(*d["difference_ci95"])
+    if v == "not distinguishable from":
+        return v
+    return "better than" if (v == "higher than") == higher_is_better else "worse than"

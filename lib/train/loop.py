@@ -134,6 +134,16 @@ def _write_checkpoint(ckpt: Path, model: SpeechLLM, optimizer: Any, scheduler: A
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _micro(train_set: FeatureSet, idx: list[int], model: SpeechLLM) -> tuple:
+    """One micro-batch: features, lengths, targets (what each utterance's task learns),
+    the tasks (None: the model's own) and the transcripts (for an auxiliary CTC loss)."""
+    feats, lengths, targets = train_set.batch(idx, target=model.task.target)
+    tasks = train_set.tasks_of(idx)
+    transcripts = ([train_set.utterances[i].text for i in idx]
+                   if tasks is not None or model.task.target != "text" else targets)
+    return feats, lengths, targets, tasks, transcripts
+
+
 def _append(path: Path, row: dict[str, Any]) -> None:
     with path.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -221,13 +231,13 @@ def _step_loss(acc: Any, ddp_model: Any, model: SpeechLLM, micro: list, params: 
     gradients over processes and accelerate's backward divides by ``grad_accum``, hence
     the factors ``num_processes`` and ``grad_accum``.
     """
-    n_tok = torch.tensor(float(sum(len(model.target_ids(t)) for _, _, texts in micro
+    n_tok = torch.tensor(float(sum(len(model.target_ids(t)) for _, _, texts, _, _ in micro
                                    for t in texts)), device=model.device)
     n_tok = acc.reduce(n_tok, reduction="sum") if acc.num_processes > 1 else n_tok
     step_sum = 0.0
-    for feats, lengths, texts in micro:
+    for feats, lengths, texts, tasks, transcripts in micro:
         with acc.accumulate(ddp_model):
-            loss_sum = ddp_model(feats, lengths, texts, reduction="sum")
+            loss_sum = ddp_model(feats, lengths, texts, reduction="sum", tasks=tasks)
             if not torch.isfinite(loss_sum):
                 raise CompanionError(
                     f"{desc}: the loss is {loss_sum.item()} at step {step + 1}; nothing "
@@ -237,7 +247,8 @@ def _step_loss(acc: Any, ddp_model: Any, model: SpeechLLM, micro: list, params: 
             if aux_loss is not None:  # e.g. the warm start's CTC loss, kept on
                 # A per-micro-batch mean: accelerate's 1/grad_accum and DDP's average
                 # over processes already make it the mean over the whole step.
-                loss = loss + aux_loss(acc.unwrap_model(ddp_model), feats, lengths, texts)
+                loss = loss + aux_loss(acc.unwrap_model(ddp_model), feats, lengths,
+                                       transcripts)
             acc.backward(loss)
             if acc.sync_gradients:
                 norm = acc.clip_grad_norm_(params, 1.0)
@@ -304,8 +315,10 @@ def train_speechllm(
         dev_check: called with the model (in eval mode) every ``cfg.dev_every`` steps and
             at the end; its dict (e.g. a dev WER) goes to ``dev_log.jsonl`` with the step
             and the training minutes so far (its own time is not training time).
-        aux_loss: ``(model, feats, lengths, texts) -> loss`` added (already weighted) to
-            each micro-batch's loss; it may only depend on the model's trainable weights.
+        aux_loss: ``(model, feats, lengths, transcripts) -> loss`` added (already weighted)
+            to each micro-batch's loss; it may only depend on the model's trainable weights.
+            It gets the transcripts of the audio, whatever the task's target (in a
+            multi-task mix, a translation is not what a CTC head can align).
     """
     from accelerate import Accelerator
 
@@ -343,8 +356,7 @@ def train_speechllm(
     bar = tqdm(range(start, end), desc=desc, total=end - start, **quiet)
     for step in bar:
         torch.manual_seed(cfg.seed * 7919 + step)  # dropout identical after a resume
-        micro = [train_set.batch(order.micro_batch(step * cfg.grad_accum + k),
-                                 target=model.task.target)  # what the task learns
+        micro = [_micro(train_set, order.micro_batch(step * cfg.grad_accum + k), model)
                  for k in range(cfg.grad_accum)]
         loss = _step_loss(acc, ddp_model, model, micro, params, optimizer, scheduler, cfg,
                           step, desc, aux_loss)

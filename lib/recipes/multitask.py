@@ -1,0 +1,208 @@
+"""The multi-task pipeline of chapter 5 (and 6): the spoken parallel corpus as training mix
+and test sets, one multi-task SpeechLLM per decoder, every task scored, and its baselines.
+
+The mix holds every training verse four times, once per task: its English speech with its
+transcript (``asr``) and its Spanish translation (``st-en-es``), its Spanish speech with its
+transcript (``asr-es``) and its English translation (``st-es-en``); each example reads its
+own task's instruction (:meth:`lib.build.speechllm.SpeechLLM.build_inputs`). The model is
+trained as chapter 1 trains (:func:`lib.recipes.pipeline.train_run`): the CTC warm start on
+every training clip's transcript, then projector and LoRA on the mix with the CTC loss kept
+on. Stage: the pipeline (chapter 5). Explained in chapter 5
+(book/05_tasks_and_languages.ipynb).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lib.build.components import build_encoder
+from lib.build.speechllm import SpeechLLM, count_parameters
+from lib.config.sections import Chapter5Config
+from lib.data.features import FeatureSet, extract_features
+from lib.data.loaders import Utterance, load_manifest
+from lib.data.parallel import ensure_parallel_corpus
+from lib.data.spec import ParallelSpec
+from lib.device import resolve_device
+from lib.errors import CompanionError
+from lib.evaluate.baselines import whisper_baseline
+from lib.evaluate.bleu import score_translation
+from lib.evaluate.decode import evaluate_asr, transcribe
+from lib.evaluate.metrics import score_task
+from lib.fileio import config_hash, load_json, provenance, save_json
+from lib.paths import slug
+from lib.recipes.pipeline import ModelRun, run_folder, train_run
+from lib.tasks import TASKS, Task
+
+
+@dataclass
+class ParallelData:
+    """The spoken parallel corpus as chapter 5 uses it."""
+
+    mix: FeatureSet  # training examples, one task each
+    audio: FeatureSet  # every training clip once, with its transcript (the CTC warm start)
+    dev: dict[str, FeatureSet]  # per task: held-out training verses (the learning curve)
+    tests: dict[str, FeatureSet]  # per task: the test verses, in the language it hears
+    reused: int = 0  # English training clips (and features) reused from chapter 1
+    pairs: dict[str, int] = field(default_factory=dict)  # verses per split
+
+
+def parallel_spec(cfg: Chapter5Config) -> ParallelSpec:
+    """The corpus a chapter 5 config asks for (chapter 1's corpus as the English side)."""
+    mt = cfg.multitask
+    return ParallelSpec(n_train=mt.n_train, n_test=mt.n_test, english=cfg.base.corpus)
+
+
+def _features(cfg: Chapter5Config, utts: list[Utterance],
+              ch1_train: FeatureSet) -> dict[str, torch.Tensor]:
+    """Features by utterance id: chapter 1's where the clip is chapter 1's, the others
+    encoded once (and cached by content, like every feature set)."""
+    known = {u.id: f for u, f in zip(ch1_train.utterances, ch1_train.feats)}
+    out = {u.id: known[u.id] for u in utts if u.id in known}
+    new = [u for u in utts if u.id not in known]
+    if new:
+        device = resolve_device(cfg.base.device)
+        encoder = build_encoder(cfg.base.models[0].encoder).to(device)
+        for lang in ("es", "en"):
+            part = [u for u in new if u.language == lang]
+            if part:
+                fs = extract_features(encoder, part, desc=f"features parallel:{lang}",
+                                      precision=cfg.base.train.precision)
+                out.update({u.id: f for u, f in zip(fs.utterances, fs.feats)})
+    return out
+
+
+def _by_pair(utts: list[Utterance], split: str) -> list[dict[str, Utterance]]:
+    """The utterances of a split as ``[{"es": ..., "en": ...}, ...]``, one per verse (the
+    manifest lists each verse's Spanish clip, then its English one)."""
+    rows = [u for u in utts if u.split == split]
+    return [{u.language: u for u in rows[i:i + 2]} for i in range(0, len(rows), 2)]
+
+
+def _task_set(pairs: list[dict[str, Utterance]], task: Task,
+              feats: dict[str, torch.Tensor]) -> FeatureSet:
+    utts = [p[task.hears] for p in pairs]
+    return FeatureSet(utts, [feats[u.id] for u in utts])
+
+
+def parallel_data(cfg: Chapter5Config, ch1_train: FeatureSet) -> ParallelData:
+    """Build (once) the spoken parallel corpus and arrange it as mix, dev and test sets.
+
+    The last ``task_dev_utterances`` training verses are held out of the mix as every
+    task's dev set.
+    """
+    mt = cfg.multitask
+    utts = load_manifest(ensure_parallel_corpus(parallel_spec(cfg)))
+    feats = _features(cfg, utts, ch1_train)
+    train, test = _by_pair(utts, "train"), _by_pair(utts, "test")
+    if mt.dev_per_task >= len(train):
+        raise CompanionError(f"task_dev_utterances={mt.dev_per_task} leaves no training "
+                             f"verse of {len(train)}: lower it or raise n_parallel_train")
+    fit, dev = (train[:len(train) - mt.dev_per_task], train[len(train) - mt.dev_per_task:])
+    tasks = [TASKS[t] for t in mt.tasks]
+    examples = [(p[t.hears], t) for p in fit for t in tasks]
+    mix = FeatureSet([u for u, _ in examples], [feats[u.id] for u, _ in examples],
+                     tasks=[t for _, t in examples])
+    langs = sorted({t.hears for t in tasks})
+    clips = [p[lang] for p in fit for lang in langs]
+    audio = FeatureSet(clips, [feats[u.id] for u in clips])
+    return ParallelData(
+        mix=mix, audio=audio,
+        dev={t.name: _task_set(dev, t, feats) for t in tasks} if dev else {},
+        tests={t.name: _task_set(test, t, feats) for t in tasks},
+        reused=sum(u.id in {x.id for x in ch1_train.utterances} for u in utts),
+        pairs={"train": len(fit), "dev": len(dev), "test": len(test)})
+
+
+# ------------------------------------------------------------------ training
+
+
+def main_score(task: Task, score: dict[str, Any]) -> float:
+    """The number a task is judged by: WER (lower is better) or BLEU (higher)."""
+    return score["wer"] if task.metric == "wer" else score["bleu"]
+
+
+def task_dev(model: SpeechLLM, dev: dict[str, FeatureSet], cfg: Chapter5Config
+             ) -> dict[str, Any]:
+    """Every task's score on its dev set: a point of the multi-task learning curve."""
+    out = {}
+    for name, fs in dev.items():
+        task = TASKS[name]
+        with model.asking(task):
+            hyps = transcribe(model, fs, cfg.base.eval, desc=f"dev {name}")
+        try:
+            out[f"dev_{name}"] = main_score(task, score_task(task, task.targets(fs.utterances),
+                                                             hyps))
+        except Exception:  # an untrained model may write nothing at all: no score yet
+            out[f"dev_{name}"] = float("nan")
+    return out
+
+
+def train_multitask(cfg: Chapter5Config, data: ParallelData, index: int) -> ModelRun:
+    """The multi-task SpeechLLM of decoder ``index`` (trained once, then reused)."""
+    mc = cfg.base.models[index]
+    train = cfg.multitask.train
+    out = run_folder(mc, train, data.mix)
+    check = (lambda m: task_dev(m, data.dev, cfg)) if data.dev else None
+    model, warm, tr = train_run(mc, train, data.mix, out, resolve_device(cfg.base.device),
+                                warm_set=data.audio, run_config=cfg, dev_check=check)
+    return ModelRun(mc, model, tr, {}, count_parameters(model), warm)
+
+
+# ------------------------------------------------------------------ scoring
+
+
+def evaluate_task(model: SpeechLLM, fs: FeatureSet, out: Path, task: Task, cfg: Any,
+                  label: str | None = None) -> dict[str, Any]:
+    """One test set decoded with ``task``'s instruction and scored by its metric (cached
+    beside the run, keyed like every evaluation; the prompt is part of the key)."""
+    with model.asking(task):
+        return evaluate_asr(model, fs, out, label or task.name, cfg.base.eval, config=cfg)
+
+
+def other_audio(fs: FeatureSet) -> FeatureSet:
+    """The same utterances, each with the next one's audio: the no-audio floor (what the
+    decoder writes from the prompt and its language prior alone)."""
+    feats = fs.feats[1:] + fs.feats[:1]
+    return FeatureSet(fs.utterances, feats)
+
+
+def cascade(model: SpeechLLM, asr_score: dict[str, Any], out: Path, task: Task,
+            fs: FeatureSet, cfg: Any) -> dict[str, Any]:
+    """The text cascade: the model's own transcripts (``asr_score``'s hypotheses), then
+    the same model translating them, text in place of the audio (cached by key)."""
+    rows = [json.loads(x) for x in (out / asr_score["hypotheses"]).read_text().splitlines()]
+    transcripts = [r["hyp"] or "." for r in rows]
+    key = config_hash({"transcripts": transcripts, "task": task.name,
+                       "max_new_tokens": cfg.base.eval.max_new_tokens})
+    path = out / f"cascade-{task.name}-{key}.json"
+    if path.is_file():
+        return load_json(path)
+    bs, hyps = cfg.base.eval.batch_size, []
+    with model.asking(task):
+        for s in range(0, len(transcripts), bs):
+            hyps += model.generate_from_text(transcripts[s:s + bs],
+                                             cfg.base.eval.max_new_tokens)
+    record = {"task": task.name,
+              **score_translation(task.targets(fs.utterances), hyps, allow_empty=True),
+              "hypotheses": hyps, "transcripts": transcripts, "provenance": provenance(cfg)}
+    save_json(path, record)
+    return record
+
+
+def whisper_tasks(cfg: Chapter5Config, tests: dict[str, FeatureSet]) -> dict[str, Any]:
+    """Whisper-base's own decoder on the tasks it can do: Spanish ASR, and its built-in
+    translation of Spanish speech into English."""
+    enc = cfg.base.models[0].encoder
+    if "whisper" not in enc:
+        return {}
+    return {name: whisper_baseline(enc, tests[name], f"parallel-{name}", task=TASKS[name])
+            for name in ("asr-es", "st-es-en") if name in tests}
+
+
+def run_label(run: ModelRun) -> str:
+    return slug(run.config.decoder)

@@ -1,0 +1,123 @@
+"""The multi-task SpeechLLM: each example reads its own task's prompt, a mix trains on each
+example's own target with the CTC loss on the transcript, text can stand where the audio goes,
+and the null inputs have the shapes of the inputs they stand for."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lib.build.speechllm import build_speechllm
+from lib.config.sections import ModelConfig, TrainConfig
+from lib.data.features import FeatureSet
+from lib.errors import CompanionError
+from lib.tasks import ASR, TASKS
+
+ST = TASKS["st-en-es"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                       projector_hidden=16, lora_rank=0), seed=0).eval()
+
+
+def _with_translations(fs: FeatureSet) -> FeatureSet:
+    utts = [dataclasses.replace(u, translation=f"uno dos {i}")
+            for i, u in enumerate(fs.utterances)]
+    return FeatureSet(utts, fs.feats)
+
+
+def test_each_example_reads_its_own_tasks_prompt(model, random_features):
+    """A mixed batch equals, row by row, the batches built with one task each."""
+    fs = random_features(2, dim=64, base=20, step=0)
+    feats, lengths, texts = fs.batch([0, 1])
+    mixed = model.build_inputs(feats, lengths, texts, tasks=[ASR, ST])
+    with model.asking(ST):
+        alone_st = model.build_inputs(feats, lengths, texts)
+    alone_asr = model.build_inputs(feats, lengths, texts)
+    n0 = int(mixed["attention_mask"][0].sum())
+    assert torch.equal(mixed["inputs_embeds"][0, :n0], alone_asr["inputs_embeds"][0, :n0])
+    n1 = int(mixed["attention_mask"][1].sum())
+    assert torch.equal(mixed["inputs_embeds"][1, :n1], alone_st["inputs_embeds"][1, :n1])
+    assert model.task is ASR  # asking() gives the task back
+
+
+def test_a_mix_batches_each_examples_own_target(random_features):
+    fs = _with_translations(random_features(2, dim=8))
+    mix = FeatureSet(fs.utterances * 2, fs.feats * 2, tasks=[ASR, ASR, ST, ST])
+    assert mix.batch([0, 2])[2] == [fs.utterances[0].text, "uno dos 0"]
+    assert mix.tasks_of([3, 1]) == [ST, ASR]
+    assert mix.slice(2, None).tasks == [ST, ST]
+    plain = FeatureSet(fs.utterances * 2, fs.feats * 2)
+    assert plain.digest() != mix.digest()  # the tasks are part of a mix's content
+    assert plain.digest() == FeatureSet(fs.utterances * 2, fs.feats * 2).digest()
+
+
+def test_a_mix_trains_the_ctc_loss_on_the_transcripts(tmp_path, random_features):
+    """The auxiliary loss sees each clip's transcript, never a translation."""
+    from lib.train.loop import train_speechllm
+
+    m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                    projector_hidden=16, lora_rank=2, lora_alpha=4), seed=0)
+    fs = _with_translations(random_features(2, dim=64, base=20, step=0, split="train"))
+    mix = FeatureSet(fs.utterances * 2, fs.feats * 2, tasks=[ASR, ASR, ST, ST])
+    seen: list[str] = []
+
+    def aux(model, feats, lengths, texts):
+        seen.extend(texts)
+        return model.projector.net[0].weight.sum() * 0.0
+
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=0, checkpoint_every=5,
+                      precision="fp32")
+    train_speechllm(m, mix, cfg, tmp_path / "run", aux_loss=aux)
+    assert seen and set(seen) <= {u.text for u in fs.utterances}
+
+
+def test_text_where_the_audio_goes_is_the_token_embeddings(model):
+    """The reference: the decoder generating from the prompt's token ids directly."""
+    tok = model.tokenizer
+    text = "hello there"
+    got = model.generate_from_text([text], max_new_tokens=4)
+    ids = (model._prefix_ids + tok(" " + text, add_special_tokens=False).input_ids
+           + model._suffix_ids)
+    out = model.decoder.generate(input_ids=torch.tensor([ids]), max_new_tokens=4,
+                                 do_sample=False, eos_token_id=model.eos_id,
+                                 pad_token_id=model.pad_id)
+    want = tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+    assert got == [want]
+
+
+def test_null_inputs_have_the_shapes_of_the_real_ones(model, random_features):
+    from lib.score.controls import noise_features, random_texts
+
+    fs = random_features(3, dim=64)
+    noise = noise_features(fs, seed=1)
+    assert [f.shape for f in noise.feats] == [f.shape for f in fs.feats]
+    assert noise.feats[0].dtype == fs.feats[0].dtype
+    assert not torch.equal(noise.feats[0], fs.feats[0])
+    texts = ["one two three four", "five"]
+    rand = random_texts(model.tokenizer, texts, seed=0)
+    assert len(rand) == 2 and all(r.strip() for r in rand)
+    assert rand == random_texts(model.tokenizer, texts, seed=0)  # seeded
+
+
+def test_null_share_by_hand():
+    from lib.report.rules import null_share, specific_verdict
+
+    agr = {"spearman_per_n_mean": 0.9, "overlap_mean": 0.8,
+           "chance": {"spearman_per_n_mean": 0.0, "overlap_mean": 0.6}}
+    nulls = [{"spearman_per_n_mean": 0.45, "overlap_mean": 0.65}]
+    assert null_share(agr, nulls) == pytest.approx(max(0.45 / 0.9, 0.05 / 0.2))
+    assert specific_verdict("the same blocks", 0.5) == "the same blocks, beyond a null input"
+    assert specific_verdict("the same blocks", 0.9) == "the same blocks, as a null input does"
+    assert specific_verdict("partly the same blocks", 0.1) == "partly the same blocks"
+
+
+def test_whisper_translates_into_english_only(random_features):
+    from lib.evaluate.baselines import whisper_baseline
+
+    with pytest.raises(CompanionError, match="Whisper translates into English only"):
+        whisper_baseline("tiny-whisper", random_features(1), "t", task=ST)
