@@ -15,14 +15,16 @@ PYTHON3 ?= python3
 # Installed first: the CPU wheel on the machine. Any other torch pulls GBs of CUDA wheels.
 TORCH := torch==2.13.0
 
-VENV := .venv
+# Every path from the Makefile's own folder: `make -f path/to/Makefile test` works from anywhere.
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 REQ_STAMP := $(VENV)/.requirements.stamp
-CACHE := $(or $(COMPANION_CACHE),$(CURDIR)/.cache)
+CACHE := $(or $(COMPANION_CACHE),$(ROOT)/.cache)
 SETUP_STAMP := $(CACHE)/setup.stamp
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 
-export PYTHONPATH := $(CURDIR)
+export PYTHONPATH := $(ROOT)
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .PHONY: help setup book chapter test bench bench-scores bench-prune clean distclean
@@ -37,13 +39,13 @@ $(PY):
 	@echo "creating $(VENV) ..."
 	$(PYTHON3) -m venv $(VENV)
 
-$(REQ_STAMP): requirements.txt | $(PY)
+$(REQ_STAMP): $(ROOT)/requirements.txt | $(PY)
 	@echo "installing packages into $(VENV) (first time: a few minutes) ..."
 	$(PIP) install $(TORCH)
-	$(PIP) install -r requirements.txt
+	$(PIP) install -r $(ROOT)/requirements.txt
 	@touch $@
 
-$(SETUP_STAMP): $(REQ_STAMP) $(wildcard lib/*.py lib/*/*.py)
+$(SETUP_STAMP): $(REQ_STAMP) $(wildcard $(ROOT)/lib/*.py $(ROOT)/lib/*/*.py)
 	$(PY) -m lib.setup
 
 book: setup ## run every chapter with PRESET, then build _build/PRESET/html
@@ -53,19 +55,19 @@ chapter: setup ## re-run one chapter: CH=01 PRESET=tiny ARGS='-p train_steps 50'
 	$(PY) -m lib.book run --preset $(PRESET) $(if $(CH),--chapter $(CH)) $(ARGS)
 
 test: setup ## run the tests (all chapters with preset tiny, then the book build)
-	$(PY) -m pytest -q $(ARGS)
+	cd "$(ROOT)" && $(PY) -m pytest -q $(ARGS)
 
 bench: setup ## training and decoding speed and memory (scripts/benchmark.py)
-	$(PY) scripts/benchmark.py $(ARGS)
+	$(PY) $(ROOT)/scripts/benchmark.py $(ARGS)
 
 bench-scores: setup ## cost of redundancy scoring (scripts/benchmark_scores.py, ~6 min)
-	$(PY) scripts/benchmark_scores.py $(ARGS)
+	$(PY) $(ROOT)/scripts/benchmark_scores.py $(ARGS)
 
 bench-prune: setup ## pruned vs full decoding speed and memory (scripts/benchmark_prune.py)
-	$(PY) scripts/benchmark_prune.py $(ARGS)
+	$(PY) $(ROOT)/scripts/benchmark_prune.py $(ARGS)
 
 clean: ## remove _build (keeps the cache and .venv)
-	rm -rf _build
+	rm -rf $(ROOT)/_build
 
 distclean: clean ## also remove the cache (.cache) and .venv
-	rm -rf .cache $(VENV)
+	rm -rf $(ROOT)/.cache $(VENV)

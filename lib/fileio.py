@@ -127,3 +127,92 @@ def save_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     text = "".join(json.dumps(r, default=str) + "\n" for r in rows)
     atomic_write_text(Path(path), text)
     return Path(path)
+
+
+# ------------------------------------------------------------------ verified artefacts
+
+
+class CorruptFile(Exception):
+    """A cached or recorded file whose content is not what was written (one line)."""
+
+
+def _tensor_digest(tensors: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_tensors(path: Path, tensors: dict[str, Any]) -> Path:
+    """Write tensors as safetensors with the sha256 of their bytes in the header, through a
+    temporary file and a rename (a crash leaves the previous file)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"sha256": _tensor_digest(tensors)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_tensors(path: Path, finite: bool = False) -> dict[str, Any]:
+    """Read what :func:`save_tensors` wrote and check it: the header's digest against the
+    bytes (a file without one, written before digests were kept, is checked for finite
+    values only), and with ``finite`` every floating tensor for NaN / infinity.
+
+    Raises:
+        CorruptFile: the file is truncated or unreadable, its digest does not match, or a
+            value is not finite (one line naming the file).
+    """
+    import torch
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            want = (f.metadata() or {}).get("sha256")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises several kinds on a damaged file
+        raise CorruptFile(f"{path} is unreadable ({' '.join(str(err).split())[:80]})") from None
+    if want is not None and _tensor_digest(tensors) != want:
+        raise CorruptFile(f"{path} does not match the digest written with it")
+    if finite or want is None:
+        bad = next((k for k, t in tensors.items() if t.is_floating_point()
+                    and not bool(torch.isfinite(t).all())), None)
+        if bad is not None:
+            raise CorruptFile(f"{path} holds non-finite values (tensor {bad})")
+    return tensors
+
+
+def set_aside(path: Path, reason: str) -> Path:
+    """Move a corrupt file out of the way (``<name>.corrupt``) and say so in one line."""
+    path = Path(path)
+    target = path.with_name(path.name + ".corrupt")
+    os.replace(path, target)
+    print(f"{reason}: set aside as {target.name} and rebuilt")
+    return target
+
+
+def figures_digest(record: dict[str, Any]) -> str:
+    """The sha256 of a results record's figures (everything but its provenance and the
+    digest itself), canonical JSON: what :mod:`lib.report.readme` checks before
+    rendering."""
+    figures = {k: v for k, v in record.items() if k not in ("provenance", "digest")}
+    blob = json.dumps(figures, sort_keys=True, default=str, allow_nan=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load_cached_json(path: Path) -> Any:
+    """A cached JSON result, or None when it is missing or unreadable (a truncated file is
+    set aside, :func:`set_aside`, so the caller computes it again)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        set_aside(path, f"cached {path.name} is unreadable ({type(err).__name__})")
+        return None

@@ -16,9 +16,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def cache_dir() -> Path:
-    """Root of the cache (created on first use)."""
+    """Root of the cache (created on first use).
+
+    Raises:
+        CompanionError: ``$COMPANION_CACHE`` names a file, or the folder cannot be made.
+    """
+    from lib.errors import CompanionError
+
     root = Path(os.environ.get("COMPANION_CACHE", REPO_ROOT / ".cache")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise CompanionError(f"COMPANION_CACHE={root} is a file, not a folder: point it at a "
+                             "folder (or unset it for <repo>/.cache)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CompanionError(f"cannot create the cache folder {root} ({err.strerror}): set "
+                             "COMPANION_CACHE to a folder you can write") from None
     return root
 
 

@@ -14,7 +14,7 @@ import pytest
 from lib.config.sections import ModelConfig
 from lib.prune.cost import compare_decoding, peak_summary
 from lib.report.rules import peak_spread
-from lib.build.speechllm import merged_copy
+from lib.build.adapters import merged_copy
 from lib.prune.surgery import pruned_copy
 from lib.build.checkpoint import save_speechllm
 from lib.build.speechllm import build_speechllm

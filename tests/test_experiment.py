@@ -32,7 +32,8 @@ def test_training_change_is_zero_for_untrained_adapters_and_grows_with_them():
 
     from lib.config.sections import ModelConfig
     from lib.recipes.ch02 import training_change
-    from lib.build.speechllm import build_speechllm, pretrained_decoder
+    from lib.build.speechllm import build_speechllm
+    from lib.build.adapters import pretrained_decoder
 
     m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                     projector_hidden=8, lora_rank=4), seed=0)

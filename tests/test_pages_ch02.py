@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from lib.fileio import figures_digest
+
 import numpy as np
 
 from lib.recipes.ch02 import COMPARISONS as CH02_COMPARISONS, agreement_table
@@ -47,8 +49,9 @@ def test_agreement_table_headline_and_readme_block(tmp_path):
     assert set(c["chance"]) == {"spearman_per_n_mean", "overlap_mean"}
     path = tmp_path / "demo" / "ch02.json"
     path.parent.mkdir()
-    path.write_text(json.dumps({"chapter": "ch02", "preset": "demo", **rec,
-                                "provenance": {"date": "2026-11-23"}}))
+    full = {"chapter": "ch02", "preset": "demo", **rec}
+    full["digest"] = figures_digest(full)
+    path.write_text(json.dumps({**full, "provenance": {"date": "2026-11-23"}}))
     out = render("<!-- results: demo/ch02 -->\n<!-- end results -->", tmp_path)
     assert "| dec | text vs speech, transcript tokens | 1.00 (" in out
     assert "raises the loss by 0.25 nats, rank 1 of 7" in out

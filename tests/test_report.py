@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lib.fileio import figures_digest
 from lib.paths import REPO_ROOT
 from lib.report.readme import render
 
@@ -29,6 +30,7 @@ def _ch01(tmp_path: Path) -> Path:
     }
     path = tmp_path / "demo" / "ch01.json"
     path.parent.mkdir(parents=True)
+    rec["digest"] = figures_digest(rec)
     path.write_text(json.dumps(rec))
     return tmp_path
 
@@ -99,6 +101,7 @@ def _ch02(tmp_path: Path) -> Path:
     }
     path = tmp_path / "demo" / "ch02.json"
     path.parent.mkdir(parents=True)
+    rec["digest"] = figures_digest(rec)
     path.write_text(json.dumps(rec))
     return tmp_path
 

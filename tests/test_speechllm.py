@@ -185,7 +185,7 @@ def test_bad_lora_target_is_named():
 def test_pretrained_decoder_is_the_llm_without_adapters():
     """With LoRA switched off, the decoder computes exactly what the pretrained LLM does."""
     from lib.build.components import load_decoder
-    from lib.build.speechllm import pretrained_decoder
+    from lib.build.adapters import pretrained_decoder
 
     m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                     projector_hidden=8, lora_rank=4), seed=0)
@@ -209,7 +209,7 @@ def test_pretrained_decoder_is_the_llm_without_adapters():
 
 def test_lora_update_norms_against_the_output_change():
     """||scale * B A||_F / ||W||_F, checked by feeding the identity through each adapted layer."""
-    from lib.build.speechllm import lora_update_norms, pretrained_decoder
+    from lib.build.adapters import lora_update_norms, pretrained_decoder
 
     m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                     projector_hidden=8, lora_rank=4), seed=0)

@@ -61,12 +61,17 @@ def main(argv: Sequence[str] | None = None, *, root: Path = REPO_ROOT) -> int:
     try:
         if args.command in ("run", "all"):
             overrides = parse_parameters(args.parameter)
-            run_chapters(args.preset, args.chapter, overrides, root=root)
+            ran = run_chapters(args.preset, args.chapter, overrides, root=root)
+            from lib.book.chapters import list_chapters
+            from lib.book.run import trial_name
             from lib.report.results import results_root
 
-            # A run of the repository's own book, recording into its results/, may have
-            # written new figures of record; runs recording elsewhere leave the README alone.
-            if root == REPO_ROOT and results_root() == REPO_ROOT / "results":
+            # Only a full run of the repository's own book, recording into its results/,
+            # writes new figures of record; trials and runs recording elsewhere leave the
+            # README alone.
+            full = trial_name([root / "book" / p.name for p in ran], list_chapters(root),
+                              overrides) is None
+            if full and root == REPO_ROOT and results_root() == REPO_ROOT / "results":
                 from lib.report.readme import update_readme
 
                 if update_readme():

@@ -25,7 +25,8 @@ from lib.book.executed import show_parameters_once, source_cell
 from lib.config.defaults import parameter_names
 from lib.config.presets import load_preset, preset_path
 from lib.errors import CompanionError
-from lib.paths import REPO_ROOT
+from lib.paths import REPO_ROOT, slug
+from lib.report.results import TRIAL_ENV
 
 
 KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadata names
@@ -34,12 +35,16 @@ KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadat
 
 
 @contextlib.contextmanager
-def _kernel_environment(preset: str) -> Iterator[None]:
+def _kernel_environment(preset: str, trial: str | None = None) -> Iterator[None]:
     """Environment the kernels inherit: ``import lib`` works, figures are not disabled,
-    and ``COMPANION_PRESET`` names the preset (chapters record their headline figures
-    under ``results/<preset>/``, see :func:`lib.report.results.record_headline`)."""
+    ``COMPANION_PRESET`` names the preset and ``COMPANION_TRIAL`` a run that is not a full
+    one (chapters record their headline figures under ``results/<preset>/``, or beside
+    them for a trial: :func:`lib.report.results.record_headline`)."""
     saved = dict(os.environ)
     os.environ["COMPANION_PRESET"] = Path(preset).stem
+    os.environ.pop(TRIAL_ENV, None)
+    if trial:
+        os.environ[TRIAL_ENV] = trial
     paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     os.environ.pop("MPLBACKEND", None)  # Agg here would drop every figure from the pages
@@ -139,7 +144,58 @@ def run_chapters(
                                 preset_name=name)
     out = Path(out) if out is not None else preset_dir(preset, root) / "executed"
     check_folder(out, create=True)
+    trial = trial_name(notebooks, list_chapters(root), overrides)
+    if trial:
+        print(f"a trial, not a full run of preset {preset}: its figures are recorded under "
+              f"results/{Path(preset).stem}/trials/{trial}/, the numbers of record stay",
+              flush=True)
+    with preset_lock(check_folder(preset_dir(preset, root), create=True)):
+        return _run_each(notebooks, out, params, overrides, preset, trial)
 
+
+def trial_name(selected: list[Path], every: list[Path], overrides: dict | None) -> str | None:
+    """None for a full run (every chapter, no override), else the name its figures are
+    recorded under: the overrides (``train_steps-9``) or the chapters (``chapter-01``)."""
+    if not overrides and selected == every:
+        return None
+    if overrides:
+        return slug("-".join(f"{k}-{v}" for k, v in sorted(overrides.items())))[:80]
+    return "chapter-" + "-".join(nb.stem[:2] for nb in selected)
+
+
+@contextlib.contextmanager
+def preset_lock(folder: Path) -> Iterator[None]:
+    """One run of a preset at a time: an exclusive lock on ``<folder>/run.lock``.
+
+    Raises:
+        CompanionError: another run holds it (naming the lock and its process).
+    """
+    import fcntl
+
+    lock = folder / "run.lock"
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise CompanionError(f"another run of this preset holds {lock} ({holder}): wait "
+                                 "for it to finish, or run another preset") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_each(notebooks: list[Path], out: Path, params: dict[Path, dict[str, Any]],
+              overrides: dict | None, preset: str, trial: str | None) -> list[Path]:
+    """Execute each chapter in turn (see :func:`run_chapters`)."""
     done: list[Path] = []
     for nb in notebooks:
         target = out / nb.name
@@ -151,7 +207,7 @@ def run_chapters(
         shown = f"; {', '.join(changed)}" if changed else ""
         print(f"chapter {nb.stem} (preset {preset}{shown})", flush=True)
         start = time.perf_counter()
-        _execute(nb, running, failed, target, params[nb], preset)
+        _execute(nb, running, failed, target, params[nb], preset, trial)
         note = f"preset {preset}" + (f"; -p {', '.join(changed)}" if changed else "")
         try:
             show_parameters_once(running, note)
@@ -165,14 +221,14 @@ def run_chapters(
 
 
 def _execute(nb: Path, running: Path, failed: Path, target: Path, params: dict[str, Any],
-             preset: str) -> None:
+             preset: str, trial: str | None = None) -> None:
     """Run one chapter with papermill into ``running``; a failure is one line, with the
     partial run kept as ``failed`` and ``target`` (the last good copy) untouched."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     try:
-        with _kernel_environment(preset):
+        with _kernel_environment(preset, trial):
             _show_cell_output()
             papermill.execute_notebook(
                 str(nb),

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from lib.build.speechllm import SpeechLLM, merge_adapters
+from lib.build.speechllm import SpeechLLM
+from lib.build.adapters import merge_adapters
 from lib.errors import CompanionError
-from lib.fileio import load_json, provenance, save_json
+from lib.fileio import CorruptFile, load_json, load_tensors, provenance, save_json, save_tensors
 from lib.prune.surgery import pruned_layers
 
 
@@ -31,9 +32,10 @@ def save_speechllm(model: "SpeechLLM", folder: Path, overwrite: bool = False,
     Written into a temporary folder first and moved in place: a failed save leaves an
     existing folder untouched. An existing folder is replaced only with ``overwrite``.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CompanionError(f"{folder} is a file, not a folder: save the SpeechLLM into a "
+                             "folder (nothing was written)")
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise CompanionError(f"{folder} already exists: pass overwrite=True or choose another "
                              "folder (nothing was written)")
@@ -43,8 +45,8 @@ def save_speechllm(model: "SpeechLLM", folder: Path, overwrite: bool = False,
     tmp.mkdir(parents=True)
     model.decoder.save_pretrained(tmp / "decoder")
     model.tokenizer.save_pretrained(tmp / "decoder")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()},
-              str(tmp / "projector.safetensors"))
+    save_tensors(tmp / "projector.safetensors",
+                 {k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()})
     lin = model.projector.net[0]
     save_json(tmp / "speechllm.json", {
         "projector": {"in_dim": lin.in_features // model.projector.stack,
@@ -63,8 +65,16 @@ def save_speechllm(model: "SpeechLLM", folder: Path, overwrite: bool = False,
 
 def load_speechllm(folder: Path, device: str = "cpu") -> "SpeechLLM":
     """Load what :func:`save_speechllm` wrote: the decoder with plain
-    ``AutoModelForCausalLM.from_pretrained``, the projector from its weights."""
-    from safetensors.torch import load_file
+    ``AutoModelForCausalLM.from_pretrained``, the projector from its weights.
+
+    Strict: the weights must cover exactly the model the configs describe.
+
+    Raises:
+        CompanionError: no ``speechllm.json``; a decoder checkpoint whose weights miss some
+            of the model's, carry others or have other shapes (an edited ``config.json``);
+            a projector whose weights do not fit ``speechllm.json`` (one line naming the
+            folder and the first mismatching key).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lib.build.components import Projector
@@ -77,16 +87,46 @@ def load_speechllm(folder: Path, device: str = "cpu") -> "SpeechLLM":
         raise CompanionError(f"{folder} is not a saved SpeechLLM (no speechllm.json): save "
                              "one with lib.build.checkpoint.save_speechllm")
     meta = load_json(meta_path)
-    decoder = AutoModelForCausalLM.from_pretrained(folder / "decoder", dtype=torch.float32)
+    decoder = _strict_decoder(folder / "decoder", AutoModelForCausalLM)
     tok = AutoTokenizer.from_pretrained(folder / "decoder")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     p = meta["projector"]
     projector = Projector(p["in_dim"], p["out_dim"], p["stack"], p["hidden"])
-    projector.load_state_dict(load_file(str(folder / "projector.safetensors")))
+    try:
+        weights = load_tensors(folder / "projector.safetensors")
+        own = projector.state_dict()
+        bad = next((k for k in sorted(set(own) | set(weights))
+                    if k not in own or k not in weights or own[k].shape != weights[k].shape),
+                   None)
+        if bad is not None:
+            raise CompanionError(f"{folder}: the projector's weights do not fit "
+                                 f"speechllm.json (first mismatch: {bad}): save the model "
+                                 "again rather than editing its files")
+        projector.load_state_dict(weights)
+    except CorruptFile as err:
+        raise CompanionError(f"{err}: save the model again") from None
     model = SpeechLLM(None, projector, decoder, tok, task=get_task(meta["task"]))
     model.requires_grad_(False)
     model.to(device)
     return model.eval()
 
 
+def _strict_decoder(folder: Path, auto: Any) -> Any:
+    """``auto.from_pretrained(folder)`` that refuses, in one line, weights that do not cover
+    the model its ``config.json`` describes (missing, unexpected or reshaped keys)."""
+    try:
+        decoder, info = auto.from_pretrained(folder, dtype=torch.float32,
+                                             output_loading_info=True)
+    except Exception as err:  # a size mismatch, an unreadable file: say which folder
+        first = " ".join(str(err).split())[:160]
+        raise CompanionError(f"{folder} does not load as its config.json describes ({first}):"
+                             " save the model again rather than editing its files") from None
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in info.get(kind, []))
+        if keys:
+            raise CompanionError(
+                f"{folder}: the weights do not cover the model its config.json describes "
+                f"({len(keys)} {kind.replace('_', ' ')}, first {keys[0]}): save the model "
+                "again rather than editing its files")
+    return decoder

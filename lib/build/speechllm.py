@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -134,6 +133,7 @@ class SpeechLLM(nn.Module):
             the prompt and target text positions (both exclude padding).
         """
         if audio is None:
+            self._check_features(feats)
             audio, audio_lengths = self.projector(feats.to(self.device),
                                                   feat_lengths.to(self.device))
         else:
@@ -187,6 +187,26 @@ class SpeechLLM(nn.Module):
         if targets is not None:
             out["labels"] = lab_t
         return out
+
+    def _check_features(self, feats: Any) -> None:
+        """Encoder features as the projector reads them: ``[batch, frames, width]`` floats
+        of the encoder's width.
+
+        Raises:
+            CompanionError: another shape, width or dtype (one line with what was given).
+        """
+        width = self.projector.net[0].in_features // self.projector.stack
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 3:
+            shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats)
+            raise CompanionError(f"features of shape {shape}: the SpeechLLM reads a batch "
+                                 f"[utterances, frames, {width}] (FeatureSet.batch builds one)")
+        if not feats.is_floating_point():
+            raise CompanionError(f"features of dtype {feats.dtype}: the SpeechLLM reads "
+                                 "floating-point encoder features")
+        if feats.shape[-1] != width:
+            raise CompanionError(f"features of width {feats.shape[-1]}, but this projector "
+                                 f"reads {width}: encode with the encoder the model was built "
+                                 "with")
 
     # -- training and decoding ----------------------------------------------------------------
 
@@ -316,46 +336,6 @@ def add_lora(decoder: nn.Module, rank: int, alpha: int, dropout: float,
     return get_peft_model(decoder, cfg)
 
 
-@contextlib.contextmanager
-def pretrained_decoder(model: SpeechLLM) -> Iterator[SpeechLLM]:
-    """Inside the block, ``model``'s decoder runs as the pretrained LLM (LoRA switched off).
-
-    The same weights, device and dtype: no second copy of the decoder is loaded.
-    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
-    """
-    if hasattr(model.decoder, "disable_adapter"):
-        with model.decoder.disable_adapter():
-            yield model
-    else:  # no adapters: the decoder is the pretrained LLM
-        yield model
-
-
-def lora_update_norms(model: SpeechLLM) -> pd.DataFrame:
-    """How far training moved each LoRA-adapted weight: ``||scale * B A||_F / ||W||_F``.
-
-    One row per adapted linear layer: ``layer`` (decoder layer index, -1 if outside the
-    layers), ``module`` (e.g. ``q_proj``), ``relative_update``. Empty when the decoder has
-    no adapters. Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
-    """
-    import re
-
-    rows = []
-    for name, mod in model.decoder.named_modules():
-        lora_a, lora_b = getattr(mod, "lora_A", None), getattr(mod, "lora_B", None)
-        base = getattr(mod, "base_layer", None)
-        if not isinstance(lora_a, nn.ModuleDict) or base is None:
-            continue
-        w = base.weight.detach().float()
-        for key in lora_a:
-            delta = (lora_b[key].weight.detach().float() @ lora_a[key].weight.detach().float()
-                     * float(mod.scaling[key]))
-            m = re.search(r"\.layers\.(\d+)\.", name)
-            rows.append({"layer": int(m.group(1)) if m else -1,
-                         "module": name.rsplit(".", 1)[-1],
-                         "relative_update": float(delta.norm() / w.norm())})
-    return pd.DataFrame(rows, columns=["layer", "module", "relative_update"])
-
-
 def count_parameters(model: SpeechLLM) -> dict[str, int]:
     """Parameters of encoder, projector and decoder (LoRA adapters counted apart).
 
@@ -419,17 +399,3 @@ def build_speechllm(cfg: "ModelConfig", device: str = "cpu", with_encoder: bool 
     if encoder is not None:
         encoder.to(device)
     return model
-
-
-def merge_adapters(model: "SpeechLLM") -> "SpeechLLM":
-    """Merge the decoder's peft LoRA adapters into its weights (a plain transformers model)."""
-    if hasattr(model.decoder, "merge_and_unload"):
-        model.decoder = model.decoder.merge_and_unload()
-    return model
-
-
-def merged_copy(model: "SpeechLLM") -> "SpeechLLM":
-    """An unpruned copy of ``model`` with its adapters merged (``model`` is kept)."""
-    import copy
-
-    return merge_adapters(copy.deepcopy(model))

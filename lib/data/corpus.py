@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lib.data.spec import CORPUS_VERSION, CorpusSpec
 from lib.data.audio import audio_duration, write_wav
-from lib.data.loaders import Utterance, load_manifest, write_manifest
+from lib.data.loaders import Utterance, cached_manifest, write_manifest
 from lib.data.text import require_espeak, select_texts
 from lib.errors import CompanionError
 from lib.paths import cache_subdir
@@ -269,11 +269,10 @@ def ensure_synthetic_corpus(spec: CorpusSpec | None = None) -> Path:
     folder = cache_subdir("corpora", f"synthetic-{spec.digest()}")
     manifest = folder / "manifest.jsonl"
     expected = spec.n_train + spec.n_test
-    if manifest.is_file():
-        utts = load_manifest(manifest)
-        if len(utts) == expected:
-            print(f"synthetic corpus: cached ({len(utts)} utterances)")
-            return manifest
+    utts = cached_manifest(manifest, expected)
+    if utts is not None:
+        print(f"synthetic corpus: cached ({len(utts)} utterances)")
+        return manifest
     if "espeak" in spec.engines:
         require_espeak()
     start = time.perf_counter()

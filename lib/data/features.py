@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from lib.data.audio import DataWarning, read_audio
 from lib.data.loaders import Utterance
 from lib.errors import CompanionError
+from lib.fileio import CorruptFile, load_tensors, save_tensors, set_aside
 from lib.paths import cache_subdir
 from lib.build.components import SpeechEncoder
 
@@ -156,7 +155,8 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
         utts: utterances to encode.
         batch_size: clips per encoder forward.
         desc: progress-bar label.
-        use_cache: read/write ``<cache>/features/<key>.safetensors``.
+        use_cache: read/write ``<cache>/features/<key>.safetensors`` (with the digest of
+            its bytes; a damaged file is set aside and the features encoded again).
         precision: ``bf16`` runs the encoder under bf16 autocast (about 3x faster on a CPU
             with native bf16; features agree with fp32 to a mean cosine of 0.9997) or
             ``fp32``. Part of the cache key.
@@ -166,10 +166,14 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
         raise CompanionError(f"{desc}: no utterances to encode; check the data source")
     path = cache_subdir("features") / f"{_set_key(encoder, utts, precision)}.safetensors"
     if use_cache and path.is_file():
-        tensors = load_file(str(path))
-        kept = [i for i in range(len(utts)) if str(i) in tensors]
-        print(f"{desc}: cached ({len(kept)} utterances, {path.name})")
-        return FeatureSet([utts[i] for i in kept], [tensors[str(i)] for i in kept])
+        try:
+            tensors = load_tensors(path, finite=True)
+        except CorruptFile as err:
+            set_aside(path, f"{desc}: the features cache {err}")
+        else:
+            kept = [i for i in range(len(utts)) if str(i) in tensors]
+            print(f"{desc}: cached ({len(kept)} utterances, {path.name})")
+            return FeatureSet([utts[i] for i in kept], [tensors[str(i)] for i in kept])
     order = sorted(range(len(utts)), key=lambda i: -utts[i].duration)
     feats: list[torch.Tensor | None] = [None] * len(utts)
     with torch.inference_mode():
@@ -200,7 +204,5 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
         raise CompanionError(f"{desc}: none of the {len(utts)} audio files could be read")
     utts, feats = [utts[i] for i in kept], [feats[i] for i in kept]
     if use_cache:
-        tmp = path.with_suffix(".tmp")
-        save_file({str(i): f for i, f in zip(kept, feats)}, str(tmp))
-        os.replace(tmp, path)
+        save_tensors(path, {str(i): f for i, f in zip(kept, feats)})
     return FeatureSet(utts, feats)  # type: ignore[arg-type]

@@ -142,8 +142,18 @@ def load_manifest(path: str | os.PathLike[str]) -> list[Utterance]:
             f"manifest is empty: {manifest}: expected one JSON object per line with "
             "keys id, audio, text"
         )
-    utts = [u for number, line in enumerate(rows, start=1) if line.strip()
-            for u in [_manifest_row(line, f"{manifest}:{number}", folder)] if u is not None]
+    utts: list[Utterance] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(rows, start=1):
+        u = _manifest_row(line, f"{manifest}:{number}", folder) if line.strip() else None
+        if u is None:
+            continue
+        if u.id in first_line:
+            raise CompanionError(f"manifest {manifest}: id {u.id!r} is on lines "
+                                 f"{first_line[u.id]} and {number}: give every utterance its "
+                                 "own id")
+        first_line[u.id] = number
+        utts.append(u)
     if not utts:
         raise CompanionError(
             f"manifest {manifest} has no usable rows (see the warnings above): fix the "
@@ -187,6 +197,11 @@ def _manifest_row(line: str, where: str, folder: Path) -> Utterance | None:
     if not text:
         warn_skipped(f"skipped {where} (id {row['id']}): empty transcript")
         return None
+    if not re.search(r"\w", text):  # "... !!! ?" normalises to nothing a WER can count
+        warn_skipped(f"skipped {where} (id {row['id']}, source "
+                     f"{row.get('source') or 'manifest'}): the transcript {text!r} has no "
+                     "words, only punctuation")
+        return None
     try:
         duration = float(row["duration"]) if "duration" in row else None
     except (TypeError, ValueError):
@@ -202,6 +217,22 @@ def _manifest_row(line: str, where: str, folder: Path) -> Utterance | None:
                      source=str(row.get("source") or "manifest"),
                      language=str(row.get("language") or "en"),
                      translation=" ".join(str(row.get("translation") or "").split()))
+
+
+def cached_manifest(path: Path, expected: int) -> list[Utterance] | None:
+    """A cached corpus's manifest when it is whole (``expected`` rows, every one readable),
+    else None; a damaged one is set aside (:func:`lib.fileio.set_aside`) so the corpus is
+    built again, reusing every complete wav."""
+    from lib.fileio import set_aside
+
+    if not Path(path).is_file():
+        return None
+    try:
+        utts = load_manifest(path)
+    except CompanionError as err:
+        set_aside(Path(path), f"the cached corpus manifest is damaged ({err})")
+        return None
+    return utts if len(utts) == expected else None
 
 
 # --------------------------------------------------------------------------- LibriSpeech

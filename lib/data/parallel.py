@@ -32,7 +32,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lib.data.corpus import _Job, ensure_synthetic_corpus, synthesise
-from lib.data.loaders import Utterance, load_manifest, write_manifest
+from lib.data.loaders import Utterance, cached_manifest, load_manifest, write_manifest
 from lib.data.spec import PARALLEL_VERSION, ParallelSpec
 from lib.data.text import (BIBLE_BOOKS, BIBLE_MODULE, SPANISH_MODULE, _text_key, clean_text,
                            export_book, require_espeak, select_texts)
@@ -114,7 +114,8 @@ def select_pairs(spec: ParallelSpec) -> tuple[list[tuple[str, str, str]],
 
     Test verses are drawn first, from the usable verses none of whose English is one of
     chapter 1's training sentences; training verses from the rest, none of which is one of
-    chapter 1's test sentences.
+    chapter 1's test sentences, those chapter 1 already spoke first (their recordings and
+    features are reused; the order within each group is the shuffle's).
 
     Raises:
         CompanionError: too few usable verses for ``n_train + n_test``.
@@ -132,8 +133,9 @@ def select_pairs(spec: ParallelSpec) -> tuple[list[tuple[str, str, str]],
     random.Random(f"parallel-{spec.seed}").shuffle(usable)
     test = [p for p in usable if _text_key(p[1]) not in train_keys][:spec.n_test]
     taken = {p[0] for p in test}
-    train = [p for p in usable if p[0] not in taken
-             and _text_key(p[1]) not in test_keys][:spec.n_train]
+    rest = [p for p in usable if p[0] not in taken and _text_key(p[1]) not in test_keys]
+    # Verses chapter 1 already spoke first: their clips and features are reused.
+    train = sorted(rest, key=lambda p: _text_key(p[1]) not in train_keys)[:spec.n_train]
     if len(test) < spec.n_test or len(train) < spec.n_train:
         raise CompanionError(
             f"only {len(test)} test and {len(train)} training verse pairs of "
@@ -193,7 +195,7 @@ def ensure_parallel_corpus(spec: ParallelSpec | None = None) -> Path:
     spec = spec or ParallelSpec()
     folder = cache_subdir("corpora", f"parallel-{spec.digest()}")
     manifest = folder / "manifest.jsonl"
-    if manifest.is_file() and len(load_manifest(manifest)) == 2 * (spec.n_train + spec.n_test):
+    if cached_manifest(manifest, 2 * (spec.n_train + spec.n_test)) is not None:
         print(f"parallel corpus: cached ({2 * (spec.n_train + spec.n_test)} utterances)")
         return manifest
     for lang in sorted({lang.split("-")[0] for lang in spec.languages}):

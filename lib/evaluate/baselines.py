@@ -18,7 +18,7 @@ from lib.data.features import FeatureSet
 from lib.errors import CompanionError
 from lib.evaluate.decode import EVAL_VERSION
 from lib.evaluate.metrics import score_asr, score_task
-from lib.fileio import load_json, provenance, save_json
+from lib.fileio import load_cached_json, provenance, save_json
 from lib.tasks import ASR, Task
 from lib.train.ctc import CTCHead, ctc_transcribe
 
@@ -112,9 +112,10 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
     key = config_hash(keyed)
     label = test_name.replace(":", "-").replace("/", "_")
     out = cache_subdir("baselines") / f"whisper-{label}-{key}.json"
-    if reuse and out.is_file():
+    cached = load_cached_json(out) if reuse else None
+    if cached is not None:
         print(f"{test_name}: cached Whisper baseline reused (key {key})")
-        return load_json(out)
+        return cached
     model = WhisperForConditionalGeneration.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
     # English transcription where the checkpoint knows its languages (a tiny random

@@ -25,7 +25,7 @@ from lib.config.sections import EvalConfig
 from lib.data.features import FeatureSet
 from lib.errors import CompanionError
 from lib.evaluate.metrics import score_task, utterance_score
-from lib.fileio import config_hash, load_json, provenance, save_json, save_jsonl
+from lib.fileio import config_hash, load_cached_json, provenance, save_json, save_jsonl
 from lib.train.ctc import CTCHead, ctc_greedy, ctc_logprob
 
 
@@ -192,10 +192,11 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
     key = config_hash(keyed)
     suffix = f".first{max_utterances}" if subset is not data else ""
     path = Path(out_dir) / f"eval-{slug}{suffix}-{key}.json"
-    if reuse and path.is_file():
+    cached = load_cached_json(path) if reuse else None
+    if cached is not None:
         print(f"{name}: cached score reused (key {key}: same utterances, audio features, "
               f"max_new_tokens and batch size)")
-        return load_json(path)
+        return cached
     t0 = time.perf_counter()
     hyps = transcribe(model, subset, ev, desc=f"decoding {name}", rescore=rescore)
     wall = time.perf_counter() - t0

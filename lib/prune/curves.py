@@ -24,7 +24,7 @@ from lib.config.sections import EvalConfig
 from lib.errors import CompanionError
 from lib.evaluate.metrics import score_task
 from lib.evaluate.decode import transcribe
-from lib.fileio import config_hash, load_json, provenance, save_json
+from lib.fileio import config_hash, load_cached_json, provenance, save_json
 from lib.prune.surgery import check_layers, skip_layers
 from lib.prune.rule import threshold_cut
 
@@ -60,8 +60,9 @@ def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], 
                        "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size,
                        "prompt": model.prompt, "version": CURVE_VERSION})
     path = Path(out_dir) / "cuts" / f"{name.replace(':', '-').replace('/', '_')}-{key}.json"
-    if reuse and path.is_file():
-        return load_json(path)
+    cached = load_cached_json(path) if reuse else None
+    if cached is not None:
+        return cached
     skip = skip_layers(model.decoder, layers) if layers else contextlib.nullcontext()
     t0 = time.perf_counter()
     with skip:

@@ -16,7 +16,7 @@ from torch import nn
 
 from lib.errors import CompanionError
 from lib.build.components import decoder_body, find_decoder_layers
-from lib.build.speechllm import merge_adapters
+from lib.build.adapters import merge_adapters
 
 if TYPE_CHECKING:
     from lib.build.speechllm import SpeechLLM

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib.build.speechllm import SpeechLLM, count_parameters, lora_update_norms, pretrained_decoder
+from lib.build.speechllm import SpeechLLM, count_parameters
+from lib.build.adapters import lora_update_norms, pretrained_decoder
 from lib.config.sections import Chapter2Config
 from lib.data.features import FeatureSet
 from lib.evaluate.baselines import audio_reliance

@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from lib.build.checkpoint import load_speechllm, save_speechllm
-from lib.build.speechllm import SpeechLLM, merged_copy
+from lib.build.speechllm import SpeechLLM
+from lib.build.adapters import merged_copy
 from lib.config.sections import Chapter4Config
 from lib.data.features import FeatureSet
 from lib.heal.healing import HealRun, heal, recovery

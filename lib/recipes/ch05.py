@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from lib.build.speechllm import pretrained_decoder
+from lib.build.adapters import pretrained_decoder
 from lib.config.sections import Chapter5Config
 from lib.data.corpus import voice_family
 from lib.evaluate.metrics import paired_task_difference

@@ -33,7 +33,7 @@ from lib.evaluate.baselines import whisper_baseline
 from lib.evaluate.bleu import score_translation
 from lib.evaluate.decode import evaluate_asr, transcribe
 from lib.evaluate.metrics import score_task
-from lib.fileio import config_hash, load_json, provenance, save_json
+from lib.fileio import config_hash, load_cached_json, provenance, save_json
 from lib.paths import slug
 from lib.recipes.pipeline import ModelRun, run_folder, train_run
 from lib.tasks import TASKS, Task
@@ -180,8 +180,9 @@ def cascade(model: SpeechLLM, asr_score: dict[str, Any], out: Path, task: Task,
     key = config_hash({"transcripts": transcripts, "task": task.name,
                        "max_new_tokens": cfg.base.eval.max_new_tokens})
     path = out / f"cascade-{task.name}-{key}.json"
-    if path.is_file():
-        return load_json(path)
+    cached = load_cached_json(path)
+    if cached is not None:
+        return cached
     bs, hyps = cfg.base.eval.batch_size, []
     with model.asking(task):
         for s in range(0, len(transcripts), bs):

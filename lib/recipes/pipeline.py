@@ -172,7 +172,7 @@ def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
     no CTC head (recipe ``plain``), ``rescore_beams`` is 0 or there is no dev subset.
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
     """
-    from lib.fileio import load_json, provenance, save_json
+    from lib.fileio import load_cached_json, provenance, save_json
 
     ev = cfg.eval
     _, dev = split_dev(train, cfg.dev_utterances)
@@ -183,8 +183,9 @@ def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
                        "weights": ev.rescore_weights, "max_new_tokens": ev.max_new_tokens,
                        "batch_size": ev.batch_size})
     path = run.train.run_dir / f"rescore-dev-{key}.json"
-    if path.is_file():
-        sweep = load_json(path)["sweep"]
+    cached = load_cached_json(path)
+    if cached is not None:
+        sweep = cached["sweep"]
     else:
         cands = transcribe_candidates(run.model, dev, head, ev.rescore_beams, ev,
                                       desc="dev: beams + CTC")

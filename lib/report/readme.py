@@ -19,11 +19,12 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from lib.paths import REPO_ROOT
+from lib.errors import CompanionError
 from lib.fileio import atomic_write_text, load_json
+from lib.paths import REPO_ROOT
 from lib.report.rules import (LISTENS_GAP, NULL_SHARE_MAX, P_MAX, WER_TARGETS, compare_wer,
                               memory_verdict, paired_verdict)
-from lib.report.results import results_root
+from lib.report.results import check_record, results_root
 
 BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
 
@@ -272,6 +273,14 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
 """Chapter -> the function that renders its results file as Markdown."""
 
 
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return load_json(path)
+    except ValueError as err:
+        raise CompanionError(f"{path} is not valid JSON ({err}): restore it from git or run "
+                             "`make book` again") from None
+
+
 def render(text: str, root: Path | None = None) -> str:
     """``text`` (the README) with every results block re-rendered from its JSON file.
 
@@ -287,7 +296,7 @@ def render(text: str, root: Path | None = None) -> str:
         elif not path.is_file():
             body = f"(no full `{preset}` run recorded yet: `make book PRESET={preset}`)\n"
         else:
-            body = RENDERERS[chapter](load_json(path))
+            body = RENDERERS[chapter](check_record(_read(path), str(path)))
         return m.group(1) + body + m.group(5)
 
     return BLOCK.sub(one, text)
@@ -302,8 +311,16 @@ def update_readme(readme: Path = REPO_ROOT / "README.md") -> bool:
     return new != old
 
 
-def main() -> int:
-    """``python -m lib.report``: re-render the README's results blocks."""
-    changed = update_readme()
+def main(readme: Path = REPO_ROOT / "README.md") -> int:
+    """``python -m lib.report``: re-render the README's results blocks; a results file that
+    fails its checks (:func:`lib.report.results.check_record`) is one line, status 1, and
+    the README is left as it was."""
+    import sys
+
+    try:
+        changed = update_readme(readme)
+    except CompanionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print("README.md results " + ("re-rendered" if changed else "already up to date"))
     return 0

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lib.fileio import provenance, save_json
+from lib.errors import CompanionError
+from lib.fileio import figures_digest, provenance, save_json
 from lib.paths import REPO_ROOT
 
 
@@ -20,21 +21,94 @@ def results_root() -> Path:
     return Path(os.environ.get("COMPANION_RESULTS", REPO_ROOT / "results")).expanduser()
 
 
+TRIAL_ENV = "COMPANION_TRIAL"
+"""Set by :mod:`lib.book` for a run that is not a full run of the preset (some chapters
+only, or ``-p`` overrides): its name, e.g. ``chapter-01`` or ``train_steps-9``."""
+
+
+def check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
+    """A results record the README may be rendered from: its digest matches its figures
+    and every figure is consistent (a value inside its own 95 % interval, utterance counts
+    positive whole numbers).
+
+    Raises:
+        CompanionError: naming ``where`` and the first field that fails.
+    """
+    want = rec.get("digest")
+    if want is None:
+        raise CompanionError(f"{where} carries no digest of its figures: it was not written "
+                             "by a book run; run `make book` to record it")
+    if figures_digest(rec) != want:
+        raise CompanionError(f"{where}: its figures do not match their digest (edited by "
+                             "hand?): restore it from git or run `make book` again")
+    for path, value in _leaves(rec):
+        name = path.rsplit("/", 1)[-1]
+        if name.endswith("_ci95") or not isinstance(value, (int, float)):
+            continue
+        ci = _get(rec, path + "_ci95")
+        if isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float))
+                                                         for x in ci):
+            if value == value and not ci[0] - 1e-9 <= value <= ci[1] + 1e-9:
+                raise CompanionError(f"{where}: {path} = {value} lies outside its own 95 % "
+                                     f"interval {ci}: the record is inconsistent")
+        if name == "n_utterances" and not (isinstance(value, int) and value > 0):
+            raise CompanionError(f"{where}: {path} = {value} is not a positive count")
+    return rec
+
+
+def _leaves(obj: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        return [x for k, v in obj.items() if k != "provenance"
+                for x in _leaves(v, f"{path}/{k}" if path else str(k))]
+    if isinstance(obj, list) and not all(isinstance(x, (int, float)) for x in obj):
+        return [x for i, v in enumerate(obj) for x in _leaves(v, f"{path}[{i}]")]
+    return [(path, obj)]
+
+
+def _get(rec: Any, path: str) -> Any:
+    node = rec
+    for part in path.replace("[", "/[").split("/"):
+        if part.startswith("["):
+            idx = int(part[1:-1])
+            node = node[idx] if isinstance(node, list) and idx < len(node) else None
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return node
+
+
+def record_path(chapter: str) -> Path | None:
+    """Where a book run records ``chapter``: ``results/<preset>/<chapter>.json`` for a full
+    run of the preset, ``results/<preset>/trials/<trial>/<chapter>.json`` for any other
+    (:data:`TRIAL_ENV`); None outside a book run."""
+    preset = os.environ.get("COMPANION_PRESET")
+    if not preset:
+        return None
+    trial = os.environ.get(TRIAL_ENV)
+    folder = results_root() / preset
+    return (folder / "trials" / trial if trial else folder) / f"{chapter}.json"
+
+
 def record_headline(chapter: str, figures: dict[str, Any], config: Any = None,
                     quick_run: bool = False) -> Path | None:
-    """Keep a chapter's headline figures as ``results/<preset>/<chapter>.json``.
+    """Keep a chapter's headline figures with their provenance and the digest of the figures
+    (:func:`lib.fileio.figures_digest`, which the README renderer checks).
 
-    Written only by a book run (``lib.book`` sets ``COMPANION_PRESET``) that is not a quick
-    run, so the file always holds the last *full* run of that preset, with provenance. The
-    README's tables are rendered from these files (:mod:`lib.report`), never typed.
-    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    Only a full book run of a preset (every chapter, no ``-p`` override, not a quick run)
+    writes the numbers of record, ``results/<preset>/<chapter>.json``, from which the
+    README's tables are rendered (:mod:`lib.report.readme`), never typed; any other book run
+    writes beside them, under ``results/<preset>/trials/<its name>/`` (:func:`record_path`),
+    and says so. Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
     Returns:
         The file written, or ``None`` outside a book run or for a quick run.
     """
-    preset = os.environ.get("COMPANION_PRESET")
-    if not preset or quick_run:
+    path = record_path(chapter)
+    if path is None or quick_run:
         return None
-    path = results_root() / preset / f"{chapter}.json"
-    return save_json(path, {"chapter": chapter, "preset": preset, **figures,
-                            "provenance": provenance(config)})
+    rec = {"chapter": chapter, "preset": os.environ["COMPANION_PRESET"], **figures}
+    if os.environ.get(TRIAL_ENV):
+        rec["trial"] = os.environ[TRIAL_ENV]
+    rec["digest"] = figures_digest(rec)
+    return save_json(path, {**rec, "provenance": provenance(config)})

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lib.config.sections import ScoreConfig
-from lib.fileio import atomic_write_text, provenance
+from lib.fileio import atomic_write_text, provenance, set_aside
 from lib.paths import slug
 from lib.score.stats import RedundancyResult
 
@@ -62,9 +62,13 @@ def speech_scores(model: "SpeechLLM", run_dir: Path, data: "FeatureSet", sc: Sco
     scored = data.subset(sc.n_utterances)
     path = Path(run_dir) / "redundancy" / f"{slug(SPEECH_LABEL)}.json"
     if path.is_file():
-        res = RedundancyResult.load(path)
-        if res.n_sequences == len(scored) and res.positions == "transcript":
-            return res
+        try:
+            res = RedundancyResult.load(path)
+        except Exception as err:  # a damaged file: set it aside and score again
+            set_aside(path, f"saved scores {path.name} are unreadable ({type(err).__name__})")
+        else:
+            if res.n_sequences == len(scored) and res.positions == "transcript":
+                return res
     res = score_speech(model, scored, batch_size=sc.batch_size, positions="transcript")
     if not path.is_file():
         res.save(path, provenance(config))

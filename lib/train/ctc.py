@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from lib.config.sections import TrainConfig
 from lib.device import resolve_precision
 from lib.errors import CompanionError
+from lib.fileio import CorruptFile, load_cached_json, load_tensors, save_tensors, set_aside
 from lib.data.features import FeatureSet
 from lib.build.speechllm import SpeechLLM
 from lib.train.loop import length_grouped_permutation
@@ -278,9 +278,8 @@ def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, cfg: TrainConfig,
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, state in (("projector", model.projector.state_dict()),
                         ("ctc_head", head.state_dict())):
-        tmp = out_dir / f"{name}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-        os.replace(tmp, out_dir / f"{name}.safetensors")
+        save_tensors(out_dir / f"{name}.safetensors",
+                     {k: v.detach().cpu().contiguous() for k, v in state.items()})
     rec = {"steps": len(log), "epochs": cfg.ctc_epochs, "learning_rate": cfg.ctc_learning_rate,
            "precision": precision, "length_grouping": cfg.length_grouping,
            "batch_size": cfg.ctc_batch_size, "norm_factor": factor,
@@ -297,15 +296,17 @@ def _reuse_warm_start(model: SpeechLLM, head: CTCHead, out_dir: Path,
     """The finished warm start in ``out_dir`` loaded into ``model`` and ``head``, or None
     (none there, or one made for other word pieces)."""
     done = out_dir / "warmstart.json"
-    if not done.is_file():
+    rec = load_cached_json(done)  # a damaged record is set aside: the stage runs again
+    if rec is None or rec.get("token_ids") != head.token_ids:
         return None
-    rec = json.loads(done.read_text())
-    if rec.get("token_ids") != head.token_ids:
+    try:
+        proj = load_tensors(out_dir / "projector.safetensors", finite=True)
+        blank = load_tensors(out_dir / "ctc_head.safetensors", finite=True)
+    except CorruptFile as err:
+        set_aside(done, f"{desc}: the cached warm start is damaged ({err})")
         return None
-    proj = load_file(str(out_dir / "projector.safetensors"))
     model.projector.load_state_dict({k: v.to(model.device) for k, v in proj.items()})
-    head.load_state_dict({k: v.to(model.device) for k, v in
-                          load_file(str(out_dir / "ctc_head.safetensors")).items()})
+    head.load_state_dict({k: v.to(model.device) for k, v in blank.items()})
     print(f"{desc}: cached warm start reused ({out_dir})")
     return WarmStart(head, rec["log"], rec["norm_factor"], True, rec["wall_time_s"])
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from lib.build.speechllm import SpeechLLM
@@ -34,7 +33,8 @@ from lib.config.sections import TrainConfig
 from lib.data.features import FeatureSet
 from lib.device import resolve_precision
 from lib.errors import CompanionError
-from lib.fileio import load_json, provenance, save_json, to_dict
+from lib.fileio import (CorruptFile, load_json, load_tensors, provenance, save_json,
+                        save_tensors, set_aside, to_dict)
 
 
 RECIPES: dict[str, str] = {
@@ -122,7 +122,7 @@ def _write_checkpoint(ckpt: Path, model: SpeechLLM, optimizer: Any, scheduler: A
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(model.trainable_state_dict(), str(tmp / "trainable.safetensors"))
+    save_tensors(tmp / "trainable.safetensors", model.trainable_state_dict())
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step}))
@@ -182,7 +182,13 @@ def _reuse_finished(model: SpeechLLM, cfg: TrainConfig, run_dir: Path,
     result_path = run_dir / "train_result.json"
     if not (final.is_file() and result_path.is_file()):
         return None
-    model.load_trainable_state_dict(load_file(str(final)))
+    try:
+        weights = load_tensors(final, finite=True)
+    except CorruptFile as err:
+        set_aside(final, f"{desc}: the finished run's weights: {err}; training again from "
+                         "the last checkpoint")
+        return None
+    model.load_trainable_state_dict(weights)
     print(f"{desc}: cached run reused ({run_dir.name}); delete it to retrain")
     return TrainRun(run_dir, _read_log(run_dir / "train_log.jsonl", cfg.steps), True, None,
                     True, load_json(result_path),
@@ -212,8 +218,13 @@ def _resume(model: SpeechLLM, optimizer: Any, scheduler: Any, ckpt: Path, cfg: T
     """Load the last checkpoint of a killed run; its step, or None when there is none."""
     if not (ckpt / "state.json").is_file():
         return None
-    start = json.loads((ckpt / "state.json").read_text())["step"]
-    model.load_trainable_state_dict(load_file(str(ckpt / "trainable.safetensors")))
+    try:
+        start = json.loads((ckpt / "state.json").read_text())["step"]
+        weights = load_tensors(ckpt / "trainable.safetensors", finite=True)
+    except (CorruptFile, ValueError, KeyError, OSError) as err:
+        set_aside(ckpt, f"{desc}: the checkpoint is damaged ({err}); training from step 0")
+        return None
+    model.load_trainable_state_dict(weights)
     states = torch.load(ckpt / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
@@ -270,10 +281,7 @@ def _save_final(model: SpeechLLM, run_dir: Path, train_set: FeatureSet, cfg: Tra
                 run_config: Any) -> dict[str, Any]:
     """Write the final weights and ``train_result.json`` (with provenance); the record."""
     final = run_dir / "final" / "trainable.safetensors"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_suffix(".tmp")
-    save_file(model.trainable_state_dict(), str(tmp))
-    os.replace(tmp, final)
+    save_tensors(final, model.trainable_state_dict())
     n_utts = cfg.steps * cfg.grad_accum * cfg.batch_size * world
     total = log[-1]["elapsed_s"] if log else wall
     result = {
