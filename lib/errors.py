@@ -51,3 +51,19 @@ def check_texts(value: object, name: str, where: str) -> list[str]:
             raise CompanionError(f"{where}: {name}[{i}] is {item!r:.40}, not a string: pass a "
                                  "list of strings ('' for an empty transcript)")
     return items
+
+
+def check_pairs(refs: object, hyps: object, where: str) -> tuple[list[str], list[str]]:
+    """References and hypotheses as two lists of strings of one length, not empty.
+
+    Raises:
+        CompanionError: either fails :func:`check_texts`, the lengths differ, or both are
+            empty.
+    """
+    refs, hyps = check_texts(refs, "refs", where), check_texts(hyps, "hyps", where)
+    if len(refs) != len(hyps):
+        raise CompanionError(f"{len(refs)} references but {len(hyps)} hypotheses: score "
+                             "matching lists")
+    if not refs:
+        raise CompanionError("nothing to score: the test set is empty")
+    return refs, hyps

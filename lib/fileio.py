@@ -205,14 +205,42 @@ def figures_digest(record: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+SEAL = "sha256"
+"""The key under which a cached JSON result carries the digest of the rest of it."""
+
+
+def _canonical_digest(obj: dict[str, Any]) -> str:
+    rest = {k: v for k, v in obj.items() if k != SEAL}
+    blob = json.dumps(rest, sort_keys=True, default=str, allow_nan=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def is_sealed(obj: Any) -> bool:
+    """Whether ``obj`` (read back from JSON) carries the seal of exactly its content."""
+    return isinstance(obj, dict) and obj.get(SEAL) == _canonical_digest(obj)
+
+
+def save_cached_json(path: Path, obj: dict[str, Any]) -> Path:
+    """Write a cached result (a dict) as JSON sealed with the sha256 of its content,
+    which :func:`load_cached_json` checks (atomically, as :func:`save_json`)."""
+    plain = json.loads(json.dumps(obj, default=str))  # as it will read back
+    return save_json(path, {**plain, SEAL: _canonical_digest(plain)})
+
+
 def load_cached_json(path: Path) -> Any:
-    """A cached JSON result, or None when it is missing or unreadable (a truncated file is
-    set aside, :func:`set_aside`, so the caller computes it again)."""
+    """A cached result written by :func:`save_cached_json`, or None when it is missing,
+    unreadable or not what was written (an edit, damage, no seal): such a file is set
+    aside (:func:`set_aside`) in one line, so the caller computes it again."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         set_aside(path, f"cached {path.name} is unreadable ({type(err).__name__})")
         return None
+    if not is_sealed(obj):
+        set_aside(path, f"cached {path.name} does not match its sha256 (edited, damaged or "
+                        "written without one)")
+        return None
+    return {k: v for k, v in obj.items() if k != SEAL}

@@ -238,3 +238,22 @@ def test_modules_and_functions_stay_short() -> None:
                 if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                     size -= first.end_lineno - first.lineno + 1  # the docstring
                 assert size <= 80, f"{rel}:{node.lineno} {node.name}: {size} lines of code"
+
+
+def test_chapter_cells_only_call_display_and_glue() -> None:
+    """Outside its parameters cell a chapter defines no function or class, runs no loop and
+    types no fractional number (a threshold or target belongs in lib.report.rules)."""
+    import json
+
+    for nb in sorted((LIB.parent / "book").glob("[0-9][0-9]_*.ipynb")):
+        for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+            if cell["cell_type"] != "code" or "parameters" in cell["metadata"].get("tags", []):
+                continue
+            for node in ast.walk(ast.parse("".join(cell["source"]))):
+                where = f"{nb.name} cell {i} line {getattr(node, 'lineno', '?')}"
+                assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                             ast.ClassDef, ast.Lambda)), f"{where}: a definition"
+                assert not isinstance(node, (ast.For, ast.While, ast.ListComp, ast.DictComp,
+                                             ast.SetComp)), f"{where}: a loop"
+                assert not (isinstance(node, ast.Constant) and isinstance(node.value, float)
+                            ), f"{where}: a typed number {node.value}"

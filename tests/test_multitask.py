@@ -121,3 +121,66 @@ def test_whisper_translates_into_english_only(random_features):
 
     with pytest.raises(CompanionError, match="Whisper translates into English only"):
         whisper_baseline("tiny-whisper", random_features(1), "t", task=ST)
+
+
+def test_the_mix_continues_chapter_1s_model(tmp_path, monkeypatch, random_features):
+    """multitask_start "chapter-1": at learning rate 0 the model after the mix is chapter 1's
+    model weight for weight (an identity reference); "anew" is not, and the two runs are
+    kept in two folders; without chapter 1's run, one line."""
+    from lib.config.build import config_for
+    from lib.recipes import multitask as mt
+    from lib.recipes.pipeline import ModelRun
+    from lib.train.loop import TrainRun
+
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
+    cfg = config_for(5, "tiny", {"decoders": ["tiny-llama"], "multitask_steps": 3,
+                                 "warmup_steps": 1, "dev_every": 0, "precision": "fp32"})
+    still = dataclasses.replace(cfg.multitask.train, learning_rate=0.0,
+                                projector_learning_rate=0.0, ctc_weight=0.0)
+    cfg = dataclasses.replace(cfg, multitask=dataclasses.replace(cfg.multitask, train=still))
+    mc = cfg.base.models[0]
+    fs = _with_translations(random_features(6, dim=64))
+    data = mt.ParallelData(mix=FeatureSet(fs.utterances * 2, fs.feats * 2,
+                                          tasks=[ASR] * 6 + [ST] * 6),
+                           audio=fs, dev={}, tests={})
+    ch1 = build_speechllm(mc, seed=5)
+    with torch.no_grad():  # chapter 1's trained weights: unlike any fresh build
+        for p in ch1.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    want = ch1.trainable_state_dict()
+    start = ModelRun(mc, ch1, TrainRun(tmp_path / "ch1-run", [], True, None, True, {}))
+
+    run = mt.train_multitask(cfg, data, 0, start=start)
+    got = run.model.trainable_state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert run.start is start and len(run.train.log) == 3
+
+    anew_cfg = dataclasses.replace(cfg, multitask=dataclasses.replace(cfg.multitask,
+                                                                      start="anew"))
+    anew = mt.train_multitask(anew_cfg, data, 0)
+    assert anew.train.run_dir != run.train.run_dir
+    other = anew.model.trainable_state_dict()
+    assert not all(torch.equal(other[k], want[k]) for k in want)
+    with pytest.raises(CompanionError, match="needs chapter 1's run of tiny-llama"):
+        mt.train_multitask(cfg, data, 0)
+
+
+def test_dev_verses_are_ones_chapter_1_did_not_train_on():
+    """The held-out verses are the last ones whose English clip is not chapter 1's, in
+    their order; with too few such verses, the last ones; none with n = 0."""
+    from lib.data.loaders import Utterance
+    from lib.recipes.multitask import _hold_out
+
+    def pair(i: int) -> dict:
+        return {lang: Utterance(id=f"{lang}{i}", audio="x.wav", text="t", duration=1.0,
+                                voice="v", split="train", source="manifest", language=lang)
+                for lang in ("es", "en")}
+
+    train = [pair(i) for i in range(8)]
+    fit, dev = _hold_out(train, 2, seen={"en0", "en1", "en3", "en5", "en6", "en7"})
+    assert [p["en"].id for p in dev] == ["en2", "en4"]
+    assert [p["en"].id for p in fit] == ["en0", "en1", "en3", "en5", "en6", "en7"]
+    fit, dev = _hold_out(train, 3, seen={f"en{i}" for i in range(7)})
+    assert [p["en"].id for p in dev] == ["en5", "en6", "en7"] and len(fit) == 5
+    assert _hold_out(train, 0, seen=set()) == (train, [])

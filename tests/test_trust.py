@@ -78,6 +78,45 @@ def test_a_damaged_finished_run_trains_again(tmp_path, random_features, capsys):
     assert not run.cached and "set aside" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("edit", ["value", "seal removed", "not json"])
+def test_an_edited_cached_result_is_set_aside_and_computed_again(tmp_path, random_features,
+                                                                 capsys, edit):
+    """A cached score whose content is not what was written (a WER changed by hand, its
+    seal deleted, bytes that are no longer JSON) is never reused: one line, set aside,
+    decoded again to the same score as the first time."""
+    from lib.build.speechllm import build_speechllm
+    from lib.config.sections import EvalConfig, ModelConfig
+    from lib.evaluate.decode import evaluate_asr
+
+    model = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                        projector_hidden=16, lora_rank=0), seed=0).eval()
+    data, ev = random_features(3, dim=64), EvalConfig(batch_size=2, max_new_tokens=3)
+    first = evaluate_asr(model, data, tmp_path, "t", ev)
+    (path,) = tmp_path.glob("eval-t-*.json")
+    rec = json.loads(path.read_text())
+    if edit == "value":
+        rec["wer"] = 0.03
+    elif edit == "seal removed":
+        rec = {k: v for k, v in rec.items() if k != "sha256"}
+    path.write_text(json.dumps(rec) if edit != "not json" else path.read_text()[:-9])
+    capsys.readouterr()
+    again = evaluate_asr(model, data, tmp_path, "t", ev)
+    out = capsys.readouterr().out
+    assert "set aside" in out and path.name in out and "cached score reused" not in out
+    assert again["wer"] == first["wer"] and again["key"] == first["key"]
+    assert (path.parent / (path.name + ".corrupt")).is_file()
+
+
+def test_a_sealed_result_reads_back_as_written(tmp_path):
+    from lib.fileio import load_cached_json, save_cached_json
+
+    obj = {"wer": 0.25, "ci": (0.1, 0.4), "n": 3, "nan": float("nan"), "path": Path("a/b")}
+    save_cached_json(tmp_path / "r.json", obj)
+    back = load_cached_json(tmp_path / "r.json")
+    assert back["ci"] == [0.1, 0.4] and back["path"] == "a/b" and back["n"] == 3
+    assert back["nan"] != back["nan"] and "sha256" not in back
+
+
 # ------------------------------------------------------------------ results of record
 
 

@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from lib.book.chapters import check_folder, list_chapters, preset_dir
+from lib.book.chapters import list_chapters, preset_dir
+from lib.paths import check_folder
 from lib.errors import CompanionError
 from lib.paths import REPO_ROOT
 

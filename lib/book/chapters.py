@@ -25,31 +25,6 @@ def preset_dir(preset: str, root: Path = REPO_ROOT) -> Path:
     return root / "_build" / name
 
 
-def check_folder(path: Path, create: bool = False) -> Path:
-    """Make sure ``path`` is (or can become) a folder: no file stands in its way.
-
-    Args:
-        path: the folder, e.g. ``_build/<preset>/executed``.
-        create: create it (and its parents) when it does not exist.
-
-    Raises:
-        CompanionError: ``path`` or one of its parents is a file, or it cannot be created.
-    """
-    for part in (path, *path.parents):
-        if part.exists() and not part.is_dir():
-            raise CompanionError(
-                f"{part} is a file, not a folder: move or delete it (the book writes "
-                f"{path} there), then run again"
-            )
-    if create:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise CompanionError(f"cannot create the folder {path}: {err.strerror}: check "
-                                 "its permissions and free space") from None
-    return path
-
-
 def list_chapters(root: Path = REPO_ROOT) -> list[Path]:
     """The chapter notebooks ``book/NN_*.ipynb``, in chapter order."""
     return sorted((root / "book").glob("[0-9][0-9]_*.ipynb"))

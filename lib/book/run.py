@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lib.book.chapters import (chapter_parameters, check_folder, declared_parameters,
+from lib.book.chapters import (chapter_parameters, declared_parameters,
                                list_chapters, preset_dir, select_chapters)
 from lib.book.executed import show_parameters_once, source_cell
 from lib.config.defaults import parameter_names
 from lib.config.presets import load_preset, preset_path
 from lib.errors import CompanionError
-from lib.paths import REPO_ROOT, slug
+from lib.paths import REPO_ROOT, check_folder, slug
 from lib.report.results import TRIAL_ENV
 
 

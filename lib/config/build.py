@@ -25,8 +25,8 @@ from lib.config.defaults import CHAPTER_PARAMS, own_names, param_names
 from lib.config.presets import chapter_values
 from lib.config.sections import (Chapter1Config, Chapter2Config, Chapter3Config,
                                  Chapter4Config, Chapter5Config, EvalConfig, HealConfig,
-                                 ModelConfig, MultitaskConfig, PruneConfig, ScoreConfig,
-                                 TrainConfig)
+                                 MULTITASK_STARTS, ModelConfig, MultitaskConfig,
+                                 PruneConfig, ScoreConfig, TrainConfig)
 from lib.data.sources import DataOverlapWarning, shared_sources
 from lib.data.spec import CorpusSpec
 from lib.device import PRECISIONS, resolve_precision
@@ -35,9 +35,6 @@ from lib.params import reject_unknown
 
 CHAPTER1_PARAMS = param_names(CHAPTER_PARAMS[1])
 CHAPTER2_PARAMS = param_names(CHAPTER_PARAMS[2])
-CHAPTER3_PARAMS = param_names(CHAPTER_PARAMS[3])
-CHAPTER4_PARAMS = param_names(CHAPTER_PARAMS[4])
-CHAPTER5_PARAMS = param_names(CHAPTER_PARAMS[5])
 
 
 def chapter_config(chapter: int, namespace: Mapping[str, Any]) -> Any:
@@ -96,28 +93,25 @@ def _pos_int(params: dict, name: str, allow_zero: bool = False) -> int:
     return v
 
 
-def _pos_float(params: dict, name: str) -> float:
+def _number(params: dict, name: str, inside: Any, what: str) -> float:
+    """A finite number (not a bool) for which ``inside`` holds, as a float."""
     v = params[name]
     ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-          and v > 0)
-    _check(ok, name, v, "use a positive number")
+          and inside(v))
+    _check(ok, name, v, what)
     return float(v)
+
+
+def _pos_float(params: dict, name: str) -> float:
+    return _number(params, name, lambda v: v > 0, "use a positive number")
 
 
 def _non_neg_float(params: dict, name: str) -> float:
-    v = params[name]
-    ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-          and v >= 0)
-    _check(ok, name, v, "use a number >= 0")
-    return float(v)
+    return _number(params, name, lambda v: v >= 0, "use a number >= 0")
 
 
 def _share(params: dict, name: str) -> float:
-    v = params[name]
-    ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-          and 0 < v <= 1)
-    _check(ok, name, v, "use a number in (0, 1]")
-    return float(v)
+    return _number(params, name, lambda v: 0 < v <= 1, "use a number in (0, 1]")
 
 
 def _str_list(params: dict, name: str) -> tuple[str, ...]:
@@ -137,6 +131,14 @@ def _require(params: dict[str, Any], names: Sequence[str], chapter: int) -> None
     missing = [k for k in names if k not in params]
     if missing:
         raise CompanionError(f"missing parameter(s) {', '.join(missing)} for chapter {chapter}")
+
+
+def _earlier(params: dict[str, Any], chapter: int, _source: dict[str, Any] | None) -> Any:
+    """Check that ``params`` are exactly chapter ``chapter``'s, then build the previous
+    chapter's config from the ones it takes (each chapter's config extends the previous)."""
+    _require(params, param_names(CHAPTER_PARAMS[chapter]), chapter)
+    names = param_names(CHAPTER_PARAMS[chapter - 1])
+    return BUILDERS[chapter - 1](_source, **{k: params[k] for k in names})
 
 
 def _unit_list(params: dict, name: str, closed: bool) -> tuple[float, ...]:
@@ -159,6 +161,12 @@ def _weights(params: dict, name: str) -> tuple[float, ...]:
 
 def _fractions(params: dict, name: str) -> tuple[float, ...]:
     return _unit_list(params, name, closed=False)
+
+
+def _one_of(params: dict, name: str, known: Sequence[str]) -> str:
+    v = params[name]
+    _check(v in known, name, v, f"use one of {', '.join(known)}")
+    return v
 
 
 def _names(params: dict, name: str, known: Any) -> tuple[str, ...]:
@@ -217,8 +225,7 @@ def _train(params: dict[str, Any], device: str) -> TrainConfig:
     steps = _pos_int(params, "train_steps")
     warmup = _pos_int(params, "warmup_steps", allow_zero=True)
     _check(warmup < steps, "warmup_steps", warmup, f"must be below train_steps={steps}")
-    recipe = params["recipe"]
-    _check(recipe in RECIPES, "recipe", recipe, f"use one of {', '.join(RECIPES)}")
+    recipe = _one_of(params, "recipe", tuple(RECIPES))
     precision = params["precision"]
     _check(precision in PRECISIONS, "precision", precision,
            f"use one of {', '.join(PRECISIONS)}")
@@ -278,8 +285,7 @@ def chapter2_config(_source: dict[str, Any] | None = None, **params: Any) -> Cha
     Raises:
         CompanionError: one line naming the first bad, unknown or missing parameter.
     """
-    _require(params, CHAPTER2_PARAMS, 2)
-    base = chapter1_config(_source, **{k: params[k] for k in CHAPTER1_PARAMS})
+    base = _earlier(params, 2, _source)
     score = ScoreConfig(
         n_utterances=_pos_int(params, "n_score_utterances"),
         batch_size=_pos_int(params, "score_batch_size"),
@@ -300,17 +306,15 @@ def chapter3_config(_source: dict[str, Any] | None = None, **params: Any) -> Cha
     """
     from lib.prune.strategies import STRATEGIES
 
-    _require(params, CHAPTER3_PARAMS, 3)
-    ch2 = chapter2_config(_source, **{k: params[k] for k in CHAPTER2_PARAMS})
-    t = params["prune_threshold"]
-    _check(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1,
-           "prune_threshold", t, "use a relative WER increase in (0, 1), e.g. 0.25")
+    ch2 = _earlier(params, 3, _source)
+    t = _number(params, "prune_threshold", lambda v: 0 < v < 1,
+                "use a relative WER increase in (0, 1), e.g. 0.25")
     prune = PruneConfig(
         strategies=_names(params, "prune_strategies", tuple(STRATEGIES)),
         fractions=_fractions(params, "prune_fractions"),
         curve_utterances=_pos_int(params, "curve_utterances"),
         calibration_utterances=_pos_int(params, "calibration_utterances"),
-        threshold=float(t))
+        threshold=t)
     return Chapter3Config(base=ch2.base, score=ch2.score, prune=prune)
 
 
@@ -322,11 +326,9 @@ def chapter4_config(_source: dict[str, Any] | None = None, **params: Any) -> Cha
     """
     from lib.heal.healing import HEAL_VARIANTS
 
-    _require(params, CHAPTER4_PARAMS, 4)
-    ch3 = chapter3_config(_source, **{k: params[k] for k in CHAPTER3_PARAMS})
-    fr = params["heal_fraction"]
-    _check(isinstance(fr, (int, float)) and not isinstance(fr, bool) and 0 < fr < 1,
-           "heal_fraction", fr, "use a fraction of the layers in (0, 1), e.g. 0.4")
+    ch3 = _earlier(params, 4, _source)
+    fr = _number(params, "heal_fraction", lambda v: 0 < v < 1,
+                 "use a fraction of the layers in (0, 1), e.g. 0.4")
     b = ch3.base.train
     train = dataclasses.replace(
         b, steps=_pos_int(params, "heal_steps"), batch_size=_pos_int(params, "heal_batch_size"),
@@ -337,7 +339,7 @@ def chapter4_config(_source: dict[str, Any] | None = None, **params: Any) -> Cha
         recipe="plain", dev_every=0, ctc_weight=0.0, projector_learning_rate=None)
     heal = HealConfig(
         variants=_names(params, "heal_variants", tuple(HEAL_VARIANTS)),
-        fraction=float(fr), curve_fractions=_fractions(params, "heal_curve_fractions"),
+        fraction=fr, curve_fractions=_fractions(params, "heal_curve_fractions"),
         lora_rank=_pos_int(params, "heal_lora_rank"),
         lora_alpha=_pos_int(params, "heal_lora_alpha"), train=train,
         cost_rounds=_pos_int(params, "cost_rounds"))
@@ -352,8 +354,7 @@ def chapter5_config(_source: dict[str, Any] | None = None, **params: Any) -> Cha
     """
     from lib.tasks import TASKS
 
-    _require(params, CHAPTER5_PARAMS, 5)
-    ch4 = chapter4_config(_source, **{k: params[k] for k in CHAPTER4_PARAMS})
+    ch4 = _earlier(params, 5, _source)
     tasks = _names(params, "tasks", tuple(TASKS))
     _check("asr" in tasks, "tasks", list(tasks), "include asr: chapter 5 compares English "
            "ASR with chapter 1's model")
@@ -365,6 +366,7 @@ def chapter5_config(_source: dict[str, Any] | None = None, **params: Any) -> Cha
         tasks=tasks, n_train=_pos_int(params, "n_parallel_train"),
         n_test=_pos_int(params, "n_parallel_test"),
         dev_per_task=_pos_int(params, "task_dev_utterances", allow_zero=True),
+        start=_one_of(params, "multitask_start", MULTITASK_STARTS),
         train=dataclasses.replace(b, steps=steps,
                                   checkpoint_every=max(1, min(b.checkpoint_every, steps))))
     return Chapter5Config(base=ch4.base, score=ch4.score, prune=ch4.prune, heal=ch4.heal,

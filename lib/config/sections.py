@@ -112,6 +112,11 @@ class HealConfig:
     cost_rounds: int = P.cost_rounds
 
 
+MULTITASK_STARTS = ("chapter-1", "anew")
+"""Where the multi-task model starts: chapter 1's trained ASR model of the same decoder
+(projector, LoRA and CTC head), or ``anew`` by chapter 1's recipe (``recipe``)."""
+
+
 @dataclass(frozen=True)
 class MultitaskConfig:
     """The multi-task SpeechLLM of chapter 5: its tasks, its parallel corpus, its budget."""
@@ -120,6 +125,7 @@ class MultitaskConfig:
     n_train: int = P.n_parallel_train
     n_test: int = P.n_parallel_test
     dev_per_task: int = P.task_dev_utterances
+    start: str = P.multitask_start  # MULTITASK_STARTS
     # chapter 1's training section, at the mix's own number of steps
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=P.multitask_steps))
 
@@ -164,6 +170,12 @@ class Chapter1Config:
                 f"{k} (cell {_short(v['cell'])}, preset {_short(v['preset'])})"
                 for k, v in src["cell_over_preset"].items()))
         return _wrap("\n".join(lines))
+
+    def architectures(self) -> str:
+        """One line per SpeechLLM: encoder -> projector -> decoder + LoRA."""
+        return "\n".join(f"{m.encoder} -> projector(k={m.projector_stack}, "
+                         f"{m.projector_hidden}) -> {m.decoder} + LoRA r={m.lora_rank}"
+                         for m in self.models)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from lib.data.features import FeatureSet
 from lib.errors import CompanionError
 from lib.evaluate.decode import EVAL_VERSION
 from lib.evaluate.metrics import score_asr, score_task
-from lib.fileio import load_cached_json, provenance, save_json
+from lib.fileio import load_cached_json, provenance, save_cached_json
 from lib.tasks import ASR, Task
 from lib.train.ctc import CTCHead, ctc_transcribe
 
@@ -153,5 +153,5 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
               "hypotheses": hyps, "provenance": provenance(wall_time_s=wall)}
     if task is not ASR:
         record["task"] = task.name
-    save_json(out, record)
+    save_cached_json(out, record)
     return record

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lib.errors import CompanionError, check_texts
+from lib.errors import CompanionError, check_pairs
 
 N_BOOT = 1000
 """Bootstrap replicates behind every BLEU and chrF interval (each replicate is one sum)."""
@@ -60,13 +60,7 @@ def score_translation(refs: Sequence[str], hyps: Sequence[str], n_boot: int = N_
         CompanionError: the lists differ in length or are empty, a reference is empty, or
             every hypothesis is empty (there is nothing to score: the decoder wrote nothing).
     """
-    refs = check_texts(refs, "refs", "score_translation")
-    hyps = check_texts(hyps, "hyps", "score_translation")
-    if len(refs) != len(hyps):
-        raise CompanionError(f"{len(refs)} references but {len(hyps)} hypotheses: score "
-                             "matching lists")
-    if not refs:
-        raise CompanionError("nothing to score: the test set is empty")
+    refs, hyps = check_pairs(refs, hyps, "score_translation")
     empty_ref = [i for i, r in enumerate(refs) if not r.strip()]
     if empty_ref:
         raise CompanionError(f"reference {empty_ref[0]} is empty: drop utterances without a "

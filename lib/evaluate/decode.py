@@ -25,7 +25,8 @@ from lib.config.sections import EvalConfig
 from lib.data.features import FeatureSet
 from lib.errors import CompanionError
 from lib.evaluate.metrics import score_task, utterance_score
-from lib.fileio import config_hash, load_cached_json, provenance, save_json, save_jsonl
+from lib.fileio import (config_hash, load_cached_json, provenance, save_cached_json,
+                         save_jsonl)
 from lib.train.ctc import CTCHead, ctc_greedy, ctc_logprob
 
 
@@ -215,5 +216,5 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
         "hypotheses": hyp_path.name,
         "provenance": provenance(config, wall_time_s=wall),
     }
-    save_json(path, record)
+    save_cached_json(path, record)
     return record

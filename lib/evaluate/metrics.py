@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import jiwer
 
-from lib.errors import CompanionError, check_texts
+from lib.errors import CompanionError, check_pairs
 from lib.tasks import Task
 
 
@@ -75,13 +75,7 @@ def score_asr(refs: Sequence[str], hyps: Sequence[str],
             differ, nothing to score, or a reference normalises to nothing (an empty
             transcript cannot be scored).
     """
-    refs = check_texts(refs, "refs", "score_asr")
-    hyps = check_texts(hyps, "hyps", "score_asr")
-    if len(refs) != len(hyps):
-        raise CompanionError(f"{len(refs)} references but {len(hyps)} hypotheses: "
-                             "score matching lists")
-    if not refs:
-        raise CompanionError("nothing to score: the test set is empty")
+    refs, hyps = check_pairs(refs, hyps, "score_asr")
     norm = normalizer(language) if normalize else (lambda s: " ".join(s.split()))
     r = [norm(x) for x in refs]
     h = [norm(x) for x in hyps]

@@ -24,7 +24,7 @@ from lib.config.sections import EvalConfig
 from lib.errors import CompanionError
 from lib.evaluate.metrics import score_task
 from lib.evaluate.decode import transcribe
-from lib.fileio import config_hash, load_cached_json, provenance, save_json
+from lib.fileio import config_hash, load_cached_json, provenance, save_cached_json
 from lib.prune.surgery import check_layers, skip_layers
 from lib.prune.rule import threshold_cut
 
@@ -82,7 +82,7 @@ def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], 
                        for u, r, h in zip(data.utterances, refs, hyps)],
         "provenance": provenance(config, wall_time_s=wall),
     }
-    save_json(path, record)
+    save_cached_json(path, record)
     return record
 
 

@@ -103,11 +103,12 @@ def dev_curves(runs: dict[str, ModelRun]) -> pd.DataFrame:
 
 def train(cfg: Chapter5Config, data: mt.ParallelData, ch1_train: Any,
           ch1_tests: dict[str, Any]) -> Section:
-    """One multi-task SpeechLLM per decoder, trained once on the mix (or reused), and
-    chapter 1's ASR-only models (reused) to compare with."""
-    runs = {m.decoder: mt.train_multitask(cfg, data, i) for i, m in enumerate(cfg.base.models)}
+    """Chapter 1's ASR-only models (reused), and one multi-task SpeechLLM per decoder
+    trained once on the mix (or reused), by default continuing chapter 1's model."""
     ch1 = {m.decoder: train_and_evaluate(m, cfg.base, ch1_train, ch1_tests, evaluate=False)
            for m in cfg.base.models}
+    runs = {m.decoder: mt.train_multitask(cfg, data, i, start=ch1[m.decoder])
+            for i, m in enumerate(cfg.base.models)}
     plotting.plot_training_curves(training_log(runs)).set_title(
         "Multi-task training (projector + LoRA, four tasks)")
     curves = dev_curves(runs)
@@ -118,12 +119,15 @@ def train(cfg: Chapter5Config, data: mt.ParallelData, ch1_train: Any,
     for name, r in runs.items():
         w = r.warm_start.wall_time_s / 60 if r.warm_start else 0.0
         llm = r.train.result["provenance"]["wall_time_s"] / 60
-        minutes[slug(name)] = {"ctc_minutes": w, "llm_minutes": llm, "minutes": w + llm}
-        items.append(f"{name}: warm start {w:.1f} min, {r.train.result['steps']} steps on the "
-                     f"mix in {llm:.1f} min")
+        minutes[slug(name)] = {"start": cfg.multitask.start, "ctc_minutes": w,
+                               "llm_minutes": llm, "minutes": w + llm}
+        begun = (f"continued chapter 1's ASR model ({r.start.train.run_dir.name})"
+                 if r.start is not None else f"CTC warm start {w:.1f} min")
+        items.append(f"{name}: {begun}, {r.train.result['steps']} steps on the mix in "
+                     f"{llm:.1f} min")
     first = next(iter(minutes.values()))
     glue = dict(mt_steps=cfg.multitask.train.steps, mt_minutes_first=first["minutes"],
-                mt_batch=cfg.multitask.train.batch_size)
+                mt_batch=cfg.multitask.train.batch_size, mt_start=cfg.multitask.start)
     return Section(glue=glue, items=items, data={"runs": runs, "ch1": ch1,
                                                  "minutes": minutes, "curves": curves})
 

@@ -4,10 +4,12 @@ and test sets, one multi-task SpeechLLM per decoder, every task scored, and its 
 The mix holds every training verse four times, once per task: its English speech with its
 transcript (``asr``) and its Spanish translation (``st-en-es``), its Spanish speech with its
 transcript (``asr-es``) and its English translation (``st-es-en``); each example reads its
-own task's instruction (:meth:`lib.build.speechllm.SpeechLLM.build_inputs`). The model is
-trained as chapter 1 trains (:func:`lib.recipes.pipeline.train_run`): the CTC warm start on
-every training clip's transcript, then projector and LoRA on the mix with the CTC loss kept
-on. Stage: the pipeline (chapter 5). Explained in chapter 5
+own task's instruction (:meth:`lib.build.speechllm.SpeechLLM.build_inputs`). By default
+the model continues chapter 1's trained ASR model of its decoder on the mix
+(``multitask_start = "chapter-1"``: the English ASR it already has is what the mix must
+keep); ``"anew"`` trains it anew as chapter 1 trains
+(:func:`lib.recipes.pipeline.train_run`). Either way projector and LoRA train on the mix
+with the CTC loss kept on. Stage: the pipeline (chapter 5). Explained in chapter 5
 (book/05_tasks_and_languages.ipynb).
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 from lib.build.components import build_encoder
-from lib.build.speechllm import SpeechLLM, count_parameters
+from lib.build.speechllm import SpeechLLM, build_speechllm, count_parameters
 from lib.config.sections import Chapter5Config
 from lib.data.features import FeatureSet, extract_features
 from lib.data.loaders import Utterance, load_manifest
@@ -33,9 +35,10 @@ from lib.evaluate.baselines import whisper_baseline
 from lib.evaluate.bleu import score_translation
 from lib.evaluate.decode import evaluate_asr, transcribe
 from lib.evaluate.metrics import score_task
-from lib.fileio import config_hash, load_cached_json, provenance, save_json
+from lib.fileio import config_hash, load_cached_json, provenance, save_cached_json
 from lib.paths import slug
-from lib.recipes.pipeline import ModelRun, run_folder, train_run
+from lib.recipes.pipeline import ModelRun, ctc_aux, run_folder, train_run
+from lib.train.loop import train_speechllm
 from lib.tasks import TASKS, Task
 
 
@@ -83,6 +86,18 @@ def _by_pair(utts: list[Utterance], split: str) -> list[dict[str, Utterance]]:
     return [{u.language: u for u in rows[i:i + 2]} for i in range(0, len(rows), 2)]
 
 
+def _hold_out(train: list[dict[str, Utterance]], n: int, seen: set[str]
+              ) -> tuple[list[dict[str, Utterance]], list[dict[str, Utterance]]]:
+    """``(fit, dev)``: the last ``n`` verses whose English clip is not in ``seen`` as dev
+    (the last ``n`` verses when too few are), in their order; the rest to fit."""
+    if n == 0:
+        return list(train), []
+    unseen = [i for i, p in enumerate(train) if "en" not in p or p["en"].id not in seen]
+    picked = set(unseen[-n:] if len(unseen) >= n else range(len(train) - n, len(train)))
+    return ([p for i, p in enumerate(train) if i not in picked],
+            [p for i, p in enumerate(train) if i in picked])
+
+
 def _task_set(pairs: list[dict[str, Utterance]], task: Task,
               feats: dict[str, torch.Tensor]) -> FeatureSet:
     utts = [p[task.hears] for p in pairs]
@@ -92,8 +107,9 @@ def _task_set(pairs: list[dict[str, Utterance]], task: Task,
 def parallel_data(cfg: Chapter5Config, ch1_train: FeatureSet) -> ParallelData:
     """Build (once) the spoken parallel corpus and arrange it as mix, dev and test sets.
 
-    The last ``task_dev_utterances`` training verses are held out of the mix as every
-    task's dev set.
+    ``task_dev_utterances`` training verses are held out of the mix as every task's dev
+    set: the last ones whose English clip chapter 1 did not train on (chapter 1's model,
+    where the mix starts, would know those), else the last ones.
     """
     mt = cfg.multitask
     utts = load_manifest(ensure_parallel_corpus(parallel_spec(cfg)))
@@ -102,7 +118,7 @@ def parallel_data(cfg: Chapter5Config, ch1_train: FeatureSet) -> ParallelData:
     if mt.dev_per_task >= len(train):
         raise CompanionError(f"task_dev_utterances={mt.dev_per_task} leaves no training "
                              f"verse of {len(train)}: lower it or raise n_parallel_train")
-    fit, dev = (train[:len(train) - mt.dev_per_task], train[len(train) - mt.dev_per_task:])
+    fit, dev = _hold_out(train, mt.dev_per_task, {u.id for u in ch1_train.utterances})
     tasks = [TASKS[t] for t in mt.tasks]
     examples = [(p[t.hears], t) for p in fit for t in tasks]
     mix = FeatureSet([u for u, _ in examples], [feats[u.id] for u, _ in examples],
@@ -142,15 +158,37 @@ def task_dev(model: SpeechLLM, dev: dict[str, FeatureSet], cfg: Chapter5Config
     return out
 
 
-def train_multitask(cfg: Chapter5Config, data: ParallelData, index: int) -> ModelRun:
-    """The multi-task SpeechLLM of decoder ``index`` (trained once, then reused)."""
-    mc = cfg.base.models[index]
-    train = cfg.multitask.train
-    out = run_folder(mc, train, data.mix)
+def train_multitask(cfg: Chapter5Config, data: ParallelData, index: int,
+                    start: ModelRun | None = None) -> ModelRun:
+    """The multi-task SpeechLLM of decoder ``index`` (trained once, then reused).
+
+    ``multitask_start = "chapter-1"``: the model continues ``start``, chapter 1's trained
+    ASR model of the same decoder (its projector and LoRA, with its CTC head's loss kept
+    on), on the mix. ``"anew"``: built anew and trained by chapter 1's recipe (with
+    ``ctc-warmstart``, the CTC warm start on every training clip, then the mix).
+
+    Raises:
+        CompanionError: ``"chapter-1"`` without chapter 1's run of this decoder.
+    """
+    mc, train = cfg.base.models[index], cfg.multitask.train
     check = (lambda m: task_dev(m, data.dev, cfg)) if data.dev else None
-    model, warm, tr = train_run(mc, train, data.mix, out, resolve_device(cfg.base.device),
-                                warm_set=data.audio, run_config=cfg, dev_check=check)
-    return ModelRun(mc, model, tr, {}, count_parameters(model), warm)
+    device = resolve_device(cfg.base.device)
+    if cfg.multitask.start == "anew":
+        model, warm, tr = train_run(mc, train, data.mix, run_folder(mc, train, data.mix),
+                                    device, warm_set=data.audio, run_config=cfg,
+                                    dev_check=check)
+        return ModelRun(mc, model, tr, {}, count_parameters(model), warm)
+    if start is None or start.config.decoder != mc.decoder:
+        raise CompanionError(f"multitask_start='chapter-1' needs chapter 1's run of "
+                             f"{mc.decoder}: pass it, or use -p multitask_start anew")
+    out = run_folder(mc, train, data.mix, start=start.train.run_dir.name)
+    model = build_speechllm(mc, device=device, seed=train.seed)
+    model.load_trainable_state_dict(start.model.trainable_state_dict())
+    tr = train_speechllm(model, data.mix, train, out, run_config=cfg,
+                         desc=f"training {slug(mc.decoder)} on the mix", dev_check=check,
+                         aux_loss=ctc_aux(start.warm_start, train))
+    model.eval()
+    return ModelRun(mc, model, tr, {}, count_parameters(model), start=start)
 
 
 # ------------------------------------------------------------------ scoring
@@ -191,7 +229,7 @@ def cascade(model: SpeechLLM, asr_score: dict[str, Any], out: Path, task: Task,
     record = {"task": task.name,
               **score_translation(task.targets(fs.utterances), hyps, allow_empty=True),
               "hypotheses": hyps, "transcripts": transcripts, "provenance": provenance(cfg)}
-    save_json(path, record)
+    save_cached_json(path, record)
     return record
 
 

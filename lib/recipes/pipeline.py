@@ -42,13 +42,16 @@ class ModelRun:
     warm_start: WarmStart | None = None  # the CTC warm start (recipe ctc-warmstart)
     ctc_scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # CTC head alone
     rescored: dict[str, Any] = field(default_factory=dict)  # joint decoding: rescore_run()
+    start: "ModelRun | None" = None  # the run this one continued (chapter 5's mix)
 
 
-def run_folder(mc: ModelConfig, train: TrainConfig, fit: FeatureSet) -> Path:
+def run_folder(mc: ModelConfig, train: TrainConfig, fit: FeatureSet,
+               start: str | None = None) -> Path:
     """The cache folder of one training run, keyed by everything that changes its result:
-    the model, the training settings and the training data by content (``fit.digest()``)."""
-    key = config_hash({"model": mc, "train": train, "data": fit.digest(),
-                       "warmstart": WARMSTART_VERSION})
+    the model, the training settings, the training data by content (``fit.digest()``) and
+    the run it continues (``start``, a run folder's name; None: a model built anew)."""
+    spec = {"model": mc, "train": train, "data": fit.digest(), "warmstart": WARMSTART_VERSION}
+    key = config_hash(spec if start is None else {**spec, "start": start})
     return cache_subdir("runs") / f"{slug(mc.decoder)}-{key}"
 
 
@@ -115,15 +118,20 @@ def train_run(mc: ModelConfig, train: TrainConfig, fit: FeatureSet, out: Path, d
                               out / "warmstart", desc=f"CTC warm start {name}")
         if after_warm_start is not None:
             after_warm_start(model, warm)
-    aux = None
-    if warm is not None and train.ctc_weight > 0:
-        warm.head.requires_grad_(False)  # the head is fixed; its loss keeps the projector
-        w = train.ctc_weight              # pointing at word pieces while the LLM trains
-        aux = lambda m, f, n, t: w * ctc_loss(m, warm.head, f, n, t)  # noqa: E731
     tr = train_speechllm(model, fit, train, out, run_config=run_config,
-                         desc=f"training {name}", dev_check=dev_check, aux_loss=aux)
+                         desc=f"training {name}", dev_check=dev_check,
+                         aux_loss=ctc_aux(warm, train))
     model.eval()  # trained or reused from the cache (peft builds LoRA in train mode)
     return model, warm, tr
+
+
+def ctc_aux(warm: WarmStart | None, train: TrainConfig) -> Callable | None:
+    """The CTC loss kept on at ``train.ctc_weight`` while the LLM trains (None: off)."""
+    if warm is None or train.ctc_weight <= 0:
+        return None
+    warm.head.requires_grad_(False)  # the head is fixed; its loss keeps the projector
+    w = train.ctc_weight              # pointing at word pieces while the LLM trains
+    return lambda m, f, n, t: w * ctc_loss(m, warm.head, f, n, t)
 
 
 def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
@@ -172,7 +180,7 @@ def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
     no CTC head (recipe ``plain``), ``rescore_beams`` is 0 or there is no dev subset.
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
     """
-    from lib.fileio import load_cached_json, provenance, save_json
+    from lib.fileio import load_cached_json, provenance, save_cached_json
 
     ev = cfg.eval
     _, dev = split_dev(train, cfg.dev_utterances)
@@ -194,7 +202,7 @@ def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
         for w in ev.rescore_weights:
             sc = score_task(run.model.task, refs, choose(cands, w))
             sweep.append({"weight": w, "dev_wer": sc["wer"], "dev_wer_ci95": sc["wer_ci95"]})
-        save_json(path, {"sweep": sweep, "n_dev": len(dev), "provenance": provenance(cfg)})
+        save_cached_json(path, {"sweep": sweep, "n_dev": len(dev), "provenance": provenance(cfg)})
     best = min(sweep, key=lambda r: (r["dev_wer"], r["weight"]))["weight"]
     rescore = Rescoring(head, weight=best, num_beams=ev.rescore_beams)
     scores = {test: evaluate_asr(run.model, fs, run.train.run_dir, test, ev, config=cfg,

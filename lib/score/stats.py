@@ -176,9 +176,9 @@ class RedundancyResult:
 
     def save(self, path: str | Path, provenance: dict[str, Any]) -> Path:
         """Write JSON (arrays as lists, NaN as null) with a provenance record."""
-        from lib.fileio import save_json
+        from lib.fileio import save_cached_json
 
-        return save_json(Path(path), self.to_dict(provenance))
+        return save_cached_json(Path(path), self.to_dict(provenance))
 
     @classmethod
     def load(cls, path: str | Path) -> "RedundancyResult":
@@ -186,9 +186,14 @@ class RedundancyResult:
         path = Path(path)
         if not path.exists():
             raise CompanionError(f"redundancy result {path} does not exist: run the scoring first")
+        from lib.fileio import is_sealed
+
         d = json.loads(path.read_text())
         if d.get("kind") != "redundancy_result":
             raise CompanionError(f"{path} is not a redundancy result (no kind=redundancy_result)")
+        if not is_sealed(d):
+            raise CompanionError(f"{path} does not match its sha256 (edited or damaged): "
+                                 "delete it and run the scoring again")
 
         def opt(x: Any) -> np.ndarray | None:
             return None if x is None else _none_to_nan(x)

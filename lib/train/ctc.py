@@ -31,8 +31,6 @@ rest).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,8 @@ from tqdm.auto import tqdm
 from lib.config.sections import TrainConfig
 from lib.device import resolve_precision
 from lib.errors import CompanionError
-from lib.fileio import CorruptFile, load_cached_json, load_tensors, save_tensors, set_aside
+from lib.fileio import (CorruptFile, load_cached_json, load_tensors, save_cached_json,
+                         save_tensors, set_aside)
 from lib.data.features import FeatureSet
 from lib.build.speechllm import SpeechLLM
 from lib.train.loop import length_grouped_permutation
@@ -284,10 +283,7 @@ def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, cfg: TrainConfig,
            "precision": precision, "length_grouping": cfg.length_grouping,
            "batch_size": cfg.ctc_batch_size, "norm_factor": factor,
            "wall_time_s": round(wall, 2), "token_ids": head.token_ids, "log": log}
-    done = out_dir / "warmstart.json"
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec))
-    os.replace(tmp, done)
+    save_cached_json(out_dir / "warmstart.json", rec)
     return WarmStart(head, log, factor, False, wall)
 
 

@@ -33,8 +33,8 @@ from lib.config.sections import TrainConfig
 from lib.data.features import FeatureSet
 from lib.device import resolve_precision
 from lib.errors import CompanionError
-from lib.fileio import (CorruptFile, load_json, load_tensors, provenance, save_json,
-                        save_tensors, set_aside, to_dict)
+from lib.fileio import (CorruptFile, load_cached_json, load_tensors, provenance,
+                        save_cached_json, save_tensors, set_aside, to_dict)
 
 
 RECIPES: dict[str, str] = {
@@ -188,11 +188,13 @@ def _reuse_finished(model: SpeechLLM, cfg: TrainConfig, run_dir: Path,
         set_aside(final, f"{desc}: the finished run's weights: {err}; training again from "
                          "the last checkpoint")
         return None
+    result = load_cached_json(result_path)  # edited or damaged: set aside, trained again
+    if result is None:
+        return None
     model.load_trainable_state_dict(weights)
     print(f"{desc}: cached run reused ({run_dir.name}); delete it to retrain")
     return TrainRun(run_dir, _read_log(run_dir / "train_log.jsonl", cfg.steps), True, None,
-                    True, load_json(result_path),
-                    _read_log(run_dir / "dev_log.jsonl", cfg.steps))
+                    True, result, _read_log(run_dir / "dev_log.jsonl", cfg.steps))
 
 
 def _optimiser(model: SpeechLLM, cfg: TrainConfig, desc: str) -> tuple[list, Any, Any]:
@@ -291,7 +293,7 @@ def _save_final(model: SpeechLLM, run_dir: Path, train_set: FeatureSet, cfg: Tra
         "train_config": to_dict(cfg), "resumed_from": resumed,
         "provenance": provenance(run_config, seed=cfg.seed, wall_time_s=total),
     }
-    save_json(run_dir / "train_result.json", result)
+    save_cached_json(run_dir / "train_result.json", result)
     return result
 
 
