@@ -38,6 +38,10 @@ ASR_RULE = 0.25
 English ASR against chapter 1's ASR-only model (issue 20's target)."""
 
 
+SHORT = {"better than": "better", "worse than": "worse", "not distinguishable from": "level"}
+"""The paired verdicts as the score table writes them (the record keeps the full words)."""
+
+
 def _ci(pair: Any, scale: float = 1.0) -> str:
     return "{:.1f}–{:.1f}".format(*(scale * x for x in pair))
 
@@ -179,17 +183,17 @@ def scores(cfg: Chapter5Config, runs: dict[str, ModelRun], ch1: dict[str, ModelR
     for dec, tasks in found.items():
         for n, rec in tasks.items():
             task = TASKS[n]
-            row = {"decoder": dec, "task": n, "metric": task.metric.upper(),
+            row = {"decoder": dec, "task": f"{n} ({task.metric.upper()})",
                    "score [95 % CI]": _cell(task, rec["score"]),
-                   "no-audio floor": _cell(task, rec["floor"]),
-                   "vs floor": rec["vs_floor"]["verdict"]}
+                   "no-audio floor": f"{_cell(task, rec['floor'])} "
+                                     f"({SHORT[rec['vs_floor']['verdict']]})"}
             if task.metric == "bleu":
                 row["chrF"] = f"{rec['score']['chrf']:.1f}"
             for key, label in (("whisper", "Whisper-base"), ("cascade", "text cascade"),
                                ("asr-only", "chapter 1 ASR-only")):
                 if key in rec["baselines"]:
                     row[label] = (f"{_cell(task, rec['baselines'][key])} "
-                                  f"({rec[f'vs_{key}']['verdict']})")
+                                  f"({SHORT[rec[f'vs_{key}']['verdict']]})")
             rows.append(row)
     table = pd.DataFrame(rows).fillna("–")
     plotting.plot_task_scores(found)
@@ -225,7 +229,10 @@ def _target_glue(found: dict[str, dict[str, Any]], data: mt.ParallelData) -> dic
             f"{d}: {r['score']['bleu']:.1f} BLEU against Whisper-base's "
             f"{r['baselines']['whisper']['bleu']:.1f}, {r['vs_whisper']['verdict']} it"
             for d, r in st.items()) or "no Whisper baseline in this run"),
-        st_target=("met" if st_ok else "not met"),
+        st_target=("met: better than it" if any(
+            st[d]["vs_whisper"]["verdict"] == "better than" for d in st_ok)
+            else "met only in the weak sense, not distinguishable from it" if st_ok
+            else "not met"),
         asr_sentence="; ".join(
             f"{d}: relative WER change {100 * a['relative']:+.0f} % "
             f"({'within' if a['within'] else 'beyond'} the paper's {100 * ASR_RULE:.0f} %)"
@@ -308,7 +315,26 @@ def agreements(cfg: Chapter5Config, surf: dict[str, Any]) -> Section:
                          "null share": share, "verdict": specific_verdict(base, share)})
     table = pd.DataFrame(rows)
     plotting.plot_agreement_matrix(table)
-    return Section(table, _claim5_glue(table), {"table": table})
+    return Section(_compact(table), _claim5_glue(table), {"table": table})
+
+
+def _compact(table: pd.DataFrame) -> pd.DataFrame:
+    """The agreement table as the page shows it: each measure beside its chance level."""
+    def f2(x: Any) -> str:
+        return "–" if x is None or x != x else f"{x:.2f}"
+
+    def pair(x: float, c: float) -> str:
+        return f"{f2(x)} ({f2(c)})"
+
+    return pd.DataFrame({
+        "decoder": table["decoder"], "a": table["a"], "b": table["b"],
+        "Spearman per n (chance)": [pair(x, c) for x, c in
+                                    zip(table["Spearman per n"], table["chance Spearman"])],
+        "overlap (chance)": [pair(x, c) for x, c in
+                             zip(table["overlap"], table["chance overlap"])],
+        "best null Spearman": table["null Spearman"].map(f2),
+        "null share": table["null share"].map(f2),
+        "verdict": table["verdict"]})
 
 
 def _kind(a: str, b: str) -> str:

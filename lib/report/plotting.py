@@ -326,15 +326,19 @@ def plot_task_curves(curves: pd.DataFrame) -> Any:
     """Every task's dev score against training minutes, one panel per task, one line per
     model (WER in %, lower is better; BLEU, higher is better). Explained in chapter 5."""
     tasks = list(dict.fromkeys(curves["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.3 * len(tasks), 3.0), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    ncols = min(2, len(tasks))
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
         d = curves[curves["task"] == task]
         sns.lineplot(data=d, x="minutes", y="score", hue="model", marker="o", ax=ax,
                      legend=ax is axes[0, 0])
         metric = d["metric"].iloc[0]
         ax.set_title(task)
-        ax.set_xlabel("training minutes (warm start included)")
+        ax.set_xlabel("training minutes (a warm start included)")
         ax.set_ylabel("dev WER (%)" if metric == "WER" else "dev BLEU")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig
 
