@@ -27,7 +27,7 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 export PYTHONPATH := $(ROOT)
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help setup book chapter test bench bench-scores bench-prune clean distclean
+.PHONY: help setup book chapter test bench-book bench bench-scores bench-prune clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET [PRESET=default|tiny|paper-...] [CH=01] [ARGS='-p NAME VALUE']"
@@ -56,6 +56,9 @@ chapter: setup ## re-run one chapter: CH=01 PRESET=tiny ARGS='-p train_steps 50'
 
 test: setup ## run the tests (all chapters with preset tiny, then the book build)
 	cd "$(ROOT)" && $(PY) -m pytest -q $(ARGS)
+
+bench-book: setup ## where the last full book run's time went, stage by stage (from results/)
+	$(PY) -m lib.report --time --preset $(PRESET)
 
 bench: setup ## training and decoding speed and memory (scripts/benchmark.py)
 	$(PY) $(ROOT)/scripts/benchmark.py $(ARGS)

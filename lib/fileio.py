@@ -61,11 +61,25 @@ def git_commit() -> dict[str, Any]:
     return {"git_hash": commit or None, "git_dirty": dirty if commit else None}
 
 
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def device_info() -> dict[str, Any]:
-    """What the run ran on: CPU count, GPU name if any."""
+    """What the run ran on: CPU count and model, whether the CPU runs bf16 natively (the
+    machines this project runs on differ in it, and training and decoding take bf16
+    autocast only where it is native: ``precision: auto``), GPU name if any."""
     import torch
 
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cpu": _cpu_model(),
+                            "cpu_native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                            "platform": platform.platform(),
                             "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -32,11 +32,11 @@ def test_benchmark_prints_a_row_per_decoder():
         fp32_ms, bf16_ms, ratio, ups = map(float, r[1:5])
         assert ratio == pytest.approx(fp32_ms / bf16_ms, rel=0.02, abs=0.01)
         assert ups == pytest.approx(2e3 / bf16_ms, rel=0.02, abs=0.1)  # --ctc-batch 2
-    for r in rows:  # train utt/s, s/step, bare s/step, their ratio, decode utt/s
-        train_ups, step_s, bare_s, ratio, decode_ups = map(float, r[1:6])
+    for r in rows:  # train utt/s, s/step, bare s/step, their ratio, decode utt/s, bf16/fp32
+        train_ups, step_s, bare_s, ratio, decode_ups, bf16 = map(float, r[1:7])
         assert train_ups > 0 and decode_ups > 0 and step_s > 0 and bare_s > 0
         assert train_ups == pytest.approx(2 / step_s, rel=0.03)  # --batch 2, 3 decimals
-        assert ratio > 0
+        assert ratio > 0 and bf16 > 0
     assert "step/bare" in out.stdout and "precision" in out.stdout
 
 

@@ -11,6 +11,7 @@ from lib.config.defaults import CHAPTER_PARAMS, defaults, own_names
 from lib.config.presets import chapter_values, load_preset, preset_names
 from lib.config.sections import EvalConfig, TrainConfig
 from lib.errors import CompanionError
+from lib.device import resolve_precision
 from lib.fileio import config_hash
 
 
@@ -149,12 +150,15 @@ def test_the_stages_take_their_sections_whole():
     parameters'), and the chapter config is made of exactly those sections."""
     cfg = config_for(1, "default")
     d = defaults(1)
-    assert cfg.eval == EvalConfig(
+    # the built train and eval sections hold the resolved precisions; every other field is
+    # the default
+    assert cfg.eval.precision == resolve_precision("auto", "cpu")
+    evalc = dataclasses.replace(cfg.eval, precision=d["eval_precision"])
+    assert evalc == EvalConfig(
         batch_size=d["eval_batch_size"], max_new_tokens=d["max_new_tokens"],
-        max_utterances=d["max_test_utterances"], rescore_beams=d["rescore_beams"],
-        rescore_weights=tuple(d["rescore_weights"]))
-    assert cfg.eval == EvalConfig()
-    # the built train section holds the resolved precision; every other field is the default
+        precision=d["eval_precision"], max_utterances=d["max_test_utterances"],
+        rescore_beams=d["rescore_beams"], rescore_weights=tuple(d["rescore_weights"]))
+    assert evalc == EvalConfig()
     assert dataclasses.replace(cfg.train, precision="auto") == TrainConfig()
 
 

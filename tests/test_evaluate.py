@@ -221,3 +221,76 @@ def test_per_utterance_errors_are_counted_by_hand():
     refs = ["the cat sat on the mat", "a b c", "one two"]
     hyps = ["the cat sit on mat", "a x b c", ""]  # S+D = 2; one insertion; two deletions
     assert utterance_errors(jiwer.process_words(refs, hyps)) == [2, 1, 2]
+
+
+def _worded(random_features):
+    """Three utterances of 3 + 4 + 2 = 9 plain words (no numbers for the normaliser to
+    fold), random features of 12, 19 and 26 frames."""
+    from lib.data.features import FeatureSet
+
+    data = random_features(3, dim=64)
+    texts = ["the cat sat", "a dog ran far", "birds sing"]
+    return FeatureSet([u.__class__(**{**u.__dict__, "text": t})
+                       for u, t in zip(data.utterances, texts)], data.feats)
+
+
+def _fake_generate(model, calls):
+    """A decoder stand-in: exact transcripts in float32, the first one missing its last
+    word under bf16 autocast; ``calls`` records whether autocast was on."""
+    import torch
+
+    refs = {}
+
+    def generate(feats, lengths, max_new_tokens, num_beams=1):
+        bf16 = torch.is_autocast_enabled("cpu")
+        calls.append(bf16)
+        # longest-first batches: identify each utterance by its frame count
+        out = [refs[int(n)] for n in lengths]
+        return [" ".join(t.split()[:-1]) if bf16 and int(n) == min(refs) else t
+                for t, n in zip(out, lengths)]
+
+    return generate, refs
+
+
+def test_bf16_decoding_runs_under_autocast_with_its_own_key(tmp_path, random_features):
+    from lib.evaluate.decode import EVAL_VERSION, evaluate_asr
+    from lib.fileio import config_hash
+
+    model, data, calls = _tiny_speechllm(), _worded(random_features), []
+    model.generate, refs = _fake_generate(model, calls)
+    refs.update({f.shape[0]: u.text for u, f in zip(data.utterances, data.feats)})
+    fp32 = evaluate_asr(model, data, tmp_path, "t",
+                        EvalConfig(batch_size=2, max_new_tokens=3, precision="fp32"))
+    assert calls == [False, False] and fp32["precision"] == "fp32" and fp32["wer"] == 0
+    bf16 = evaluate_asr(model, data, tmp_path, "t",
+                        EvalConfig(batch_size=2, max_new_tokens=3, precision="bf16"))
+    assert calls[2:] == [True, True] and bf16["precision"] == "bf16"
+    assert bf16["wer"] == pytest.approx(1 / 9)  # one deletion in 9 reference words
+    # float32 keeps the key it had before decoding had a precision
+    assert fp32["key"] == config_hash({"data": data.digest(), "max_new_tokens": 3,
+                                       "batch_size": 2, "prompt": model.prompt,
+                                       "version": EVAL_VERSION})
+    assert bf16["key"] != fp32["key"]
+
+
+def test_precision_check_pairs_bf16_against_fp32(tmp_path, random_features):
+    from lib.evaluate.decode import precision_check
+
+    model, data, calls = _tiny_speechllm(), _worded(random_features), []
+    model.generate, refs = _fake_generate(model, calls)
+    refs.update({f.shape[0]: u.text for u, f in zip(data.utterances, data.feats)})
+    ev = EvalConfig(batch_size=3, max_new_tokens=3, precision="bf16")
+    c = precision_check(model, data, tmp_path, "t", ev)
+    assert c["difference"] == pytest.approx(1 / 9)  # bf16 minus fp32, by hand
+    lo, hi = c["difference_ci95"]
+    assert 0 <= lo <= 1 / 9 <= hi  # the one utterance that differs, resampled
+    assert c["fp32"]["wer"] == 0 and c["speedup"] > 0
+    assert precision_check(model, data, tmp_path, "t",
+                           EvalConfig(batch_size=3, max_new_tokens=3, precision="fp32")) is None
+
+
+def test_a_bad_eval_precision_is_one_line():
+    from lib.config.build import config_for
+
+    with pytest.raises(CompanionError, match="eval_precision.*'fp16'.*auto, bf16, fp32"):
+        config_for(1, "tiny", {"eval_precision": "fp16"})

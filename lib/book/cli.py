@@ -24,6 +24,19 @@ from lib.params import add_parameter_option, parse_parameters
 from lib.paths import REPO_ROOT
 
 
+def _where_the_time_went(preset: str, trial: str | None, chapters: list[str]) -> None:
+    """Print, from the records the run just wrote, where each chapter's time went."""
+    from lib.report.readme import render_time
+    from lib.report.results import records
+
+    try:
+        recs = {c: r for c, r in records(preset, trial).items() if c in chapters}
+    except CompanionError as err:
+        print(f"where the time went: not shown ({one_line(err)})")
+        return
+    if recs:
+        print("where the time went (from the records just written):")
+        print(render_time(recs), end="")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,8 +82,10 @@ def main(argv: Sequence[str] | None = None, *, root: Path = REPO_ROOT) -> int:
             # Only a full run of the repository's own book, recording into its results/,
             # writes new figures of record; trials and runs recording elsewhere leave the
             # README alone.
-            full = trial_name([root / "book" / p.name for p in ran], list_chapters(root),
-                              overrides) is None
+            trial = trial_name([root / "book" / p.name for p in ran], list_chapters(root),
+                               overrides)
+            full = trial is None
+            _where_the_time_went(args.preset, trial, [f"ch{p.name[:2]}" for p in ran])
             if full and root == REPO_ROOT and results_root() == REPO_ROOT / "results":
                 from lib.report.readme import update_readme
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from lib.book.chapters import (chapter_parameters, declared_parameters,
                                list_chapters, preset_dir, select_chapters)
 from lib.book.executed import show_parameters_once, source_cell
+from lib.clock import PROGRESS_ENV
 from lib.config.defaults import parameter_names
 from lib.config.presets import load_preset, preset_path
 from lib.errors import CompanionError
@@ -35,16 +37,21 @@ KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadat
 
 
 @contextlib.contextmanager
-def _kernel_environment(preset: str, trial: str | None = None) -> Iterator[None]:
+def _kernel_environment(preset: str, trial: str | None = None,
+                        progress: Path | None = None) -> Iterator[None]:
     """Environment the kernels inherit: ``import lib`` works, figures are not disabled,
     ``COMPANION_PRESET`` names the preset and ``COMPANION_TRIAL`` a run that is not a full
     one (chapters record their headline figures under ``results/<preset>/``, or beside
-    them for a trial: :func:`lib.report.results.record_headline`)."""
+    them for a trial: :func:`lib.report.results.record_headline`); ``COMPANION_PROGRESS``
+    the file the kernel's loops report their progress to (:func:`lib.clock.track`)."""
     saved = dict(os.environ)
     os.environ["COMPANION_PRESET"] = Path(preset).stem
     os.environ.pop(TRIAL_ENV, None)
+    os.environ.pop(PROGRESS_ENV, None)
     if trial:
         os.environ[TRIAL_ENV] = trial
+    if progress is not None:
+        os.environ[PROGRESS_ENV] = str(progress)
     paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     os.environ.pop("MPLBACKEND", None)  # Agg here would drop every figure from the pages
@@ -87,6 +94,36 @@ class _Stdout(logging.StreamHandler):
     @stream.setter
     def stream(self, value: Any) -> None:
         pass
+
+
+@contextlib.contextmanager
+def progress_lines(path: Path, every_s: float = 2.0) -> Iterator[None]:
+    """Print, as they arrive, the lines a kernel's loops write to ``path`` (stage, n of N,
+    elapsed, what is left: :func:`lib.clock.track`), so a long stage shows it is moving in
+    the terminal while the page keeps none of it. ``path`` is removed afterwards."""
+    path.write_text("", encoding="utf-8")
+    stop = threading.Event()
+
+    def pump() -> None:
+        with open(path, encoding="utf-8") as fh:
+            pending = ""
+            while True:
+                finished = stop.wait(every_s)
+                pending += fh.read()
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    print(f"    ... {line}", flush=True)
+                if finished:
+                    return
+
+    thread = threading.Thread(target=pump, name="progress-lines", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        path.unlink(missing_ok=True)
 
 
 def _show_cell_output() -> None:
@@ -227,8 +264,9 @@ def _execute(nb: Path, running: Path, failed: Path, target: Path, params: dict[s
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    progress = running.parent / f"{nb.stem}.progress.log"
     try:
-        with _kernel_environment(preset, trial):
+        with _kernel_environment(preset, trial, progress), progress_lines(progress):
             _show_cell_output()
             papermill.execute_notebook(
                 str(nb),

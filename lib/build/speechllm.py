@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lib.assets import resolve_model
+from lib.clock import stage
 from lib.build.components import (Projector, SpeechEncoder, build_encoder, decoder_body,
                                   encoder_kind, encoder_width, find_decoder_layers,
                                   load_decoder)
@@ -354,6 +355,7 @@ def count_parameters(model: SpeechLLM) -> dict[str, int]:
     }
 
 
+@stage("loading")
 def build_speechllm(cfg: "ModelConfig", device: str = "cpu", with_encoder: bool = False,
                     encoder: SpeechEncoder | None = None, seed: int = 0,
                     task: Task = ASR) -> SpeechLLM:

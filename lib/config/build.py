@@ -195,7 +195,7 @@ def chapter1_config(_source: dict[str, Any] | None = None, **params: Any) -> Cha
     device = params["device"]
     _check(device in {"auto", "cpu", "cuda"} or str(device).startswith("cuda:"), "device",
            device, "use auto, cpu, cuda or cuda:N")
-    models, train, evalc = _models(params), _train(params, device), _eval(params)
+    models, train, evalc = _models(params), _train(params, device), _eval(params, device)
     dev = _pos_int(params, "dev_utterances", allow_zero=True)
     # The corpus is a fixed data set: its own seed (0), not the training seed.
     corpus = CorpusSpec(n_train=_pos_int(params, "n_train"), n_test=_pos_int(params, "n_test"))
@@ -247,13 +247,15 @@ def _train(params: dict[str, Any], device: str) -> TrainConfig:
     )
 
 
-def _eval(params: dict[str, Any]) -> EvalConfig:
-    """Chapter 1's decoding section."""
+def _eval(params: dict[str, Any], device: str) -> EvalConfig:
+    """Chapter 1's decoding section, its precision resolved for ``device``."""
     max_utt = params["max_test_utterances"]
     if max_utt is not None:
         max_utt = _pos_int(params, "max_test_utterances")
+    precision = _one_of(params, "eval_precision", PRECISIONS)
     return EvalConfig(batch_size=_pos_int(params, "eval_batch_size"),
                       max_new_tokens=_pos_int(params, "max_new_tokens"),
+                      precision=resolve_precision(precision, device),
                       max_utterances=max_utt,
                       rescore_beams=_pos_int(params, "rescore_beams", allow_zero=True),
                       rescore_weights=_weights(params, "rescore_weights"))

@@ -70,6 +70,7 @@ class EvalConfig:
 
     batch_size: int = P.eval_batch_size
     max_new_tokens: int = P.max_new_tokens
+    precision: str = P.eval_precision  # resolved where it is used (lib.evaluate.decode)
     max_utterances: int | None = P.max_test_utterances
     rescore_beams: int = P.rescore_beams
     rescore_weights: tuple[float, ...] = P.rescore_weights

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from lib.clock import stage, track
 from lib.data.spec import CORPUS_VERSION, CorpusSpec
 from lib.data.audio import audio_duration, write_wav
 from lib.data.loaders import Utterance, cached_manifest, write_manifest
@@ -235,11 +235,12 @@ def synthesise(jobs: list[_Job], wavs: Path) -> tuple[dict[str, str], dict[str, 
     with multiprocessing.get_context().Pool(workers) as pool:
         results = pool.imap_unordered(_synthesise, work, chunksize=2)
         desc = "espeak-ng + piper" if piper_dir else "espeak-ng"
-        for job_id, seconds in tqdm(results, total=len(work), desc=desc, unit="utt"):
+        for job_id, seconds in track(results, total=len(work), desc=desc, unit="utt"):
             durations[job_id] = seconds
     return paths, durations
 
 
+@stage("corpus")
 def ensure_synthetic_corpus(spec: CorpusSpec | None = None) -> Path:
     """Build (once) the synthetic ASR corpus for a spec and return its manifest.
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from lib.clock import note_reused, stage, track
 from lib.data.audio import DataWarning, read_audio
 from lib.data.loaders import Utterance
 from lib.errors import CompanionError
@@ -143,6 +143,7 @@ def _set_key(encoder: SpeechEncoder, utts: Sequence[Utterance], precision: str) 
     return h.hexdigest()[:16]
 
 
+@stage("features")
 def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_size: int = 16,
                      desc: str = "encoder features", use_cache: bool = True,
                      precision: str = "fp32") -> FeatureSet:
@@ -173,12 +174,13 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
         else:
             kept = [i for i in range(len(utts)) if str(i) in tensors]
             print(f"{desc}: cached ({len(kept)} utterances, {path.name})")
+            note_reused()
             return FeatureSet([utts[i] for i in kept], [tensors[str(i)] for i in kept])
     order = sorted(range(len(utts)), key=lambda i: -utts[i].duration)
     feats: list[torch.Tensor | None] = [None] * len(utts)
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc,
-                          total=-(-len(order) // batch_size)):
+        for start in track(range(0, len(order), batch_size), desc=desc,
+                           total=-(-len(order) // batch_size)):
             idx, waves = [], []
             for i in order[start:start + batch_size]:
                 try:

@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
+from lib.clock import stage, track
 from lib.data.corpus import _Job, ensure_synthetic_corpus, synthesise
 from lib.data.loaders import Utterance, cached_manifest, load_manifest, write_manifest
 from lib.data.spec import PARALLEL_VERSION, ParallelSpec
@@ -72,9 +72,9 @@ def check_parallel(source: Sequence[str], target: Sequence[str], name: str) -> N
 def _export(module: str, package: str) -> dict[str, str]:
     """``"Book C:V" -> raw verse text`` of a whole module, book by book."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        books = list(tqdm(pool.map(lambda b: (b, export_book(b, module, package)),
-                                   BIBLE_BOOKS), total=len(BIBLE_BOOKS), desc=module,
-                          unit="book"))
+        books = list(track(pool.map(lambda b: (b, export_book(b, module, package)),
+                                    BIBLE_BOOKS), total=len(BIBLE_BOOKS), desc=module,
+                           unit="book"))
     return {f"{book} {c}:{v}": text for book, verses in books for c, v, text in verses}
 
 
@@ -179,6 +179,7 @@ def _jobs(spec: ParallelSpec, train: list, test: list,
     return out
 
 
+@stage("corpus")
 def ensure_parallel_corpus(spec: ParallelSpec | None = None) -> Path:
     """Build (once) the spoken parallel corpus of a spec and return its manifest.
 

@@ -14,8 +14,8 @@ import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from tqdm.auto import tqdm
 
+from lib.clock import track
 from lib.data.spec import CorpusSpec
 from lib.errors import CompanionError
 from lib.paths import cache_subdir
@@ -220,7 +220,7 @@ def bible_sentences() -> list[str]:
     _require_bible()
     with ThreadPoolExecutor(max_workers=4) as pool:
         books = list(
-            tqdm(
+            track(
                 pool.map(export_book, BIBLE_BOOKS),
                 total=len(BIBLE_BOOKS),
                 desc="World English Bible",

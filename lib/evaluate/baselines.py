@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from lib.build.components import eval_mode
 from lib.build.speechllm import SpeechLLM
+from lib.clock import note_reused, stage, track
 from lib.data.features import FeatureSet
 from lib.errors import CompanionError
 from lib.evaluate.decode import EVAL_VERSION
@@ -23,6 +22,7 @@ from lib.tasks import ASR, Task
 from lib.train.ctc import CTCHead, ctc_transcribe
 
 
+@stage("decoding")
 def score_ctc(model: SpeechLLM, head: CTCHead, data: FeatureSet) -> dict[str, Any]:
     """WER of the CTC head alone on ``data`` (greedy CTC, no language model): a baseline.
 
@@ -64,6 +64,7 @@ def audio_reliance(model: SpeechLLM, data: FeatureSet, n: int = 64,
             "n_utterances": len(idx)}
 
 
+@stage("baselines")
 def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
                      batch_size: int = 16, max_new_tokens: int = 128,
                      reuse: bool = True, task: Task = ASR) -> dict[str, Any]:
@@ -115,6 +116,7 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
     cached = load_cached_json(out) if reuse else None
     if cached is not None:
         print(f"{test_name}: cached Whisper baseline reused (key {key})")
+        note_reused()
         return cached
     model = WhisperForConditionalGeneration.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
@@ -133,8 +135,8 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        for start in tqdm(range(0, len(utts), batch_size), desc=f"Whisper {test_name}",
-                          total=-(-len(utts) // batch_size)):
+        for start in track(range(0, len(utts), batch_size), desc=f"Whisper {test_name}",
+                           total=-(-len(utts) // batch_size)):
             audio = [read_audio(u.audio) for u in utts[start:start + batch_size]]
             long_form = max(len(a) for a in audio) > processor.feature_extractor.n_samples
             inputs = processor(audio, sampling_rate=16000, return_tensors="pt",

@@ -13,18 +13,19 @@ Stage: evaluation. Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tqdm.auto import tqdm
 
 from lib.build.components import eval_mode
 from lib.build.speechllm import SpeechLLM
+from lib.clock import note_reused, stage, track
 from lib.config.sections import EvalConfig
 from lib.data.features import FeatureSet
+from lib.device import resolve_precision
 from lib.errors import CompanionError
-from lib.evaluate.metrics import score_task, utterance_score
+from lib.evaluate.metrics import paired_difference, score_task, utterance_score
 from lib.fileio import (config_hash, load_cached_json, provenance, save_cached_json,
                          save_jsonl)
 from lib.train.ctc import CTCHead, ctc_greedy, ctc_logprob
@@ -61,6 +62,28 @@ class Rescoring:
     def key(self) -> dict[str, Any]:
         """What a cached score depends on, besides the run (whose key covers the head)."""
         return {"ctc_rescore_weight": self.weight, "num_beams": self.num_beams}
+
+
+def decode_precision(model: SpeechLLM, ev: EvalConfig) -> str:
+    """``ev.precision`` resolved for the model's device (:func:`lib.device.resolve_precision`):
+    ``bf16`` decodes under bf16 autocast (the weights stay float32), ``fp32`` does not.
+    Chapter 1 (section 1.6) compares the two on its test set by the paired rule."""
+    return resolve_precision(ev.precision, str(model.device))
+
+
+def precision_key(model: SpeechLLM, ev: EvalConfig) -> dict[str, str]:
+    """What a cached decoding's key holds of its precision: nothing for float32 (its
+    scores keep the keys they always had), ``{"precision": "bf16"}`` otherwise."""
+    precision = decode_precision(model, ev)
+    return {} if precision == "fp32" else {"precision": precision}
+
+
+def autocast(model: SpeechLLM, precision: str) -> Any:
+    """The context decoding runs in: bf16 autocast for ``precision == "bf16"``."""
+    import torch
+
+    return torch.autocast(model.device.type, dtype=torch.bfloat16,
+                          enabled=precision == "bf16")
 
 
 def _unique(texts: Sequence[str]) -> list[str]:
@@ -122,6 +145,7 @@ def choose(candidates: Sequence[Sequence[Candidate]], weight: float) -> list[str
     return out
 
 
+@stage("decoding")
 def transcribe(model: SpeechLLM, data: FeatureSet, ev: EvalConfig = EvalConfig(),
                desc: str = "decoding", rescore: Rescoring | None = None) -> list[str]:
     """Transcripts of every utterance in ``data`` (in order): greedy, or with ``rescore``
@@ -136,28 +160,31 @@ def transcribe(model: SpeechLLM, data: FeatureSet, ev: EvalConfig = EvalConfig()
         cands = transcribe_candidates(model, data, rescore.head, rescore.num_beams, ev, desc)
         return choose(cands, rescore.weight)
     return _batched(model, data, ev.batch_size, desc,
-                    lambda f, n: model.generate(f, n, ev.max_new_tokens))
+                    lambda f, n: model.generate(f, n, ev.max_new_tokens),
+                    decode_precision(model, ev))
 
 
+@stage("decoding")
 def transcribe_candidates(model: SpeechLLM, data: FeatureSet, head: CTCHead, num_beams: int,
                           ev: EvalConfig = EvalConfig(),
                           desc: str = "decoding (beams + CTC)") -> list[list[Candidate]]:
     """:func:`rescore_candidates` of every utterance in ``data`` (in order): one decoding
     pass serves every CTC weight (chapter 1's sweep)."""
     return _batched(model, data, ev.batch_size, desc, lambda f, n: rescore_candidates(
-        model, f, n, head, num_beams, ev.max_new_tokens))
+        model, f, n, head, num_beams, ev.max_new_tokens), decode_precision(model, ev))
 
 
 def _batched(model: SpeechLLM, data: FeatureSet, batch_size: int, desc: str,
-             step: Callable[[Any, Any], list[Any]]) -> list[Any]:
-    """``step(feats, lengths)`` over longest-first batches, results back in data order."""
+             step: Callable[[Any, Any], list[Any]], precision: str = "fp32") -> list[Any]:
+    """``step(feats, lengths)`` over longest-first batches (under :func:`autocast` for
+    ``precision``), results back in data order."""
     import torch
 
     order = sorted(range(len(data)), key=lambda i: -data.feats[i].shape[0])
     out: list[Any] = [None] * len(data)
-    with eval_mode(model), torch.no_grad():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc,
-                          total=-(-len(order) // batch_size)):
+    with eval_mode(model), torch.no_grad(), autocast(model, precision):
+        for start in track(range(0, len(order), batch_size), desc=desc,
+                           total=-(-len(order) // batch_size)):
             idx = order[start:start + batch_size]
             feats, lengths, _ = data.batch(idx)
             for i, item in zip(idx, step(feats, lengths)):
@@ -165,6 +192,7 @@ def _batched(model: SpeechLLM, data: FeatureSet, batch_size: int, desc: str,
     return out
 
 
+@stage("decoding")
 def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
                  ev: EvalConfig = EvalConfig(), config: Any = None, reuse: bool = True,
                  rescore: Rescoring | None = None) -> dict[str, Any]:
@@ -188,6 +216,8 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
     slug = name.replace(":", "-").replace("/", "_")
     keyed = {"data": subset.digest(), "max_new_tokens": ev.max_new_tokens,
              "batch_size": ev.batch_size, "prompt": model.prompt, "version": EVAL_VERSION}
+    keyed.update(precision_key(model, ev))
+    precision = decode_precision(model, ev)
     if rescore is not None:
         keyed["rescore"] = rescore.key()
     key = config_hash(keyed)
@@ -197,6 +227,7 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
     if cached is not None:
         print(f"{name}: cached score reused (key {key}: same utterances, audio features, "
               f"max_new_tokens and batch size)")
+        note_reused()
         return cached
     t0 = time.perf_counter()
     hyps = transcribe(model, subset, ev, desc=f"decoding {name}", rescore=rescore)
@@ -211,6 +242,7 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
         "test_set": name, "key": key, **score,
         "quick_run": subset is not data,
         "decoding": "greedy" if rescore is None else {"ctc_rescore": rescore.key()},
+        "precision": precision,
         "n_available": len(data),
         "decode_utterances_per_s": round(len(subset) / max(wall, 1e-9), 3),
         "hypotheses": hyp_path.name,
@@ -218,3 +250,26 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
     }
     save_cached_json(path, record)
     return record
+
+
+def precision_check(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
+                    ev: EvalConfig, config: Any = None) -> dict[str, Any] | None:
+    """One test set decoded under bf16 autocast and in float32, the two WERs paired.
+
+    Explained in chapter 1 (section 1.6). None when ``ev`` decodes in float32 (``auto`` on a
+    CPU without native bf16): nothing to check. The bf16 score is ``ev``'s own (cached when
+    the chapter has decoded the set already); the float32 one is decoded here.
+
+    Returns:
+        ``bf16`` and ``fp32`` (the two scores), ``difference`` and ``difference_ci95``
+        (bf16 minus fp32, paired: :func:`lib.evaluate.metrics.paired_difference`), and
+        ``speedup`` (utterances per second, bf16 over fp32, each from its own decoding).
+    """
+    if decode_precision(model, ev) != "bf16":
+        return None
+    bf16 = evaluate_asr(model, data, out_dir, name, ev, config=config)
+    fp32 = evaluate_asr(model, data, out_dir, name, replace(ev, precision="fp32"),
+                        config=config)
+    d = paired_difference(bf16, fp32)
+    return {"bf16": bf16, "fp32": fp32, **d,
+            "speedup": bf16["decode_utterances_per_s"] / fp32["decode_utterances_per_s"]}

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from lib.clock import stage
 from lib.config.sections import HealConfig
 from lib.errors import CompanionError
 from lib.fileio import config_hash, load_json, provenance, save_json, to_dict
@@ -130,6 +131,7 @@ class HealRun:
                 "final_loss": r.get("final_loss")}
 
 
+@stage("healing")
 def heal(model: "SpeechLLM", train_set: "FeatureSet", variant: str, hc: HealConfig,
          base_run: Path, desc: str = "healing", run_dir: Path | None = None,
          stop_after: int | None = None,

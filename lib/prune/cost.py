@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from lib.clock import stage
 from lib.errors import CompanionError
 
 
@@ -299,6 +300,7 @@ def peak_summary(peaks: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
+@stage("timing")
 def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
                      rounds: int = 3, full_folder: Any = None,
                      pruned_folder: Any = None, memory_rounds: int = 3) -> dict[str, float]:

@@ -23,7 +23,7 @@ import pandas as pd
 from lib.config.sections import EvalConfig
 from lib.errors import CompanionError
 from lib.evaluate.metrics import score_task
-from lib.evaluate.decode import transcribe
+from lib.evaluate.decode import precision_key, transcribe
 from lib.fileio import config_hash, load_cached_json, provenance, save_cached_json
 from lib.prune.surgery import check_layers, skip_layers
 from lib.prune.rule import threshold_cut
@@ -58,7 +58,8 @@ def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], 
     layers = check_layers(layers, big_l) if len(layers) else []
     key = config_hash({"data": data.digest(), "layers": layers,
                        "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size,
-                       "prompt": model.prompt, "version": CURVE_VERSION})
+                       "prompt": model.prompt, "version": CURVE_VERSION,
+                       **precision_key(model, ev)})
     path = Path(out_dir) / "cuts" / f"{name.replace(':', '-').replace('/', '_')}-{key}.json"
     cached = load_cached_json(path) if reuse else None
     if cached is not None:

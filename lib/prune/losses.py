@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from lib.build.components import eval_mode, find_decoder_layers
+from lib.clock import stage
 from lib.errors import CompanionError
 from lib.prune.surgery import skip_block
 from lib.score.agreement import spearman_rho
@@ -76,6 +77,7 @@ def loss_function(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
 
 
 @torch.no_grad()
+@stage("scoring")
 def ablation_losses(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: int = 8,
                     max_utterances: int | None = None,
                     precision: str = "fp32") -> pd.DataFrame:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from lib.clock import stage
 from lib.errors import CompanionError
 from lib.prune.losses import ablation_losses, loss_function
 from lib.prune.surgery import block_layers, check_layers, skip_layers
@@ -182,6 +183,7 @@ def check_strategies(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+@stage("strategies")
 def strategy_layers(strategy: str, sizes: Sequence[int], n_layers: int, *,
                     speech_scores: "RedundancyResult | None" = None,
                     model: "SpeechLLM | None" = None, dev: "FeatureSet | None" = None,

@@ -20,11 +20,12 @@ from lib.config.sections import Chapter1Config
 from lib.data.corpus import voice_family
 from lib.data.features import FeatureSet
 from lib.evaluate.baselines import audio_reliance, whisper_baseline
+from lib.evaluate.decode import precision_check
 from lib.paths import slug
 from lib.recipes.pipeline import ModelRun, prepare_features, rescore_run, train_and_evaluate
 from lib.recipes.section import Section
 from lib.report import plotting
-from lib.report.results import record_headline
+from lib.report.results import record_headline, recorded_line
 from lib.report.rules import (LISTENS_GAP, WER_TARGETS, compare_wer, paired_verdict,
                               reads_audio, target_met)
 
@@ -324,6 +325,39 @@ def joint_decoding(cfg: Chapter1Config, runs: dict[str, ModelRun]) -> Section:
     return Section(resc, glue, precision=1)
 
 
+# ------------------------------------------------------------------ 1.6 bf16 decoding
+
+
+def decoding_precision(cfg: Chapter1Config, runs: dict[str, ModelRun],
+                       tests: dict[str, FeatureSet]) -> Section:
+    """Each SpeechLLM's first test set decoded in bf16 autocast and in float32, by the paired
+    rule (:func:`lib.evaluate.decode.precision_check`); nothing to check in float32."""
+    syn = cfg.test_data[0]
+    found = {slug(d): precision_check(r.model, tests[syn].subset(cfg.eval.max_utterances),
+                                      r.train.run_dir, syn, cfg.eval, cfg)
+             for d, r in runs.items()}
+    found = {d: c for d, c in found.items() if c is not None}
+    if not found:
+        return Section(glue={"prec_sentence": (
+            f"Here decoding ran in float32 (eval_precision {cfg.eval.precision}: this CPU "
+            "does not run bf16 natively, where autocast would be slower), so there is "
+            "nothing to compare")}, data={"checks": {}})
+    rows = [{"decoder": d, "test set": syn, "WER fp32 (%)": 100 * c["fp32"]["wer"],
+             "WER bf16 (%)": 100 * c["bf16"]["wer"],
+             "bf16 - fp32 (points) [95 % CI]": f"{100 * c['difference']:+.1f} "
+                                               f"[{_ci(c['difference_ci95'])}]",
+             "verdict (bf16 vs fp32)": paired_verdict(c), "speed bf16 / fp32": c["speedup"]}
+            for d, c in found.items()]
+    worse, speed = [d for d, c in found.items() if paired_verdict(c) == "higher than"], [
+        c["speedup"] for c in found.values()]
+    sentence = (f"On {syn} bf16 decoding ran {min(speed):.2f}-{max(speed):.2f} times as fast "
+                f"as float32; " + ("its WER is higher for " + ", ".join(worse) + " by the "
+                "paired rule, so run with `-p eval_precision fp32` for figures of record"
+                if worse else "no decoder's WER is higher by the paired rule, so bf16 "
+                "stays the default"))
+    return Section(pd.DataFrame(rows), {"prec_sentence": sentence}, {"checks": found})
+
+
 # ------------------------------------------------------------------ does it listen?
 
 
@@ -340,12 +374,12 @@ def reliance_table(runs: dict[str, ModelRun], data: FeatureSet,
 
 
 def headline(runs: dict[str, ModelRun], whisper: dict[str, dict[str, Any]],
-             reliance: pd.DataFrame) -> dict[str, Any]:
+             reliance: pd.DataFrame, checks: dict[str, Any] | None = None) -> dict[str, Any]:
     """Chapter 1's figures of record (``results/<preset>/ch01.json``): per decoder and
     test set ``wer``, ``wer_ci95``, ``n_utterances``, the baselines' scores and (when run)
     ``ctc_rescored`` (joint decoding: ``wer``, ``wer_ci95``, the dev-chosen ``weight``, and
-    ``vs_greedy``, its paired difference from greedy decoding); training minutes and the
-    audio-reliance gap per decoder."""
+    ``vs_greedy``, its paired difference from greedy decoding); training minutes, the
+    audio-reliance gap and (where decoding ran in bf16) the bf16 - fp32 check per decoder."""
     out: dict[str, Any] = {}
     gaps = dict(zip(reliance["model"],
                     reliance["loss, other audio"] - reliance["loss, own audio"]))
@@ -373,11 +407,16 @@ def headline(runs: dict[str, ModelRun], whisper: dict[str, dict[str, Any]],
                          "llm_minutes": llm_min, "minutes": ctc_min + llm_min},
             "audio_reliance_gap": float(gaps[slug(name)]),
         }
+        if slug(name) in (checks or {}):
+            c = checks[slug(name)]
+            out[slug(name)]["bf16_vs_fp32"] = {
+                "fp32_wer": c["fp32"]["wer"], "difference": c["difference"],
+                "difference_ci95": c["difference_ci95"], "speedup": c["speedup"]}
     return {"decoders": out}
 
 
 def reliance(cfg: Chapter1Config, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
-             wers: Section) -> Section:
+             wers: Section, precision: Section | None = None) -> Section:
     """Does each decoder read the audio (:func:`lib.report.rules.reads_audio`)? Then the
     chapter's figures of record are kept (a full book run only)."""
     rel = reliance_table(runs, tests[cfg.test_data[0]])
@@ -386,11 +425,10 @@ def reliance(cfg: Chapter1Config, runs: dict[str, ModelRun], tests: dict[str, Fe
                 n_listening=int(sum(reads_audio(g) for g in gap)), n_models=len(gap),
                 own_loss_first=rel["loss, own audio"].iloc[0],
                 other_loss_first=rel["loss, other audio"].iloc[0])
-    path = record_headline("ch01", headline(runs, wers["whisper"], rel), config=cfg,
+    path = record_headline("ch01", headline(runs, wers["whisper"], rel, precision and
+                                            precision["checks"]), config=cfg,
                            quick_run=bool(wers["table"]["quick run"].any()))
-    items = [f"headline figures recorded in {path}" if path else
-             "headline figures not recorded (not a full book run)"]
-    return Section(rel, glue, items=items, precision=3)
+    return Section(rel, glue, items=[recorded_line(path)], precision=3)
 
 
 def examples_table(runs: dict[str, ModelRun], test: str, n: int = 5) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from lib.prune.losses import ablation_losses, ablation_summary
 from lib.recipes.pipeline import prepare_features, train_and_evaluate
 from lib.recipes.section import Section
 from lib.report import plotting
-from lib.report.results import record_headline
+from lib.report.results import record_headline, recorded_line
 from lib.report.rules import (CHEAP_SHARE, LISTENS_GAP, NULL_SHARE_MAX, agreement_verdict,
                               cheap_to_remove, null_share, reads_audio, specific_verdict)
 from lib.score.controls import null_agreement, null_surfaces
@@ -370,6 +370,5 @@ def ablation(cfg: Chapter2Config, results: dict[str, dict[str, Any]],
                                             "agree_overlap_gain": sc.agree_overlap_gain,
                                             "chance_draws": sc.chance_draws}),
         config=cfg, quick_run=cfg.base.eval.max_utterances is not None)
-    items = [f"headline figures recorded in {path}" if path else
-             "headline figures not recorded (not a full book run)"]
+    items = [recorded_line(path)]
     return Section(ranks, glue, items=items)

@@ -24,7 +24,7 @@ from lib.prune.strategies import STRATEGIES, cut_sizes, strategy_layers
 from lib.recipes.pipeline import ModelRun, prepare_features, split_dev, train_and_evaluate
 from lib.recipes.section import Section
 from lib.report import plotting
-from lib.report.results import record_headline
+from lib.report.results import record_headline, recorded_line
 from lib.score.records import speech_scores
 
 PAPER_CUTS = [  # the paper's headline table (../shared/PAPER.md): WER % full -> pruned
@@ -259,6 +259,5 @@ def chosen_cut(cfg: Chapter3Config, runs: dict[str, ModelRun], tests: dict[str, 
             "curve_utterances": pc.curve_utterances,
             "calibration_utterances": pc.calibration_utterances}),
         config=cfg, quick_run=cfg.base.eval.max_utterances is not None)
-    items = [f"headline figures recorded in {path}" if path else
-             "headline figures not recorded (not a full book run)"]
+    items = [recorded_line(path)]
     return Section(full_rows, glue, items=items, precision=1)

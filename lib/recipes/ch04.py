@@ -27,7 +27,7 @@ from lib.prune.surgery import pruned_copy
 from lib.recipes.pipeline import ModelRun, prepare_features, split_dev, train_and_evaluate
 from lib.recipes.section import Section
 from lib.report import plotting
-from lib.report.results import record_headline
+from lib.report.results import record_headline, recorded_line
 from lib.report.rules import (SPEEDUP_TARGET, interval_beats, memory_verdict,
                               speedup_reaches_target)
 from lib.score.records import speech_scores
@@ -308,6 +308,5 @@ def cost(cfg: Chapter4Config, inputs: Section, healed: Section, curves_: Section
          "heal_fraction": hc.fraction},
         {n: len(r.model.decoder_layers) for n, r in runs.items()}),
         config=cfg, quick_run=cfg.base.eval.max_utterances is not None)
-    items = [f"headline figures recorded in {path}" if path else
-             "headline figures not recorded (not a full book run)"]
+    items = [recorded_line(path)]
     return Section(pd.DataFrame(rows), glue, items=items)

@@ -26,7 +26,7 @@ from lib.recipes.ch01 import training_log
 from lib.recipes.pipeline import ModelRun, prepare_features, train_and_evaluate
 from lib.recipes.section import Section
 from lib.report import plotting
-from lib.report.results import record_headline
+from lib.report.results import record_headline, recorded_line
 from lib.report.rules import (agreement_verdict, null_share, paired_target,
                               specific_verdict)
 from lib.score.controls import NULL_INPUTS, null_agreement, null_surfaces
@@ -403,5 +403,4 @@ def record(cfg: Chapter5Config, scored: Section, agreed: Section, trained: Secti
     path = record_headline("ch05", headline(scored["found"], agreed["table"],
                                             trained["minutes"], data),
                            config=cfg, quick_run=cfg.base.eval.max_utterances is not None)
-    return Section(items=[f"headline figures recorded in {path}" if path else
-                          "headline figures not recorded (not a full book run)"])
+    return Section(items=[recorded_line(path)])

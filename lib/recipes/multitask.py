@@ -24,6 +24,7 @@ import torch
 
 from lib.build.components import build_encoder
 from lib.build.speechllm import SpeechLLM, build_speechllm, count_parameters
+from lib.clock import stage
 from lib.config.sections import Chapter5Config
 from lib.data.features import FeatureSet, extract_features
 from lib.data.loaders import Utterance, load_manifest
@@ -33,7 +34,8 @@ from lib.device import resolve_device
 from lib.errors import CompanionError
 from lib.evaluate.baselines import whisper_baseline
 from lib.evaluate.bleu import score_translation
-from lib.evaluate.decode import evaluate_asr, transcribe
+from lib.evaluate.decode import (autocast, decode_precision, evaluate_asr, precision_key,
+                                 transcribe)
 from lib.evaluate.metrics import score_task
 from lib.fileio import config_hash, load_cached_json, provenance, save_cached_json
 from lib.paths import slug
@@ -209,23 +211,24 @@ def other_audio(fs: FeatureSet) -> FeatureSet:
     return FeatureSet(fs.utterances, feats)
 
 
+@stage("decoding")
 def cascade(model: SpeechLLM, asr_score: dict[str, Any], out: Path, task: Task,
             fs: FeatureSet, cfg: Any) -> dict[str, Any]:
     """The text cascade: the model's own transcripts (``asr_score``'s hypotheses), then
     the same model translating them, text in place of the audio (cached by key)."""
     rows = [json.loads(x) for x in (out / asr_score["hypotheses"]).read_text().splitlines()]
     transcripts = [r["hyp"] or "." for r in rows]
+    ev = cfg.base.eval
     key = config_hash({"transcripts": transcripts, "task": task.name,
-                       "max_new_tokens": cfg.base.eval.max_new_tokens})
+                       "max_new_tokens": ev.max_new_tokens, **precision_key(model, ev)})
     path = out / f"cascade-{task.name}-{key}.json"
     cached = load_cached_json(path)
     if cached is not None:
         return cached
-    bs, hyps = cfg.base.eval.batch_size, []
-    with model.asking(task):
+    bs, hyps = ev.batch_size, []
+    with model.asking(task), torch.no_grad(), autocast(model, decode_precision(model, ev)):
         for s in range(0, len(transcripts), bs):
-            hyps += model.generate_from_text(transcripts[s:s + bs],
-                                             cfg.base.eval.max_new_tokens)
+            hyps += model.generate_from_text(transcripts[s:s + bs], ev.max_new_tokens)
     record = {"task": task.name,
               **score_translation(task.targets(fs.utterances), hyps, allow_empty=True),
               "hypotheses": hyps, "transcripts": transcripts, "provenance": provenance(cfg)}

@@ -19,7 +19,7 @@ from lib.device import resolve_device
 from lib.train.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start
 from lib.data.sources import load_source
 from lib.errors import CompanionError
-from lib.evaluate.decode import (Rescoring, choose, evaluate_asr, transcribe,
+from lib.evaluate.decode import (Rescoring, choose, evaluate_asr, precision_key, transcribe,
                                  transcribe_candidates)
 from lib.evaluate.metrics import paired_difference, score_task
 from lib.evaluate.baselines import score_ctc
@@ -189,7 +189,7 @@ def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
     head = run.warm_start.head
     key = config_hash({"dev": dev.digest(), "beams": ev.rescore_beams,
                        "weights": ev.rescore_weights, "max_new_tokens": ev.max_new_tokens,
-                       "batch_size": ev.batch_size})
+                       "batch_size": ev.batch_size, **precision_key(run.model, ev)})
     path = run.train.run_dir / f"rescore-dev-{key}.json"
     cached = load_cached_json(path)
     if cached is not None:

@@ -5,4 +5,4 @@ import sys
 
 from lib.report.readme import main
 
-sys.exit(main())
+sys.exit(main(argv=sys.argv[1:]))

@@ -24,7 +24,7 @@ from lib.fileio import atomic_write_text, load_json
 from lib.paths import REPO_ROOT
 from lib.report.rules import (LISTENS_GAP, NULL_SHARE_MAX, P_MAX, WER_TARGETS, compare_wer,
                               memory_verdict, paired_verdict)
-from lib.report.results import check_record, results_root
+from lib.report.results import read_record, records, results_root
 
 BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
 
@@ -75,9 +75,11 @@ def _provenance(rec: dict[str, Any]) -> str:
     prov = rec.get("provenance", {})
     commit = (prov.get("git_hash") or "unknown")[:7]
     dirty = " (uncommitted changes)" if prov.get("git_dirty") else ""
-    cpus = prov.get("device", {}).get("cpu_count")
-    gpu = prov.get("device", {}).get("gpu")
-    where = gpu or f"{cpus} CPU cores, no GPU"
+    dev = prov.get("device", {})
+    cpus, gpu = dev.get("cpu_count"), dev.get("gpu")
+    model = f" ({dev['cpu']}, " + ("native bf16" if dev.get("cpu_native_bf16") else
+                                   "no native bf16: float32") + ")" if dev.get("cpu") else ""
+    where = gpu or f"{cpus} CPU cores{model}, no GPU"
     return (f"Measured by the book run of preset `{rec.get('preset')}` at commit {commit}"
             f"{dirty} on {prov.get('date', '?')[:10]}, on {where}; torch "
             f"{prov.get('versions', {}).get('torch', '?')}.")
@@ -267,18 +269,54 @@ def render_ch04(rec: dict[str, Any]) -> str:
             + _provenance(rec) + "\n")
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def render_time(recs: dict[str, dict[str, Any]], min_share: float = 0.01) -> str:
+    """Where each chapter's time went, stage by stage, from the records' ``time``
+    (:func:`lib.clock.summary`): the chapter's wall time, each stage's minutes and share
+    (stages under ``min_share`` folded into ``other``), and what was reused from the cache
+    instead of computed (nothing: a first run). Also what ``make bench-book`` prints."""
+    from lib.clock import OTHER, duration
+
+    if not recs:
+        return "(no full run recorded yet: `make book`)\n"
+    rows = ["| chapter | wall time | where it went (share of the chapter) | reused from the "
+            "cache |", "|---|---|---|---|"]
+    total, timed, runs = 0.0, [], {}
+    for ch, rec in recs.items():
+        t = rec.get("time")
+        prov = rec.get("provenance", {})
+        runs.setdefault((prov.get("git_hash") or "unknown")[:7],
+                        prov.get("date", "?")[:10])
+        if not t:
+            rows.append(f"| {int(ch[2:])} | not recorded | (this record predates the stage "
+                        "times) | – |")
+            continue
+        wall, stages = t["wall_s"], dict(t["stages"])
+        total += wall
+        timed.append(int(ch[2:]))
+        small = sum(v for k, v in stages.items() if v < min_share * wall and k != OTHER)
+        shown = {k: v for k, v in stages.items() if v >= min_share * wall and k != OTHER}
+        if stages.get(OTHER, 0.0) + small > 0:
+            shown[OTHER] = stages.get(OTHER, 0.0) + small
+        where = " · ".join(f"{k} {_minutes(v)} ({100 * v / max(wall, 1e-9):.0f} %)"
+                           for k, v in shown.items())
+        reused = ", ".join(f"{k} x{n}" for k, n in t.get("reused", {}).items()) or \
+            "nothing (a first run)"
+        rows.append(f"| {int(ch[2:])} | {duration(wall)} | {where} | {reused} |")
+    if len(timed) > 1:
+        rows.append(f"| {timed[0]}-{timed[-1]} | **{duration(total)}** | the chapters' "
+                    "wall times added (the kernels' start-up not counted) | |")
+    when = "; ".join(f"commit {c} on {d}" for c, d in runs.items())
+    return "\n".join(rows) + f"\n\nMeasured by the run itself ({when}).\n"
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "ch01": render_ch01, "ch02": render_ch02, "ch03": render_ch03, "ch04": render_ch04,
     "ch05": render_ch05}
 """Chapter -> the function that renders its results file as Markdown."""
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return load_json(path)
-    except ValueError as err:
-        raise CompanionError(f"{path} is not valid JSON ({err}): restore it from git or run "
-                             "`make book` again") from None
 
 
 def render(text: str, root: Path | None = None) -> str:
@@ -291,12 +329,14 @@ def render(text: str, root: Path | None = None) -> str:
     def one(m: re.Match) -> str:
         preset, chapter = m.group(2), m.group(3)
         path = root / preset / f"{chapter}.json"
-        if chapter not in RENDERERS:
+        if chapter == "time":
+            body = render_time(records(preset, root=root))
+        elif chapter not in RENDERERS:
             body = f"(no renderer for {chapter})\n"
         elif not path.is_file():
             body = f"(no full `{preset}` run recorded yet: `make book PRESET={preset}`)\n"
         else:
-            body = RENDERERS[chapter](check_record(_read(path), str(path)))
+            body = RENDERERS[chapter](read_record(path))
         return m.group(1) + body + m.group(5)
 
     return BLOCK.sub(one, text)
@@ -311,13 +351,24 @@ def update_readme(readme: Path = REPO_ROOT / "README.md") -> bool:
     return new != old
 
 
-def main(readme: Path = REPO_ROOT / "README.md") -> int:
+def main(readme: Path = REPO_ROOT / "README.md", argv: list[str] | None = None) -> int:
     """``python -m lib.report``: re-render the README's results blocks; a results file that
     fails its checks (:func:`lib.report.results.check_record`) is one line, status 1, and
-    the README is left as it was."""
+    the README is left as it was. ``--time [--preset P] [--trial T]`` prints where the
+    recorded run's time went instead (``make bench-book``)."""
+    import argparse
     import sys
 
+    ap = argparse.ArgumentParser(prog="python -m lib.report", description=main.__doc__)
+    ap.add_argument("--time", action="store_true",
+                    help="print where the recorded run's time went, stage by stage")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--trial", default=None, help="a trial's name (results/<preset>/trials/)")
+    args = ap.parse_args(argv or [])
     try:
+        if args.time:
+            print(render_time(records(args.preset, args.trial)), end="")
+            return 0
         changed = update_readme(readme)
     except CompanionError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lib.clock import summary
 from lib.errors import CompanionError
 from lib.fileio import figures_digest, provenance, save_json
 from lib.paths import REPO_ROOT
@@ -78,6 +79,45 @@ def _get(rec: Any, path: str) -> Any:
     return node
 
 
+def recorded_line(path: Path | None) -> str:
+    """The short line a chapter's page shows at its record: where its figures went and
+    where its time went so far (the terminal showed the progress, the page keeps this)."""
+    from lib.clock import duration
+
+    t = summary()
+    stages = ", ".join(f"{k} {100 * v / max(t['wall_s'], 1e-9):.0f} %"
+                       for k, v in list(t["stages"].items())[:4])
+    where = f"; this chapter's run so far: {duration(t['wall_s'])} ({stages})"
+    if path is None:
+        return "headline figures not recorded (not a full book run)" + where
+    return f"headline figures recorded in {path}" + where
+
+
+def records(preset: str, trial: str | None = None,
+            root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The records of a preset's last full run (or of ``trial``), by chapter, checked
+    (:func:`check_record`)."""
+    folder = (root or results_root()) / Path(preset).stem
+    folder = folder / "trials" / trial if trial else folder
+    return {p.stem: read_record(p) for p in sorted(folder.glob("ch[0-9][0-9].json"))}
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """One results file, checked (:func:`check_record`).
+
+    Raises:
+        CompanionError: not valid JSON, or it fails its checks (naming the file).
+    """
+    from lib.fileio import load_json
+
+    try:
+        rec = load_json(path)
+    except ValueError as err:
+        raise CompanionError(f"{path} is not valid JSON ({err}): restore it from git or run "
+                             "`make book` again") from None
+    return check_record(rec, str(path))
+
+
 def record_path(chapter: str) -> Path | None:
     """Where a book run records ``chapter``: ``results/<preset>/<chapter>.json`` for a full
     run of the preset, ``results/<preset>/trials/<trial>/<chapter>.json`` for any other
@@ -101,13 +141,18 @@ def record_headline(chapter: str, figures: dict[str, Any], config: Any = None,
     writes beside them, under ``results/<preset>/trials/<its name>/`` (:func:`record_path`),
     and says so. Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
+    The record also carries where the chapter's time went (``time``: its wall time so far
+    and the seconds of each stage, :func:`lib.clock.summary`), from which the README's time
+    table is rendered.
+
     Returns:
         The file written, or ``None`` outside a book run or for a quick run.
     """
     path = record_path(chapter)
     if path is None or quick_run:
         return None
-    rec = {"chapter": chapter, "preset": os.environ["COMPANION_PRESET"], **figures}
+    rec = {"chapter": chapter, "preset": os.environ["COMPANION_PRESET"], **figures,
+           "time": summary()}
     if os.environ.get(TRIAL_ENV):
         rec["trial"] = os.environ[TRIAL_ENV]
     rec["digest"] = figures_digest(rec)

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lib.clock import stage
 from lib.score.agreement import spearman_rho, surface_agreement
 from lib.build.components import decoder_body, eval_mode, find_decoder_layers
 from lib.errors import CompanionError, check_texts
@@ -168,6 +169,7 @@ def _score_batch(decoder: nn.Module,
 
 
 @torch.no_grad()
+@stage("scoring")
 def score_text(model_or_decoder: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 8,
                max_length: int = 128, positions: str = "all", cka_pairs: Any = None
                ) -> RedundancyResult:
@@ -285,6 +287,7 @@ def speech_positions(batch: dict[str, torch.Tensor], positions: str) -> torch.Te
 
 
 @torch.no_grad()
+@stage("scoring")
 def score_speech(model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
                  positions: str | Sequence[str] = "all", with_targets: bool = True,
                  cka_pairs: Any = None) -> Any:

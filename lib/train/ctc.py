@@ -38,8 +38,8 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from lib.clock import note_reused, stage, track
 from lib.config.sections import TrainConfig
 from lib.device import resolve_precision
 from lib.errors import CompanionError
@@ -246,6 +246,7 @@ class WarmStart:
     wall_time_s: float
 
 
+@stage("warm start")
 def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, cfg: TrainConfig,
                    out_dir: Path, desc: str = "CTC warm start") -> WarmStart:
     """Train ``model.projector`` with the CTC head, then match the embedding norm.
@@ -304,6 +305,7 @@ def _reuse_warm_start(model: SpeechLLM, head: CTCHead, out_dir: Path,
     model.projector.load_state_dict({k: v.to(model.device) for k, v in proj.items()})
     head.load_state_dict({k: v.to(model.device) for k, v in blank.items()})
     print(f"{desc}: cached warm start reused ({out_dir})")
+    note_reused()
     return WarmStart(head, rec["log"], rec["norm_factor"], True, rec["wall_time_s"])
 
 
@@ -324,7 +326,7 @@ def _train_projector(model: SpeechLLM, head: CTCHead, train_set: FeatureSet,
     log: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     model.projector.train()
-    bar = tqdm(range(steps), desc=desc)
+    bar = track(range(steps), desc=desc)
     for step in bar:
         if len(queue) < batch_size:
             queue += length_grouped_permutation(frames, batch_size, cfg.length_grouping, gen)

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from lib.build.speechllm import SpeechLLM
+from lib.clock import note_reused, stage, track
 from lib.config.sections import TrainConfig
 from lib.data.features import FeatureSet
 from lib.device import resolve_precision
@@ -193,6 +193,7 @@ def _reuse_finished(model: SpeechLLM, cfg: TrainConfig, run_dir: Path,
         return None
     model.load_trainable_state_dict(weights)
     print(f"{desc}: cached run reused ({run_dir.name}); delete it to retrain")
+    note_reused()
     return TrainRun(run_dir, _read_log(run_dir / "train_log.jsonl", cfg.steps), True, None,
                     True, result, _read_log(run_dir / "dev_log.jsonl", cfg.steps))
 
@@ -297,6 +298,7 @@ def _save_final(model: SpeechLLM, run_dir: Path, train_set: FeatureSet, cfg: Tra
     return result
 
 
+@stage("training", unless_in=("healing",))
 def train_speechllm(
     model: SpeechLLM,
     train_set: FeatureSet,
@@ -363,7 +365,7 @@ def train_speechllm(
     elapsed0 = log[-1]["elapsed_s"] if log else 0.0
     # ``disable`` only where needed: TQDM_DISABLE (set for book runs) fills the default.
     quiet = {} if acc.is_main_process else {"disable": True}
-    bar = tqdm(range(start, end), desc=desc, total=end - start, **quiet)
+    bar = track(range(start, end), desc=desc, total=end - start, **quiet)
     for step in bar:
         torch.manual_seed(cfg.seed * 7919 + step)  # dropout identical after a resume
         micro = [_micro(train_set, order.micro_batch(step * cfg.grad_accum + k), model)

@@ -1,0 +1,158 @@
+"""Where a chapter's time goes: wall time per stage, and progress lines for the terminal.
+
+A chapter runs in one kernel. The library functions that do the work mark their stage
+(:func:`stage`: ``corpus``, ``features``, ``warm start``, ``training``, ``decoding``,
+``baselines``, ``scoring``, ``strategies``, ``healing``, ``timing``, ``loading``); time is
+charged to the innermost open stage, so the stages of a run add up to its wall time, and
+what no stage claims is ``other``. :func:`summary` is what every result of record carries
+(:func:`lib.report.results.record_headline`); the README's time table and ``make
+bench-book`` are rendered from it (:mod:`lib.report.readme`), never typed.
+
+Progress: :func:`track` is a tqdm bar in a notebook or a terminal. In a book run, where bars
+are off (they are noise on a page), ``$COMPANION_PROGRESS`` names a file, and :func:`track`
+writes a line there at most every :data:`EVERY_S` seconds (stage, n of N, elapsed, an
+estimate of what is left), which ``make book`` prints in the terminal as it runs
+(:mod:`lib.book.run`); the executed page keeps only the chapter's own short lines.
+
+Imports nothing of the library. Stage: all (timing). Explained in chapter 1
+(book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+PROGRESS_ENV = "COMPANION_PROGRESS"
+EVERY_S = 30.0  # seconds between two progress lines of one loop
+OTHER = "other"
+
+_now = time.perf_counter  # replaced by the tests' fake clock
+
+
+class Clock:
+    """Wall seconds per stage since :meth:`restart`; the innermost open stage is charged."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.start = self.mark = _now()
+        self.stack: list[str] = []
+        self.seconds: dict[str, float] = {}
+        self.reused: dict[str, int] = {}
+
+    def _charge(self) -> None:
+        now = _now()
+        top = self.stack[-1] if self.stack else OTHER
+        self.seconds[top] = self.seconds.get(top, 0.0) + (now - self.mark)
+        self.mark = now
+
+    def enter(self, name: str) -> None:
+        self._charge()
+        self.stack.append(name)
+
+    def leave(self) -> None:
+        self._charge()
+        self.stack.pop()
+
+    @property
+    def current(self) -> str:
+        return self.stack[-1] if self.stack else OTHER
+
+    def summary(self) -> dict[str, Any]:
+        """``wall_s`` since the restart, ``stages`` (seconds, largest first, summing to
+        ``wall_s``) and ``reused`` (cached results taken per stage instead of computed)."""
+        self._charge()
+        stages = sorted(self.seconds.items(), key=lambda kv: -kv[1])
+        return {"wall_s": round(self.mark - self.start, 1),
+                "stages": {k: round(v, 1) for k, v in stages if v >= 0.05},
+                "reused": dict(self.reused)}
+
+
+CLOCK = Clock()
+"""The process's clock: one chapter per kernel, restarted by :func:`lib.recipes.notebook.setup`."""
+
+
+@contextlib.contextmanager
+def stage(name: str, unless_in: tuple[str, ...] = ()) -> Iterator[None]:
+    """Charge the time inside to stage ``name`` (also a decorator); inside one of the
+    stages ``unless_in`` the time stays with that stage (healing trains, but its time is
+    healing's)."""
+    if CLOCK.current in unless_in:
+        yield
+        return
+    CLOCK.enter(name)
+    try:
+        yield
+    finally:
+        CLOCK.leave()
+
+
+def note_reused() -> None:
+    """Count a cached result taken instead of computed, in the current stage."""
+    CLOCK.reused[CLOCK.current] = CLOCK.reused.get(CLOCK.current, 0) + 1
+
+
+def summary() -> dict[str, Any]:
+    return CLOCK.summary()
+
+
+def duration(seconds: float) -> str:
+    """``75`` -> ``1 min 15 s``; ``3725`` -> ``62 min 5 s``; ``8.2`` -> ``8 s``."""
+    s = int(round(seconds))
+    return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
+
+
+class track:
+    """``tqdm(iterable, desc=..., total=...)`` that also reports to the progress file.
+
+    Iterating it yields the items; ``set_postfix`` and ``disable`` work as on the bar.
+    """
+
+    def __init__(self, iterable: Iterable[Any], desc: str, total: int | None = None,
+                 **bar: Any) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(iterable, desc=desc, total=total, **bar)
+        self.desc = desc
+        self.total = total if total is not None else (
+            len(iterable) if hasattr(iterable, "__len__") else None)  # type: ignore[arg-type]
+        self.path = os.environ.get(PROGRESS_ENV)
+        self.postfix = ""
+
+    @property
+    def disable(self) -> bool:
+        return bool(self.bar.disable)
+
+    def set_postfix(self, **values: Any) -> None:
+        self.bar.set_postfix(**values)
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def __iter__(self) -> Iterator[Any]:
+        t0 = last = _now()
+        n = 0
+        for item in self.bar:
+            yield item
+            n += 1
+            now = _now()
+            if self.path and (now - last >= EVERY_S or n == self.total):
+                self._line(n, now - t0)
+                last = now
+
+    def _line(self, n: int, elapsed: float) -> None:
+        of = f"{n}/{self.total}" if self.total else f"{n}"
+        left = ""
+        if self.total and n < self.total:
+            left = f", about {duration(elapsed / n * (self.total - n))} left"
+        extra = f", {self.postfix}" if self.postfix else ""
+        line = (f"[{CLOCK.current}] {self.desc}: {of}, {duration(elapsed)} elapsed"
+                f"{left}{extra}")
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:  # type: ignore[arg-type]
+                fh.write(line + "\n")
+        except OSError:  # progress is a courtesy: never fail the work for it
+            self.path = None
