@@ -27,7 +27,7 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 export PYTHONPATH := $(ROOT)
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help setup book chapter test bench-book bench bench-scores bench-prune clean distclean
+.PHONY: help setup book chapter student test bench-book bench bench-scores bench-prune clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET [PRESET=default|tiny|paper-...] [CH=01] [ARGS='-p NAME VALUE']"
@@ -53,6 +53,9 @@ book: setup ## run every chapter with PRESET, then build _build/PRESET/html
 
 chapter: setup ## re-run one chapter: CH=01 PRESET=tiny ARGS='-p train_steps 50'
 	$(PY) -m lib.book run --preset $(PRESET) $(if $(CH),--chapter $(CH)) $(ARGS)
+
+student: setup ## the chapters without solutions or outputs, for a class: _build/student/book/
+	$(PY) -m lib.book student
 
 test: setup ## run the tests (all chapters with preset tiny, then the book build)
 	cd "$(ROOT)" && $(PY) -m pytest -q $(ARGS)

@@ -10,9 +10,10 @@ bench-book`` are rendered from it (:mod:`lib.report.readme`), never typed.
 
 Progress: :func:`track` is a tqdm bar in a notebook or a terminal. In a book run, where bars
 are off (they are noise on a page), ``$COMPANION_PROGRESS`` names a file, and :func:`track`
-writes a line there at most every :data:`EVERY_S` seconds (stage, n of N, elapsed, an
-estimate of what is left), which ``make book`` prints in the terminal as it runs
-(:mod:`lib.book.run`); the executed page keeps only the chapter's own short lines.
+writes a line there at most every :data:`EVERY_S` seconds and at the end of a loop that
+took :data:`QUIET_S` or more (stage, n of N, elapsed, an estimate of what is left), which
+``make book`` prints in the terminal as it runs (:mod:`lib.book.run`); the executed page
+keeps only the chapter's own short lines.
 
 Imports nothing of the library. Stage: all (timing). Explained in chapter 1
 (book/01_building_a_speechllm.ipynb).
@@ -28,6 +29,7 @@ from typing import Any
 
 PROGRESS_ENV = "COMPANION_PROGRESS"
 EVERY_S = 30.0  # seconds between two progress lines of one loop
+QUIET_S = 10.0  # a loop over sooner than this writes no line at all
 OTHER = "other"
 
 _now = time.perf_counter  # replaced by the tests' fake clock
@@ -139,7 +141,8 @@ class track:
             yield item
             n += 1
             now = _now()
-            if self.path and (now - last >= EVERY_S or n == self.total):
+            if self.path and (now - last >= EVERY_S or
+                              (n == self.total and now - t0 >= QUIET_S)):
                 self._line(n, now - t0)
                 last = now
 

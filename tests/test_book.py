@@ -208,8 +208,18 @@ def test_the_book_is_complete_and_offline(built) -> None:
             assert any("_static/mathjax/" in s for s in found.scripts), f"{name}: no MathJax"
     assert list((html / "_static/mathjax").glob("tex-chtml*.js")), "MathJax is not local"
 
-    for name in chapters:
+    notebooks = [c for c in chapters if (REPO_ROOT / c).with_suffix(".ipynb").is_file()]
+    assert "book/course.html" in chapters and len(notebooks) == len(chapters) - 1
+    for name in notebooks:
         page = html / name
+        # Every exercise with its solution, hidden until clicked (sphinx-exercise's dropdown)
+        text = page.read_text(encoding="utf-8")
+        assert text.count('class="exercise admonition"') >= 1, name
+        assert text.count('class="solution dropdown admonition"') == text.count(
+            'class="exercise admonition"'), name
+        # the page's download is the executed notebook, outputs and all
+        nb = nbformat.read(html / "_sources" / Path(name).with_suffix(".ipynb"), 4)
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), name
         # Rendered from the executed copy (papermill's cell), not from the output-free source,
         # and the values shown once: the source's parameters cell is gone.
         text = page.read_text(encoding="utf-8")

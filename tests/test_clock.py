@@ -132,9 +132,9 @@ def test_time_table_by_hand():
     })
     rows = text.splitlines()
     # loading (0.5 %) is under the 1 % floor: folded into other (27 + 3 = 30 s)
-    assert rows[2] == ("| 1 | 10 min 0 s | training 8.0 min (80 %) · decoding 1.5 min (15 %) "
-                       "· other 0.5 min (5 %) | nothing (a first run) |")
-    assert rows[3] == "| 2 | 5 min 0 s | scoring 5.0 min (100 %) | training x2 |"
+    assert rows[2] == ("| 1 | 10 min 0 s | training 8 min 0 s (80 %) · decoding 1 min 30 s "
+                       "(15 %) · other 30 s (5 %) | nothing (a first run) |")
+    assert rows[3] == "| 2 | 5 min 0 s | scoring 5 min 0 s (100 %) | training x2 |"
     assert rows[4].startswith("| 3 | not recorded |")
     assert rows[5].startswith("| 1-2 | **15 min 0 s** |")
     assert "commit abcdef1 on 2026-12-02" in text
@@ -154,4 +154,4 @@ def test_records_carry_their_time_and_bench_book_prints_it(fake, tmp_path, monke
                            "reused": {}}
     assert readme.main(argv=["--time", "--preset", "tiny"]) == 0
     out = capsys.readouterr().out
-    assert "| 1 | 2 min 0 s | training 1.5 min (75 %) · other 0.5 min (25 %) |" in out
+    assert "| 1 | 2 min 0 s | training 1 min 30 s (75 %) · other 30 s (25 %) |" in out

@@ -56,10 +56,14 @@ def test_a_missing_results_file_says_so(tmp_path):
 
 
 def test_the_readme_matches_its_results_files():
-    """Every results block of README.md is exactly the rendering of the committed JSON."""
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    assert readme == render(readme, REPO_ROOT / "results"), \
-        "README.md is out of date with results/: run `.venv/bin/python -m lib.report`"
+    """Every results block of README.md and of the course page is exactly the rendering of
+    the committed JSON."""
+    from lib.report.readme import RENDERED
+
+    for name in RENDERED:
+        text = (REPO_ROOT / name).read_text(encoding="utf-8")
+        assert text == render(text, REPO_ROOT / "results"), \
+            f"{name} is out of date with results/: run `.venv/bin/python -m lib.report`"
 
 
 def test_verdicts_follow_the_interval_rule_and_the_named_thresholds(tmp_path):

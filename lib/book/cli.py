@@ -46,9 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         "run": "execute chapters into _build/<preset>/executed",
         "build": "render the executed chapters into _build/<preset>/html",
         "all": "run, then build",
+        "student": "write the chapters without solutions or outputs into _build/student",
     }
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text, description=text)
+        if name == "student":
+            continue
         sub.add_argument("--preset", default="default", help="params/<preset>.yaml or a .yaml path")
         if name == "build":
             continue
@@ -72,6 +75,13 @@ def main(argv: Sequence[str] | None = None, *, root: Path = REPO_ROOT) -> int:
     """
     args = _parser().parse_args(argv)
     try:
+        if args.command == "student":
+            from lib.book.student import write_student_copies
+
+            written = write_student_copies(root)
+            print(f"{len(written)} student copies (no solutions, no outputs) in "
+                  f"{written[0].parent if written else root}")
+            return 0
         if args.command in ("run", "all"):
             overrides = parse_parameters(args.parameter)
             ran = run_chapters(args.preset, args.chapter, overrides, root=root)

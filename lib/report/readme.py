@@ -269,10 +269,6 @@ def render_ch04(rec: dict[str, Any]) -> str:
             + _provenance(rec) + "\n")
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min"
-
-
 def render_time(recs: dict[str, dict[str, Any]], min_share: float = 0.01) -> str:
     """Where each chapter's time went, stage by stage, from the records' ``time``
     (:func:`lib.clock.summary`): the chapter's wall time, each stage's minutes and share
@@ -288,7 +284,8 @@ def render_time(recs: dict[str, dict[str, Any]], min_share: float = 0.01) -> str
     for ch, rec in recs.items():
         t = rec.get("time")
         prov = rec.get("provenance", {})
-        runs.setdefault((prov.get("git_hash") or "unknown")[:7],
+        commit = (prov.get("git_hash") or "unknown")[:7]
+        runs.setdefault(commit + (" (uncommitted changes)" if prov.get("git_dirty") else ""),
                         prov.get("date", "?")[:10])
         if not t:
             rows.append(f"| {int(ch[2:])} | not recorded | (this record predates the stage "
@@ -301,7 +298,7 @@ def render_time(recs: dict[str, dict[str, Any]], min_share: float = 0.01) -> str
         shown = {k: v for k, v in stages.items() if v >= min_share * wall and k != OTHER}
         if stages.get(OTHER, 0.0) + small > 0:
             shown[OTHER] = stages.get(OTHER, 0.0) + small
-        where = " · ".join(f"{k} {_minutes(v)} ({100 * v / max(wall, 1e-9):.0f} %)"
+        where = " · ".join(f"{k} {duration(v)} ({100 * v / max(wall, 1e-9):.0f} %)"
                            for k, v in shown.items())
         reused = ", ".join(f"{k} x{n}" for k, n in t.get("reused", {}).items()) or \
             "nothing (a first run)"
@@ -342,13 +339,23 @@ def render(text: str, root: Path | None = None) -> str:
     return BLOCK.sub(one, text)
 
 
+RENDERED = ("README.md", "book/course.md")
+"""The files whose results blocks are rendered from ``results/`` (the course page's table
+of times, too)."""
+
+
 def update_readme(readme: Path = REPO_ROOT / "README.md") -> bool:
-    """Re-render the README's results blocks; returns whether anything changed."""
-    old = readme.read_text(encoding="utf-8")
-    new = render(old)
-    if new != old:
-        atomic_write_text(readme, new)
-    return new != old
+    """Re-render the results blocks of the README (and, beside the repository's own README,
+    of the other :data:`RENDERED` files); returns whether anything changed. Every file is
+    rendered before any is written: a bad results file leaves them all as they were."""
+    paths = [readme] + ([REPO_ROOT / p for p in RENDERED[1:]]
+                        if readme == REPO_ROOT / "README.md" else [])
+    texts = {p: p.read_text(encoding="utf-8") for p in paths if p.is_file()}
+    rendered = {p: render(t) for p, t in texts.items()}
+    changed = [p for p in texts if rendered[p] != texts[p]]
+    for p in changed:
+        atomic_write_text(p, rendered[p])
+    return bool(changed)
 
 
 def main(readme: Path = REPO_ROOT / "README.md", argv: list[str] | None = None) -> int:
@@ -373,5 +380,6 @@ def main(readme: Path = REPO_ROOT / "README.md", argv: list[str] | None = None) 
     except CompanionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print("README.md results " + ("re-rendered" if changed else "already up to date"))
+    print(f"{', '.join(RENDERED)}: results " + ("re-rendered" if changed else
+                                                 "already up to date"))
     return 0

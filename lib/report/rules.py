@@ -168,14 +168,14 @@ def null_share(agr: dict[str, Any], null_agrs: list[dict[str, Any]]) -> float:
     return max(shares) if shares else float("nan")
 
 
-def specific_verdict(base: str, share: float) -> str:
+def specific_verdict(base: str, share: float, share_max: float = NULL_SHARE_MAX) -> str:
     """An agreement verdict (:func:`agreement_verdict`) read against the null inputs:
     "the same blocks" becomes "the same blocks, beyond a null input" when a null input
-    reaches at most :data:`NULL_SHARE_MAX` of it, else "the same blocks, as a null input
-    does" (the decoder marks those blocks for anything)."""
+    reaches at most ``share_max`` (:data:`NULL_SHARE_MAX`) of it, else "the same blocks, as
+    a null input does" (the decoder marks those blocks for anything)."""
     if base != "the same blocks":
         return base
-    if share == share and share <= NULL_SHARE_MAX:
+    if share == share and share <= share_max:
         return "the same blocks, beyond a null input"
     return "the same blocks, as a null input does"
 

@@ -1,0 +1,190 @@
+"""The worked solutions of the chapters' exercises, one function per exercise.
+
+Each solution is computed from what its chapter has already in memory (the trained runs,
+the scores, the curves), so it costs seconds and runs in every book run and in the tests
+(with the ``tiny`` preset): an exercise whose code breaks fails CI. The page shows the
+solution hidden in a dropdown (``sphinx-exercise``); ``make student`` strips the solutions
+and the outputs from a copy of each chapter (:mod:`lib.book.student`). Exercises that need
+a run of their own (a ``-p`` change that trains again) are the chapters' *projects*, with
+their cost from the results of record.
+
+Stage: the chapters' recipes (exercises). Explained in the course page (book/course.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lib.data.corpus import voice_family
+from lib.data.features import FeatureSet
+from lib.evaluate.metrics import bootstrap_wer_ci
+from lib.paths import slug
+from lib.recipes.section import Section
+from lib.report.rules import NULL_SHARE_MAX, specific_verdict
+from lib.score.redundancy import agreement
+
+# ------------------------------------------------------------------ chapter 1
+
+
+def wer_by_voice(runs: dict[str, Any], tests: dict[str, FeatureSet], test: str) -> Section:
+    """Exercise 1.1: each test voice's WER (pooled over its utterances, 95 % bootstrap
+    interval), per decoder, from the per-utterance errors of the chapter's scores."""
+    rows = []
+    for name, run in runs.items():
+        s = run.scores[test]
+        voices = [voice_family(u.voice) for u in tests[test].subset(len(s["utterance_words"]))
+                  .utterances]
+        for v in sorted(set(voices)):
+            idx = [i for i, x in enumerate(voices) if x == v]
+            errs = [s["utterance_errors"][i] for i in idx]
+            words = [s["utterance_words"][i] for i in idx]
+            lo, hi = bootstrap_wer_ci(errs, words)
+            rows.append({"decoder": slug(name), "voice": v, "utterances": len(idx),
+                         "WER (%)": 100 * sum(errs) / max(sum(words), 1),
+                         "95 % CI": f"{100 * lo:.1f}–{100 * hi:.1f}"})
+    table = pd.DataFrame(rows)
+    worst = table.loc[table.groupby("decoder")["WER (%)"].idxmax()]
+    return Section(table, {"ex_voice_worst": "; ".join(
+        f"{r['decoder']}: {r['voice']}, {r['WER (%)']:.1f} % over {r['utterances']} "
+        "utterances" for _, r in worst.iterrows())}, precision=1)
+
+
+def paper_decoder_share(pairs: list[tuple[str, str]]) -> Section:
+    """Exercise 1.2: where the parameters of a paper-scale SpeechLLM live (counted on the
+    meta device: nothing is downloaded)."""
+    from lib.build.model_configs import split_table
+
+    table = split_table(pairs)
+    return Section(table, {"ex_paper_share": ", ".join(
+        f"{v:.1f} %" for v in table["decoder share (%)"])}, precision=1)
+
+
+# ------------------------------------------------------------------ chapter 2
+
+
+def bi_against_angular(results: dict[str, dict[str, Any]], key: str) -> Section:
+    """Exercise 2.1: ShortGPT's layers (lowest Block Influence) against the block of
+    smallest d(l, n), on the ``key`` input of each decoder, for every n up to half the
+    decoder: how many of ShortGPT's n layers lie inside the block."""
+    from lib.prune.strategies import angular_layers, block_influence_layers
+
+    rows = []
+    for name, res in results.items():
+        r = res[key]
+        for n in range(1, r.n_layers // 2 + 1):
+            bi, ang = block_influence_layers(r, n), angular_layers(r, n)
+            rows.append({"decoder": name, "n": n, "ShortGPT layers": str(bi),
+                         "d(l, n) block": str(ang), "shared": len(set(bi) & set(ang)),
+                         "shared share": len(set(bi) & set(ang)) / n})
+    table = pd.DataFrame(rows)
+    return Section(table, {"ex_bi_shared": float(table["shared share"].mean())})
+
+
+def pooled_against_per_n(results: dict[str, dict[str, Any]],
+                         comparisons: dict[str, tuple[str, str]]) -> Section:
+    """Exercise 2.2: the correlation pooled over every (l, n) cell against the per-n
+    Spearman, for each of the chapter's comparisons."""
+    rows = []
+    for name, res in results.items():
+        for label, (a, b) in comparisons.items():
+            agr = agreement(res[a], res[b])
+            rows.append({"decoder": name, "comparison": label,
+                         "Spearman per n (mean)": agr["spearman_per_n_mean"],
+                         "pooled over (l, n)": agr["spearman_pooled"]})
+    table = pd.DataFrame(rows)
+    gap = table["pooled over (l, n)"] - table["Spearman per n (mean)"]
+    return Section(table, {"ex_pooled_gap_min": float(gap.min()),
+                           "ex_pooled_gap_max": float(gap.max())})
+
+
+# ------------------------------------------------------------------ chapter 3
+
+
+def cuts_at_thresholds(curves: dict[str, tuple[pd.DataFrame, dict[str, Any]]],
+                       thresholds: tuple[float, ...] = (0.1, 0.25, 0.5),
+                       seed: int = 0) -> Section:
+    """Exercise 3.1: the paper's rule on the chapter's curves at other thresholds (the
+    curves are not decoded again)."""
+    from lib.prune.curves import threshold_table
+
+    rows = []
+    for name, (points, full) in curves.items():
+        for t in thresholds:
+            tab = threshold_table(points, full, t, seed=seed)
+            rows += [{"decoder": name, "threshold": t, "strategy": r.strategy,
+                      "test set": r.test_set, "cut (%)": 100 * r.threshold_cut,
+                      "95 % CI": f"{100 * r.cut_low:.0f}–{100 * r.cut_high:.0f}"}
+                     for r in tab.itertuples()]
+    table = pd.DataFrame(rows)
+    moved = table.groupby(["decoder", "strategy", "test set"])["cut (%)"].agg(np.ptp)
+    return Section(table, {"ex_cut_moves_max": float(moved.max())}, precision=0)
+
+
+def same_layers(plans: dict[str, dict[str, dict[int, list[int]]]], a: str, b: str) -> Section:
+    """Exercise 3.2: at which cut sizes strategies ``a`` and ``b`` remove the same layers."""
+    rows = [{"decoder": name, "layers removed": n, a: str(p[a][n]), b: str(p[b][n]),
+             "same": p[a][n] == p[b][n]}
+            for name, p in plans.items() if a in p and b in p for n in sorted(p[a])
+            if n in p[b]]
+    table = pd.DataFrame(rows)
+    return Section(table, {"ex_same_n": int(table["same"].sum()) if len(table) else 0,
+                           "ex_same_of": len(table)})
+
+
+# ------------------------------------------------------------------ chapter 4
+
+
+def recovery_per_cost(variants: pd.DataFrame, test: str) -> Section:
+    """Exercise 4.1: each healing variant's recovery per minute of healing and per million
+    trainable parameters, on ``test``."""
+    t = variants[(variants["test_set"] == test) & (variants["minutes"] > 0)].copy()
+    t["recovery per minute"] = t["recovery"] / t["minutes"]
+    t["recovery per M trainable"] = t["recovery"] / t["trainable (M)"]
+    known = t.dropna(subset=["recovery per minute"])  # undefined where pruning cost nothing
+    best = known.loc[known.groupby("decoder")["recovery per minute"].idxmax()]
+    cols = ["decoder", "variant", "recovery", "minutes", "trainable (M)",
+            "recovery per minute", "recovery per M trainable"]
+    return Section(t[cols], {"ex_best_per_minute": "; ".join(
+        f"{r.decoder}: {r.variant}" for r in best.itertuples()) or
+        "undefined (pruning raised no WER to win back)"})
+
+
+# ------------------------------------------------------------------ chapter 5
+
+
+def verdicts_at_share(table: pd.DataFrame, share_max: float = 0.5) -> Section:
+    """Exercise 5.1: the agreement verdicts read against the null inputs with another
+    :data:`lib.report.rules.NULL_SHARE_MAX`: which pairs change."""
+    same = table["verdict"].str.startswith("the same blocks")
+    base = np.where(same, "the same blocks", table["verdict"])
+    new = [specific_verdict(b, s, share_max) for b, s in zip(base, table["null share"])]
+    out = table[["decoder", "a", "b", "null share", "verdict"]].assign(
+        **{f"verdict at {share_max:g}": new})
+    changed = int((out["verdict"] != out[f"verdict at {share_max:g}"]).sum())
+    return Section(out, {"ex_changed": changed, "ex_pairs": len(out),
+                         "ex_share_default": NULL_SHARE_MAX})
+
+
+def cascade_by_chrf(found: dict[str, dict[str, Any]]) -> Section:
+    """Exercise 5.2: the speech model against the text cascade by chrF instead of BLEU,
+    paired, for every translation task."""
+    from lib.evaluate.bleu import paired_translation_difference
+    from lib.report.rules import paired_target
+
+    rows = []
+    for dec, tasks in found.items():
+        for name, rec in tasks.items():
+            if "cascade" not in rec["baselines"]:
+                continue
+            s, c = rec["score"], rec["baselines"]["cascade"]
+            d = paired_translation_difference(s, c, "chrf")
+            rows.append({"decoder": dec, "task": name, "chrF speech": s["chrf"],
+                         "chrF cascade": c["chrf"], "speech - cascade": d["difference"],
+                         "verdict (chrF)": paired_target(d, True),
+                         "verdict (BLEU)": rec["vs_cascade"]["verdict"]})
+    table = pd.DataFrame(rows)
+    differ = int((table["verdict (chrF)"] != table["verdict (BLEU)"]).sum()) if rows else 0
+    return Section(table, {"ex_chrf_differ": differ, "ex_chrf_of": len(rows)}, precision=1)
