@@ -339,8 +339,8 @@ def decoding_precision(cfg: Chapter1Config, runs: dict[str, ModelRun],
     found = {d: c for d, c in found.items() if c is not None}
     if not found:
         return Section(glue={"prec_sentence": (
-            f"Here decoding ran in float32 (eval_precision {cfg.eval.precision}: this CPU "
-            "does not run bf16 natively, where autocast would be slower), so there is "
+            "Here decoding ran in float32 (eval_precision resolved to fp32: auto on a CPU "
+            "without native bf16, where autocast is slower, or fp32 asked for), so there is "
             "nothing to compare")}, data={"checks": {}})
     rows = [{"decoder": d, "test set": syn, "WER fp32 (%)": 100 * c["fp32"]["wer"],
              "WER bf16 (%)": 100 * c["bf16"]["wer"],
