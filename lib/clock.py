@@ -76,7 +76,7 @@ class Clock:
 
 
 CLOCK = Clock()
-"""The process's clock: one chapter per kernel, restarted by :func:`lib.recipes.notebook.setup`."""
+"""The process's clock, started when the library is first imported: one chapter per kernel."""
 
 
 @contextlib.contextmanager

@@ -15,6 +15,14 @@ PRECISIONS = ("auto", "bf16", "fp32")
 AMX), else fp32."""
 
 
+def native_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (AVX-512 BF16 or AMX): where bf16 autocast is
+    faster than float32 instead of emulated and slower (``make bench`` measures both)."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def resolve_precision(precision: str, device: str = "auto") -> str:
     """``auto`` -> ``bf16`` where it runs natively (a GPU, or a CPU with AVX-512 BF16 /
     AMX, where bf16 autocast is about 2x faster than fp32), else ``fp32``.
@@ -30,7 +38,7 @@ def resolve_precision(precision: str, device: str = "auto") -> str:
         return precision
     if str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return "bf16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "bf16" if native_bf16() else "fp32"
 
 
 def resolve_device(device: str) -> str:

@@ -78,7 +78,9 @@ def device_info() -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cpu": _cpu_model(),
-                            "cpu_native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                            # lib.device.native_bf16, inlined: this module imports no lib
+                            "cpu_native_bf16": bool(
+                                torch.ops.mkldnn._is_mkldnn_bf16_supported()),
                             "platform": platform.platform(),
                             "python": platform.python_version()}
     if torch.cuda.is_available():

@@ -28,7 +28,7 @@ from lib.recipes import notebook  # noqa: E402
 from lib.assets import build_char_tokenizer  # noqa: E402
 from lib.build.components import Projector, decoder_body
 from lib.config.sections import ModelConfig
-from lib.device import resolve_device, resolve_precision
+from lib.device import native_bf16, resolve_device, resolve_precision
 from lib.errors import CompanionError  # noqa: E402
 from lib.fileio import device_info  # noqa: E402
 from lib.build.model_configs import PAPER_DECODERS, make_config
@@ -215,7 +215,7 @@ def main() -> None:
         print(f"training precision {precision}; 'bare' = the decoder alone over the same "
               f"tokens (forward, backward into LoRA, AdamW); median of {args.rounds} "
               "alternating rounds")
-        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native = native_bf16()
         print(f"decode utt/s in float32; bf16/fp32 = decoding speed under bf16 autocast over "
               f"float32, per round (this CPU {'runs' if native else 'does not run'} bf16 "
               "natively; eval_precision auto decodes in bf16 only where it does)")
