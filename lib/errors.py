@@ -9,6 +9,8 @@ chapter 1 (book/01_building_a_speechllm.ipynb).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class CompanionError(Exception):
     """A user-fixable problem, reported as a single line (no traceback needed)."""
@@ -67,3 +69,64 @@ def check_pairs(refs: object, hyps: object, where: str) -> tuple[list[str], list
     if not refs:
         raise CompanionError("nothing to score: the test set is empty")
     return refs, hyps
+
+
+def io_reason(err: BaseException) -> str:
+    """What an I/O failure means for a user, in a few words: no space left, a read-only
+    folder, permission denied, or the first 80 characters of the error (an ``OSError`` or
+    the ``SafetensorError`` that wraps one)."""
+    import errno
+
+    code = getattr(err, "errno", None)
+    text = " ".join(str(err).split())
+    if code == errno.ENOSPC or "StorageFull" in text or "No space left" in text:
+        return "no space left on the device"
+    if code == errno.EROFS or "ReadOnlyFilesystem" in text or "Read-only file system" in text:
+        return "the folder is read-only"
+    if code == errno.EACCES or "PermissionDenied" in text or "Permission denied" in text:
+        return "permission denied"
+    return f"{type(err).__name__}: {text[:80]}"
+
+
+def is_disk_error(err: BaseException) -> bool:
+    """A failure of the disk rather than of the code: no space, read-only, no permission."""
+    import errno
+
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES,
+                                                      errno.EDQUOT)
+
+
+def disk_error(err: OSError) -> str:
+    """The one line for :func:`is_disk_error`: what failed, on which file, and what to do
+    (the cache is ``$COMPANION_CACHE``: a file inside it names the cache and how to move
+    it)."""
+    import os
+    from pathlib import Path
+
+    where = str(err.filename or "a file")
+    reason = io_reason(err)
+    repo = Path(__file__).resolve().parents[1]
+    cache = Path(os.environ.get("COMPANION_CACHE", repo / ".cache")).expanduser()
+    if where.startswith(str(cache)):
+        state = {"no space left on the device": "is full",
+                 "the folder is read-only": "is read-only"}.get(reason, f"refused ({reason})")
+        return (f"the cache {cache} {state} (writing {where}): free space there, or set "
+                "COMPANION_CACHE to a writable folder with room, then run again")
+    return f"cannot write {where} ({reason}): free space or choose a writable folder"
+
+
+def exit_status(main: Callable[[], int]) -> int:
+    """Run a command's body; a :class:`CompanionError` or a full / read-only disk
+    (:func:`is_disk_error`) is one line on stderr (``error: ...``) and status 1. What every
+    ``python -m lib.*`` command returns."""
+    import sys
+
+    try:
+        return main()
+    except CompanionError as err:
+        print(f"error: {err}", file=sys.stderr)
+    except OSError as err:
+        if not is_disk_error(err):
+            raise
+        print(f"error: {disk_error(err)}", file=sys.stderr)
+    return 1

@@ -8,7 +8,6 @@ the cache the chapters read, so a chapter then reuses them. The steps are
 
 from __future__ import annotations
 
-import sys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     from lib.config.build import config_for
-    from lib.errors import CompanionError
+    from lib.errors import exit_status
     from lib.params import add_parameter_option, parse_parameters
     from lib.paths import slug
     from lib.recipes.pipeline import prepare_features, train_and_evaluate
@@ -38,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     add_parameter_option(ap)
     args = ap.parse_args(argv)
     state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU, nccl on GPUs
-    try:
+
+    def body() -> int:
         # YAML values; a name chapter 1 does not take is an error
         cfg = config_for(1, args.preset, parse_parameters(args.parameter))
         with state.main_process_first():  # features are computed once, then read
@@ -51,10 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             for test, s in run.scores.items():
                 print(f"{slug(mc.decoder)} {test}: WER {100 * s['wer']:.2f} % "
                       f"({s['n_utterances']} utterances)")
-    except CompanionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return exit_status(body)
 
 
 if __name__ == "__main__":

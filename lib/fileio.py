@@ -127,6 +127,19 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_json(path: Path, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON."""
     atomic_write_text(Path(path), json.dumps(obj, indent=2, default=str) + "\n")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from lib.errors import CompanionError
+from lib.errors import exit_status
 from lib.paths import cache_dir
 
 STAMP = "setup.stamp"  # the Makefile names the same file
@@ -34,21 +34,19 @@ def _steps() -> list[tuple[str, Callable[[], object]]]:
 
 def main() -> int:
     """Run the setup steps; print one line each; return the exit status."""
-    stamp = cache_dir() / STAMP
-    stamp.unlink(missing_ok=True)
-    total = time.perf_counter()
-    try:
+    def body() -> int:
+        total = time.perf_counter()
+        stamp = cache_dir() / STAMP
+        stamp.unlink(missing_ok=True)
         for name, step in _steps():
             start = time.perf_counter()
             step()
             print(f"setup: {name:<22} ok  {time.perf_counter() - start:6.1f} s", flush=True)
-    except CompanionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    stamp.write_text(f"setup complete {datetime.now(UTC).isoformat()}\n")
-    print(f"setup: done in {time.perf_counter() - total:.1f} s (cache: {cache_dir()})")
-    return 0
+        stamp.write_text(f"setup complete {datetime.now(UTC).isoformat()}\n")
+        print(f"setup: done in {time.perf_counter() - total:.1f} s (cache: {cache_dir()})")
+        return 0
 
+    return exit_status(body)
 
 if __name__ == "__main__":
     sys.exit(main())

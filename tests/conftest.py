@@ -53,3 +53,17 @@ def random_features():
         return FeatureSet(utts, feats)
 
     return make
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A tiny SpeechLLM with its layer 1 pruned, saved by ``save_speechllm`` into
+    ``tmp_path/saved``."""
+    from lib.build.checkpoint import save_speechllm
+    from lib.build.speechllm import build_speechllm
+    from lib.config.sections import ModelConfig
+    from lib.prune.surgery import prune_speechllm
+
+    m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                    projector_hidden=16, lora_rank=0), seed=0)
+    return save_speechllm(prune_speechllm(m, [1]), tmp_path / "saved")

@@ -10,7 +10,7 @@ import pytest
 from lib import clock
 from lib.book.run import progress_lines
 from lib.report import readme
-from lib.report.results import record_headline
+from lib.report.results import RUN_ENV, publish_run, record_headline
 
 
 class FakeTime:
@@ -145,10 +145,12 @@ def test_records_carry_their_time_and_bench_book_prints_it(fake, tmp_path, monke
     monkeypatch.setenv("COMPANION_RESULTS", str(tmp_path))
     monkeypatch.setenv("COMPANION_PRESET", "tiny")
     monkeypatch.delenv("COMPANION_TRIAL", raising=False)
+    monkeypatch.setenv(RUN_ENV, "run-1")
     with clock.stage("training"):
         fake.t = 90.0
     fake.t = 120.0
     path = record_headline("ch01", {"decoders": {}})
+    publish_run("tiny", "run-1")
     rec = json.loads(path.read_text())
     assert rec["time"] == {"wall_s": 120.0, "stages": {"training": 90.0, "other": 30.0},
                            "reused": {}}

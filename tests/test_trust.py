@@ -5,6 +5,7 @@ half-do."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -122,7 +123,7 @@ def test_a_sealed_result_reads_back_as_written(tmp_path):
 
 def test_only_a_full_run_records_the_numbers_of_record(tmp_path, monkeypatch):
     from lib.book.run import trial_name
-    from lib.report.results import TRIAL_ENV, record_headline
+    from lib.report.results import RUN_ENV, TRIAL_ENV, publish_run, record_headline
 
     every = [Path("book/01_a.ipynb"), Path("book/02_b.ipynb")]
     assert trial_name(every, every, {}) is None
@@ -135,9 +136,13 @@ def test_only_a_full_run_records_the_numbers_of_record(tmp_path, monkeypatch):
     assert trial == tmp_path / "tiny" / "trials" / "train-steps-9" / "ch01.json"
     assert not (tmp_path / "tiny" / "ch01.json").exists()
     monkeypatch.delenv(TRIAL_ENV)
+    assert record_headline("ch01", {"x": 1}) is None  # not a book run: nothing recorded
+    monkeypatch.setenv(RUN_ENV, "run-a")
     full = record_headline("ch01", {"x": 1})
+    assert full == tmp_path / "tiny" / "ch01.json" and not full.exists()  # staged
+    publish_run("tiny", "run-a")
     rec = json.loads(full.read_text())
-    assert full == tmp_path / "tiny" / "ch01.json" and rec["digest"] == figures_digest(rec)
+    assert rec["digest"] == figures_digest(rec) and rec["run_id"] == "run-a"
 
 
 def _record(tmp_path: Path, **change) -> Path:
@@ -188,18 +193,6 @@ def test_the_report_command_is_one_line_and_leaves_the_readme(tmp_path, monkeypa
 # ------------------------------------------------------------------ strict reloads
 
 
-@pytest.fixture
-def saved(tmp_path):
-    from lib.build.checkpoint import save_speechllm
-    from lib.build.speechllm import build_speechllm
-    from lib.config.sections import ModelConfig
-    from lib.prune.surgery import prune_speechllm
-
-    m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
-                                    projector_hidden=16, lora_rank=0), seed=0)
-    return save_speechllm(prune_speechllm(m, [1]), tmp_path / "saved")
-
-
 def _edit(path: Path, **fields) -> None:
     cfg = json.loads(path.read_text())
     for k, v in fields.items():
@@ -219,6 +212,12 @@ def test_an_edited_decoder_config_is_refused(saved, edit, match):
 
     load_speechllm(saved)  # as saved: fine
     _edit(saved / "decoder" / "config.json", **edit)
+    with pytest.raises(CompanionError, match="config.json does not match the digest"):
+        load_speechllm(saved)
+    # with its digest written anew too, the edit is still refused, by the strict load
+    digests = {p.relative_to(saved).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in saved.rglob("*") if p.is_file() and p.name != "speechllm.json"}
+    _edit(saved / "speechllm.json", files=digests)
     with pytest.raises(CompanionError, match=match) as err:
         load_speechllm(saved)
     assert str(saved / "decoder") in str(err.value) and "\n" not in str(err.value)

@@ -23,23 +23,14 @@ from lib.paths import cache_subdir
 # --------------------------------------------------------------------------- helpers
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file, read in chunks.
+def sha256_file(path: Path) -> str:
+    """sha256 hex digest of a file (:func:`lib.fileio.file_sha256`).
 
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
-
-    Args:
-        path: The file.
-        chunk: Read size in bytes.
-
-    Returns:
-        The hex digest.
     """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    from lib.fileio import file_sha256
+
+    return file_sha256(path)
 
 
 def check_sha256(path: Path, expected: str) -> None:

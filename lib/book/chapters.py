@@ -20,9 +20,12 @@ from lib.paths import REPO_ROOT
 
 
 def preset_dir(preset: str, root: Path = REPO_ROOT) -> Path:
-    """``_build/<preset>``: everything built for one preset (a path preset uses its stem)."""
-    name = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
-    return root / "_build" / name
+    """``_build/<label>``: everything built for one preset, under its label
+    (:func:`lib.config.presets.preset_label`: a path preset uses its stem, and its stem and
+    digest when the stem names a shipped preset)."""
+    from lib.config.presets import preset_label
+
+    return root / "_build" / preset_label(preset, root)
 
 
 def list_chapters(root: Path = REPO_ROOT) -> list[Path]:
@@ -98,7 +101,7 @@ def chapter_parameters(
     Raises:
         CompanionError: an override names a parameter that no chapter takes.
     """
-    from lib.config.defaults import CHAPTER_PARAMS, param_names
+    from lib.config.defaults import CHAPTER_PARAMS, own_names, param_names
 
     overrides = overrides or {}
     known = {name for names in declared.values() for name in names}
@@ -107,6 +110,15 @@ def chapter_parameters(
              for nb, names in declared.items()}
     known |= {n for names in takes.values() for n in names}
     known -= {"preset", "overrides"}
+    elsewhere = {name: min(c for c in CHAPTER_PARAMS if name in own_names(c))
+                 for name in sorted(set(overrides) - known)
+                 if any(name in own_names(c) for c in CHAPTER_PARAMS)}
+    if elsewhere:
+        name, chapter = next(iter(elsewhere.items()))
+        running = ", ".join(f"{_number(nb):02d}" for nb in declared)
+        raise CompanionError(f"-p {name}: a parameter of chapter {chapter}, which this run "
+                             f"does not include (chapters {running}): add --chapter "
+                             f"{chapter:02d}, or leave -p {name} out")
     reject_unknown(overrides, known, f"unknown parameter {{names}}; the chapters take: "
                    f"{', '.join(sorted(known)) or '(none)'}")
     merged = {**preset, **overrides}

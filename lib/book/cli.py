@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lib.book.build import build_book
 from lib.book.run import one_line, run_chapters
-from lib.errors import CompanionError
+from lib.errors import CompanionError, exit_status
 from lib.params import add_parameter_option, parse_parameters
 from lib.paths import REPO_ROOT
 
@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None, *, root: Path = REPO_ROOT) -> int:
         root: the repository (``book/``, ``params/``, ``_build/``); for tests.
     """
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.command == "student":
             from lib.book.student import write_student_copies
 
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None, *, root: Path = REPO_ROOT) -> int:
             ran = run_chapters(args.preset, args.chapter, overrides, root=root)
             from lib.book.chapters import list_chapters
             from lib.book.run import trial_name
+            from lib.config.presets import preset_label
             from lib.report.results import results_root
 
             # Only a full run of the repository's own book, recording into its results/,
@@ -94,8 +96,9 @@ def main(argv: Sequence[str] | None = None, *, root: Path = REPO_ROOT) -> int:
             # README alone.
             trial = trial_name([root / "book" / p.name for p in ran], list_chapters(root),
                                overrides)
-            full = trial is None
-            _where_the_time_went(args.preset, trial, [f"ch{p.name[:2]}" for p in ran])
+            label = preset_label(args.preset, root)
+            full = trial is None and label == args.preset  # a shipped preset, run whole
+            _where_the_time_went(label, trial, [f"ch{p.name[:2]}" for p in ran])
             if full and root == REPO_ROOT and results_root() == REPO_ROOT / "results":
                 from lib.report.readme import update_readme
 
@@ -104,10 +107,10 @@ def main(argv: Sequence[str] | None = None, *, root: Path = REPO_ROOT) -> int:
         if args.command in ("build", "all"):
             index = build_book(args.preset, root=root)
             print(f"open {index}")
-    except CompanionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 0
+
+    try:
+        return exit_status(body)
     except KeyboardInterrupt as err:
         print(one_line(err) if str(err) else "interrupted", file=sys.stderr)
         return 130
-    return 0

@@ -25,10 +25,10 @@ from lib.book.chapters import (chapter_parameters, declared_parameters,
 from lib.book.executed import show_parameters_once, source_cell
 from lib.clock import PROGRESS_ENV
 from lib.config.defaults import parameter_names
-from lib.config.presets import load_preset, preset_path
-from lib.errors import CompanionError
+from lib.config.presets import load_preset, preset_label, preset_path
+from lib.errors import CompanionError, disk_error, is_disk_error
 from lib.paths import REPO_ROOT, check_folder, slug
-from lib.report.results import TRIAL_ENV
+from lib.report.results import RUN_ENV, TRIAL_ENV, new_run_id, publish_run
 
 
 KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadata names
@@ -38,18 +38,24 @@ KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadat
 
 @contextlib.contextmanager
 def _kernel_environment(preset: str, trial: str | None = None,
-                        progress: Path | None = None) -> Iterator[None]:
+                        progress: Path | None = None,
+                        run_id: str | None = None) -> Iterator[None]:
     """Environment the kernels inherit: ``import lib`` works, figures are not disabled,
     ``COMPANION_PRESET`` names the preset and ``COMPANION_TRIAL`` a run that is not a full
     one (chapters record their headline figures under ``results/<preset>/``, or beside
-    them for a trial: :func:`lib.report.results.record_headline`); ``COMPANION_PROGRESS``
-    the file the kernel's loops report their progress to (:func:`lib.clock.track`)."""
+    them for a trial: :func:`lib.report.results.record_headline`), ``COMPANION_RUN`` a full
+    run's id (its records are staged until the run completes); ``COMPANION_PROGRESS``
+    the file the kernel's loops report their progress to (:func:`lib.clock.track`).
+    ``preset`` is the label the figures go under (:func:`lib.config.presets.preset_label`).
+    """
     saved = dict(os.environ)
-    os.environ["COMPANION_PRESET"] = Path(preset).stem
-    os.environ.pop(TRIAL_ENV, None)
-    os.environ.pop(PROGRESS_ENV, None)
+    os.environ["COMPANION_PRESET"] = preset
+    for name in (TRIAL_ENV, RUN_ENV, PROGRESS_ENV):
+        os.environ.pop(name, None)
     if trial:
         os.environ[TRIAL_ENV] = trial
+    elif run_id:
+        os.environ[RUN_ENV] = run_id
     if progress is not None:
         os.environ[PROGRESS_ENV] = str(progress)
     paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -181,13 +187,22 @@ def run_chapters(
                                 preset_name=name)
     out = Path(out) if out is not None else preset_dir(preset, root) / "executed"
     check_folder(out, create=True)
+    label = preset_label(preset, root)
+    if label != preset:
+        builtin = (root / "params" / f"{Path(preset).stem}.yaml").is_file()
+        print(f"preset file {preset}: its figures go under results/{label}/ and its pages "
+              f"under _build/{label}/" + (f" (not params/{Path(preset).stem}.yaml, whose "
+                                          "records stay)" if builtin else ""), flush=True)
     trial = trial_name(notebooks, list_chapters(root), overrides)
     if trial:
-        print(f"a trial, not a full run of preset {preset}: its figures are recorded under "
-              f"results/{Path(preset).stem}/trials/{trial}/, the numbers of record stay",
-              flush=True)
+        print(f"a trial, not a full run of preset {label}: its figures are recorded under "
+              f"results/{label}/trials/{trial}/, the numbers of record stay", flush=True)
+    run_id = None if trial else new_run_id()
     with preset_lock(check_folder(preset_dir(preset, root), create=True)):
-        return _run_each(notebooks, out, params, overrides, preset, trial)
+        done = _run_each(notebooks, out, params, overrides, label, trial, run_id)
+        if run_id:
+            publish_run(label, run_id)
+        return done
 
 
 def trial_name(selected: list[Path], every: list[Path], overrides: dict | None) -> str | None:
@@ -231,7 +246,8 @@ def preset_lock(folder: Path) -> Iterator[None]:
 
 
 def _run_each(notebooks: list[Path], out: Path, params: dict[Path, dict[str, Any]],
-              overrides: dict | None, preset: str, trial: str | None) -> list[Path]:
+              overrides: dict | None, preset: str, trial: str | None,
+              run_id: str | None = None) -> list[Path]:
     """Execute each chapter in turn (see :func:`run_chapters`)."""
     done: list[Path] = []
     for nb in notebooks:
@@ -244,7 +260,7 @@ def _run_each(notebooks: list[Path], out: Path, params: dict[Path, dict[str, Any
         shown = f"; {', '.join(changed)}" if changed else ""
         print(f"chapter {nb.stem} (preset {preset}{shown})", flush=True)
         start = time.perf_counter()
-        _execute(nb, running, failed, target, params[nb], preset, trial)
+        _execute(nb, running, failed, target, params[nb], preset, trial, run_id)
         note = f"preset {preset}" + (f"; -p {', '.join(changed)}" if changed else "")
         try:
             show_parameters_once(running, note)
@@ -258,7 +274,7 @@ def _run_each(notebooks: list[Path], out: Path, params: dict[Path, dict[str, Any
 
 
 def _execute(nb: Path, running: Path, failed: Path, target: Path, params: dict[str, Any],
-             preset: str, trial: str | None = None) -> None:
+             preset: str, trial: str | None = None, run_id: str | None = None) -> None:
     """Run one chapter with papermill into ``running``; a failure is one line, with the
     partial run kept as ``failed`` and ``target`` (the last good copy) untouched."""
     import papermill
@@ -266,7 +282,7 @@ def _execute(nb: Path, running: Path, failed: Path, target: Path, params: dict[s
 
     progress = running.parent / f"{nb.stem}.progress.log"
     try:
-        with _kernel_environment(preset, trial, progress), progress_lines(progress):
+        with _kernel_environment(preset, trial, progress, run_id), progress_lines(progress):
             _show_cell_output()
             papermill.execute_notebook(
                 str(nb),
@@ -289,7 +305,7 @@ def _execute(nb: Path, running: Path, failed: Path, target: Path, params: dict[s
         running.replace(failed)
         raise CompanionError(
             f"chapter {nb.stem[:2]} failed in cell {cell}: "
-            f"{err.ename}: {one_line(err.evalue)} (partial run kept at {failed})"
+            f"{err.ename}: {_kernel_error(err.evalue)} (partial run kept at {failed})"
         ) from None
     except Exception as err:  # kernel died, could not start, ...
         kept = ""
@@ -299,6 +315,19 @@ def _execute(nb: Path, running: Path, failed: Path, target: Path, params: dict[s
         raise CompanionError(
             f"chapter {nb.stem[:2]} failed: {type(err).__name__}: {one_line(err)}{kept}"
         ) from None
+
+
+def _kernel_error(evalue: str) -> str:
+    """A kernel's error in one line; a full or read-only disk as what to do about it
+    (:func:`lib.errors.disk_error`), not the bare ``[Errno 28] ...``."""
+    import re
+
+    m = re.match(r"\[Errno (\d+)\] [^:]*: '(.*)'$", one_line(evalue))
+    if m:
+        err = OSError(int(m.group(1)), "", m.group(2))
+        if is_disk_error(err):
+            return disk_error(err)
+    return one_line(evalue)
 
 
 def _interrupted(nb: Path, running: Path, failed: Path, target: Path) -> str:

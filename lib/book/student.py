@@ -20,7 +20,7 @@ from typing import Any
 
 from lib.book.chapters import list_chapters
 from lib.errors import CompanionError
-from lib.fileio import atomic_write_text
+from lib.fileio import atomic_write_text, file_sha256
 from lib.paths import REPO_ROOT, check_folder
 
 START, END = "{solution-start}", "{solution-end}"
@@ -63,21 +63,45 @@ def strip_solutions(nb: dict[str, Any], name: str = "notebook") -> dict[str, Any
     return {**nb, "cells": cells}
 
 
+WRITTEN = ".written.json"
+"""In the student folder: the sha256 of each copy as ``make student`` last wrote it, so a
+copy a student has changed since is told apart and never replaced."""
+
+
 def write_student_copies(root: Path = REPO_ROOT, out: Path | None = None) -> list[Path]:
     """Write every chapter's student copy into ``out/book/`` (``_build/student/book/`` by
     default) beside a copy of ``params/``, so the folder runs as a book of its own.
+
+    A copy a student has changed since it was written (its digest is not the one recorded
+    in :data:`WRITTEN`) is kept: the new copy goes beside it as ``NN_name.new.ipynb``, in
+    one line naming both.
 
     Returns:
         The notebooks written, in chapter order.
     """
     out = Path(out) if out is not None else root / "_build" / "student"
     book = check_folder(out / "book", create=True)
+    ledger = book / WRITTEN
+    try:
+        known = json.loads(ledger.read_text(encoding="utf-8")) if ledger.is_file() else {}
+    except ValueError:
+        known = {}
     written = []
     for nb_path in list_chapters(root):
         nb = json.loads(nb_path.read_text(encoding="utf-8"))
-        copy = strip_solutions(nb, nb_path.name)
+        text = json.dumps(strip_solutions(nb, nb_path.name), indent=1, ensure_ascii=False) + "\n"
         target = book / nb_path.name
-        atomic_write_text(target, json.dumps(copy, indent=1, ensure_ascii=False) + "\n")
+        if target.is_file() and file_sha256(target) != known.get(target.name) \
+                and target.read_text(encoding="utf-8") != text:
+            beside = target.with_name(f"{target.stem}.new.ipynb")
+            atomic_write_text(beside, text)
+            print(f"{target} was changed since it was written: kept as it is; the new copy is "
+                  f"{beside.name}")
+            written.append(beside)
+            continue
+        atomic_write_text(target, text)
+        known[target.name] = file_sha256(target)
         written.append(target)
+    atomic_write_text(ledger, json.dumps(known, indent=1) + "\n")
     shutil.copytree(root / "params", out / "params", dirs_exist_ok=True)
     return written

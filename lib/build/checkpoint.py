@@ -18,8 +18,11 @@ import torch
 
 from lib.build.speechllm import SpeechLLM
 from lib.build.adapters import merge_adapters
-from lib.errors import CompanionError
-from lib.fileio import CorruptFile, load_json, load_tensors, provenance, save_json, save_tensors
+from safetensors import SafetensorError
+
+from lib.errors import CompanionError, io_reason
+from lib.fileio import (CorruptFile, file_sha256, load_json, load_tensors, provenance,
+                        save_json, save_tensors)
 from lib.prune.surgery import pruned_layers
 
 
@@ -42,6 +45,25 @@ def save_speechllm(model: "SpeechLLM", folder: Path, overwrite: bool = False,
     merge_adapters(model)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(model, tmp, extra)
+    except (OSError, SafetensorError) as err:  # a full disk, a read-only folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CompanionError(f"could not save the SpeechLLM into {folder} "
+                             f"({io_reason(err)}): free space or choose a writable folder "
+                             "(nothing was written)") from None
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _write(model: "SpeechLLM", tmp: Path, extra: dict[str, Any] | None) -> None:
+    """Every file of a saved SpeechLLM into ``tmp``; ``speechllm.json`` last, with the
+    sha256 of each of the others (``files``), which :func:`check_saved` verifies."""
     tmp.mkdir(parents=True)
     model.decoder.save_pretrained(tmp / "decoder")
     model.tokenizer.save_pretrained(tmp / "decoder")
@@ -53,14 +75,66 @@ def save_speechllm(model: "SpeechLLM", folder: Path, overwrite: bool = False,
                       "out_dim": model.projector.net[2].out_features,
                       "stack": model.projector.stack, "hidden": lin.out_features},
         "task": model.task.name, "pruned_layers": pruned_layers(model.decoder),
-        **(extra or {}), "provenance": provenance()})
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+        **(extra or {}), "files": _file_digests(tmp), "provenance": provenance()})
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder`` but ``speechllm.json``."""
+    return {p.relative_to(folder).as_posix(): file_sha256(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "speechllm.json"}
+
+
+def check_saved(folder: Path) -> dict[str, Any]:
+    """The manifest (``speechllm.json``) of a saved SpeechLLM whose files are all there and
+    all match the digests written with them, with nothing added to ``decoder/`` (which
+    transformers would read); other files beside the model (scores of it) are its users'.
+
+    Raises:
+        CompanionError: no manifest, a manifest without digests (saved before they were
+            kept), a file missing, added or changed (one line naming the first).
+    """
+    folder = Path(folder)
+    meta_path = folder / "speechllm.json"
+    if not meta_path.is_file():
+        raise CompanionError(f"{folder} is not a saved SpeechLLM (no speechllm.json): save "
+                             "one with lib.build.checkpoint.save_speechllm")
+    try:
+        meta = load_json(meta_path)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        raise CompanionError(f"{meta_path} lists no digests of the model's files (damaged, or "
+                             "saved by an older version): save the model again")
+    on_disk = _file_digests(folder)  # beside the model, results may be kept (chapter 4's)
+    extra = {n for n in on_disk if n.startswith("decoder/")} - set(meta["files"])
+    for name in sorted(set(meta["files"]) | extra):
+        if name not in on_disk:
+            raise CompanionError(f"{folder}: {name} is missing: save the model again")
+        if name not in meta["files"]:
+            raise CompanionError(f"{folder}: {name} was not saved with the model: remove it "
+                                 "or save the model again")
+        if on_disk[name] != meta["files"][name]:
+            raise CompanionError(f"{folder}: {name} does not match the digest saved with it "
+                                 "(damaged or edited): save the model again")
+    return meta
+
+
+def reuse_saved(folder: Path) -> bool:
+    """Whether ``folder`` holds an intact saved SpeechLLM a cache may reuse; a damaged one
+    is set aside (``<name>.corrupt``, in one line) so the caller saves it again."""
+    folder = Path(folder)
+    if not folder.exists():
+        return False
+    try:
+        check_saved(folder)
+        return True
+    except CompanionError as err:
+        target = folder.with_name(folder.name + ".corrupt")
+        shutil.rmtree(target, ignore_errors=True)
+        folder.rename(target)
+        print(f"cached model {folder.name} fails its check ({err}): set aside as "
+              f"{target.name} and saved again")
+        return False
 
 
 def load_speechllm(folder: Path, device: str = "cpu") -> "SpeechLLM":
@@ -70,7 +144,9 @@ def load_speechllm(folder: Path, device: str = "cpu") -> "SpeechLLM":
     Strict: the weights must cover exactly the model the configs describe.
 
     Raises:
-        CompanionError: no ``speechllm.json``; a decoder checkpoint whose weights miss some
+        CompanionError: no ``speechllm.json``; a file missing, added or not matching its
+            digest (:func:`check_saved`); non-finite decoder weights; a decoder checkpoint
+            whose weights miss some
             of the model's, carry others or have other shapes (an edited ``config.json``);
             a projector whose weights do not fit ``speechllm.json`` (one line naming the
             folder and the first mismatching key).
@@ -82,12 +158,13 @@ def load_speechllm(folder: Path, device: str = "cpu") -> "SpeechLLM":
     from lib.tasks import get_task
 
     folder = Path(folder)
-    meta_path = folder / "speechllm.json"
-    if not meta_path.is_file():
-        raise CompanionError(f"{folder} is not a saved SpeechLLM (no speechllm.json): save "
-                             "one with lib.build.checkpoint.save_speechllm")
-    meta = load_json(meta_path)
+    meta = check_saved(folder)
     decoder = _strict_decoder(folder / "decoder", AutoModelForCausalLM)
+    bad = next((n for n, p in decoder.named_parameters()
+                if p.is_floating_point() and not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise CompanionError(f"{folder}: the decoder's {bad} holds NaN or infinite values: "
+                             "save the model again")
     tok = AutoTokenizer.from_pretrained(folder / "decoder")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -47,6 +47,27 @@ def preset_path(name: str, root: Path = REPO_ROOT) -> Path:
     return path
 
 
+def preset_label(name: str, root: Path = REPO_ROOT) -> str:
+    """The name a preset's figures and pages go under (``results/<label>/``,
+    ``_build/<label>/``): a shipped preset's own name; a ``.yaml`` path's stem, unless that
+    stem names a shipped preset and the path is not that preset's file, in which case the
+    stem and the first 8 hex digits of the file's sha256 (``tiny-1a2b3c4d``), so a preset
+    file kept elsewhere never writes into a shipped preset's records.
+
+    Raises:
+        CompanionError: no such preset (:func:`preset_path`).
+    """
+    import hashlib
+
+    path = preset_path(name, root)
+    if Path(name).expanduser().suffix not in {".yaml", ".yml"}:
+        return name
+    own = root / "params" / f"{path.stem}.yaml"
+    if path.stem not in preset_names(root) or path.resolve() == own.resolve():
+        return path.stem
+    return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+
+
 def load_preset(name: str, root: Path = REPO_ROOT,
                 known: Collection[str] | None = None) -> dict[str, Any]:
     """The values a preset sets (what differs from the defaults), as a dict.

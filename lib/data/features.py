@@ -22,7 +22,7 @@ from lib.clock import note_reused, stage, track
 from lib.data.audio import DataWarning, read_audio
 from lib.data.loaders import Utterance
 from lib.errors import CompanionError
-from lib.fileio import CorruptFile, load_tensors, save_tensors, set_aside
+from lib.fileio import CorruptFile, file_sha256, load_tensors, save_tensors, set_aside
 from lib.paths import cache_subdir
 from lib.build.components import SpeechEncoder
 
@@ -124,14 +124,10 @@ def encoder_fingerprint(encoder: SpeechEncoder) -> str:
 
 def file_digest(path: str) -> str:
     """sha256 of a file's bytes ("missing" when it cannot be read): data by content."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(path)  # type: ignore[arg-type]
     except OSError:
         return "missing"
-    return h.hexdigest()
 
 
 def _set_key(encoder: SpeechEncoder, utts: Sequence[Utterance], precision: str) -> str:

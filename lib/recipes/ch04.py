@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from lib.build.checkpoint import load_speechllm, save_speechllm
+from lib.build.checkpoint import load_speechllm, reuse_saved, save_speechllm
 from lib.build.speechllm import SpeechLLM
 from lib.build.adapters import merged_copy
 from lib.config.sections import Chapter4Config
@@ -273,7 +273,7 @@ def cost(cfg: Chapter4Config, inputs: Section, healed: Section, curves_: Section
         model, _ = healed["models"][name]
         full_model = merged_copy(run.model)  # unpruned, adapters merged like the pruned one
         full_folder = run.train.run_dir / "export-full"
-        if not (full_folder / "speechllm.json").is_file():
+        if not reuse_saved(full_folder):  # missing, or damaged and set aside
             save_speechllm(full_model, full_folder, extra={"encoder": run.config.encoder})
         c = compare_decoding(full_model, model,
                              inputs["tests"][first].subset(cfg.base.eval.batch_size),

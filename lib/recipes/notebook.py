@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import os
 
-from lib.errors import CompanionError
+from lib.errors import CompanionError, disk_error, is_disk_error
 
 
 def _show_one_line(shell, etype, value, tb, tb_offset=None):  # noqa: ANN001
-    """IPython handler: show a CompanionError as one line, not a stack trace."""
-    shell._showtraceback(etype, value, [f"\x1b[31m{etype.__name__}\x1b[0m: {value}"])
+    """IPython handler: show a CompanionError, or a full / read-only disk
+    (:func:`lib.errors.is_disk_error`), as one line, not a stack trace; any other
+    ``OSError`` as IPython would."""
+    if issubclass(etype, CompanionError):
+        shell._showtraceback(etype, value, [f"\x1b[31m{etype.__name__}\x1b[0m: {value}"])
+    elif is_disk_error(value):
+        shell._showtraceback(etype, value, [f"\x1b[31m{etype.__name__}\x1b[0m: "
+                                            f"{disk_error(value)}"])
+    else:
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 
 def setup() -> None:
@@ -40,7 +48,7 @@ def setup() -> None:
         return
     shell = get_ipython()
     if shell is not None:
-        shell.set_custom_exc((CompanionError,), _show_one_line)
+        shell.set_custom_exc((CompanionError, OSError), _show_one_line)
 
 
 def glue_values(**values: object) -> None:

@@ -24,7 +24,7 @@ from lib.fileio import atomic_write_text, load_json
 from lib.paths import REPO_ROOT
 from lib.report.rules import (LISTENS_GAP, NULL_SHARE_MAX, P_MAX, WER_TARGETS, compare_wer,
                               memory_verdict, paired_verdict)
-from lib.report.results import read_record, records, results_root
+from lib.report.results import check_needs, records, results_root
 
 BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
 
@@ -310,6 +310,18 @@ def render_time(recs: dict[str, dict[str, Any]], min_share: float = 0.01) -> str
     return "\n".join(rows) + f"\n\nMeasured by the run itself ({when}).\n"
 
 
+def render_record(chapter: str, rec: dict[str, Any], where: str) -> str:
+    """Chapter ``chapter``'s block from its checked record; a field the renderer needs and
+    the record lacks is one line naming it (:func:`check_needs`), never a traceback."""
+    check_needs(rec, chapter, where)
+    try:
+        return RENDERERS[chapter](rec)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+        raise CompanionError(f"{where} does not hold what the README renders "
+                             f"({type(err).__name__}: {' '.join(str(err).split())[:60]}): run "
+                             "`make book` to record it again") from None
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "ch01": render_ch01, "ch02": render_ch02, "ch03": render_ch03, "ch04": render_ch04,
     "ch05": render_ch05}
@@ -322,18 +334,21 @@ def render(text: str, root: Path | None = None) -> str:
     A block whose file does not exist yet says so instead of showing a number.
     """
     root = root or results_root()
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
 
     def one(m: re.Match) -> str:
         preset, chapter = m.group(2), m.group(3)
-        path = root / preset / f"{chapter}.json"
+        if preset not in runs:  # every record of the preset, checked as one run's
+            runs[preset] = records(preset, root=root)
         if chapter == "time":
-            body = render_time(records(preset, root=root))
+            body = render_time(runs[preset])
         elif chapter not in RENDERERS:
             body = f"(no renderer for {chapter})\n"
-        elif not path.is_file():
+        elif chapter not in runs[preset]:
             body = f"(no full `{preset}` run recorded yet: `make book PRESET={preset}`)\n"
         else:
-            body = RENDERERS[chapter](read_record(path))
+            body = render_record(chapter, runs[preset][chapter],
+                                 str(root / preset / f"{chapter}.json"))
         return m.group(1) + body + m.group(5)
 
     return BLOCK.sub(one, text)

@@ -7,6 +7,7 @@ git commit, versions, device); the README's tables are rendered from them
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ TRIAL_ENV = "COMPANION_TRIAL"
 """Set by :mod:`lib.book` for a run that is not a full run of the preset (some chapters
 only, or ``-p`` overrides): its name, e.g. ``chapter-01`` or ``train_steps-9``."""
 
+RUN_ENV = "COMPANION_RUN"
+"""Set by :mod:`lib.book` for a full run of a preset: the run's id. Its chapters' records
+are staged in ``results/<preset>/.run-<id>/`` and moved in together only when every
+chapter has finished (:func:`publish_run`); each carries the id, which the renderer
+checks is one for the whole set (:func:`records`)."""
+
 
 def check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
     """A results record the README may be rendered from: its digest matches its figures
@@ -35,6 +42,9 @@ def check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
     Raises:
         CompanionError: naming ``where`` and the first field that fails.
     """
+    if not isinstance(rec, dict):
+        raise CompanionError(f"{where} holds a JSON {type(rec).__name__}, not a record: "
+                             "restore it from git or run `make book` again")
     want = rec.get("digest")
     if want is None:
         raise CompanionError(f"{where} carries no digest of its figures: it was not written "
@@ -44,17 +54,86 @@ def check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
                              "hand?): restore it from git or run `make book` again")
     for path, value in _leaves(rec):
         name = path.rsplit("/", 1)[-1]
+        if isinstance(value, list) and not all(_finite(x) for x in value):
+            raise CompanionError(f"{where}: {path} = {value} holds a value that is not a "
+                                 "finite number: the run did not measure it; run `make book` "
+                                 "again")
         if name.endswith("_ci95") or not isinstance(value, (int, float)):
             continue
+        if not _finite(value):
+            raise CompanionError(f"{where}: {path} = {value} is not a finite number: the run "
+                                 "did not measure it; run `make book` again")
         ci = _get(rec, path + "_ci95")
         if isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float))
                                                          for x in ci):
-            if value == value and not ci[0] - 1e-9 <= value <= ci[1] + 1e-9:
+            if not ci[0] - 1e-9 <= value <= ci[1] + 1e-9:
                 raise CompanionError(f"{where}: {path} = {value} lies outside its own 95 % "
                                      f"interval {ci}: the record is inconsistent")
         if name == "n_utterances" and not (isinstance(value, int) and value > 0):
             raise CompanionError(f"{where}: {path} = {value} is not a positive count")
     return rec
+
+
+NEEDS: dict[str, tuple[str, ...]] = {
+    "ch01": ("decoders/*/test_sets/*/wer", "decoders/*/test_sets/*/wer_ci95",
+             "decoders/*/test_sets/*/n_utterances", "decoders/*/training/minutes",
+             "decoders/*/training/llm_minutes", "decoders/*/training/steps",
+             "decoders/*/training/recipe", "decoders/*/audio_reliance_gap"),
+    "ch02": ("decoders/*/comparisons/*/spearman_per_n_mean",
+             "decoders/*/comparisons/*/overlap_mean", "decoders/*/comparisons/*/verdict",
+             "decoders/*/comparisons/*/chance/spearman_per_n_mean",
+             "decoders/*/comparisons/*/chance/overlap_mean", "thresholds/agree_rho",
+             "thresholds/agree_overlap_gain"),
+    "ch03": ("decoders/*/strategies/*/threshold_cut", "decoders/*/chosen/strategy",
+             "decoders/*/chosen/n_removed", "decoders/*/chosen/removed_fraction",
+             "settings/threshold", "settings/curve_utterances"),
+    "ch04": ("decoders/*/cut/n_removed", "decoders/*/cut/n_layers",
+             "decoders/*/variants/*/trainable", "decoders/*/variants/*/wall_time_s",
+             "decoders/*/variants/*/tests/*/wer_before",
+             "decoders/*/variants/*/tests/*/wer_after",
+             "decoders/*/variants/*/tests/*/wer_after_ci95", "settings/heal_steps",
+             "settings/heal_batch_size", "settings/heal_learning_rate",
+             "settings/heal_lora_rank"),
+    "ch05": ("decoders/*/tasks/*/metric", "decoders/*/tasks/*/floor",
+             "decoders/*/tasks/*/vs_floor/verdict", "decoders/*/tasks/*/baselines"),
+}
+"""Chapter -> the fields its README renderer (:mod:`lib.report.readme`) reads (``*``: every
+key, at least one), which a record must hold, not null, before it is rendered
+(:func:`check_needs`)."""
+
+
+def check_needs(rec: dict[str, Any], chapter: str, where: str) -> None:
+    """``rec`` holds every field of :data:`NEEDS` for ``chapter``.
+
+    Raises:
+        CompanionError: naming ``where`` and the first field missing or null (renamed, or
+            written by another version of the book).
+    """
+    for pattern in NEEDS.get(chapter, ()):
+        nodes: list[tuple[str, Any]] = [("", rec)]
+        for part in pattern.split("/"):
+            found = []
+            for path, node in nodes:
+                here = f"{path}/{part}" if path else part
+                if not isinstance(node, dict):
+                    raise CompanionError(f"{where}: {path} is not a mapping of fields: run "
+                                         "`make book` to record it again")
+                keys = list(node) if part == "*" else [part]
+                if part == "*" and not keys:
+                    raise CompanionError(f"{where}: {path} is empty: run `make book` to "
+                                         "record it again")
+                for k in keys:
+                    if node.get(k) is None:
+                        raise CompanionError(f"{where}: the field {here.replace('*', k)} is "
+                                             "missing (renamed, or written by another version "
+                                             "of the book): run `make book` to record it again")
+                    found.append((here.replace("*", k), node[k]))
+            nodes = found
+
+
+def _finite(x: Any) -> bool:
+    """Not NaN or infinite (anything that is not a number passes)."""
+    return not isinstance(x, float) or math.isfinite(x)
 
 
 def _leaves(obj: Any, path: str = "") -> list[tuple[str, Any]]:
@@ -90,6 +169,9 @@ def recorded_line(path: Path | None) -> str:
     where = f"; this chapter's run so far: {duration(t['wall_s'])} ({stages})"
     if path is None:
         return "headline figures not recorded (not a full book run)" + where
+    if os.environ.get(RUN_ENV) and not os.environ.get(TRIAL_ENV):
+        return (f"headline figures kept for {path.parent.name}/{path.name} (moved in with "
+                "the rest of this run's when every chapter has finished)" + where)
     return f"headline figures recorded in {path}" + where
 
 
@@ -99,7 +181,24 @@ def records(preset: str, trial: str | None = None,
     (:func:`check_record`)."""
     folder = (root or results_root()) / Path(preset).stem
     folder = folder / "trials" / trial if trial else folder
-    return {p.stem: read_record(p) for p in sorted(folder.glob("ch[0-9][0-9].json"))}
+    recs = {p.stem: read_record(p) for p in sorted(folder.glob("ch[0-9][0-9].json"))}
+    if not trial:
+        check_one_run(recs, folder)
+    return recs
+
+
+def check_one_run(recs: dict[str, dict[str, Any]], folder: Path) -> None:
+    """The records of ``folder`` come from one completed full run: they carry one run id
+    (records written before run ids were kept carry none, and then none may carry one).
+
+    Raises:
+        CompanionError: a mixed set, naming each file and its run.
+    """
+    runs = {ch: rec.get("run_id") for ch, rec in recs.items()}
+    if len(set(runs.values())) > 1:
+        named = ", ".join(f"{ch}.json ({r or 'no run id'})" for ch, r in runs.items())
+        raise CompanionError(f"{folder} mixes the records of different runs ({named}): run "
+                             "`make book` for this preset again to record a complete set")
 
 
 def read_record(path: Path) -> dict[str, Any]:
@@ -119,15 +218,53 @@ def read_record(path: Path) -> dict[str, Any]:
 
 
 def record_path(chapter: str) -> Path | None:
-    """Where a book run records ``chapter``: ``results/<preset>/<chapter>.json`` for a full
-    run of the preset, ``results/<preset>/trials/<trial>/<chapter>.json`` for any other
-    (:data:`TRIAL_ENV`); None outside a book run."""
+    """Where a book run records ``chapter``: ``results/<preset>/.run-<id>/<chapter>.json``
+    for a full run of the preset (:data:`RUN_ENV`; moved to ``results/<preset>/`` with the
+    rest of the run by :func:`publish_run`), ``results/<preset>/trials/<trial>/`` for any
+    other (:data:`TRIAL_ENV`); None outside a book run."""
     preset = os.environ.get("COMPANION_PRESET")
-    if not preset:
+    trial, run = os.environ.get(TRIAL_ENV), os.environ.get(RUN_ENV)
+    if not preset or not (trial or run):
         return None
-    trial = os.environ.get(TRIAL_ENV)
     folder = results_root() / preset
-    return (folder / "trials" / trial if trial else folder) / f"{chapter}.json"
+    return (folder / "trials" / trial if trial else staging(folder, run)) / f"{chapter}.json"
+
+
+def staging(folder: Path, run_id: str) -> Path:
+    """Where a full run's records wait until the run completes."""
+    return folder / f".run-{run_id}"
+
+
+def new_run_id() -> str:
+    """A full run's id: when it started (UTC) and its process."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
+
+
+def publish_run(preset: str, run_id: str, root: Path | None = None) -> list[Path]:
+    """Move a completed full run's records from its staging folder into
+    ``results/<preset>/`` together, replacing the previous run's (a chapter the new run did
+    not record is removed too, so the folder never mixes two runs), and clear staging
+    folders left by runs that were killed.
+
+    Returns:
+        The records now in ``results/<preset>/``.
+    """
+    import shutil
+
+    folder = (root or results_root()) / preset
+    staged = staging(folder, run_id)
+    new = sorted(staged.glob("ch[0-9][0-9].json")) if staged.is_dir() else []
+    if new:
+        for old in folder.glob("ch[0-9][0-9].json"):
+            if not (staged / old.name).exists():
+                old.unlink()
+        for p in new:
+            os.replace(p, folder / p.name)
+    for left in folder.glob(".run-*"):
+        shutil.rmtree(left, ignore_errors=True)
+    return sorted(folder.glob("ch[0-9][0-9].json"))
 
 
 def record_headline(chapter: str, figures: dict[str, Any], config: Any = None,
@@ -137,16 +274,19 @@ def record_headline(chapter: str, figures: dict[str, Any], config: Any = None,
 
     Only a full book run of a preset (every chapter, no ``-p`` override, not a quick run)
     writes the numbers of record, ``results/<preset>/<chapter>.json``, from which the
-    README's tables are rendered (:mod:`lib.report.readme`), never typed; any other book run
-    writes beside them, under ``results/<preset>/trials/<its name>/`` (:func:`record_path`),
-    and says so. Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    README's tables are rendered (:mod:`lib.report.readme`), never typed: staged until the
+    whole run has finished and then moved in together (:func:`publish_run`), stamped with
+    the run's id. Any other book run writes beside them, under
+    ``results/<preset>/trials/<its name>/`` (:func:`record_path`), and says so. Explained in
+    chapter 1 (book/01_building_a_speechllm.ipynb).
 
     The record also carries where the chapter's time went (``time``: its wall time so far
     and the seconds of each stage, :func:`lib.clock.summary`), from which the README's time
     table is rendered.
 
     Returns:
-        The file written, or ``None`` outside a book run or for a quick run.
+        Where the record will be read (for a full run, where it goes when the run
+        completes), or ``None`` outside a book run or for a quick run.
     """
     path = record_path(chapter)
     if path is None or quick_run:
@@ -155,5 +295,8 @@ def record_headline(chapter: str, figures: dict[str, Any], config: Any = None,
            "time": summary()}
     if os.environ.get(TRIAL_ENV):
         rec["trial"] = os.environ[TRIAL_ENV]
+    else:
+        rec["run_id"] = os.environ[RUN_ENV]
     rec["digest"] = figures_digest(rec)
-    return save_json(path, {**rec, "provenance": provenance(config)})
+    save_json(path, {**rec, "provenance": provenance(config)})
+    return path if rec.get("trial") else path.parent.parent / path.name
