@@ -628,8 +628,10 @@ def test_evaluate_cut_caches_and_restores_the_model(speech, tmp_path, monkeypatc
     before_state = _state(model)
     with torch.no_grad():
         before = float(model.loss(f, ln, tx))
+    # float32 as the reference decodes (``auto`` would take bf16 autocast on a CPU that
+    # runs it natively, and a tiny random model's near-ties can then flip)
     rec = curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean",
-                              EvalConfig(batch_size=2, max_new_tokens=5))
+                              EvalConfig(batch_size=2, max_new_tokens=5, precision="fp32"))
     assert rec["layers"] == [1, 3] and rec["n_removed"] == 2
     assert rec["removed_fraction"] == 0.5 and rec["n_layers"] == 4
     # the hypotheses are those of a decoder rebuilt by hand without layers 1 and 3
@@ -653,25 +655,25 @@ def test_evaluate_cut_caches_and_restores_the_model(speech, tmp_path, monkeypatc
 
     monkeypatch.setattr(curves, "transcribe", no_decoding)
     again = curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean",
-                                EvalConfig(batch_size=2, max_new_tokens=5))
+                                EvalConfig(batch_size=2, max_new_tokens=5, precision="fp32"))
     assert again == rec
     # another layer set or another max_new_tokens is another point: it decodes
     with pytest.raises(AssertionError, match="decoded again"):
         curves.evaluate_cut(model, data, [1, 2], tmp_path, "clean",
-                            EvalConfig(batch_size=2, max_new_tokens=5))
+                            EvalConfig(batch_size=2, max_new_tokens=5, precision="fp32"))
     with pytest.raises(AssertionError, match="decoded again"):
         curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean",
-                            EvalConfig(batch_size=2, max_new_tokens=6))
+                            EvalConfig(batch_size=2, max_new_tokens=6, precision="fp32"))
     # reuse=False decodes even when the point is cached
     with pytest.raises(AssertionError, match="decoded again"):
         curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean",
-                            EvalConfig(batch_size=2, max_new_tokens=5), reuse=False)
+                            EvalConfig(batch_size=2, max_new_tokens=5, precision="fp32"), reuse=False)
     assert len(model.decoder_layers) == 4  # restored after a failed decoding too
     monkeypatch.undo()
     r2 = curves.evaluate_cut(model, data, [1, 2], tmp_path, "clean",
-                             EvalConfig(batch_size=2, max_new_tokens=5))
+                             EvalConfig(batch_size=2, max_new_tokens=5, precision="fp32"))
     r3 = curves.evaluate_cut(model, data, [1, 3], tmp_path, "clean",
-                             EvalConfig(batch_size=2, max_new_tokens=6))
+                             EvalConfig(batch_size=2, max_new_tokens=6, precision="fp32"))
     names = {p.name for p in (tmp_path / "cuts").iterdir()}
     assert len(names) == 3 and r2["layers"] == [1, 2] and r3["layers"] == [1, 3]
 

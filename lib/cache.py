@@ -1,0 +1,79 @@
+"""One way to reuse a computed result: :func:`cached`, and the line that says so.
+
+Every cached result of a stage (a test set decoded and scored, a point of a pruning curve,
+the Whisper baseline, the rescoring sweep, the text cascade) goes through :func:`cached`:
+
+- the key covers everything that changes the content: the caller's ``keyed`` mapping (data
+  by content, every setting that changes the output), hashed by
+  :func:`lib.fileio.config_hash` into the file name ``<stem>-<key>.json``;
+- the file is verified when read (:func:`lib.fileio.load_cached_json`: a damaged or edited
+  one is set aside in one line and computed again);
+- the provenance (config, commit, versions, device, wall time) is stamped once, here;
+- a reused result says which key it matched (:func:`say_reused`, which also counts it in
+  the current stage: :func:`lib.clock.note_reused`).
+
+A trained projector or adapter is kept in its run's folder (keyed by its config) as weights
+beside a record; the trainers read them back through the same verified reads and say so
+through :func:`say_reused`. Stage: all (the cache). Explained in chapter 1
+(book/01_building_a_speechllm.ipynb).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lib.clock import note_reused
+from lib.fileio import config_hash, load_cached_json, provenance, save_cached_json
+
+
+def file_label(name: str) -> str:
+    """A test set's or task's name as part of a cache file name (``synthetic:test`` ->
+    ``synthetic-test``, ``a/b`` -> ``a_b``): the one rule every cached result uses."""
+    return name.replace(":", "-").replace("/", "_")
+
+
+def say_reused(what: str, key: str) -> None:
+    """The one line of a result taken from the cache instead of computed, naming the key it
+    matched, and the count of it in the current stage."""
+    print(f"{what}: cached result reused (key {key})")
+    note_reused()
+
+
+def cached(folder: Path, stem: str, keyed: Mapping[str, Any],
+           compute: Callable[[Path], dict[str, Any]], *, what: str | None = None,
+           config: Any = None, reuse: bool = True) -> dict[str, Any]:
+    """The result ``compute`` makes, kept as ``folder/<stem>-<key>.json`` and read back
+    (verified) the next time the same key is asked for.
+
+    Args:
+        folder: where the result is kept (a run's folder, or a folder of the cache).
+        stem: the file name before the key, e.g. ``eval-synthetic-test``.
+        keyed: everything that changes the content; its hash is the key.
+        compute: makes the result (a JSON-able dict) given the path it will be kept at (to
+            write files beside it, e.g. per-utterance hypotheses).
+        what: how the line of a reused result names it (``None``: no line; still counted).
+        config: the config stamped into the provenance.
+        reuse: False to compute (and keep) it again even when it is kept.
+
+    Returns:
+        The result, with ``key`` and ``provenance``, as :func:`lib.fileio.load_cached_json`
+        reads it back.
+    """
+    key = config_hash(dict(keyed))
+    path = Path(folder) / f"{stem}-{key}.json"
+    hit = load_cached_json(path) if reuse else None
+    if hit is not None:
+        if what is not None:
+            say_reused(what, key)
+        else:
+            note_reused()
+        return hit
+    t0 = time.perf_counter()
+    result = compute(path)
+    record = {**result, "key": key,
+              "provenance": provenance(config, wall_time_s=time.perf_counter() - t0)}
+    save_cached_json(path, record)
+    return load_cached_json(path)
