@@ -228,3 +228,37 @@ def test_the_book_is_complete_and_offline(built) -> None:
         images = [s for s in _assets(page).images if "_images/" in s]
         assert images, f"{name} shows no figure"
         assert all((page.parent / s).resolve().is_file() for s in images), name
+
+
+def test_the_book_builds_from_the_chapters_that_have_run(tmp_path: Path, capsys) -> None:
+    """One chapter run: its page and the introduction are built; the chapters not run and
+    the course page (which speaks of every chapter) are not, and the run says so."""
+    import shutil
+
+    for name in ("_config.yml", "_toc.yml", "references.bib"):
+        if (REPO_ROOT / name).is_file():
+            shutil.copy2(REPO_ROOT / name, tmp_path / name)
+    shutil.copytree(REPO_ROOT / "book", tmp_path / "book",
+                    ignore=shutil.ignore_patterns("*.ipynb", ".*"))
+    for nb in chapters.list_chapters(REPO_ROOT):
+        _notebook(tmp_path / "book" / nb.name, "steps = 1", "print(steps)")
+    (tmp_path / "params").mkdir()
+    for preset in ("tiny", "other"):
+        (tmp_path / "params" / f"{preset}.yaml").write_text("steps: 2\n")
+    first = chapters.list_chapters(tmp_path)[0]
+    executed = tmp_path / "_build" / "tiny" / "executed"
+    executed.mkdir(parents=True)
+    nb = nbformat.read(first, 4)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("# The first chapter"))
+    nbformat.write(nb, executed / first.name)
+    with pytest.raises(CompanionError, match="no chapter has run yet for preset 'other'"):
+        build.build_book("other", root=tmp_path)
+    index = build.build_book("tiny", root=tmp_path)
+    html = index.parent
+    assert (html / "book" / f"{first.stem}.html").is_file()
+    assert "The first chapter" in (html / "book" / f"{first.stem}.html").read_text()
+    built = sorted(p.stem for p in (html / "book").glob("0*.html"))
+    assert built == [first.stem] and not (html / "book" / "course.html").exists()
+    said = capsys.readouterr().out
+    others = [nb.name for nb in chapters.list_chapters(tmp_path)[1:]]
+    assert f"a partial book: {', '.join(others)} not run yet" in said

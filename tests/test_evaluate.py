@@ -193,7 +193,7 @@ def test_a_cached_score_is_reused_only_for_the_same_inputs(tmp_path, capsys, ran
     keys = {first["key"]}
     for fs, kw in variants:
         rec = evaluate_asr(model, fs, tmp_path, "t", EvalConfig(**kw))
-        assert "cached score reused" not in capsys.readouterr().out, kw
+        assert "cached result reused" not in capsys.readouterr().out, kw
         keys.add(rec["key"])
     assert len(keys) == 1 + len(variants)
     assert torch.equal(data.feats[1], random_features(3, dim=64).feats[1])  # untouched

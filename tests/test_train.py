@@ -78,7 +78,7 @@ def test_finished_run_is_reused(tmp_path, capsys, random_features):
     cfg = _train_config(steps=2, batch_size=2, warmup_steps=0, checkpoint_every=1)
     train_speechllm(_model(), data, cfg, tmp_path / "r")
     again = train_speechllm(_model(), data, cfg, tmp_path / "r")
-    assert again.cached and "cached run reused" in capsys.readouterr().out
+    assert again.cached and "cached result reused" in capsys.readouterr().out
 
 
 def test_empty_training_set_is_an_error(tmp_path):

@@ -103,7 +103,7 @@ def test_an_edited_cached_result_is_set_aside_and_computed_again(tmp_path, rando
     capsys.readouterr()
     again = evaluate_asr(model, data, tmp_path, "t", ev)
     out = capsys.readouterr().out
-    assert "set aside" in out and path.name in out and "cached score reused" not in out
+    assert "set aside" in out and path.name in out and "cached result reused" not in out
     assert again["wer"] == first["wer"] and again["key"] == first["key"]
     assert (path.parent / (path.name + ".corrupt")).is_file()
 

@@ -132,7 +132,8 @@ def reuse_saved(folder: Path) -> bool:
         target = folder.with_name(folder.name + ".corrupt")
         shutil.rmtree(target, ignore_errors=True)
         folder.rename(target)
-        print(f"cached model {folder.name} fails its check ({err}): set aside as "
+        reason = str(err).replace(f"{folder}: ", "").replace(str(folder), folder.name)
+        print(f"cached model {folder.name} fails its check ({reason}): set aside as "
               f"{target.name} and saved again")
         return False
 

@@ -6,18 +6,17 @@ Stage: evaluation. Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from lib.build.components import eval_mode
 from lib.build.speechllm import SpeechLLM
-from lib.clock import note_reused, stage, track
+from lib.cache import cached, file_label
+from lib.clock import stage, track
 from lib.data.features import FeatureSet
 from lib.errors import CompanionError
 from lib.evaluate.decode import EVAL_VERSION
 from lib.evaluate.metrics import score_asr, score_task
-from lib.fileio import load_cached_json, provenance, save_cached_json
 from lib.tasks import ASR, Task
 from lib.train.ctc import CTCHead, ctc_transcribe
 
@@ -89,13 +88,7 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
     Raises:
         CompanionError: a translation task into another language than English.
     """
-    import torch
-    from transformers import AutoProcessor, WhisperForConditionalGeneration
-    from transformers.utils import logging as hf_logging
-
     from lib.assets import resolve_model
-    from lib.fileio import config_hash
-    from lib.data.audio import read_audio
     from lib.data.features import file_digest
     from lib.paths import cache_subdir
 
@@ -110,14 +103,29 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
              "version": EVAL_VERSION}
     if task is not ASR:  # chapter 1's English ASR keeps the key it always had
         keyed["task"] = task.name
-    key = config_hash(keyed)
-    label = test_name.replace(":", "-").replace("/", "_")
-    out = cache_subdir("baselines") / f"whisper-{label}-{key}.json"
-    cached = load_cached_json(out) if reuse else None
-    if cached is not None:
-        print(f"{test_name}: cached Whisper baseline reused (key {key})")
-        note_reused()
-        return cached
+
+    def decode(_: Path) -> dict[str, Any]:
+        utts = data.utterances
+        hyps = _whisper_transcripts(path, utts, test_name, task, batch_size, max_new_tokens)
+        score = (score_asr([u.text for u in utts], hyps) if task is ASR
+                 else score_task(task, task.targets(utts), hyps))
+        return {"test_set": test_name, "model": name_or_path, **score, "hypotheses": hyps,
+                **({} if task is ASR else {"task": task.name})}
+
+    return cached(cache_subdir("baselines"), f"whisper-{file_label(test_name)}", keyed,
+                  decode, what=f"{test_name} Whisper baseline", reuse=reuse)
+
+
+def _whisper_transcripts(path: Path, utts: list[Any], test_name: str, task: Task,
+                         batch_size: int, max_new_tokens: int) -> list[str]:
+    """What a Whisper checkpoint writes for each utterance, greedy, ``batch_size`` at a
+    time (:func:`whisper_baseline`)."""
+    import torch
+    from transformers import AutoProcessor, WhisperForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    from lib.data.audio import read_audio
+
     model = WhisperForConditionalGeneration.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
     # English transcription where the checkpoint knows its languages (a tiny random
@@ -127,9 +135,7 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
               "task": "transcribe" if task.metric == "wer" else "translate"}
              if has_langs else {})
     max_new_tokens = min(max_new_tokens, model.config.max_target_positions - 4)
-    utts = data.utterances
     hyps: list[str] = []
-    t0 = time.perf_counter()
     # transformers warns on every batch that max_new_tokens overrides the checkpoint's
     # max_length (448): intended here, so its logger is quiet while decoding.
     verbosity = hf_logging.get_verbosity()
@@ -148,12 +154,4 @@ def whisper_baseline(name_or_path: str, data: FeatureSet, test_name: str,
             hyps += [h.strip() for h in processor.batch_decode(ids, skip_special_tokens=True)]
     finally:
         hf_logging.set_verbosity(verbosity)
-    wall = time.perf_counter() - t0
-    score = (score_asr([u.text for u in utts], hyps) if task is ASR
-             else score_task(task, task.targets(utts), hyps))
-    record = {"test_set": test_name, "key": key, "model": name_or_path, **score,
-              "hypotheses": hyps, "provenance": provenance(wall_time_s=wall)}
-    if task is not ASR:
-        record["task"] = task.name
-    save_cached_json(out, record)
-    return record
+    return hyps

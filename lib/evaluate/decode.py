@@ -20,14 +20,14 @@ from typing import Any, Callable, Sequence
 
 from lib.build.components import eval_mode
 from lib.build.speechllm import SpeechLLM
-from lib.clock import note_reused, stage, track
+from lib.cache import cached, file_label
+from lib.clock import stage, track
 from lib.config.sections import EvalConfig
 from lib.data.features import FeatureSet
 from lib.device import resolve_precision
 from lib.errors import CompanionError
 from lib.evaluate.metrics import paired_difference, score_task, utterance_score
-from lib.fileio import (config_hash, load_cached_json, provenance, save_cached_json,
-                         save_jsonl)
+from lib.fileio import save_jsonl
 from lib.train.ctc import CTCHead, ctc_greedy, ctc_logprob
 
 
@@ -213,43 +213,31 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
     """
     max_utterances = ev.max_utterances
     subset = data.subset(max_utterances)
-    slug = name.replace(":", "-").replace("/", "_")
     keyed = {"data": subset.digest(), "max_new_tokens": ev.max_new_tokens,
              "batch_size": ev.batch_size, "prompt": model.prompt, "version": EVAL_VERSION}
     keyed.update(precision_key(model, ev))
-    precision = decode_precision(model, ev)
     if rescore is not None:
         keyed["rescore"] = rescore.key()
-    key = config_hash(keyed)
     suffix = f".first{max_utterances}" if subset is not data else ""
-    path = Path(out_dir) / f"eval-{slug}{suffix}-{key}.json"
-    cached = load_cached_json(path) if reuse else None
-    if cached is not None:
-        print(f"{name}: cached score reused (key {key}: same utterances, audio features, "
-              f"max_new_tokens and batch size)")
-        note_reused()
-        return cached
-    t0 = time.perf_counter()
-    hyps = transcribe(model, subset, ev, desc=f"decoding {name}", rescore=rescore)
-    wall = time.perf_counter() - t0
-    refs = model.task.targets(subset.utterances)
-    score = score_task(model.task, refs, hyps)
-    rows = [{"id": u.id, "voice": u.voice, "ref": r, "hyp": h,
-             **utterance_score(model.task, r, h)}
-            for u, r, h in zip(subset.utterances, refs, hyps)]
-    hyp_path = save_jsonl(path.with_suffix(".hyps.jsonl"), rows)
-    record = {
-        "test_set": name, "key": key, **score,
-        "quick_run": subset is not data,
-        "decoding": "greedy" if rescore is None else {"ctc_rescore": rescore.key()},
-        "precision": precision,
-        "n_available": len(data),
-        "decode_utterances_per_s": round(len(subset) / max(wall, 1e-9), 3),
-        "hypotheses": hyp_path.name,
-        "provenance": provenance(config, wall_time_s=wall),
-    }
-    save_cached_json(path, record)
-    return record
+
+    def decode(path: Path) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        hyps = transcribe(model, subset, ev, desc=f"decoding {name}", rescore=rescore)
+        wall = time.perf_counter() - t0
+        refs = model.task.targets(subset.utterances)
+        rows = [{"id": u.id, "voice": u.voice, "ref": r, "hyp": h,
+                 **utterance_score(model.task, r, h)}
+                for u, r, h in zip(subset.utterances, refs, hyps)]
+        hyp_path = save_jsonl(path.with_suffix(".hyps.jsonl"), rows)
+        return {"test_set": name, **score_task(model.task, refs, hyps),
+                "quick_run": subset is not data,
+                "decoding": "greedy" if rescore is None else {"ctc_rescore": rescore.key()},
+                "precision": decode_precision(model, ev), "n_available": len(data),
+                "decode_utterances_per_s": round(len(subset) / max(wall, 1e-9), 3),
+                "hypotheses": hyp_path.name}
+
+    return cached(out_dir, f"eval-{file_label(name)}{suffix}", keyed, decode,
+                  what=f"{name} score", config=config, reuse=reuse)
 
 
 def precision_check(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,

@@ -24,7 +24,7 @@ from lib.config.sections import EvalConfig
 from lib.errors import CompanionError
 from lib.evaluate.metrics import score_task
 from lib.evaluate.decode import precision_key, transcribe
-from lib.fileio import config_hash, load_cached_json, provenance, save_cached_json
+from lib.cache import cached, file_label
 from lib.prune.surgery import check_layers, skip_layers
 from lib.prune.rule import threshold_cut
 
@@ -56,35 +56,32 @@ def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], 
     """
     big_l = n_layers or len(model.decoder_layers)
     layers = check_layers(layers, big_l) if len(layers) else []
-    key = config_hash({"data": data.digest(), "layers": layers,
-                       "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size,
-                       "prompt": model.prompt, "version": CURVE_VERSION,
-                       **precision_key(model, ev)})
-    path = Path(out_dir) / "cuts" / f"{name.replace(':', '-').replace('/', '_')}-{key}.json"
-    cached = load_cached_json(path) if reuse else None
-    if cached is not None:
-        return cached
-    skip = skip_layers(model.decoder, layers) if layers else contextlib.nullcontext()
-    t0 = time.perf_counter()
-    with skip:
-        hyps = transcribe(model, data, ev, desc=f"{name}, {len(layers)} layers removed")
-    wall = time.perf_counter() - t0
-    refs = model.task.targets(data.utterances)
-    score = score_task(model.task, refs, hyps)
-    record = {
-        "test_set": name, "layers": layers, "n_removed": len(layers),
-        "removed_fraction": len(layers) / big_l, "n_layers": big_l,
-        "wer": score["wer"], "wer_ci95": score["wer_ci95"],
-        "utterance_errors": score["utterance_errors"],
-        "utterance_words": score["utterance_words"],
-        "n_utterances": len(data),
-        "decode_utterances_per_s": round(len(data) / max(wall, 1e-9), 3),
-        "hypotheses": [{"id": u.id, "ref": r, "hyp": h}
-                       for u, r, h in zip(data.utterances, refs, hyps)],
-        "provenance": provenance(config, wall_time_s=wall),
-    }
-    save_cached_json(path, record)
-    return record
+    keyed = {"data": data.digest(), "layers": layers, "max_new_tokens": ev.max_new_tokens,
+             "batch_size": ev.batch_size, "prompt": model.prompt, "version": CURVE_VERSION,
+             **precision_key(model, ev)}
+
+    def decode(_: Path) -> dict[str, Any]:
+        skip = skip_layers(model.decoder, layers) if layers else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        with skip:
+            hyps = transcribe(model, data, ev, desc=f"{name}, {len(layers)} layers removed")
+        wall = time.perf_counter() - t0
+        refs = model.task.targets(data.utterances)
+        score = score_task(model.task, refs, hyps)
+        return {
+            "test_set": name, "layers": layers, "n_removed": len(layers),
+            "removed_fraction": len(layers) / big_l, "n_layers": big_l,
+            "wer": score["wer"], "wer_ci95": score["wer_ci95"],
+            "utterance_errors": score["utterance_errors"],
+            "utterance_words": score["utterance_words"],
+            "n_utterances": len(data),
+            "decode_utterances_per_s": round(len(data) / max(wall, 1e-9), 3),
+            "hypotheses": [{"id": u.id, "ref": r, "hyp": h}
+                           for u, r, h in zip(data.utterances, refs, hyps)]}
+
+    # a curve has many points: a reused one is counted, not said
+    return cached(Path(out_dir) / "cuts", file_label(name), keyed, decode, config=config,
+                  reuse=reuse)
 
 
 def pruning_curves(model: "SpeechLLM", sets: dict[str, "FeatureSet"],

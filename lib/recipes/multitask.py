@@ -37,7 +37,7 @@ from lib.evaluate.bleu import score_translation
 from lib.evaluate.decode import (autocast, decode_precision, evaluate_asr, precision_key,
                                  transcribe)
 from lib.evaluate.metrics import score_task
-from lib.fileio import config_hash, load_cached_json, provenance, save_cached_json
+from lib.cache import cached
 from lib.paths import slug
 from lib.recipes.pipeline import ModelRun, ctc_aux, run_folder, train_run
 from lib.train.loop import train_speechllm
@@ -219,21 +219,20 @@ def cascade(model: SpeechLLM, asr_score: dict[str, Any], out: Path, task: Task,
     rows = [json.loads(x) for x in (out / asr_score["hypotheses"]).read_text().splitlines()]
     transcripts = [r["hyp"] or "." for r in rows]
     ev = cfg.base.eval
-    key = config_hash({"transcripts": transcripts, "task": task.name,
-                       "max_new_tokens": ev.max_new_tokens, **precision_key(model, ev)})
-    path = out / f"cascade-{task.name}-{key}.json"
-    cached = load_cached_json(path)
-    if cached is not None:
-        return cached
-    bs, hyps = ev.batch_size, []
-    with model.asking(task), torch.no_grad(), autocast(model, decode_precision(model, ev)):
-        for s in range(0, len(transcripts), bs):
-            hyps += model.generate_from_text(transcripts[s:s + bs], ev.max_new_tokens)
-    record = {"task": task.name,
-              **score_translation(task.targets(fs.utterances), hyps, allow_empty=True),
-              "hypotheses": hyps, "transcripts": transcripts, "provenance": provenance(cfg)}
-    save_cached_json(path, record)
-    return record
+    keyed = {"transcripts": transcripts, "task": task.name,
+             "max_new_tokens": ev.max_new_tokens, **precision_key(model, ev)}
+
+    def translate(_: Path) -> dict[str, Any]:
+        bs, hyps = ev.batch_size, []
+        with model.asking(task), torch.no_grad(), autocast(model, decode_precision(model, ev)):
+            for s in range(0, len(transcripts), bs):
+                hyps += model.generate_from_text(transcripts[s:s + bs], ev.max_new_tokens)
+        return {"task": task.name,
+                **score_translation(task.targets(fs.utterances), hyps, allow_empty=True),
+                "hypotheses": hyps, "transcripts": transcripts}
+
+    return cached(out, f"cascade-{task.name}", keyed, translate,
+                  what=f"{task.name} text cascade", config=cfg)
 
 
 def whisper_tasks(cfg: Chapter5Config, tests: dict[str, FeatureSet]) -> dict[str, Any]:

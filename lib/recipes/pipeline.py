@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lib.config.sections import Chapter1Config, ModelConfig, TrainConfig
+from lib.cache import cached
 from lib.fileio import config_hash
 from lib.device import resolve_device
 from lib.train.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start
@@ -180,21 +181,16 @@ def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
     no CTC head (recipe ``plain``), ``rescore_beams`` is 0 or there is no dev subset.
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
     """
-    from lib.fileio import load_cached_json, provenance, save_cached_json
-
     ev = cfg.eval
     _, dev = split_dev(train, cfg.dev_utterances)
     if run.warm_start is None or ev.rescore_beams == 0 or dev is None:
         return {}
     head = run.warm_start.head
-    key = config_hash({"dev": dev.digest(), "beams": ev.rescore_beams,
-                       "weights": ev.rescore_weights, "max_new_tokens": ev.max_new_tokens,
-                       "batch_size": ev.batch_size, **precision_key(run.model, ev)})
-    path = run.train.run_dir / f"rescore-dev-{key}.json"
-    cached = load_cached_json(path)
-    if cached is not None:
-        sweep = cached["sweep"]
-    else:
+    keyed = {"dev": dev.digest(), "beams": ev.rescore_beams, "weights": ev.rescore_weights,
+             "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size,
+             **precision_key(run.model, ev)}
+
+    def sweep_weights(_: Path) -> dict[str, Any]:
         cands = transcribe_candidates(run.model, dev, head, ev.rescore_beams, ev,
                                       desc="dev: beams + CTC")
         refs = run.model.task.targets(dev.utterances)
@@ -202,7 +198,10 @@ def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
         for w in ev.rescore_weights:
             sc = score_task(run.model.task, refs, choose(cands, w))
             sweep.append({"weight": w, "dev_wer": sc["wer"], "dev_wer_ci95": sc["wer_ci95"]})
-        save_cached_json(path, {"sweep": sweep, "n_dev": len(dev), "provenance": provenance(cfg)})
+        return {"sweep": sweep, "n_dev": len(dev)}
+
+    sweep = cached(run.train.run_dir, "rescore-dev", keyed, sweep_weights,
+                   what="rescoring weights on the dev set", config=cfg)["sweep"]
     best = min(sweep, key=lambda r: (r["dev_wer"], r["weight"]))["weight"]
     rescore = Rescoring(head, weight=best, num_beams=ev.rescore_beams)
     scores = {test: evaluate_asr(run.model, fs, run.train.run_dir, test, ev, config=cfg,

@@ -172,7 +172,11 @@ def recorded_line(path: Path | None) -> str:
     if os.environ.get(RUN_ENV) and not os.environ.get(TRIAL_ENV):
         return (f"headline figures kept for {path.parent.name}/{path.name} (moved in with "
                 "the rest of this run's when every chapter has finished)" + where)
-    return f"headline figures recorded in {path}" + where
+    try:  # as the reader knows it (results/...), not this machine's path
+        shown = path.relative_to(results_root().parent)
+    except ValueError:
+        shown = Path(path.parent.name) / path.name
+    return f"headline figures recorded in {shown}" + where
 
 
 def records(preset: str, trial: str | None = None,

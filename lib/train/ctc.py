@@ -39,7 +39,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from lib.clock import note_reused, stage, track
+from lib.cache import say_reused
+from lib.clock import stage, track
 from lib.config.sections import TrainConfig
 from lib.device import resolve_precision
 from lib.errors import CompanionError
@@ -304,8 +305,7 @@ def _reuse_warm_start(model: SpeechLLM, head: CTCHead, out_dir: Path,
         return None
     model.projector.load_state_dict({k: v.to(model.device) for k, v in proj.items()})
     head.load_state_dict({k: v.to(model.device) for k, v in blank.items()})
-    print(f"{desc}: cached warm start reused ({out_dir})")
-    note_reused()
+    say_reused(desc, f"{out_dir.parent.name}/{out_dir.name}")  # the run's folder is its key
     return WarmStart(head, rec["log"], rec["norm_factor"], True, rec["wall_time_s"])
 
 

@@ -28,7 +28,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from lib.build.speechllm import SpeechLLM
-from lib.clock import note_reused, stage, track
+from lib.cache import say_reused
+from lib.clock import stage, track
 from lib.config.sections import TrainConfig
 from lib.data.features import FeatureSet
 from lib.device import resolve_precision
@@ -192,8 +193,7 @@ def _reuse_finished(model: SpeechLLM, cfg: TrainConfig, run_dir: Path,
     if result is None:
         return None
     model.load_trainable_state_dict(weights)
-    print(f"{desc}: cached run reused ({run_dir.name}); delete it to retrain")
-    note_reused()
+    say_reused(desc, run_dir.name)  # the run's folder is its key
     return TrainRun(run_dir, _read_log(run_dir / "train_log.jsonl", cfg.steps), True, None,
                     True, result, _read_log(run_dir / "dev_log.jsonl", cfg.steps))
 
