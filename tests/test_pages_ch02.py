@@ -62,3 +62,26 @@ def test_gguf_decoders_are_the_offline_quantised_ones():
 
     assert gguf_decoders(["smollm2-135m", "tiny-llama", "gemma3-270m", "org/other"]) == [
         "smollm2-135m", "gemma3-270m"]
+
+
+def test_the_agreement_table_fits_the_page_with_each_figure_beside_its_chance():
+    """Six named columns (the page's content column holds them at 1280 pixels); the figures
+    and the verdict read against a null input, as in the full table."""
+    import pandas as pd
+
+    from lib.recipes.ch02 import agreement_view
+
+    full = pd.DataFrame([{"decoder": "d", "comparison": "text vs speech",
+                          "Spearman per n": 0.704, "chance Spearman": 0.021, "overlap": 1.0,
+                          "chance overlap": 0.66, "overlap gain": 1.0,
+                          "verdict": "the same blocks", "null share": 0.9,
+                          "beyond null": "the same blocks, as a null input does"}])
+    view = agreement_view(full)
+    assert list(view.columns) == ["decoder", "comparison", "Spearman per n (chance)",
+                                  "block overlap (chance)", "null share", "verdict"]
+    row = view.iloc[0]
+    assert row["Spearman per n (chance)"] == "0.70 (0.02)"
+    assert row["block overlap (chance)"] == "1.00 (0.66)"
+    assert row["verdict"] == "the same blocks, as a null input does"
+    no_nulls = agreement_view(full.drop(columns=["null share", "beyond null"]))
+    assert "null share" not in no_nulls and no_nulls.iloc[0]["verdict"] == "the same blocks"

@@ -22,7 +22,7 @@ from lib.evaluate.baselines import audio_reliance
 from lib.paths import slug
 from lib.prune.losses import ablation_losses, ablation_summary
 from lib.recipes.pipeline import prepare_features, train_and_evaluate
-from lib.recipes.section import Section
+from lib.recipes.section import Section, settings_line
 from lib.report import plotting
 from lib.report.results import record_headline, recorded_line
 from lib.report.rules import (CHEAP_SHARE, LISTENS_GAP, NULL_SHARE_MAX, agreement_verdict,
@@ -51,6 +51,15 @@ def gguf_decoders(names: Any) -> list[str]:
     from lib.assets.registry import OFFLINE_MODELS
 
     return [n for n in names if getattr(OFFLINE_MODELS.get(n), "kind", None) == "gguf"]
+
+
+def settings(cfg: Chapter2Config) -> str:
+    """The line under the chapter's config: what this run does, in its own numbers."""
+    sc = cfg.score
+    return settings_line(cfg, f"{sc.n_utterances} utterances scored, ablation "
+                              f"n={sc.ablation_block}",
+                         f"verdict thresholds: Spearman per n >= {sc.agree_rho}, overlap "
+                         f"gain >= {sc.agree_overlap_gain}, {sc.chance_draws} chance draws")
 
 
 # ------------------------------------------------------------------ 2.1 the inputs
@@ -167,6 +176,22 @@ def agreement_table(results: dict[str, dict[str, Any]], draws: int, rho_min: flo
     return pd.DataFrame(rows)
 
 
+def agreement_view(agree: pd.DataFrame) -> pd.DataFrame:
+    """:func:`agreement_table` as the page shows it, within the content column: each
+    figure beside its chance level in one cell, and one verdict (read against the null
+    inputs when they were scored)."""
+    view = pd.DataFrame({
+        "decoder": agree["decoder"], "comparison": agree["comparison"],
+        "Spearman per n (chance)": [f"{a:.2f} ({b:.2f})" for a, b in
+                                    zip(agree["Spearman per n"], agree["chance Spearman"])],
+        "block overlap (chance)": [f"{a:.2f} ({b:.2f})" for a, b in
+                                   zip(agree["overlap"], agree["chance overlap"])]})
+    if "null share" in agree:
+        view["null share"] = agree["null share"]
+    view["verdict"] = agree["beyond null"] if "beyond null" in agree else agree["verdict"]
+    return view
+
+
 def _all(rows: pd.DataFrame, verdict: str) -> bool:
     return bool((rows["verdict"] == verdict).all())
 
@@ -206,7 +231,8 @@ def agreements(cfg: Chapter2Config, results: dict[str, dict[str, Any]],
             "moves the ranking of blocks away from the pretrained LLM's for at least one "
             "decoder"),
         null_sentence=_null_sentence(agree))
-    return Section(agree, glue, {"agree": agree, "lora_same": _all(tt, "the same blocks")})
+    return Section(agreement_view(agree), glue,
+                   {"agree": agree, "lora_same": _all(tt, "the same blocks")})
 
 
 def _null_sentence(agree: pd.DataFrame) -> str:

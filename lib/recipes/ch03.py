@@ -22,7 +22,7 @@ from lib.prune.curves import evaluate_cut, pruning_curves, threshold_table
 from lib.prune.rule import within_threshold
 from lib.prune.strategies import STRATEGIES, cut_sizes, strategy_layers
 from lib.recipes.pipeline import ModelRun, prepare_features, split_dev, train_and_evaluate
-from lib.recipes.section import Section
+from lib.recipes.section import Section, settings_line
 from lib.report import plotting
 from lib.report.results import record_headline, recorded_line
 from lib.score.records import speech_scores
@@ -41,6 +41,15 @@ in PAPER.md). Llama 3.2 1B tolerates only ~6 % of its layers removed."""
 
 def _wer_ci(s: dict[str, Any]) -> str:
     return f"{100 * s['wer']:.1f} [{100 * s['wer_ci95'][0]:.1f}, {100 * s['wer_ci95'][1]:.1f}]"
+
+
+def settings(cfg: Chapter3Config) -> str:
+    """The line under the chapter's config: what this run does, in its own numbers."""
+    pc = cfg.prune
+    return settings_line(cfg, f"strategies: {', '.join(pc.strategies)}",
+                         f"fractions {list(pc.fractions)}",
+                         f"curve points on the first {pc.curve_utterances} utterances of each "
+                         f"test set", f"rule threshold {pc.threshold}")
 
 
 # ------------------------------------------------------------------ 3.1 models and subsets

@@ -25,7 +25,7 @@ from lib.prune.curves import evaluate_cut
 from lib.prune.strategies import cut_sizes, strategy_layers
 from lib.prune.surgery import pruned_copy
 from lib.recipes.pipeline import ModelRun, prepare_features, split_dev, train_and_evaluate
-from lib.recipes.section import Section
+from lib.recipes.section import Section, settings_line
 from lib.report import plotting
 from lib.report.results import record_headline, recorded_line
 from lib.report.rules import (SPEEDUP_TARGET, interval_beats, memory_verdict,
@@ -38,6 +38,16 @@ COST_NEW_TOKENS = 16
 
 def _wer_ci(s: dict[str, Any]) -> str:
     return f"{100 * s['wer']:.1f} [{100 * s['wer_ci95'][0]:.1f}, {100 * s['wer_ci95'][1]:.1f}]"
+
+
+def settings(cfg: Chapter4Config) -> str:
+    """The line under the chapter's config: what this run does, in its own numbers."""
+    hc, ht = cfg.heal, cfg.heal.train
+    fractions = ", ".join(f"{f:.0%}" for f in hc.curve_fractions)
+    return settings_line(cfg, f"healing: {', '.join(hc.variants)} at {hc.fraction:.0%} of the "
+                              f"layers (angular)", f"'both' at {fractions}",
+                         f"{ht.steps} steps of {ht.batch_size} utterances, peak rate "
+                         f"{ht.learning_rate:g}, LoRA rank {hc.lora_rank}")
 
 
 # ------------------------------------------------------------------ 4.1 the cuts, the budget

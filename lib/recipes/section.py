@@ -39,3 +39,9 @@ class Section:
         if self.table is not None:
             display(styled(self.table, self.precision))
         glue_values(**self.glue)
+
+
+def settings_line(cfg: Any, *parts: str) -> str:
+    """The line a chapter prints under its config: its decoders, then what this run does
+    (``parts``, in the run's own numbers)."""
+    return "; ".join([f"decoders: {', '.join(m.decoder for m in cfg.base.models)}", *parts])

@@ -169,13 +169,13 @@ def recorded_line(path: Path | None) -> str:
     where = f"; this chapter's run so far: {duration(t['wall_s'])} ({stages})"
     if path is None:
         return "headline figures not recorded (not a full book run)" + where
-    if os.environ.get(RUN_ENV) and not os.environ.get(TRIAL_ENV):
-        return (f"headline figures kept for {path.parent.name}/{path.name} (moved in with "
-                "the rest of this run's when every chapter has finished)" + where)
     try:  # as the reader knows it (results/...), not this machine's path
         shown = path.relative_to(results_root().parent)
     except ValueError:
         shown = Path(path.parent.name) / path.name
+    if os.environ.get(RUN_ENV) and not os.environ.get(TRIAL_ENV):
+        return (f"headline figures recorded for {shown}, where they go with every other "
+                "chapter's when the whole run has finished" + where)
     return f"headline figures recorded in {shown}" + where
 
 

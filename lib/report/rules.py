@@ -187,3 +187,47 @@ def paired_target(d: dict[str, Any], higher_is_better: bool) -> str:
     if v == "not distinguishable from":
         return v
     return "better than" if (v == "higher than") == higher_is_better else "worse than"
+
+
+# ------------------------------------------------------------------ chapter 5's targets
+
+MULTITASK_ASR_RULE = 0.25
+"""The paper's rule (a relative WER increase of at most 25 %), applied to the multi-task
+model's English ASR against chapter 1's ASR-only model: sharing the decoder with three other
+tasks may cost English ASR no more than pruning may (chapter 5's target)."""
+
+
+def asr_against_asr_only(asr_only_wer: float, multitask_wer: float) -> dict[str, Any]:
+    """The multi-task model's English ASR against the ASR-only model's: the relative WER
+    change and whether it is within :data:`MULTITASK_ASR_RULE`."""
+    from lib.prune.rule import relative_change, within_threshold
+
+    rel = float(relative_change(asr_only_wer, multitask_wer))
+    return {"relative": rel, "within": bool(within_threshold(rel, MULTITASK_ASR_RULE))}
+
+
+def asr_rule_sentence(asr: dict[str, dict[str, Any]]) -> str:
+    """Per decoder, :func:`asr_against_asr_only` as a clause of the page."""
+    return "; ".join(
+        f"{d}: relative WER change {100 * a['relative']:+.0f} % "
+        f"({'within' if a['within'] else 'beyond'} the paper's "
+        f"{100 * MULTITASK_ASR_RULE:.0f} %)" for d, a in asr.items())
+
+
+def floor_sentence(below: list[str], n_cells: int) -> str:
+    """Whether every task of every decoder beats its no-audio floor (``below``: the
+    ``decoder task`` cells that do not, by the paired rule, of ``n_cells``)."""
+    if not below:
+        return "every task of every decoder scores above its no-audio floor"
+    return "below or level with its no-audio floor: " + ", ".join(below)
+
+
+def whisper_target(verdicts: list[str]) -> str:
+    """Chapter 5's translation target, from each decoder's paired verdict against
+    Whisper-base's own translation: met when one is better, met only in the weak sense
+    when one is not worse, not met otherwise (or with no Whisper baseline)."""
+    if any(v == "better than" for v in verdicts):
+        return "met: better than it"
+    if any(v != "worse than" for v in verdicts):
+        return "met only in the weak sense, not distinguishable from it"
+    return "not met"
