@@ -153,7 +153,8 @@ def measure_ctc(model: SpeechLLM, device: str, batch: int, seconds: float, words
     """Seconds per CTC warm-start step (projector + CTC head over ``vocab`` word pieces,
     forward, backward, AdamW) in float32 and under bf16 autocast; median of alternating
     rounds and the median per-round ratio."""
-    from lib.train.ctc import CTCHead, ctc_loss
+    from lib.build.ctc_head import CTCHead
+    from lib.train.ctc import ctc_loss
 
     table = model.decoder.get_input_embeddings()
     ids = list(range(min(vocab, table.weight.shape[0])))

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from lib.config.sections import ModelConfig, TrainConfig
-from lib.train.ctc import (build_ctc_head, ctc_loss, ctc_transcribe, ctc_warm_start,
-                           match_embedding_norm)
+from lib.build.ctc_head import build_ctc_head
+from lib.evaluate.baselines import ctc_transcribe
+from lib.train.ctc import ctc_loss, ctc_warm_start, match_embedding_norm
 from lib.errors import CompanionError
 from lib.build.speechllm import build_speechllm
 

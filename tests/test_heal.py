@@ -18,7 +18,8 @@ from lib.errors import CompanionError
 from lib.heal.healing import HEAL_VARIANTS, heal, prepare_healing
 from lib.build.checkpoint import load_speechllm, save_speechllm
 from lib.prune.surgery import prune_speechllm
-from lib.prune.surgery import pruned_layers, remove_layers
+from lib.build.components import pruned_layers
+from lib.prune.surgery import remove_layers
 from references import rebuild_decoder
 from lib.build.speechllm import SpeechLLM, build_speechllm
 

@@ -19,8 +19,9 @@ from lib.data.loaders import Utterance
 from lib.errors import CompanionError
 from lib.data.features import FeatureSet
 from references import rebuild_decoder
-from lib.prune.surgery import (block_layers, check_layers, pruned_layers, receiving_layers,
-                               remove_layers, skip_block, skip_layers)
+from lib.build.components import pruned_layers
+from lib.prune.surgery import (block_layers, check_layers, receiving_layers, remove_layers,
+                               skip_block, skip_layers)
 from lib.prune.losses import loss_function
 from lib.score.stats import RedundancyResult
 from lib.build.speechllm import SpeechLLM, build_speechllm

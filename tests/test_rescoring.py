@@ -12,7 +12,7 @@ import torch
 
 from lib.config.sections import EvalConfig
 from lib.config.sections import ModelConfig
-from lib.train.ctc import build_ctc_head, ctc_greedy, ctc_logprob
+from lib.build.ctc_head import build_ctc_head, ctc_greedy, ctc_logprob
 from lib.errors import CompanionError
 from lib.evaluate.decode import Rescoring, evaluate_asr, transcribe
 from lib.data.features import FeatureSet

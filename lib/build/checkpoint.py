@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from lib.errors import CompanionError, io_reason
 from lib.fileio import (CorruptFile, file_sha256, load_json, load_tensors, provenance,
                         save_json, save_tensors)
-from lib.prune.surgery import pruned_layers
+from lib.build.components import pruned_layers
 
 
 def save_speechllm(model: "SpeechLLM", folder: Path, overwrite: bool = False,

@@ -342,3 +342,33 @@ def eval_mode(*modules: Any) -> Iterator[None]:
     finally:
         for sub, mode in saved.values():
             sub.training = mode
+
+
+# ------------------------------------------------------------------ layers and configs
+
+
+def layers_owner(decoder: nn.Module) -> nn.Module:
+    """The module whose ``.layers`` attribute is the decoder's ModuleList."""
+    layers = find_decoder_layers(decoder)
+    inner = decoder_body(decoder)
+    if getattr(inner, "layers", None) is not layers:
+        raise CompanionError(f"cannot find the module holding the layers of "
+                             f"{type(decoder).__name__}")
+    return inner
+
+
+def decoder_configs(decoder: nn.Module, owner: nn.Module) -> list[Any]:
+    """The distinct configs of a decoder, of the module holding its layers, and of the
+    model under its adapters: what layer surgery updates together."""
+    out = []
+    for m in (decoder, owner, getattr(decoder, "get_base_model", lambda: None)()):
+        cfg = getattr(m, "config", None) if m is not None else None
+        if cfg is not None and all(cfg is not c for c in out):
+            out.append(cfg)
+    return out
+
+
+def pruned_layers(decoder: nn.Module) -> list[int]:
+    """The original indices of the layers :func:`lib.prune.surgery.remove_layers` took out ([] if none)."""
+    cfg = decoder_configs(decoder, layers_owner(decoder))[0]
+    return list(getattr(cfg, "pruned_layers", None) or [])

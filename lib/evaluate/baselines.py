@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lib.build.components import eval_mode
+from lib.build.ctc_head import CTCHead, ctc_greedy
 from lib.build.speechllm import SpeechLLM
 from lib.cache import cached, file_label
 from lib.clock import stage, track
@@ -18,7 +21,21 @@ from lib.errors import CompanionError
 from lib.evaluate.decode import EVAL_VERSION
 from lib.evaluate.metrics import score_asr, score_task
 from lib.tasks import ASR, Task
-from lib.train.ctc import CTCHead, ctc_transcribe
+
+
+@torch.no_grad()
+def ctc_transcribe(model: SpeechLLM, head: CTCHead, data: FeatureSet,
+                   batch_size: int = 64) -> list[str]:
+    """Greedy CTC transcripts (best class per position, repeats merged, blanks dropped).
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    out: list[str] = []
+    for start in range(0, len(data), batch_size):
+        idx = list(range(start, min(len(data), start + batch_size)))
+        feats, lengths, _ = data.batch(idx)
+        out += ctc_greedy(model, head, feats, lengths)
+    return out
 
 
 @stage("decoding")

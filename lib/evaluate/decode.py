@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 
 from lib.build.components import eval_mode
+from lib.build.ctc_head import CTCHead, ctc_greedy, ctc_logprob
 from lib.build.speechllm import SpeechLLM
 from lib.cache import cached, file_label
 from lib.clock import stage, track
@@ -28,7 +29,6 @@ from lib.device import resolve_precision
 from lib.errors import CompanionError
 from lib.evaluate.metrics import paired_difference, score_task, utterance_score
 from lib.fileio import save_jsonl
-from lib.train.ctc import CTCHead, ctc_greedy, ctc_logprob
 
 
 EVAL_VERSION = 2

@@ -23,7 +23,8 @@ from lib.clock import stage
 from lib.config.sections import HealConfig
 from lib.errors import CompanionError
 from lib.fileio import config_hash, load_json, provenance, save_json, to_dict
-from lib.prune.surgery import pruned_layers, receiving_layers
+from lib.build.components import pruned_layers
+from lib.prune.surgery import receiving_layers
 
 if TYPE_CHECKING:
     from lib.data.features import FeatureSet

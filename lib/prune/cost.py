@@ -324,7 +324,7 @@ def compare_decoding(full: Any, pruned: Any, data: Any, new_tokens: int = 16,
         ``new_tokens``.
     """
     from lib.build.components import eval_mode
-    from lib.prune.surgery import pruned_layers
+    from lib.build.components import pruned_layers
 
     if new_tokens < 1 or rounds < 1 or memory_rounds < 1:
         raise CompanionError(f"new_tokens={new_tokens}, rounds={rounds}, memory_rounds="

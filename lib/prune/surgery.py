@@ -15,30 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from torch import nn
 
 from lib.errors import CompanionError
-from lib.build.components import decoder_body, find_decoder_layers
+from lib.build.components import decoder_configs, find_decoder_layers, layers_owner
 from lib.build.adapters import merge_adapters
 
 if TYPE_CHECKING:
     from lib.build.speechllm import SpeechLLM
-
-
-def _layers_owner(decoder: nn.Module) -> nn.Module:
-    """The module whose ``.layers`` attribute is the decoder's ModuleList."""
-    layers = find_decoder_layers(decoder)
-    inner = decoder_body(decoder)
-    if getattr(inner, "layers", None) is not layers:
-        raise CompanionError(f"cannot find the module holding the layers of "
-                             f"{type(decoder).__name__}")
-    return inner
-
-
-def _configs(decoder: nn.Module, owner: nn.Module) -> list[Any]:
-    out = []
-    for m in (decoder, owner, getattr(decoder, "get_base_model", lambda: None)()):
-        cfg = getattr(m, "config", None) if m is not None else None
-        if cfg is not None and all(cfg is not c for c in out):
-            out.append(cfg)
-    return out
 
 
 def check_layers(layers: Any, n_layers: int) -> list[int]:
@@ -91,12 +72,12 @@ def _swap_layers(decoder: nn.Module, layers: Sequence[int]) -> Callable[[], None
     match (what ``generate()`` with the KV cache and a saved pruned model need, transformers
     issue 30508). Works through a peft wrapper (the adapters go with their layers).
     """
-    owner = _layers_owner(decoder)
+    owner = layers_owner(decoder)
     old_layers = owner.layers
     big_l = len(old_layers)
     drop = set(check_layers(layers, big_l))
     keep = [i for i in range(big_l) if i not in drop]
-    cfgs = _configs(decoder, owner)
+    cfgs = decoder_configs(decoder, owner)
     saved_cfg = [(c, c.num_hidden_layers, getattr(c, "layer_types", None)) for c in cfgs]
     idx_attrs = [(m, m.layer_idx) for layer in old_layers for m in _layer_idx_modules(layer)]
 
@@ -150,24 +131,18 @@ def remove_layers(decoder: nn.Module, layers: Sequence[int]) -> nn.Module:
     ``unpruned_num_hidden_layers``), so a saved pruned model says what it is. Returns
     ``decoder`` (changed in place).
     """
-    owner = _layers_owner(decoder)
+    owner = layers_owner(decoder)
     big_l = len(owner.layers)
     drop = check_layers(layers, big_l)
-    cfg = _configs(decoder, owner)[0]
+    cfg = decoder_configs(decoder, owner)[0]
     before = list(getattr(cfg, "pruned_layers", None) or [])
     original = int(getattr(cfg, "unpruned_num_hidden_layers", None) or big_l)
     alive = [i for i in range(original) if i not in set(before)]  # current -> original
     _swap_layers(decoder, drop)
-    for c in _configs(decoder, owner):
+    for c in decoder_configs(decoder, owner):
         c.pruned_layers = sorted(before + [alive[i] for i in drop])
         c.unpruned_num_hidden_layers = original
     return decoder
-
-
-def pruned_layers(decoder: nn.Module) -> list[int]:
-    """The original indices of the layers :func:`remove_layers` took out ([] if none)."""
-    cfg = _configs(decoder, _layers_owner(decoder))[0]
-    return list(getattr(cfg, "pruned_layers", None) or [])
 
 
 def receiving_layers(layers: Sequence[int], n_layers: int) -> list[int]:
