@@ -360,3 +360,28 @@ def test_a_record_that_is_a_json_list_is_one_line(tmp_path: Path, monkeypatch,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ch01.json holds a JSON list, not a record" in err[0]
     assert target.read_text() == BLOCK
+
+
+def test_a_figure_the_run_could_not_define_is_written_as_null(tmp_path, monkeypatch):
+    """A NaN the run produced (a null share of nothing) is recorded as null, which the
+    renderer accepts and shows as a dash; a NaN in a record means damage."""
+    import numpy as np
+
+    from lib.report.readme import render
+    from lib.report.results import RUN_ENV, publish_run, record_headline
+
+    monkeypatch.setenv("COMPANION_RESULTS", str(tmp_path))
+    monkeypatch.setenv("COMPANION_PRESET", "demo")
+    monkeypatch.delenv("COMPANION_TRIAL", raising=False)
+    monkeypatch.setenv(RUN_ENV, "run-1")
+    comparison = {"spearman_per_n_mean": 0.7, "overlap_mean": 1.0, "verdict": "x",
+                  "chance": {"spearman_per_n_mean": 0.0, "overlap_mean": 0.6},
+                  "null_share": float("nan"), "spread": [np.float32("nan"), 1.0]}
+    record_headline("ch02", {"decoders": {"d": {"comparisons": {"c": comparison}}},
+                             "thresholds": {"agree_rho": 0.8, "agree_overlap_gain": 0.5}})
+    publish_run("demo", "run-1")
+    rec = json.loads((tmp_path / "demo" / "ch02.json").read_text())
+    c = rec["decoders"]["d"]["comparisons"]["c"]
+    assert c["null_share"] is None and c["spread"] == [None, 1.0]
+    out = render("<!-- results: demo/ch02 -->\nx\n<!-- end results -->\n", tmp_path)
+    assert "| d | c | 0.70 (0.00) | 1.00 (0.60) | x | – |" in out

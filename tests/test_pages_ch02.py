@@ -83,5 +83,8 @@ def test_the_agreement_table_fits_the_page_with_each_figure_beside_its_chance():
     assert row["Spearman per n (chance)"] == "0.70 (0.02)"
     assert row["block overlap (chance)"] == "1.00 (0.66)"
     assert row["verdict"] == "the same blocks, as a null input does"
+    assert row["null share"] == "0.90"
+    assert agreement_view(full.assign(**{"null share": float("nan")})).iloc[0]["null share"] \
+        == "–"
     no_nulls = agreement_view(full.drop(columns=["null share", "beyond null"]))
     assert "null share" not in no_nulls and no_nulls.iloc[0]["verdict"] == "the same blocks"

@@ -186,8 +186,8 @@ def agreement_view(agree: pd.DataFrame) -> pd.DataFrame:
                                     zip(agree["Spearman per n"], agree["chance Spearman"])],
         "block overlap (chance)": [f"{a:.2f} ({b:.2f})" for a, b in
                                    zip(agree["overlap"], agree["chance overlap"])]})
-    if "null share" in agree:
-        view["null share"] = agree["null share"]
+    if "null share" in agree:  # undefined where neither input beats chance: a dash
+        view["null share"] = [f"{x:.2f}" if x == x else "–" for x in agree["null share"]]
     view["verdict"] = agree["beyond null"] if "beyond null" in agree else agree["verdict"]
     return view
 

@@ -131,9 +131,24 @@ def check_needs(rec: dict[str, Any], chapter: str, where: str) -> None:
             nodes = found
 
 
+def _undefined_as_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite number as None: a figure the run could not define
+    (a share of nothing, a correlation of constants) is written as null, which the README
+    shows as a dash, so that a non-finite number in a record always means damage."""
+    if isinstance(obj, dict):
+        return {k: _undefined_as_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_undefined_as_null(v) for v in obj]
+    return obj if _finite(obj) else None
+
+
 def _finite(x: Any) -> bool:
     """Not NaN or infinite (anything that is not a number passes)."""
-    return not isinstance(x, float) or math.isfinite(x)
+    import numbers
+
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return True
+    return math.isfinite(float(x))
 
 
 def _leaves(obj: Any, path: str = "") -> list[tuple[str, Any]]:
@@ -149,6 +164,8 @@ def _get(rec: Any, path: str) -> Any:
     node = rec
     for part in path.replace("[", "/[").split("/"):
         if part.startswith("["):
+            if not (part.endswith("]") and part[1:-1].isdigit()):
+                return None  # e.g. the interval of a list's item: there is none
             idx = int(part[1:-1])
             node = node[idx] if isinstance(node, list) and idx < len(node) else None
         else:
@@ -284,6 +301,7 @@ def record_headline(chapter: str, figures: dict[str, Any], config: Any = None,
     ``results/<preset>/trials/<its name>/`` (:func:`record_path`), and says so. Explained in
     chapter 1 (book/01_building_a_speechllm.ipynb).
 
+    A figure the run could not define (NaN) is written as null (:func:`_undefined_as_null`).
     The record also carries where the chapter's time went (``time``: its wall time so far
     and the seconds of each stage, :func:`lib.clock.summary`), from which the README's time
     table is rendered.
@@ -295,8 +313,8 @@ def record_headline(chapter: str, figures: dict[str, Any], config: Any = None,
     path = record_path(chapter)
     if path is None or quick_run:
         return None
-    rec = {"chapter": chapter, "preset": os.environ["COMPANION_PRESET"], **figures,
-           "time": summary()}
+    rec = {"chapter": chapter, "preset": os.environ["COMPANION_PRESET"],
+           **_undefined_as_null(figures), "time": summary()}
     if os.environ.get(TRIAL_ENV):
         rec["trial"] = os.environ[TRIAL_ENV]
     else:
