@@ -63,14 +63,15 @@ test: setup ## run the tests (all chapters with preset tiny, then the book build
 bench-book: setup ## where the last full book run's time went, stage by stage (from results/)
 	$(PY) -m lib.report --time --preset $(PRESET)
 
+# Each benchmark also writes its figures to results/bench/ (the CPU page renders them).
 bench: setup ## training and decoding speed and memory (scripts/benchmark.py)
-	$(PY) $(ROOT)/scripts/benchmark.py $(ARGS)
+	$(PY) $(ROOT)/scripts/benchmark.py --json $(ROOT)/results/bench/train.json $(ARGS)
 
 bench-scores: setup ## cost of redundancy scoring (scripts/benchmark_scores.py, ~6 min)
-	$(PY) $(ROOT)/scripts/benchmark_scores.py $(ARGS)
+	$(PY) $(ROOT)/scripts/benchmark_scores.py --json $(ROOT)/results/bench/scores.json $(ARGS)
 
 bench-prune: setup ## pruned vs full decoding speed and memory (scripts/benchmark_prune.py)
-	$(PY) $(ROOT)/scripts/benchmark_prune.py $(ARGS)
+	$(PY) $(ROOT)/scripts/benchmark_prune.py --json $(ROOT)/results/bench/prune.json $(ARGS)
 
 clean: ## remove _build (keeps the cache and .venv)
 	rm -rf $(ROOT)/_build

@@ -80,13 +80,9 @@ CLOCK = Clock()
 
 
 @contextlib.contextmanager
-def stage(name: str, unless_in: tuple[str, ...] = ()) -> Iterator[None]:
-    """Charge the time inside to stage ``name`` (also a decorator); inside one of the
-    stages ``unless_in`` the time stays with that stage (healing trains, but its time is
-    healing's)."""
-    if CLOCK.current in unless_in:
-        yield
-        return
+def stage(name: str) -> Iterator[None]:
+    """Charge the time inside to stage ``name`` (also a decorator); a stage entered inside
+    another takes the time until it leaves."""
     CLOCK.enter(name)
     try:
         yield

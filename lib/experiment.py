@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import PartialState
 
-    from lib.config.build import config_for
+    from lib.config.resolve import resolve
     from lib.errors import exit_status
     from lib.params import add_parameter_option, parse_parameters
     from lib.paths import slug
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         # YAML values; a name chapter 1 does not take is an error
-        cfg = config_for(1, args.preset, parse_parameters(args.parameter))
+        cfg = resolve(1, preset=args.preset, changes=parse_parameters(args.parameter))
         with state.main_process_first():  # features are computed once, then read
             train, tests = prepare_features(cfg)
         for mc in cfg.models:

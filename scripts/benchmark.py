@@ -19,6 +19,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +31,7 @@ from lib.build.components import Projector, decoder_body
 from lib.config.sections import ModelConfig
 from lib.device import native_bf16, resolve_device, resolve_precision
 from lib.errors import CompanionError  # noqa: E402
-from lib.fileio import device_info  # noqa: E402
+from lib.fileio import device_info, provenance, save_json  # noqa: E402
 from lib.build.model_configs import PAPER_DECODERS, make_config
 from lib.build.speechllm import SpeechLLM, add_lora, build_speechllm
 
@@ -204,7 +205,12 @@ def main() -> None:
     ap.add_argument("--ctc-batch", type=int, default=64, help="CTC warm-start batch")
     ap.add_argument("--ctc-vocab", type=int, default=5000,
                     help="word pieces in the CTC head (the default corpus uses ~5k)")
+    ap.add_argument("--json", type=Path,
+                    help="also write the figures with provenance (the CPU page renders them)")
     args = ap.parse_args()
+    out: dict[str, Any] = {"settings": {k: (str(v) if isinstance(v, Path) else v)
+                                        for k, v in vars(args).items()},
+                           "decoders": {}, "ctc": {}}
     notebook.setup()  # quiet transformers' loading bars and peft's deprecation notice
     try:
         device = resolve_device(args.device)
@@ -247,9 +253,11 @@ def main() -> None:
                   f"{r['bare_step_s']:11.3f} {r['overhead']:9.2f} "
                   f"{r['decode_utt_s']:12.2f} {r['decode_bf16_speedup']:9.2f} {mem}",
                   flush=True)
+            out["decoders"][name] = {**r, "kind": kind}
             if kind == "offline":
                 c = measure_ctc(model, device, args.ctc_batch, args.seconds, args.words,
                                 args.ctc_vocab, enc_dim, args.rounds)
+                out["ctc"][name] = c
                 ctc_rows.append(f"{name:28s} {c['fp32_s'] * 1e3:9.2f} {c['bf16_s'] * 1e3:9.2f} "
                                 f"{c['speedup']:10.2f} {args.ctc_batch / c['bf16_s']:9.1f}")
             del model
@@ -266,6 +274,9 @@ def main() -> None:
     except CompanionError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    if args.json:
+        save_json(args.json, {"provenance": provenance(), **out})
+        print(f"\nwritten: {args.json}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -152,6 +153,8 @@ def main() -> None:
     ap.add_argument("--no-naive", action="store_true",
                     help="skip the slow common approach")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path,
+                    help="also write the figures with provenance (the CPU page renders them)")
     args = ap.parse_args()
     if args.variant:  # child process: one measurement, JSON on the last line
         print(json.dumps(run_variant(args.variant, args.decoders[0], args.texts, args.batch,
@@ -161,11 +164,14 @@ def main() -> None:
     print(f"{args.texts} texts, batch {args.batch}, device {args.device}; memory: peak {mem} "
           f"above the loaded model (and the whole process's peak), each variant in a fresh "
           f"process; wall ratio: median of {args.repeats} alternated rounds in one process")
+    out: dict[str, Any] = {"settings": {k: (str(v) if isinstance(v, Path) else v)
+                                        for k, v in vars(args).items()}, "decoders": {}}
     for dec in args.decoders:
         res = {v: _child(v, dec, args)
                for v in ("bare", "stream") + (() if args.no_naive else ("naive",))}
         t = _child("timing", dec, args)
         b, s = res["bare"], res["stream"]
+        out["decoders"][dec] = {**res, "timing": t}
         print(f"\n{dec}: {b['layers']} layers, {b['tokens']} tokens")
         print(f"  wall, bare vs streaming (median of {args.repeats}): {t['bare_s']:.2f} s vs "
               f"{t['stream_s']:.2f} s -> stream/bare {t['ratio']:.3f} "
@@ -180,6 +186,11 @@ def main() -> None:
                   f"{n['peak_mib']:.0f} MiB above the model -> naive/stream wall "
                   f"{n['wall_s'] / s['wall_s']:.1f}x (target >= L/2 = {b['layers'] / 2:g})")
         sys.stdout.flush()
+    if args.json:
+        from lib.fileio import provenance, save_json
+
+        save_json(args.json, {"provenance": provenance(), **out})
+        print(f"\nwritten: {args.json}")
 
 
 if __name__ == "__main__":

@@ -117,11 +117,7 @@ def test_chance_is_seeded_and_bad_input_is_one_line():
 @pytest.mark.parametrize("name,value", [("agree_rho", 1.5), ("agree_overlap_gain", 0),
                                         ("chance_draws", 0)])
 def test_bad_verdict_parameters_are_one_line(name, value):
-    from lib.config.defaults import Chapter2Params
-    from lib.config.build import CHAPTER2_PARAMS, chapter2_config
+    from lib.config.resolve import resolve
 
-    params = {k: getattr(Chapter2Params(), k) for k in CHAPTER2_PARAMS}
-    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
-    params[name] = value
     with pytest.raises(CompanionError, match=f"parameter {name}={value!r}"):
-        chapter2_config(**params)
+        resolve(2, preset="default", changes={name: value})

@@ -20,9 +20,9 @@ import pytest
 from papermill.engines import Engine, papermill_engines
 
 from lib.book import chapters, cli
-from lib.config.build import chapter1_config, config_for
+from lib.config.resolve import resolve
 from lib.data.sources import DataOverlapWarning
-from lib.config.presets import chapter_values, load_preset
+from lib.config.presets import load_preset
 from lib.params import parse_parameters
 from lib.errors import CompanionError
 
@@ -43,9 +43,9 @@ def _message(err: pytest.ExceptionInfo[CompanionError]) -> str:
     return text
 
 
-def _tiny_params(**over: Any) -> dict[str, Any]:
-    values, _ = chapter_values(1, "tiny")
-    return {**values, **over}
+def _tiny(**over: Any) -> Any:
+    """Chapter 1's run of preset tiny with ``over`` changed."""
+    return resolve(1, preset="tiny", changes=over)
 
 
 class _NoKernel(Engine):
@@ -151,7 +151,7 @@ def test_a_preset_reads_numbers_the_same_way(tmp_path: Path) -> None:
     preset.write_text(text + "learning_rate: 2e-3  # YAML 1.2 reads this as a float\n")
     values = load_preset(str(preset))
     assert values["learning_rate"] == 0.002 and isinstance(values["learning_rate"], float)
-    cfg = config_for(1, str(preset))
+    cfg = resolve(1, preset=str(preset))
     assert cfg.train.learning_rate == 0.002
 
 
@@ -246,7 +246,7 @@ def test_chapter_selectors_that_name_a_chapter(layout: Path, selector: str) -> N
 ])
 def test_train_and_test_overlap_warns(train: str, test: Any) -> None:
     with pytest.warns(DataOverlapWarning) as record:
-        chapter1_config(**_tiny_params(train_data=train, test_data=test))
+        _tiny(train_data=train, test_data=test)
     (warning,) = record
     text = str(warning.message)
     assert "\n" not in text and "share utterances" in text
@@ -261,7 +261,7 @@ def test_train_and_test_overlap_warns(train: str, test: Any) -> None:
 def test_disjoint_train_and_test_do_not_warn(train: str, test: list[str]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataOverlapWarning)
-        chapter1_config(**_tiny_params(train_data=train, test_data=test))
+        _tiny(train_data=train, test_data=test)
 
 
 # --------------------------------------------------------------------------- library
@@ -475,7 +475,7 @@ def test_failed_chapter_with_a_real_kernel(layout: Path, capsys) -> None:
 ])
 def test_recipe_parameters_are_checked(name: str, value: Any, hint: str) -> None:
     with pytest.raises(CompanionError) as err:
-        chapter1_config(**_tiny_params(**{name: value}))
+        _tiny(**{name: value})
     msg = _message(err)
     assert f"{name}={value!r}" in msg and hint in msg
 
@@ -518,11 +518,11 @@ def test_a_synthetic_corpus_too_small_for_the_recipe_fails_at_config_time() -> N
     """dev_utterances would take every synthetic training utterance: caught before the
     corpus is built, naming both parameters."""
     with pytest.raises(CompanionError) as err:
-        chapter1_config(**_tiny_params(n_train=12, dev_utterances=12))
+        _tiny(n_train=12, dev_utterances=12)
     msg = _message(err)
     assert "dev_utterances=12" in msg and "12 synthetic training utterances" in msg
     assert "n_train" in msg
-    assert chapter1_config(**_tiny_params(n_train=12, dev_utterances=11)).dev_utterances == 11
+    assert _tiny(n_train=12, dev_utterances=11).dev_utterances == 11
 
 
 def test_a_transcript_with_no_tokens_is_named() -> None:
@@ -559,6 +559,6 @@ def test_a_clip_shorter_than_one_frame_is_named(alias: str, samples: int) -> Non
 
 def test_a_recipe_that_does_not_exist_is_named_with_the_known_ones() -> None:
     with pytest.raises(CompanionError) as err:
-        chapter1_config(**_tiny_params(recipe="warmstart"))
+        _tiny(recipe="warmstart")
     msg = _message(err)
     assert "recipe='warmstart'" in msg and "ctc-warmstart, plain" in msg

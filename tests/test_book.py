@@ -64,26 +64,32 @@ def test_parameters_are_filtered_per_chapter(layout: Path) -> None:
 
 def test_a_chapter_that_starts_from_a_preset_gets_it_and_its_inherited_overrides(
         tmp_path: Path) -> None:
-    """The book's chapters declare ``preset`` and ``overrides``: chapter 3 gets the preset's
-    name, its own parameters from the preset and the command line, and in ``overrides`` the
-    command-line values of parameters it inherits (chapter 1's train_steps), nothing of a
-    later chapter (heal_steps) and nothing of the preset it will read itself."""
-    _notebook(tmp_path / "book/01_a.ipynb", "preset = 'default'\ntrain_steps = 300", "")
-    _notebook(tmp_path / "book/03_c.ipynb",
-              "preset = 'default'\noverrides = {}\nprune_threshold = 0.25\n"
-              "curve_utterances = 40", "")
-    _notebook(tmp_path / "book/04_d.ipynb", "preset = 'default'\noverrides = {}\n"
-              "heal_steps = 50", "")
+    """The book's chapters declare ``preset``, ``record`` and their own parameters and
+    resolve their values in their kernels: each gets the preset's name, what the run
+    records, and the command line's values of the parameters it takes (in ``overrides``,
+    and its own as variables too, for its page), nothing of a later chapter (heal_steps)
+    and nothing of the preset, which it reads itself, once."""
+    from lib.config.defaults import defaults, own_names
+
+    def cell(n: int, with_overrides: bool = True) -> str:
+        own = "\n".join(f"{k} = {defaults(n)[k]!r}" for k in own_names(n))
+        return ("preset = 'default'\nrecord = 'hand'\n"
+                + ("overrides = {}\n" if with_overrides else "") + own)
+
+    _notebook(tmp_path / "book/01_a.ipynb", cell(1, with_overrides=False), "")
+    _notebook(tmp_path / "book/03_c.ipynb", cell(3), "")
+    _notebook(tmp_path / "book/04_d.ipynb", cell(4), "")
     found = chapters.list_chapters(tmp_path)
     declared = {nb: chapters.declared_parameters(nb) for nb in found}
     preset = {"train_steps": 6, "curve_utterances": 4, "heal_steps": 3}
     params = chapters.chapter_parameters(
-        declared, preset, {"train_steps": 9, "prune_threshold": 0.1}, preset_name="tiny")
+        declared, preset, {"train_steps": 9, "prune_threshold": 0.1}, preset_name="tiny",
+        record="trial:x")
     one, three, four = found
-    assert params[one] == {"train_steps": 9, "preset": "tiny"}
-    assert params[three] == {"prune_threshold": 0.1, "curve_utterances": 4, "preset": "tiny",
-                             "overrides": {"train_steps": 9}}
-    assert params[four] == {"heal_steps": 3, "preset": "tiny",
+    assert params[one] == {"preset": "tiny", "record": "trial:x", "train_steps": 9}
+    assert params[three] == {"preset": "tiny", "record": "trial:x", "prune_threshold": 0.1,
+                             "overrides": {"train_steps": 9, "prune_threshold": 0.1}}
+    assert params[four] == {"preset": "tiny", "record": "trial:x",
                             "overrides": {"train_steps": 9, "prune_threshold": 0.1}}
     with pytest.raises(CompanionError, match="unknown parameter heal_stpes"):
         chapters.chapter_parameters(declared, preset, {"heal_stpes": 1}, preset_name="tiny")

@@ -9,8 +9,9 @@ import pytest
 
 from lib import clock
 from lib.book.run import progress_lines
+from lib.config.resolve import resolve
 from lib.report import readme
-from lib.report.results import RUN_ENV, publish_run, record_headline
+from lib.report.results import publish_run, record_headline
 
 
 class FakeTime:
@@ -45,22 +46,27 @@ def test_time_goes_to_the_innermost_stage_and_adds_up(fake):
     assert list(s["stages"]) == ["training", "decoding", "other"]  # largest first
 
 
-def test_stage_as_decorator_and_unless_in(fake):
-    @clock.stage("training", unless_in=("healing",))
-    def train(seconds: float) -> None:
+def test_stage_as_decorator_and_nested(fake):
+    """The stage entered last takes the time until it leaves: healing calls the training
+    loop without a stage of its own, so its time stays healing's."""
+    def loop(seconds: float) -> None:  # the training loop: no stage of its own
         fake.t += seconds
 
     @clock.stage("healing")
     def heal() -> None:
         fake.t += 1.0
-        train(5.0)  # inside healing: healing's time
+        loop(5.0)
+        with clock.stage("decoding"):
+            fake.t += 0.5
 
-    train(2.0)
+    with clock.stage("training"):
+        loop(2.0)
     heal()
-    train(3.0)
+    with clock.stage("training"):
+        loop(3.0)
     s = clock.summary()
-    assert s["stages"] == {"healing": 6.0, "training": 5.0}
-    assert s["wall_s"] == 11.0
+    assert s["stages"] == {"healing": 6.0, "training": 5.0, "decoding": 0.5}
+    assert s["wall_s"] == 11.5
 
 
 def test_reused_counts_per_stage(fake):
@@ -143,13 +149,10 @@ def test_time_table_by_hand():
 def test_records_carry_their_time_and_bench_book_prints_it(fake, tmp_path, monkeypatch,
                                                              capsys):
     monkeypatch.setenv("COMPANION_RESULTS", str(tmp_path))
-    monkeypatch.setenv("COMPANION_PRESET", "tiny")
-    monkeypatch.delenv("COMPANION_TRIAL", raising=False)
-    monkeypatch.setenv(RUN_ENV, "run-1")
     with clock.stage("training"):
         fake.t = 90.0
     fake.t = 120.0
-    path = record_headline("ch01", {"decoders": {}})
+    path = record_headline(resolve(1, preset="tiny", record="run:run-1"), {"decoders": {}})
     publish_run("tiny", "run-1")
     rec = json.loads(path.read_text())
     assert rec["time"] == {"wall_s": 120.0, "stages": {"training": 90.0, "other": 30.0},

@@ -1,32 +1,28 @@
-"""Presets and parameter validation: one line naming the parameter, configs passed whole."""
+"""Parameters resolved once into a run: one line naming a bad parameter, one field per
+parameter found by its name, sections the stages take whole."""
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 
-from lib.config.build import BUILDERS, chapter1_config, chapter_config, config_for
-from lib.config.defaults import CHAPTER_PARAMS, defaults, own_names
-from lib.config.presets import chapter_values, load_preset, preset_names
-from lib.config.sections import EvalConfig, TrainConfig
-from lib.errors import CompanionError
+from lib.config.defaults import CHAPTER_PARAMS, defaults, own_names, param_names
+from lib.config.presets import load_preset, preset_names
+from lib.config.resolve import field_of, parameters_of, resolve
+from lib.config.sections import SECTIONS, EvalConfig, Record, TrainConfig, section_fields
 from lib.device import resolve_precision
+from lib.errors import CompanionError
 from lib.fileio import config_hash
 
 
 @pytest.mark.parametrize("name", preset_names())
-def test_every_preset_builds_every_chapter_config(name):
+def test_every_preset_resolves_every_chapter(name):
     for n in CHAPTER_PARAMS:
-        cfg = config_for(n, name)
-        base = cfg if n == 1 else cfg.base
-        assert base.models and base.source["preset"] == name
-
-
-def _params(**over):
-    p, _ = chapter_values(1, "tiny")
-    p.update(over)
-    return p
+        run = resolve(n, preset=name)
+        assert run.models and run.source["preset"] == name and run.chapter == n
+        assert (run.multitask is None) == (n < 5) and (run.score is None) == (n < 2)
 
 
 @pytest.mark.parametrize("over,match", [
@@ -45,17 +41,17 @@ def _params(**over):
 ])
 def test_bad_values_name_the_parameter(over, match):
     with pytest.raises(CompanionError, match=match) as err:
-        chapter1_config(**_params(**over))
+        resolve(1, preset="tiny", changes=over)
     assert "\n" not in str(err.value)
 
 
 def test_unknown_and_missing_parameters():
     with pytest.raises(CompanionError, match="unknown parameter.*trian_steps"):
-        chapter1_config(**_params(), trian_steps=3)
-    p = _params()
-    del p["seed"]
+        resolve(1, preset="tiny", changes={"trian_steps": 3})
+    ns = _namespace(1)
+    del ns["seed"]
     with pytest.raises(CompanionError, match="missing parameter.*seed"):
-        chapter1_config(**p)
+        resolve(1, ns)
 
 
 def test_unknown_preset():
@@ -64,10 +60,10 @@ def test_unknown_preset():
 
 
 def test_config_hash_changes_with_config():
-    a = chapter1_config(**_params())
-    b = chapter1_config(**_params(train_steps=7))
+    a = resolve(1, preset="tiny")
+    b = resolve(1, preset="tiny", changes={"train_steps": 7})
     assert config_hash(a.train) != config_hash(b.train)
-    assert config_hash(a.train) == config_hash(chapter1_config(**_params()).train)
+    assert config_hash(a.train) == config_hash(resolve(1, preset="tiny").train)
 
 
 @pytest.mark.parametrize("over,match", [
@@ -81,12 +77,14 @@ def test_config_hash_changes_with_config():
     ({"heal_fraction": 0}, "heal_fraction=0"),
     ({"heal_steps": 0}, "heal_steps=0"),
     ({"heal_lora_rank": -1}, "heal_lora_rank=-1"),
+    ({"tasks": ["asr", "summarise"]}, "tasks.*unknown 'summarise'; use any of asr, asr-es"),
+    ({"tasks": ["asr-es", "st-es-en"]}, "tasks=.*include asr"),
+    ({"n_parallel_train": 0}, "n_parallel_train=0"),
+    ({"multitask_steps": 1}, "multitask_steps=1: must be above warmup_steps=1"),
 ])
-def test_bad_pruning_and_healing_values_name_the_parameter(over, match):
-    p, _ = chapter_values(4, "tiny")
-    p.update(over)
+def test_bad_later_chapter_values_name_the_parameter(over, match):
     with pytest.raises(CompanionError, match=match) as err:
-        BUILDERS[4](**p)
+        resolve(5, preset="tiny", changes=over)
     assert "\n" not in str(err.value)
 
 
@@ -95,46 +93,43 @@ def test_bad_pruning_and_healing_values_name_the_parameter(over, match):
 
 def _namespace(chapter: int, **over):
     """A notebook's namespace as its parameters cell leaves it, then ``over``."""
-    ns = {"preset": "tiny", "overrides": {}}
+    ns = {"preset": "tiny", "record": "hand", "overrides": {}}
     ns.update({k: v for k, v in defaults(chapter).items() if k in own_names(chapter)})
     ns.update(over)
     return ns
 
 
-def test_a_chapter_inherits_from_the_preset_and_its_cell_wins_for_its_own():
+def test_defaults_then_preset_then_cell_then_changes():
     """Chapter 3 inherits chapter 1's training from tiny.yaml (6 steps, not the default
-    300); its own prune_threshold comes from the cell; an override reaches an inherited one."""
-    cfg = chapter_config(3, _namespace(3, prune_threshold=0.1,
-                                       overrides={"train_steps": 4}))
-    assert cfg.prune.threshold == 0.1
-    assert cfg.base.train.steps == 4  # override over tiny's 6
-    assert cfg.base.train.batch_size == 4  # tiny's, not the default's 8
-    assert cfg.base.models[0].decoder == "tiny-llama"
-    summary = cfg.summary()
-    assert "preset tiny" in summary and "train_steps=4" in summary
-    assert "inherited, set by the preset or an override: " in summary
-    assert "batch_size=4" in summary.split("inherited defaults")[0]  # tiny's
-    assert "grad_accum=1" in summary.split("inherited defaults")[1]  # the default's
-    assert "prune_threshold" not in summary.split("inherited")[1].split("the parameters")[0]
-
-
-def test_the_summary_says_when_the_cell_wins_over_the_preset():
-    """tiny.yaml sets prune_fractions; a cell holding the default ones wins, visibly."""
-    cfg = chapter_config(3, _namespace(3))
-    assert cfg.prune.fractions == tuple(defaults(3)["prune_fractions"])
-    assert "the parameters cell wins over the preset for: prune_fractions" in " ".join(
-        cfg.summary().split())
+    300); a value the cell edits wins over the preset; a -p change wins over both; a cell
+    holding a default leaves the preset's value."""
+    tiny = load_preset("tiny")
+    assert tiny["train_steps"] == 6 and "prune_fractions" in tiny
+    run = resolve(3, _namespace(3, prune_threshold=0.1, curve_utterances=7,
+                                overrides={"train_steps": 4, "curve_utterances": 5}))
+    assert run.prune.threshold == 0.1  # the cell's edit (tiny leaves it at the default)
+    assert run.prune.curve_utterances == 5  # -p over the cell's 7
+    assert run.train.steps == 4  # -p over tiny's 6
+    assert run.train.batch_size == tiny["batch_size"] != defaults(1)["batch_size"]
+    assert run.prune.fractions == tuple(tiny["prune_fractions"])  # cell holds the default
+    assert run.models[0].decoder == "tiny-llama"
+    summary = " ".join(run.summary().split())
+    assert "preset tiny" in summary and "changes train_steps=4, curve_utterances=5" in summary
+    assert "own parameters, set by the preset or a change: prune_fractions=" in summary
+    assert "set in the parameters cell: prune_threshold=0.1 records:" in summary
+    assert f"batch_size={tiny['batch_size']}" in summary.split("inherited defaults")[0]
+    assert "grad_accum=1" in summary.split("inherited defaults")[1]
 
 
 @pytest.mark.parametrize("ns,match", [
-    ({"overrides": {"prune_threshold": 0.1}}, "prune_threshold is chapter 3's own"),
-    ({"overrides": {"heal_steps": 3}}, "unknown parameter.*heal_steps.*in overrides"),
+    ({"overrides": {"heal_steps": 3}}, "unknown parameter.*heal_steps.*chapter 3 takes"),
     ({"overrides": [1]}, "overrides=\\[1\\]: use a mapping"),
     ({"preset": "nope"}, "unknown preset 'nope'"),
+    ({"record": "published"}, "record='published': use hand"),
 ])
 def test_bad_namespaces_are_one_line(ns, match):
     with pytest.raises(CompanionError, match=match) as err:
-        chapter_config(3, _namespace(3, **ns))
+        resolve(3, _namespace(3, **ns))
     assert "\n" not in str(err.value)
 
 
@@ -142,35 +137,138 @@ def test_a_missing_own_parameter_is_named():
     ns = _namespace(3)
     del ns["curve_utterances"]
     with pytest.raises(CompanionError, match="missing parameter.*curve_utterances"):
-        chapter_config(3, ns)
+        resolve(3, ns)
+
+
+def test_the_run_says_what_it_records():
+    """By hand: a trial named by-hand, said in one line; the runner's run and trial."""
+    assert resolve(2, _namespace(2)).record == Record("hand", "by-hand")
+    line = resolve(2, _namespace(2)).record.line("tiny")
+    assert "run by hand" in line and "results/tiny/trials/by-hand/" in line
+    assert resolve(2, _namespace(2, record="run:20261204T0000Z-1")).record.kind == "run"
+    trial = resolve(2, _namespace(2, record="trial:chapter-02")).record
+    assert trial == Record("trial", "chapter-02")
+
+
+# ------------------------------------------------------------------ one field per parameter
+
+
+SPOT = {"heal_steps": "heal.steps", "heal_batch_size": "heal.batch_size",
+        "train_steps": "train.steps", "batch_size": "train.batch_size",
+        "eval_batch_size": "eval.batch_size", "eval_precision": "eval.precision",
+        "max_test_utterances": "eval.max_test_utterances",
+        "n_score_utterances": "score.n_score_utterances", "score_batch_size": "score.batch_size",
+        "chance_draws": "score.chance_draws", "prune_threshold": "prune.threshold",
+        "curve_utterances": "prune.curve_utterances", "heal_lora_rank": "heal.lora_rank",
+        "lora_rank": "models.lora_rank", "cost_rounds": "heal.cost_rounds",
+        "multitask_steps": "multitask.steps", "multitask_start": "multitask.start",
+        "task_dev_utterances": "multitask.task_dev_utterances", "n_train": "corpus.n_train",
+        "decoders": "models[].decoder", "dev_utterances": "dev_utterances"}
+
+
+def test_parameters_map_to_fields_by_the_written_rule():
+    """Spot checks written by hand from the rule (prefix dropped, else the same name)."""
+    for name, where in SPOT.items():
+        assert field_of(name) == where, name
+
+
+def _another(name: str, value, run):
+    """A valid value of ``name`` that differs from ``value``."""
+    special = {"encoder": "other-encoder", "decoders": ["a", "b"], "train_data": "manifest:x",
+               "test_data": ["manifest:y"], "recipe": "plain" if value != "plain" else
+               "ctc-warmstart", "device": "cpu" if value != "cpu" else "auto",
+               "max_test_utterances": 3, "tasks": ["asr", "asr-es"],
+               "multitask_start": "anew" if value != "anew" else "chapter-1",
+               "heal_variants": ["both"], "prune_strategies": ["angular"],
+               "projector_learning_rate": 0.123}
+    if name in special:
+        return special[name]
+    if name in ("precision", "eval_precision"):
+        return "fp32" if resolve_precision("auto", "cpu") == "bf16" else "bf16"
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2
+    if isinstance(value, (list, tuple)) and all(isinstance(x, float) for x in value):
+        return [0.15, 0.35]
+    raise AssertionError(f"no other value for {name}={value!r}")
+
+
+def _fields(run) -> dict[str, object]:
+    """Every leaf field of a run, by dotted path (models: the first one's)."""
+    out = {"corpus." + k: v for k, v in dataclasses.asdict(run.corpus).items()}
+    for attr in ("device", "dev_utterances", "train_data", "test_data"):
+        out[attr] = getattr(run, attr)
+    for attr in SECTIONS:
+        sec = getattr(run, attr)
+        sec = sec[0] if attr == "models" else sec
+        if sec is not None:
+            out.update({f"{attr}.{k}": v for k, v in dataclasses.asdict(sec).items()})
+    out["models[].decoder"] = tuple(m.decoder for m in run.models)
+    out.pop("models.decoder")
+    return out
+
+
+def test_each_parameter_moves_exactly_its_own_field():
+    """Changing one parameter changes exactly the field :func:`field_of` names (nothing
+    else, no field twice), and the run reads back every parameter's value."""
+    base = resolve(5, preset="tiny")
+    before = _fields(base)
+    values = parameters_of(base)
+    seen = set()
+    for name in param_names(CHAPTER_PARAMS[5]):
+        other = _another(name, values[name], base)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run = resolve(5, preset="tiny", changes={name: other})
+        after = _fields(run)
+        moved = {k for k in before if before[k] != after[k]}
+        assert moved == {field_of(name)}, (name, moved)
+        assert field_of(name) not in seen
+        seen.add(field_of(name))
+
+
+def test_no_hidden_constants():
+    """Every field of every section is a parameter's or one of its named CONSTANTS."""
+    every = {field_of(n) for n in param_names(CHAPTER_PARAMS[5])}
+    for attr, section in SECTIONS.items():
+        for f in section_fields(section):
+            assert f"{attr}.{f}" in every or (attr, f) == ("models", "decoder"), (attr, f)
+        for c in section.CONSTANTS:
+            assert c in {f.name for f in dataclasses.fields(section)}
 
 
 def test_the_stages_take_their_sections_whole():
     """A section built without arguments is the default preset's (its defaults are the
-    parameters'), and the chapter config is made of exactly those sections."""
-    cfg = config_for(1, "default")
+    parameters'), and the run is made of exactly those sections."""
+    run = resolve(1, preset="default")
     d = defaults(1)
-    # the built train and eval sections hold the resolved precisions; every other field is
-    # the default
-    assert cfg.eval.precision == resolve_precision("auto", "cpu")
-    evalc = dataclasses.replace(cfg.eval, precision=d["eval_precision"])
+    assert run.eval.precision == resolve_precision("auto", "cpu")
+    evalc = dataclasses.replace(run.eval, precision=d["eval_precision"])
     assert evalc == EvalConfig(
         batch_size=d["eval_batch_size"], max_new_tokens=d["max_new_tokens"],
-        precision=d["eval_precision"], max_utterances=d["max_test_utterances"],
+        precision=d["eval_precision"], max_test_utterances=d["max_test_utterances"],
         rescore_beams=d["rescore_beams"], rescore_weights=tuple(d["rescore_weights"]))
     assert evalc == EvalConfig()
-    assert dataclasses.replace(cfg.train, precision="auto") == TrainConfig()
+    assert dataclasses.replace(run.train, precision="auto") == TrainConfig()
 
 
-@pytest.mark.parametrize("over,match", [
-    ({"tasks": ["asr", "summarise"]}, "tasks.*unknown 'summarise'; use any of asr, asr-es"),
-    ({"tasks": ["asr-es", "st-es-en"]}, "tasks=.*include asr"),
-    ({"n_parallel_train": 0}, "n_parallel_train=0"),
-    ({"multitask_steps": 1}, "multitask_steps=1: must be above warmup_steps=1"),
-])
-def test_bad_multitask_values_name_the_parameter(over, match):
-    p, _ = chapter_values(5, "tiny")
-    p.update(over)
-    with pytest.raises(CompanionError, match=match) as err:
-        BUILDERS[5](**p)
-    assert "\n" not in str(err.value)
+def test_the_healing_and_mix_schedules():
+    """Healing trains chapter 1's loop with its own budget and fixed choices; the mix is
+    chapter 1's schedule at its own steps (checked field by field, written out here)."""
+    from lib.heal.healing import schedule as heal_schedule
+    from lib.recipes.multitask import schedule as mix_schedule
+
+    run = resolve(5, preset="tiny", changes={"heal_steps": 3, "checkpoint_every": 10})
+    h = heal_schedule(run.heal, run.train)
+    assert (h.steps, h.batch_size, h.learning_rate, h.warmup_steps) == (
+        3, run.heal.batch_size, run.heal.learning_rate, run.heal.warmup_steps)
+    assert (h.grad_accum, h.recipe, h.dev_every, h.ctc_weight, h.weight_decay,
+            h.projector_learning_rate, h.checkpoint_every) == (1, "plain", 0, 0.0, 0.0, None, 3)
+    assert (h.seed, h.precision, h.length_grouping) == (
+        run.train.seed, run.train.precision, run.train.length_grouping)
+    m = mix_schedule(run.multitask, run.train)
+    assert m == dataclasses.replace(run.train, steps=run.multitask.steps,
+                                    checkpoint_every=min(10, run.multitask.steps))

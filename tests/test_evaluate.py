@@ -200,11 +200,11 @@ def test_a_cached_score_is_reused_only_for_the_same_inputs(tmp_path, capsys, ran
 
 
 def test_the_run_folder_changes_with_the_training_data(random_features):
-    from lib.config.build import config_for
+    from lib.config.resolve import resolve
     from lib.data.features import FeatureSet
     from lib.recipes.pipeline import run_dir
 
-    cfg = config_for(1, "tiny")
+    cfg = resolve(1, preset="tiny")
     data = random_features(3, dim=64, split="train")
     feats = [f.clone() for f in data.feats]
     feats[0][0, 0] += 1
@@ -290,7 +290,7 @@ def test_precision_check_pairs_bf16_against_fp32(tmp_path, random_features):
 
 
 def test_a_bad_eval_precision_is_one_line():
-    from lib.config.build import config_for
+    from lib.config.resolve import resolve
 
     with pytest.raises(CompanionError, match="eval_precision.*'fp16'.*auto, bf16, fp32"):
-        config_for(1, "tiny", {"eval_precision": "fp16"})
+        resolve(1, preset="tiny", changes={"eval_precision": "fp16"})

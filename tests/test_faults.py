@@ -36,7 +36,15 @@ def _notebook(path: Path, parameters: str, body: str) -> Path:
     return path
 
 
-RECORDS = "from lib.report.results import record_headline\nrecord_headline('ch{n}', {{'x': steps}})"
+RECORDS = """from pathlib import Path
+from types import SimpleNamespace
+from lib.config.presets import preset_label
+from lib.config.sections import Record
+from lib.report.results import record_headline
+run = SimpleNamespace(chapter={n}, preset=preset_label(preset, Path('..').resolve()),
+                      record=Record.parse(record))
+record_headline(run, {{'x': steps}})"""
+PARAMS = "preset = 'tiny'\nrecord = 'hand'\nsteps = 1"  # the runner sets all three
 KILLED = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"  # the kernel dies outright
 
 
@@ -44,7 +52,7 @@ KILLED = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"  # the kernel
 def book(tmp_path: Path, monkeypatch) -> Path:
     """Two chapters that record their figures, a shipped preset, results under tmp."""
     for n, name in (("01", "first"), ("02", "second")):
-        _notebook(tmp_path / f"book/{n}_{name}.ipynb", "steps = 1", RECORDS.format(n=n))
+        _notebook(tmp_path / f"book/{n}_{name}.ipynb", PARAMS, RECORDS.format(n=int(n)))
     (tmp_path / "params").mkdir()
     (tmp_path / "params/tiny.yaml").write_text("steps: 5\n")
     monkeypatch.setenv("COMPANION_RESULTS", str(tmp_path / "results"))
@@ -71,7 +79,7 @@ def test_a_killed_full_run_leaves_the_last_complete_set(book: Path) -> None:
     assert _bytes(results) == first  # chapter 1's new record waits in its staging folder
     assert records("tiny", root=book / "results")  # one run's set: renders
 
-    _notebook(book / "book/02_second.ipynb", "steps = 1", RECORDS.format(n="02"))
+    _notebook(book / "book/02_second.ipynb", PARAMS, RECORDS.format(n=2))
     run_chapters("tiny", root=book)
     again = _bytes(results)
     assert sorted(again) == ["ch01.json", "ch02.json"] and again != first
@@ -368,17 +376,18 @@ def test_a_figure_the_run_could_not_define_is_written_as_null(tmp_path, monkeypa
     import numpy as np
 
     from lib.report.readme import render
-    from lib.report.results import RUN_ENV, publish_run, record_headline
+    from types import SimpleNamespace
+
+    from lib.config.sections import Record
+    from lib.report.results import publish_run, record_headline
 
     monkeypatch.setenv("COMPANION_RESULTS", str(tmp_path))
-    monkeypatch.setenv("COMPANION_PRESET", "demo")
-    monkeypatch.delenv("COMPANION_TRIAL", raising=False)
-    monkeypatch.setenv(RUN_ENV, "run-1")
+    run = SimpleNamespace(chapter=2, preset="demo", record=Record("run", "run-1"))
     comparison = {"spearman_per_n_mean": 0.7, "overlap_mean": 1.0, "verdict": "x",
                   "chance": {"spearman_per_n_mean": 0.0, "overlap_mean": 0.6},
                   "null_share": float("nan"), "spread": [np.float32("nan"), 1.0]}
-    record_headline("ch02", {"decoders": {"d": {"comparisons": {"c": comparison}}},
-                             "thresholds": {"agree_rho": 0.8, "agree_overlap_gain": 0.5}})
+    record_headline(run, {"decoders": {"d": {"comparisons": {"c": comparison}}},
+                          "thresholds": {"agree_rho": 0.8, "agree_overlap_gain": 0.5}})
     publish_run("demo", "run-1")
     rec = json.loads((tmp_path / "demo" / "ch02.json").read_text())
     c = rec["decoders"]["d"]["comparisons"]["c"]

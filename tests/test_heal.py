@@ -27,11 +27,11 @@ S, F = "sliding_attention", "full_attention"
 # tiny-gemma: hidden 64, MLP 128; the projector stacks 5 frames of 64 -> 32 -> 64
 PROJECTOR_PARAMS = (5 * 64) * 32 + 32 + 32 * 64 + 64
 MLP_LORA_PER_LAYER = lambda r: r * (64 + 128) + r * (64 + 128) + r * (128 + 64)  # noqa: E731
-# fp32 and one rate for every trainable weight, as the references below were measured
-TRAIN = TrainConfig(steps=5, batch_size=2, learning_rate=1e-2, warmup_steps=1,
-                    checkpoint_every=2, seed=0, precision="fp32", projector_learning_rate=None)
-CFG = HealConfig(train=TRAIN)  # the paper's rank 64, alpha 128
-CFG4 = HealConfig(train=TRAIN, lora_rank=4, lora_alpha=8)
+# fp32 (chapter 1's training section: seed, precision, checkpoints) and healing's own
+# budget, one rate for every trainable weight, as the references below were measured
+TRAIN = TrainConfig(checkpoint_every=2, seed=0, precision="fp32")
+CFG = HealConfig(steps=5, batch_size=2, learning_rate=1e-2, warmup_steps=1)  # rank 64
+CFG4 = dataclasses.replace(CFG, lora_rank=4, lora_alpha=8)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -138,7 +138,7 @@ def test_each_variant_trains_what_it_says(variant, pruned, data):
 def test_heal_variant_none_trains_nothing(pruned, data, tmp_path):
     model = copy.deepcopy(pruned)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    run = heal(model, data, "none", CFG, base_run=tmp_path / "base")
+    run = heal(model, data, "none", CFG, TRAIN, base_run=tmp_path / "base")
     assert run.run_dir is None and run.train is None and run.record()["steps"] == 0
     assert not (tmp_path / "base").exists()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -148,10 +148,10 @@ def test_healing_moves_only_the_variant_weights(pruned, data, tmp_path):
     for variant in ("decoder", "projector"):
         model = copy.deepcopy(pruned)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        run = heal(model, data, variant, CFG4, base_run=tmp_path / "base")
+        run = heal(model, data, variant, CFG4, TRAIN, base_run=tmp_path / "base")
         assert run.run_dir.parent == tmp_path / "base" / "heal"
         assert run.run_dir.name.startswith(variant + "-")
-        assert run.record()["steps"] == TRAIN.steps
+        assert run.record()["steps"] == CFG4.steps
         trainable = _trainable(model)
         after = model.state_dict()
         for k, v in after.items():
@@ -164,7 +164,7 @@ def test_healing_moves_only_the_variant_weights(pruned, data, tmp_path):
         assert any(("lora_" in k) == (variant == "decoder") for k in trainable)
         # a second call with the same configuration reuses the finished run
         again = copy.deepcopy(pruned)
-        run2 = heal(again, data, variant, CFG4, base_run=tmp_path / "base")
+        run2 = heal(again, data, variant, CFG4, TRAIN, base_run=tmp_path / "base")
         assert run2.run_dir == run.run_dir and run2.train.cached
         for (k, a), (_, b) in zip(sorted(model.trainable_state_dict().items()),
                                   sorted(again.trainable_state_dict().items())):
@@ -180,16 +180,16 @@ def test_killed_heal_resumes_to_the_same_weights(variant, pruned, data, tmp_path
     straight = copy.deepcopy(pruned)
     with torch.random.fork_rng(devices=[]):  # whatever state the process is in
         torch.manual_seed(100)
-        heal(straight, data, variant, CFG4, base_run=base,
+        heal(straight, data, variant, CFG4, TRAIN, base_run=base,
              run_dir=tmp_path / "a")
     with torch.random.fork_rng(devices=[]):  # a killed run, in another process's state
         torch.manual_seed(200)
-        first = heal(copy.deepcopy(pruned), data, variant, CFG4, base_run=base,
+        first = heal(copy.deepcopy(pruned), data, variant, CFG4, TRAIN, base_run=base,
                      run_dir=tmp_path / "b", stop_after=3)
     assert not first.train.finished
     assert not (tmp_path / "b" / "final").exists()
     resumed = copy.deepcopy(pruned)
-    second = heal(resumed, data, variant, CFG4, base_run=base,
+    second = heal(resumed, data, variant, CFG4, TRAIN, base_run=base,
                   run_dir=tmp_path / "b")
     assert second.train.resumed_from == 3 and second.train.finished
     a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
@@ -232,10 +232,9 @@ def test_saved_pruned_and_healed_speechllm_reloads_the_same(data, tmp_path):
     model = prune_speechllm(_speech(), [1])
     prune_speechllm(model, [1])  # the second 1 is the original 2
     assert pruned_layers(model.decoder) == [1, 2]
-    heal(model, data, "both", HealConfig(
-        train=TrainConfig(steps=3, batch_size=2, learning_rate=1e-2, warmup_steps=0,
-                          checkpoint_every=10, precision="fp32", projector_learning_rate=None),
-        lora_rank=4, lora_alpha=8), base_run=tmp_path / "base")
+    heal(model, data, "both", HealConfig(steps=3, batch_size=2, learning_rate=1e-2,
+                                         warmup_steps=0, lora_rank=4, lora_alpha=8),
+         TrainConfig(checkpoint_every=10, precision="fp32"), base_run=tmp_path / "base")
     assert hasattr(model.decoder, "peft_config")  # healed adapters, not merged yet
     loss, hyps = _loss(model, data), _decode(model, data)
     folder = save_speechllm(model, tmp_path / "saved", extra={"note": "test"})
@@ -262,7 +261,7 @@ def test_saved_pruned_and_healed_speechllm_reloads_the_same(data, tmp_path):
 def test_healing_an_unpruned_model_is_an_error(data, tmp_path):
     model = _speech()
     with pytest.raises(CompanionError, match="not pruned") as e:
-        heal(model, data, "both", CFG, base_run=tmp_path / "base")
+        heal(model, data, "both", CFG, TRAIN, base_run=tmp_path / "base")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "base").exists()
     merged = copy.deepcopy(model)
@@ -280,7 +279,8 @@ def test_healing_with_adapters_still_on_is_an_error(pruned):
 
 def test_unknown_variant_is_an_error(pruned, data, tmp_path):
     for call in (lambda: prepare_healing(copy.deepcopy(pruned), "everything"),
-                 lambda: heal(copy.deepcopy(pruned), data, "everything", CFG, tmp_path)):
+                 lambda: heal(copy.deepcopy(pruned), data, "everything", CFG, TRAIN,
+                              tmp_path)):
         with pytest.raises(CompanionError) as e:
             call()
         assert "'everything'" in str(e.value) and "\n" not in str(e.value)
@@ -289,14 +289,15 @@ def test_unknown_variant_is_an_error(pruned, data, tmp_path):
 
 def test_resuming_from_a_folder_of_another_configuration_is_refused(pruned, data, tmp_path):
     run = tmp_path / "run"
-    heal(copy.deepcopy(pruned), data, "projector", CFG, base_run=tmp_path, run_dir=run,
+    heal(copy.deepcopy(pruned), data, "projector", CFG, TRAIN, base_run=tmp_path, run_dir=run,
          stop_after=2)
     before = _snapshot(run)
     assert "heal_config.json" in before and "checkpoint/trainable.safetensors" in before
-    other_cfg = HealConfig(train=dataclasses.replace(TRAIN, learning_rate=5e-3))
+    other_cfg = dataclasses.replace(CFG, learning_rate=5e-3)
     for variant, cfg in (("projector", other_cfg), ("both", CFG)):
         with pytest.raises(CompanionError) as e:
-            heal(copy.deepcopy(pruned), data, variant, cfg, base_run=tmp_path, run_dir=run)
+            heal(copy.deepcopy(pruned), data, variant, cfg, TRAIN, base_run=tmp_path,
+                 run_dir=run)
         assert str(run) in str(e.value) and "\n" not in str(e.value)
         assert _snapshot(run) == before
 

@@ -199,7 +199,7 @@ FLOORS = [
     ("prune", ("lib.prune",)),
     ("heal", ("lib.heal",)),
     ("report", ("lib.report",)),
-    ("validation", ("lib.config.build",)),
+    ("resolution", ("lib.config.resolve",)),
     ("recipes", ("lib.recipes",)),
     ("entry points", ("lib.experiment", "lib.book", "lib.setup")),
 ]
@@ -220,7 +220,7 @@ def test_floor_of_the_checker_itself() -> None:
     names = [name for name, _ in FLOORS]
     assert names[floor("lib.data.spec")] == "configuration"
     assert names[floor("lib.data.audio")] == "data"
-    assert names[floor("lib.config.build")] == "validation"
+    assert names[floor("lib.config.resolve")] == "resolution"
     assert names[floor("lib.config.sections")] == "configuration"
     assert floor("lib.build.ctc_head") < floor("lib.train.ctc") < floor("lib.evaluate.decode")
 
@@ -271,3 +271,23 @@ def test_chapter_cells_only_call_display_and_glue() -> None:
                                              ast.SetComp, ast.GeneratorExp)), f"{where}: a loop"
                 assert not (isinstance(node, ast.Constant) and isinstance(node.value, float)
                             ), f"{where}: a typed number {node.value}"
+
+
+ENVIRONMENT = {"COMPANION_CACHE": "where the cache lives (a machine's, not a run's)",
+               "COMPANION_RESULTS": "where records go (tests point it at a temporary folder)",
+               "COMPANION_PROGRESS": "the file a kernel reports its progress to",
+               "COMPANION_PIPER_VOICE": "a Piper voice file on this machine"}
+"""The only COMPANION_* environment variables the library reads, each a fact of the machine
+or the process, never of the run: the preset, a trial and a run's id are parameters of the
+chapter (``preset``, ``record``: :class:`lib.config.sections.Run`)."""
+
+
+def test_no_preset_trial_or_run_travels_by_environment_variable() -> None:
+    import re
+
+    found = {name: str(p.relative_to(LIB.parent)) for p in LIB.rglob("*.py")
+             for name in re.findall(r"COMPANION_[A-Z_]+", p.read_text())}
+    assert set(found) <= set(ENVIRONMENT), {k: v for k, v in found.items()
+                                             if k not in ENVIRONMENT}
+    text = "\n".join(p.read_text() for p in LIB.rglob("*.py"))
+    assert not re.search(r"environ[^\n]*(PRESET|TRIAL|RUN_ID|_RUN\b)", text)

@@ -127,18 +127,19 @@ def test_the_mix_continues_chapter_1s_model(tmp_path, monkeypatch, random_featur
     """multitask_start "chapter-1": at learning rate 0 the model after the mix is chapter 1's
     model weight for weight (an identity reference); "anew" is not, and the two runs are
     kept in two folders; without chapter 1's run, one line."""
-    from lib.config.build import config_for
+    from lib.config.resolve import resolve
     from lib.recipes import multitask as mt
     from lib.recipes.pipeline import ModelRun
     from lib.train.loop import TrainRun
 
     monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
-    cfg = config_for(5, "tiny", {"decoders": ["tiny-llama"], "multitask_steps": 3,
-                                 "warmup_steps": 1, "dev_every": 0, "precision": "fp32"})
-    still = dataclasses.replace(cfg.multitask.train, learning_rate=0.0,
-                                projector_learning_rate=0.0, ctc_weight=0.0)
-    cfg = dataclasses.replace(cfg, multitask=dataclasses.replace(cfg.multitask, train=still))
-    mc = cfg.base.models[0]
+    cfg = resolve(5, preset="tiny", changes={"decoders": ["tiny-llama"], "multitask_steps": 3,
+                                             "warmup_steps": 1, "dev_every": 0,
+                                             "precision": "fp32"})
+    still = dataclasses.replace(cfg.train, learning_rate=0.0, projector_learning_rate=0.0,
+                                ctc_weight=0.0)  # the mix's schedule is chapter 1's
+    cfg = dataclasses.replace(cfg, train=still)
+    mc = cfg.models[0]
     fs = _with_translations(random_features(6, dim=64))
     data = mt.ParallelData(mix=FeatureSet(fs.utterances * 2, fs.feats * 2,
                                           tasks=[ASR] * 6 + [ST] * 6),

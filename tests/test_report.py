@@ -29,7 +29,7 @@ def _ch01(tmp_path: Path) -> Path:
                        "versions": {"torch": "2.13.0+cpu"}},
     }
     path = tmp_path / "demo" / "ch01.json"
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     rec["digest"] = figures_digest(rec)
     path.write_text(json.dumps(rec))
     return tmp_path
@@ -104,7 +104,7 @@ def _ch02(tmp_path: Path) -> Path:
                        "versions": {"torch": "2.13.0+cpu"}},
     }
     path = tmp_path / "demo" / "ch02.json"
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     rec["digest"] = figures_digest(rec)
     path.write_text(json.dumps(rec))
     return tmp_path
@@ -164,3 +164,61 @@ def test_chapter_5_targets_can_say_no():
     assert whisper_target(["better than"]) == "met: better than it"
     assert floor_sentence([], 4) == "every task of every decoder scores above its no-audio floor"
     assert floor_sentence(["d asr-es"], 4) == "below or level with its no-audio floor: d asr-es"
+
+
+# ------------------------------------------------------------------ the README's summary
+
+
+def test_the_summary_reads_each_chapter_from_its_record_and_can_say_no(tmp_path):
+    """One row per chapter, its figures as written by hand from the records above; a
+    chapter whose comparisons fall short is counted as such (0 of 1), and a chapter with
+    no record says so."""
+    root = _ch01(_ch02(tmp_path))
+    out = render("<!-- results: demo/summary -->\n<!-- end results -->", root)
+    assert ("| 1 | Does a SpeechLLM trained on two CPU cores transcribe speech? | "
+            "smollm2-135m: 23.4 % [10.0, 40.0] WER on real (10 utt.) |") in out
+    assert "smollm2-135m: the same blocks in 1 of 1 comparisons" in out
+    assert "| 3 | How many layers can go" in out and "not recorded yet" in out
+    rec = json.loads((root / "demo" / "ch02.json").read_text())
+    rec["decoders"]["smollm2-135m"]["comparisons"]["text vs speech, transcript tokens"][
+        "verdict"] = "no more than chance"
+    rec["digest"] = figures_digest(rec)
+    (root / "demo" / "ch02.json").write_text(json.dumps(rec))
+    out = render("<!-- results: demo/summary -->\n<!-- end results -->", root)
+    assert "smollm2-135m: the same blocks in 0 of 1 comparisons" in out
+
+
+# ------------------------------------------------------------------ the benchmarks' output
+
+
+def test_a_benchmark_block_is_rendered_from_its_own_output(tmp_path):
+    """make bench's JSON (figures chosen here) renders its ratios as computed by hand; a
+    benchmark never run says which command measures it; a file that is not its output is
+    one line."""
+    import pytest
+
+    from lib.errors import CompanionError
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    r = {"train_utt_s": 8.0, "train_step_s": 1.0, "bare_step_s": 0.8, "overhead": 1.25,
+         "decode_utt_s": 6.5, "decode_bf16_speedup": 2.0}
+    (bench / "train.json").write_text(json.dumps({
+        "settings": {"batch": 8, "seconds": 3.1, "words": 11, "precision": "bf16",
+                     "decode_batch": 32, "new_tokens": 24, "rounds": 3, "ctc_batch": 64,
+                     "ctc_vocab": 5000},
+        "decoders": {"d": r}, "ctc": {"d": {"fp32_s": 0.3, "bf16_s": 0.1, "speedup": 3.0}},
+        "provenance": {"date": "2026-12-04T05:00:00", "git_hash": "abcdef0123",
+                       "device": {"cpu_count": 2, "cpu": "AMD EPYC",
+                                  "cpu_native_bf16": True}}}))
+    out = render("<!-- results: bench/train -->\n<!-- end results -->", tmp_path)
+    assert "| d | 8.00 | 1.000 | 0.800 | 1.25 | 6.50 | 2.00 |" in out
+    assert "| d | 300 | 100 | 3.00 |" in out
+    assert "commit abcdef0 on 2026-12-04, 2 cores of AMD EPYC (native bf16)" in out
+    never = render("<!-- results: bench/scores -->\n<!-- end results -->", tmp_path)
+    assert "not measured on this checkout yet: `make bench-scores` writes it" in never
+    (bench / "prune.json").write_text(json.dumps({"offline": [{"decoder": "d"}]}))
+    with pytest.raises(CompanionError, match="prune.json is not the output of `make "
+                       "bench-prune`") as err:
+        render("<!-- results: bench/prune -->\n<!-- end results -->", tmp_path)
+    assert "\n" not in str(err.value)

@@ -123,22 +123,22 @@ def test_a_sealed_result_reads_back_as_written(tmp_path):
 
 def test_only_a_full_run_records_the_numbers_of_record(tmp_path, monkeypatch):
     from lib.book.run import trial_name
-    from lib.report.results import RUN_ENV, TRIAL_ENV, publish_run, record_headline
+    from lib.config.resolve import resolve
+    from lib.report.results import publish_run, record_headline
 
     every = [Path("book/01_a.ipynb"), Path("book/02_b.ipynb")]
     assert trial_name(every, every, {}) is None
     assert trial_name(every[:1], every, None) == "chapter-01"
     assert trial_name(every, every, {"train_steps": 9}) == "train-steps-9"
     monkeypatch.setenv("COMPANION_RESULTS", str(tmp_path))
-    monkeypatch.setenv("COMPANION_PRESET", "tiny")
-    monkeypatch.setenv(TRIAL_ENV, "train-steps-9")
-    trial = record_headline("ch01", {"x": 1})
+    trial = record_headline(resolve(1, preset="tiny", record="trial:train-steps-9"), {"x": 1})
     assert trial == tmp_path / "tiny" / "trials" / "train-steps-9" / "ch01.json"
     assert not (tmp_path / "tiny" / "ch01.json").exists()
-    monkeypatch.delenv(TRIAL_ENV)
-    assert record_headline("ch01", {"x": 1}) is None  # not a book run: nothing recorded
-    monkeypatch.setenv(RUN_ENV, "run-a")
-    full = record_headline("ch01", {"x": 1})
+    by_hand = record_headline(resolve(1, preset="tiny"), {"x": 1})  # a notebook by hand
+    assert by_hand == tmp_path / "tiny" / "trials" / "by-hand" / "ch01.json"
+    quick = resolve(1, preset="tiny", changes={"max_test_utterances": 2})
+    assert record_headline(quick, {"x": 1}) is None  # a quick run records nothing
+    full = record_headline(resolve(1, preset="tiny", record="run:run-a"), {"x": 1})
     assert full == tmp_path / "tiny" / "ch01.json" and not full.exists()  # staged
     publish_run("tiny", "run-a")
     rec = json.loads(full.read_text())

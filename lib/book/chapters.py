@@ -82,21 +82,24 @@ def chapter_parameters(
     preset: dict[str, Any],
     overrides: dict[str, Any] | None = None,
     preset_name: str | None = None,
+    record: str | None = None,
 ) -> dict[Path, dict[str, Any]]:
-    """What papermill injects into each chapter: the preset's and the overrides' values of
-    the names it declares, and for a chapter that starts from a preset, the preset itself.
+    """What papermill injects into each chapter.
 
-    A chapter whose parameters cell declares ``preset`` (and ``overrides``) gets
-    ``preset=<preset_name>`` and, in ``overrides``, the ``-p`` values of parameters it
-    inherits from earlier chapters (:data:`lib.config.defaults.CHAPTER_PARAMS`): its own
-    parameters are set directly, everything else it reads from the preset in its kernel. A
-    notebook without ``preset`` gets the values of the names it declares, as papermill does.
+    A chapter whose parameters cell declares ``preset`` and its own parameters
+    (:func:`_resolves_itself`) resolves its values in its own kernel (:func:`lib.config.resolve.resolve`, the one place a preset is read into a
+    chapter's values): it gets ``preset=<preset_name>``, ``record`` (``run:<id>`` or
+    ``trial:<name>``: what the run writes), ``overrides`` (the ``-p`` values of any
+    parameter it takes) and, so that its page shows them, the ``-p`` values of its own
+    parameters. A notebook without ``preset`` gets the preset's and the overrides' values
+    of the names it declares, as papermill does.
 
     Args:
         declared: each chapter's declared parameter names (:func:`declared_parameters`).
         preset: the preset's values (:func:`lib.config.presets.load_preset`).
         overrides: values given on the command line; they win over the preset.
         preset_name: the preset as the kernel should load it (a name or an absolute path).
+        record: what the run writes, for chapters that declare ``record``.
 
     Raises:
         CompanionError: an override names a parameter that no chapter takes.
@@ -106,10 +109,9 @@ def chapter_parameters(
     overrides = overrides or {}
     known = {name for names in declared.values() for name in names}
     takes = {nb: set(param_names(CHAPTER_PARAMS[_number(nb)]))
-             if "preset" in names and _number(nb) in CHAPTER_PARAMS else set()
-             for nb, names in declared.items()}
+             if _resolves_itself(nb, names) else set() for nb, names in declared.items()}
     known |= {n for names in takes.values() for n in names}
-    known -= {"preset", "overrides"}
+    known -= {"preset", "overrides", "record"}
     elsewhere = {name: min(c for c in CHAPTER_PARAMS if name in own_names(c))
                  for name in sorted(set(overrides) - known)
                  if any(name in own_names(c) for c in CHAPTER_PARAMS)}
@@ -121,19 +123,33 @@ def chapter_parameters(
                              f"{chapter:02d}, or leave -p {name} out")
     reject_unknown(overrides, known, f"unknown parameter {{names}}; the chapters take: "
                    f"{', '.join(sorted(known)) or '(none)'}")
-    merged = {**preset, **overrides}
     out = {}
     for nb, names in declared.items():
-        values = {name: merged[name] for name in names
-                  if name in merged and name not in ("preset", "overrides")}
+        values: dict[str, Any] = {}
         if "preset" in names and preset_name is not None:
             values["preset"] = preset_name
-            inherited = {k: v for k, v in overrides.items()
-                         if k in takes[nb] and k not in names}
-            if "overrides" in names and inherited:
-                values["overrides"] = inherited
+        if "record" in names and record is not None:
+            values["record"] = record
+        if _resolves_itself(nb, names):
+            mine = {k: v for k, v in overrides.items() if k in takes[nb]}
+            if "overrides" in names and mine:
+                values["overrides"] = mine
+            values.update({k: v for k, v in mine.items() if k in names})
+        else:
+            merged = {**preset, **overrides}
+            values.update({name: merged[name] for name in names
+                           if name in merged and name not in ("preset", "overrides", "record")})
         out[nb] = values
     return out
+
+
+def _resolves_itself(notebook: Path, names: list[str]) -> bool:
+    """A book chapter that resolves its values in its kernel: its cell declares ``preset``
+    and the chapter's own parameters (:func:`lib.config.defaults.own_names`)."""
+    from lib.config.defaults import CHAPTER_PARAMS, own_names
+
+    n = _number(notebook)
+    return "preset" in names and n in CHAPTER_PARAMS and set(own_names(n)) <= set(names)
 
 
 def _number(notebook: Path) -> int:

@@ -28,7 +28,7 @@ from lib.config.defaults import parameter_names
 from lib.config.presets import load_preset, preset_label, preset_path
 from lib.errors import CompanionError, disk_error, is_disk_error
 from lib.paths import REPO_ROOT, check_folder, slug
-from lib.report.results import RUN_ENV, TRIAL_ENV, new_run_id, publish_run
+from lib.report.results import new_run_id, publish_run
 
 
 KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadata names
@@ -37,25 +37,13 @@ KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadat
 
 
 @contextlib.contextmanager
-def _kernel_environment(preset: str, trial: str | None = None,
-                        progress: Path | None = None,
-                        run_id: str | None = None) -> Iterator[None]:
+def _kernel_environment(progress: Path | None = None) -> Iterator[None]:
     """Environment the kernels inherit: ``import lib`` works, figures are not disabled,
-    ``COMPANION_PRESET`` names the preset and ``COMPANION_TRIAL`` a run that is not a full
-    one (chapters record their headline figures under ``results/<preset>/``, or beside
-    them for a trial: :func:`lib.report.results.record_headline`), ``COMPANION_RUN`` a full
-    run's id (its records are staged until the run completes); ``COMPANION_PROGRESS``
-    the file the kernel's loops report their progress to (:func:`lib.clock.track`).
-    ``preset`` is the label the figures go under (:func:`lib.config.presets.preset_label`).
-    """
+    ``COMPANION_PROGRESS`` names the file the kernel's loops report their progress to
+    (:func:`lib.clock.track`). The preset and what the run records are parameters of the
+    chapter (``preset``, ``record``), never environment variables."""
     saved = dict(os.environ)
-    os.environ["COMPANION_PRESET"] = preset
-    for name in (TRIAL_ENV, RUN_ENV, PROGRESS_ENV):
-        os.environ.pop(name, None)
-    if trial:
-        os.environ[TRIAL_ENV] = trial
-    elif run_id:
-        os.environ[RUN_ENV] = run_id
+    os.environ.pop(PROGRESS_ENV, None)
     if progress is not None:
         os.environ[PROGRESS_ENV] = str(progress)
     paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -183,8 +171,11 @@ def run_chapters(
     # the kernel runs in book/: a preset given as a path is passed as an absolute one
     name = str(preset_path(preset, root).resolve()) if preset.endswith((".yaml", ".yml")) \
         else preset
+    trial = trial_name(notebooks, list_chapters(root), overrides)
+    run_id = None if trial else new_run_id()
     params = chapter_parameters({nb: declared[nb] for nb in notebooks}, values, overrides,
-                                preset_name=name)
+                                preset_name=name,
+                                record=f"trial:{trial}" if trial else f"run:{run_id}")
     out = Path(out) if out is not None else preset_dir(preset, root) / "executed"
     check_folder(out, create=True)
     label = preset_label(preset, root)
@@ -193,13 +184,11 @@ def run_chapters(
         print(f"preset file {preset}: its figures go under results/{label}/ and its pages "
               f"under _build/{label}/" + (f" (not params/{stem}.yaml, whose records stay)"
                                           if label != stem else ""), flush=True)
-    trial = trial_name(notebooks, list_chapters(root), overrides)
     if trial:
         print(f"a trial, not a full run of preset {label}: its figures are recorded under "
               f"results/{label}/trials/{trial}/, the numbers of record stay", flush=True)
-    run_id = None if trial else new_run_id()
     with preset_lock(check_folder(preset_dir(preset, root), create=True)):
-        done = _run_each(notebooks, out, params, overrides, label, trial, run_id)
+        done = _run_each(notebooks, out, params, overrides, label)
         if run_id:
             publish_run(label, run_id)
         return done
@@ -246,8 +235,7 @@ def preset_lock(folder: Path) -> Iterator[None]:
 
 
 def _run_each(notebooks: list[Path], out: Path, params: dict[Path, dict[str, Any]],
-              overrides: dict | None, preset: str, trial: str | None,
-              run_id: str | None = None) -> list[Path]:
+              overrides: dict | None, preset: str) -> list[Path]:
     """Execute each chapter in turn (see :func:`run_chapters`)."""
     done: list[Path] = []
     for nb in notebooks:
@@ -260,7 +248,7 @@ def _run_each(notebooks: list[Path], out: Path, params: dict[Path, dict[str, Any
         shown = f"; {', '.join(changed)}" if changed else ""
         print(f"chapter {nb.stem} (preset {preset}{shown})", flush=True)
         start = time.perf_counter()
-        _execute(nb, running, failed, target, params[nb], preset, trial, run_id)
+        _execute(nb, running, failed, target, params[nb])
         note = f"preset {preset}" + (f"; -p {', '.join(changed)}" if changed else "")
         try:
             show_parameters_once(running, note)
@@ -273,8 +261,8 @@ def _run_each(notebooks: list[Path], out: Path, params: dict[Path, dict[str, Any
     return done
 
 
-def _execute(nb: Path, running: Path, failed: Path, target: Path, params: dict[str, Any],
-             preset: str, trial: str | None = None, run_id: str | None = None) -> None:
+def _execute(nb: Path, running: Path, failed: Path, target: Path,
+             params: dict[str, Any]) -> None:
     """Run one chapter with papermill into ``running``; a failure is one line, with the
     partial run kept as ``failed`` and ``target`` (the last good copy) untouched."""
     import papermill
@@ -282,7 +270,7 @@ def _execute(nb: Path, running: Path, failed: Path, target: Path, params: dict[s
 
     progress = running.parent / f"{nb.stem}.progress.log"
     try:
-        with _kernel_environment(preset, trial, progress, run_id), progress_lines(progress):
+        with _kernel_environment(progress), progress_lines(progress):
             _show_cell_output()
             papermill.execute_notebook(
                 str(nb),

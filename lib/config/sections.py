@@ -1,21 +1,24 @@
-"""The typed config sections each stage takes whole, and the chapters' configs built of them.
+"""The typed config sections each stage takes whole, and the run made of them.
 
 A stage takes the section it needs (training a :class:`TrainConfig`, decoding an
 :class:`EvalConfig`, scoring a :class:`ScoreConfig`, ...), never a handful of scalars cut
 out of it. Every default here is *derived* from :mod:`lib.config.defaults` (the one place
 a default value and its reason live), so a section built without arguments is the default
-preset's; the few fields that are not parameters keep their one value here, with its
-reason. :mod:`lib.config.build` fills the sections from a chapter's validated parameters.
+preset's; the few fields that are not parameters are each section's named ``CONSTANTS``,
+with their reasons. A section's fields are the parameters' names with its ``PREFIX``
+dropped (``heal_steps`` is ``HealConfig.steps``); :mod:`lib.config.resolve` fills them from
+a chapter's checked parameters into one :class:`Run`, which also says what the run records
+(:class:`Record`).
 
-Imports nothing of the library but :mod:`lib.config.defaults`, :mod:`lib.data.spec` and
-:mod:`lib.fileio`. Stage: all (configuration). Explained in chapter 1
+Imports nothing of the library but :mod:`lib.config.defaults`, :mod:`lib.data.spec`,
+:mod:`lib.errors` and :mod:`lib.fileio`. Stage: all (configuration). Explained in chapter 1
 (book/01_building_a_speechllm.ipynb).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from lib.config.defaults import Chapter5Params as P
 from lib.data.spec import CorpusSpec
@@ -24,7 +27,13 @@ from lib.fileio import to_dict
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One SpeechLLM: which encoder, projector and decoder, and the LoRA on the decoder."""
+    """One SpeechLLM: which encoder, projector and decoder, and the LoRA on the decoder.
+
+    One per name in the ``decoders`` parameter (its ``decoder``); every other field is the
+    parameter of the same name."""
+
+    PREFIX: ClassVar[str] = ""
+    CONSTANTS: ClassVar[tuple[str, ...]] = ("lora_dropout", "lora_targets")
 
     encoder: str = P.encoder
     decoder: str = P.decoders[0]
@@ -44,6 +53,9 @@ class TrainConfig:
     ``precision`` is resolved by :func:`lib.device.resolve_precision` where it is used, so
     ``auto`` means bf16 autocast where the hardware runs it natively.
     """
+
+    PREFIX: ClassVar[str] = "train_"
+    CONSTANTS: ClassVar[tuple[str, ...]] = ("weight_decay",)
 
     steps: int = P.train_steps
     batch_size: int = P.batch_size
@@ -68,10 +80,13 @@ class TrainConfig:
 class EvalConfig:
     """How the models are decoded and scored."""
 
+    PREFIX: ClassVar[str] = "eval_"
+    CONSTANTS: ClassVar[tuple[str, ...]] = ()
+
     batch_size: int = P.eval_batch_size
     max_new_tokens: int = P.max_new_tokens
-    precision: str = P.eval_precision  # resolved where it is used (lib.evaluate.decode)
-    max_utterances: int | None = P.max_test_utterances
+    precision: str = P.eval_precision  # resolved for the device (lib.device)
+    max_test_utterances: int | None = P.max_test_utterances
     rescore_beams: int = P.rescore_beams
     rescore_weights: tuple[float, ...] = P.rescore_weights
 
@@ -80,7 +95,10 @@ class EvalConfig:
 class ScoreConfig:
     """How redundancy is scored (chapter 2)."""
 
-    n_utterances: int = P.n_score_utterances
+    PREFIX: ClassVar[str] = "score_"
+    CONSTANTS: ClassVar[tuple[str, ...]] = ()
+
+    n_score_utterances: int = P.n_score_utterances
     batch_size: int = P.score_batch_size
     ablation_block: int = P.ablation_block
     ablation_utterances: int = P.ablation_utterances
@@ -93,6 +111,9 @@ class ScoreConfig:
 class PruneConfig:
     """How the models are pruned and the curves measured (chapter 3)."""
 
+    PREFIX: ClassVar[str] = "prune_"
+    CONSTANTS: ClassVar[tuple[str, ...]] = ()
+
     strategies: tuple[str, ...] = P.prune_strategies
     fractions: tuple[float, ...] = P.prune_fractions
     curve_utterances: int = P.curve_utterances
@@ -102,14 +123,21 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class HealConfig:
-    """How the pruned models are healed (chapter 4)."""
+    """How the pruned models are healed (chapter 4). The healing runs' schedule is built
+    from these and chapter 1's training section by :func:`lib.heal.healing.schedule`."""
+
+    PREFIX: ClassVar[str] = "heal_"
+    CONSTANTS: ClassVar[tuple[str, ...]] = ()
 
     variants: tuple[str, ...] = P.heal_variants
     fraction: float = P.heal_fraction
     curve_fractions: tuple[float, ...] = P.heal_curve_fractions
+    steps: int = P.heal_steps
+    batch_size: int = P.heal_batch_size
+    learning_rate: float = P.heal_learning_rate
+    warmup_steps: int = P.heal_warmup_steps
     lora_rank: int = P.heal_lora_rank
     lora_alpha: int = P.heal_lora_alpha
-    train: TrainConfig = field(default_factory=TrainConfig)  # the healing runs' schedule
     cost_rounds: int = P.cost_rounds
 
 
@@ -120,21 +148,73 @@ MULTITASK_STARTS = ("chapter-1", "anew")
 
 @dataclass(frozen=True)
 class MultitaskConfig:
-    """The multi-task SpeechLLM of chapter 5: its tasks, its parallel corpus, its budget."""
+    """The multi-task SpeechLLM of chapter 5: its tasks, its parallel corpus, its budget.
+    Its schedule is chapter 1's training section at ``steps``
+    (:func:`lib.recipes.multitask.schedule`)."""
+
+    PREFIX: ClassVar[str] = "multitask_"
+    CONSTANTS: ClassVar[tuple[str, ...]] = ()
 
     tasks: tuple[str, ...] = P.tasks
-    n_train: int = P.n_parallel_train
-    n_test: int = P.n_parallel_test
-    dev_per_task: int = P.task_dev_utterances
+    n_parallel_train: int = P.n_parallel_train
+    n_parallel_test: int = P.n_parallel_test
+    task_dev_utterances: int = P.task_dev_utterances
     start: str = P.multitask_start  # MULTITASK_STARTS
-    # chapter 1's training section, at the mix's own number of steps
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=P.multitask_steps))
+    steps: int = P.multitask_steps
+
+
+RECORDS = ("run", "trial", "hand")
+"""What a run writes (:class:`Record`): the numbers of record (a full book run of a
+preset), a trial beside them (some chapters, or ``-p`` changes), or a notebook run by hand
+(a trial named ``by-hand``)."""
 
 
 @dataclass(frozen=True)
-class Chapter1Config:
-    """Everything chapter 1 needs, validated: one :class:`ModelConfig` per decoder."""
+class Record:
+    """Where a run's headline figures go: ``kind`` one of :data:`RECORDS`; ``name`` the full
+    run's id or the trial's name."""
 
+    kind: str = "hand"  # not a parameter: set by the runner's ``record`` (RECORDS)
+    name: str = "by-hand"  # not a parameter: the run's id or the trial's name
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Record":
+        """``run:<id>``, ``trial:<name>`` (the book's runner sets these), or ``hand`` /
+        None (a notebook run by hand)."""
+        text = (text or "hand").strip()
+        kind, _, name = text.partition(":")
+        if kind == "hand" and not name:
+            return cls()
+        if kind not in RECORDS[:2] or not name.strip():
+            from lib.errors import CompanionError
+
+            raise CompanionError(f"record={text!r}: use hand (a notebook run by hand), or "
+                                 "let the book's runner set it (run:<id>, trial:<name>)")
+        return cls(kind, name.strip())
+
+    def line(self, preset: str) -> str:
+        """One line saying where this run's figures go."""
+        if self.kind == "run":
+            return (f"a full run of preset {preset} (run {self.name}): its figures become "
+                    f"the numbers of record, results/{preset}/, when every chapter has run")
+        who = "a notebook run by hand" if self.kind == "hand" else f"trial {self.name}"
+        return (f"{who}: its figures go to results/{preset}/trials/{self.name}/, beside the "
+                "numbers of record, which only a full `make book` writes")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One chapter's run, its parameters resolved once (:func:`lib.config.resolve.resolve`):
+    the typed sections the stages take, what the run records, and where each value came from.
+
+    Chapter N's run holds the sections of chapters 1..N; a later chapter's is None. Each
+    parameter is one field, found by its name (:func:`lib.config.resolve.field_of`):
+    ``heal_steps`` is ``heal.steps``, ``chance_draws`` is ``score.chance_draws``.
+    """
+
+    chapter: int
+    preset: str  # the label the figures go under (lib.config.presets.preset_label)
+    record: Record
     models: tuple[ModelConfig, ...]
     corpus: CorpusSpec
     train_data: str
@@ -143,33 +223,44 @@ class Chapter1Config:
     eval: EvalConfig
     device: str = P.device
     dev_utterances: int = P.dev_utterances
-    # Where the values came from (preset, overrides, inherited values): provenance, never
+    # not a parameter: the later chapters' sections, None in an earlier chapter's run
+    score: ScoreConfig | None = None  # not a parameter: chapter 2's section
+    prune: PruneConfig | None = None  # not a parameter: chapter 3's section
+    heal: HealConfig | None = None  # not a parameter: chapter 4's section
+    multitask: MultitaskConfig | None = None  # not a parameter: chapter 5's section
+    # Where the values came from (preset, changes, inherited values): provenance, never
     # part of a cache key (keys are built from the sections above).
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    @property
+    def quick(self) -> bool:
+        """A quick run (test sets cut to ``max_test_utterances``): it records nothing."""
+        return self.eval.max_test_utterances is not None
+
     def summary(self) -> str:
-        """Where the values came from, in a few lines: the preset, the overrides, and
-        every inherited value (the chapter's own ones are in its parameters cell)."""
+        """Where the values came from, in a few lines: the preset, the changes, every
+        inherited value (the chapter's own ones are in its parameters cell), and what the
+        run records."""
         src = self.source
-        if not src:
-            return "config built directly (no preset)"
-        lines = [f"preset {src['preset']}"
-                 + (f"; overrides {_pairs(src['overrides'])}" if src["overrides"] else "")]
+        lines = [f"preset {src.get('preset', self.preset)}"
+                 + (f"; changes {_pairs(src['changes'])}" if src.get("changes") else "")]
+        if src.get("own_set"):
+            lines.append("this chapter's own parameters, set by the preset or a change: "
+                         + _pairs(src["own_set"]))
         inherited = src.get("inherited", {})
-        set_here = set(src.get("from_preset", []))
+        set_here = set(src.get("set", []))
         changed = {k: v for k, v in inherited.items() if k in set_here}
         default = {k: v for k, v in inherited.items() if k not in set_here}
         if changed:
-            lines.append(f"inherited, set by the preset or an override: {_pairs(changed)}")
+            lines.append(f"inherited, set by the preset or a change: {_pairs(changed)}")
         if default:
             lines.append(f"inherited defaults (lib/config/defaults.py): {_pairs(default)}")
-        if src.get("cell_over_preset"):
-            lines.append("the parameters cell wins over the preset for: " + ", ".join(
-                f"{k} (cell {_short(v['cell'])}, preset {_short(v['preset'])})"
-                for k, v in src["cell_over_preset"].items()))
+        if src.get("cell"):
+            lines.append(f"set in the parameters cell: {_pairs(src['cell'])}")
+        lines.append(f"records: {self.record.line(self.preset)}")
         return _wrap("\n".join(lines))
 
     def architectures(self) -> str:
@@ -179,39 +270,17 @@ class Chapter1Config:
                          for m in self.models)
 
 
-@dataclass(frozen=True)
-class Chapter2Config:
-    """Chapter 2: the chapter 1 models (reused from the cache) and the scoring."""
-
-    base: Chapter1Config
-    score: ScoreConfig
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    def summary(self) -> str:
-        return self.base.summary()
+SECTIONS: dict[str, type] = {"models": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
+                             "score": ScoreConfig, "prune": PruneConfig, "heal": HealConfig,
+                             "multitask": MultitaskConfig}
+"""The run's sections by field name. A parameter is found in them mechanically
+(:func:`lib.config.resolve.field_of`): the first section whose ``PREFIX`` it starts with
+and which has the rest as a field, else the section holding a field of its own name."""
 
 
-@dataclass(frozen=True)
-class Chapter3Config(Chapter2Config):
-    """Chapter 3: chapter 2's models and scores, and the pruning."""
-
-    prune: PruneConfig = field(default_factory=PruneConfig)
-
-
-@dataclass(frozen=True)
-class Chapter4Config(Chapter3Config):
-    """Chapter 4: chapter 3's pruning, and the healing."""
-
-    heal: HealConfig = field(default_factory=HealConfig)
-
-
-@dataclass(frozen=True)
-class Chapter5Config(Chapter4Config):
-    """Chapter 5: the multi-task SpeechLLMs and the redundancy across tasks and languages."""
-
-    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
+def section_fields(section: type) -> tuple[str, ...]:
+    """The fields of a section that are parameters (not its named ``CONSTANTS``)."""
+    return tuple(f.name for f in fields(section) if f.name not in section.CONSTANTS)
 
 
 def _pairs(values: dict[str, Any]) -> str:

@@ -151,7 +151,7 @@ def transcribe(model: SpeechLLM, data: FeatureSet, ev: EvalConfig = EvalConfig()
     """Transcripts of every utterance in ``data`` (in order): greedy, or with ``rescore``
     the joint CTC / attention decoding of :class:`Rescoring`.
 
-    ``ev`` gives the batch size and ``max_new_tokens`` (its ``max_utterances`` is for
+    ``ev`` gives the batch size and ``max_new_tokens`` (its ``max_test_utterances`` is for
     :func:`evaluate_asr`: every utterance of ``data`` is decoded here). Batches are formed
     longest-first so padding stays small. The model runs in eval mode (dropout off) and
     gets its own mode back (:func:`lib.build.components.eval_mode`).
@@ -205,13 +205,13 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
         data: cached features of the test set.
         out_dir: the run's folder (keyed by config).
         name: test-set label, e.g. ``"synthetic:test"``.
-        ev: batch size and ``max_new_tokens``; ``max_utterances`` cuts the set to its first
+        ev: batch size and ``max_new_tokens``; ``max_test_utterances`` cuts the set to its first
             N (the result says it is a quick run).
         config: the chapter's config, stored with the score for provenance.
         reuse: return an existing score for the same (run, test set, cut) instead.
         rescore: joint CTC / attention decoding (:class:`Rescoring`) instead of greedy.
     """
-    max_utterances = ev.max_utterances
+    max_utterances = ev.max_test_utterances
     subset = data.subset(max_utterances)
     keyed = {"data": subset.digest(), "max_new_tokens": ev.max_new_tokens,
              "batch_size": ev.batch_size, "prompt": model.prompt, "version": EVAL_VERSION}

@@ -12,6 +12,7 @@ Stage: heal. Explained in chapter 4 (book/04_healing.ipynb).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from lib.clock import stage
-from lib.config.sections import HealConfig
+from lib.config.sections import HealConfig, TrainConfig
 from lib.errors import CompanionError
 from lib.fileio import config_hash, load_json, provenance, save_json, to_dict
 from lib.build.components import pruned_layers
@@ -48,6 +49,13 @@ HEAL_VARIANTS: dict[str, Variant] = {
     "lora-all": Variant(True, "all", "LoRA on every layer's MLP, and the projector"),
 }
 """The healing variants, in the order chapter 4 compares them: adding one is one entry."""
+
+# The healing schedule's fixed choices, each with its reason (the paper's Method):
+HEAL_GRAD_ACCUM = 1  # the healing batch is small and its steps cheap: no accumulation
+HEAL_RECIPE = "plain"  # the projector is already trained: no CTC warm start before healing
+HEAL_DEV_EVERY = 0  # no learning curve: the healed model is measured once, on the curve set
+HEAL_CTC_WEIGHT = 0.0  # the paper heals on the LM loss alone
+HEAL_WEIGHT_DECAY = 0.0  # as in training: the adapters are small
 
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 """The MLP's linear layers in Llama, Qwen2 and Gemma3."""
@@ -132,17 +140,32 @@ class HealRun:
                 "final_loss": r.get("final_loss")}
 
 
+def schedule(hc: HealConfig, train: TrainConfig) -> TrainConfig:
+    """The healing runs' schedule: chapter 1's training section (its seed, precision and
+    length grouping) with healing's steps, batch, rate and warm-up, one learning rate for
+    every trainable part, checkpoints at most every ``train.checkpoint_every`` steps, and
+    the fixed choices above."""
+    return dataclasses.replace(
+        train, steps=hc.steps, batch_size=hc.batch_size, grad_accum=HEAL_GRAD_ACCUM,
+        learning_rate=hc.learning_rate, warmup_steps=hc.warmup_steps,
+        weight_decay=HEAL_WEIGHT_DECAY,
+        checkpoint_every=max(1, min(train.checkpoint_every, hc.steps)), recipe=HEAL_RECIPE,
+        dev_every=HEAL_DEV_EVERY, ctc_weight=HEAL_CTC_WEIGHT, projector_learning_rate=None)
+
+
 @stage("healing")
 def heal(model: "SpeechLLM", train_set: "FeatureSet", variant: str, hc: HealConfig,
-         base_run: Path, desc: str = "healing", run_dir: Path | None = None,
+         train: TrainConfig, base_run: Path, desc: str = "healing",
+         run_dir: Path | None = None,
          stop_after: int | None = None,
          dev_check: Callable[["SpeechLLM"], dict[str, Any]] | None = None,
          run_config: Any = None) -> HealRun:
     """Heal a pruned SpeechLLM in place with one variant; reuse or resume its run.
 
     Args:
-        hc: chapter 4's healing section: the LoRA rank and alpha, and the schedule
-            (``hc.train``: steps, batch, rate, warm-up, seed, precision).
+        hc: chapter 4's healing section: the LoRA rank and alpha, steps, batch, rate and
+            warm-up.
+        train: chapter 1's training section (seed, precision; :func:`schedule`).
         base_run: the training run the pruned model came from (its key is part of the
             healing run's key); the healing run lives in ``<base_run>/heal/``.
         run_dir: an explicit folder instead of the keyed one; it must not hold a run of
@@ -151,7 +174,7 @@ def heal(model: "SpeechLLM", train_set: "FeatureSet", variant: str, hc: HealConf
     """
     from lib.train.loop import train_speechllm
 
-    cfg, rank, alpha = hc.train, hc.lora_rank, hc.lora_alpha
+    cfg, rank, alpha = schedule(hc, train), hc.lora_rank, hc.lora_alpha
     trainable = prepare_healing(model, variant, rank, alpha, seed=cfg.seed)
     if variant == "none":
         model.eval()

@@ -41,7 +41,7 @@ def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], 
                  reuse: bool = True, config: Any = None) -> dict[str, Any]:
     """WER of ``model`` on ``data`` with decoder ``layers`` skipped (``[]``: the full model).
 
-    Every utterance of ``data`` is decoded (``ev.max_utterances`` does not apply: a curve
+    Every utterance of ``data`` is decoded (``ev.max_test_utterances`` does not apply: a curve
     point is measured on the subset it is given), ``ev.batch_size`` at a time, at most
     ``ev.max_new_tokens`` each.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from lib.config.sections import Chapter1Config
+from lib.config.sections import Run
 from lib.data.corpus import voice_family
 from lib.data.features import FeatureSet
 from lib.evaluate.baselines import audio_reliance, whisper_baseline
@@ -40,7 +40,7 @@ def _ci(pair: Any) -> str:
 # ------------------------------------------------------------------ 1.1 the architecture
 
 
-def parameter_split(cfg: Chapter1Config) -> Section:
+def parameter_split(cfg: Run) -> Section:
     """Where the parameters live: this run's SpeechLLMs and the paper's, counted on meta."""
     from lib.build.model_configs import PAPER_ASR_PAIRS, split_table
 
@@ -86,7 +86,7 @@ def data_summary(train: FeatureSet, tests: dict[str, FeatureSet],
     return pd.DataFrame(rows)
 
 
-def data(cfg: Chapter1Config) -> Section:
+def data(cfg: Run) -> Section:
     """The training and test sets, encoded once (cached): their summary."""
     train, tests = prepare_features(cfg)
     summary = data_summary(train, tests, cfg.train_data)
@@ -118,7 +118,7 @@ def training_log(runs: dict[str, ModelRun]) -> pd.DataFrame:
                       for name, r in runs.items()], ignore_index=True)
 
 
-def train(cfg: Chapter1Config, train_set: FeatureSet,
+def train(cfg: Run, train_set: FeatureSet,
           tests: dict[str, FeatureSet]) -> Section:
     """Train (or reuse) every SpeechLLM, score it, decode it jointly (section 1.5); the
     two training stages' curves and what they cost."""
@@ -177,7 +177,7 @@ def dev_curve(runs: dict[str, ModelRun]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def learning_curve(cfg: Chapter1Config, runs: dict[str, ModelRun]) -> Section:
+def learning_curve(cfg: Run, runs: dict[str, ModelRun]) -> Section:
     """Dev WER while training, with its intervals (no curve without a dev subset)."""
     dev = dev_curve(runs)
     if dev.empty:
@@ -227,15 +227,15 @@ def wer_table(runs: dict[str, ModelRun],
     return pd.DataFrame(rows)
 
 
-def word_error_rates(cfg: Chapter1Config, runs: dict[str, ModelRun],
+def word_error_rates(cfg: Run, runs: dict[str, ModelRun],
                      tests: dict[str, FeatureSet]) -> Section:
     """Every system's WER on every test set beside the two baselines, and the verdicts
     (:func:`lib.report.rules.compare_wer`) for the first SpeechLLM on the first test set."""
     enc = cfg.models[0].encoder
-    whisper = {test: whisper_baseline(enc, fs.subset(cfg.eval.max_utterances), test)
+    whisper = {test: whisper_baseline(enc, fs.subset(cfg.eval.max_test_utterances), test)
                for test, fs in tests.items()} if "whisper" in enc else {}
     table = wer_table(runs, whisper)
-    items = ([f"QUICK RUN: test sets cut to {cfg.eval.max_utterances} utterances; not "
+    items = ([f"QUICK RUN: test sets cut to {cfg.eval.max_test_utterances} utterances; not "
               "comparable with full runs."] if table["quick run"].any() else [])
     shown = table.assign(**{c: 100 * table[c] for c in ["wer", "wer_low", "wer_high", "cer"]})
     shown = shown.drop(columns="quick run").rename(columns={
@@ -293,7 +293,7 @@ def _rescored_rows(runs: dict[str, ModelRun]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def joint_decoding(cfg: Chapter1Config, runs: dict[str, ModelRun]) -> Section:
+def joint_decoding(cfg: Run, runs: dict[str, ModelRun]) -> Section:
     """The dev sweep of the CTC weight, and each SpeechLLM's joint decoding against its
     greedy decoding by the paired rule (:func:`lib.report.rules.paired_verdict`)."""
     sweep = rescore_sweep(runs)
@@ -328,12 +328,12 @@ def joint_decoding(cfg: Chapter1Config, runs: dict[str, ModelRun]) -> Section:
 # ------------------------------------------------------------------ 1.6 bf16 decoding
 
 
-def decoding_precision(cfg: Chapter1Config, runs: dict[str, ModelRun],
+def decoding_precision(cfg: Run, runs: dict[str, ModelRun],
                        tests: dict[str, FeatureSet]) -> Section:
     """Each SpeechLLM's first test set decoded in bf16 autocast and in float32, by the paired
     rule (:func:`lib.evaluate.decode.precision_check`); nothing to check in float32."""
     syn = cfg.test_data[0]
-    found = {slug(d): precision_check(r.model, tests[syn].subset(cfg.eval.max_utterances),
+    found = {slug(d): precision_check(r.model, tests[syn].subset(cfg.eval.max_test_utterances),
                                       r.train.run_dir, syn, cfg.eval, cfg)
              for d, r in runs.items()}
     found = {d: c for d, c in found.items() if c is not None}
@@ -415,7 +415,7 @@ def headline(runs: dict[str, ModelRun], whisper: dict[str, dict[str, Any]],
     return {"decoders": out}
 
 
-def reliance(cfg: Chapter1Config, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
+def reliance(cfg: Run, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
              wers: Section, precision: Section | None = None) -> Section:
     """Does each decoder read the audio (:func:`lib.report.rules.reads_audio`)? Then the
     chapter's figures of record are kept (a full book run only)."""
@@ -425,10 +425,10 @@ def reliance(cfg: Chapter1Config, runs: dict[str, ModelRun], tests: dict[str, Fe
                 n_listening=int(sum(reads_audio(g) for g in gap)), n_models=len(gap),
                 own_loss_first=rel["loss, own audio"].iloc[0],
                 other_loss_first=rel["loss, other audio"].iloc[0])
-    path = record_headline("ch01", headline(runs, wers["whisper"], rel, precision and
-                                            precision["checks"]), config=cfg,
+    path = record_headline(cfg, headline(runs, wers["whisper"], rel, precision and
+                                            precision["checks"]),
                            quick_run=bool(wers["table"]["quick run"].any()))
-    return Section(rel, glue, items=[recorded_line(path)], precision=3)
+    return Section(rel, glue, items=[recorded_line(path, cfg)], precision=3)
 
 
 def examples_table(runs: dict[str, ModelRun], test: str, n: int = 5) -> pd.DataFrame:
@@ -443,7 +443,7 @@ def examples_table(runs: dict[str, ModelRun], test: str, n: int = 5) -> pd.DataF
     return pd.DataFrame(table)
 
 
-def examples(cfg: Chapter1Config, runs: dict[str, ModelRun],
+def examples(cfg: Run, runs: dict[str, ModelRun],
              tests: dict[str, FeatureSet]) -> Section:
     """Some transcripts of the real recordings (or of the first test set)."""
     shown = "real" if "real" in tests else cfg.test_data[0]

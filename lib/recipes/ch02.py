@@ -16,7 +16,7 @@ import pandas as pd
 
 from lib.build.speechllm import SpeechLLM, count_parameters
 from lib.build.adapters import lora_update_norms, pretrained_decoder
-from lib.config.sections import Chapter2Config
+from lib.config.sections import Run
 from lib.data.features import FeatureSet
 from lib.evaluate.baselines import audio_reliance
 from lib.paths import slug
@@ -53,10 +53,10 @@ def gguf_decoders(names: Any) -> list[str]:
     return [n for n in names if getattr(OFFLINE_MODELS.get(n), "kind", None) == "gguf"]
 
 
-def settings(cfg: Chapter2Config) -> str:
+def settings(cfg: Run) -> str:
     """The line under the chapter's config: what this run does, in its own numbers."""
     sc = cfg.score
-    return settings_line(cfg, f"{sc.n_utterances} utterances scored, ablation "
+    return settings_line(cfg, f"{sc.n_score_utterances} utterances scored, ablation "
                               f"n={sc.ablation_block}",
                          f"verdict thresholds: Spearman per n >= {sc.agree_rho}, overlap "
                          f"gain >= {sc.agree_overlap_gain}, {sc.chance_draws} chance draws")
@@ -93,18 +93,18 @@ def _notes(sizes: dict[str, int], gaps: dict[str, float], gguf: list[str]) -> di
             + " nats/token)."))
 
 
-def score_inputs(cfg: Chapter2Config) -> Section:
+def score_inputs(cfg: Run) -> Section:
     """Chapter 1's models (reused), and the four inputs scored for each decoder on the same
     utterances of the first test set, saved beside the run."""
     sc = cfg.score
-    train, tests = prepare_features(cfg.base)
-    test_name = cfg.base.test_data[0]
-    scored = tests[test_name].subset(sc.n_utterances)
+    train, tests = prepare_features(cfg)
+    test_name = cfg.test_data[0]
+    scored = tests[test_name].subset(sc.n_score_utterances)
     texts = [u.text for u in scored.utterances]
     results, models, sizes, gaps, nulls, items = {}, {}, {}, {}, {}, []
-    for m in cfg.base.models:
+    for m in cfg.models:
         name = slug(m.decoder)
-        run = train_and_evaluate(m, cfg.base, train, tests, evaluate=False)
+        run = train_and_evaluate(m, cfg, train, tests, evaluate=False)
         with pretrained_decoder(run.model) as llm:  # same weights, LoRA off
             base = score_text(llm, None, texts, batch_size=sc.batch_size,
                               positions="transcript")
@@ -122,12 +122,12 @@ def score_inputs(cfg: Chapter2Config) -> Section:
                      f"{save_scores(results[name], run.train.run_dir, cfg)}")
         models[name] = run.model
         sizes[name] = count_parameters(run.model)["decoder"]
-        rel = audio_reliance(run.model, scored, n=sc.n_utterances, batch_size=sc.batch_size)
+        rel = audio_reliance(run.model, scored, n=sc.n_score_utterances, batch_size=sc.batch_size)
         gaps[name] = rel["other_audio_loss"] - rel["own_audio_loss"]
         nulls[name] = null_surfaces(run.model, scored, texts, batch_size=sc.batch_size,
-                                    seed=cfg.base.train.seed)
+                                    seed=cfg.train.seed)
     glue = {"n_scored": len(scored), "test_name": test_name,
-            **_notes(sizes, gaps, gguf_decoders([m.decoder for m in cfg.base.models]))}
+            **_notes(sizes, gaps, gguf_decoders([m.decoder for m in cfg.models]))}
     return Section(glue=glue, items=items, data={"results": results, "models": models,
                                                  "scored": scored, "nulls": nulls})
 
@@ -200,14 +200,14 @@ def _verdicts(rows: pd.DataFrame) -> str:
     return "; ".join(f"{d}: {v}" for d, v in zip(rows["decoder"], rows["verdict"]))
 
 
-def agreements(cfg: Chapter2Config, results: dict[str, dict[str, Any]],
+def agreements(cfg: Run, results: dict[str, dict[str, Any]],
                nulls: dict[str, dict[str, Any]] | None = None) -> Section:
     """Do text and speech (and the decoder before and after training) mark the same
     blocks? Each comparison against its chance draws and against the null inputs
     (chapter 5's control), with its verdicts."""
     sc = cfg.score
     agree = agreement_table(results, sc.chance_draws, sc.agree_rho, sc.agree_overlap_gain,
-                            seed=cfg.base.train.seed, nulls=nulls)
+                            seed=cfg.train.seed, nulls=nulls)
     ts, ta, tt = (agree[agree["comparison"] == c] for c in COMPARISONS)
     glue = dict(
         chance_draws=sc.chance_draws, agree_rho=sc.agree_rho, agree_gain=sc.agree_overlap_gain,
@@ -290,7 +290,7 @@ def training_change(model: SpeechLLM, pretrained_text: Any, trained_text: Any,
             "spread of d": float(np.nanmax(surf) - np.nanmin(surf))}
 
 
-def what_training_changed(cfg: Chapter2Config, results: dict[str, dict[str, Any]],
+def what_training_changed(cfg: Run, results: dict[str, dict[str, Any]],
                           models: dict[str, SpeechLLM], lora_same: bool) -> Section:
     """How far LoRA moved the weights and ``d(l, n)``, against the text -> speech change."""
     rows = []
@@ -301,12 +301,12 @@ def what_training_changed(cfg: Chapter2Config, results: dict[str, dict[str, Any]
             {"LoRA training (text)": (res[PRE], res[TRAINED]),
              "text → speech (trained decoder)": (res[TRAINED], res[SPEECH])}, title=name)
     change = pd.DataFrame(rows)
-    m0 = cfg.base.models[0]
+    m0 = cfg.models[0]
     upd_mean, upd_max = change["update, mean (%)"], change["update, max (%)"]
     smaller = (change["|Δd| training, mean"] < change["|Δd| text → speech, mean"]).all()
     glue = dict(
         lora_desc=(f"rank {m0.lora_rank}, alpha {m0.lora_alpha}, on "
-                   f"{', '.join(m0.lora_targets)}, {cfg.base.train.steps} steps"
+                   f"{', '.join(m0.lora_targets)}, {cfg.train.steps} steps"
                    if m0.lora_rank > 0 else "none here: lora_rank = 0"),
         upd_sentence=(
             f"Training moved the adapted weights by {upd_mean.min():.2f}–"
@@ -358,7 +358,7 @@ def headline(agree: pd.DataFrame, ablation: dict[str, dict[str, Any]],
     return {"decoders": out, "thresholds": dict(thresholds)}
 
 
-def ablation(cfg: Chapter2Config, results: dict[str, dict[str, Any]],
+def ablation(cfg: Run, results: dict[str, dict[str, Any]],
              models: dict[str, SpeechLLM], scored: FeatureSet, agree: pd.DataFrame) -> Section:
     """Remove every block of ``ablation_block`` layers in turn: does the score's block
     rank among the cheapest removals (:func:`lib.report.rules.cheap_to_remove`)? Then the
@@ -391,10 +391,8 @@ def ablation(cfg: Chapter2Config, results: dict[str, dict[str, Any]],
                      f"for at least one decoder the score's block is not among the cheapest "
                      f"{CHEAP_SHARE:.0%} of removals: at this scale, check a pruning choice "
                      "against the loss before trusting it"))
-    path = record_headline(
-        "ch02", headline(agree, summaries, {"agree_rho": sc.agree_rho,
+    path = record_headline(cfg, headline(agree, summaries, {"agree_rho": sc.agree_rho,
                                             "agree_overlap_gain": sc.agree_overlap_gain,
-                                            "chance_draws": sc.chance_draws}),
-        config=cfg, quick_run=cfg.base.eval.max_utterances is not None)
-    items = [recorded_line(path)]
+                                            "chance_draws": sc.chance_draws}))
+    items = [recorded_line(path, cfg)]
     return Section(ranks, glue, items=items)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from lib.config.sections import Chapter3Config
+from lib.config.sections import Run
 from lib.data.features import FeatureSet
 from lib.errors import CompanionError
 from lib.paths import slug
@@ -43,7 +43,7 @@ def _wer_ci(s: dict[str, Any]) -> str:
     return f"{100 * s['wer']:.1f} [{100 * s['wer_ci95'][0]:.1f}, {100 * s['wer_ci95'][1]:.1f}]"
 
 
-def settings(cfg: Chapter3Config) -> str:
+def settings(cfg: Run) -> str:
     """The line under the chapter's config: what this run does, in its own numbers."""
     pc = cfg.prune
     return settings_line(cfg, f"strategies: {', '.join(pc.strategies)}",
@@ -55,7 +55,7 @@ def settings(cfg: Chapter3Config) -> str:
 # ------------------------------------------------------------------ 3.1 models and subsets
 
 
-def pruning_inputs(cfg: Chapter3Config) -> Section:
+def pruning_inputs(cfg: Run) -> Section:
     """Chapter 1's models (reused), chapter 2's scores on speech (computed if missing), the
     curve subsets of the test sets, and the calibration set of the loss-driven strategies.
 
@@ -63,19 +63,19 @@ def pruning_inputs(cfg: Chapter3Config) -> Section:
         CompanionError: ``dev_utterances`` is 0, which leaves no calibration set.
     """
     pc = cfg.prune
-    train, tests = prepare_features(cfg.base)
+    train, tests = prepare_features(cfg)
     curve_sets = {name: fs.subset(pc.curve_utterances) for name, fs in tests.items()}
-    calib = split_dev(train, cfg.base.dev_utterances)[1]
+    calib = split_dev(train, cfg.dev_utterances)[1]
     if calib is None:
         raise CompanionError("dev_utterances = 0 leaves no calibration set for the "
                              "strategies sleb and oracle: set dev_utterances > 0")
     calib = calib.subset(pc.calibration_utterances)
     runs, scores = {}, {}
-    for m in cfg.base.models:
+    for m in cfg.models:
         name = slug(m.decoder)
-        runs[name] = train_and_evaluate(m, cfg.base, train, tests, evaluate=False)
+        runs[name] = train_and_evaluate(m, cfg, train, tests, evaluate=False)
         scores[name] = speech_scores(runs[name].model, runs[name].train.run_dir,
-                                     tests[cfg.base.test_data[0]], cfg.score, cfg)
+                                     tests[cfg.test_data[0]], cfg.score, cfg)
     glue = dict(curve_n=pc.curve_utterances, calib_n=len(calib),
                 curve_sizes=", ".join(f"{len(fs)} of {len(tests[n])} in {n}"
                                       for n, fs in curve_sets.items()))
@@ -86,7 +86,7 @@ def pruning_inputs(cfg: Chapter3Config) -> Section:
 # ------------------------------------------------------------------ 3.2 what each removes
 
 
-def choose_layers(cfg: Chapter3Config, runs: dict[str, ModelRun], scores: dict[str, Any],
+def choose_layers(cfg: Run, runs: dict[str, ModelRun], scores: dict[str, Any],
                   calib: FeatureSet) -> Section:
     """Every strategy's layers for every cut, what choosing them cost, and whether Block
     Influence's picks are one block anyway."""
@@ -100,8 +100,8 @@ def choose_layers(cfg: Chapter3Config, runs: dict[str, ModelRun], scores: dict[s
             plans[name][s] = strategy_layers(s, sizes, big_l, speech_scores=scores[name],
                                              model=run.model, dev=calib,
                                              batch_size=cfg.score.batch_size,
-                                             seed=cfg.base.train.seed,
-                                             precision=cfg.base.train.precision)
+                                             seed=cfg.train.seed,
+                                             precision=cfg.train.precision)
             costs.append({"decoder": name, "strategy": s,
                           "seconds": time.perf_counter() - t0})
         plotting.plot_removed_layers(plans[name], big_l, title=f"{name}: {big_l} layers")
@@ -111,7 +111,7 @@ def choose_layers(cfg: Chapter3Config, runs: dict[str, ModelRun], scores: dict[s
                      for s, p in pl.items()} for name, pl in plans.items()}
     dearest = cost.max(axis=1).sort_values(ascending=False)
     glue = dict(dearest=dearest.index[0], dearest_cost=dearest.iloc[0],
-                loss_precision=("bf16 autocast" if cfg.base.train.precision == "bf16"
+                loss_precision=("bf16 autocast" if cfg.train.precision == "bf16"
                                 else "float32"),
                 bi_contiguous=", ".join(f"{n}: {'yes' if c.get('block-influence') else 'no'}"
                                         for n, c in contig.items()))
@@ -124,17 +124,17 @@ def choose_layers(cfg: Chapter3Config, runs: dict[str, ModelRun], scores: dict[s
 # ------------------------------------------------------------------ 3.3 the curves
 
 
-def curves(cfg: Chapter3Config, runs: dict[str, ModelRun], curve_sets: dict[str, FeatureSet],
+def curves(cfg: Run, runs: dict[str, ModelRun], curve_sets: dict[str, FeatureSet],
            plans: dict[str, dict[str, dict[int, list[int]]]]) -> Section:
     """WER against the cut for every strategy on every curve subset, and the paper's rule
     on each curve (:func:`lib.prune.curves.threshold_table`)."""
     found, rules = {}, {}
     for name, run in runs.items():
         points, full = pruning_curves(run.model, curve_sets, plans[name], run.train.run_dir,
-                                      cfg.base.eval, config=cfg)
+                                      cfg.eval, config=cfg)
         found[name] = (points, full)
         rules[name] = threshold_table(points, full, cfg.prune.threshold,
-                                      seed=cfg.base.train.seed)
+                                      seed=cfg.train.seed)
         plotting.plot_pruning_curves(points, full, cfg.prune.threshold, title=name)
     return Section(data={"curves": found, "rules": rules})
 
@@ -162,7 +162,7 @@ def paper_cuts(runs: dict[str, ModelRun]) -> Section:
 # ------------------------------------------------------------------ 3.4 the rule
 
 
-def rule_table(cfg: Chapter3Config, rules: dict[str, pd.DataFrame]) -> Section:
+def rule_table(cfg: Run, rules: dict[str, pd.DataFrame]) -> Section:
     """The largest cut within the rule per strategy and test set, with its interval."""
     table = pd.concat([r.assign(decoder=n) for n, r in rules.items()], ignore_index=True)
     show = table.assign(
@@ -171,7 +171,7 @@ def rule_table(cfg: Chapter3Config, rules: dict[str, pd.DataFrame]) -> Section:
                                  for a, b in zip(table["cut_low"], table["cut_high"])],
            "WER full (%)": 100 * table["wer_full"],
            "WER at cut (%)": 100 * table["wer_at_cut"]})
-    first = cfg.base.test_data[0]
+    first = cfg.test_data[0]
     on_first = table[table["test_set"] == first]
     best = {n: g.loc[g["threshold_cut"].idxmax()] for n, g in on_first.groupby("decoder",
                                                                               sort=False)}
@@ -225,12 +225,12 @@ def headline(curves_: dict[str, tuple[Any, dict[str, Any]]], rules: dict[str, An
     return {"decoders": out, "settings": dict(settings)}
 
 
-def chosen_cut(cfg: Chapter3Config, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
+def chosen_cut(cfg: Run, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
                plans: dict[str, Any], table: pd.DataFrame, curves_: dict[str, Any],
                rules: dict[str, Any]) -> Section:
     """The paper's strategy at its rule cut (on the first test set's curve subset),
     decoded on every full test set beside the full model; then the figures of record."""
-    first, chosen, rows = cfg.base.test_data[0], {}, []
+    first, chosen, rows = cfg.test_data[0], {}, []
     for name, run in runs.items():
         t = table[(table["decoder"] == name) & (table["test_set"] == first)
                   & (table["strategy"] == "angular")]
@@ -240,9 +240,9 @@ def chosen_cut(cfg: Chapter3Config, runs: dict[str, ModelRun], tests: dict[str, 
                         "removed_fraction": n_cut / len(run.model.decoder_layers),
                         "tests": {}}
         for test, fs in tests.items():
-            f = evaluate_cut(run.model, fs, [], run.train.run_dir, test, cfg.base.eval,
+            f = evaluate_cut(run.model, fs, [], run.train.run_dir, test, cfg.eval,
                              config=cfg)
-            p = evaluate_cut(run.model, fs, layers, run.train.run_dir, test, cfg.base.eval,
+            p = evaluate_cut(run.model, fs, layers, run.train.run_dir, test, cfg.eval,
                              config=cfg)
             chosen[name]["tests"][test] = {"wer_full": f["wer"], "wer_full_ci95": f["wer_ci95"],
                                            "wer": p["wer"], "wer_ci95": p["wer_ci95"],
@@ -262,11 +262,9 @@ def chosen_cut(cfg: Chapter3Config, runs: dict[str, ModelRun], tests: dict[str, 
                     for _, r in over.iterrows())
         + ": there the curve subset was too small to place the cut, as its interval warned")}
     pc = cfg.prune
-    path = record_headline(
-        "ch03", headline(curves_, rules, chosen, {
+    path = record_headline(cfg, headline(curves_, rules, chosen, {
             "threshold": pc.threshold, "fractions": list(pc.fractions),
             "curve_utterances": pc.curve_utterances,
-            "calibration_utterances": pc.calibration_utterances}),
-        config=cfg, quick_run=cfg.base.eval.max_utterances is not None)
-    items = [recorded_line(path)]
+            "calibration_utterances": pc.calibration_utterances}))
+    items = [recorded_line(path, cfg)]
     return Section(full_rows, glue, items=items, precision=1)

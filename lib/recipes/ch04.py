@@ -16,9 +16,9 @@ import pandas as pd
 from lib.build.checkpoint import load_speechllm, reuse_saved, save_speechllm
 from lib.build.speechllm import SpeechLLM
 from lib.build.adapters import merged_copy
-from lib.config.sections import Chapter4Config
+from lib.config.sections import Run
 from lib.data.features import FeatureSet
-from lib.heal.healing import HealRun, heal, recovery
+from lib.heal.healing import HealRun, heal, recovery, schedule
 from lib.paths import slug
 from lib.prune.cost import compare_decoding
 from lib.prune.curves import evaluate_cut
@@ -40,9 +40,9 @@ def _wer_ci(s: dict[str, Any]) -> str:
     return f"{100 * s['wer']:.1f} [{100 * s['wer_ci95'][0]:.1f}, {100 * s['wer_ci95'][1]:.1f}]"
 
 
-def settings(cfg: Chapter4Config) -> str:
+def settings(cfg: Run) -> str:
     """The line under the chapter's config: what this run does, in its own numbers."""
-    hc, ht = cfg.heal, cfg.heal.train
+    hc, ht = cfg.heal, schedule(cfg.heal, cfg.train)
     fractions = ", ".join(f"{f:.0%}" for f in hc.curve_fractions)
     return settings_line(cfg, f"healing: {', '.join(hc.variants)} at {hc.fraction:.0%} of the "
                               f"layers (angular)", f"'both' at {fractions}",
@@ -53,20 +53,20 @@ def settings(cfg: Chapter4Config) -> str:
 # ------------------------------------------------------------------ 4.1 the cuts, the budget
 
 
-def healing_inputs(cfg: Chapter4Config) -> Section:
+def healing_inputs(cfg: Run) -> Section:
     """Chapter 1's models, chapter 3's ``angular`` layers for every cut healed, the
     training set healing uses and the curve subsets it is measured on."""
-    hc, ht = cfg.heal, cfg.heal.train
-    train, tests = prepare_features(cfg.base)
-    fit, _ = split_dev(train, cfg.base.dev_utterances)
+    hc, ht = cfg.heal, schedule(cfg.heal, cfg.train)
+    train, tests = prepare_features(cfg)
+    fit, _ = split_dev(train, cfg.dev_utterances)
     curve_sets = {name: fs.subset(cfg.prune.curve_utterances) for name, fs in tests.items()}
     runs, plans, cuts = {}, {}, {}
-    for m in cfg.base.models:
+    for m in cfg.models:
         name = slug(m.decoder)
-        run = runs[name] = train_and_evaluate(m, cfg.base, train, tests, evaluate=False)
+        run = runs[name] = train_and_evaluate(m, cfg, train, tests, evaluate=False)
         big_l = len(run.model.decoder_layers)
         sizes = cut_sizes(sorted(set(hc.curve_fractions) | {hc.fraction}), big_l)
-        scores = speech_scores(run.model, run.train.run_dir, tests[cfg.base.test_data[0]],
+        scores = speech_scores(run.model, run.train.run_dir, tests[cfg.test_data[0]],
                                cfg.score, cfg)
         plans[name] = strategy_layers("angular", sizes, big_l, speech_scores=scores)
         cuts[name] = cut_sizes([hc.fraction], big_l)[0]
@@ -80,19 +80,19 @@ def healing_inputs(cfg: Chapter4Config) -> Section:
 # ------------------------------------------------------------------ 4.2 five variants
 
 
-def heal_and_score(cfg: Chapter4Config, run: ModelRun, layers: list[int], variant: str,
+def heal_and_score(cfg: Run, run: ModelRun, layers: list[int], variant: str,
                    fit: FeatureSet, curve_sets: dict[str, FeatureSet]
                    ) -> tuple[SpeechLLM | None, HealRun, dict[str, dict[str, Any]]]:
     """Heal a pruned copy of ``run``'s model with one variant; its WER on every curve
     subset. ``none`` is the pruned model as it is: chapter 3's cached points, no copy."""
-    ev = cfg.base.eval
+    ev = cfg.eval
     if variant == "none":
         scores = {t: evaluate_cut(run.model, fs, layers, run.train.run_dir, t, ev, config=cfg)
                   for t, fs in curve_sets.items()}
         return None, HealRun("none", None, {"projector": 0, "lora": 0, "layers": []},
                              None), scores
     model = pruned_copy(run.model, layers)
-    hr = heal(model, fit, variant, cfg.heal, run.train.run_dir,
+    hr = heal(model, fit, variant, cfg.heal, cfg.train, run.train.run_dir,
               desc=f"healing {variant}, {len(layers)} layers removed", run_config=cfg)
     scores = {t: evaluate_cut(model, fs, [], hr.run_dir, t, ev, config=cfg)
               for t, fs in curve_sets.items()}
@@ -125,11 +125,11 @@ def _variant_row(name: str, v: str, t: str, s: dict[str, Any], rec: dict[str, An
             "minutes": rec["wall_time_s"] / 60}
 
 
-def variants(cfg: Chapter4Config, inputs: Section) -> Section:
+def variants(cfg: Run, inputs: Section) -> Section:
     """Each healing variant on its own copy of the model pruned at ``heal_fraction``: WER
     before and after, and the share of the lost WER won back."""
     runs, plans, cuts = inputs["runs"], inputs["plans"], inputs["cuts"]
-    curve_sets, ev = inputs["curve_sets"], cfg.base.eval
+    curve_sets, ev = inputs["curve_sets"], cfg.eval
     full, out, rows, models = {}, {}, [], {}
     for name, run in runs.items():
         full[name] = {t: evaluate_cut(run.model, fs, [], run.train.run_dir, t, ev, config=cfg)
@@ -157,7 +157,7 @@ def variants(cfg: Chapter4Config, inputs: Section) -> Section:
     show = vt.assign(**{"WER after (%)": [f"{100 * w:.1f} [{100 * a:.1f}, {100 * b:.1f}]"
                                           for w, a, b in zip(vt.wer, vt.wer_low, vt.wer_high)],
                         "WER full (%)": 100 * vt.wer_full, "WER pruned (%)": 100 * vt.wer_pruned})
-    first = cfg.base.test_data[0]
+    first = cfg.test_data[0]
     f0 = vt[vt["test_set"] == first]
     best = f0.loc[f0.groupby("decoder")["wer"].idxmin()]
     glue = dict(
@@ -175,11 +175,11 @@ def variants(cfg: Chapter4Config, inputs: Section) -> Section:
 # ------------------------------------------------------------------ 4.3 healed curves
 
 
-def healed_curves(cfg: Chapter4Config, inputs: Section, healed: Section) -> Section:
+def healed_curves(cfg: Run, inputs: Section, healed: Section) -> Section:
     """Every cut of ``heal_curve_fractions`` healed with ``both``, beside chapter 3's
     unhealed curve."""
     runs, plans, cuts = inputs["runs"], inputs["plans"], inputs["cuts"]
-    curve_sets, ev = inputs["curve_sets"], cfg.base.eval
+    curve_sets, ev = inputs["curve_sets"], cfg.eval
     out = {}
     for name, run in runs.items():
         big_l = len(run.model.decoder_layers)
@@ -219,11 +219,11 @@ def healed_curves(cfg: Chapter4Config, inputs: Section, healed: Section) -> Sect
 # ------------------------------------------------------------------ 4.4 save, reload, measure
 
 
-def export(cfg: Chapter4Config, runs: dict[str, ModelRun], healed: Section,
+def export(cfg: Run, runs: dict[str, ModelRun], healed: Section,
            tests: dict[str, FeatureSet]) -> Section:
     """The pruned and healed model (``both``) saved, reloaded with plain transformers, and
     checked to give the same transcripts as in memory."""
-    ev, rows, exports = cfg.base.eval, [], {}
+    ev, rows, exports = cfg.eval, [], {}
     for name, run in runs.items():
         model, hr = healed["models"][name]
         folder = save_speechllm(model, hr.run_dir / "export", overwrite=True,
@@ -272,12 +272,12 @@ def _cost_row(name: str, c: dict[str, Any]) -> dict[str, Any]:
                                            f"{c['new_tokens']}"}
 
 
-def cost(cfg: Chapter4Config, inputs: Section, healed: Section, curves_: Section,
+def cost(cfg: Run, inputs: Section, healed: Section, curves_: Section,
          exported: Section) -> Section:
     """What pruning buys on this machine: decoding speed against the FLOP ideal
     (:func:`lib.report.rules.speedup_reaches_target`) and the peak memory of a fresh process
     (:func:`lib.report.rules.memory_verdict`); then the figures of record."""
-    runs, exports, first = inputs["runs"], exported["exports"], cfg.base.test_data[0]
+    runs, exports, first = inputs["runs"], exported["exports"], cfg.test_data[0]
     rows = []
     for name, run in runs.items():
         model, _ = healed["models"][name]
@@ -286,7 +286,7 @@ def cost(cfg: Chapter4Config, inputs: Section, healed: Section, curves_: Section
         if not reuse_saved(full_folder):  # missing, or damaged and set aside
             save_speechllm(full_model, full_folder, extra={"encoder": run.config.encoder})
         c = compare_decoding(full_model, model,
-                             inputs["tests"][first].subset(cfg.base.eval.batch_size),
+                             inputs["tests"][first].subset(cfg.eval.batch_size),
                              new_tokens=COST_NEW_TOKENS, rounds=cfg.heal.cost_rounds,
                              full_folder=full_folder, pruned_folder=exports[name]["folder"],
                              memory_rounds=cfg.heal.cost_rounds)
@@ -310,13 +310,12 @@ def cost(cfg: Chapter4Config, inputs: Section, healed: Section, curves_: Section
             f"{'at least' if speedup_reaches_target(r['ratio']) else 'below'} the target of "
             f"{SPEEDUP_TARGET:g}), parameters {r['params (M) full → pruned']} M, peak memory "
             f"{r['peak memory (MiB) full → pruned']} MiB" for r in rows))
-    hc, ht = cfg.heal, cfg.heal.train
-    path = record_headline("ch04", headline(
+    hc, ht = cfg.heal, schedule(cfg.heal, cfg.train)
+    path = record_headline(cfg, headline(
         healed["variants"], curves_["curve"], exports, inputs["cuts"],
         {"heal_steps": ht.steps, "heal_batch_size": ht.batch_size,
          "heal_learning_rate": ht.learning_rate, "heal_lora_rank": hc.lora_rank,
          "heal_fraction": hc.fraction},
-        {n: len(r.model.decoder_layers) for n, r in runs.items()}),
-        config=cfg, quick_run=cfg.base.eval.max_utterances is not None)
-    items = [recorded_line(path)]
+        {n: len(r.model.decoder_layers) for n, r in runs.items()}))
+    items = [recorded_line(path, cfg)]
     return Section(pd.DataFrame(rows), glue, items=items)

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from lib.build.adapters import pretrained_decoder
-from lib.config.sections import Chapter5Config
+from lib.config.sections import Run
 from lib.data.corpus import voice_family
 from lib.evaluate.metrics import paired_task_difference
 from lib.paths import slug
@@ -41,18 +41,18 @@ def _ci(pair: Any, scale: float = 1.0) -> str:
     return "{:.1f}–{:.1f}".format(*(scale * x for x in pair))
 
 
-def settings(cfg: Chapter5Config) -> str:
+def settings(cfg: Run) -> str:
     """The line under the chapter's config: what this run does, in its own numbers."""
     mt_ = cfg.multitask
     return settings_line(cfg, f"tasks: {', '.join(mt_.tasks)}",
-                         f"{mt_.n_train} training and {mt_.n_test} test verse pairs",
-                         f"{mt_.train.steps} steps on the mix")
+                         f"{mt_.n_parallel_train} training and {mt_.n_parallel_test} test verse pairs",
+                         f"{mt_.steps} steps on the mix")
 
 
 # ------------------------------------------------------------------ 5.1 tasks and corpus
 
 
-def tasks_table(cfg: Chapter5Config) -> Section:
+def tasks_table(cfg: Run) -> Section:
     """The tasks as data (:data:`lib.tasks.TASKS`), the ones this run trains marked."""
     rows = [{"task": t.name, "instruction": t.instruction.strip(), "hears": t.hears,
              "writes": t.writes, "target field": t.target, "metric": t.metric.upper(),
@@ -60,13 +60,13 @@ def tasks_table(cfg: Chapter5Config) -> Section:
     return Section(pd.DataFrame(rows), {"n_tasks": len(cfg.multitask.tasks)})
 
 
-def corpus(cfg: Chapter5Config) -> Section:
+def corpus(cfg: Run) -> Section:
     """The spoken parallel corpus: verse pairs per split, speech per language, reuse."""
     from IPython.display import Audio
 
     from lib.data.audio import read_audio
 
-    ch1_train, ch1_tests = prepare_features(cfg.base)
+    ch1_train, ch1_tests = prepare_features(cfg)
     data = mt.parallel_data(cfg, ch1_train)
     rows = []
     for split, sets in (("train (mix)", {"en": data.audio, "es": data.audio}),
@@ -108,14 +108,14 @@ def dev_curves(runs: dict[str, ModelRun]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def train(cfg: Chapter5Config, data: mt.ParallelData, ch1_train: Any,
+def train(cfg: Run, data: mt.ParallelData, ch1_train: Any,
           ch1_tests: dict[str, Any]) -> Section:
     """Chapter 1's ASR-only models (reused), and one multi-task SpeechLLM per decoder
     trained once on the mix (or reused), by default continuing chapter 1's model."""
-    ch1 = {m.decoder: train_and_evaluate(m, cfg.base, ch1_train, ch1_tests, evaluate=False)
-           for m in cfg.base.models}
+    ch1 = {m.decoder: train_and_evaluate(m, cfg, ch1_train, ch1_tests, evaluate=False)
+           for m in cfg.models}
     runs = {m.decoder: mt.train_multitask(cfg, data, i, start=ch1[m.decoder])
-            for i, m in enumerate(cfg.base.models)}
+            for i, m in enumerate(cfg.models)}
     plotting.plot_training_curves(training_log(runs)).set_title(
         "Multi-task training (projector + LoRA, four tasks)")
     curves = dev_curves(runs)
@@ -133,8 +133,8 @@ def train(cfg: Chapter5Config, data: mt.ParallelData, ch1_train: Any,
         items.append(f"{name}: {begun}, {r.train.result['steps']} steps on the mix in "
                      f"{llm:.1f} min")
     first = next(iter(minutes.values()))
-    glue = dict(mt_steps=cfg.multitask.train.steps, mt_minutes_first=first["minutes"],
-                mt_batch=cfg.multitask.train.batch_size, mt_start=cfg.multitask.start)
+    glue = dict(mt_steps=cfg.multitask.steps, mt_minutes_first=first["minutes"],
+                mt_batch=cfg.train.batch_size, mt_start=cfg.multitask.start)
     return Section(glue=glue, items=items, data={"runs": runs, "ch1": ch1,
                                                  "minutes": minutes, "curves": curves})
 
@@ -148,7 +148,7 @@ def _cell(task: Any, s: dict[str, Any]) -> str:
     return f"{s['bleu']:.1f} [{_ci(s['bleu_ci95'])}]"
 
 
-def _score_task(cfg: Chapter5Config, run: ModelRun, ch1_run: ModelRun, name: str,
+def _score_task(cfg: Run, run: ModelRun, ch1_run: ModelRun, name: str,
                 data: mt.ParallelData, whisper: dict[str, Any]) -> dict[str, Any]:
     """One decoder and task: the score, its floor, its baselines, each paired with it."""
     task, fs, out = TASKS[name], data.tests[name], run.train.run_dir
@@ -175,7 +175,7 @@ def _score_task(cfg: Chapter5Config, run: ModelRun, ch1_run: ModelRun, name: str
     return rec
 
 
-def scores(cfg: Chapter5Config, runs: dict[str, ModelRun], ch1: dict[str, ModelRun],
+def scores(cfg: Run, runs: dict[str, ModelRun], ch1: dict[str, ModelRun],
            data: mt.ParallelData) -> Section:
     """Every task of every multi-task model with its interval, against its no-audio floor
     and its baselines, each by the paired rule."""
@@ -237,11 +237,11 @@ def _target_glue(found: dict[str, dict[str, Any]], data: mt.ParallelData) -> dic
 
 def _speech(model: Any, fs: Any, task: Any, sc: Any) -> Any:
     with model.asking(task):
-        return score_speech(model, fs.subset(sc.n_utterances), batch_size=sc.batch_size,
+        return score_speech(model, fs.subset(sc.n_score_utterances), batch_size=sc.batch_size,
                             positions="transcript")
 
 
-def surfaces(cfg: Chapter5Config, runs: dict[str, ModelRun], ch1: dict[str, ModelRun],
+def surfaces(cfg: Run, runs: dict[str, ModelRun], ch1: dict[str, ModelRun],
              data: mt.ParallelData) -> Section:
     """For each decoder: the surface of every task on its test speech (the task's target
     positions), of the test texts in each language, of the same English text through the
@@ -256,7 +256,7 @@ def surfaces(cfg: Chapter5Config, runs: dict[str, ModelRun], ch1: dict[str, Mode
             fs = next((data.tests[n] for n in cfg.multitask.tasks
                        if TASKS[n].hears == lang), None)
             if fs is not None:
-                texts[lang] = [u.text for u in fs.subset(sc.n_utterances).utterances]
+                texts[lang] = [u.text for u in fs.subset(sc.n_score_utterances).utterances]
                 res[f"text, {lang}"] = score_text(m, None, texts[lang],
                                                   batch_size=sc.batch_size,
                                                   positions="transcript")
@@ -266,12 +266,12 @@ def surfaces(cfg: Chapter5Config, runs: dict[str, ModelRun], ch1: dict[str, Mode
                                                          positions="transcript")
         res["text, en, chapter 1 ASR-only"] = score_text(
             ch1[d].model, None, texts["en"], batch_size=sc.batch_size, positions="transcript")
-        nulls = null_surfaces(m, data.tests["asr"].subset(sc.n_utterances), texts["en"],
-                              batch_size=sc.batch_size, seed=cfg.base.train.seed)
+        nulls = null_surfaces(m, data.tests["asr"].subset(sc.n_score_utterances), texts["en"],
+                              batch_size=sc.batch_size, seed=cfg.train.seed)
         out[slug(d)] = {"inputs": res, "nulls": nulls}
         plotting.plot_distance_heatmaps({k: v for k, v in res.items()
                                          if k.startswith("speech")}, title=slug(d))
-    return Section(data={"surfaces": out}, glue={"n_surface": sc.n_utterances})
+    return Section(data={"surfaces": out}, glue={"n_surface": sc.n_score_utterances})
 
 
 def _pairs(labels: list[str]) -> list[tuple[str, str]]:
@@ -286,10 +286,10 @@ def _pairs(labels: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def agreements(cfg: Chapter5Config, surf: dict[str, Any]) -> Section:
+def agreements(cfg: Run, surf: dict[str, Any]) -> Section:
     """Every pair of inputs compared within each block size, against its shuffled chance
     and against the null inputs; the verdict per pair (:mod:`lib.report.rules`)."""
-    sc, seed, rows = cfg.score, cfg.base.train.seed, []
+    sc, seed, rows = cfg.score, cfg.train.seed, []
     for d, s in surf.items():
         res, nulls = s["inputs"], s["nulls"]
         with_null = {k: null_agreement(v, nulls) for k, v in res.items()}
@@ -389,10 +389,9 @@ def headline(found: dict[str, Any], table: pd.DataFrame, minutes: dict[str, Any]
             "null_inputs": list(NULL_INPUTS)}
 
 
-def record(cfg: Chapter5Config, scored: Section, agreed: Section, trained: Section,
+def record(cfg: Run, scored: Section, agreed: Section, trained: Section,
            data: mt.ParallelData) -> Section:
     """Keep the chapter's figures of record (a full book run only)."""
-    path = record_headline("ch05", headline(scored["found"], agreed["table"],
-                                            trained["minutes"], data),
-                           config=cfg, quick_run=cfg.base.eval.max_utterances is not None)
-    return Section(items=[recorded_line(path)])
+    path = record_headline(cfg, headline(scored["found"], agreed["table"],
+                                            trained["minutes"], data))
+    return Section(items=[recorded_line(path, cfg)])

@@ -15,6 +15,7 @@ with the CTC loss kept on. Stage: the pipeline (chapter 5). Explained in chapter
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from lib.build.components import build_encoder
 from lib.build.speechllm import SpeechLLM, build_speechllm, count_parameters
 from lib.clock import stage
-from lib.config.sections import Chapter5Config
+from lib.config.sections import MultitaskConfig, Run, TrainConfig
 from lib.data.features import FeatureSet, extract_features
 from lib.data.loaders import Utterance, load_manifest
 from lib.data.parallel import ensure_parallel_corpus
@@ -56,13 +57,13 @@ class ParallelData:
     pairs: dict[str, int] = field(default_factory=dict)  # verses per split
 
 
-def parallel_spec(cfg: Chapter5Config) -> ParallelSpec:
+def parallel_spec(cfg: Run) -> ParallelSpec:
     """The corpus a chapter 5 config asks for (chapter 1's corpus as the English side)."""
     mt = cfg.multitask
-    return ParallelSpec(n_train=mt.n_train, n_test=mt.n_test, english=cfg.base.corpus)
+    return ParallelSpec(n_train=mt.n_parallel_train, n_test=mt.n_parallel_test, english=cfg.corpus)
 
 
-def _features(cfg: Chapter5Config, utts: list[Utterance],
+def _features(cfg: Run, utts: list[Utterance],
               ch1_train: FeatureSet) -> dict[str, torch.Tensor]:
     """Features by utterance id: chapter 1's where the clip is chapter 1's, the others
     encoded once (and cached by content, like every feature set)."""
@@ -70,13 +71,13 @@ def _features(cfg: Chapter5Config, utts: list[Utterance],
     out = {u.id: known[u.id] for u in utts if u.id in known}
     new = [u for u in utts if u.id not in known]
     if new:
-        device = resolve_device(cfg.base.device)
-        encoder = build_encoder(cfg.base.models[0].encoder).to(device)
+        device = resolve_device(cfg.device)
+        encoder = build_encoder(cfg.models[0].encoder).to(device)
         for lang in ("es", "en"):
             part = [u for u in new if u.language == lang]
             if part:
                 fs = extract_features(encoder, part, desc=f"features parallel:{lang}",
-                                      precision=cfg.base.train.precision)
+                                      precision=cfg.train.precision)
                 out.update({u.id: f for u, f in zip(fs.utterances, fs.feats)})
     return out
 
@@ -106,7 +107,7 @@ def _task_set(pairs: list[dict[str, Utterance]], task: Task,
     return FeatureSet(utts, [feats[u.id] for u in utts])
 
 
-def parallel_data(cfg: Chapter5Config, ch1_train: FeatureSet) -> ParallelData:
+def parallel_data(cfg: Run, ch1_train: FeatureSet) -> ParallelData:
     """Build (once) the spoken parallel corpus and arrange it as mix, dev and test sets.
 
     ``task_dev_utterances`` training verses are held out of the mix as every task's dev
@@ -117,10 +118,10 @@ def parallel_data(cfg: Chapter5Config, ch1_train: FeatureSet) -> ParallelData:
     utts = load_manifest(ensure_parallel_corpus(parallel_spec(cfg)))
     feats = _features(cfg, utts, ch1_train)
     train, test = _by_pair(utts, "train"), _by_pair(utts, "test")
-    if mt.dev_per_task >= len(train):
-        raise CompanionError(f"task_dev_utterances={mt.dev_per_task} leaves no training "
+    if mt.task_dev_utterances >= len(train):
+        raise CompanionError(f"task_dev_utterances={mt.task_dev_utterances} leaves no training "
                              f"verse of {len(train)}: lower it or raise n_parallel_train")
-    fit, dev = _hold_out(train, mt.dev_per_task, {u.id for u in ch1_train.utterances})
+    fit, dev = _hold_out(train, mt.task_dev_utterances, {u.id for u in ch1_train.utterances})
     tasks = [TASKS[t] for t in mt.tasks]
     examples = [(p[t.hears], t) for p in fit for t in tasks]
     mix = FeatureSet([u for u, _ in examples], [feats[u.id] for u, _ in examples],
@@ -144,14 +145,14 @@ def main_score(task: Task, score: dict[str, Any]) -> float:
     return score["wer"] if task.metric == "wer" else score["bleu"]
 
 
-def task_dev(model: SpeechLLM, dev: dict[str, FeatureSet], cfg: Chapter5Config
+def task_dev(model: SpeechLLM, dev: dict[str, FeatureSet], cfg: Run
              ) -> dict[str, Any]:
     """Every task's score on its dev set: a point of the multi-task learning curve."""
     out = {}
     for name, fs in dev.items():
         task = TASKS[name]
         with model.asking(task):
-            hyps = transcribe(model, fs, cfg.base.eval, desc=f"dev {name}")
+            hyps = transcribe(model, fs, cfg.eval, desc=f"dev {name}")
         try:
             out[f"dev_{name}"] = main_score(task, score_task(task, task.targets(fs.utterances),
                                                              hyps))
@@ -160,7 +161,14 @@ def task_dev(model: SpeechLLM, dev: dict[str, FeatureSet], cfg: Chapter5Config
     return out
 
 
-def train_multitask(cfg: Chapter5Config, data: ParallelData, index: int,
+def schedule(mt: MultitaskConfig, train: TrainConfig) -> TrainConfig:
+    """The mix's schedule: chapter 1's training section at the mix's own number of steps,
+    checkpointed at most every ``train.checkpoint_every`` steps."""
+    return dataclasses.replace(train, steps=mt.steps,
+                               checkpoint_every=max(1, min(train.checkpoint_every, mt.steps)))
+
+
+def train_multitask(cfg: Run, data: ParallelData, index: int,
                     start: ModelRun | None = None) -> ModelRun:
     """The multi-task SpeechLLM of decoder ``index`` (trained once, then reused).
 
@@ -172,9 +180,9 @@ def train_multitask(cfg: Chapter5Config, data: ParallelData, index: int,
     Raises:
         CompanionError: ``"chapter-1"`` without chapter 1's run of this decoder.
     """
-    mc, train = cfg.base.models[index], cfg.multitask.train
+    mc, train = cfg.models[index], schedule(cfg.multitask, cfg.train)
     check = (lambda m: task_dev(m, data.dev, cfg)) if data.dev else None
-    device = resolve_device(cfg.base.device)
+    device = resolve_device(cfg.device)
     if cfg.multitask.start == "anew":
         model, warm, tr = train_run(mc, train, data.mix, run_folder(mc, train, data.mix),
                                     device, warm_set=data.audio, run_config=cfg,
@@ -186,9 +194,10 @@ def train_multitask(cfg: Chapter5Config, data: ParallelData, index: int,
     out = run_folder(mc, train, data.mix, start=start.train.run_dir.name)
     model = build_speechllm(mc, device=device, seed=train.seed)
     model.load_trainable_state_dict(start.model.trainable_state_dict())
-    tr = train_speechllm(model, data.mix, train, out, run_config=cfg,
-                         desc=f"training {slug(mc.decoder)} on the mix", dev_check=check,
-                         aux_loss=ctc_aux(start.warm_start, train))
+    with stage("training"):
+        tr = train_speechllm(model, data.mix, train, out, run_config=cfg,
+                             desc=f"training {slug(mc.decoder)} on the mix",
+                             dev_check=check, aux_loss=ctc_aux(start.warm_start, train))
     model.eval()
     return ModelRun(mc, model, tr, {}, count_parameters(model), start=start)
 
@@ -201,7 +210,7 @@ def evaluate_task(model: SpeechLLM, fs: FeatureSet, out: Path, task: Task, cfg: 
     """One test set decoded with ``task``'s instruction and scored by its metric (cached
     beside the run, keyed like every evaluation; the prompt is part of the key)."""
     with model.asking(task):
-        return evaluate_asr(model, fs, out, label or task.name, cfg.base.eval, config=cfg)
+        return evaluate_asr(model, fs, out, label or task.name, cfg.eval, config=cfg)
 
 
 def other_audio(fs: FeatureSet) -> FeatureSet:
@@ -218,7 +227,7 @@ def cascade(model: SpeechLLM, asr_score: dict[str, Any], out: Path, task: Task,
     the same model translating them, text in place of the audio (cached by key)."""
     rows = [json.loads(x) for x in (out / asr_score["hypotheses"]).read_text().splitlines()]
     transcripts = [r["hyp"] or "." for r in rows]
-    ev = cfg.base.eval
+    ev = cfg.eval
     keyed = {"transcripts": transcripts, "task": task.name,
              "max_new_tokens": ev.max_new_tokens, **precision_key(model, ev)}
 
@@ -235,10 +244,10 @@ def cascade(model: SpeechLLM, asr_score: dict[str, Any], out: Path, task: Task,
                   what=f"{task.name} text cascade", config=cfg)
 
 
-def whisper_tasks(cfg: Chapter5Config, tests: dict[str, FeatureSet]) -> dict[str, Any]:
+def whisper_tasks(cfg: Run, tests: dict[str, FeatureSet]) -> dict[str, Any]:
     """Whisper-base's own decoder on the tasks it can do: Spanish ASR, and its built-in
     translation of Spanish speech into English."""
-    enc = cfg.base.models[0].encoder
+    enc = cfg.models[0].encoder
     if "whisper" not in enc:
         return {}
     return {name: whisper_baseline(enc, tests[name], f"parallel-{name}", task=TASKS[name])

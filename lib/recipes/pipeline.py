@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lib.config.sections import Chapter1Config, ModelConfig, TrainConfig
 from lib.cache import cached
+from lib.clock import stage
+from lib.config.sections import ModelConfig, Run, TrainConfig
 from lib.fileio import config_hash
 from lib.device import resolve_device
 from lib.train.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start
@@ -56,7 +57,7 @@ def run_folder(mc: ModelConfig, train: TrainConfig, fit: FeatureSet,
     return cache_subdir("runs") / f"{slug(mc.decoder)}-{key}"
 
 
-def run_dir(mc: ModelConfig, cfg: Chapter1Config, fit: FeatureSet) -> Path:
+def run_dir(mc: ModelConfig, cfg: Run, fit: FeatureSet) -> Path:
     """Chapter 1's run folder of ``mc`` (:func:`run_folder` with chapter 1's training)."""
     return run_folder(mc, cfg.train, fit)
 
@@ -75,7 +76,7 @@ def split_dev(train: FeatureSet, n: int) -> tuple[FeatureSet, FeatureSet | None]
     return train.slice(None, -n), train.slice(-n, None)
 
 
-def prepare_features(cfg: Chapter1Config) -> tuple[FeatureSet, dict[str, FeatureSet]]:
+def prepare_features(cfg: Run) -> tuple[FeatureSet, dict[str, FeatureSet]]:
     """Load the data sources and encode them once with the (frozen) encoder.
 
     Returns:
@@ -92,7 +93,7 @@ def prepare_features(cfg: Chapter1Config) -> tuple[FeatureSet, dict[str, Feature
     return train, tests
 
 
-def dev_wer(model: SpeechLLM, dev: FeatureSet, cfg: Chapter1Config) -> dict[str, Any]:
+def dev_wer(model: SpeechLLM, dev: FeatureSet, cfg: Run) -> dict[str, Any]:
     """WER (and its interval) of greedy transcripts of the dev subset: the learning curve."""
     hyps = transcribe(model, dev, cfg.eval, desc="dev WER")
     score = score_task(model.task, model.task.targets(dev.utterances), hyps)
@@ -119,9 +120,10 @@ def train_run(mc: ModelConfig, train: TrainConfig, fit: FeatureSet, out: Path, d
                               out / "warmstart", desc=f"CTC warm start {name}")
         if after_warm_start is not None:
             after_warm_start(model, warm)
-    tr = train_speechllm(model, fit, train, out, run_config=run_config,
-                         desc=f"training {name}", dev_check=dev_check,
-                         aux_loss=ctc_aux(warm, train))
+    with stage("training"):
+        tr = train_speechllm(model, fit, train, out, run_config=run_config,
+                             desc=f"training {name}", dev_check=dev_check,
+                             aux_loss=ctc_aux(warm, train))
     model.eval()  # trained or reused from the cache (peft builds LoRA in train mode)
     return model, warm, tr
 
@@ -135,7 +137,7 @@ def ctc_aux(warm: WarmStart | None, train: TrainConfig) -> Callable | None:
     return lambda m, f, n, t: w * ctc_loss(m, warm.head, f, n, t)
 
 
-def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
+def train_and_evaluate(mc: ModelConfig, cfg: Run, train: FeatureSet,
                        tests: dict[str, FeatureSet], evaluate: bool = True) -> ModelRun:
     """Chapter 1's run of one decoder: train it (or reuse the finished run), score every
     test set.
@@ -154,7 +156,7 @@ def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
     def head_alone(model: SpeechLLM, warm: WarmStart) -> None:
         if evaluate:
             ctc_scores.update({test: score_ctc(model, warm.head,
-                                               fs.subset(cfg.eval.max_utterances))
+                                               fs.subset(cfg.eval.max_test_utterances))
                                for test, fs in tests.items()})
 
     check = (lambda m: dev_wer(m, dev, cfg)) if dev is not None and evaluate else None
@@ -165,7 +167,7 @@ def train_and_evaluate(mc: ModelConfig, cfg: Chapter1Config, train: FeatureSet,
     return ModelRun(mc, model, tr, scores, count_parameters(model), warm, ctc_scores)
 
 
-def rescore_run(run: ModelRun, cfg: Chapter1Config, train: FeatureSet,
+def rescore_run(run: ModelRun, cfg: Run, train: FeatureSet,
                 tests: dict[str, FeatureSet]) -> dict[str, Any]:
     """Joint CTC / attention decoding of a trained run (:class:`lib.evaluate.decode.Rescoring`).
 

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lib.errors import CompanionError
-from lib.fileio import atomic_write_text, load_json
+from lib.fileio import atomic_write_text
 from lib.paths import REPO_ROOT
 from lib.report.rules import (LISTENS_GAP, NULL_SHARE_MAX, P_MAX, WER_TARGETS, compare_wer,
                               memory_verdict, paired_verdict)
+from lib.report.bench import render_bench
 from lib.report.results import check_needs, records, results_root
+from lib.report.summary import render_summary
 
 BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
 
@@ -338,10 +340,14 @@ def render(text: str, root: Path | None = None) -> str:
 
     def one(m: re.Match) -> str:
         preset, chapter = m.group(2), m.group(3)
+        if preset == "bench":  # a benchmark's own output, not a run's record
+            return m.group(1) + render_bench(chapter, root) + m.group(5)
         if preset not in runs:  # every record of the preset, checked as one run's
             runs[preset] = records(preset, root=root)
         if chapter == "time":
             body = render_time(runs[preset])
+        elif chapter == "summary":
+            body = render_summary(runs[preset], preset)
         elif chapter not in RENDERERS:
             body = f"(no renderer for {chapter})\n"
         elif chapter not in runs[preset]:
@@ -354,9 +360,10 @@ def render(text: str, root: Path | None = None) -> str:
     return BLOCK.sub(one, text)
 
 
-RENDERED = ("README.md", "book/course.md")
-"""The files whose results blocks are rendered from ``results/`` (the course page's table
-of times, too)."""
+RENDERED = ("README.md", "book/course.md", "book/cpu.md", "book/records.md")
+"""The files whose results blocks are rendered from ``results/``: the README, the course
+page's table of times, the page on running on a CPU (stage times and the benchmarks) and
+the page of the numbers of record."""
 
 
 def update_readme(readme: Path = REPO_ROOT / "README.md") -> bool:

@@ -23,17 +23,6 @@ def results_root() -> Path:
     return Path(os.environ.get("COMPANION_RESULTS", REPO_ROOT / "results")).expanduser()
 
 
-TRIAL_ENV = "COMPANION_TRIAL"
-"""Set by :mod:`lib.book` for a run that is not a full run of the preset (some chapters
-only, or ``-p`` overrides): its name, e.g. ``chapter-01`` or ``train_steps-9``."""
-
-RUN_ENV = "COMPANION_RUN"
-"""Set by :mod:`lib.book` for a full run of a preset: the run's id. Its chapters' records
-are staged in ``results/<preset>/.run-<id>/`` and moved in together only when every
-chapter has finished (:func:`publish_run`); each carries the id, which the renderer
-checks is one for the whole set (:func:`records`)."""
-
-
 def check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
     """A results record the README may be rendered from: its digest matches its figures
     and every figure is consistent (a value inside its own 95 % interval, utterance counts
@@ -171,7 +160,7 @@ def _get(rec: Any, path: str) -> Any:
     return node
 
 
-def recorded_line(path: Path | None) -> str:
+def recorded_line(path: Path | None, run: Any = None) -> str:
     """The short line a chapter's page shows at its record: where its figures went and
     where its time went so far (the terminal showed the progress, the page keeps this)."""
     from lib.clock import duration
@@ -181,12 +170,12 @@ def recorded_line(path: Path | None) -> str:
                        for k, v in list(t["stages"].items())[:4])
     where = f"; this chapter's run so far: {duration(t['wall_s'])} ({stages})"
     if path is None:
-        return "headline figures not recorded (not a full book run)" + where
+        return "headline figures not recorded (a quick run: test sets cut short)" + where
     try:  # as the reader knows it (results/...), not this machine's path
         shown = path.relative_to(results_root().parent)
     except ValueError:
         shown = Path(path.parent.name) / path.name
-    if os.environ.get(RUN_ENV) and not os.environ.get(TRIAL_ENV):
+    if run is not None and run.record.kind == "run":
         return (f"headline figures recorded for {shown}, where they go with every other "
                 "chapter's when the whole run has finished" + where)
     return f"headline figures recorded in {shown}" + where
@@ -234,17 +223,15 @@ def read_record(path: Path) -> dict[str, Any]:
     return check_record(rec, str(path))
 
 
-def record_path(chapter: str) -> Path | None:
-    """Where a book run records ``chapter``: ``results/<preset>/.run-<id>/<chapter>.json``
-    for a full run of the preset (:data:`RUN_ENV`; moved to ``results/<preset>/`` with the
-    rest of the run by :func:`publish_run`), ``results/<preset>/trials/<trial>/`` for any
-    other (:data:`TRIAL_ENV`); None outside a book run."""
-    preset = os.environ.get("COMPANION_PRESET")
-    trial, run = os.environ.get(TRIAL_ENV), os.environ.get(RUN_ENV)
-    if not preset or not (trial or run):
-        return None
-    folder = results_root() / preset
-    return (folder / "trials" / trial if trial else staging(folder, run)) / f"{chapter}.json"
+def record_path(run: Any) -> Path:
+    """Where ``run`` (:class:`lib.config.sections.Run`) records its chapter: for a full run
+    of the preset, ``results/<preset>/.run-<id>/chNN.json`` (moved to ``results/<preset>/``
+    with the rest of the run by :func:`publish_run`); for a trial or a notebook run by hand,
+    ``results/<preset>/trials/<name>/chNN.json``."""
+    folder = results_root() / run.preset
+    rec = run.record
+    where = staging(folder, rec.name) if rec.kind == "run" else folder / "trials" / rec.name
+    return where / f"ch{run.chapter:02d}.json"
 
 
 def staging(folder: Path, run_id: str) -> Path:
@@ -284,18 +271,19 @@ def publish_run(preset: str, run_id: str, root: Path | None = None) -> list[Path
     return sorted(folder.glob("ch[0-9][0-9].json"))
 
 
-def record_headline(chapter: str, figures: dict[str, Any], config: Any = None,
-                    quick_run: bool = False) -> Path | None:
+def record_headline(run: Any, figures: dict[str, Any], quick_run: bool = False
+                    ) -> Path | None:
     """Keep a chapter's headline figures with their provenance and the digest of the figures
     (:func:`lib.fileio.figures_digest`, which the README renderer checks).
 
-    Only a full book run of a preset (every chapter, no ``-p`` override, not a quick run)
-    writes the numbers of record, ``results/<preset>/<chapter>.json``, from which the
-    README's tables are rendered (:mod:`lib.report.readme`), never typed: staged until the
-    whole run has finished and then moved in together (:func:`publish_run`), stamped with
-    the run's id. Any other book run writes beside them, under
-    ``results/<preset>/trials/<its name>/`` (:func:`record_path`), and says so. Explained in
-    chapter 1 (book/01_building_a_speechllm.ipynb).
+    ``run`` (:class:`lib.config.sections.Run`) says where: a full book run of a preset
+    (every chapter, no ``-p`` change) writes the numbers of record,
+    ``results/<preset>/chNN.json``, from which the README's tables are rendered
+    (:mod:`lib.report.readme`), never typed: staged until the whole run has finished and
+    then moved in together (:func:`publish_run`), stamped with the run's id. A trial, or a
+    notebook run by hand, writes beside them, under ``results/<preset>/trials/<name>/``
+    (:func:`record_path`), and says so. Explained in chapter 1
+    (book/01_building_a_speechllm.ipynb).
 
     A figure the run could not define (NaN) is written as null (:func:`_undefined_as_null`).
     The record also carries where the chapter's time went (``time``: its wall time so far
@@ -304,17 +292,17 @@ def record_headline(chapter: str, figures: dict[str, Any], config: Any = None,
 
     Returns:
         Where the record will be read (for a full run, where it goes when the run
-        completes), or ``None`` outside a book run or for a quick run.
+        completes), or ``None`` for a quick run (test sets cut short: nothing recorded).
     """
-    path = record_path(chapter)
-    if path is None or quick_run:
+    if quick_run or getattr(run, "quick", False):
         return None
-    rec = {"chapter": chapter, "preset": os.environ["COMPANION_PRESET"],
+    path = record_path(run)
+    rec = {"chapter": f"ch{run.chapter:02d}", "preset": run.preset,
            **_undefined_as_null(figures), "time": summary()}
-    if os.environ.get(TRIAL_ENV):
-        rec["trial"] = os.environ[TRIAL_ENV]
+    if run.record.kind == "run":
+        rec["run_id"] = run.record.name
     else:
-        rec["run_id"] = os.environ[RUN_ENV]
+        rec["trial"] = run.record.name
     rec["digest"] = figures_digest(rec)
-    save_json(path, {**rec, "provenance": provenance(config)})
+    save_json(path, {**rec, "provenance": provenance(run)})
     return path if rec.get("trial") else path.parent.parent / path.name

@@ -52,14 +52,14 @@ def speech_scores(model: "SpeechLLM", run_dir: Path, data: "FeatureSet", sc: Sco
     """Chapter 2's redundancy scores on speech (transcript tokens) of ``model``.
 
     Read from ``<run_dir>/redundancy/speech-transcript.json`` when chapter 2 saved them for
-    as many utterances as ``sc.n_utterances``; otherwise computed on the first
-    ``sc.n_utterances`` of ``data`` and saved there (chapter 2's own file, made with other
+    as many utterances as ``sc.n_score_utterances``; otherwise computed on the first
+    ``sc.n_score_utterances`` of ``data`` and saved there (chapter 2's own file, made with other
     settings, is left as it is). The strategies ``angular`` and ``block-influence`` read
     them.
     """
     from lib.score.redundancy import score_speech
 
-    scored = data.subset(sc.n_utterances)
+    scored = data.subset(sc.n_score_utterances)
     path = Path(run_dir) / "redundancy" / f"{slug(SPEECH_LABEL)}.json"
     if path.is_file():
         try:

@@ -29,7 +29,7 @@ import torch
 
 from lib.build.speechllm import SpeechLLM
 from lib.cache import say_reused
-from lib.clock import stage, track
+from lib.clock import track
 from lib.config.sections import TrainConfig
 from lib.data.features import FeatureSet
 from lib.device import resolve_precision
@@ -298,7 +298,6 @@ def _save_final(model: SpeechLLM, run_dir: Path, train_set: FeatureSet, cfg: Tra
     return result
 
 
-@stage("training", unless_in=("healing",))
 def train_speechllm(
     model: SpeechLLM,
     train_set: FeatureSet,

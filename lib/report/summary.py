@@ -1,0 +1,108 @@
+"""What each chapter finds, one row per chapter, rendered from the numbers of record.
+
+The README's summary table (``<!-- results: default/summary -->``): each chapter's question
+and, from its record, what the last full run found, every figure with its interval or its
+count. Only fields the chapter's record must hold (:data:`lib.report.results.NEEDS`) are
+read. Stage: report. Explained in the README.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lib.report.results import check_needs
+
+QUESTIONS = {
+    "ch01": "Does a SpeechLLM trained on two CPU cores transcribe speech?",
+    "ch02": "Do text and speech mark the same redundant blocks of layers?",
+    "ch03": "How many layers can go under the paper's rule, and which?",
+    "ch04": "Does healing win back what pruning lost, and what does pruning buy?",
+    "ch05": "With four tasks learned, does each beat its no-audio floor?",
+}
+"""Chapter -> the question its row answers (the chapter's page answers it at length)."""
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def _ci(pair: list[float] | None) -> str:
+    return "" if not pair else f" [{100 * pair[0]:.1f}, {100 * pair[1]:.1f}]"
+
+
+def found_ch01(rec: dict[str, Any]) -> str:
+    """Greedy WER with its 95 % interval, per decoder and test set."""
+    return "; ".join(
+        f"{dec}: " + ", ".join(f"{_pct(t['wer'])}{_ci(t['wer_ci95'])} WER on {test} "
+                               f"({t['n_utterances']} utt.)"
+                               for test, t in d["test_sets"].items())
+        for dec, d in rec["decoders"].items())
+
+
+def found_ch02(rec: dict[str, Any]) -> str:
+    """Per decoder, how many comparisons the verdict rule called "the same blocks"."""
+    parts = []
+    for dec, d in rec["decoders"].items():
+        verdicts = [c["verdict"] for c in d["comparisons"].values()]
+        same = sum(v == "the same blocks" for v in verdicts)
+        parts.append(f"{dec}: the same blocks in {same} of {len(verdicts)} comparisons")
+    t = rec["thresholds"]
+    return "; ".join(parts) + (f" (Spearman per n ≥ {t['agree_rho']:g} and overlap gain ≥ "
+                               f"{t['agree_overlap_gain']:g} over chance)")
+
+
+def found_ch03(rec: dict[str, Any]) -> str:
+    """Per decoder, the cut the paper's rule allows and the strategy that chose it."""
+    parts = []
+    for dec, d in rec["decoders"].items():
+        c = d["chosen"]
+        parts.append(f"{dec}: {c['n_removed']} layers ({100 * c['removed_fraction']:.0f} %) "
+                     f"by {c['strategy']}")
+    return ("; ".join(parts) + f" (WER increase ≤ {100 * rec['settings']['threshold']:.0f} % "
+            f"on {rec['settings']['curve_utterances']} utterances per test set)")
+
+
+def found_ch04(rec: dict[str, Any]) -> str:
+    """Per decoder and cut, each variant's WER after healing on the first test set, the
+    best one named with its interval."""
+    parts = []
+    for dec, d in rec["decoders"].items():
+        cut = d["cut"]
+        first = next(iter(next(iter(d["variants"].values()))["tests"]))
+        after = {v: x["tests"][first] for v, x in d["variants"].items()}
+        best = min(after, key=lambda v: after[v]["wer_after"])
+        b = after[best]
+        parts.append(f"{dec}, {cut['n_removed']} of {cut['n_layers']} layers removed: best "
+                     f"`{best}`, {_pct(b['wer_after'])}{_ci(b['wer_after_ci95'])} on {first} "
+                     f"(pruned {_pct(b['wer_before'])})")
+    return "; ".join(parts) + f" ({rec['settings']['heal_steps']} healing steps)"
+
+
+def found_ch05(rec: dict[str, Any]) -> str:
+    """Per decoder, how many tasks beat their no-audio floor by the paired rule."""
+    parts = []
+    for dec, d in rec["decoders"].items():
+        verdicts = [t["vs_floor"]["verdict"] for t in d["tasks"].values()]
+        parts.append(f"{dec}: {sum(v == 'better than' for v in verdicts)} of {len(verdicts)} "
+                     "tasks above their floor")
+    return "; ".join(parts)
+
+
+FOUND = {"ch01": found_ch01, "ch02": found_ch02, "ch03": found_ch03, "ch04": found_ch04,
+         "ch05": found_ch05}
+"""Chapter -> the function that says in one cell what its record found."""
+
+
+def render_summary(recs: dict[str, dict[str, Any]], preset: str) -> str:
+    """The one-table summary: a row per chapter, what its record found or that there is
+    none yet."""
+    rows = ["| chapter | the question | what the last full run found |", "|---|---|---|"]
+    for chapter, question in QUESTIONS.items():
+        rec = recs.get(chapter)
+        if rec is None:
+            found = f"not recorded yet (`make book PRESET={preset}`)"
+        else:
+            check_needs(rec, chapter, f"results/{preset}/{chapter}.json")
+            found = FOUND[chapter](rec)
+        rows.append(f"| {int(chapter[2:])} | {question} | {found} |")
+    return "\n".join(rows) + "\n"
