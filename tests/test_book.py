@@ -231,6 +231,11 @@ def test_the_book_is_complete_and_offline(built) -> None:
         text = page.read_text(encoding="utf-8")
         assert "tag_injected-parameters" in text and "tag_parameters" not in text, name
         assert "Parameters this page was run with (preset tiny)" in text, name
+        if name.startswith("04"):  # tiny.yaml's heal_steps (3), not the cell's default (50)
+            cell = next(c.source for c in nb.cells if "injected-parameters" in c.metadata.get(
+                "tags", []))
+            assert "heal_steps = 3" in cell and "heal_steps = 50" not in cell
+            assert 'record = "run:' in cell or "record = 'run:" in cell
         images = [s for s in _assets(page).images if "_images/" in s]
         assert images, f"{name} shows no figure"
         assert all((page.parent / s).resolve().is_file() for s in images), name

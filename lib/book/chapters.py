@@ -87,7 +87,7 @@ def chapter_parameters(
     """What papermill injects into each chapter.
 
     A chapter whose parameters cell declares ``preset`` and its own parameters
-    (:func:`_resolves_itself`) resolves its values in its own kernel (:func:`lib.config.resolve.resolve`, the one place a preset is read into a
+    (:func:`resolves_itself`) resolves its values in its own kernel (:func:`lib.config.resolve.resolve`, the one place a preset is read into a
     chapter's values): it gets ``preset=<preset_name>``, ``record`` (``run:<id>`` or
     ``trial:<name>``: what the run writes), ``overrides`` (the ``-p`` values of any
     parameter it takes) and, so that its page shows them, the ``-p`` values of its own
@@ -108,8 +108,8 @@ def chapter_parameters(
 
     overrides = overrides or {}
     known = {name for names in declared.values() for name in names}
-    takes = {nb: set(param_names(CHAPTER_PARAMS[_number(nb)]))
-             if _resolves_itself(nb, names) else set() for nb, names in declared.items()}
+    takes = {nb: set(param_names(CHAPTER_PARAMS[chapter_number(nb)]))
+             if resolves_itself(nb, names) else set() for nb, names in declared.items()}
     known |= {n for names in takes.values() for n in names}
     known -= {"preset", "overrides", "record"}
     elsewhere = {name: min(c for c in CHAPTER_PARAMS if name in own_names(c))
@@ -117,7 +117,7 @@ def chapter_parameters(
                  if any(name in own_names(c) for c in CHAPTER_PARAMS)}
     if elsewhere:
         name, chapter = next(iter(elsewhere.items()))
-        running = ", ".join(f"{_number(nb):02d}" for nb in declared)
+        running = ", ".join(f"{chapter_number(nb):02d}" for nb in declared)
         raise CompanionError(f"-p {name}: a parameter of chapter {chapter}, which this run "
                              f"does not include (chapters {running}): add --chapter "
                              f"{chapter:02d}, or leave -p {name} out")
@@ -130,7 +130,7 @@ def chapter_parameters(
             values["preset"] = preset_name
         if "record" in names and record is not None:
             values["record"] = record
-        if _resolves_itself(nb, names):
+        if resolves_itself(nb, names):
             mine = {k: v for k, v in overrides.items() if k in takes[nb]}
             if "overrides" in names and mine:
                 values["overrides"] = mine
@@ -143,16 +143,16 @@ def chapter_parameters(
     return out
 
 
-def _resolves_itself(notebook: Path, names: list[str]) -> bool:
+def resolves_itself(notebook: Path, names: list[str]) -> bool:
     """A book chapter that resolves its values in its kernel: its cell declares ``preset``
     and the chapter's own parameters (:func:`lib.config.defaults.own_names`)."""
     from lib.config.defaults import CHAPTER_PARAMS, own_names
 
-    n = _number(notebook)
+    n = chapter_number(notebook)
     return "preset" in names and n in CHAPTER_PARAMS and set(own_names(n)) <= set(names)
 
 
-def _number(notebook: Path) -> int:
+def chapter_number(notebook: Path) -> int:
     """The chapter number of ``book/NN_name.ipynb`` (-1 when the name has none)."""
     head = notebook.stem[:2]
     return int(head) if head.isdigit() else -1

@@ -32,7 +32,8 @@ def source_cell(executed: Path, index: int) -> int:
     return index + 1 - sum(INJECTED in _tags(c) for c in cells[:index])
 
 
-def show_parameters_once(executed: Path, note: str) -> None:
+def show_parameters_once(executed: Path, note: str,
+                         preset_values: dict[str, Any] | None = None) -> None:
     """Let the executed copy show its parameter values in one cell, marked as such.
 
     Papermill keeps the source's ``parameters`` cell (the defaults, with comments that
@@ -41,6 +42,10 @@ def show_parameters_once(executed: Path, note: str) -> None:
     under a first line saying so, and the source cell goes: the page lists each value once,
     as it was in effect, and the cells keep the source notebook's numbering. Nothing changes
     when nothing was injected. Only the copy's text changes: both cells ran.
+
+    A chapter that resolves its values in its kernel is injected only its ``-p`` values;
+    ``preset_values`` (the preset's values of its own parameters, which its kernel read
+    from the same file) are shown in their places too, so the page shows what it ran with.
 
     Args:
         executed: the executed notebook, rewritten in place.
@@ -53,11 +58,14 @@ def show_parameters_once(executed: Path, note: str) -> None:
     if injected is None:
         return
     defaults = next((c for c in nb.cells if "parameters" in _tags(c)), None)
-    lines = injected.source.splitlines()
+    shown = injected.source
+    if preset_values:
+        shown += "".join(f"\n{k} = {v!r}" for k, v in preset_values.items())
+    lines = shown.splitlines()
     if lines and lines[0].strip() == "# Parameters":  # papermill's own heading
         lines = lines[1:]
     head = f"# Parameters this page was run with ({note})"
-    merged = None if defaults is None else _with_values(defaults.source, injected.source)
+    merged = None if defaults is None else _with_values(defaults.source, shown)
     if merged is not None:
         nb.cells = [c for c in nb.cells if c is not defaults]
         injected.source = f"{head}\n{merged}"
