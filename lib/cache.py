@@ -8,7 +8,8 @@ the Whisper baseline, the rescoring sweep, the text cascade) goes through :func:
   :func:`lib.fileio.config_hash` into the file name ``<stem>-<key>.json``;
 - the file is verified when read (:func:`lib.fileio.load_cached_json`: a damaged or edited
   one is set aside in one line and computed again);
-- the provenance (config, commit, versions, device, wall time) is stamped once, here;
+- the provenance (what the key was made of, commit, versions, device, wall time) is
+  stamped once, here;
 - a reused result says which key it matched (:func:`say_reused`, which also counts it in
   the current stage: :func:`lib.clock.note_reused`).
 
@@ -45,7 +46,7 @@ def say_reused(what: str, key: str) -> None:
 
 def cached(folder: Path, stem: str, keyed: Mapping[str, Any],
            compute: Callable[[Path], dict[str, Any]], *, what: str | None = None,
-           config: Any = None, reuse: bool = True) -> dict[str, Any]:
+           reuse: bool = True) -> dict[str, Any]:
     """The result ``compute`` makes, kept as ``folder/<stem>-<key>.json`` and read back
     (verified) the next time the same key is asked for.
 
@@ -56,7 +57,6 @@ def cached(folder: Path, stem: str, keyed: Mapping[str, Any],
         compute: makes the result (a JSON-able dict) given the path it will be kept at (to
             write files beside it, e.g. per-utterance hypotheses).
         what: how the line of a reused result names it (``None``: no line; still counted).
-        config: the config stamped into the provenance.
         reuse: False to compute (and keep) it again even when it is kept.
 
     Returns:
@@ -75,6 +75,6 @@ def cached(folder: Path, stem: str, keyed: Mapping[str, Any],
     t0 = time.perf_counter()
     result = compute(path)
     record = {**result, "key": key,
-              "provenance": provenance(config, wall_time_s=time.perf_counter() - t0)}
+              "provenance": provenance(dict(keyed), wall_time_s=time.perf_counter() - t0)}
     save_cached_json(path, record)
     return json.loads(json.dumps(record, default=str))  # as a reuse will read it back

@@ -99,7 +99,7 @@ Candidate = tuple[str, float, float]
 
 
 def rescore_candidates(model: SpeechLLM, feats: Any, lengths: Any, head: CTCHead,
-                       num_beams: int = 2, max_new_tokens: int = 64,
+                       num_beams: int, max_new_tokens: int,
                        chunk: int = 32) -> list[list[Candidate]]:
     """The candidates of each utterance of one batch, with both log-likelihoods.
 
@@ -194,7 +194,7 @@ def _batched(model: SpeechLLM, data: FeatureSet, batch_size: int, desc: str,
 
 @stage("decoding")
 def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
-                 ev: EvalConfig = EvalConfig(), config: Any = None, reuse: bool = True,
+                 ev: EvalConfig = EvalConfig(), reuse: bool = True,
                  rescore: Rescoring | None = None) -> dict[str, Any]:
     """Decode and score one test set; save ``<name>.json`` and ``<name>.hyps.jsonl``.
 
@@ -207,7 +207,6 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
         name: test-set label, e.g. ``"synthetic:test"``.
         ev: batch size and ``max_new_tokens``; ``max_test_utterances`` cuts the set to its first
             N (the result says it is a quick run).
-        config: the chapter's config, stored with the score for provenance.
         reuse: return an existing score for the same (run, test set, cut) instead.
         rescore: joint CTC / attention decoding (:class:`Rescoring`) instead of greedy.
     """
@@ -237,11 +236,11 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
                 "hypotheses": hyp_path.name}
 
     return cached(out_dir, f"eval-{file_label(name)}{suffix}", keyed, decode,
-                  what=f"{name} score", config=config, reuse=reuse)
+                  what=f"{name} score", reuse=reuse)
 
 
 def precision_check(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
-                    ev: EvalConfig, config: Any = None) -> dict[str, Any] | None:
+                    ev: EvalConfig) -> dict[str, Any] | None:
     """One test set decoded under bf16 autocast and in float32, the two WERs paired.
 
     Explained in chapter 1 (section 1.6). None when ``ev`` decodes in float32 (``auto`` on a
@@ -255,9 +254,8 @@ def precision_check(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str
     """
     if decode_precision(model, ev) != "bf16":
         return None
-    bf16 = evaluate_asr(model, data, out_dir, name, ev, config=config)
-    fp32 = evaluate_asr(model, data, out_dir, name, replace(ev, precision="fp32"),
-                        config=config)
+    bf16 = evaluate_asr(model, data, out_dir, name, ev)
+    fp32 = evaluate_asr(model, data, out_dir, name, replace(ev, precision="fp32"))
     d = paired_difference(bf16, fp32)
     return {"bf16": bf16, "fp32": fp32, **d,
             "speedup": bf16["decode_utterances_per_s"] / fp32["decode_utterances_per_s"]}

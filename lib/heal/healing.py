@@ -156,10 +156,8 @@ def schedule(hc: HealConfig, train: TrainConfig) -> TrainConfig:
 @stage("healing")
 def heal(model: "SpeechLLM", train_set: "FeatureSet", variant: str, hc: HealConfig,
          train: TrainConfig, base_run: Path, desc: str = "healing",
-         run_dir: Path | None = None,
-         stop_after: int | None = None,
-         dev_check: Callable[["SpeechLLM"], dict[str, Any]] | None = None,
-         run_config: Any = None) -> HealRun:
+         run_dir: Path | None = None, stop_after: int | None = None,
+         dev_check: Callable[["SpeechLLM"], dict[str, Any]] | None = None) -> HealRun:
     """Heal a pruned SpeechLLM in place with one variant; reuse or resume its run.
 
     Args:
@@ -191,8 +189,8 @@ def heal(model: "SpeechLLM", train_set: "FeatureSet", variant: str, hc: HealConf
             raise CompanionError(f"{out} holds a healing run of another configuration: "
                                  "delete it or heal into another folder (nothing was changed)")
     else:
-        save_json(marker, {"spec": spec, "provenance": provenance(run_config)})
-    tr = train_speechllm(model, train_set, cfg, out, run_config=run_config, desc=desc,
+        save_json(marker, {"spec": spec, "provenance": provenance()})
+    tr = train_speechllm(model, train_set, cfg, out, desc=desc,
                          stop_after=stop_after, dev_check=dev_check)
     model.eval()
     return HealRun(variant, out, trainable, tr)

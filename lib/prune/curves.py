@@ -38,7 +38,7 @@ CURVE_VERSION = 1
 
 def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], out_dir: Path,
                  name: str, ev: EvalConfig = EvalConfig(), n_layers: int | None = None,
-                 reuse: bool = True, config: Any = None) -> dict[str, Any]:
+                 reuse: bool = True) -> dict[str, Any]:
     """WER of ``model`` on ``data`` with decoder ``layers`` skipped (``[]``: the full model).
 
     Every utterance of ``data`` is decoded (``ev.max_test_utterances`` does not apply: a curve
@@ -80,13 +80,13 @@ def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], 
                            for u, r, h in zip(data.utterances, refs, hyps)]}
 
     # a curve has many points: a reused one is counted, not said
-    return cached(Path(out_dir) / "cuts", file_label(name), keyed, decode, config=config,
+    return cached(Path(out_dir) / "cuts", file_label(name), keyed, decode,
                   reuse=reuse)
 
 
 def pruning_curves(model: "SpeechLLM", sets: dict[str, "FeatureSet"],
                    plans: dict[str, dict[int, list[int]]], out_dir: Path,
-                   ev: EvalConfig = EvalConfig(), config: Any = None) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+                   ev: EvalConfig = EvalConfig()) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """Every strategy's curve on every test set, plus the full model.
 
     Args:
@@ -99,14 +99,13 @@ def pruning_curves(model: "SpeechLLM", sets: dict[str, "FeatureSet"],
         ``errors``), and the full model's record per test set.
     """
     big_l = len(model.decoder_layers)
-    full = {name: evaluate_cut(model, fs, [], out_dir, name, ev, config=config)
+    full = {name: evaluate_cut(model, fs, [], out_dir, name, ev)
             for name, fs in sets.items()}
     rows = []
     for strategy, plan in plans.items():
         for n, layers in sorted(plan.items()):
             for name, fs in sets.items():
-                r = evaluate_cut(model, fs, layers, out_dir, name, ev, n_layers=big_l,
-                                 config=config)
+                r = evaluate_cut(model, fs, layers, out_dir, name, ev, n_layers=big_l)
                 rows.append({"strategy": strategy, "test_set": name, "n_removed": n,
                              "removed_fraction": n / big_l, "layers": layers,
                              "wer": r["wer"], "wer_low": r["wer_ci95"][0],

@@ -334,7 +334,7 @@ def decoding_precision(cfg: Run, runs: dict[str, ModelRun],
     rule (:func:`lib.evaluate.decode.precision_check`); nothing to check in float32."""
     syn = cfg.test_data[0]
     found = {slug(d): precision_check(r.model, tests[syn].subset(cfg.eval.max_test_utterances),
-                                      r.train.run_dir, syn, cfg.eval, cfg)
+                                      r.train.run_dir, syn, cfg.eval)
              for d, r in runs.items()}
     found = {d: c for d, c in found.items() if c is not None}
     if not found:

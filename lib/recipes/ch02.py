@@ -119,7 +119,7 @@ def score_inputs(cfg: Run) -> Section:
             AUDIO: speech["audio"],
         }
         items.append(f"{name}: scores saved in "
-                     f"{save_scores(results[name], run.train.run_dir, cfg)}")
+                     f"{save_scores(results[name], run.train.run_dir)}")
         models[name] = run.model
         sizes[name] = count_parameters(run.model)["decoder"]
         rel = audio_reliance(run.model, scored, n=sc.n_score_utterances, batch_size=sc.batch_size)

@@ -75,7 +75,7 @@ def pruning_inputs(cfg: Run) -> Section:
         name = slug(m.decoder)
         runs[name] = train_and_evaluate(m, cfg, train, tests, evaluate=False)
         scores[name] = speech_scores(runs[name].model, runs[name].train.run_dir,
-                                     tests[cfg.test_data[0]], cfg.score, cfg)
+                                     tests[cfg.test_data[0]], cfg.score)
     glue = dict(curve_n=pc.curve_utterances, calib_n=len(calib),
                 curve_sizes=", ".join(f"{len(fs)} of {len(tests[n])} in {n}"
                                       for n, fs in curve_sets.items()))
@@ -131,7 +131,7 @@ def curves(cfg: Run, runs: dict[str, ModelRun], curve_sets: dict[str, FeatureSet
     found, rules = {}, {}
     for name, run in runs.items():
         points, full = pruning_curves(run.model, curve_sets, plans[name], run.train.run_dir,
-                                      cfg.eval, config=cfg)
+                                      cfg.eval)
         found[name] = (points, full)
         rules[name] = threshold_table(points, full, cfg.prune.threshold,
                                       seed=cfg.train.seed)
@@ -240,10 +240,8 @@ def chosen_cut(cfg: Run, runs: dict[str, ModelRun], tests: dict[str, FeatureSet]
                         "removed_fraction": n_cut / len(run.model.decoder_layers),
                         "tests": {}}
         for test, fs in tests.items():
-            f = evaluate_cut(run.model, fs, [], run.train.run_dir, test, cfg.eval,
-                             config=cfg)
-            p = evaluate_cut(run.model, fs, layers, run.train.run_dir, test, cfg.eval,
-                             config=cfg)
+            f = evaluate_cut(run.model, fs, [], run.train.run_dir, test, cfg.eval)
+            p = evaluate_cut(run.model, fs, layers, run.train.run_dir, test, cfg.eval)
             chosen[name]["tests"][test] = {"wer_full": f["wer"], "wer_full_ci95": f["wer_ci95"],
                                            "wer": p["wer"], "wer_ci95": p["wer_ci95"],
                                            "n_utterances": len(fs)}

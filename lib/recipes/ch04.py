@@ -67,7 +67,7 @@ def healing_inputs(cfg: Run) -> Section:
         big_l = len(run.model.decoder_layers)
         sizes = cut_sizes(sorted(set(hc.curve_fractions) | {hc.fraction}), big_l)
         scores = speech_scores(run.model, run.train.run_dir, tests[cfg.test_data[0]],
-                               cfg.score, cfg)
+                               cfg.score)
         plans[name] = strategy_layers("angular", sizes, big_l, speech_scores=scores)
         cuts[name] = cut_sizes([hc.fraction], big_l)[0]
     glue = dict(heal_steps=ht.steps, heal_batch=ht.batch_size,
@@ -87,14 +87,14 @@ def heal_and_score(cfg: Run, run: ModelRun, layers: list[int], variant: str,
     subset. ``none`` is the pruned model as it is: chapter 3's cached points, no copy."""
     ev = cfg.eval
     if variant == "none":
-        scores = {t: evaluate_cut(run.model, fs, layers, run.train.run_dir, t, ev, config=cfg)
+        scores = {t: evaluate_cut(run.model, fs, layers, run.train.run_dir, t, ev)
                   for t, fs in curve_sets.items()}
         return None, HealRun("none", None, {"projector": 0, "lora": 0, "layers": []},
                              None), scores
     model = pruned_copy(run.model, layers)
     hr = heal(model, fit, variant, cfg.heal, cfg.train, run.train.run_dir,
-              desc=f"healing {variant}, {len(layers)} layers removed", run_config=cfg)
-    scores = {t: evaluate_cut(model, fs, [], hr.run_dir, t, ev, config=cfg)
+              desc=f"healing {variant}, {len(layers)} layers removed")
+    scores = {t: evaluate_cut(model, fs, [], hr.run_dir, t, ev)
               for t, fs in curve_sets.items()}
     return model, hr, scores
 
@@ -132,10 +132,10 @@ def variants(cfg: Run, inputs: Section) -> Section:
     curve_sets, ev = inputs["curve_sets"], cfg.eval
     full, out, rows, models = {}, {}, [], {}
     for name, run in runs.items():
-        full[name] = {t: evaluate_cut(run.model, fs, [], run.train.run_dir, t, ev, config=cfg)
+        full[name] = {t: evaluate_cut(run.model, fs, [], run.train.run_dir, t, ev)
                       for t, fs in curve_sets.items()}
         layers = plans[name][cuts[name]]
-        pruned = {t: evaluate_cut(run.model, fs, layers, run.train.run_dir, t, ev, config=cfg)
+        pruned = {t: evaluate_cut(run.model, fs, layers, run.train.run_dir, t, ev)
                   for t, fs in curve_sets.items()}
         out[name] = {}
         for v in cfg.heal.variants:
@@ -193,7 +193,7 @@ def healed_curves(cfg: Run, inputs: Section, healed: Section) -> Section:
                 _, _, scores = heal_and_score(cfg, run, layers, "both", inputs["fit"],
                                               curve_sets)
             for t, fs in curve_sets.items():
-                p = evaluate_cut(run.model, fs, layers, run.train.run_dir, t, ev, config=cfg)
+                p = evaluate_cut(run.model, fs, layers, run.train.run_dir, t, ev)
                 for label, s in (("pruned", p), ("healed (both)", scores[t])):
                     curve_rows.append({"model": label, "test_set": t, "n_removed": n,
                                        "removed_fraction": n / big_l, "wer": s["wer"],
@@ -232,8 +232,8 @@ def export(cfg: Run, runs: dict[str, ModelRun], healed: Section,
         reloaded = load_speechllm(folder)
         exports[name] = {"folder": str(folder), "tests": {}}
         for t, fs in tests.items():
-            a = evaluate_cut(model, fs, [], hr.run_dir, t, ev, config=cfg)
-            b = evaluate_cut(reloaded, fs, [], folder, t, ev, config=cfg)
+            a = evaluate_cut(model, fs, [], hr.run_dir, t, ev)
+            b = evaluate_cut(reloaded, fs, [], folder, t, ev)
             same = [x["hyp"] for x in a["hypotheses"]] == [x["hyp"] for x in b["hypotheses"]]
             exports[name]["tests"][t] = {"wer": b["wer"], "wer_ci95": b["wer_ci95"],
                                          "same_transcripts_as_in_memory": same}

@@ -153,8 +153,8 @@ def _score_task(cfg: Run, run: ModelRun, ch1_run: ModelRun, name: str,
     """One decoder and task: the score, its floor, its baselines, each paired with it."""
     task, fs, out = TASKS[name], data.tests[name], run.train.run_dir
     better = task.metric != "wer"
-    s = mt.evaluate_task(run.model, fs, out, task, cfg)
-    floor = mt.evaluate_task(run.model, mt.other_audio(fs), out, task, cfg,
+    s = mt.evaluate_task(run.model, fs, out, task, cfg.eval)
+    floor = mt.evaluate_task(run.model, mt.other_audio(fs), out, task, cfg.eval,
                              label=f"{name}-other-audio")
     rec = {"task": name, "metric": task.metric, "score": s, "floor": floor,
            "vs_floor": paired_task_difference(task, s, floor), "baselines": {}}
@@ -163,11 +163,11 @@ def _score_task(cfg: Run, run: ModelRun, ch1_run: ModelRun, name: str,
         rec["baselines"]["whisper"] = whisper[name]
     if task.metric == "bleu":
         source = "asr" if task.hears == "en" else "asr-es"
-        asr = mt.evaluate_task(run.model, fs, out, TASKS[source], cfg)
-        rec["baselines"]["cascade"] = mt.cascade(run.model, asr, out, task, fs, cfg)
+        asr = mt.evaluate_task(run.model, fs, out, TASKS[source], cfg.eval)
+        rec["baselines"]["cascade"] = mt.cascade(run.model, asr, out, task, fs, cfg.eval)
     if name == "asr":
         rec["baselines"]["asr-only"] = mt.evaluate_task(ch1_run.model, fs,
-                                                        ch1_run.train.run_dir, task, cfg,
+                                                        ch1_run.train.run_dir, task, cfg.eval,
                                                         label="parallel-asr")
     for key, b in rec["baselines"].items():
         d = paired_task_difference(task, s, b)

@@ -26,7 +26,7 @@ import torch
 from lib.build.components import build_encoder
 from lib.build.speechllm import SpeechLLM, build_speechllm, count_parameters
 from lib.clock import stage
-from lib.config.sections import MultitaskConfig, Run, TrainConfig
+from lib.config.sections import EvalConfig, MultitaskConfig, Run, TrainConfig
 from lib.data.features import FeatureSet, extract_features
 from lib.data.loaders import Utterance, load_manifest
 from lib.data.parallel import ensure_parallel_corpus
@@ -185,7 +185,7 @@ def train_multitask(cfg: Run, data: ParallelData, index: int,
     device = resolve_device(cfg.device)
     if cfg.multitask.start == "anew":
         model, warm, tr = train_run(mc, train, data.mix, run_folder(mc, train, data.mix),
-                                    device, warm_set=data.audio, run_config=cfg,
+                                    device, warm_set=data.audio,
                                     dev_check=check)
         return ModelRun(mc, model, tr, {}, count_parameters(model), warm)
     if start is None or start.config.decoder != mc.decoder:
@@ -195,7 +195,7 @@ def train_multitask(cfg: Run, data: ParallelData, index: int,
     model = build_speechllm(mc, device=device, seed=train.seed)
     model.load_trainable_state_dict(start.model.trainable_state_dict())
     with stage("training"):
-        tr = train_speechllm(model, data.mix, train, out, run_config=cfg,
+        tr = train_speechllm(model, data.mix, train, out,
                              desc=f"training {slug(mc.decoder)} on the mix",
                              dev_check=check, aux_loss=ctc_aux(start.warm_start, train))
     model.eval()
@@ -205,12 +205,12 @@ def train_multitask(cfg: Run, data: ParallelData, index: int,
 # ------------------------------------------------------------------ scoring
 
 
-def evaluate_task(model: SpeechLLM, fs: FeatureSet, out: Path, task: Task, cfg: Any,
+def evaluate_task(model: SpeechLLM, fs: FeatureSet, out: Path, task: Task, ev: EvalConfig,
                   label: str | None = None) -> dict[str, Any]:
     """One test set decoded with ``task``'s instruction and scored by its metric (cached
     beside the run, keyed like every evaluation; the prompt is part of the key)."""
     with model.asking(task):
-        return evaluate_asr(model, fs, out, label or task.name, cfg.eval, config=cfg)
+        return evaluate_asr(model, fs, out, label or task.name, ev)
 
 
 def other_audio(fs: FeatureSet) -> FeatureSet:
@@ -222,12 +222,11 @@ def other_audio(fs: FeatureSet) -> FeatureSet:
 
 @stage("decoding")
 def cascade(model: SpeechLLM, asr_score: dict[str, Any], out: Path, task: Task,
-            fs: FeatureSet, cfg: Any) -> dict[str, Any]:
+            fs: FeatureSet, ev: EvalConfig) -> dict[str, Any]:
     """The text cascade: the model's own transcripts (``asr_score``'s hypotheses), then
     the same model translating them, text in place of the audio (cached by key)."""
     rows = [json.loads(x) for x in (out / asr_score["hypotheses"]).read_text().splitlines()]
     transcripts = [r["hyp"] or "." for r in rows]
-    ev = cfg.eval
     keyed = {"transcripts": transcripts, "task": task.name,
              "max_new_tokens": ev.max_new_tokens, **precision_key(model, ev)}
 
@@ -241,7 +240,7 @@ def cascade(model: SpeechLLM, asr_score: dict[str, Any], out: Path, task: Task,
                 "hypotheses": hyps, "transcripts": transcripts}
 
     return cached(out, f"cascade-{task.name}", keyed, translate,
-                  what=f"{task.name} text cascade", config=cfg)
+                  what=f"{task.name} text cascade")
 
 
 def whisper_tasks(cfg: Run, tests: dict[str, FeatureSet]) -> dict[str, Any]:

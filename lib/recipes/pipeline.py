@@ -101,7 +101,7 @@ def dev_wer(model: SpeechLLM, dev: FeatureSet, cfg: Run) -> dict[str, Any]:
 
 
 def train_run(mc: ModelConfig, train: TrainConfig, fit: FeatureSet, out: Path, device: str,
-              *, warm_set: FeatureSet | None = None, run_config: Any = None,
+              *, warm_set: FeatureSet | None = None,
               dev_check: Callable[[SpeechLLM], dict[str, Any]] | None = None,
               after_warm_start: Callable[[SpeechLLM, WarmStart], None] | None = None
               ) -> tuple[SpeechLLM, WarmStart | None, TrainRun]:
@@ -121,7 +121,7 @@ def train_run(mc: ModelConfig, train: TrainConfig, fit: FeatureSet, out: Path, d
         if after_warm_start is not None:
             after_warm_start(model, warm)
     with stage("training"):
-        tr = train_speechllm(model, fit, train, out, run_config=run_config,
+        tr = train_speechllm(model, fit, train, out,
                              desc=f"training {name}", dev_check=dev_check,
                              aux_loss=ctc_aux(warm, train))
     model.eval()  # trained or reused from the cache (peft builds LoRA in train mode)
@@ -160,9 +160,8 @@ def train_and_evaluate(mc: ModelConfig, cfg: Run, train: FeatureSet,
                                for test, fs in tests.items()})
 
     check = (lambda m: dev_wer(m, dev, cfg)) if dev is not None and evaluate else None
-    model, warm, tr = train_run(mc, cfg.train, fit, out, resolve_device(cfg.device),
-                                run_config=cfg, dev_check=check, after_warm_start=head_alone)
-    scores = {test: evaluate_asr(model, fs, out, test, cfg.eval, config=cfg)
+    model, warm, tr = train_run(mc, cfg.train, fit, out, resolve_device(cfg.device), dev_check=check, after_warm_start=head_alone)
+    scores = {test: evaluate_asr(model, fs, out, test, cfg.eval)
               for test, fs in tests.items()} if evaluate else {}
     return ModelRun(mc, model, tr, scores, count_parameters(model), warm, ctc_scores)
 
@@ -203,10 +202,10 @@ def rescore_run(run: ModelRun, cfg: Run, train: FeatureSet,
         return {"sweep": sweep, "n_dev": len(dev)}
 
     sweep = cached(run.train.run_dir, "rescore-dev", keyed, sweep_weights,
-                   what="rescoring weights on the dev set", config=cfg)["sweep"]
+                   what="rescoring weights on the dev set")["sweep"]
     best = min(sweep, key=lambda r: (r["dev_wer"], r["weight"]))["weight"]
     rescore = Rescoring(head, weight=best, num_beams=ev.rescore_beams)
-    scores = {test: evaluate_asr(run.model, fs, run.train.run_dir, test, ev, config=cfg,
+    scores = {test: evaluate_asr(run.model, fs, run.train.run_dir, test, ev,
                                  rescore=rescore)
               for test, fs in tests.items()}
     vs_greedy = {test: paired_difference(s, run.scores[test])

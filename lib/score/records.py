@@ -8,7 +8,7 @@ chapter 3 (book/03_pruning.ipynb).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lib.config.sections import ScoreConfig
 from lib.fileio import atomic_write_text, provenance, set_aside
@@ -23,14 +23,13 @@ SPEECH_LABEL = "speech, transcript"
 """The input the pruning strategies read: speech, scored on the transcript tokens."""
 
 
-def save_scores(results: dict[str, RedundancyResult], run_dir: Path, config: Any) -> Path:
+def save_scores(results: dict[str, RedundancyResult], run_dir: Path) -> Path:
     """Save each redundancy result (JSON) and one tidy CSV in ``<run_dir>/redundancy/``,
     each with provenance.
 
     Args:
         results: input label -> :class:`lib.score.stats.RedundancyResult`.
         run_dir: the trained SpeechLLM's run folder.
-        config: the chapter's config, stored with every file.
 
     Returns:
         The folder written.
@@ -38,7 +37,7 @@ def save_scores(results: dict[str, RedundancyResult], run_dir: Path, config: Any
     import pandas as pd
 
     out = Path(run_dir) / "redundancy"
-    prov = provenance(config)
+    prov = provenance()
     frames = []
     for label, res in results.items():
         res.save(out / f"{slug(label)}.json", prov)
@@ -47,8 +46,8 @@ def save_scores(results: dict[str, RedundancyResult], run_dir: Path, config: Any
     return out
 
 
-def speech_scores(model: "SpeechLLM", run_dir: Path, data: "FeatureSet", sc: ScoreConfig,
-                  config: Any = None) -> RedundancyResult:
+def speech_scores(model: "SpeechLLM", run_dir: Path, data: "FeatureSet", sc: ScoreConfig
+                  ) -> RedundancyResult:
     """Chapter 2's redundancy scores on speech (transcript tokens) of ``model``.
 
     Read from ``<run_dir>/redundancy/speech-transcript.json`` when chapter 2 saved them for
@@ -71,5 +70,5 @@ def speech_scores(model: "SpeechLLM", run_dir: Path, data: "FeatureSet", sc: Sco
                 return res
     res = score_speech(model, scored, batch_size=sc.batch_size, positions="transcript")
     if not path.is_file():
-        res.save(path, provenance(config))
+        res.save(path, provenance())
     return res

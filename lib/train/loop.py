@@ -281,7 +281,7 @@ def _step_loss(acc: Any, ddp_model: Any, model: SpeechLLM, micro: list, params: 
 
 def _save_final(model: SpeechLLM, run_dir: Path, train_set: FeatureSet, cfg: TrainConfig,
                 log: list[dict[str, Any]], wall: float, resumed: int | None, world: int,
-                run_config: Any) -> dict[str, Any]:
+                ) -> dict[str, Any]:
     """Write the final weights and ``train_result.json`` (with provenance); the record."""
     final = run_dir / "final" / "trainable.safetensors"
     save_tensors(final, model.trainable_state_dict())
@@ -292,7 +292,7 @@ def _save_final(model: SpeechLLM, run_dir: Path, train_set: FeatureSet, cfg: Tra
         "train_utterances_seen": n_utts, "train_set_size": len(train_set),
         "utterances_per_s": round(n_utts / max(total, 1e-9), 3),
         "train_config": to_dict(cfg), "resumed_from": resumed,
-        "provenance": provenance(run_config, seed=cfg.seed, wall_time_s=total),
+        "provenance": provenance(seed=cfg.seed, wall_time_s=total),
     }
     save_cached_json(run_dir / "train_result.json", result)
     return result
@@ -303,7 +303,6 @@ def train_speechllm(
     train_set: FeatureSet,
     cfg: TrainConfig,
     run_dir: Path,
-    run_config: Any = None,
     stop_after: int | None = None,
     desc: str = "training",
     dev_check: Callable[[SpeechLLM], dict[str, Any]] | None = None,
@@ -319,7 +318,6 @@ def train_speechllm(
         cfg: optimisation settings (``precision`` resolved by
             :func:`lib.device.resolve_precision`).
         run_dir: where checkpoints, the log and the final weights live (keyed by config).
-        run_config: the full config, stored with the result for provenance.
         stop_after: stop (as if killed) after this many steps in this call: for tests
             and for splitting a long run into sessions.
         desc: progress-bar label.
@@ -393,6 +391,6 @@ def train_speechllm(
     ddp_model.eval()
     finished = end == cfg.steps
     result = _save_final(acc.unwrap_model(ddp_model), run_dir, train_set, cfg, log,
-                         time.perf_counter() - t0, resumed, acc.num_processes, run_config
+                         time.perf_counter() - t0, resumed, acc.num_processes
                          ) if finished and acc.is_main_process else {}
     return TrainRun(run_dir, log, False, resumed, finished, result, dev_log)
