@@ -29,8 +29,9 @@ _PACKAGES = ("torch", "transformers", "peft", "accelerate", "jiwer", "sacrebleu"
 
 def to_dict(obj: Any) -> Any:
     """Plain JSON-able form of a (nested) config."""
-    if is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if is_dataclass(obj):  # a field marked provenance=False (a run's clock) is left out
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)
+                if f.metadata.get("provenance", True)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(x) for x in obj]
     if isinstance(obj, dict):

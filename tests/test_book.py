@@ -16,7 +16,7 @@ import nbformat
 import pytest
 import yaml
 
-from lib.book import build, chapters, run
+from lib.book import chapters, html as book_html, run
 from lib.config.presets import load_preset
 from lib.errors import CompanionError
 from lib.paths import REPO_ROOT
@@ -174,7 +174,7 @@ def _toc() -> tuple[str, list[str]]:
 def built() -> tuple[list[Path], Path]:
     """Every chapter run with the tiny preset into _build/tiny, then the book built."""
     executed = run.run_chapters("tiny")
-    return executed, build.build_book("tiny")
+    return executed, book_html.build_book("tiny")
 
 
 @pytest.mark.book
@@ -264,8 +264,8 @@ def test_the_book_builds_from_the_chapters_that_have_run(tmp_path: Path, capsys)
     nb.cells.insert(0, nbformat.v4.new_markdown_cell("# The first chapter"))
     nbformat.write(nb, executed / first.name)
     with pytest.raises(CompanionError, match="no chapter has run yet for preset 'other'"):
-        build.build_book("other", root=tmp_path)
-    index = build.build_book("tiny", root=tmp_path)
+        book_html.build_book("other", root=tmp_path)
+    index = book_html.build_book("tiny", root=tmp_path)
     html = index.parent
     assert (html / "book" / f"{first.stem}.html").is_file()
     assert "The first chapter" in (html / "book" / f"{first.stem}.html").read_text()

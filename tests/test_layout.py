@@ -128,7 +128,7 @@ def test_the_book_reads_presets_without_the_stages() -> None:
     graph = import_graph()
     light = {"lib.report.results"}
     assert all(floor(d) <= 1 for d in graph["lib.report.results"])
-    for name in ("lib.book.run", "lib.book.chapters", "lib.book.build",
+    for name in ("lib.book.run", "lib.book.chapters", "lib.book.html",
                  "lib.config.presets"):
         assert all(floor(d) <= 1 or d.startswith("lib.book") or d in light
                    for d in graph[name]), name

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lib.book.build import build_book
+from lib.book.html import build_book
 from lib.book.run import one_line, run_chapters
 from lib.errors import CompanionError, exit_status
 from lib.params import add_parameter_option, parse_parameters

@@ -3,7 +3,7 @@
 The chapters are the notebooks ``book/NN_name.ipynb``. Their sources stay free of outputs;
 :func:`run_chapters` executes them with the parameters of a *preset*
 (``params/<preset>.yaml``) and ``-p`` overrides; a chapter that fails or is interrupted never
-replaces its last good executed copy. Building the HTML is :mod:`lib.book.build`, the
+replaces its last good executed copy. Building the HTML is :mod:`lib.book.html`, the
 command line :mod:`lib.book.__main__`, which chapters run with which parameters
 :mod:`lib.book.chapters`. Stage: the book.
 """

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import lib.clock
 from lib.config.defaults import CHAPTER_PARAMS, defaults, own_names, param_names
 from lib.config.presets import load_preset, preset_label
 from lib.config.sections import (MULTITASK_STARTS, SECTIONS, ModelConfig, Record, Run,
@@ -341,7 +342,8 @@ def build_run(chapter: int, values: Mapping[str, Any], preset: str = "default",
     # The corpus is a fixed data set: its own seed (0), not the training seed.
     corpus = CorpusSpec(**{k: values[k] for k in CORPUS_FIELDS})
     return Run(chapter=chapter, preset=preset, record=record or Record(), corpus=corpus,
-               **{k: values[k] for k in RUN_FIELDS}, **sections, source=dict(source or {}))
+               **{k: values[k] for k in RUN_FIELDS}, **sections, source=dict(source or {}),
+               clock=lib.clock.CLOCK)  # the kernel's clock, read when the run is made
 
 
 def resolve(chapter: int, namespace: Mapping[str, Any] | None = None, *,

@@ -231,9 +231,26 @@ class Run:
     # Where the values came from (preset, changes, inherited values): provenance, never
     # part of a cache key (keys are built from the sections above).
     source: dict[str, Any] = field(default_factory=dict, compare=False)
+    # not a parameter: where the chapter's time goes (lib.clock.Clock: the kernel's own,
+    # which the stages' @stage decorators charge); the record reads its stage times from it
+    clock: Any = field(default=None, compare=False, repr=False,
+                       metadata={"provenance": False})
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+    def provenance(self) -> dict[str, Any]:
+        """The run's provenance, stamped once on its record: its values, the commit, the
+        package versions and the machine (:func:`lib.fileio.provenance`)."""
+        from lib.fileio import provenance
+
+        return provenance(self)
+
+    def time(self) -> dict[str, Any]:
+        """Where the chapter's time went so far (:meth:`lib.clock.Clock.summary`)."""
+        from lib.clock import CLOCK
+
+        return (self.clock or CLOCK).summary()
 
     @property
     def quick(self) -> bool:

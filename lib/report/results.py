@@ -165,7 +165,7 @@ def recorded_line(path: Path | None, run: Any = None) -> str:
     where its time went so far (the terminal showed the progress, the page keeps this)."""
     from lib.clock import duration
 
-    t = summary()
+    t = _time(run)
     stages = ", ".join(f"{k} {100 * v / max(t['wall_s'], 1e-9):.0f} %"
                        for k, v in list(t["stages"].items())[:4])
     where = f"; this chapter's run so far: {duration(t['wall_s'])} ({stages})"
@@ -221,6 +221,12 @@ def read_record(path: Path) -> dict[str, Any]:
         raise CompanionError(f"{path} is not valid JSON ({err}): restore it from git or run "
                              "`make book` again") from None
     return check_record(rec, str(path))
+
+
+def _time(run: Any) -> dict[str, Any]:
+    """Where the run's chapter's time went so far: its clock's summary
+    (:meth:`lib.config.sections.Run.time`), or the process's for a run without one."""
+    return run.time() if hasattr(run, "time") else summary()
 
 
 def record_path(run: Any) -> Path:
@@ -298,11 +304,12 @@ def record_headline(run: Any, figures: dict[str, Any], quick_run: bool = False
         return None
     path = record_path(run)
     rec = {"chapter": f"ch{run.chapter:02d}", "preset": run.preset,
-           **_undefined_as_null(figures), "time": summary()}
+           **_undefined_as_null(figures), "time": _time(run)}
     if run.record.kind == "run":
         rec["run_id"] = run.record.name
     else:
         rec["trial"] = run.record.name
     rec["digest"] = figures_digest(rec)
-    save_json(path, {**rec, "provenance": provenance(run)})
+    save_json(path, {**rec, "provenance": run.provenance() if hasattr(run, "provenance")
+                     else provenance(run)})
     return path if rec.get("trial") else path.parent.parent / path.name
