@@ -42,7 +42,7 @@ def test_a_block_is_rendered_from_its_json(tmp_path):
     assert out.startswith("intro\n<!-- results: demo/ch01 -->\n") and out.endswith(
         "<!-- end results -->\nend\n")
     # Percentages with one decimal, intervals in brackets, as written by hand here:
-    assert "| smollm2-135m | real | 10 | 23.4 [10.0, 40.0] | 5.1 [0.0, 9.0] | " \
+    assert "| smollm2-135m | real (10) | 23.4 [10.0, 40.0] | 5.1 [0.0, 9.0] | " \
            "50.0 [30.0, 70.0] | 13.0 [5.0, 20.0] |" in out
     assert "9.8 min of training (2.5 min CTC warm start + 7.2 min for 400 LLM steps" in out
     assert "gap 3.46 nats/token" in out and "commit abcdef0" in out and "2 CPU cores" in out
@@ -222,3 +222,26 @@ def test_a_benchmark_block_is_rendered_from_its_own_output(tmp_path):
                        "bench-prune`") as err:
         render("<!-- results: bench/prune -->\n<!-- end results -->", tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_chapter_4_block_fits_five_columns_with_the_rest_in_notes(tmp_path):
+    """The healing table as written by hand from a record: WER pruned -> healed with its
+    interval and the recovery; the cut and what each variant trained in the notes."""
+    rec = {"chapter": "ch04", "preset": "demo",
+           "decoders": {"d": {"cut": {"n_removed": 6, "n_layers": 30},
+                              "variants": {"both": {"trainable": 3_618_368, "wall_time_s": 49.35,
+                                                    "tests": {"real": {
+                                                        "wer_before": 0.9, "wer_after": 0.6,
+                                                        "wer_after_ci95": [0.5, 0.7],
+                                                        "recovery": 0.75}}}}}},
+           "settings": {"heal_steps": 50, "heal_batch_size": 8, "heal_learning_rate": 0.0005,
+                        "heal_lora_rank": 64},
+           "provenance": {"date": "2026-12-04T05:00:00", "git_hash": "abcdef0123",
+                          "device": {"cpu_count": 2}, "versions": {"torch": "2.13.0+cpu"}}}
+    rec["digest"] = figures_digest(rec)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "ch04.json").write_text(json.dumps(rec))
+    out = render("<!-- results: demo/ch04 -->\n<!-- end results -->", tmp_path)
+    assert "| d | both | real | 90.0 -> 60.0 [50.0, 70.0] | 0.75 |" in out
+    assert "- d: 6 of 30 layers removed; trained (M parameters, minutes): both 3.62, 0.8" in out
+    assert "50 steps of 8 utterances" in out

@@ -90,14 +90,13 @@ def _provenance(rec: dict[str, Any]) -> str:
 def render_ch01(rec: dict[str, Any]) -> str:
     """Chapter 1: WER with 95 % intervals per decoder and test set (greedy, and with joint
     CTC / attention decoding when the run has it), and the baselines."""
-    rows = ["| decoder | test set | utterances | SpeechLLM WER % [95 % CI] | SpeechLLM + CTC "
-            "rescoring | CTC head alone | Whisper-base (own decoder) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| decoder | test set (utterances) | SpeechLLM | + CTC rescoring | CTC head alone "
+            "| Whisper-base |", "|---|---|---|---|---|---|"]
     notes = []
     for dec, d in rec["decoders"].items():
         for test, t in d["test_sets"].items():
             base = t.get("baselines", {})
-            rows.append(f"| {dec} | {test} | {t['n_utterances']} | {_wer(t)} | "
+            rows.append(f"| {dec} | {test} ({t['n_utterances']}) | {_wer(t)} | "
                         f"{_wer(t.get('ctc_rescored'))} | "
                         f"{_wer(base.get('ctc_head'))} | {_wer(base.get('whisper'))} |")
         tr = d.get("training", {})
@@ -235,9 +234,8 @@ def _wer_pair(v: dict[str, Any]) -> str:
 def render_ch04(rec: dict[str, Any]) -> str:
     """Chapter 4: per decoder and healing variant, WER before and after healing on each
     test set's curve subset and the recovery; the reloaded model and what pruning bought."""
-    rows = ["| decoder | layers removed | variant | test set | WER pruned (%) | WER healed (%) "
-            "[95 % CI] | recovery | trainable (M) | minutes |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| decoder | variant | test set | WER pruned -> healed (%) [95 % CI] | recovery |",
+            "|---|---|---|---|---|"]
     notes = []
     for dec, d in rec["decoders"].items():
         for v, r in d["variants"].items():
@@ -245,10 +243,13 @@ def render_ch04(rec: dict[str, Any]) -> str:
                 lo, hi = x["wer_after_ci95"]
                 rc = x.get("recovery")
                 rows.append(
-                    f"| {dec} | {d['cut']['n_removed']} of {d['cut']['n_layers']} | {v} | {t} | "
-                    f"{100 * x['wer_before']:.1f} | {100 * x['wer_after']:.1f} [{100 * lo:.1f}, "
-                    f"{100 * hi:.1f}] | {'–' if rc is None else f'{rc:.2f}'} | "
-                    f"{r['trainable'] / 1e6:.2f} | {r['wall_time_s'] / 60:.1f} |")
+                    f"| {dec} | {v} | {t} | {100 * x['wer_before']:.1f} -> "
+                    f"{100 * x['wer_after']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
+                    f"{'–' if rc is None else f'{rc:.2f}'} |")
+        notes.append(f"{dec}: {d['cut']['n_removed']} of {d['cut']['n_layers']} layers "
+                     "removed; trained (M parameters, minutes): " + ", ".join(
+                         f"{v} {r['trainable'] / 1e6:.2f}, {r['wall_time_s'] / 60:.1f}"
+                         for v, r in d["variants"].items()))
         e = d.get("export", {})
         c = e.get("cost")
         if c:
