@@ -6,7 +6,8 @@ against it: the typed config sections (:mod:`lib.config.sections`) take their de
 these classes; a preset in ``params/`` holds only the values that differ from them, each
 with its reason (:mod:`lib.config.presets`); a chapter's ``parameters`` cell lists the
 chapter's own fields (:func:`own_names`) with these values, and :mod:`lib.config.resolve`
-resolves them with the preset once (``tests/test_config_defaults.py`` keeps cells, presets and classes in step).
+resolves them with the preset once (``tests/test_config_defaults.py`` keeps cells, presets
+and classes in step).
 
 Imports nothing of the library. Stage: all (configuration). Explained in chapter 1
 (book/01_building_a_speechllm.ipynb).

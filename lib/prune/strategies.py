@@ -7,7 +7,8 @@ Each strategy maps a cut size ``n`` (layers removed) to a sorted list of layer i
 - ``block-influence`` (ShortGPT): the ``n`` layers of lowest ``BI_l = 1 - cos(h_l, h_l+1)``,
   not necessarily contiguous;
 - ``gromov`` (Gromov et al.'s heuristic): the deepest block that stops before the last layer,
-  ``[L-1-n, L-1)``;
+  ``[L-1-n, L-1)``: the simple rule "remove the last n layers before the final one" that,
+  healed, beats metric-chosen blocks in "Reassessing Layer Pruning" (ICLR 2026);
 - ``sleb`` (SLEB, Song et al. 2024): remove the one layer whose removal raises the dev loss
   least, then repeat on the pruned model;
 - ``random``: a seeded random contiguous block (the floor any score must beat);

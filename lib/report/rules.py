@@ -38,9 +38,9 @@ def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
 
 def paired_verdict(d: dict[str, Any]) -> str:
     """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"`` for a paired
-    difference (:func:`lib.evaluate.metrics.paired_difference`, ``a`` minus ``b``): ``a`` beats ``b``
-    when the 95 % interval of the difference lies wholly below zero. The rule for two
-    systems on the same utterances (chapter 1's rescored against greedy)."""
+    difference (:func:`lib.evaluate.metrics.paired_difference`, ``a`` minus ``b``): ``a``
+    beats ``b`` when the 95 % interval of the difference lies wholly below zero. The rule
+    for two systems on the same utterances (chapter 1's rescored against greedy)."""
     return _sign_verdict(*d["difference_ci95"])
 
 

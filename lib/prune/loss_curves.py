@@ -1,0 +1,174 @@
+"""What a cut costs, measured on every utterance: the teacher-forced loss of the pruned model
+against the full one and against the model hearing nothing useful.
+
+A WER curve of a pruned SpeechLLM is dominated by insertion loops (a decoder that repeats
+itself scores above 100 %), so its points follow noise. The loss of the reference
+transcript, teacher-forced, costs one forward pass per utterance and degrades smoothly.
+:class:`LossMeter` builds the batches of a test set once and gives every utterance's summed
+target-token loss (:class:`UtteranceLosses`) for the decoder as it is at the call (a cut
+applied with :func:`lib.prune.surgery.skip_layers`). :func:`loss_point` turns the full
+model's, a cut's and the floor's losses (the same utterances, each heard with another
+utterance's audio) into the paired difference and the normalised cost
+
+    (L_cut - L_full) / (L_floor - L_full)
+
+(0: nothing lost; 1: as bad as hearing nothing useful), each with a bootstrap interval over
+utterances, all three resampled together. :func:`loss_rule` is the pruning rule stated on
+that curve: the largest cut whose normalised cost stays within a threshold, with the
+interval of the chosen cut from the same resamples. Every bootstrap reuses the per-utterance
+sums: no extra forward pass. Stage: prune. Explained in chapter 3 (book/03_pruning.ipynb).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from lib.build.components import eval_mode, find_decoder_layers
+from lib.errors import CompanionError
+from lib.prune.surgery import check_layers, skip_layers
+
+if TYPE_CHECKING:
+    from lib.build.speechllm import SpeechLLM
+    from lib.data.features import FeatureSet
+
+MIN_UTTERANCES = 5
+"""Fewer utterances than this give no bootstrap worth showing: a loss curve refuses them."""
+
+
+@dataclass(frozen=True)
+class UtteranceLosses:
+    """Per utterance of one test set: the summed target-token loss (nats) and the number of
+    target tokens, in the test set's order."""
+
+    sums: np.ndarray
+    tokens: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        """The mean loss per target token over the whole set (a ratio of sums)."""
+        return float(self.sums.sum() / self.tokens.sum())
+
+    def resampled(self, idx: np.ndarray) -> np.ndarray:
+        """The mean per token of each resample (rows of utterance indices)."""
+        return self.sums[idx].sum(1) / self.tokens[idx].sum(1)
+
+
+class LossMeter:
+    """Every utterance's teacher-forced loss on ``data``, for the decoder as it is when
+    called; the batches are built once."""
+
+    def __init__(self, model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
+                 precision: str = "fp32") -> None:
+        if data is None or len(data) < MIN_UTTERANCES:
+            raise CompanionError(f"a loss curve needs at least {MIN_UTTERANCES} utterances for "
+                                 f"its bootstrap, got {0 if data is None else len(data)}: "
+                                 "score a larger test set")
+        if batch_size < 1:
+            raise CompanionError(f"batch_size={batch_size}: use a positive integer")
+        self.model, self.precision = model, precision
+        self.batches = [data.batch(list(range(s, min(s + batch_size, len(data)))),
+                                   target=model.task.target)
+                        for s in range(0, len(data), batch_size)]
+        self.tokens = np.array([len(model.target_ids(t)) for _, _, texts in self.batches
+                                for t in texts], dtype=float)
+
+    @torch.no_grad()
+    def __call__(self) -> UtteranceLosses:
+        amp = torch.autocast(self.model.device.type, dtype=torch.bfloat16,
+                             enabled=self.precision == "bf16")
+        sums = []
+        with eval_mode(self.model), amp:
+            for feats, lengths, texts in self.batches:
+                sums.append(self.model.loss(feats, lengths, texts, reduction="sequence")
+                            .float().cpu().numpy())
+        return UtteranceLosses(np.concatenate(sums).astype(float), self.tokens)
+
+    def without(self, layers: Sequence[int]) -> UtteranceLosses:
+        """The losses with decoder ``layers`` removed (restored afterwards).
+
+        Raises:
+            CompanionError: a cut of no layer or of every layer, or not layer indices
+                (:func:`lib.prune.surgery.check_layers`).
+        """
+        layers = check_layers(list(layers), len(find_decoder_layers(self.model.decoder)))
+        with skip_layers(self.model.decoder, layers):
+            return self()
+
+
+def _draws(n: int, draws: int, seed: int) -> np.ndarray:
+    if draws < 100:
+        raise CompanionError(f"draws={draws}: use at least 100 bootstrap resamples")
+    return np.random.default_rng(seed).integers(0, n, size=(draws, n))
+
+
+def _check_same(*sets: UtteranceLosses) -> int:
+    n = len(sets[0].sums)
+    if any(len(s.sums) != n or not np.array_equal(s.tokens, sets[0].tokens) for s in sets):
+        raise CompanionError("the losses compared are not of the same utterances: measure them "
+                             "with one LossMeter")
+    return n
+
+
+def _ci(x: np.ndarray) -> list[float]:
+    lo, hi = np.nanpercentile(x, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def normalised_cost(full: float, cut: Any, floor: float | Any) -> Any:
+    """``(L_cut - L_full) / (L_floor - L_full)``; NaN where the floor is not above the full
+    model (the model does not hear the audio: there is no range to lose)."""
+    gap = np.asarray(floor, dtype=float) - full
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gap > 0, (np.asarray(cut, dtype=float) - full) / gap, np.nan)
+
+
+def loss_point(full: UtteranceLosses, cut: UtteranceLosses, floor: UtteranceLosses,
+               draws: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """One point of a loss curve: the cut's mean loss per token, its paired difference to
+    the full model and its normalised cost, each with a 95 % bootstrap interval (the three
+    sets resampled together, utterance by utterance)."""
+    n = _check_same(full, cut, floor)
+    idx = _draws(n, draws, seed)
+    f, c, fl = full.resampled(idx), cut.resampled(idx), floor.resampled(idx)
+    return {"loss": cut.mean, "delta": cut.mean - full.mean, "delta_ci95": _ci(c - f),
+            "normalised": float(normalised_cost(full.mean, cut.mean, floor.mean)),
+            "normalised_ci95": _ci(normalised_cost(0.0, c - f, fl - f)),
+            "n_utterances": n}
+
+
+def loss_rule(full: UtteranceLosses, floor: UtteranceLosses,
+              cuts: Mapping[int, UtteranceLosses], threshold: float, draws: int = 1000,
+              seed: int = 0) -> dict[str, Any]:
+    """The largest cut (layers removed) whose normalised cost is within ``threshold``, as
+    measured and on each bootstrap resample of the utterances (every cut judged on its own,
+    as the paper's rule is stated; none within it: 0).
+
+    Returns:
+        ``n_removed``, its ``n_removed_ci95`` (percentiles of the resamples' choices),
+        ``threshold`` and ``floor_gap`` (L_floor - L_full, nats per token).
+
+    Raises:
+        CompanionError: a threshold outside (0, 1), no cut, or losses of other utterances.
+    """
+    if not 0 < float(threshold) < 1:
+        raise CompanionError(f"threshold {threshold!r}: use a share of the range in (0, 1), "
+                             "e.g. 0.1")
+    if not cuts:
+        raise CompanionError("no cut to judge: measure at least one")
+    sizes = sorted(cuts)
+    n = _check_same(full, floor, *(cuts[k] for k in sizes))
+    idx = _draws(n, draws, seed)
+    f, fl = full.resampled(idx), floor.resampled(idx)
+    cost = np.stack([normalised_cost(0.0, cuts[k].resampled(idx) - f, fl - f) for k in sizes])
+    ok = np.where(np.nan_to_num(cost, nan=np.inf) <= threshold + 1e-12,
+                  np.array(sizes)[:, None], 0)
+    point = [k for k in sizes if normalised_cost(full.mean, cuts[k].mean, floor.mean)
+             <= threshold + 1e-12]
+    lo, hi = np.percentile(ok.max(0), [2.5, 97.5])
+    return {"n_removed": max(point, default=0), "n_removed_ci95": [int(lo), int(hi)],
+            "threshold": float(threshold), "floor_gap": floor.mean - full.mean}

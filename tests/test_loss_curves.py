@@ -1,0 +1,116 @@
+"""Loss curves: every utterance's teacher-forced loss, with and without a cut, against a
+slow per-utterance loop and a physically pruned copy; the normalised cost and the rule on
+constructed losses, written by hand."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from lib.build.speechllm import build_speechllm
+from lib.config.sections import ModelConfig
+from lib.errors import CompanionError
+from lib.prune.loss_curves import LossMeter, UtteranceLosses, loss_point, loss_rule
+from lib.prune.surgery import remove_layers
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
+                                       projector_stack=1, projector_hidden=32, lora_rank=4,
+                                       lora_alpha=8), seed=3).eval()
+
+
+def _one_by_one(model, data) -> np.ndarray:
+    """The reference: each utterance alone, its summed loss."""
+    out = []
+    with torch.no_grad():
+        for i in range(len(data)):
+            feats, lengths, texts = data.batch([i], target=model.task.target)
+            out.append(float(model.loss(feats, lengths, texts, reduction="sum")))
+    return np.array(out)
+
+
+def test_every_utterances_loss_matches_a_slow_loop(model, random_features):
+    data = random_features(7, dim=64, seed=1)
+    got = LossMeter(model, data, batch_size=3)()
+    np.testing.assert_allclose(got.sums, _one_by_one(model, data), rtol=1e-4, atol=1e-4)
+    tokens = [len(model.target_ids(u.text)) for u in data.utterances]
+    assert got.tokens.tolist() == tokens
+    assert got.mean == pytest.approx(got.sums.sum() / sum(tokens))
+
+
+def test_a_cut_measures_what_a_physically_pruned_copy_scores(model, random_features):
+    data = random_features(6, dim=64, seed=2)
+    meter = LossMeter(model, data, batch_size=4)
+    before = meter()
+    cut = meter.without([1])
+    pruned = copy.deepcopy(model)
+    remove_layers(pruned.decoder, [1])
+    np.testing.assert_allclose(cut.sums, _one_by_one(pruned, data), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(meter().sums, before.sums)  # the model is restored
+
+
+def _losses(per_token: list[float], tokens: list[int]) -> UtteranceLosses:
+    t = np.array(tokens, dtype=float)
+    return UtteranceLosses(np.array(per_token) * t, t)
+
+
+TOKENS = [4, 6, 5, 3, 7, 5, 4, 6]
+
+
+def test_the_normalised_cost_by_hand():
+    """Full 1.0 nat/token, floor 3.0, a cut at 1.5 everywhere: cost (1.5-1)/(3-1) = 0.25;
+    the cut equal to the full model costs 0 with a zero-width interval."""
+    full = _losses([1.0] * 8, TOKENS)
+    floor = _losses([3.0] * 8, TOKENS)
+    p = loss_point(full, _losses([1.5] * 8, TOKENS), floor)
+    assert p["normalised"] == pytest.approx(0.25) and p["delta"] == pytest.approx(0.5)
+    assert p["normalised_ci95"] == pytest.approx([0.25, 0.25])
+    same = loss_point(full, full, floor)
+    assert same["delta"] == 0 and same["delta_ci95"] == [0.0, 0.0] and same["normalised"] == 0
+
+
+def test_the_interval_covers_the_point_and_widens_with_spread():
+    rng = np.random.default_rng(0)
+    full = _losses(list(1 + 0.1 * rng.random(8)), TOKENS)
+    floor = _losses(list(3 + 0.1 * rng.random(8)), TOKENS)
+    calm = loss_point(full, _losses(list(full.sums / full.tokens + 0.4), TOKENS), floor)
+    noisy = loss_point(full, _losses(list(full.sums / full.tokens + [0, 0, 0, 0, 0, 0, 0, 3.2]),
+                                     TOKENS), floor)
+    lo, hi = calm["normalised_ci95"]
+    assert lo <= calm["normalised"] <= hi
+    assert noisy["normalised_ci95"][1] - noisy["normalised_ci95"][0] > hi - lo
+
+
+def test_the_rule_takes_the_largest_cut_within_the_threshold_and_can_say_no():
+    """Costs 0.02, 0.05, 0.30 at 1, 2, 3 layers: within 0.1 the rule keeps 2 layers; if
+    every cut costs more than the threshold it removes none."""
+    full, floor = _losses([1.0] * 8, TOKENS), _losses([3.0] * 8, TOKENS)
+    cuts = {1: _losses([1.04] * 8, TOKENS), 2: _losses([1.1] * 8, TOKENS),
+            3: _losses([1.6] * 8, TOKENS)}
+    r = loss_rule(full, floor, cuts, threshold=0.1)
+    assert r["n_removed"] == 2 and r["n_removed_ci95"] == [2, 2]
+    assert r["floor_gap"] == pytest.approx(2.0)
+    none = loss_rule(full, floor, {1: _losses([1.5] * 8, TOKENS)}, threshold=0.1)
+    assert none["n_removed"] == 0 and none["n_removed_ci95"] == [0, 0]
+    deaf = loss_rule(full, full, cuts, threshold=0.1)  # no gap to the floor: no cut passes
+    assert deaf["n_removed"] == 0
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m, d: LossMeter(m, d.subset(3)), "at least 5 utterances"),
+    (lambda m, d: LossMeter(m, d).without([0, 1, 2, 3]), "every layer|nothing would be left|all"),
+    (lambda m, d: LossMeter(m, d).without([]), "empty|at least one"),
+    (lambda m, d: loss_rule(*[_losses([1.0] * 8, TOKENS)] * 2, {1: _losses([1.0] * 8, TOKENS)},
+                            threshold=1.5), "threshold 1.5"),
+    (lambda m, d: loss_point(_losses([1.0] * 8, TOKENS), _losses([1.0] * 7, TOKENS[:7]),
+                             _losses([1.0] * 8, TOKENS)), "not of the same utterances"),
+])
+def test_bad_input_is_one_line(model, random_features, call, match):
+    with pytest.raises(CompanionError, match=match) as err:
+        call(model, random_features(6, dim=64))
+    assert "\n" not in str(err.value)
