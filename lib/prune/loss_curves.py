@@ -100,7 +100,8 @@ class LossMeter:
             return self()
 
 
-def _draws(n: int, draws: int, seed: int) -> np.ndarray:
+def resample_rows(n: int, draws: int, seed: int) -> np.ndarray:
+    """``draws`` rows of ``n`` utterance indices drawn with replacement (seeded)."""
     if draws < 100:
         raise CompanionError(f"draws={draws}: use at least 100 bootstrap resamples")
     return np.random.default_rng(seed).integers(0, n, size=(draws, n))
@@ -114,7 +115,8 @@ def _check_same(*sets: UtteranceLosses) -> int:
     return n
 
 
-def _ci(x: np.ndarray) -> list[float]:
+def interval95(x: np.ndarray) -> list[float]:
+    """The 2.5 and 97.5 percentiles (undefined resamples left out)."""
     lo, hi = np.nanpercentile(x, [2.5, 97.5])
     return [float(lo), float(hi)]
 
@@ -133,11 +135,11 @@ def loss_point(full: UtteranceLosses, cut: UtteranceLosses, floor: UtteranceLoss
     the full model and its normalised cost, each with a 95 % bootstrap interval (the three
     sets resampled together, utterance by utterance)."""
     n = _check_same(full, cut, floor)
-    idx = _draws(n, draws, seed)
+    idx = resample_rows(n, draws, seed)
     f, c, fl = full.resampled(idx), cut.resampled(idx), floor.resampled(idx)
-    return {"loss": cut.mean, "delta": cut.mean - full.mean, "delta_ci95": _ci(c - f),
+    return {"loss": cut.mean, "delta": cut.mean - full.mean, "delta_ci95": interval95(c - f),
             "normalised": float(normalised_cost(full.mean, cut.mean, floor.mean)),
-            "normalised_ci95": _ci(normalised_cost(0.0, c - f, fl - f)),
+            "normalised_ci95": interval95(normalised_cost(0.0, c - f, fl - f)),
             "n_utterances": n}
 
 
@@ -162,7 +164,7 @@ def loss_rule(full: UtteranceLosses, floor: UtteranceLosses,
         raise CompanionError("no cut to judge: measure at least one")
     sizes = sorted(cuts)
     n = _check_same(full, floor, *(cuts[k] for k in sizes))
-    idx = _draws(n, draws, seed)
+    idx = resample_rows(n, draws, seed)
     f, fl = full.resampled(idx), floor.resampled(idx)
     cost = np.stack([normalised_cost(0.0, cuts[k].resampled(idx) - f, fl - f) for k in sizes])
     ok = np.where(np.nan_to_num(cost, nan=np.inf) <= threshold + 1e-12,
