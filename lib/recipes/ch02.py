@@ -54,7 +54,7 @@ def gguf_decoders(names: Any) -> list[str]:
 
 
 def settings(cfg: Run) -> str:
-    """The line under the chapter's config: what this run does, in its own numbers."""
+    """The line under the chapter's resolved values: what this run does, in its own numbers."""
     sc = cfg.score
     return settings_line(cfg, f"{sc.n_score_utterances} utterances scored, ablation "
                               f"n={sc.ablation_block}",

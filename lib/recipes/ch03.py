@@ -44,7 +44,7 @@ def _wer_ci(s: dict[str, Any]) -> str:
 
 
 def settings(cfg: Run) -> str:
-    """The line under the chapter's config: what this run does, in its own numbers."""
+    """The line under the chapter's resolved values: what this run does, in its own numbers."""
     pc = cfg.prune
     return settings_line(cfg, f"strategies: {', '.join(pc.strategies)}",
                          f"fractions {list(pc.fractions)}",

@@ -41,7 +41,7 @@ def _wer_ci(s: dict[str, Any]) -> str:
 
 
 def settings(cfg: Run) -> str:
-    """The line under the chapter's config: what this run does, in its own numbers."""
+    """The line under the chapter's resolved values: what this run does, in its own numbers."""
     hc, ht = cfg.heal, schedule(cfg.heal, cfg.train)
     fractions = ", ".join(f"{f:.0%}" for f in hc.curve_fractions)
     return settings_line(cfg, f"healing: {', '.join(hc.variants)} at {hc.fraction:.0%} of the "

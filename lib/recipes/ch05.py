@@ -42,11 +42,11 @@ def _ci(pair: Any, scale: float = 1.0) -> str:
 
 
 def settings(cfg: Run) -> str:
-    """The line under the chapter's config: what this run does, in its own numbers."""
+    """The line under the chapter's resolved values: what this run does, in its own numbers."""
     mt_ = cfg.multitask
     return settings_line(cfg, f"tasks: {', '.join(mt_.tasks)}",
-                         f"{mt_.n_parallel_train} training and {mt_.n_parallel_test} test verse pairs",
-                         f"{mt_.steps} steps on the mix")
+                         f"{mt_.n_parallel_train} training and {mt_.n_parallel_test} test "
+                         "verse pairs", f"{mt_.steps} steps on the mix")
 
 
 # ------------------------------------------------------------------ 5.1 tasks and corpus

@@ -42,6 +42,6 @@ class Section:
 
 
 def settings_line(cfg: Any, *parts: str) -> str:
-    """The line a chapter prints under its config: its decoders, then what this run does
+    """The line a chapter prints under its resolved values: its decoders, then what this run does
     (``parts``, in the run's own numbers)."""
     return "; ".join([f"decoders: {', '.join(m.decoder for m in cfg.models)}", *parts])
