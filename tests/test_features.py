@@ -108,3 +108,15 @@ def test_a_clip_too_short_to_encode_is_skipped_in_one_line(tmp_path, monkeypatch
     assert "short.wav" in msg and "0.05 s" in msg and "\n" not in msg
     with pytest.raises(CompanionError, match="shorter than"):
         encoder([rng.normal(0, 0.1, 10).astype(np.float32)])
+
+
+def test_other_audio_keeps_the_targets_and_shifts_the_audio_by_one(random_features):
+    """Utterance i hears utterance i+1's features (the last hears the first's); ids,
+    transcripts and order stay, so losses stay paired with the full model's."""
+    import torch
+
+    fs = random_features(4, dim=8)
+    shifted = fs.other_audio()
+    assert [u.id for u in shifted.utterances] == [u.id for u in fs.utterances]
+    for i in range(4):
+        assert torch.equal(shifted.feats[i], fs.feats[(i + 1) % 4])

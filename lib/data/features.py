@@ -89,6 +89,12 @@ class FeatureSet:
         self._digest = h.hexdigest()[:16]
         return self._digest
 
+    def other_audio(self) -> "FeatureSet":
+        """The same utterances and targets, each with the next one's audio (the last with
+        the first's): the floor a model reaches hearing nothing useful, from the prompt and
+        its language prior alone (chapter 5's no-audio floor, chapter 3's loss floor)."""
+        return FeatureSet(self.utterances, self.feats[1:] + self.feats[:1])
+
     def subset(self, n: int | None) -> "FeatureSet":
         """The first ``n`` utterances (all when ``n`` is None)."""
         if n is None or n >= len(self):

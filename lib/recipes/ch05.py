@@ -154,7 +154,7 @@ def _score_task(cfg: Run, run: ModelRun, ch1_run: ModelRun, name: str,
     task, fs, out = TASKS[name], data.tests[name], run.train.run_dir
     better = task.metric != "wer"
     s = mt.evaluate_task(run.model, fs, out, task, cfg.eval)
-    floor = mt.evaluate_task(run.model, mt.other_audio(fs), out, task, cfg.eval,
+    floor = mt.evaluate_task(run.model, fs.other_audio(), out, task, cfg.eval,
                              label=f"{name}-other-audio")
     rec = {"task": name, "metric": task.metric, "score": s, "floor": floor,
            "vs_floor": paired_task_difference(task, s, floor), "baselines": {}}

@@ -213,13 +213,6 @@ def evaluate_task(model: SpeechLLM, fs: FeatureSet, out: Path, task: Task, ev: E
         return evaluate_asr(model, fs, out, label or task.name, ev)
 
 
-def other_audio(fs: FeatureSet) -> FeatureSet:
-    """The same utterances, each with the next one's audio: the no-audio floor (what the
-    decoder writes from the prompt and its language prior alone)."""
-    feats = fs.feats[1:] + fs.feats[:1]
-    return FeatureSet(fs.utterances, feats)
-
-
 @stage("decoding")
 def cascade(model: SpeechLLM, asr_score: dict[str, Any], out: Path, task: Task,
             fs: FeatureSet, ev: EvalConfig) -> dict[str, Any]:
