@@ -13,7 +13,8 @@ import torch
 from lib.build.speechllm import build_speechllm
 from lib.config.sections import ModelConfig
 from lib.errors import CompanionError
-from lib.prune.loss_curves import LossMeter, UtteranceLosses, loss_point, loss_rule
+from lib.prune.loss_curves import (LossMeter, UtteranceLosses, cut_losses, loss_point,
+                                   loss_rule)
 from lib.prune.surgery import remove_layers
 
 
@@ -52,6 +53,25 @@ def test_a_cut_measures_what_a_physically_pruned_copy_scores(model, random_featu
     remove_layers(pruned.decoder, [1])
     np.testing.assert_allclose(cut.sums, _one_by_one(pruned, data), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(meter().sums, before.sums)  # the model is restored
+
+
+def test_a_cuts_losses_are_kept_and_read_back_not_recomputed(model, random_features,
+                                                            tmp_path, monkeypatch):
+    data = random_features(6, dim=64, seed=6)
+    meter = LossMeter(model, data, batch_size=4)
+    want, full = meter.without([1]), meter()
+    got = cut_losses(meter, [1], tmp_path, "synthetic:test")
+    assert got.sums.tolist() == want.sums.tolist() and got.tokens.tolist() == want.tokens.tolist()
+    assert len(list((tmp_path / "losses").glob("synthetic-test-*.json"))) == 1
+
+    def refuse(*_a, **_k):
+        raise AssertionError("recomputed a kept result")
+
+    monkeypatch.setattr(meter, "without", refuse)
+    again = cut_losses(meter, [1], tmp_path, "synthetic:test")
+    assert again.sums.tolist() == want.sums.tolist()
+    assert cut_losses(meter, [], tmp_path, "synthetic:test").sums.tolist() == full.sums.tolist()
+    assert len(list((tmp_path / "losses").glob("synthetic-test-*.json"))) == 2
 
 
 def _losses(per_token: list[float], tokens: list[int]) -> UtteranceLosses:

@@ -16,19 +16,22 @@ utterance's audio) into the paired difference and the normalised cost
 utterances, all three resampled together. :func:`loss_rule` is the pruning rule stated on
 that curve: the largest cut whose normalised cost stays within a threshold, with the
 interval of the chosen cut from the same resamples. Every bootstrap reuses the per-utterance
-sums: no extra forward pass. Stage: prune. Explained in chapter 3 (book/03_pruning.ipynb).
+sums: no extra forward pass; :func:`cut_losses` keeps them in the model's run folder, so a
+cut is measured once across chapters and runs. Stage: prune. Explained in chapter 3 (book/03_pruning.ipynb).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from lib.build.components import eval_mode, find_decoder_layers
+from lib.cache import cached, file_label
 from lib.errors import CompanionError
 from lib.prune.surgery import check_layers, skip_layers
 
@@ -70,7 +73,8 @@ class LossMeter:
                                  "score a larger test set")
         if batch_size < 1:
             raise CompanionError(f"batch_size={batch_size}: use a positive integer")
-        self.model, self.precision = model, precision
+        self.model, self.precision, self.batch_size = model, precision, batch_size
+        self.digest = data.digest()  # what the cached losses are keyed by (with the cut)
         self.batches = [data.batch(list(range(s, min(s + batch_size, len(data)))),
                                    target=model.task.target)
                         for s in range(0, len(data), batch_size)]
@@ -98,6 +102,26 @@ class LossMeter:
         layers = check_layers(list(layers), len(find_decoder_layers(self.model.decoder)))
         with skip_layers(self.model.decoder, layers):
             return self()
+
+
+def cut_losses(meter: LossMeter, layers: Sequence[int], out_dir: Path, name: str
+               ) -> UtteranceLosses:
+    """Every utterance's loss with ``layers`` removed (none: the full model), computed once
+    and kept in ``<out_dir>/losses/`` (``out_dir``: the model's run folder), keyed by the
+    test set's content, the layers, the precision and the batch size (padding changes bf16
+    sums in their last bits); a later chapter, or a second run, reads it back.
+    """
+    layers = sorted(int(x) for x in layers)
+    keyed = {"data": meter.digest, "layers": layers, "precision": meter.precision,
+             "batch_size": meter.batch_size}
+
+    def compute(_: Path) -> dict[str, Any]:
+        got = meter.without(layers) if layers else meter()
+        return {"sums": got.sums.tolist(), "tokens": got.tokens.tolist()}
+
+    rec = cached(Path(out_dir) / "losses", file_label(name), keyed, compute)
+    return UtteranceLosses(np.array(rec["sums"], dtype=float),
+                           np.array(rec["tokens"], dtype=float))
 
 
 def resample_rows(n: int, draws: int, seed: int) -> np.ndarray:
