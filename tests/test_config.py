@@ -10,7 +10,7 @@ import pytest
 
 from lib.config.defaults import CHAPTER_PARAMS, defaults, own_names, param_names
 from lib.config.presets import load_preset, preset_names
-from lib.config.resolve import field_of, parameters_of, resolve
+from lib.config.resolve import field_of, resolve, resolve_values
 from lib.config.sections import SECTIONS, EvalConfig, Record, TrainConfig, section_fields
 from lib.device import resolve_precision
 from lib.errors import CompanionError
@@ -216,7 +216,7 @@ def test_each_parameter_moves_exactly_its_own_field():
     else, no field twice), and the run reads back every parameter's value."""
     base = resolve(5, preset="tiny")
     before = _fields(base)
-    values = parameters_of(base)
+    values, _ = resolve_values(5, "tiny")
     seen = set()
     for name in param_names(CHAPTER_PARAMS[5]):
         other = _another(name, values[name], base)

@@ -42,7 +42,7 @@ from lib.config.presets import preset_label
 from lib.config.sections import Record
 from lib.report.results import record_headline
 run = SimpleNamespace(chapter={n}, preset=preset_label(preset, Path('..').resolve()),
-                      record=Record.parse(record))
+                      record=Record.parse(record), quick=False, clock=None)
 record_headline(run, {{'x': steps}})"""
 PARAMS = "preset = 'tiny'\nrecord = 'hand'\nsteps = 1"  # the runner sets all three
 KILLED = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"  # the kernel dies outright
@@ -382,7 +382,8 @@ def test_a_figure_the_run_could_not_define_is_written_as_null(tmp_path, monkeypa
     from lib.report.results import publish_run, record_headline
 
     monkeypatch.setenv("COMPANION_RESULTS", str(tmp_path))
-    run = SimpleNamespace(chapter=2, preset="demo", record=Record("run", "run-1"))
+    run = SimpleNamespace(chapter=2, preset="demo", record=Record("run", "run-1"), quick=False,
+                          clock=None)
     comparison = {"spearman_per_n_mean": 0.7, "overlap_mean": 1.0, "verdict": "x",
                   "chance": {"spearman_per_n_mean": 0.0, "overlap_mean": 0.6},
                   "null_share": float("nan"), "spread": [np.float32("nan"), 1.0]}

@@ -214,7 +214,7 @@ def test_a_benchmark_block_is_rendered_from_its_own_output(tmp_path):
     out = render("<!-- results: bench/train -->\n<!-- end results -->", tmp_path)
     assert "| d | 8.00 | 1.000 | 0.800 | 1.25 | 6.50 | 2.00 |" in out
     assert "| d | 300 | 100 | 3.00 |" in out
-    assert "commit abcdef0 on 2026-12-04, 2 cores of AMD EPYC (native bf16)" in out
+    assert "at commit abcdef0 on 2026-12-04, on 2 CPU cores (AMD EPYC, native bf16), no GPU" in out
     never = render("<!-- results: bench/scores -->\n<!-- end results -->", tmp_path)
     assert "not measured on this checkout yet: `make bench-scores` writes it" in never
     (bench / "prune.json").write_text(json.dumps({"offline": [{"decoder": "d"}]}))

@@ -188,7 +188,8 @@ def run_chapters(
         print(f"a trial, not a full run of preset {label}: its figures are recorded under "
               f"results/{label}/trials/{trial}/, the numbers of record stay", flush=True)
     with preset_lock(check_folder(preset_dir(preset, root), create=True)):
-        done = _run_each(notebooks, out, params, overrides, label, values)
+        shown = {nb: _preset_shown(nb, declared[nb], params[nb], values) for nb in notebooks}
+        done = _run_each(notebooks, out, params, overrides, label, shown)
         if run_id:
             publish_run(label, run_id)
         return done
@@ -236,7 +237,7 @@ def preset_lock(folder: Path) -> Iterator[None]:
 
 def _run_each(notebooks: list[Path], out: Path, params: dict[Path, dict[str, Any]],
               overrides: dict | None, preset: str,
-              preset_values: dict[str, Any] | None = None) -> list[Path]:
+              preset_shown: dict[Path, dict[str, Any]] | None = None) -> list[Path]:
     """Execute each chapter in turn (see :func:`run_chapters`); its page shows the values
     it ran with (:func:`lib.book.executed.show_parameters_once`: the ``-p`` values injected
     and, for a chapter that resolves its own values, the preset's values of its own
@@ -255,7 +256,7 @@ def _run_each(notebooks: list[Path], out: Path, params: dict[Path, dict[str, Any
         _execute(nb, running, failed, target, params[nb])
         note = f"preset {preset}" + (f"; -p {', '.join(changed)}" if changed else "")
         try:
-            show_parameters_once(running, note, _preset_shown(nb, params[nb], preset_values))
+            show_parameters_once(running, note, (preset_shown or {}).get(nb))
         except Exception as err:  # cosmetic: the run itself succeeded, keep papermill's copy
             print(f"  note: parameters shown as papermill wrote them ({one_line(err)})")
         running.replace(target)
@@ -265,14 +266,15 @@ def _run_each(notebooks: list[Path], out: Path, params: dict[Path, dict[str, Any
     return done
 
 
-def _preset_shown(nb: Path, injected: dict[str, Any],
-                  preset_values: dict[str, Any] | None) -> dict[str, Any]:
-    """The preset's values of a self-resolving chapter's own parameters that were not
-    injected: shown on its page in their places, never passed to its kernel."""
-    from lib.book.chapters import chapter_number, declared_parameters, resolves_itself
+def _preset_shown(nb: Path, names: list[str], injected: dict[str, Any],
+                  preset_values: dict[str, Any]) -> dict[str, Any]:
+    """The preset's values of a self-resolving chapter's own parameters (its cell declares
+    ``names``) that were not injected: shown on its page in their places, never passed to
+    its kernel."""
+    from lib.book.chapters import chapter_number, resolves_itself
     from lib.config.defaults import own_names
 
-    if not preset_values or not resolves_itself(nb, declared_parameters(nb)):
+    if not resolves_itself(nb, names):
         return {}
     return {k: preset_values[k] for k in own_names(chapter_number(nb))
             if k in preset_values and k not in injected}

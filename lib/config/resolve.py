@@ -377,24 +377,3 @@ def resolve(chapter: int, namespace: Mapping[str, Any] | None = None, *,
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def parameters_of(run: Run) -> dict[str, Any]:
-    """Name -> value of every parameter of ``run``'s chapter, read back from its fields
-    (:func:`field_of`): the inverse of :func:`build_run`, up to resolved precisions."""
-    out: dict[str, Any] = {}
-    for name in param_names(CHAPTER_PARAMS[run.chapter]):
-        where = field_of(name)
-        if where == "models[].decoder":
-            out[name] = tuple(m.decoder for m in run.models)
-            continue
-        obj: Any = run
-        for part in where.replace("models[]", "models").split("."):
-            obj = obj[0] if isinstance(obj, tuple) and part else obj
-            obj = getattr(obj, part)
-        out[name] = obj
-    return out
-
-
-__all__ = ["resolve", "resolve_values", "build_run", "field_of", "parameters_of", "CHECKS",
-           "CHAPTER_SECTIONS"]

@@ -239,19 +239,6 @@ class Run:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
-    def provenance(self) -> dict[str, Any]:
-        """The run's provenance, stamped once on its record: its values, the commit, the
-        package versions and the machine (:func:`lib.fileio.provenance`)."""
-        from lib.fileio import provenance
-
-        return provenance(self)
-
-    def time(self) -> dict[str, Any]:
-        """Where the chapter's time went so far (:meth:`lib.clock.Clock.summary`)."""
-        from lib.clock import CLOCK
-
-        return (self.clock or CLOCK).summary()
-
     @property
     def quick(self) -> bool:
         """A quick run (test sets cut to ``max_test_utterances``): it records nothing."""

@@ -426,8 +426,7 @@ def reliance(cfg: Run, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
                 own_loss_first=rel["loss, own audio"].iloc[0],
                 other_loss_first=rel["loss, other audio"].iloc[0])
     path = record_headline(cfg, headline(runs, wers["whisper"], rel, precision and
-                                            precision["checks"]),
-                           quick_run=bool(wers["table"]["quick run"].any()))
+                                            precision["checks"]))
     return Section(rel, glue, items=[recorded_line(path, cfg)], precision=3)
 
 

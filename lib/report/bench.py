@@ -14,21 +14,10 @@ from typing import Any, Callable
 
 from lib.errors import CompanionError
 from lib.fileio import load_json
+from lib.report.results import measured_at
 
 COMMANDS = {"train": "make bench", "scores": "make bench-scores", "prune": "make bench-prune"}
 """Benchmark name -> the command that measures it (and writes ``results/bench/<name>.json``)."""
-
-
-def measured_on(rec: dict[str, Any]) -> str:
-    """Where and when a benchmark ran, from its provenance."""
-    prov = rec.get("provenance", {})
-    dev = prov.get("device", {})
-    cpu = dev.get("cpu") or "CPU"
-    bf16 = "native bf16" if dev.get("cpu_native_bf16") else "no native bf16"
-    where = dev.get("gpu") or f"{dev.get('cpu_count', '?')} cores of {cpu} ({bf16})"
-    return (f"Measured at commit {(prov.get('git_hash') or 'unknown')[:7]} on "
-            f"{prov.get('date', '?')[:10]}, {where}; torch "
-            f"{prov.get('versions', {}).get('torch', '?')}.")
 
 
 def render_train(rec: dict[str, Any]) -> str:
@@ -102,7 +91,8 @@ def render_bench(name: str, root: Path) -> str:
         return f"(not measured on this checkout yet: `{COMMANDS[name]}` writes it)\n"
     try:
         rec = load_json(path)
-        return RENDERERS[name](rec) + "\n" + measured_on(rec) + "\n"
+        return (RENDERERS[name](rec) + f"\nMeasured {measured_at(rec.get('provenance', {}))}."
+                + "\n")
     except (ValueError, KeyError, TypeError) as err:
         raise CompanionError(f"{path} is not the output of `{COMMANDS[name]}` ({err!r}): run "
                              "it again") from None

@@ -25,7 +25,7 @@ from lib.paths import REPO_ROOT
 from lib.report.rules import (LISTENS_GAP, NULL_SHARE_MAX, P_MAX, WER_TARGETS, compare_wer,
                               memory_verdict, paired_verdict)
 from lib.report.bench import render_bench
-from lib.report.results import check_needs, records, results_root
+from lib.report.results import check_needs, measured_at, records, results_root
 from lib.report.summary import render_summary
 
 BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results -->)", re.S)
@@ -74,17 +74,8 @@ def _wer(rec: dict[str, Any] | None) -> str:
 
 
 def _provenance(rec: dict[str, Any]) -> str:
-    prov = rec.get("provenance", {})
-    commit = (prov.get("git_hash") or "unknown")[:7]
-    dirty = " (uncommitted changes)" if prov.get("git_dirty") else ""
-    dev = prov.get("device", {})
-    cpus, gpu = dev.get("cpu_count"), dev.get("gpu")
-    model = f" ({dev['cpu']}, " + ("native bf16" if dev.get("cpu_native_bf16") else
-                                   "no native bf16: float32") + ")" if dev.get("cpu") else ""
-    where = gpu or f"{cpus} CPU cores{model}, no GPU"
-    return (f"Measured by the book run of preset `{rec.get('preset')}` at commit {commit}"
-            f"{dirty} on {prov.get('date', '?')[:10]}, on {where}; torch "
-            f"{prov.get('versions', {}).get('torch', '?')}.")
+    return (f"Measured by the book run of preset `{rec.get('preset')}` "
+            f"{measured_at(rec.get('provenance', {}))}.")
 
 
 def render_ch01(rec: dict[str, Any]) -> str:

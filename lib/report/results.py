@@ -160,7 +160,7 @@ def _get(rec: Any, path: str) -> Any:
     return node
 
 
-def recorded_line(path: Path | None, run: Any = None) -> str:
+def recorded_line(path: Path | None, run: Any) -> str:
     """The short line a chapter's page shows at its record: where its figures went and
     where its time went so far (the terminal showed the progress, the page keeps this)."""
     from lib.clock import duration
@@ -175,7 +175,7 @@ def recorded_line(path: Path | None, run: Any = None) -> str:
         shown = path.relative_to(results_root().parent)
     except ValueError:
         shown = Path(path.parent.name) / path.name
-    if run is not None and run.record.kind == "run":
+    if run.record.kind == "run":
         return (f"headline figures recorded for {shown}, where they go with every other "
                 "chapter's when the whole run has finished" + where)
     return f"headline figures recorded in {shown}" + where
@@ -223,10 +223,23 @@ def read_record(path: Path) -> dict[str, Any]:
     return check_record(rec, str(path))
 
 
+def measured_at(prov: dict[str, Any]) -> str:
+    """Where and when a record or a benchmark was measured, from its provenance: the
+    commit (and whether it had uncommitted changes), the date, the machine, torch."""
+    commit = (prov.get("git_hash") or "unknown")[:7]
+    dirty = " (uncommitted changes)" if prov.get("git_dirty") else ""
+    dev = prov.get("device", {})
+    model = f" ({dev['cpu']}, " + ("native bf16" if dev.get("cpu_native_bf16") else
+                                   "no native bf16: float32") + ")" if dev.get("cpu") else ""
+    where = dev.get("gpu") or f"{dev.get('cpu_count', '?')} CPU cores{model}, no GPU"
+    return (f"at commit {commit}{dirty} on {prov.get('date', '?')[:10]}, on {where}; torch "
+            f"{prov.get('versions', {}).get('torch', '?')}")
+
+
 def _time(run: Any) -> dict[str, Any]:
     """Where the run's chapter's time went so far: its clock's summary
-    (:meth:`lib.config.sections.Run.time`), or the process's for a run without one."""
-    return run.time() if hasattr(run, "time") else summary()
+    (:class:`lib.config.sections.Run`), or the process's when it carries none."""
+    return run.clock.summary() if run.clock is not None else summary()
 
 
 def record_path(run: Any) -> Path:
@@ -277,8 +290,7 @@ def publish_run(preset: str, run_id: str, root: Path | None = None) -> list[Path
     return sorted(folder.glob("ch[0-9][0-9].json"))
 
 
-def record_headline(run: Any, figures: dict[str, Any], quick_run: bool = False
-                    ) -> Path | None:
+def record_headline(run: Any, figures: dict[str, Any]) -> Path | None:
     """Keep a chapter's headline figures with their provenance and the digest of the figures
     (:func:`lib.fileio.figures_digest`, which the README renderer checks).
 
@@ -300,7 +312,7 @@ def record_headline(run: Any, figures: dict[str, Any], quick_run: bool = False
         Where the record will be read (for a full run, where it goes when the run
         completes), or ``None`` for a quick run (test sets cut short: nothing recorded).
     """
-    if quick_run or getattr(run, "quick", False):
+    if run.quick:
         return None
     path = record_path(run)
     rec = {"chapter": f"ch{run.chapter:02d}", "preset": run.preset,
@@ -310,6 +322,5 @@ def record_headline(run: Any, figures: dict[str, Any], quick_run: bool = False
     else:
         rec["trial"] = run.record.name
     rec["digest"] = figures_digest(rec)
-    save_json(path, {**rec, "provenance": run.provenance() if hasattr(run, "provenance")
-                     else provenance(run)})
+    save_json(path, {**rec, "provenance": provenance(run)})
     return path if rec.get("trial") else path.parent.parent / path.name
