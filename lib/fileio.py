@@ -159,6 +159,11 @@ def save_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return Path(path)
 
 
+def load_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows :func:`save_jsonl` wrote."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 # ------------------------------------------------------------------ verified artefacts
 
 

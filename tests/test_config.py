@@ -72,7 +72,8 @@ def test_config_hash_changes_with_config():
     ({"prune_fractions": []}, "prune_fractions"),
     ({"prune_threshold": 0}, "prune_threshold=0"),
     ({"prune_threshold": 1.5}, "prune_threshold=1.5"),
-    ({"curve_utterances": 0}, "curve_utterances=0"),
+    ({"heal_curve_utterances": 0}, "heal_curve_utterances=0"),
+    ({"prune_loss_threshold": 1}, "prune_loss_threshold=1"),
     ({"heal_variants": ["both", "all"]}, "heal_variants.*unknown 'all'"),
     ({"heal_fraction": 0}, "heal_fraction=0"),
     ({"heal_steps": 0}, "heal_steps=0"),
@@ -105,16 +106,16 @@ def test_defaults_then_preset_then_cell_then_changes():
     holding a default leaves the preset's value."""
     tiny = load_preset("tiny")
     assert tiny["train_steps"] == 6 and "prune_fractions" in tiny
-    run = resolve(3, _namespace(3, prune_threshold=0.1, curve_utterances=7,
-                                overrides={"train_steps": 4, "curve_utterances": 5}))
+    run = resolve(3, _namespace(3, prune_threshold=0.1, calibration_utterances=7,
+                                overrides={"train_steps": 4, "calibration_utterances": 5}))
     assert run.prune.threshold == 0.1  # the cell's edit (tiny leaves it at the default)
-    assert run.prune.curve_utterances == 5  # -p over the cell's 7
+    assert run.prune.calibration_utterances == 5  # -p over the cell's 7
     assert run.train.steps == 4  # -p over tiny's 6
     assert run.train.batch_size == tiny["batch_size"] != defaults(1)["batch_size"]
     assert run.prune.fractions == tuple(tiny["prune_fractions"])  # cell holds the default
     assert run.models[0].decoder == "tiny-llama"
     summary = " ".join(run.summary().split())
-    assert "preset tiny" in summary and "changes train_steps=4, curve_utterances=5" in summary
+    assert "preset tiny" in summary and "changes train_steps=4, calibration_utterances=5" in summary
     assert "own parameters, set by the preset or a change: prune_fractions=" in summary
     assert "set in the parameters cell: prune_threshold=0.1 records:" in summary
     assert f"batch_size={tiny['batch_size']}" in summary.split("inherited defaults")[0]
@@ -135,8 +136,8 @@ def test_bad_namespaces_are_one_line(ns, match):
 
 def test_a_missing_own_parameter_is_named():
     ns = _namespace(3)
-    del ns["curve_utterances"]
-    with pytest.raises(CompanionError, match="missing parameter.*curve_utterances"):
+    del ns["prune_loss_threshold"]
+    with pytest.raises(CompanionError, match="missing parameter.*prune_loss_threshold"):
         resolve(3, ns)
 
 
@@ -159,7 +160,8 @@ SPOT = {"heal_steps": "heal.steps", "heal_batch_size": "heal.batch_size",
         "max_test_utterances": "eval.max_test_utterances",
         "n_score_utterances": "score.n_score_utterances", "score_batch_size": "score.batch_size",
         "chance_draws": "score.chance_draws", "prune_threshold": "prune.threshold",
-        "curve_utterances": "prune.curve_utterances", "heal_lora_rank": "heal.lora_rank",
+        "heal_curve_utterances": "heal.curve_utterances",
+        "prune_loss_threshold": "prune.loss_threshold", "heal_lora_rank": "heal.lora_rank",
         "lora_rank": "models.lora_rank", "cost_rounds": "heal.cost_rounds",
         "multitask_steps": "multitask.steps", "multitask_start": "multitask.start",
         "task_dev_utterances": "multitask.task_dev_utterances", "n_train": "corpus.n_train",

@@ -13,8 +13,9 @@ import torch
 from lib.build.speechllm import build_speechllm
 from lib.config.sections import ModelConfig
 from lib.errors import CompanionError
-from lib.prune.loss_curves import (LossMeter, UtteranceLosses, cut_losses, loss_point,
-                                   loss_rule)
+from lib.prune.loss_curves import (BEATS, LOSES, SAME, UNDECIDED, LossMeter, UtteranceLosses,
+                                   compare_at_cuts, cut_losses, grid_steps, loss_curves,
+                                   loss_point, loss_rule, paired_delta)
 from lib.prune.surgery import remove_layers
 
 
@@ -119,6 +120,59 @@ def test_the_rule_takes_the_largest_cut_within_the_threshold_and_can_say_no():
     assert none["n_removed"] == 0 and none["n_removed_ci95"] == [0, 0]
     deaf = loss_rule(full, full, cuts, threshold=0.1)  # no gap to the floor: no cut passes
     assert deaf["n_removed"] == 0
+
+
+def test_paired_delta_by_hand_and_its_interval_from_the_pairs():
+    """b - a per token: (1.2 - 1.0); every utterance moves by the same 0.2 per token, so
+    the paired interval is that point, however spread the utterances are."""
+    a = _losses([0.5, 1.0, 3.0, 1.5, 0.2, 2.0, 1.0, 0.8], TOKENS)
+    b = _losses([x + 0.2 for x in [0.5, 1.0, 3.0, 1.5, 0.2, 2.0, 1.0, 0.8]], TOKENS)
+    d = paired_delta(a, b, draws=200)
+    assert d["delta"] == pytest.approx(0.2)
+    assert d["delta_ci95"] == pytest.approx([0.2, 0.2])
+
+
+def test_the_comparison_with_a_baseline_can_say_either_way():
+    """A strategy whose cuts cost less than the baseline's on every utterance is lower;
+    one that costs more is higher; a coin flip per utterance holds 0; the same layers
+    are the same layers, whatever their losses."""
+    base = {1: _losses([1.5] * 8, TOKENS), 2: _losses([2.0] * 8, TOKENS)}
+    better = {1: _losses([1.2] * 8, TOKENS), 2: _losses([1.6] * 8, TOKENS)}
+    worse = {1: _losses([1.8] * 8, TOKENS), 2: _losses([2.5] * 8, TOKENS)}
+    coin = {1: _losses([1.0, 2.0] * 4, TOKENS), 2: _losses([1.5, 2.5] * 4, TOKENS)}
+    lb, la = {1: [5], 2: [4, 5]}, {1: [2], 2: [2, 3]}
+    assert [c["verdict"] for c in compare_at_cuts(better, base, la, lb, 200)] == [BEATS] * 2
+    assert [c["verdict"] for c in compare_at_cuts(worse, base, la, lb, 200)] == [LOSES] * 2
+    assert [c["verdict"] for c in compare_at_cuts(coin, base, la, lb, 200)] == [UNDECIDED] * 2
+    same = compare_at_cuts(worse, base, {1: [5], 2: [2, 3]}, lb, 200)
+    assert [c["verdict"] for c in same] == [SAME, LOSES]
+
+
+@pytest.mark.parametrize("sizes,low,high,want", [
+    ([1, 2, 3, 5], 2, 3, 1), ([1, 2, 3, 5], 0, 3, 3), ([1, 2, 3, 5], 3, 3, 0),
+    ([1, 2, 3, 5], 3, 5, 1), ([2, 4], 0, 2, 1)])
+def test_grid_steps_by_hand(sizes, low, high, want):
+    assert grid_steps(sizes, low, high) == want
+
+
+def test_loss_curves_share_a_pass_between_strategies_that_remove_the_same_layers(
+        model, random_features, tmp_path, monkeypatch):
+    data = random_features(6, dim=64, seed=4)
+    meter, calls = LossMeter(model, data, batch_size=4), []
+    real = LossMeter.without
+    monkeypatch.setattr(LossMeter, "without",
+                        lambda self, layers: calls.append(list(layers)) or real(self, layers))
+    full = meter()
+    floor = _losses([full.mean + 5.0] * 6, meter.tokens.tolist())
+    plans = {"a": {1: [1], 2: [1, 2]}, "b": {1: [1], 2: [0, 1]}}
+    points, losses = loss_curves(meter, full, floor, plans, tmp_path, "t", draws=100)
+    assert sorted(calls) == [[0, 1], [1], [1, 2]]  # four points, three passes
+    assert len(points) == 4 and set(points["strategy"]) == {"a", "b"}
+    np.testing.assert_allclose(losses["a"][1].sums, losses["b"][1].sums)
+    row = points[(points["strategy"] == "a") & (points["n_removed"] == 2)].iloc[0]
+    assert row["removed_fraction"] == pytest.approx(2 / 4)
+    assert row["normalised"] == pytest.approx(
+        (losses["a"][2].mean - full.mean) / (floor.mean - full.mean))
 
 
 @pytest.mark.parametrize("call,match", [

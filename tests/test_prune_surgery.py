@@ -687,7 +687,7 @@ def test_pruning_curves_with_a_fake_decoder(speech, tmp_path, monkeypatch):
     texts = ["red green blue sky", "cat dog", "up and down we go now"]  # 4, 2, 6 words
     data = _features(3, texts=texts)
 
-    def fake(model, data, ev=None, desc=""):
+    def fake(model, data, ev=None, desc="", capped=False):
         k = 4 - len(model.decoder_layers)
         out = []
         for u in data.utterances:

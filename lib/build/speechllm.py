@@ -261,12 +261,17 @@ class SpeechLLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
-                 max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
+                 max_new_tokens: int = 64, num_beams: int = 1,
+                 caps: Sequence[int] | None = None) -> list[str]:
         """Batched decoding with the KV cache (transformers ``generate``): greedy, or with
         ``num_beams > 1`` beam search returning every beam's text, ``num_beams`` per
-        utterance in a row (best first)."""
-        return self._generate(self.build_inputs(feats, feat_lengths, None, left_pad=True),
-                              max_new_tokens, num_beams)
+        utterance in a row (best first). ``caps``: greedy, each utterance's text cut to its
+        own number of word pieces (the batch stops at the largest): what a decode of it
+        alone stopped at its cap writes, since greedy decoding is causal."""
+        batch = self.build_inputs(feats, feat_lengths, None, left_pad=True)
+        if caps is None:
+            return self._generate(batch, max_new_tokens, num_beams)
+        return self._generate(batch, min(max_new_tokens, max(caps)), 1, caps)
 
     @torch.no_grad()
     def generate_from_text(self, texts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
@@ -284,7 +289,7 @@ class SpeechLLM(nn.Module):
         return self._generate(batch, max_new_tokens, 1)
 
     def _generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int,
-                  num_beams: int) -> list[str]:
+                  num_beams: int, caps: Sequence[int] | None = None) -> list[str]:
         out = self.decoder.generate(
             inputs_embeds=batch["inputs_embeds"],
             attention_mask=batch["attention_mask"],
@@ -295,6 +300,8 @@ class SpeechLLM(nn.Module):
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
         )
+        if caps is not None:
+            out = [row[:cap] for row, cap in zip(out, caps)]
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     # -- trainable state ------------------------------------------------------------------------

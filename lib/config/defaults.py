@@ -74,14 +74,14 @@ class Chapter2Params(Chapter1Params):
 
 @dataclass(frozen=True)
 class Chapter3Params(Chapter2Params):
-    """Chapter 3: prune chapter 1's models by every strategy; WER against the cut."""
+    """Chapter 3: prune chapter 1's models by every strategy; what each cut costs."""
 
     prune_strategies: tuple[str, ...] = ("angular", "block-influence", "gromov", "sleb",
                                          "random", "oracle")  # lib.prune.strategies.STRATEGIES
     prune_fractions: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3)  # of the layers removed
-    curve_utterances: int = 40  # first N of each test set per curve point (a dev subset)
     calibration_utterances: int = 16  # dev utterances behind sleb's and oracle's losses
-    prune_threshold: float = 0.25  # the paper's rule: relative WER increase allowed
+    prune_loss_threshold: float = 0.1  # the rule on the loss curve: a tenth of the audio's worth
+    prune_threshold: float = 0.25  # the paper's rule (relative WER increase), checked by WER
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class Chapter4Params(Chapter3Params):
                                       "lora-all")  # compared at heal_fraction
     heal_fraction: float = 0.2  # the cut (angular strategy) where variants are compared
     heal_curve_fractions: tuple[float, ...] = (0.1, 0.2, 0.3)  # healed with "both"
+    heal_curve_utterances: int = 40  # first N of each test set decoded per point
     heal_steps: int = 50  # ~1 min per healing on 2 CPU cores (the paper: ~5k on GPUs)
     heal_batch_size: int = 8  # utterances per step
     heal_learning_rate: float = 0.0005  # the paper's peak rate, linear decay

@@ -217,14 +217,17 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "agree_overlap_gain": _SHARE,
     # chapter 3
     "prune_strategies": _names(_strategies), "prune_fractions": _units(closed=False),
-    "curve_utterances": _POS, "calibration_utterances": _POS,
+    "calibration_utterances": _POS,
+    "prune_loss_threshold": _number(lambda v: 0 < v < 1, "use a share of the range between "
+                                    "the full model and the floor in (0, 1), e.g. 0.1"),
     "prune_threshold": _number(lambda v: 0 < v < 1,
                                "use a relative WER increase in (0, 1), e.g. 0.25"),
     # chapter 4
     "heal_variants": _names(_variants),
     "heal_fraction": _number(lambda v: 0 < v < 1,
                              "use a fraction of the layers in (0, 1), e.g. 0.4"),
-    "heal_curve_fractions": _units(closed=False), "heal_steps": _POS,
+    "heal_curve_fractions": _units(closed=False), "heal_curve_utterances": _POS,
+    "heal_steps": _POS,
     "heal_batch_size": _POS, "heal_learning_rate": _POSITIVE, "heal_warmup_steps": _NON_NEG,
     "heal_lora_rank": _POS, "heal_lora_alpha": _POS, "cost_rounds": _POS,
     # chapter 5

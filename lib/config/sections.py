@@ -116,8 +116,8 @@ class PruneConfig:
 
     strategies: tuple[str, ...] = P.prune_strategies
     fractions: tuple[float, ...] = P.prune_fractions
-    curve_utterances: int = P.curve_utterances
     calibration_utterances: int = P.calibration_utterances
+    loss_threshold: float = P.prune_loss_threshold
     threshold: float = P.prune_threshold
 
 
@@ -132,6 +132,7 @@ class HealConfig:
     variants: tuple[str, ...] = P.heal_variants
     fraction: float = P.heal_fraction
     curve_fractions: tuple[float, ...] = P.heal_curve_fractions
+    curve_utterances: int = P.heal_curve_utterances
     steps: int = P.heal_steps
     batch_size: int = P.heal_batch_size
     learning_rate: float = P.heal_learning_rate

@@ -34,6 +34,32 @@ from lib.fileio import save_jsonl
 EVAL_VERSION = 2
 """Bumped when decoding or scoring changes what a cached score holds (part of its key)."""
 
+CAP_TOKENS_PER_SECOND = 8.0
+"""A capped decode (:func:`audio_caps`) writes at most this many word pieces per second of
+audio: read speech runs at up to ~4 words (~6 word pieces) a second, so a transcript longer
+than this is a pruned decoder repeating itself, not speech it heard."""
+
+CAP_SLACK_TOKENS = 4
+"""Added to every cap: a clip of half a second may still carry two words."""
+
+
+def audio_caps(data: FeatureSet, max_new_tokens: int) -> list[int]:
+    """Each utterance's budget of word pieces in a capped decode: its audio's length times
+    :data:`CAP_TOKENS_PER_SECOND` plus :data:`CAP_SLACK_TOKENS`, at most ``max_new_tokens``."""
+    return [min(int(max_new_tokens), int(u.duration * CAP_TOKENS_PER_SECOND) + CAP_SLACK_TOKENS)
+            for u in data.utterances]
+
+
+def cap_text(model: SpeechLLM, text: str, cap: int) -> str:
+    """A transcript already decoded, cut to the first ``cap`` word pieces of its tokenisation:
+    the cap applied afterwards to a decode kept as text (chapter 1's), which costs no new
+    decode. A capped decode itself cuts the decoded ids (:meth:`SpeechLLM.generate`); the
+    two agree wherever the text tokenises back to the ids it came from."""
+    ids = model.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids
+    if len(ids) <= cap:
+        return text
+    return model.tokenizer.decode(ids[:cap], skip_special_tokens=True).strip()
+
 
 @dataclass(frozen=True)
 class Rescoring:
@@ -147,9 +173,12 @@ def choose(candidates: Sequence[Sequence[Candidate]], weight: float) -> list[str
 
 @stage("decoding")
 def transcribe(model: SpeechLLM, data: FeatureSet, ev: EvalConfig = EvalConfig(),
-               desc: str = "decoding", rescore: Rescoring | None = None) -> list[str]:
+               desc: str = "decoding", rescore: Rescoring | None = None,
+               capped: bool = False) -> list[str]:
     """Transcripts of every utterance in ``data`` (in order): greedy, or with ``rescore``
-    the joint CTC / attention decoding of :class:`Rescoring`.
+    the joint CTC / attention decoding of :class:`Rescoring`; ``capped``: greedy with each
+    utterance's length capped by its audio (:func:`audio_caps`; a batch stops at its
+    longest cap, each transcript is cut to its own word pieces).
 
     ``ev`` gives the batch size and ``max_new_tokens`` (its ``max_test_utterances`` is for
     :func:`evaluate_asr`: every utterance of ``data`` is decoded here). Batches are formed
@@ -159,9 +188,13 @@ def transcribe(model: SpeechLLM, data: FeatureSet, ev: EvalConfig = EvalConfig()
     if rescore is not None:
         cands = transcribe_candidates(model, data, rescore.head, rescore.num_beams, ev, desc)
         return choose(cands, rescore.weight)
-    return _batched(model, data, ev.batch_size, desc,
-                    lambda f, n: model.generate(f, n, ev.max_new_tokens),
-                    decode_precision(model, ev))
+    if not capped:
+        return _batched(model, data, ev.batch_size, desc,
+                        lambda f, n, _: model.generate(f, n, ev.max_new_tokens),
+                        decode_precision(model, ev))
+    caps = audio_caps(data, ev.max_new_tokens)
+    return _batched(model, data, ev.batch_size, desc, lambda f, n, idx: model.generate(
+        f, n, ev.max_new_tokens, caps=[caps[i] for i in idx]), decode_precision(model, ev))
 
 
 @stage("decoding")
@@ -170,13 +203,14 @@ def transcribe_candidates(model: SpeechLLM, data: FeatureSet, head: CTCHead, num
                           desc: str = "decoding (beams + CTC)") -> list[list[Candidate]]:
     """:func:`rescore_candidates` of every utterance in ``data`` (in order): one decoding
     pass serves every CTC weight (chapter 1's sweep)."""
-    return _batched(model, data, ev.batch_size, desc, lambda f, n: rescore_candidates(
+    return _batched(model, data, ev.batch_size, desc, lambda f, n, _: rescore_candidates(
         model, f, n, head, num_beams, ev.max_new_tokens), decode_precision(model, ev))
 
 
 def _batched(model: SpeechLLM, data: FeatureSet, batch_size: int, desc: str,
-             step: Callable[[Any, Any], list[Any]], precision: str = "fp32") -> list[Any]:
-    """``step(feats, lengths)`` over longest-first batches (under :func:`autocast` for
+             step: Callable[[Any, Any, list[int]], list[Any]], precision: str = "fp32"
+             ) -> list[Any]:
+    """``step(feats, lengths, indices)`` over longest-first batches (under :func:`autocast` for
     ``precision``), results back in data order."""
     import torch
 
@@ -187,7 +221,7 @@ def _batched(model: SpeechLLM, data: FeatureSet, batch_size: int, desc: str,
                            total=-(-len(order) // batch_size)):
             idx = order[start:start + batch_size]
             feats, lengths, _ = data.batch(idx)
-            for i, item in zip(idx, step(feats, lengths)):
+            for i, item in zip(idx, step(feats, lengths, idx)):
                 out[i] = item
     return out
 

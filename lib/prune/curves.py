@@ -23,7 +23,9 @@ import pandas as pd
 from lib.config.sections import EvalConfig
 from lib.errors import CompanionError
 from lib.evaluate.metrics import score_task
-from lib.evaluate.decode import precision_key, transcribe
+from lib.evaluate.decode import (CAP_SLACK_TOKENS, CAP_TOKENS_PER_SECOND, audio_caps, cap_text,
+                                 evaluate_asr, precision_key, transcribe)
+from lib.fileio import load_jsonl
 from lib.cache import cached, file_label
 from lib.prune.surgery import check_layers, skip_layers
 from lib.prune.rule import threshold_cut
@@ -38,12 +40,13 @@ CURVE_VERSION = 1
 
 def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], out_dir: Path,
                  name: str, ev: EvalConfig = EvalConfig(), n_layers: int | None = None,
-                 reuse: bool = True) -> dict[str, Any]:
+                 reuse: bool = True, capped: bool = False) -> dict[str, Any]:
     """WER of ``model`` on ``data`` with decoder ``layers`` skipped (``[]``: the full model).
 
     Every utterance of ``data`` is decoded (``ev.max_test_utterances`` does not apply: a curve
     point is measured on the subset it is given), ``ev.batch_size`` at a time, at most
-    ``ev.max_new_tokens`` each.
+    ``ev.max_new_tokens`` each; ``capped``: at most what its audio can carry
+    (:func:`lib.evaluate.decode.audio_caps`), so a decoder caught in a loop stops early.
 
     Args:
         out_dir: the folder of the weights being evaluated (a training or healing run);
@@ -52,19 +55,22 @@ def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], 
 
     Returns:
         ``test_set, layers, n_removed, removed_fraction, wer, wer_ci95, utterance_errors,
-        utterance_words, decode_utterances_per_s, hypotheses, provenance``.
+        utterance_words, insertion_rate, decode_utterances_per_s, hypotheses, provenance``.
     """
     big_l = n_layers or len(model.decoder_layers)
     layers = check_layers(layers, big_l) if len(layers) else []
     keyed = {"data": data.digest(), "layers": layers, "max_new_tokens": ev.max_new_tokens,
              "batch_size": ev.batch_size, "prompt": model.prompt, "version": CURVE_VERSION,
              **precision_key(model, ev)}
+    if capped:
+        keyed["cap"] = {"tokens_per_second": CAP_TOKENS_PER_SECOND, "slack": CAP_SLACK_TOKENS}
 
     def decode(_: Path) -> dict[str, Any]:
         skip = skip_layers(model.decoder, layers) if layers else contextlib.nullcontext()
         t0 = time.perf_counter()
         with skip:
-            hyps = transcribe(model, data, ev, desc=f"{name}, {len(layers)} layers removed")
+            hyps = transcribe(model, data, ev, desc=f"{name}, {len(layers)} layers removed",
+                              capped=capped)
         wall = time.perf_counter() - t0
         refs = model.task.targets(data.utterances)
         score = score_task(model.task, refs, hyps)
@@ -74,7 +80,7 @@ def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], 
             "wer": score["wer"], "wer_ci95": score["wer_ci95"],
             "utterance_errors": score["utterance_errors"],
             "utterance_words": score["utterance_words"],
-            "n_utterances": len(data),
+            "insertion_rate": insertion_rate(score), "n_utterances": len(data),
             "decode_utterances_per_s": round(len(data) / max(wall, 1e-9), 3),
             "hypotheses": [{"id": u.id, "ref": r, "hyp": h}
                            for u, r, h in zip(data.utterances, refs, hyps)]}
@@ -82,6 +88,42 @@ def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], 
     # a curve has many points: a reused one is counted, not said
     return cached(Path(out_dir) / "cuts", file_label(name), keyed, decode,
                   reuse=reuse)
+
+
+def insertion_rate(score: dict[str, Any]) -> float | None:
+    """Inserted words per reference word (a decoder repeating itself inserts; None for a
+    metric without word counts, BLEU)."""
+    if "insertions" not in score:
+        return None
+    return score["insertions"] / max(score["n_ref_words"], 1)
+
+
+def full_capped(model: "SpeechLLM", data: "FeatureSet", out_dir: Path, name: str,
+                ev: EvalConfig) -> dict[str, Any]:
+    """The full model's WER with chapter 1's decodes, each cut to its audio's cap
+    (:func:`lib.evaluate.decode.cap_text`; greedy decoding is causal, so no new decode is
+    needed): the reference a capped cut (:func:`evaluate_cut`) is compared with. The
+    decodes are chapter 1's (read from its run folder; decoded here if it has none), on
+    its test utterances (``ev.max_test_utterances``).
+
+    Returns:
+        as :func:`evaluate_cut` (no ``hypotheses``), with ``reused`` the decodes' file.
+    """
+    subset = data.subset(ev.max_test_utterances)
+    rec = evaluate_asr(model, data, out_dir, name, ev)
+    rows = load_jsonl(Path(out_dir) / rec["hypotheses"])
+    if [r["id"] for r in rows] != [u.id for u in subset.utterances]:
+        raise CompanionError(f"{name}: chapter 1's decodes in {out_dir} are not of these "
+                             "utterances: re-run chapter 1 on this test set")
+    caps = audio_caps(subset, ev.max_new_tokens)
+    hyps = [cap_text(model, r["hyp"], c) for r, c in zip(rows, caps)]
+    score = score_task(model.task, [r["ref"] for r in rows], hyps)
+    return {"test_set": name, "layers": [], "n_removed": 0, "removed_fraction": 0.0,
+            "wer": score["wer"], "wer_ci95": score["wer_ci95"],
+            "utterance_errors": score["utterance_errors"],
+            "utterance_words": score["utterance_words"],
+            "insertion_rate": insertion_rate(score), "n_utterances": len(rows),
+            "reused": rec["hypotheses"]}
 
 
 def pruning_curves(model: "SpeechLLM", sets: dict[str, "FeatureSet"],

@@ -17,7 +17,11 @@ utterances, all three resampled together. :func:`loss_rule` is the pruning rule 
 that curve: the largest cut whose normalised cost stays within a threshold, with the
 interval of the chosen cut from the same resamples. Every bootstrap reuses the per-utterance
 sums: no extra forward pass; :func:`cut_losses` keeps them in the model's run folder, so a
-cut is measured once across chapters and runs. Stage: prune. Explained in chapter 3 (book/03_pruning.ipynb).
+cut is measured once across chapters and runs. :func:`loss_curves` gives every strategy's
+curve on a test set, :func:`compare_at_cuts` one strategy against another by paired
+differences.
+
+Stage: prune. Explained in chapter 3 (book/03_pruning.ipynb).
 """
 
 from __future__ import annotations
@@ -75,22 +79,26 @@ class LossMeter:
             raise CompanionError(f"batch_size={batch_size}: use a positive integer")
         self.model, self.precision, self.batch_size = model, precision, batch_size
         self.digest = data.digest()  # what the cached losses are keyed by (with the cut)
-        self.batches = [data.batch(list(range(s, min(s + batch_size, len(data)))),
-                                   target=model.task.target)
+        # batches of similar lengths (little padding); the losses come back in data order
+        self.order = sorted(range(len(data)), key=lambda i: -data.feats[i].shape[0])
+        self.batches = [data.batch(self.order[s:s + batch_size], target=model.task.target)
                         for s in range(0, len(data), batch_size)]
-        self.tokens = np.array([len(model.target_ids(t)) for _, _, texts in self.batches
-                                for t in texts], dtype=float)
+        self.tokens = np.zeros(len(data))
+        for k, (_, _, texts) in enumerate(self.batches):
+            idx = self.order[k * batch_size:(k + 1) * batch_size]
+            self.tokens[idx] = [len(model.target_ids(t)) for t in texts]
 
     @torch.no_grad()
     def __call__(self) -> UtteranceLosses:
         amp = torch.autocast(self.model.device.type, dtype=torch.bfloat16,
                              enabled=self.precision == "bf16")
-        sums = []
+        sums = np.zeros(len(self.order))
         with eval_mode(self.model), amp:
-            for feats, lengths, texts in self.batches:
-                sums.append(self.model.loss(feats, lengths, texts, reduction="sequence")
-                            .float().cpu().numpy())
-        return UtteranceLosses(np.concatenate(sums).astype(float), self.tokens)
+            for k, (feats, lengths, texts) in enumerate(self.batches):
+                idx = self.order[k * self.batch_size:(k + 1) * self.batch_size]
+                sums[idx] = self.model.loss(feats, lengths, texts, reduction="sequence"
+                                            ).float().cpu().numpy()
+        return UtteranceLosses(sums, self.tokens)
 
     def without(self, layers: Sequence[int]) -> UtteranceLosses:
         """The losses with decoder ``layers`` removed (restored afterwards).
@@ -113,7 +121,7 @@ def cut_losses(meter: LossMeter, layers: Sequence[int], out_dir: Path, name: str
     """
     layers = sorted(int(x) for x in layers)
     keyed = {"data": meter.digest, "layers": layers, "precision": meter.precision,
-             "batch_size": meter.batch_size}
+             "batch_size": meter.batch_size, "batches": "longest-first"}
 
     def compute(_: Path) -> dict[str, Any]:
         got = meter.without(layers) if layers else meter()
@@ -151,6 +159,16 @@ def normalised_cost(full: float, cut: Any, floor: float | Any) -> Any:
     gap = np.asarray(floor, dtype=float) - full
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(gap > 0, (np.asarray(cut, dtype=float) - full) / gap, np.nan)
+
+
+def paired_delta(a: UtteranceLosses, b: UtteranceLosses, draws: int = 1000, seed: int = 0
+                 ) -> dict[str, Any]:
+    """``b``'s mean loss per token minus ``a``'s on the same utterances, with the 95 %
+    interval of the paired bootstrap (both resampled together, utterance by utterance)."""
+    _check_same(a, b)
+    idx = resample_rows(len(a.sums), draws, seed)
+    return {"delta": b.mean - a.mean, "delta_ci95": interval95(b.resampled(idx)
+                                                               - a.resampled(idx))}
 
 
 def loss_point(full: UtteranceLosses, cut: UtteranceLosses, floor: UtteranceLosses,
@@ -198,3 +216,70 @@ def loss_rule(full: UtteranceLosses, floor: UtteranceLosses,
     lo, hi = np.percentile(ok.max(0), [2.5, 97.5])
     return {"n_removed": max(point, default=0), "n_removed_ci95": [int(lo), int(hi)],
             "threshold": float(threshold), "floor_gap": floor.mean - full.mean}
+
+
+def loss_curves(meter: LossMeter, full: UtteranceLosses, floor: UtteranceLosses,
+                plans: Mapping[str, Mapping[int, Sequence[int]]], out_dir: Path, name: str,
+                draws: int = 1000, seed: int = 0) -> tuple[Any, dict[str, dict[int, Any]]]:
+    """Every strategy's loss curve on one test set.
+
+    Args:
+        plans: strategy -> ``{n: layers}`` (:func:`lib.prune.strategies.strategy_layers`);
+            two strategies that remove the same layers share one pass (:func:`cut_losses`).
+
+    Returns:
+        ``(points, losses)``: one row per strategy and cut (``strategy, test_set, n_removed,
+        removed_fraction, layers, loss, delta, delta_low, delta_high, normalised,
+        normalised_low, normalised_high``), and strategy -> ``{n: UtteranceLosses}`` for
+        :func:`loss_rule` and paired comparisons.
+    """
+    import pandas as pd
+
+    big_l = len(find_decoder_layers(meter.model.decoder))
+    rows, losses = [], {}
+    for strategy, plan in plans.items():
+        losses[strategy] = {}
+        for n, layers in sorted(plan.items()):
+            cut = cut_losses(meter, layers, out_dir, name)
+            losses[strategy][n] = cut
+            p = loss_point(full, cut, floor, draws, seed)
+            rows.append({"strategy": strategy, "test_set": name, "n_removed": n,
+                         "removed_fraction": n / big_l, "layers": list(layers),
+                         "loss": p["loss"], "delta": p["delta"],
+                         "delta_low": p["delta_ci95"][0], "delta_high": p["delta_ci95"][1],
+                         "normalised": p["normalised"],
+                         "normalised_low": p["normalised_ci95"][0],
+                         "normalised_high": p["normalised_ci95"][1]})
+    return pd.DataFrame(rows), losses
+
+
+def grid_steps(sizes: Sequence[int], low: int, high: int) -> int:
+    """How many steps of the grid of cuts (``sizes`` and 0, no cut) lie between ``low`` and
+    ``high``: the width of a chosen cut's interval in the units the curve can resolve."""
+    grid = sorted({0, *(int(k) for k in sizes)})
+    return sum(1 for k in grid if low < k <= high)
+
+
+BEATS, LOSES, UNDECIDED, SAME = "lower loss", "higher loss", "no difference shown", \
+    "the same layers"
+"""The verdicts of :func:`compare_at_cuts`, per cut size."""
+
+
+def compare_at_cuts(a: Mapping[int, UtteranceLosses], b: Mapping[int, UtteranceLosses],
+                    layers_a: Mapping[int, Sequence[int]], layers_b: Mapping[int, Sequence[int]],
+                    draws: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Strategy ``a`` against strategy ``b`` at every cut size both measured: the paired
+    difference of their losses (``a`` minus ``b``) and a verdict for ``a``: ``lower loss``
+    when the whole 95 % interval is below 0, ``higher loss`` when it is above, ``no
+    difference shown`` when it holds 0, ``the same layers`` when both remove the same."""
+    out = []
+    for n in sorted(set(a) & set(b)):
+        if sorted(layers_a[n]) == sorted(layers_b[n]):
+            out.append({"n_removed": n, "delta": 0.0, "delta_ci95": [0.0, 0.0],
+                        "verdict": SAME})
+            continue
+        d = paired_delta(b[n], a[n], draws, seed)
+        lo, hi = d["delta_ci95"]
+        out.append({"n_removed": n, **d,
+                    "verdict": BEATS if hi < 0 else LOSES if lo > 0 else UNDECIDED})
+    return out

@@ -59,7 +59,7 @@ def healing_inputs(cfg: Run) -> Section:
     hc, ht = cfg.heal, schedule(cfg.heal, cfg.train)
     train, tests = prepare_features(cfg)
     fit, _ = split_dev(train, cfg.dev_utterances)
-    curve_sets = {name: fs.subset(cfg.prune.curve_utterances) for name, fs in tests.items()}
+    curve_sets = {name: fs.subset(cfg.heal.curve_utterances) for name, fs in tests.items()}
     runs, plans, cuts = {}, {}, {}
     for m in cfg.models:
         name = slug(m.decoder)
@@ -161,7 +161,7 @@ def variants(cfg: Run, inputs: Section) -> Section:
     f0 = vt[vt["test_set"] == first]
     best = f0.loc[f0.groupby("decoder")["wer"].idxmin()]
     glue = dict(
-        heal_pct=f"{cfg.heal.fraction:.0%}", curve_n=cfg.prune.curve_utterances, first=first,
+        heal_pct=f"{cfg.heal.fraction:.0%}", curve_n=cfg.heal.curve_utterances, first=first,
         best_variant="; ".join(f"for {r.decoder}, {r.variant} ({100 * r.wer:.1f} % against "
                                f"{100 * r.wer_pruned:.1f} % unhealed and "
                                f"{100 * r.wer_full:.1f} % before pruning)"

@@ -103,24 +103,25 @@ def pooled_against_per_n(results: dict[str, dict[str, Any]],
 # ------------------------------------------------------------------ chapter 3
 
 
-def cuts_at_thresholds(curves: dict[str, tuple[pd.DataFrame, dict[str, Any]]],
-                       thresholds: tuple[float, ...] = (0.1, 0.25, 0.5),
+def cuts_at_thresholds(curves: dict[str, Any], meters: dict[str, dict[str, Any]], test: str,
+                       thresholds: tuple[float, ...] = (0.05, 0.1, 0.25),
                        seed: int = 0) -> Section:
-    """Exercise 3.1: the paper's rule on the chapter's curves at other thresholds (the
-    curves are not decoded again)."""
-    from lib.prune.curves import threshold_table
+    """Exercise 3.1: the loss rule on the chapter's curves of ``test`` at other thresholds
+    (the per-utterance losses are reused: no forward pass)."""
+    from lib.prune.loss_curves import loss_rule
 
     rows = []
-    for name, (points, full) in curves.items():
+    for name, c in curves.items():
+        m = meters[name][test]
         for t in thresholds:
-            tab = threshold_table(points, full, t, seed=seed)
-            rows += [{"decoder": name, "threshold": t, "strategy": r.strategy,
-                      "test set": r.test_set, "cut (%)": 100 * r.threshold_cut,
-                      "95 % CI": f"{100 * r.cut_low:.0f}–{100 * r.cut_high:.0f}"}
-                     for r in tab.itertuples()]
+            for strategy, losses in c["losses"][test].items():
+                r = loss_rule(m["full"], m["floor"], losses, t, seed=seed)
+                rows.append({"decoder": name, "threshold": t, "strategy": strategy,
+                             "layers removed": r["n_removed"],
+                             "95 % interval": "{}–{}".format(*r["n_removed_ci95"])})
     table = pd.DataFrame(rows)
-    moved = table.groupby(["decoder", "strategy", "test set"])["cut (%)"].agg(np.ptp)
-    return Section(table, {"ex_cut_moves_max": float(moved.max())}, precision=0)
+    moved = table.groupby(["decoder", "strategy"])["layers removed"].agg(np.ptp)
+    return Section(table, {"ex_cut_moves_max": int(moved.max())}, precision=2)
 
 
 def same_layers(plans: dict[str, dict[str, dict[int, list[int]]]], a: str, b: str) -> Section:

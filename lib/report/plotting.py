@@ -299,6 +299,36 @@ def plot_pruning_curves(points: pd.DataFrame, full: dict[str, dict[str, Any]],
     return fig
 
 
+def plot_loss_curves(points: pd.DataFrame, threshold: float, title: str = "",
+                     top: float = 2.0) -> Any:
+    """What each cut costs, normalised by the audio's worth: ``(L_cut - L_full) / (L_floor -
+    L_full)`` (95 % interval bands) against the fraction of layers removed, one panel per test
+    set, one line per strategy; 0 is the full model, 1 the model hearing another utterance's
+    audio, the loss rule's threshold dashed. The axis stops at ``top`` (a point above it is
+    drawn on the edge, its value in the chapter's tables). Explained in chapter 3."""
+    tests = list(dict.fromkeys(points["test_set"]))
+    fig, axes = plt.subplots(1, len(tests), squeeze=False, figsize=(5.2 * len(tests), 3.6))
+    colors = dict(zip(dict.fromkeys(points["strategy"]), sns.color_palette("colorblind", 10)))
+    for ax, test in zip(axes[0], tests):
+        for key, g in points[points["test_set"] == test].groupby("strategy", sort=False):
+            g = g.sort_values("removed_fraction")
+            x = [0.0] + list(100 * g["removed_fraction"])
+            y = [0.0] + [min(v, top) for v in g["normalised"]]
+            lo = [0.0] + [min(v, top) for v in g["normalised_low"]]
+            hi = [0.0] + [min(v, top) for v in g["normalised_high"]]
+            ax.plot(x, y, marker="o", ms=3, label=key, color=colors[key])
+            ax.fill_between(x, lo, hi, alpha=0.12, color=colors[key])
+        ax.axhline(threshold, ls="--", color="0.3", lw=1, label=f"rule: {threshold:g}")
+        ax.axhline(1.0, ls=":", color="0.5", lw=1, label="floor: other audio")
+        ax.set_ylim(-0.05, top * 1.02)
+        ax.set_xlabel("layers removed (%)")
+        ax.set_ylabel("cost: share of the audio's worth")
+        ax.set_title(f"{title}: {test}" if title else test)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
+
+
 def plot_heal_variants(df: pd.DataFrame, title: str = "") -> Any:
     """WER after each healing variant (95 % intervals), one panel per test set, with the
     full model's and the unhealed pruned model's WER as lines. ``df`` columns: variant,

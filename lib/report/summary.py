@@ -15,7 +15,7 @@ from lib.report.results import check_needs
 QUESTIONS = {
     "ch01": "Does a SpeechLLM trained on two CPU cores transcribe speech?",
     "ch02": "Do text and speech mark the same redundant blocks of layers?",
-    "ch03": "How many layers can go under the paper's rule, and which?",
+    "ch03": "How many layers can go, by what a cut costs, and which?",
     "ch04": "Does healing win back what pruning lost, and what does pruning buy?",
     "ch05": "With four tasks learned, does each beat its no-audio floor?",
 }
@@ -58,8 +58,12 @@ def found_ch03(rec: dict[str, Any]) -> str:
         c = d["chosen"]
         parts.append(f"{dec}: {c['n_removed']} layers ({100 * c['removed_fraction']:.0f} %) "
                      f"by {c['strategy']}")
-    return ("; ".join(parts) + f" (WER increase ≤ {100 * rec['settings']['threshold']:.0f} % "
-            f"on {rec['settings']['curve_utterances']} utterances per test set)")
+    s = rec["settings"]
+    if s.get("curve") == "loss":
+        return "; ".join(parts) + (f" (loss cost ≤ {s['loss_threshold']:g} of the audio's "
+                                   f"worth on every utterance of {s['ruled_on']})")
+    return ("; ".join(parts) + f" (WER increase ≤ {100 * s['threshold']:.0f} % "
+            f"on {s['curve_utterances']} utterances per test set)")
 
 
 def found_ch04(rec: dict[str, Any]) -> str:
