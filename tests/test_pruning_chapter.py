@@ -138,3 +138,48 @@ def test_the_record_of_the_loss_curves_renders_what_it_holds():
     assert "WER 40.0 % -> 45.0 % [40.0, 50.0], 0.03 insertions per word" in text
     assert "within 0.1 on every utterance of t" in text
     assert found_ch03(_record()).startswith("m: 3 layers (10 %) by angular (loss cost ≤ 0.1")
+
+
+# ------------------------------------------------------------------ chapter 2's answers
+
+
+@pytest.mark.parametrize("verdicts,starts", [
+    (["the same blocks, specific to the inputs"] * 2, "text and speech mark the same blocks, "
+                                                       "and more than any input does"),
+    (["not the same blocks"] * 2, "text and speech do not mark the same blocks"),
+    (["the same blocks, as any input marks them", "the same blocks, specific to the inputs"],
+     "text and speech mark the same blocks, but so does an input that carries no task"),
+    (["not the same blocks", "the same blocks, specific to the inputs"],
+     "the profiles agree for some decoders or block sizes and not for others")])
+def test_chapter_2s_profile_sentence_says_each_answer(verdicts, starts):
+    from lib.recipes.ch02 import profile_sentence
+
+    assert profile_sentence(verdicts).startswith(starts)
+
+
+def test_chapter_2s_surface_sentence_does_not_count_what_a_null_input_reaches():
+    import pandas as pd
+
+    from lib.recipes.ch02 import surface_sentence
+
+    raw = pd.DataFrame({"verdict": ["the same blocks"] * 2,
+                        "beyond null": ["the same blocks, as a null input does"] * 2})
+    assert "but so does a null input" in surface_sentence(raw)
+    kept = raw.assign(**{"beyond null": ["the same blocks, beyond a null input"] * 2})
+    assert surface_sentence(kept).startswith("the same blocks stand out")
+    mixed = raw.assign(**{"beyond null": ["the same blocks, beyond a null input",
+                                          "no more than chance"]})
+    assert "only in part" in surface_sentence(mixed)
+
+
+def test_the_readmes_summary_reads_chapter_2s_specific_verdicts():
+    from lib.report.summary import found_ch02
+
+    rec = {"decoders": {"m": {"comparisons": {
+        "a": {"verdict": "the same blocks", "beyond_null": "the same blocks, as a null input does"},
+        "b": {"verdict": "the same blocks", "beyond_null": "the same blocks, beyond a null input"}},
+        "profiles": {"3": {"verdict": "the same blocks, as any input marks them"}}}},
+        "thresholds": {"agree_rho": 0.8, "agree_overlap_gain": 0.5, "specific_min": 0.5}}
+    assert found_ch02(rec).startswith(
+        "m: the same blocks beyond a null input in 1 of 2 comparisons; by removal cost, "
+        "n = 3: the same blocks, as any input marks them (")

@@ -65,11 +65,12 @@ class Chapter2Params(Chapter1Params):
 
     n_score_utterances: int = 64  # test utterances (and transcripts) scored
     score_batch_size: int = 8  # sequences per scoring forward pass
-    ablation_block: int = 4  # block size n whose removal is checked directly
-    ablation_utterances: int = 32  # utterances per removal in that check
+    profile_fractions: tuple[float, ...] = (0.1, 0.2)  # blocks of f times L layers, each removed
+    profile_utterances: int = 32  # utterances behind each profile (halves of 16: the ceiling)
     chance_draws: int = 1000  # shuffled surfaces behind each chance baseline
     agree_rho: float = 0.8  # per-n Spearman mean for "the same blocks"
     agree_overlap_gain: float = 0.5  # overlap this far from chance toward 1, same verdict
+    specific_min: float = 0.5  # specificity index: halfway from the null to the ceiling
 
 
 @dataclass(frozen=True)

@@ -212,9 +212,9 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "projector_learning_rate": _optional(_POSITIVE), "length_grouping": _NON_NEG,
     "rescore_beams": _NON_NEG, "rescore_weights": _units(closed=True),
     # chapter 2
-    "n_score_utterances": _POS, "score_batch_size": _POS, "ablation_block": _POS,
-    "ablation_utterances": _POS, "chance_draws": _POS, "agree_rho": _SHARE,
-    "agree_overlap_gain": _SHARE,
+    "n_score_utterances": _POS, "score_batch_size": _POS,
+    "profile_fractions": _units(closed=False), "profile_utterances": _POS, "chance_draws": _POS, "agree_rho": _SHARE,
+    "agree_overlap_gain": _SHARE, "specific_min": _SHARE,
     # chapter 3
     "prune_strategies": _names(_strategies), "prune_fractions": _units(closed=False),
     "calibration_utterances": _POS,

@@ -100,11 +100,12 @@ class ScoreConfig:
 
     n_score_utterances: int = P.n_score_utterances
     batch_size: int = P.score_batch_size
-    ablation_block: int = P.ablation_block
-    ablation_utterances: int = P.ablation_utterances
+    profile_fractions: tuple[float, ...] = P.profile_fractions
+    profile_utterances: int = P.profile_utterances
     chance_draws: int = P.chance_draws
     agree_rho: float = P.agree_rho
     agree_overlap_gain: float = P.agree_overlap_gain
+    specific_min: float = P.specific_min
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,87 @@ as much as the input agrees with itself. Stage: prune. Explained in chapter 2
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
-from lib.build.components import find_decoder_layers
+from lib.build.components import eval_mode, find_decoder_layers
 from lib.errors import CompanionError
-from lib.prune.loss_curves import LossMeter, UtteranceLosses, interval95, resample_rows
-from lib.prune.surgery import block_layers
+from lib.prune.loss_curves import (MIN_UTTERANCES, LossMeter, UtteranceLosses, interval95,
+                                   resample_rows)
+from lib.prune.surgery import block_layers, check_layers, skip_layers
 from lib.score.agreement import spearman_rho
+
+if TYPE_CHECKING:
+    from lib.build.speechllm import SpeechLLM
+
+
+class TextLossMeter:
+    """Every transcript's language-model loss through the SpeechLLM's decoder alone (no
+    prompt, no audio): the summed loss of `` text`` and eos after the tokenizer's bos, for
+    the decoder as it is when called. The same interface as
+    :class:`lib.prune.loss_curves.LossMeter`, so a profile is measured on text as on
+    speech; run it inside :func:`lib.build.adapters.pretrained_decoder` for the pretrained
+    LLM."""
+
+    def __init__(self, model: "SpeechLLM", texts: Sequence[str], batch_size: int = 8,
+                 precision: str = "fp32") -> None:
+        if len(texts) < MIN_UTTERANCES:
+            raise CompanionError(f"a profile needs at least {MIN_UTTERANCES} transcripts for "
+                                 f"its bootstrap, got {len(texts)}: score more")
+        if batch_size < 1:
+            raise CompanionError(f"batch_size={batch_size}: use a positive integer")
+        self.model, self.precision, self.batch_size = model, precision, batch_size
+        start = model.tokenizer.bos_token_id
+        start = model.eos_id if start is None else start
+        self.ids = [[start] + model.target_ids(t) for t in texts]
+        self.tokens = np.array([len(x) - 1 for x in self.ids], dtype=float)
+
+    @torch.no_grad()
+    def __call__(self) -> UtteranceLosses:
+        dev = self.model.device
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        sums = []
+        with eval_mode(self.model), amp:
+            for s in range(0, len(self.ids), self.batch_size):
+                part = self.ids[s:s + self.batch_size]
+                width = max(len(x) for x in part)
+                ids = torch.full((len(part), width), self.model.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(part), width), dtype=torch.long)
+                for i, x in enumerate(part):
+                    ids[i, :len(x)], mask[i, :len(x)] = torch.tensor(x), 1
+                ids, mask = ids.to(dev), mask.to(dev)
+                logits = self.model.decoder(input_ids=ids, attention_mask=mask,
+                                            use_cache=False).logits[:, :-1].float()
+                per = torch.nn.functional.cross_entropy(
+                    logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]
+                sums.append(per.sum(1).cpu().numpy())
+        return UtteranceLosses(np.concatenate(sums).astype(float), self.tokens)
+
+    def without(self, layers: Sequence[int]) -> UtteranceLosses:
+        """The losses with decoder ``layers`` removed (restored afterwards)."""
+        layers = check_layers(list(layers), len(find_decoder_layers(self.model.decoder)))
+        with skip_layers(self.model.decoder, layers):
+            return self()
+
+
+def random_weights(model: "SpeechLLM", seed: int = 0) -> "SpeechLLM":
+    """A copy of ``model`` whose decoder has the same configuration and seeded random
+    weights (every matrix drawn from N(0, initializer_range), as the architecture
+    initialises them; norms and biases kept): the architecture null of a profile, a
+    decoder that learned nothing. The projector is the trained one."""
+    other = copy.deepcopy(model)
+    std = float(getattr(other.decoder.config, "initializer_range", 0.02))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(other.decoder.named_parameters()):
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return other
 
 
 @dataclass(frozen=True)
@@ -48,21 +119,79 @@ class BlockProfile:
             return (self.sums.sum(1) - f.sum()) / t.sum()
         return (self.sums[:, idx].sum(-1) - f[idx].sum(-1)).T / t[idx].sum(-1)[:, None]
 
+    def frame(self) -> Any:
+        """The profile as :func:`lib.prune.losses.ablation_losses` tables it (``start, end,
+        block_size, loss, delta, n_tokens``; the full model the row with start -1), so its
+        summary (:func:`lib.prune.losses.ablation_summary`) reads it."""
+        import pandas as pd
 
-def block_profile(meter: LossMeter, n: int) -> BlockProfile:
+        tokens = float(self.full.tokens.sum())
+        full = self.full.mean
+        rows = [(-1, -1, 0, full, 0.0, tokens)] + [
+            (int(s), int(s) + self.n, self.n, float(self.sums[b].sum() / tokens),
+             float(self.sums[b].sum() / tokens - full), tokens)
+            for b, s in enumerate(self.starts)]
+        return pd.DataFrame(rows, columns=["start", "end", "block_size", "loss", "delta",
+                                           "n_tokens"])
+
+
+def _capture(store: list[torch.Tensor]) -> Any:
+    def hook(_: Any, args: tuple, kwargs: dict) -> None:
+        store.append((args[0] if args else kwargs["hidden_states"]).detach())
+    return hook
+
+
+def _feed(stored: Any) -> Any:
+    def hook(_: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        h = next(stored)
+        if args:
+            return (h, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": h}
+    return hook
+
+
+def block_profile(meter: LossMeter | TextLossMeter, n: int, reuse_prefix: bool = True
+                  ) -> BlockProfile:
     """Remove every block of ``n`` layers in turn and keep every utterance's loss.
+
+    With ``reuse_prefix`` the layers before a block are not run again: the full model's pass
+    keeps the input of every layer, and a block ``[l, l+n)`` runs only the layers after it,
+    fed with the kept input of layer ``l`` (what the layers before the block computed, which
+    removing the block does not change). About half the work of removing each block and
+    running the rest; the same losses (a test checks them against the plain removal).
 
     Raises:
         CompanionError: a block size outside ``1 .. L - 1``.
     """
-    big_l = len(find_decoder_layers(meter.model.decoder))
+    layers = find_decoder_layers(meter.model.decoder)
+    big_l = len(layers)
     if not 1 <= int(n) < big_l:
         raise CompanionError(f"block size n={n} out of range: use 1 <= n < {big_l} for this "
                              f"{big_l}-layer decoder")
     n = int(n)
     starts = np.arange(big_l - n + 1)
-    blocks = [meter.without(block_layers(int(s), n, big_l)).sums for s in starts]
-    return BlockProfile(n, starts, meter(), np.stack(blocks))
+    if not reuse_prefix:
+        blocks = [meter.without(block_layers(int(s), n, big_l)).sums for s in starts]
+        return BlockProfile(n, starts, meter(), np.stack(blocks))
+    kept: list[list[torch.Tensor]] = [[] for _ in range(big_l)]
+    hooks = [layer.register_forward_pre_hook(_capture(kept[i]), with_kwargs=True)
+             for i, layer in enumerate(layers)]
+    try:
+        full = meter()
+    finally:
+        for h in hooks:
+            h.remove()
+    blocks = []
+    for s in (int(x) for x in starts):
+        if s == 0 or s + n == big_l:  # nothing before it to reuse, or nothing after it
+            blocks.append(meter.without(block_layers(s, n, big_l)).sums)
+            continue
+        hook = layers[s + n].register_forward_pre_hook(_feed(iter(kept[s])), with_kwargs=True)
+        try:
+            blocks.append(meter.without(list(range(s + n))).sums)
+        finally:
+            hook.remove()
+    return BlockProfile(n, starts, full, np.stack(blocks))
 
 
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:

@@ -20,7 +20,7 @@ from lib.config.sections import Run
 from lib.data.features import FeatureSet
 from lib.evaluate.baselines import audio_reliance
 from lib.paths import slug
-from lib.prune.losses import ablation_losses, ablation_summary
+from lib.prune.losses import ablation_summary
 from lib.recipes.pipeline import prepare_features, train_and_evaluate
 from lib.recipes.section import Section, settings_line
 from lib.report import plotting
@@ -56,10 +56,12 @@ def gguf_decoders(names: Any) -> list[str]:
 def settings(cfg: Run) -> str:
     """The line under the chapter's resolved values: what this run does, in its own numbers."""
     sc = cfg.score
-    return settings_line(cfg, f"{sc.n_score_utterances} utterances scored, ablation "
-                              f"n={sc.ablation_block}",
+    return settings_line(cfg, f"{sc.n_score_utterances} utterances scored",
+                         f"profiles of blocks of {list(sc.profile_fractions)} of the layers on "
+                         f"{sc.profile_utterances} utterances",
                          f"verdict thresholds: Spearman per n >= {sc.agree_rho}, overlap "
-                         f"gain >= {sc.agree_overlap_gain}, {sc.chance_draws} chance draws")
+                         f"gain >= {sc.agree_overlap_gain}, {sc.chance_draws} chance draws, "
+                         f"specificity >= {sc.specific_min}")
 
 
 # ------------------------------------------------------------------ 2.1 the inputs
@@ -218,13 +220,7 @@ def agreements(cfg: Run, results: dict[str, dict[str, Any]],
         ts_verdicts=_verdicts(ts), ta_verdicts=_verdicts(ta),
         ta_rho_min=ta["Spearman per n"].min(), ta_rho_max=ta["Spearman per n"].max(),
         lora_verdicts=_verdicts(tt),
-        verdict=(
-            "the same blocks stand out for text and for speech for every decoder, as the "
-            "paper reports (abstract, claim 2)" if _all(ts, "the same blocks") else
-            "text and speech agree no more than chance for any decoder: the paper's finding "
-            "(abstract, claim 2) is not reproduced here" if _all(ts, "no more than chance")
-            else "text and speech agree only in part: weaker than the paper's finding "
-                 "(abstract, claim 2)"),
+        verdict=surface_sentence(ts),
         lora_effect=(
             "leaves the ranking of blocks where the pretrained LLM had it, for every decoder"
             if _all(tt, "the same blocks") else
@@ -233,6 +229,27 @@ def agreements(cfg: Run, results: dict[str, dict[str, Any]],
         null_sentence=_null_sentence(agree))
     return Section(agreement_view(agree), glue,
                    {"agree": agree, "lora_same": _all(tt, "the same blocks")})
+
+
+def surface_sentence(rows: pd.DataFrame) -> str:
+    """The answer of the distance surfaces to "do text and speech mark the same blocks?",
+    read against the null inputs when they were scored (a raw "the same blocks" that a null
+    input reaches as well is not counted as the inputs' own)."""
+    final = rows["beyond null"] if "beyond null" in rows else rows["verdict"]
+    if (final == "the same blocks, beyond a null input").all() or (
+            "beyond null" not in rows and (final == "the same blocks").all()):
+        return ("the same blocks stand out for text and for speech for every decoder, "
+                "beyond what a null input marks, as the paper reports (abstract, claim 2)")
+    if (final == "the same blocks, as a null input does").all():
+        return ("text and speech mark the same blocks by the raw rule, but so does a null "
+                "input, which carries no task, for every decoder: the surfaces describe the "
+                "decoder, which fits the paper's \"inherited\" but does not show that "
+                "speech is processed like text")
+    if (final == "no more than chance").all():
+        return ("text and speech agree no more than chance for any decoder: the paper's "
+                "finding (abstract, claim 2) is not reproduced here")
+    return ("text and speech agree beyond a null input only in part: weaker than the "
+            "paper's finding (abstract, claim 2)")
 
 
 def _null_sentence(agree: pd.DataFrame) -> str:
@@ -337,10 +354,14 @@ def what_training_changed(cfg: Run, results: dict[str, dict[str, Any]],
 
 
 def headline(agree: pd.DataFrame, ablation: dict[str, dict[str, Any]],
-             thresholds: dict[str, float]) -> dict[str, Any]:
+             profiles: dict[str, dict[str, Any]], thresholds: dict[str, float]
+             ) -> dict[str, Any]:
     """Chapter 2's figures of record (``results/<preset>/ch02.json``): per decoder and
     comparison ``spearman_per_n_mean``, ``overlap_mean``, the same two under ``chance``
-    and the verdict; the ablation summary per decoder; the verdicts' thresholds."""
+    and the verdict; per decoder the ``ablation`` summary (the score's block in the
+    speech profile of the first block size) and the functional ``profiles`` per block size
+    (text against speech, each null, the specificity index and the verdict); the verdicts'
+    thresholds."""
     out: dict[str, Any] = {}
     for row in agree.to_dict("records"):
         dec = out.setdefault(row["decoder"], {"comparisons": {}})
@@ -355,44 +376,135 @@ def headline(agree: pd.DataFrame, ablation: dict[str, dict[str, Any]],
     for dec, summary in ablation.items():
         out.setdefault(dec, {"comparisons": {}})["ablation"] = {
             k: (float(v) if isinstance(v, float) else v) for k, v in summary.items()}
+    for dec, by_n in profiles.items():
+        out.setdefault(dec, {"comparisons": {}})["profiles"] = by_n
     return {"decoders": out, "thresholds": dict(thresholds)}
 
 
-def ablation(cfg: Run, results: dict[str, dict[str, Any]],
-             models: dict[str, SpeechLLM], scored: FeatureSet, agree: pd.DataFrame) -> Section:
-    """Remove every block of ``ablation_block`` layers in turn: does the score's block
-    rank among the cheapest removals (:func:`lib.report.rules.cheap_to_remove`)? Then the
-    chapter's figures of record are kept (a full book run only)."""
-    sc = cfg.score
-    n = sc.ablation_block
-    rows, picks, top, summaries = [], [], [], {}
-    for name, res in results.items():
-        abl = ablation_losses(models[name], scored, n, batch_size=sc.batch_size,
-                              max_utterances=sc.ablation_utterances)
-        s = ablation_summary(abl, res[SPEECH], n)
-        summaries[name] = {"block_size": n, **s}
-        l_d, l_best = s["chosen_start"], s["best_start"]
-        rows.append({"decoder": name, "Spearman(d, loss)": s["spearman"],
-                     "l picked by d": l_d, "Δloss, picked": s["chosen_delta"],
-                     "rank, picked": f"{s['chosen_rank']} of {s['n_blocks']}",
-                     "l least harmful": l_best, "Δloss, least harmful": s["best_delta"]})
-        picks.append(f"for {name} the score picks [{l_d}, {l_d + n}), whose removal raises "
+PROFILE_DRAWS = 1000
+"""Resamples of the utterances behind each specificity interval."""
+
+TEXT_LM, NOISE, RANDOM = "text, pretrained LLM", "noise audio", "random weights"
+"""The functional profile's inputs beside speech: the transcripts through the pretrained
+LLM, and the two nulls (noise audio with the real transcripts, scored at the transcript's
+positions; the same decoder configuration with seeded random weights)."""
+
+
+def _profiles_of(model: SpeechLLM, n: int, meters: dict[str, Any]) -> dict[str, Any]:
+    """The four profiles of one decoder at block size ``n``."""
+    from lib.build.adapters import pretrained_decoder
+    from lib.prune.profiles import block_profile
+
+    out = {SPEECH: block_profile(meters[SPEECH], n)}
+    with pretrained_decoder(model):
+        out[TEXT_LM] = block_profile(meters[TEXT_LM], n)
+    out[NOISE] = block_profile(meters[NOISE], n)
+    out[RANDOM] = block_profile(meters[RANDOM], n)
+    return out
+
+
+def functional_profiles(cfg: Run, results: dict[str, dict[str, Any]],
+                        models: dict[str, SpeechLLM], scored: FeatureSet,
+                        agree: pd.DataFrame) -> Section:
+    """What removing each contiguous block costs, on every utterance, for speech and for
+    text, beside two nulls; whether the two profiles mark the same blocks beyond the nulls
+    (the specificity index, :func:`lib.prune.profiles.specificity`, read by
+    :func:`lib.report.rules.profile_verdict`); where the score's block ranks among them.
+    Then the chapter's figures of record are kept (a full book run only)."""
+    from lib.prune.loss_curves import LossMeter
+    from lib.prune.profiles import TextLossMeter, profile_agreement, random_weights, specificity
+    from lib.prune.strategies import cut_sizes
+    from lib.report.rules import profile_verdict
+    from lib.score.controls import noise_features
+
+    sc, seed, prec = cfg.score, cfg.train.seed, cfg.train.precision
+    data = scored.subset(sc.profile_utterances)
+    texts = [u.text for u in data.utterances]
+    rows, picks, top, summaries, record, verdicts = [], [], [], {}, {}, {}
+    for name, model in models.items():
+        sizes = cut_sizes(sc.profile_fractions, len(model.decoder_layers))
+        nulled = random_weights(model, seed)
+        meters = {SPEECH: LossMeter(model, data, sc.batch_size, prec),
+                  TEXT_LM: TextLossMeter(model, texts, sc.batch_size, prec),
+                  NOISE: LossMeter(model, noise_features(data, seed), sc.batch_size, prec),
+                  RANDOM: LossMeter(nulled, data, sc.batch_size, prec)}
+        found, record[name] = {}, {}
+        for n in sizes:
+            found[n] = prof = _profiles_of(model, n, meters)
+            agr = profile_agreement(prof[SPEECH], prof[TEXT_LM])
+            spec = {null: specificity(prof[SPEECH], prof[TEXT_LM], prof[null],
+                                      draws=PROFILE_DRAWS, seed=seed)
+                    for null in (NOISE, RANDOM)}
+            strict = max(spec, key=lambda k: spec[k]["rho_null"])  # the null agreeing most
+            verdict = profile_verdict(agr["rho"], spec[strict]["index_ci95"], sc.agree_rho,
+                                      sc.specific_min)
+            verdicts.setdefault(name, []).append(verdict)
+            lo, hi = spec[strict]["index_ci95"]
+            rows.append({"decoder": name, "n": n, "Spearman text–speech": agr["rho"],
+                         f"top-{agr['k']} overlap": agr["top_k_overlap"],
+                         "split-half ceiling": spec[strict]["rho_ceiling"],
+                         "Spearman, noise audio": spec[NOISE]["rho_null"],
+                         "Spearman, random weights": spec[RANDOM]["rho_null"],
+                         "specificity [95 % CI]": f"{spec[strict]['index']:.2f} "
+                                                  f"[{lo:.2f}, {hi:.2f}]",
+                         "verdict": verdict})
+            record[name][str(n)] = {
+                "rho": agr["rho"], "top_k_overlap": agr["top_k_overlap"], "k": agr["k"],
+                "rho_ceiling": spec[strict]["rho_ceiling"],
+                "nulls": {k: {"rho_null": v["rho_null"], "index": v["index"],
+                              "index_ci95": v["index_ci95"]} for k, v in spec.items()},
+                "stricter_null": strict, "index": spec[strict]["index"],
+                "index_ci95": spec[strict]["index_ci95"], "verdict": verdict}
+        del nulled
+        plotting.plot_functional_profiles(found, title=name)
+        n0 = sizes[0]
+        s = ablation_summary(found[n0][SPEECH].frame(), results[name][SPEECH], n0)
+        summaries[name] = {"block_size": n0, **s}
+        l_d = s["chosen_start"]
+        picks.append(f"for {name} the score picks [{l_d}, {l_d + n0}), whose removal raises "
                      f"the loss by {s['chosen_delta']:.2f} nats, rank {s['chosen_rank']} of "
-                     f"{s['n_blocks']} candidates; the least harmful removal is [{l_best}, "
-                     f"{l_best + n}) at {s['best_delta']:+.2f} nats")
+                     f"{s['n_blocks']} candidates; the least harmful removal is "
+                     f"[{s['best_start']}, {s['best_start'] + n0}) at {s['best_delta']:+.2f} "
+                     f"nats (Spearman of d and the cost over the blocks "
+                     f"{s['spearman']:.2f})")
         top.append(cheap_to_remove(s["chosen_rank"], s["n_blocks"]))
-        plotting.plot_ablation(abl, chosen=l_d, title=f"{name}: removing {n} layers")
-    ranks = pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    every = [v for vs in verdicts.values() for v in vs]
     glue = dict(
-        abl_n=n, abl_picks="; ".join(picks), abl_rho_min=ranks["Spearman(d, loss)"].min(),
-        abl_rho_max=ranks["Spearman(d, loss)"].max(),
+        profile_n=len(data), profile_sizes="; ".join(
+            f"{n}: n = " + ", ".join(str(k) for k in cut_sizes(sc.profile_fractions,
+                                                               len(m.decoder_layers)))
+            for n, m in models.items()),
+        specific_min=sc.specific_min, profile_verdicts="; ".join(
+            f"{n}: " + ", ".join(vs) for n, vs in verdicts.items()),
+        profile_verdict=profile_sentence(every),
+        abl_picks="; ".join(picks),
         abl_verdict=(f"for every decoder the score's block is among the cheapest "
                      f"{CHEAP_SHARE:.0%} of removals" if all(top) else
                      f"for at least one decoder the score's block is not among the cheapest "
                      f"{CHEAP_SHARE:.0%} of removals: at this scale, check a pruning choice "
                      "against the loss before trusting it"))
-    path = record_headline(cfg, headline(agree, summaries, {"agree_rho": sc.agree_rho,
-                                            "agree_overlap_gain": sc.agree_overlap_gain,
-                                            "chance_draws": sc.chance_draws}))
-    items = [recorded_line(path, cfg)]
-    return Section(ranks, glue, items=items)
+    path = record_headline(cfg, headline(agree, summaries, record, {
+        "agree_rho": sc.agree_rho, "agree_overlap_gain": sc.agree_overlap_gain,
+        "chance_draws": sc.chance_draws, "specific_min": sc.specific_min}))
+    return Section(table, glue, {"verdicts": verdicts}, items=[recorded_line(path, cfg)])
+
+
+def profile_sentence(verdicts: list[str]) -> str:
+    """The chapter's answer from the functional profiles' verdicts (every decoder and block
+    size), as a sentence that can say no."""
+    from lib.report.rules import PROFILE_DECODER, PROFILE_NOT, PROFILE_SPECIFIC
+
+    if verdicts and all(v == PROFILE_SPECIFIC for v in verdicts):
+        return ("text and speech mark the same blocks, and more than any input does: the "
+                "agreement belongs to the inputs, as the paper's claim 2 says")
+    if verdicts and all(v == PROFILE_NOT for v in verdicts):
+        return ("text and speech do not mark the same blocks by what removing them costs: "
+                "the paper's claim 2 is not reproduced here")
+    if any(v == PROFILE_DECODER for v in verdicts) and not any(v == PROFILE_NOT
+                                                               for v in verdicts):
+        return ("text and speech mark the same blocks, but so does an input that carries no "
+                "task: the profile belongs to the decoder, which fits the paper's "
+                "\"inherited\" but does not show that speech is processed like text")
+    return ("the profiles agree for some decoders or block sizes and not for others (each "
+            "verdict is in the table): the paper's claim 2 holds here only in part")

@@ -224,28 +224,22 @@ def plot_block_profile(results: dict[str, Any], metric: str = "distance_last",
     return ax
 
 
-def plot_ablation(ablation_df: pd.DataFrame, chosen: int | None = None, ax: Any = None,
-                  title: str = "") -> Any:
-    """Loss after removing each block ``[l, l+n)`` against ``l``; the full model dashed.
-
-    ``chosen`` marks the block the redundancy score picks.
-    Explained in chapter 2 (book/02_where_redundancy_lies.ipynb).
-    """
-    ax = ax or plt.subplots()[1]
-    blocks = ablation_df[ablation_df["start"] >= 0]
-    full = float(ablation_df.loc[ablation_df["start"] < 0, "loss"].iloc[0])
-    ax.plot(blocks["start"], blocks["loss"], marker="o", label="block removed")
-    ax.axhline(full, color="black", ls="--", lw=0.8, label="no layer removed")
-    if chosen is not None:
-        row = blocks[blocks["start"] == chosen]
-        ax.scatter(row["start"], row["loss"], s=140, facecolors="none", edgecolors="C3",
-                   linewidths=2, zorder=3, label="block the score picks")
-    ax.set_xlabel("first removed layer l (block [l, l+n))")
-    ax.set_ylabel("target loss after removal (nats)")
-    if title:
-        ax.set_title(title)
-    ax.legend()
-    return ax
+def plot_functional_profiles(profiles: dict[int, dict[str, Any]], title: str = "") -> Any:
+    """What removing each block costs (loss increase per token) against the block's first
+    layer, one panel per block size, one line per input (``profiles[n][label]``: a
+    :class:`lib.prune.profiles.BlockProfile`). Explained in chapter 2."""
+    sizes = list(profiles)
+    fig, axes = plt.subplots(1, len(sizes), squeeze=False, figsize=(5.2 * len(sizes), 3.4))
+    for ax, n in zip(axes[0], sizes):
+        for label, p in profiles[n].items():
+            ax.plot(p.starts, p.increase(), marker="o", ms=3, label=label)
+        ax.set_xlabel(f"first layer l of the block [l, l+{n})")
+        ax.set_ylabel("loss increase (nats/token)")
+        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_title(f"{title}: blocks of {n}" if title else f"blocks of {n}")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
 
 
 def plot_removed_layers(plans: dict[str, dict[int, list[int]]], n_layers: int,

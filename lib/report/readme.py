@@ -128,6 +128,13 @@ def render_ch02(rec: dict[str, Any]) -> str:
                          f"{a['chosen_start'] + a['block_size']})) raises the loss by "
                          f"{a['chosen_delta']:.2f} nats, rank {a['chosen_rank']} of "
                          f"{a['n_blocks']}; Spearman(d, loss) {_f2(a.get('spearman'))}")
+        for n, p in d.get("profiles", {}).items():
+            lo, hi = p["index_ci95"]
+            notes.append(f"{dec}, blocks of {n} removed in turn: Spearman text–speech "
+                         f"{_f2(p['rho'])} (split-half ceiling {_f2(p['rho_ceiling'])}, "
+                         + ", ".join(f"{k} {_f2(v['rho_null'])}" for k, v in p["nulls"].items())
+                         + f"); specificity {p['index']:.2f} [{lo:.2f}, {hi:.2f}] against "
+                         f"{p['stricter_null']}: {p['verdict']}")
     th = rec.get("thresholds", {})
     rule = (f"\nVerdicts: \"the same blocks\" when the per-n Spearman mean is at least "
             f"{th.get('agree_rho', '?')} and the block overlap at least "
@@ -135,7 +142,11 @@ def render_ch02(rec: dict[str, Any]) -> str:
             f"their chance draws (p ≤ {P_MAX:g}); \"no more than chance\" when neither is; "
             f"\"beyond a null input\" when, in addition, an input that carries no task "
             f"reaches at most {NULL_SHARE_MAX:g} of the agreement above chance (the null "
-            "share; – where the run recorded none).\n")
+            "share; – where the run recorded none)."
+            + (f" By removal cost: \"specific to the inputs\" when the specificity index "
+               f"(rho - rho_null) / (rho_ceiling - rho_null) has its 95 % interval at or above "
+               f"{th['specific_min']:g}, \"as any input marks them\" when wholly below."
+               if "specific_min" in th else "") + "\n")
     return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + rule + "\n"
             + _provenance(rec) + "\n")
 

@@ -180,6 +180,32 @@ def specific_verdict(base: str, share: float, share_max: float = NULL_SHARE_MAX)
     return "the same blocks, as a null input does"
 
 
+PROFILE_SPECIFIC, PROFILE_DECODER, PROFILE_UNDECIDED, PROFILE_NOT = (
+    "the same blocks, specific to the inputs", "the same blocks, as any input marks them",
+    "the same blocks, specificity undecided", "not the same blocks")
+"""The verdicts of :func:`profile_verdict`."""
+
+
+def profile_verdict(rho: float, index_ci95: list[float], rho_min: float,
+                    specific_min: float) -> str:
+    """Do two functional profiles (what removing each block costs, on two inputs) mark the
+    same blocks, and is that agreement the inputs' own? ``not the same blocks`` when their
+    Spearman ``rho`` is below ``rho_min``; otherwise read on the specificity index's 95 %
+    interval (:func:`lib.prune.profiles.specificity`): ``the same blocks, specific to the
+    inputs`` when it lies wholly at or above ``specific_min``, ``..., as any input marks
+    them`` when wholly below it (a null input or a random-weights decoder agrees about as
+    much: the profile belongs to the decoder), ``..., specificity undecided`` otherwise.
+    Explained in chapter 2."""
+    if not rho >= rho_min:  # NaN: not the same
+        return PROFILE_NOT
+    lo, hi = index_ci95
+    if lo >= specific_min:
+        return PROFILE_SPECIFIC
+    if hi < specific_min:
+        return PROFILE_DECODER
+    return PROFILE_UNDECIDED
+
+
 def paired_target(d: dict[str, Any], higher_is_better: bool) -> str:
     """A paired difference (``a`` minus ``b``) as a verdict on ``a``: "better than",
     "worse than" or "not distinguishable from" ``b``, by :func:`paired_verdict`."""

@@ -40,15 +40,30 @@ def found_ch01(rec: dict[str, Any]) -> str:
 
 
 def found_ch02(rec: dict[str, Any]) -> str:
-    """Per decoder, how many comparisons the verdict rule called "the same blocks"."""
+    """Per decoder, how many comparisons of the distance surfaces mark the same blocks (read
+    against the null inputs where the run scored them), and the functional profiles'
+    verdict per block size (what removing each block costs, against a null input and a
+    random-weights decoder) where the run measured them."""
     parts = []
     for dec, d in rec["decoders"].items():
-        verdicts = [c["verdict"] for c in d["comparisons"].values()]
-        same = sum(v == "the same blocks" for v in verdicts)
-        parts.append(f"{dec}: the same blocks in {same} of {len(verdicts)} comparisons")
+        comps = list(d["comparisons"].values())
+        if any("beyond_null" in c for c in comps):
+            same = sum(c.get("beyond_null") == "the same blocks, beyond a null input"
+                       for c in comps)
+            part = f"{dec}: the same blocks beyond a null input in {same} of {len(comps)} " \
+                   "comparisons"
+        else:
+            same = sum(c["verdict"] == "the same blocks" for c in comps)
+            part = f"{dec}: the same blocks in {same} of {len(comps)} comparisons"
+        if d.get("profiles"):
+            part += "; by removal cost, " + ", ".join(
+                f"n = {n}: {p['verdict']}" for n, p in d["profiles"].items())
+        parts.append(part)
     t = rec["thresholds"]
     return "; ".join(parts) + (f" (Spearman per n ≥ {t['agree_rho']:g} and overlap gain ≥ "
-                               f"{t['agree_overlap_gain']:g} over chance)")
+                               f"{t['agree_overlap_gain']:g} over chance"
+                               + (f"; specificity ≥ {t['specific_min']:g}"
+                                  if "specific_min" in t else "") + ")")
 
 
 def found_ch03(rec: dict[str, Any]) -> str:
