@@ -70,9 +70,11 @@ class LossMeter:
     called; the batches are built once."""
 
     def __init__(self, model: "SpeechLLM", data: "FeatureSet", batch_size: int = 8,
-                 precision: str = "fp32") -> None:
-        if data is None or len(data) < MIN_UTTERANCES:
-            raise CompanionError(f"a loss curve needs at least {MIN_UTTERANCES} utterances for "
+                 precision: str = "fp32", min_utterances: int = MIN_UTTERANCES) -> None:
+        """``min_utterances``: fewer are refused (a bootstrap needs a few; a strategy that
+        only ranks removals, 1)."""
+        if data is None or len(data) < max(min_utterances, 1):
+            raise CompanionError(f"a loss curve needs at least {min_utterances} utterances for "
                                  f"its bootstrap, got {0 if data is None else len(data)}: "
                                  "score a larger test set")
         if batch_size < 1:

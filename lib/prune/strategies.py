@@ -28,7 +28,7 @@ import numpy as np
 
 from lib.clock import stage
 from lib.errors import CompanionError
-from lib.prune.losses import ablation_losses, loss_function
+from lib.prune.losses import loss_function
 from lib.prune.surgery import block_layers, check_layers, skip_layers
 
 if TYPE_CHECKING:
@@ -85,11 +85,15 @@ def random_layers(n_layers: int, n: int, seed: int) -> list[int]:
 
 def oracle_layers(model: "SpeechLLM", data: "FeatureSet", n: int, batch_size: int = 8,
                   precision: str = "fp32") -> list[int]:
-    """The contiguous block whose removal raises the dev loss least (every block tried by
-    :func:`lib.prune.losses.ablation_losses`; ties: the lower start)."""
-    abl = ablation_losses(model, data, n, batch_size=batch_size, precision=precision)
-    rows = abl[abl["start"] >= 0].sort_values(["loss", "start"], kind="stable")
-    return block_layers(int(rows.iloc[0]["start"]), n, len(model.decoder_layers))
+    """The contiguous block whose removal raises the dev loss least (every block tried, the
+    layers before each block reused from the full pass: :func:`lib.prune.profiles.
+    block_profile`; ties: the lower start)."""
+    from lib.prune.loss_curves import LossMeter
+    from lib.prune.profiles import block_profile
+
+    profile = block_profile(LossMeter(model, data, batch_size, precision, min_utterances=1), n)
+    best = int(np.argmin(profile.increase()))  # the first of equal minima: the lower start
+    return block_layers(int(profile.starts[best]), n, len(model.decoder_layers))
 
 
 def sleb_order(model: "SpeechLLM", data: "FeatureSet", max_removed: int,
