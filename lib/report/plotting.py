@@ -265,32 +265,45 @@ def plot_removed_layers(plans: dict[str, dict[int, list[int]]], n_layers: int,
     return ax
 
 
+def _curve_panels(points: pd.DataFrame, hue: str, title: str, ylabel: str,
+                  line: Any, marks: Any) -> Any:
+    """One panel per test set, one line per ``hue`` value with its 95 % band:
+    ``line(rows, test)`` gives ``(x, y, low, high)``, ``marks(ax, test)`` draws the rule's
+    lines; the legend right of the last panel."""
+    tests = list(dict.fromkeys(points["test_set"]))
+    fig, axes = plt.subplots(1, len(tests), squeeze=False, figsize=(5.2 * len(tests), 3.6))
+    colors = dict(zip(dict.fromkeys(points[hue]), sns.color_palette("colorblind", 10)))
+    for ax, test in zip(axes[0], tests):
+        for key, g in points[points["test_set"] == test].groupby(hue, sort=False):
+            x, y, lo, hi = line(g.sort_values("removed_fraction"), test)
+            ax.plot(x, y, marker="o", ms=3, label=key, color=colors[key])
+            ax.fill_between(x, lo, hi, alpha=0.12, color=colors[key])
+        marks(ax, test)
+        ax.set_xlabel("layers removed (%)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}: {test}" if title else test)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
+
+
 def plot_pruning_curves(points: pd.DataFrame, full: dict[str, dict[str, Any]],
                         threshold: float, title: str = "", hue: str = "strategy") -> Any:
     """WER (95 % interval bands) against the fraction of layers removed, one panel per test
     set, one line per ``hue`` value; the full model's WER at 0 and the threshold rule's
     limit ``(1 + threshold) x WER_full`` dashed. Explained in chapters 3 and 4."""
-    tests = list(dict.fromkeys(points["test_set"]))
-    fig, axes = plt.subplots(1, len(tests), squeeze=False, figsize=(5.2 * len(tests), 3.6))
-    colors = dict(zip(dict.fromkeys(points[hue]), sns.color_palette("colorblind", 10)))
-    for ax, test in zip(axes[0], tests):
+    def line(g: pd.DataFrame, test: str) -> tuple[list[float], ...]:
         f = full[test]
-        for key, g in points[points["test_set"] == test].groupby(hue, sort=False):
-            g = g.sort_values("removed_fraction")
-            x = [0.0] + list(100 * g["removed_fraction"])
-            y = [100 * f["wer"]] + list(100 * g["wer"])
-            lo = [100 * f["wer_ci95"][0]] + list(100 * g["wer_low"])
-            hi = [100 * f["wer_ci95"][1]] + list(100 * g["wer_high"])
-            ax.plot(x, y, marker="o", ms=3, label=key, color=colors[key])
-            ax.fill_between(x, lo, hi, alpha=0.12, color=colors[key])
-        ax.axhline(100 * f["wer"] * (1 + threshold), ls="--", color="0.3", lw=1,
+        return ([0.0] + list(100 * g["removed_fraction"]),
+                [100 * f["wer"]] + list(100 * g["wer"]),
+                [100 * f["wer_ci95"][0]] + list(100 * g["wer_low"]),
+                [100 * f["wer_ci95"][1]] + list(100 * g["wer_high"]))
+
+    def marks(ax: Any, test: str) -> None:
+        ax.axhline(100 * full[test]["wer"] * (1 + threshold), ls="--", color="0.3", lw=1,
                    label=f"rule: +{100 * threshold:g} % relative")
-        ax.set_xlabel("layers removed (%)")
-        ax.set_ylabel("WER (%)")
-        ax.set_title(f"{title}: {test}" if title else test)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
-    return fig
+
+    return _curve_panels(points, hue, title, "WER (%)", line, marks)
 
 
 def plot_loss_curves(points: pd.DataFrame, threshold: float, title: str = "",
@@ -300,27 +313,18 @@ def plot_loss_curves(points: pd.DataFrame, threshold: float, title: str = "",
     set, one line per strategy; 0 is the full model, 1 the model hearing another utterance's
     audio, the loss rule's threshold dashed. The axis stops at ``top`` (a point above it is
     drawn on the edge, its value in the chapter's tables). Explained in chapter 3."""
-    tests = list(dict.fromkeys(points["test_set"]))
-    fig, axes = plt.subplots(1, len(tests), squeeze=False, figsize=(5.2 * len(tests), 3.6))
-    colors = dict(zip(dict.fromkeys(points["strategy"]), sns.color_palette("colorblind", 10)))
-    for ax, test in zip(axes[0], tests):
-        for key, g in points[points["test_set"] == test].groupby("strategy", sort=False):
-            g = g.sort_values("removed_fraction")
-            x = [0.0] + list(100 * g["removed_fraction"])
-            y = [0.0] + [min(v, top) for v in g["normalised"]]
-            lo = [0.0] + [min(v, top) for v in g["normalised_low"]]
-            hi = [0.0] + [min(v, top) for v in g["normalised_high"]]
-            ax.plot(x, y, marker="o", ms=3, label=key, color=colors[key])
-            ax.fill_between(x, lo, hi, alpha=0.12, color=colors[key])
+    def line(g: pd.DataFrame, _: str) -> tuple[list[float], ...]:
+        return ([0.0] + list(100 * g["removed_fraction"]),
+                *([0.0] + [min(v, top) for v in g[c]]
+                  for c in ("normalised", "normalised_low", "normalised_high")))
+
+    def marks(ax: Any, _: str) -> None:
         ax.axhline(threshold, ls="--", color="0.3", lw=1, label=f"rule: {threshold:g}")
         ax.axhline(1.0, ls=":", color="0.5", lw=1, label="floor: other audio")
         ax.set_ylim(-0.05, top * 1.02)
-        ax.set_xlabel("layers removed (%)")
-        ax.set_ylabel("cost: share of the audio's worth")
-        ax.set_title(f"{title}: {test}" if title else test)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
-    return fig
+
+    return _curve_panels(points, "strategy", title, "cost: share of the audio's worth", line,
+                         marks)
 
 
 def plot_heal_variants(df: pd.DataFrame, title: str = "") -> Any:

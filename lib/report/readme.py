@@ -104,6 +104,13 @@ def render_ch01(rec: dict[str, Any]) -> str:
             "wholly on one side of zero.\n\n" + _provenance(rec) + "\n")
 
 
+def _block(rows: list[str], notes: list[str], rule: str, rec: dict[str, Any]) -> str:
+    """A chapter's block: its table, its notes as a list, the rule that reads it, where the
+    record was measured."""
+    return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + rule + "\n"
+            + _provenance(rec) + "\n")
+
+
 def _f2(x: Any) -> str:
     return "–" if x is None else f"{x:.2f}"
 
@@ -147,8 +154,7 @@ def render_ch02(rec: dict[str, Any]) -> str:
                f"(rho - rho_null) / (rho_ceiling - rho_null) has its 95 % interval at or above "
                f"{th['specific_min']:g}, \"as any input marks them\" when wholly below."
                if "specific_min" in th else "") + "\n")
-    return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + rule + "\n"
-            + _provenance(rec) + "\n")
+    return _block(rows, notes, rule, rec)
 
 
 def _score(metric: str, s: dict[str, Any]) -> str:
@@ -236,8 +242,7 @@ def render_ch03(rec: dict[str, Any]) -> str:
             f"{s['ruled_on']}, the floor being the full model hearing another utterance's "
             f"audio; the interval re-applies the rule to {s['bootstrap_draws']} resamples of "
             f"the utterances. WER decodes are capped by each clip's length.\n")
-    return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + rule + "\n"
-            + _provenance(rec) + "\n")
+    return _block(rows, notes, rule, rec)
 
 
 def render_ch03_wer(rec: dict[str, Any]) -> str:
@@ -266,8 +271,7 @@ def render_ch03_wer(rec: dict[str, Any]) -> str:
             f"{s.get('threshold', '?')}, on the first {s.get('curve_utterances', '?')} "
             f"utterances of each test set; the interval re-applies the rule to curves "
             f"resampled over utterances.\n")
-    return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + rule + "\n"
-            + _provenance(rec) + "\n")
+    return _block(rows, notes, rule, rec)
 
 
 def _wer_pair(v: dict[str, Any]) -> str:
