@@ -188,3 +188,23 @@ def test_bad_input_is_one_line(model, random_features, call, match):
     with pytest.raises(CompanionError, match=match) as err:
         call(model, random_features(6, dim=64))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("decoder", ["tiny-llama", "tiny-gemma"])
+@pytest.mark.parametrize("layers", [[1], [1, 3], [2, 3], [0, 2], [1, 2]])
+def test_a_kept_prefix_gives_what_removing_the_layers_and_running_all_gives(decoder, layers,
+                                                                            random_features):
+    """Any set of layers (SLEB's are not one block): the reused prefix, the plain removal
+    and a physically pruned copy agree utterance by utterance."""
+    m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder=decoder,
+                                    projector_stack=1, projector_hidden=32, lora_rank=4,
+                                    lora_alpha=8), seed=3).eval()
+    data = random_features(6, dim=64, seed=8)
+    plain = LossMeter(m, data, batch_size=4).without(layers)
+    meter = LossMeter(m, data, batch_size=4)
+    full = meter.keep_prefix()
+    np.testing.assert_allclose(full.sums, LossMeter(m, data, batch_size=4)().sums)
+    np.testing.assert_allclose(meter.without(layers).sums, plain.sums, rtol=1e-5, atol=1e-5)
+    pruned = copy.deepcopy(m)
+    remove_layers(pruned.decoder, layers)
+    np.testing.assert_allclose(plain.sums, _one_by_one(pruned, data), rtol=1e-4, atol=1e-4)

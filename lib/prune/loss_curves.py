@@ -36,6 +36,7 @@ import torch
 
 from lib.build.components import eval_mode, find_decoder_layers
 from lib.cache import cached, file_label
+from lib.clock import stage, track
 from lib.errors import CompanionError
 from lib.prune.surgery import check_layers, skip_layers
 
@@ -80,6 +81,7 @@ class LossMeter:
         if batch_size < 1:
             raise CompanionError(f"batch_size={batch_size}: use a positive integer")
         self.model, self.precision, self.batch_size = model, precision, batch_size
+        self.kept: list[list[torch.Tensor]] | None = None  # see keep_prefix
         self.digest = data.digest()  # what the cached losses are keyed by (with the cut)
         # batches of similar lengths (little padding); the losses come back in data order
         self.order = sorted(range(len(data)), key=lambda i: -data.feats[i].shape[0])
@@ -103,17 +105,72 @@ class LossMeter:
         return UtteranceLosses(sums, self.tokens)
 
     def without(self, layers: Sequence[int]) -> UtteranceLosses:
-        """The losses with decoder ``layers`` removed (restored afterwards).
+        """The losses with decoder ``layers`` removed (restored afterwards). After
+        :meth:`keep_prefix`, the layers before the first one removed are not run again.
 
         Raises:
             CompanionError: a cut of no layer or of every layer, or not layer indices
                 (:func:`lib.prune.surgery.check_layers`).
         """
-        layers = check_layers(list(layers), len(find_decoder_layers(self.model.decoder)))
-        with skip_layers(self.model.decoder, layers):
-            return self()
+        return losses_without(self, layers)
+
+    def keep_prefix(self) -> UtteranceLosses:
+        """The full model's losses, keeping every layer's input on every batch: from then
+        on a cut starting at layer ``s`` runs only the layers after it, fed with the kept
+        input of layer ``s`` (what the layers before it computed, which the cut does not
+        change). The same losses for about half the work; memory: one hidden state per
+        layer, position and utterance."""
+        return keep_prefix_of(self)
 
 
+def keep_prefix_of(meter: Any) -> UtteranceLosses:
+    layers = find_decoder_layers(meter.model.decoder)
+    kept: list[list[torch.Tensor]] = [[] for _ in layers]
+
+    def capture(store: list[torch.Tensor]) -> Any:
+        def hook(_: Any, args: tuple, kwargs: dict) -> None:
+            store.append((args[0] if args else kwargs["hidden_states"]).detach())
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(capture(kept[i]), with_kwargs=True)
+             for i, layer in enumerate(layers)]
+    try:
+        full = meter()
+    finally:
+        for h in hooks:
+            h.remove()
+    meter.kept = kept
+    return full
+
+
+def losses_without(meter: Any, layers: Sequence[int]) -> UtteranceLosses:
+    """A cut measured by ``meter`` (:class:`LossMeter` or a meter with the same
+    interface), reusing the kept prefix when there is one and something runs after it."""
+    modules = find_decoder_layers(meter.model.decoder)
+    layers = check_layers(list(layers), len(modules))
+    start = layers[0]
+    after = [i for i in range(start + 1, len(modules)) if i not in set(layers)]
+    if getattr(meter, "kept", None) is None or start == 0 or not after:
+        with skip_layers(meter.model.decoder, layers):
+            return meter()
+    stored = iter(meter.kept[start])
+
+    def feed(_: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        h = next(stored)
+        if args:
+            return (h, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": h}
+
+    hook = modules[after[0]].register_forward_pre_hook(feed, with_kwargs=True)
+    try:
+        # every layer before the first that runs, and the removed ones after it
+        with skip_layers(meter.model.decoder, sorted(set(range(after[0])) | set(layers))):
+            return meter()
+    finally:
+        hook.remove()
+
+
+@stage("losses")
 def cut_losses(meter: LossMeter, layers: Sequence[int], out_dir: Path, name: str
                ) -> UtteranceLosses:
     """Every utterance's loss with ``layers`` removed (none: the full model), computed once
@@ -126,6 +183,8 @@ def cut_losses(meter: LossMeter, layers: Sequence[int], out_dir: Path, name: str
              "batch_size": meter.batch_size, "batches": "longest-first"}
 
     def compute(_: Path) -> dict[str, Any]:
+        if layers and getattr(meter, "kept", None) is None:
+            meter.keep_prefix()  # one full pass, then every cut skips its prefix
         got = meter.without(layers) if layers else meter()
         return {"sums": got.sums.tolist(), "tokens": got.tokens.tolist()}
 
@@ -239,19 +298,19 @@ def loss_curves(meter: LossMeter, full: UtteranceLosses, floor: UtteranceLosses,
 
     big_l = len(find_decoder_layers(meter.model.decoder))
     rows, losses = [], {}
-    for strategy, plan in plans.items():
-        losses[strategy] = {}
-        for n, layers in sorted(plan.items()):
-            cut = cut_losses(meter, layers, out_dir, name)
-            losses[strategy][n] = cut
-            p = loss_point(full, cut, floor, draws, seed)
-            rows.append({"strategy": strategy, "test_set": name, "n_removed": n,
-                         "removed_fraction": n / big_l, "layers": list(layers),
-                         "loss": p["loss"], "delta": p["delta"],
-                         "delta_low": p["delta_ci95"][0], "delta_high": p["delta_ci95"][1],
-                         "normalised": p["normalised"],
-                         "normalised_low": p["normalised_ci95"][0],
-                         "normalised_high": p["normalised_ci95"][1]})
+    todo = [(s, n, layers) for s, plan in plans.items() for n, layers in sorted(plan.items())]
+    for strategy, n, layers in track(todo, desc=f"{name}: cuts measured"):
+        cut = cut_losses(meter, layers, out_dir, name)
+        losses.setdefault(strategy, {})[n] = cut
+        p = loss_point(full, cut, floor, draws, seed)
+        rows.append({"strategy": strategy, "test_set": name, "n_removed": n,
+                     "removed_fraction": n / big_l, "layers": list(layers),
+                     "loss": p["loss"], "delta": p["delta"],
+                     "delta_low": p["delta_ci95"][0], "delta_high": p["delta_ci95"][1],
+                     "normalised": p["normalised"],
+                     "normalised_low": p["normalised_ci95"][0],
+                     "normalised_high": p["normalised_ci95"][1]})
+    meter.kept = None  # the kept prefix is freed once the curve is measured
     return pd.DataFrame(rows), losses
 
 

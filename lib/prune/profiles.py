@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from lib.build.components import eval_mode, find_decoder_layers
+from lib.clock import track
 from lib.errors import CompanionError
 from lib.prune.loss_curves import (MIN_UTTERANCES, LossMeter, UtteranceLosses, interval95,
-                                   resample_rows)
-from lib.prune.surgery import block_layers, check_layers, skip_layers
+                                   keep_prefix_of, losses_without, resample_rows)
+from lib.prune.surgery import block_layers
 from lib.score.agreement import spearman_rho
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class TextLossMeter:
         start = model.tokenizer.bos_token_id
         start = model.eos_id if start is None else start
         self.ids = [[start] + model.target_ids(t) for t in texts]
+        self.kept: list[list[torch.Tensor]] | None = None  # see keep_prefix
         self.tokens = np.array([len(x) - 1 for x in self.ids], dtype=float)
 
     @torch.no_grad()
@@ -80,10 +82,12 @@ class TextLossMeter:
         return UtteranceLosses(np.concatenate(sums).astype(float), self.tokens)
 
     def without(self, layers: Sequence[int]) -> UtteranceLosses:
-        """The losses with decoder ``layers`` removed (restored afterwards)."""
-        layers = check_layers(list(layers), len(find_decoder_layers(self.model.decoder)))
-        with skip_layers(self.model.decoder, layers):
-            return self()
+        """As :meth:`lib.prune.loss_curves.LossMeter.without`."""
+        return losses_without(self, layers)
+
+    def keep_prefix(self) -> UtteranceLosses:
+        """As :meth:`lib.prune.loss_curves.LossMeter.keep_prefix`."""
+        return keep_prefix_of(self)
 
 
 def random_weights(model: "SpeechLLM", seed: int = 0) -> "SpeechLLM":
@@ -135,62 +139,29 @@ class BlockProfile:
                                            "n_tokens"])
 
 
-def _capture(store: list[torch.Tensor]) -> Any:
-    def hook(_: Any, args: tuple, kwargs: dict) -> None:
-        store.append((args[0] if args else kwargs["hidden_states"]).detach())
-    return hook
-
-
-def _feed(stored: Any) -> Any:
-    def hook(_: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        h = next(stored)
-        if args:
-            return (h, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": h}
-    return hook
-
-
-def block_profile(meter: LossMeter | TextLossMeter, n: int, reuse_prefix: bool = True
-                  ) -> BlockProfile:
+def block_profile(meter: LossMeter | TextLossMeter, n: int, reuse_prefix: bool = True,
+                  desc: str = "blocks removed") -> BlockProfile:
     """Remove every block of ``n`` layers in turn and keep every utterance's loss.
 
-    With ``reuse_prefix`` the layers before a block are not run again: the full model's pass
-    keeps the input of every layer, and a block ``[l, l+n)`` runs only the layers after it,
-    fed with the kept input of layer ``l`` (what the layers before the block computed, which
-    removing the block does not change). About half the work of removing each block and
-    running the rest; the same losses (a test checks them against the plain removal).
+    With ``reuse_prefix`` the layers before a block are not run again
+    (:meth:`lib.prune.loss_curves.LossMeter.keep_prefix`): about half the work, the same
+    losses (a test checks them against the plain removal).
 
     Raises:
         CompanionError: a block size outside ``1 .. L - 1``.
     """
-    layers = find_decoder_layers(meter.model.decoder)
-    big_l = len(layers)
+    big_l = len(find_decoder_layers(meter.model.decoder))
     if not 1 <= int(n) < big_l:
         raise CompanionError(f"block size n={n} out of range: use 1 <= n < {big_l} for this "
                              f"{big_l}-layer decoder")
     n = int(n)
     starts = np.arange(big_l - n + 1)
-    if not reuse_prefix:
-        blocks = [meter.without(block_layers(int(s), n, big_l)).sums for s in starts]
-        return BlockProfile(n, starts, meter(), np.stack(blocks))
-    kept: list[list[torch.Tensor]] = [[] for _ in range(big_l)]
-    hooks = [layer.register_forward_pre_hook(_capture(kept[i]), with_kwargs=True)
-             for i, layer in enumerate(layers)]
+    full = meter.keep_prefix() if reuse_prefix else meter()
     try:
-        full = meter()
+        blocks = [meter.without(block_layers(int(s), n, big_l)).sums
+                  for s in track(starts, desc=desc)]
     finally:
-        for h in hooks:
-            h.remove()
-    blocks = []
-    for s in (int(x) for x in starts):
-        if s == 0 or s + n == big_l:  # nothing before it to reuse, or nothing after it
-            blocks.append(meter.without(block_layers(s, n, big_l)).sums)
-            continue
-        hook = layers[s + n].register_forward_pre_hook(_feed(iter(kept[s])), with_kwargs=True)
-        try:
-            blocks.append(meter.without(list(range(s + n))).sums)
-        finally:
-            hook.remove()
+        meter.kept = None
     return BlockProfile(n, starts, full, np.stack(blocks))
 
 

@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from lib.clock import stage
+from lib.clock import stage, track
 from lib.errors import CompanionError
-from lib.prune.losses import loss_function
-from lib.prune.surgery import block_layers, check_layers, skip_layers
+from lib.prune.surgery import block_layers, check_layers
 
 if TYPE_CHECKING:
     from lib.build.speechllm import SpeechLLM
@@ -102,22 +101,26 @@ def sleb_order(model: "SpeechLLM", data: "FeatureSet", max_removed: int,
 
     At each step every remaining layer is tried on top of those already removed and the one
     whose removal gives the lowest loss goes (ties: lower index). The first ``n`` entries are
-    the strategy's cut of ``n`` layers, so one call serves every cut size.
+    the strategy's cut of ``n`` layers, so one call serves every cut size. The layers before
+    each removal are reused from the full pass (:meth:`lib.prune.loss_curves.LossMeter.
+    keep_prefix`).
     """
     big_l = len(model.decoder_layers)
     if not (1 <= max_removed < big_l):
         raise CompanionError(f"max_removed={max_removed}: use 1..{big_l - 1} for this "
                              f"{big_l}-layer decoder")
-    loss = loss_function(model, data, batch_size, precision)
+    from lib.prune.loss_curves import LossMeter
+
+    meter = LossMeter(model, data, batch_size, precision, min_utterances=1)
+    meter.keep_prefix()  # the layers before a removal are not run again
     removed: list[int] = []
     order: list[tuple[int, float]] = []
-    for _ in range(max_removed):
+    for _ in track(range(max_removed), desc="sleb: layers removed one by one"):
         best: tuple[float, int] | None = None
         for cand in range(big_l):
             if cand in removed:
                 continue
-            with skip_layers(model.decoder, sorted(removed + [cand])):
-                v = loss()
+            v = meter.without(sorted(removed + [cand])).mean
             if best is None or v < best[0]:
                 best = (v, cand)
         assert best is not None

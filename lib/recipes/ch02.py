@@ -393,13 +393,15 @@ positions; the same decoder configuration with seeded random weights)."""
 def _profiles_of(model: SpeechLLM, n: int, meters: dict[str, Any]) -> dict[str, Any]:
     """The four profiles of one decoder at block size ``n``."""
     from lib.build.adapters import pretrained_decoder
+    from lib.clock import stage
     from lib.prune.profiles import block_profile
 
-    out = {SPEECH: block_profile(meters[SPEECH], n)}
-    with pretrained_decoder(model):
-        out[TEXT_LM] = block_profile(meters[TEXT_LM], n)
-    out[NOISE] = block_profile(meters[NOISE], n)
-    out[RANDOM] = block_profile(meters[RANDOM], n)
+    with stage("profiles"):
+        out = {SPEECH: block_profile(meters[SPEECH], n, desc=f"{SPEECH}, blocks of {n}")}
+        with pretrained_decoder(model):
+            out[TEXT_LM] = block_profile(meters[TEXT_LM], n, desc=f"{TEXT_LM}, blocks of {n}")
+        for null in (NOISE, RANDOM):
+            out[null] = block_profile(meters[null], n, desc=f"{null}, blocks of {n}")
     return out
 
 
