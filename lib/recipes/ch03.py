@@ -55,6 +55,10 @@ BOOTSTRAP_DRAWS = 1000
 """Resamples of the utterances behind every interval of the chapter."""
 
 
+def _layers(n: int) -> str:
+    return f"{n} layer{'' if n == 1 else 's'}"
+
+
 def _wer_ci(s: dict[str, Any]) -> str:
     return f"{100 * s['wer']:.1f} [{100 * s['wer_ci95'][0]:.1f}, {100 * s['wer_ci95'][1]:.1f}]"
 
@@ -285,11 +289,11 @@ def rule_table(cfg: Run, runs: dict[str, ModelRun], meters: dict[str, dict[str, 
         best_sentence="; ".join(
             f"for {n}, no cut can be ruled: another utterance's audio costs it nothing"
             if b["floor_gap"] <= 0 else
-            f"for {n}, {s} allows the most, {b['n_removed']} layers "
+            f"for {n}, {s} allows the most, {_layers(b['n_removed'])} "
             f"({100 * b['removed_fraction']:.0f} %; interval {b['n_removed_ci95'][0]}–"
             f"{b['n_removed_ci95'][1]})" for n, (s, b) in best.items()),
         angular_sentence="; ".join(
-            f"{n}: {r['n_removed']} layers ({100 * r['removed_fraction']:.0f} %; interval "
+            f"{n}: {_layers(r['n_removed'])} ({100 * r['removed_fraction']:.0f} %; interval "
             f"{r['n_removed_ci95'][0]}–{r['n_removed_ci95'][1]} layers, "
             f"{r['grid_steps']} grid step{'s' if r['grid_steps'] != 1 else ''})"
             for n, r in angular.items()) or f"not run ({PAPER_STRATEGY} is not in "
@@ -348,10 +352,10 @@ def confirm(cfg: Run, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
                            "insertion_rate": p["insertion_rate"], "relative": rel,
                            "within": within_threshold(rel, pc.threshold),
                            "cost": float(cost.iloc[0])})
-                rows.append({"decoder": name, "test set": test, "layers removed": k,
-                             "the rule's cut": "◀" if k == rule["n_removed"] else "",
+                rows.append({"decoder": name, "test set": test,
+                             "layers removed": f"{k} (the rule's)" if k == rule["n_removed"]
+                             else str(k),
                              "WER (%)": _wer_ci(p), "insertions per word": p["insertion_rate"],
-                             "WER full (%)": _wer_ci(full),
                              "relative increase (%)": 100 * rel,
                              "loss cost": float(cost.iloc[0])})
             chosen[name]["tests"][test] = {
@@ -359,7 +363,11 @@ def confirm(cfg: Run, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
                 "insertion_rate_full": full["insertion_rate"],
                 "n_utterances": full["n_utterances"], "ruled": test == first, "at": at}
     glue = {"confirm_sentence": "; ".join(_confirm_one(n, c, first, pc.threshold)
-                                          for n, c in chosen.items()) or "nothing decoded"}
+                                          for n, c in chosen.items()) or "nothing decoded",
+            "full_sentence": "; ".join(
+                f"{n} {100 * t['wer_full']:.1f} % on {test} ({t['insertion_rate_full']:.2f} "
+                "insertions per word)" for n, c in chosen.items()
+                for test, t in c["tests"].items())}
     path = record_headline(cfg, headline(cfg, curves_, rules, baseline, chosen))
     return Section(pd.DataFrame(rows), glue, items=[recorded_line(path, cfg)], precision=2)
 
@@ -371,7 +379,7 @@ def _confirm_one(name: str, c: dict[str, Any], first: str, threshold: float) -> 
         return (f"{name}: the rule removes nothing; the smallest cut already moves WER by "
                 f"{100 * t['at'][0]['relative']:+.0f} % relative")
     keeps = "within" if at["within"] else "beyond"
-    return (f"{name}: the loss rule's cut of {c['n_removed']} layers takes WER from "
+    return (f"{name}: the loss rule's cut of {_layers(c['n_removed'])} takes WER from "
             f"{100 * t['wer_full']:.1f} to {100 * at['wer']:.1f} % "
             f"({100 * at['relative']:+.0f} % relative, {keeps} the paper's "
             f"{100 * threshold:.0f} %; {at['insertion_rate']:.2f} insertions per word)")

@@ -230,9 +230,10 @@ def plot_functional_profiles(profiles: dict[int, dict[str, Any]], title: str = "
     :class:`lib.prune.profiles.BlockProfile`). Explained in chapter 2."""
     sizes = list(profiles)
     fig, axes = plt.subplots(1, len(sizes), squeeze=False, figsize=(5.2 * len(sizes), 3.4))
+    colors = sns.color_palette("colorblind", 10)
     for ax, n in zip(axes[0], sizes):
-        for label, p in profiles[n].items():
-            ax.plot(p.starts, p.increase(), marker="o", ms=3, label=label)
+        for color, (label, p) in zip(colors, profiles[n].items()):
+            ax.plot(p.starts, p.increase(), marker="o", ms=3, label=label, color=color)
         ax.set_xlabel(f"first layer l of the block [l, l+{n})")
         ax.set_ylabel("loss increase (nats/token)")
         ax.set_yscale("symlog", linthresh=0.1)
