@@ -8,7 +8,6 @@ import copy
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -22,13 +21,13 @@ from references import rebuild_decoder
 from lib.build.components import pruned_layers
 from lib.prune.surgery import (block_layers, check_layers, receiving_layers, remove_layers,
                                skip_block, skip_layers)
-from lib.prune.losses import loss_function
+from lib.prune.loss_curves import LossMeter
 from lib.score.stats import RedundancyResult
 from lib.build.speechllm import SpeechLLM, build_speechllm
 from lib.prune.strategies import (angular_layers, block_influence_layers, check_strategies,
                                   cut_sizes, gromov_layers, oracle_layers, random_layers,
                                   sleb_order, strategy_layers)
-from lib.prune.rule import check_threshold, relative_change, rule_cut, threshold_cut
+from lib.prune.rule import relative_change, within_threshold
 
 S, F = "sliding_attention", "full_attention"
 PROMPT = "the quick brown fox jumps over the lazy dog, again and again"  # > sliding window
@@ -335,16 +334,6 @@ def test_block_past_the_end_is_an_error(start, n, llama):
     assert len(llama[0].model.layers) == 4
 
 
-@pytest.mark.parametrize("t", [0, 1, -0.1, 1.5, "x", None])
-def test_threshold_outside_0_1_is_an_error(t):
-    for call in (lambda: check_threshold(t),
-                 lambda: rule_cut([0.1], 0.2, [0.21], t),
-                 lambda: threshold_cut([0.1], [1, 1], [[1, 2]], [5, 5], t)):
-        with pytest.raises(CompanionError) as e:
-            call()
-        _one_line(e, repr(t))
-
-
 def test_unknown_strategy_and_bad_fractions_are_errors():
     with pytest.raises(CompanionError) as e:
         strategy_layers("greedy", [1], 4)
@@ -361,75 +350,12 @@ def test_unknown_strategy_and_bad_fractions_are_errors():
 # ------------------------------------------------------------ 5. the threshold rule
 
 
-def test_rule_picks_the_largest_cut_within_the_threshold():
-    fr = [0.1, 0.2, 0.3, 0.4]
-    assert rule_cut(fr, 0.20, [0.21, 0.24, 0.26, 0.40], 0.25) == 0.2  # 0.26 is +30 %
-    assert rule_cut(fr, 0.20, [0.21, 0.24, 0.25, 0.40], 0.25) == 0.3  # exactly +25 %: in
-    assert rule_cut(fr, 0.20, [0.30, 0.31, 0.50, 0.90], 0.25) == 0.0  # none within
-    # every point judged on its own: a passing larger cut counts after a failing one
-    assert rule_cut(fr, 0.20, [0.30, 0.22, 0.50, 0.90], 0.25) == 0.2
-    # BLEU: higher is better, a relative drop of at most 10 %
-    bleu = [28.0, 27.3, 26.0, 12.0]  # -6.7 %, -9 %, -13.3 %, -60 %
-    assert rule_cut(fr, 30.0, bleu, 0.10, higher_is_better=True) == 0.2
-    assert rule_cut(fr, 30.0, bleu, 0.10) == 0.4  # read as WERs they all "improve"
-    np.testing.assert_allclose(relative_change(30.0, bleu, True),
-                               [2 / 30, 2.7 / 30, 4 / 30, 18 / 30])
-    np.testing.assert_allclose(relative_change(0.2, [0.21, 0.26]), [0.05, 0.3])
-    # a perfect full model: no error is no change, any error is an infinite increase
-    assert relative_change(0.0, [0.0, 0.1]).tolist() == [0.0, np.inf]
-    with pytest.raises(CompanionError):
-        rule_cut(fr, 0.2, [0.21, 0.22], 0.25)
-
-
-def test_threshold_cut_bootstrap_interval():
-    fr = [0.1, 0.2, 0.3, 0.4]
-    # 50 identical utterances of 20 words: every resample is the measured curve
-    n = 50
-    full = [8] * n                                       # WER 0.40
-    points = [[9] * n, [9] * n, [11] * n, [15] * n]      # +12.5 %, +12.5 %, +37.5 %, +87.5 %
-    r = threshold_cut(fr, full, points, [20] * n, 0.25, n_boot=300)
-    assert r["cut"] == 0.2
-    assert r["cut_ci95"] == [0.2, 0.2]
-    np.testing.assert_allclose(r["relative"], [0.125, 0.125, 0.375, 0.875])
-    # varied utterances: the interval holds the point cut, on the curve's fractions
-    rng = np.random.default_rng(5)
-    m = 40
-    words = rng.integers(5, 25, size=m)
-    full = rng.binomial(words, 0.2)
-    points = [rng.binomial(words, p) for p in (0.21, 0.235, 0.27, 0.5)]
-    r = threshold_cut(fr, full, points, words, 0.25, n_boot=500, seed=1)
-    wf = full.sum() / words.sum()
-    want = max([f for f, e in zip(fr, points) if (e.sum() / words.sum() - wf) / wf <= 0.25],
-               default=0.0)
-    assert r["cut"] == want
-    lo, hi = r["cut_ci95"]
-    assert lo <= r["cut"] <= hi and lo < hi
-    assert {lo, hi} <= {0.0, *fr}
-    assert threshold_cut(fr, full, points, words, 0.25, n_boot=500, seed=1) == r
-
-
-def test_threshold_table_from_made_up_curves():
-    from lib.prune.curves import threshold_table
-
-    full = {"clean": {"utterance_errors": [2, 2, 2, 2], "utterance_words": [10] * 4,
-                      "wer": 0.2}}
-    rows = []
-    for strategy, errs in (("good", {1: [2, 2, 2, 3], 2: [3, 3, 3, 3]}),   # 0.225, 0.30
-                           ("bad", {1: [4, 4, 4, 4], 2: [5, 5, 5, 5]})):   # 0.40, 0.50
-        for n, e in errs.items():
-            rows.append({"strategy": strategy, "test_set": "clean", "n_removed": n,
-                         "removed_fraction": n / 4, "layers": list(range(n)),
-                         "wer": sum(e) / 40, "errors": e})
-    table = threshold_table(pd.DataFrame(rows), full, 0.25, n_boot=200).set_index("strategy")
-    good, bad = table.loc["good"], table.loc["bad"]
-    assert good["threshold_cut"] == 0.25 and good["n_removed"] == 1
-    assert good["wer_at_cut"] == pytest.approx(0.225)
-    assert good["relative_increase"] == pytest.approx(0.125)
-    assert good["cut_low"] <= 0.25 <= good["cut_high"]
-    assert bad["threshold_cut"] == 0.0 and bad["n_removed"] == 0
-    assert bad["wer_at_cut"] == pytest.approx(0.2) and np.isnan(bad["relative_increase"])
-    with pytest.raises(CompanionError):
-        threshold_table(pd.DataFrame(), full)
+def test_the_papers_rule_by_hand():
+    """Relative degradation (WER up, BLEU down) and the threshold with its rounding margin."""
+    assert relative_change(0.20, 0.25).tolist() == pytest.approx(0.25)
+    assert relative_change(20.0, 18.0, higher_is_better=True).tolist() == pytest.approx(0.1)
+    assert relative_change(0.0, 0.0).tolist() == 0.0 and relative_change(0.0, 0.1) == np.inf
+    assert within_threshold(0.25, 0.25) and not within_threshold(0.2501, 0.25)
 
 
 def test_cut_sizes_by_hand():
@@ -552,19 +478,18 @@ def _speech_without(model, drop):
                      model.tokenizer).eval()
 
 
-def test_loss_function_is_the_token_weighted_mean(speech):
+def test_the_strategies_loss_is_the_token_weighted_mean(speech):
+    """What SLEB and the oracle rank by: a LossMeter's mean, against each utterance alone
+    and a decoder rebuilt by hand without the layers."""
     data = _features()
-    f = loss_function(speech, data, batch_size=2)
-    assert f.n_tokens == sum(len(speech.target_ids(t)) for t in TEXTS)
-    assert f() == pytest.approx(_utterance_loss(speech, data), rel=1e-5)
-    with skip_layers(speech.decoder, [1, 3]):
-        v = f()
+    f = LossMeter(speech, data, batch_size=2, min_utterances=1)
+    assert f.tokens.sum() == sum(len(speech.target_ids(t)) for t in TEXTS)
+    assert f().mean == pytest.approx(_utterance_loss(speech, data), rel=1e-5)
+    v = f.without([1, 3]).mean
     assert v == pytest.approx(_utterance_loss(_speech_without(speech, [1, 3]), data), rel=1e-5)
-    assert f() == pytest.approx(_utterance_loss(speech, data), rel=1e-5)
+    assert f().mean == pytest.approx(_utterance_loss(speech, data), rel=1e-5)
     with pytest.raises(CompanionError):
-        loss_function(speech.decoder, data)
-    with pytest.raises(CompanionError):
-        loss_function(speech, data, batch_size=0)
+        LossMeter(speech, data, batch_size=0)
 
 
 def test_sleb_removes_an_identity_layer_first(speech):
@@ -679,38 +604,3 @@ def test_evaluate_cut_caches_and_restores_the_model(speech, tmp_path, monkeypatc
     assert len(names) == 3 and r2["layers"] == [1, 2] and r3["layers"] == [1, 3]
 
 
-def test_pruning_curves_with_a_fake_decoder(speech, tmp_path, monkeypatch):
-    """The decoding is replaced by one whose errors are known: each removed layer turns one
-    more word of every transcript into 'zzz' (so the WER of every point is known by hand)."""
-    import lib.prune.curves as curves
-
-    texts = ["red green blue sky", "cat dog", "up and down we go now"]  # 4, 2, 6 words
-    data = _features(3, texts=texts)
-
-    def fake(model, data, ev=None, desc="", capped=False):
-        k = 4 - len(model.decoder_layers)
-        out = []
-        for u in data.utterances:
-            w = u.text.split()
-            out.append(" ".join(["zzz"] * min(k, len(w)) + w[k:]))
-        return out
-
-    monkeypatch.setattr(curves, "transcribe", fake)
-    plans = {"gromov": {1: [2], 2: [1, 2]}, "random": {1: [0], 3: [0, 1, 2]}}
-    points, full = curves.pruning_curves(speech, {"clean": data}, plans, tmp_path,
-                                         EvalConfig(max_new_tokens=4))
-    assert full["clean"]["wer"] == 0.0 and full["clean"]["utterance_words"] == [4, 2, 6]
-    by_hand = {1: 3 / 12, 2: 6 / 12, 3: 8 / 12}  # errors per utterance: min(k, words)
-    errors = {1: [1, 1, 1], 2: [2, 2, 2], 3: [3, 2, 3]}
-    assert len(points) == 4
-    for _, row in points.iterrows():
-        n = row["n_removed"]
-        assert row["wer"] == pytest.approx(by_hand[n])
-        assert list(row["errors"]) == errors[n]
-        assert row["removed_fraction"] == n / 4
-        assert row["layers"] == plans[row["strategy"]][n]
-        assert row["wer_low"] <= row["wer"] <= row["wer_high"]
-    assert len(speech.decoder_layers) == 4
-    # the full model's WER is 0: any error is an infinite increase, so nothing is cut
-    table = curves.threshold_table(points, full, 0.25, n_boot=100)
-    assert table["threshold_cut"].tolist() == [0.0, 0.0]

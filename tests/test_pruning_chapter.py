@@ -152,7 +152,7 @@ def test_the_record_of_the_loss_curves_renders_what_it_holds():
     (["not the same blocks", "the same blocks, specific to the inputs"],
      "the profiles agree for some decoders or block sizes and not for others")])
 def test_chapter_2s_profile_sentence_says_each_answer(verdicts, starts):
-    from lib.recipes.ch02 import profile_sentence
+    from lib.recipes.profiles import profile_sentence
 
     assert profile_sentence(verdicts).startswith(starts)
 

@@ -13,7 +13,9 @@ from torch import nn
 from lib.config.sections import ModelConfig
 from lib.errors import CompanionError
 from lib.data.features import FeatureSet
-from lib.prune.losses import ablation_losses, ablation_summary, rank_agreement
+from lib.prune.loss_curves import LossMeter
+from lib.prune.losses import ablation_summary, rank_agreement
+from lib.prune.profiles import block_profile
 from lib.prune.surgery import skip_block
 from lib.score.redundancy import agreement, capture_hidden_states, score_speech, score_text
 from lib.score.stats import (RedundancyAccumulator, RedundancyResult, angular_distance,
@@ -379,7 +381,7 @@ def test_ablation_matches_hand_pruned_model_and_restores(speech_model,
     with torch.no_grad():
         loss_before = float(model.loss(feats, lengths, texts))
     n = 2
-    df = ablation_losses(model, data, n, batch_size=2)
+    df = block_profile(LossMeter(model, data, batch_size=2, min_utterances=1), n).frame()
     big_l = len(layers_before)
     assert df["start"].tolist() == [-1] + list(range(big_l - n + 1))
     assert df.iloc[0]["loss"] == pytest.approx(loss_before, rel=1e-5)
@@ -457,10 +459,11 @@ def test_errors(lm, speech_model, random_features):
     full = random_features(2)
     for bad in (0, 4, 7):
         with pytest.raises(CompanionError, match="out of range"):
-            ablation_losses(speech_model, full, bad)
+            block_profile(LossMeter(speech_model, full, min_utterances=1), bad)
     r = score_text(model, tok, ["ok"])
     with pytest.raises(CompanionError, match="out of range"):
-        rank_agreement(ablation_losses(speech_model, full, 1), r, 9)
+        rank_agreement(block_profile(LossMeter(speech_model, full, min_utterances=1), 1).frame(),
+                       r, 9)
     with pytest.raises(CompanionError):
         agreement(r, _other_depth())
 

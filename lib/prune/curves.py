@@ -1,5 +1,5 @@
-"""WER against layers removed: decode a SpeechLLM with a set of decoder layers skipped,
-cache each point, and apply the paper's threshold rule to each curve.
+"""WER at a cut: decode a SpeechLLM with a set of decoder layers skipped and cache the point;
+the full model's WER from chapter 1's decodes, capped like a cut's.
 
 Every point is one greedy decoding of a test set with the given layers skipped
 (:func:`lib.prune.surgery.skip_layers`; the model is restored afterwards), scored with its 95 %
@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-import pandas as pd
 
 from lib.config.sections import EvalConfig
 from lib.errors import CompanionError
@@ -28,7 +26,6 @@ from lib.evaluate.decode import (CAP_SLACK_TOKENS, CAP_TOKENS_PER_SECOND, audio_
 from lib.fileio import load_jsonl
 from lib.cache import cached, file_label
 from lib.prune.surgery import check_layers, skip_layers
-from lib.prune.rule import threshold_cut
 
 if TYPE_CHECKING:
     from lib.data.features import FeatureSet
@@ -124,61 +121,3 @@ def full_capped(model: "SpeechLLM", data: "FeatureSet", out_dir: Path, name: str
             "utterance_words": score["utterance_words"],
             "insertion_rate": insertion_rate(score), "n_utterances": len(rows),
             "reused": rec["hypotheses"]}
-
-
-def pruning_curves(model: "SpeechLLM", sets: dict[str, "FeatureSet"],
-                   plans: dict[str, dict[int, list[int]]], out_dir: Path,
-                   ev: EvalConfig = EvalConfig()) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
-    """Every strategy's curve on every test set, plus the full model.
-
-    Args:
-        sets: test-set name -> features (the curve subsets).
-        plans: strategy -> ``{n: layers}`` (:func:`lib.prune.strategies.strategy_layers`).
-
-    Returns:
-        ``(points, full)``: one row per strategy, cut and test set (``strategy, test_set,
-        n_removed, removed_fraction, layers, wer, wer_low, wer_high``, the per-utterance
-        ``errors``), and the full model's record per test set.
-    """
-    big_l = len(model.decoder_layers)
-    full = {name: evaluate_cut(model, fs, [], out_dir, name, ev)
-            for name, fs in sets.items()}
-    rows = []
-    for strategy, plan in plans.items():
-        for n, layers in sorted(plan.items()):
-            for name, fs in sets.items():
-                r = evaluate_cut(model, fs, layers, out_dir, name, ev, n_layers=big_l)
-                rows.append({"strategy": strategy, "test_set": name, "n_removed": n,
-                             "removed_fraction": n / big_l, "layers": layers,
-                             "wer": r["wer"], "wer_low": r["wer_ci95"][0],
-                             "wer_high": r["wer_ci95"][1], "errors": r["utterance_errors"],
-                             "decode_utterances_per_s": r["decode_utterances_per_s"]})
-    return pd.DataFrame(rows), full
-
-
-def threshold_table(points: pd.DataFrame, full: dict[str, dict[str, Any]],
-                    threshold: float = 0.25, n_boot: int = 2000,
-                    seed: int = 0) -> pd.DataFrame:
-    """The paper's rule per strategy and test set: the cut, its interval, the WER there.
-
-    Columns: strategy, test_set, threshold_cut, cut_low, cut_high, n_removed (at the cut),
-    wer_full, wer_at_cut, relative_increase (at the cut; NaN when nothing is cut).
-    """
-    if points.empty:
-        raise CompanionError("no curve points: give at least one strategy and one cut size")
-    rows = []
-    for (strategy, test), g in points.groupby(["strategy", "test_set"], sort=False):
-        g = g.sort_values("removed_fraction")
-        f = full[test]
-        res = threshold_cut(g["removed_fraction"].tolist(), f["utterance_errors"],
-                            np.stack(g["errors"].to_numpy()), f["utterance_words"],
-                            threshold, n_boot, seed)
-        at = g[np.isclose(g["removed_fraction"], res["cut"])]
-        rows.append({"strategy": strategy, "test_set": test, "threshold_cut": res["cut"],
-                     "cut_low": res["cut_ci95"][0], "cut_high": res["cut_ci95"][1],
-                     "n_removed": int(at["n_removed"].iloc[0]) if len(at) else 0,
-                     "wer_full": f["wer"],
-                     "wer_at_cut": float(at["wer"].iloc[0]) if len(at) else f["wer"],
-                     "relative_increase": (float(at["wer"].iloc[0]) / f["wer"] - 1)
-                     if len(at) and f["wer"] > 0 else float("nan")})
-    return pd.DataFrame(rows)

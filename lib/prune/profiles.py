@@ -124,8 +124,8 @@ class BlockProfile:
         return (self.sums[:, idx].sum(-1) - f[idx].sum(-1)).T / t[idx].sum(-1)[:, None]
 
     def frame(self) -> Any:
-        """The profile as :func:`lib.prune.losses.ablation_losses` tables it (``start, end,
-        block_size, loss, delta, n_tokens``; the full model the row with start -1), so its
+        """The profile as a table (``start, end, block_size, loss, delta, n_tokens``; the full
+        model the row with start -1), so its
         summary (:func:`lib.prune.losses.ablation_summary`) reads it."""
         import pandas as pd
 

@@ -204,12 +204,9 @@ def _pct0(x: Any) -> str:
 
 
 def render_ch03(rec: dict[str, Any]) -> str:
-    """Chapter 3: per decoder and strategy, the loss rule's cut (and its interval); the
-    paper's strategy against the last-n baseline; the WER decoded at the chosen cut. A
-    record written before the loss curves (its rule on WER curves) renders as it was
-    (:func:`render_ch03_wer`) until the next full run replaces it."""
-    s = rec["settings"]
-    if s.get("curve") != "loss":
+    """Chapter 3: the loss rule's cut per strategy, angular against the last-n baseline, the
+    WER at the chosen cut; a record of WER curves (before 08d4d7f) by :func:`render_ch03_wer`."""
+    if (s := rec["settings"]).get("curve") != "loss":
         return render_ch03_wer(rec)
     rows = ["| decoder | strategy | layers removed [95 % CI] | cut (%) | interval (grid steps) "
             "| cost at the cut |", "|---|---|---|---|---|---|"]
@@ -221,27 +218,23 @@ def render_ch03(rec: dict[str, Any]) -> str:
             rows.append(f"| {dec} | {strategy} | {r['n_removed']} [{lo}, {hi}] | "
                         f"{_pct0(r['removed_fraction'])} | {r['grid_steps']} | "
                         f"{r['cost']:.2f} |")
-        against = d["baseline"]["against"]
-        if against:
+        if d["baseline"]["against"]:
             notes.append(f"{dec}, angular against {d['baseline']['strategy']} (paired loss "
                          "difference per cut): " + ", ".join(
-                             f"{a['n_removed']} layers: {a['verdict']}" for a in against))
+                             f"{a['n_removed']} layers: {a['verdict']}"
+                             for a in d["baseline"]["against"]))
         ch = d.get("chosen", {})
-        for t, v in ch.get("tests", {}).items():
-            at = [a for a in v["at"] if a["n_removed"] == ch["n_removed"]]
-            if at:
-                a = at[0]
-                notes.append(
-                    f"{dec}, {ch['strategy']} cut of {ch['n_removed']} layers on {t} "
-                    f"({v['n_utterances']} utterances{'' if v['ruled'] else ', not ruled on'}):"
-                    f" WER {100 * v['wer_full']:.1f} % -> {100 * a['wer']:.1f} % "
-                    f"[{100 * a['wer_ci95'][0]:.1f}, {100 * a['wer_ci95'][1]:.1f}], "
-                    f"{a['insertion_rate']:.2f} insertions per word")
-    rule = (f"\nThe rule: the largest cut whose loss cost (L_cut - L_full) / (L_floor - "
-            f"L_full) stays within {s['loss_threshold']:g} on every utterance of "
-            f"{s['ruled_on']}, the floor being the full model hearing another utterance's "
-            f"audio; the interval re-applies the rule to {s['bootstrap_draws']} resamples of "
-            f"the utterances. WER decodes are capped by each clip's length.\n")
+        notes += [f"{dec}, {ch['strategy']} cut of {ch['n_removed']} layers on {t} "
+                  f"({v['n_utterances']} utterances{'' if v['ruled'] else ', not ruled on'}): "
+                  f"WER {100 * v['wer_full']:.1f} % -> {100 * a['wer']:.1f} % "
+                  f"[{100 * a['wer_ci95'][0]:.1f}, {100 * a['wer_ci95'][1]:.1f}], "
+                  f"{a['insertion_rate']:.2f} insertions per word"
+                  for t, v in ch.get("tests", {}).items() for a in v["at"]
+                  if a["n_removed"] == ch["n_removed"]]
+    rule = (f"\nThe rule: the largest cut whose loss cost (L_cut - L_full) / (L_floor - L_full) "
+            f"stays within {s['loss_threshold']:g} on every utterance of {s['ruled_on']} (the "
+            f"floor: another utterance's audio); its interval from {s['bootstrap_draws']} "
+            "resamples of the utterances. WER decodes are capped by each clip's length.\n")
     return _block(rows, notes, rule, rec)
 
 
