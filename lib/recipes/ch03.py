@@ -22,6 +22,7 @@ from lib.config.sections import Run
 from lib.data.features import FeatureSet
 from lib.errors import CompanionError
 from lib.paths import slug
+from lib.evaluate.decode import CAP_SLACK_TOKENS, CAP_TOKENS_PER_SECOND
 from lib.prune.curves import evaluate_cut, full_capped
 from lib.prune.loss_curves import (LossMeter, compare_at_cuts, cut_losses, grid_steps,
                                    loss_curves, loss_rule)
@@ -362,7 +363,8 @@ def confirm(cfg: Run, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
                 "wer_full": full["wer"], "wer_full_ci95": full["wer_ci95"],
                 "insertion_rate_full": full["insertion_rate"],
                 "n_utterances": full["n_utterances"], "ruled": test == first, "at": at}
-    glue = {"confirm_sentence": "; ".join(_confirm_one(n, c, first, pc.threshold)
+    glue = {"cap_rate": f"{CAP_TOKENS_PER_SECOND:g}", "cap_slack": CAP_SLACK_TOKENS,
+            "confirm_sentence": "; ".join(_confirm_one(n, c, first, pc.threshold)
                                           for n, c in chosen.items()) or "nothing decoded",
             "full_sentence": "; ".join(
                 f"{n} {100 * t['wer_full']:.1f} % on {test} ({t['insertion_rate_full']:.2f} "
