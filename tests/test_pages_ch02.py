@@ -43,7 +43,14 @@ def test_agreement_table_headline_and_readme_block(tmp_path):
                                         "chosen_start": 3, "chosen_delta": 0.25,
                                         "chosen_rank": 1, "best_start": 3,
                                         "best_delta": 0.25}},
-                        {"agree_rho": 0.8, "agree_overlap_gain": 0.5})
+                        {"dec": {"2": {"rho": 0.9, "top_k_overlap": 1.0, "k": 3,
+                                       "rho_ceiling": 0.95,
+                                       "nulls": {"noise audio": {"rho_null": 0.88, "index": 0.2,
+                                                                 "index_ci95": [0.0, 0.4]}},
+                                       "stricter_null": "noise audio", "index": 0.2,
+                                       "index_ci95": [0.0, 0.4],
+                                       "verdict": "the same blocks, as any input marks them"}}},
+                        {"agree_rho": 0.8, "agree_overlap_gain": 0.5, "specific_min": 0.5})
     c = rec["decoders"]["dec"]["comparisons"]["text vs speech, transcript tokens"]
     assert set(c) == {"spearman_per_n_mean", "overlap_mean", "chance", "verdict"}
     assert set(c["chance"]) == {"spearman_per_n_mean", "overlap_mean"}
@@ -55,6 +62,9 @@ def test_agreement_table_headline_and_readme_block(tmp_path):
     out = render("<!-- results: demo/ch02 -->\n<!-- end results -->", tmp_path)
     assert "| dec | text vs speech, transcript tokens | 1.00 (" in out
     assert "raises the loss by 0.25 nats, rank 1 of 7" in out
+    assert ("dec, blocks of 2 removed in turn: Spearman text–speech 0.90 (split-half ceiling "
+            "0.95, noise audio 0.88); specificity 0.20 [0.00, 0.40] against noise audio: the "
+            "same blocks, as any input marks them") in out
 
 
 def test_gguf_decoders_are_the_offline_quantised_ones():
