@@ -150,7 +150,7 @@ def losses_without(meter: Any, layers: Sequence[int]) -> UtteranceLosses:
     layers = check_layers(list(layers), len(modules))
     start = layers[0]
     after = [i for i in range(start + 1, len(modules)) if i not in set(layers)]
-    if getattr(meter, "kept", None) is None or start == 0 or not after:
+    if meter.kept is None or start == 0 or not after:
         with skip_layers(meter.model.decoder, layers):
             return meter()
     stored = iter(meter.kept[start])
@@ -183,7 +183,7 @@ def cut_losses(meter: LossMeter, layers: Sequence[int], out_dir: Path, name: str
              "batch_size": meter.batch_size, "batches": "longest-first"}
 
     def compute(_: Path) -> dict[str, Any]:
-        if layers and getattr(meter, "kept", None) is None:
+        if layers and meter.kept is None:
             meter.keep_prefix()  # one full pass, then every cut skips its prefix
         got = meter.without(layers) if layers else meter()
         return {"sums": got.sums.tolist(), "tokens": got.tokens.tolist()}
