@@ -81,7 +81,7 @@ def test_a_chapter_that_starts_from_a_preset_gets_it_and_its_inherited_overrides
     _notebook(tmp_path / "book/04_d.ipynb", cell(4), "")
     found = chapters.list_chapters(tmp_path)
     declared = {nb: chapters.declared_parameters(nb) for nb in found}
-    preset = {"train_steps": 6, "heal_curve_utterances": 4, "heal_steps": 3}
+    preset = {"train_steps": 6, "heal_seeds": 2, "heal_steps": 3}
     params = chapters.chapter_parameters(
         declared, preset, {"train_steps": 9, "prune_threshold": 0.1}, preset_name="tiny",
         record="trial:x")

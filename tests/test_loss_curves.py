@@ -190,6 +190,26 @@ def test_bad_input_is_one_line(model, random_features, call, match):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("base, layers", [([2], [1, 2]), ([2], [2, 3]), ([1], [1, 2]),
+                                          ([0, 2], [0, 1, 2]), ([1], [2, 3]), ([3], [3])])
+def test_a_prefix_kept_without_some_layers_gives_what_plain_removal_gives(base, layers,
+                                                                          random_features):
+    """SLEB's steps: the prefix kept with ``base`` removed serves every cut that removes
+    ``base`` and more (and a cut that does not falls back to running every layer): the same
+    losses as removing the layers and running the rest, utterance by utterance."""
+    m = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-gemma",
+                                    projector_stack=1, projector_hidden=32, lora_rank=4,
+                                    lora_alpha=8), seed=3).eval()
+    data = random_features(6, dim=64, seed=8)
+    meter = LossMeter(m, data, batch_size=4)
+    got_base = meter.keep_prefix(without=base)
+    assert meter.kept_without == base
+    np.testing.assert_allclose(got_base.sums, LossMeter(m, data, batch_size=4).without(base).sums,
+                               rtol=1e-5, atol=1e-5)
+    plain = LossMeter(m, data, batch_size=4).without(layers)
+    np.testing.assert_allclose(meter.without(layers).sums, plain.sums, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("decoder", ["tiny-llama", "tiny-gemma"])
 @pytest.mark.parametrize("layers", [[1], [1, 3], [2, 3], [0, 2], [1, 2]])
 def test_a_kept_prefix_gives_what_removing_the_layers_and_running_all_gives(decoder, layers,

@@ -128,7 +128,7 @@ def _record() -> dict:
 
 
 def test_the_record_of_the_loss_curves_renders_what_it_holds():
-    from lib.report.readme import render_ch03
+    from lib.report.blocks import render_ch03
     from lib.report.summary import found_ch03
 
     text = render_ch03(_record())

@@ -8,6 +8,7 @@ from pathlib import Path
 from lib.fileio import figures_digest
 from lib.paths import REPO_ROOT
 from lib.report.readme import render
+from lib.report.summary import found_ch04
 
 
 def _ch01(tmp_path: Path) -> Path:
@@ -245,3 +246,56 @@ def test_chapter_4_block_fits_five_columns_with_the_rest_in_notes(tmp_path):
     assert "| d | both | real | 90.0 -> 60.0 [50.0, 70.0] | 0.75 |" in out
     assert "- d: 6 of 30 layers removed; trained (M parameters, minutes): both 3.62, 0.8" in out
     assert "50 steps of 8 utterances" in out
+
+
+def test_chapter_4_loss_block_by_hand(tmp_path):
+    """A record scored by the losses: the full model's and each variant's loss with its seed
+    range and recovery in the table; both against a single variant, the repair verdict, the
+    cuts healed and the capped WER in the notes."""
+    rec = {"chapter": "ch04", "preset": "demo",
+           "decoders": {"d": {
+               "cut": {"n_removed": 6, "n_layers": 30},
+               "rule_cut": {"n_removed": 3, "n_removed_ci95": [3, 3]},
+               "losses": {"t": {"full": 1.5, "floor": 4.0, "pruned": 2.5}},
+               "variants": {
+                   "none": {"trainable": 0, "wall_time_s": 0.0, "tests": {"t": {
+                       "loss": 2.5, "loss_per_seed": [2.5], "recovery": 0.0,
+                       "recovery_ci95": [0.0, 0.0]}}},
+                   "both": {"trainable": 3_618_368, "wall_time_s": 49.0, "tests": {"t": {
+                       "loss": 1.75, "loss_per_seed": [1.7, 1.8, 1.75], "recovery": 0.75,
+                       "recovery_ci95": [0.7, 0.8]}}}},
+               "both_vs": {"projector": {"delta": -0.2, "ci95": [-0.3, -0.1],
+                                         "interval_from": "seeds", "verdict": "lower than"}},
+               "repair": {"delta": 0.6, "ci95": [0.5, 0.7], "gain_healed": 0.75,
+                          "gain_healed_ci95": [0.7, 0.8],
+                          "gain_control": 0.15, "verdict": "healing repairs the cut: it wins "
+                          "back more than the same training gives the unpruned model"},
+               "cuts": {"6": {"kind": "fixed", "cost_before": 0.4, "cost_after": 0.1,
+                              "cost_after_ci95": [0.08, 0.12], "within_rule": True}},
+               "wer": {"t": {"full model": {"wer": 0.3, "insertion_rate": 0.01}}}}},
+           "settings": {"scored": "loss", "ruled_on": "t", "heal_steps": 50,
+                        "heal_batch_size": 8, "heal_learning_rate": 0.0005,
+                        "heal_lora_rank": 64, "heal_seeds": 3, "loss_threshold": 0.1},
+           "provenance": {"date": "2026-12-04T05:00:00", "git_hash": "abcdef0123",
+                          "device": {"cpu_count": 2}, "versions": {"torch": "2.13.0+cpu"}}}
+    rec["digest"] = figures_digest(rec)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "ch04.json").write_text(json.dumps(rec))
+    out = render("<!-- results: demo/ch04 -->\n<!-- end results -->", tmp_path)
+    assert "| d | full model | – | 1.500 | – |" in out
+    assert "| d | none | 1 | 2.500 (2.500–2.500) | – |" in out
+    assert "| d | both | 3 | 1.750 (1.700–1.800) | 0.75 [0.70, 0.80] |" in out
+    assert ("- d: 6 of 30 layers removed (fixed); the loss rule's cut 3 (interval 3–3)"
+            in out)
+    assert ("- d: both's loss is lower than projector's (-0.200 nats per token, [-0.300, "
+            "-0.100] from the seeds)") in out
+    assert "- d: healing repairs the cut" in out
+    assert "gain 0.750 against the control's 0.150; difference [+0.500, +0.700]" in out
+    assert found_ch04(rec) == ("d, 6 of 30 layers removed: best `both`, recovery 0.75 "
+                               "[0.70, 0.80] of the loss; healing repairs the cut: it wins "
+                               "back more than the same training gives the unpruned model "
+                               "(50 healing steps, 3 seeds)")
+    assert ("- d: at 6 removed (fixed), healing takes the loss cost from 0.40 to 0.10 "
+            "[0.08, 0.12], within the rule's 0.1") in out
+    assert "- d: WER on t, capped: full model 30.0 % (0.01 insertions per word)" in out
+    assert "50 steps of 8 utterances, peak rate 0.0005, LoRA rank 64, 3 seeds" in out

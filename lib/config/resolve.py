@@ -226,8 +226,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "heal_variants": _names(_variants),
     "heal_fraction": _number(lambda v: 0 < v < 1,
                              "use a fraction of the layers in (0, 1), e.g. 0.4"),
-    "heal_curve_fractions": _units(closed=False), "heal_curve_utterances": _POS,
-    "heal_steps": _POS,
+    "heal_seeds": _POS, "heal_steps": _POS,
     "heal_batch_size": _POS, "heal_learning_rate": _POSITIVE, "heal_warmup_steps": _NON_NEG,
     "heal_lora_rank": _POS, "heal_lora_alpha": _POS, "cost_rounds": _POS,
     # chapter 5

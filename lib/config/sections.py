@@ -132,8 +132,7 @@ class HealConfig:
 
     variants: tuple[str, ...] = P.heal_variants
     fraction: float = P.heal_fraction
-    curve_fractions: tuple[float, ...] = P.heal_curve_fractions
-    curve_utterances: int = P.heal_curve_utterances
+    seeds: int = P.heal_seeds
     steps: int = P.heal_steps
     batch_size: int = P.heal_batch_size
     learning_rate: float = P.heal_learning_rate

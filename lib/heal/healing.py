@@ -68,10 +68,28 @@ def check_variant(variant: str) -> str:
     return variant
 
 
-def heal_targets(model: "SpeechLLM", variant: str) -> list[int]:
-    """Decoder layers (indices in the pruned model) whose MLP gets LoRA in ``variant``."""
+def control_targets(layers: list[int], n_layers: int) -> list[int]:
+    """The layers, in the unpruned model, that would receive the cut ``layers``: where the
+    control (the unpruned model trained with the same budget) gets its LoRA, so that it
+    trains what healing that cut trains."""
+    drop = set(layers)
+    keep = [i for i in range(n_layers) if i not in drop]
+    return [keep[i] for i in receiving_layers(layers, n_layers)]
+
+
+def heal_targets(model: "SpeechLLM", variant: str, layers: list[int] | None = None
+                 ) -> list[int]:
+    """Decoder layers (indices in the pruned model) whose MLP gets LoRA in ``variant``;
+    ``layers``: these instead of the receiving ones (the control, on an unpruned model)."""
     where = HEAL_VARIANTS[check_variant(variant)].lora
     removed = pruned_layers(model.decoder)
+    if layers is not None:
+        n = len(model.decoder_layers)
+        if not layers or any(not 0 <= int(i) < n for i in layers):
+            raise CompanionError(f"LoRA layers {list(layers)}: give indices of the decoder's "
+                                 f"{n} layers")
+        return [] if where == "none" else list(range(n)) if where == "all" else \
+            sorted(int(i) for i in layers)
     if not removed:
         raise CompanionError("this model was not pruned (its config records no "
                              "pruned_layers): prune it first with prune_speechllm(model, "
@@ -85,8 +103,10 @@ def heal_targets(model: "SpeechLLM", variant: str) -> list[int]:
 
 
 def prepare_healing(model: "SpeechLLM", variant: str, rank: int = 64, alpha: int = 128,
-                    dropout: float = 0.0, seed: int = 0) -> dict[str, int]:
-    """Make ``variant``'s parameters trainable (everything else frozen).
+                    dropout: float = 0.0, seed: int = 0, layers: list[int] | None = None
+                    ) -> dict[str, int]:
+    """Make ``variant``'s parameters trainable (everything else frozen); ``layers``: LoRA
+    on these layers' MLPs instead of the receiving ones (:func:`heal_targets`).
 
     The new adapters are initialised from ``seed`` (the global random state is left as it
     was), so the same healing configuration always starts from the same weights.
@@ -97,7 +117,7 @@ def prepare_healing(model: "SpeechLLM", variant: str, rank: int = 64, alpha: int
     """
     from peft import LoraConfig, get_peft_model
 
-    targets = heal_targets(model, variant)
+    targets = heal_targets(model, variant, layers)
     if hasattr(model.decoder, "peft_config"):
         raise CompanionError("the decoder still has adapters: prune with prune_speechllm "
                              "(which merges them) before healing")
@@ -140,13 +160,20 @@ class HealRun:
                 "final_loss": r.get("final_loss")}
 
 
-def schedule(hc: HealConfig, train: TrainConfig) -> TrainConfig:
+def heal_seeds(hc: HealConfig, train: TrainConfig) -> list[int]:
+    """The seeds of the repeated healings: chapter 1's seed, then the next ones
+    (``heal_seeds`` of them); the first is the healing a single run does."""
+    return [train.seed + k for k in range(hc.seeds)]
+
+
+def schedule(hc: HealConfig, train: TrainConfig, seed: int | None = None) -> TrainConfig:
     """The healing runs' schedule: chapter 1's training section (its seed, precision and
     length grouping) with healing's steps, batch, rate and warm-up, one learning rate for
     every trainable part, checkpoints at most every ``train.checkpoint_every`` steps, and
-    the fixed choices above."""
+    the fixed choices above; ``seed``: another seed (the adapters' start and the order of
+    the batches)."""
     return dataclasses.replace(
-        train, steps=hc.steps, batch_size=hc.batch_size, grad_accum=HEAL_GRAD_ACCUM,
+        train, seed=train.seed if seed is None else int(seed), steps=hc.steps, batch_size=hc.batch_size, grad_accum=HEAL_GRAD_ACCUM,
         learning_rate=hc.learning_rate, warmup_steps=hc.warmup_steps,
         weight_decay=HEAL_WEIGHT_DECAY,
         checkpoint_every=max(1, min(train.checkpoint_every, hc.steps)), recipe=HEAL_RECIPE,
@@ -157,7 +184,8 @@ def schedule(hc: HealConfig, train: TrainConfig) -> TrainConfig:
 def heal(model: "SpeechLLM", train_set: "FeatureSet", variant: str, hc: HealConfig,
          train: TrainConfig, base_run: Path, desc: str = "healing",
          run_dir: Path | None = None, stop_after: int | None = None,
-         dev_check: Callable[["SpeechLLM"], dict[str, Any]] | None = None) -> HealRun:
+         dev_check: Callable[["SpeechLLM"], dict[str, Any]] | None = None,
+         seed: int | None = None, lora_layers: list[int] | None = None) -> HealRun:
     """Heal a pruned SpeechLLM in place with one variant; reuse or resume its run.
 
     Args:
@@ -169,17 +197,22 @@ def heal(model: "SpeechLLM", train_set: "FeatureSet", variant: str, hc: HealConf
         run_dir: an explicit folder instead of the keyed one; it must not hold a run of
             another configuration.
         stop_after: stop after this many steps (as if killed; for tests).
+        seed: another seed than chapter 1's (:func:`heal_seeds`).
+        lora_layers: LoRA on these layers instead of the receiving ones: the control, an
+            unpruned model trained as healing would train it (:func:`control_targets`).
     """
     from lib.train.loop import train_speechllm
 
-    cfg, rank, alpha = schedule(hc, train), hc.lora_rank, hc.lora_alpha
-    trainable = prepare_healing(model, variant, rank, alpha, seed=cfg.seed)
+    cfg, rank, alpha = schedule(hc, train, seed), hc.lora_rank, hc.lora_alpha
+    trainable = prepare_healing(model, variant, rank, alpha, seed=cfg.seed, layers=lora_layers)
     if variant == "none":
         model.eval()
         return HealRun(variant, None, trainable, None)
     spec = {"base": Path(base_run).name, "layers": pruned_layers(model.decoder),
             "variant": variant, "rank": rank, "alpha": alpha, "train": to_dict(cfg),
             "data": train_set.digest()}
+    if lora_layers is not None:
+        spec["lora_layers"] = trainable["layers"]
     out = Path(run_dir) if run_dir is not None else (
         Path(base_run) / "heal" / f"{variant}-{config_hash(spec)}")
     marker = out / "heal_config.json"
@@ -194,10 +227,3 @@ def heal(model: "SpeechLLM", train_set: "FeatureSet", variant: str, hc: HealConf
                          stop_after=stop_after, dev_check=dev_check)
     model.eval()
     return HealRun(variant, out, trainable, tr)
-
-
-def recovery(wer_full: float, wer_pruned: float, wer_healed: float) -> float:
-    """The share of the WER lost to pruning that healing won back:
-    ``(pruned - healed) / (pruned - full)``; NaN when pruning lost nothing."""
-    lost = wer_pruned - wer_full
-    return float("nan") if lost <= 0 else (wer_pruned - wer_healed) / lost

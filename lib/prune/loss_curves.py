@@ -26,6 +26,7 @@ Stage: prune. Explained in chapter 3 (book/03_pruning.ipynb).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ from lib.prune.surgery import check_layers, skip_layers
 if TYPE_CHECKING:
     from lib.build.speechllm import SpeechLLM
     from lib.data.features import FeatureSet
+
+BOOTSTRAP_DRAWS = 1000
+"""Resamples of every bootstrap over utterances the chapters show."""
 
 MIN_UTTERANCES = 5
 """Fewer utterances than this give no bootstrap worth showing: a loss curve refuses them."""
@@ -82,6 +86,7 @@ class LossMeter:
             raise CompanionError(f"batch_size={batch_size}: use a positive integer")
         self.model, self.precision, self.batch_size = model, precision, batch_size
         self.kept: list[list[torch.Tensor]] | None = None  # see keep_prefix
+        self.kept_without: list[int] = []
         self.digest = data.digest()  # what the cached losses are keyed by (with the cut)
         # batches of similar lengths (little padding); the losses come back in data order
         self.order = sorted(range(len(data)), key=lambda i: -data.feats[i].shape[0])
@@ -114,17 +119,23 @@ class LossMeter:
         """
         return losses_without(self, layers)
 
-    def keep_prefix(self) -> UtteranceLosses:
-        """The full model's losses, keeping every layer's input on every batch: from then
-        on a cut starting at layer ``s`` runs only the layers after it, fed with the kept
-        input of layer ``s`` (what the layers before it computed, which the cut does not
-        change). The same losses for about half the work; memory: one hidden state per
+    def keep_prefix(self, without: Sequence[int] = ()) -> UtteranceLosses:
+        """The full model's losses (``without``: those of the decoder with these layers
+        removed), keeping every layer's input on every batch: from then on a cut starting at
+        layer ``s`` runs only the layers after it, fed with the kept input of layer ``s``
+        (what the layers before it computed, which the cut does not change). A cut that
+        removes the ``without`` layers and more starts at the first of the others (SLEB's
+        next step). The same losses for about half the work; memory: one hidden state per
         layer, position and utterance."""
-        return keep_prefix_of(self)
+        return keep_prefix_of(self, without)
 
 
-def keep_prefix_of(meter: Any) -> UtteranceLosses:
+def keep_prefix_of(meter: Any, without: Sequence[int] = ()) -> UtteranceLosses:
+    """The losses of the decoder with ``without`` removed (none: the full model), keeping
+    every running layer's input on every batch (``meter.kept``; ``meter.kept_without``
+    says which layers were removed when it was kept)."""
     layers = find_decoder_layers(meter.model.decoder)
+    base = check_layers(list(without), len(layers)) if len(without) else []
     kept: list[list[torch.Tensor]] = [[] for _ in layers]
 
     def capture(store: list[torch.Tensor]) -> Any:
@@ -134,23 +145,28 @@ def keep_prefix_of(meter: Any) -> UtteranceLosses:
 
     hooks = [layer.register_forward_pre_hook(capture(kept[i]), with_kwargs=True)
              for i, layer in enumerate(layers)]
+    meter.kept = None  # a failed pass leaves no half-kept prefix behind
     try:
-        full = meter()
+        with skip_layers(meter.model.decoder, base) if base else contextlib.nullcontext():
+            got = meter()
     finally:
         for h in hooks:
             h.remove()
-    meter.kept = kept
-    return full
+    meter.kept, meter.kept_without = kept, base
+    return got
 
 
 def losses_without(meter: Any, layers: Sequence[int]) -> UtteranceLosses:
     """A cut measured by ``meter`` (:class:`LossMeter` or a meter with the same
-    interface), reusing the kept prefix when there is one and something runs after it."""
+    interface), reusing the kept prefix when there is one, the cut removes every layer it
+    was kept without, and something runs after the first other layer removed."""
     modules = find_decoder_layers(meter.model.decoder)
     layers = check_layers(list(layers), len(modules))
-    start = layers[0]
+    base = set(getattr(meter, "kept_without", None) or [])
+    extra = [i for i in layers if i not in base]
+    start = extra[0] if extra else 0
     after = [i for i in range(start + 1, len(modules)) if i not in set(layers)]
-    if meter.kept is None or start == 0 or not after:
+    if meter.kept is None or not base <= set(layers) or start == 0 or not after:
         with skip_layers(meter.model.decoder, layers):
             return meter()
     stored = iter(meter.kept[start])
@@ -200,7 +216,7 @@ def resample_rows(n: int, draws: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(draws, n))
 
 
-def _check_same(*sets: UtteranceLosses) -> int:
+def check_same(*sets: UtteranceLosses) -> int:
     n = len(sets[0].sums)
     if any(len(s.sums) != n or not np.array_equal(s.tokens, sets[0].tokens) for s in sets):
         raise CompanionError("the losses compared are not of the same utterances: measure them "
@@ -226,7 +242,7 @@ def paired_delta(a: UtteranceLosses, b: UtteranceLosses, draws: int = 1000, seed
                  ) -> dict[str, Any]:
     """``b``'s mean loss per token minus ``a``'s on the same utterances, with the 95 %
     interval of the paired bootstrap (both resampled together, utterance by utterance)."""
-    _check_same(a, b)
+    check_same(a, b)
     idx = resample_rows(len(a.sums), draws, seed)
     return {"delta": b.mean - a.mean, "delta_ci95": interval95(b.resampled(idx)
                                                                - a.resampled(idx))}
@@ -237,7 +253,7 @@ def loss_point(full: UtteranceLosses, cut: UtteranceLosses, floor: UtteranceLoss
     """One point of a loss curve: the cut's mean loss per token, its paired difference to
     the full model and its normalised cost, each with a 95 % bootstrap interval (the three
     sets resampled together, utterance by utterance)."""
-    n = _check_same(full, cut, floor)
+    n = check_same(full, cut, floor)
     idx = resample_rows(n, draws, seed)
     f, c, fl = full.resampled(idx), cut.resampled(idx), floor.resampled(idx)
     return {"loss": cut.mean, "delta": cut.mean - full.mean, "delta_ci95": interval95(c - f),
@@ -266,7 +282,7 @@ def loss_rule(full: UtteranceLosses, floor: UtteranceLosses,
     if not cuts:
         raise CompanionError("no cut to judge: measure at least one")
     sizes = sorted(cuts)
-    n = _check_same(full, floor, *(cuts[k] for k in sizes))
+    n = check_same(full, floor, *(cuts[k] for k in sizes))
     idx = resample_rows(n, draws, seed)
     f, fl = full.resampled(idx), floor.resampled(idx)
     cost = np.stack([normalised_cost(0.0, cuts[k].resampled(idx) - f, fl - f) for k in sizes])

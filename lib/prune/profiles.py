@@ -58,6 +58,7 @@ class TextLossMeter:
         start = model.eos_id if start is None else start
         self.ids = [[start] + model.target_ids(t) for t in texts]
         self.kept: list[list[torch.Tensor]] | None = None  # see keep_prefix
+        self.kept_without: list[int] = []
         self.tokens = np.array([len(x) - 1 for x in self.ids], dtype=float)
 
     @torch.no_grad()
@@ -85,9 +86,9 @@ class TextLossMeter:
         """As :meth:`lib.prune.loss_curves.LossMeter.without`."""
         return losses_without(self, layers)
 
-    def keep_prefix(self) -> UtteranceLosses:
+    def keep_prefix(self, without: Sequence[int] = ()) -> UtteranceLosses:
         """As :meth:`lib.prune.loss_curves.LossMeter.keep_prefix`."""
-        return keep_prefix_of(self)
+        return keep_prefix_of(self, without)
 
 
 def random_weights(model: "SpeechLLM", seed: int = 0) -> "SpeechLLM":

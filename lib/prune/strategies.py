@@ -102,8 +102,9 @@ def sleb_order(model: "SpeechLLM", data: "FeatureSet", max_removed: int,
     At each step every remaining layer is tried on top of those already removed and the one
     whose removal gives the lowest loss goes (ties: lower index). The first ``n`` entries are
     the strategy's cut of ``n`` layers, so one call serves every cut size. The layers before
-    each removal are reused from the full pass (:meth:`lib.prune.loss_curves.LossMeter.
-    keep_prefix`).
+    each removal are reused (:meth:`lib.prune.loss_curves.LossMeter.keep_prefix`), kept
+    again after each step without the layers removed so far: a candidate runs only the
+    layers after it.
     """
     big_l = len(model.decoder_layers)
     if not (1 <= max_removed < big_l):
@@ -126,6 +127,8 @@ def sleb_order(model: "SpeechLLM", data: "FeatureSet", max_removed: int,
         assert best is not None
         removed.append(best[1])
         order.append((best[1], best[0]))
+        if len(removed) < max_removed:
+            meter.keep_prefix(without=sorted(removed))  # the next step starts from here
     return order
 
 
@@ -163,6 +166,9 @@ class Strategy:
     needs: str  # "scores" (chapter 2's), "model" (and a dev subset) or "nothing"
     after: str  # whose method it is
 
+
+PAPER_STRATEGY = "angular"
+"""The paper's strategy: the one whose cut chapter 3 confirms by WER and chapter 4 heals."""
 
 STRATEGIES: dict[str, Strategy] = {
     "angular": Strategy(_by_score(angular_layers), True, "scores", "the paper; Gromov et al."),

@@ -24,10 +24,10 @@ from lib.errors import CompanionError
 from lib.paths import slug
 from lib.evaluate.decode import CAP_SLACK_TOKENS, CAP_TOKENS_PER_SECOND
 from lib.prune.curves import evaluate_cut, full_capped
-from lib.prune.loss_curves import (LossMeter, compare_at_cuts, cut_losses, grid_steps,
-                                   loss_curves, loss_rule)
+from lib.prune.loss_curves import (BOOTSTRAP_DRAWS, LossMeter, compare_at_cuts, cut_losses,
+                                   grid_steps, loss_curves, loss_rule)
 from lib.prune.rule import relative_change, within_threshold
-from lib.prune.strategies import STRATEGIES, cut_sizes, strategy_layers
+from lib.prune.strategies import PAPER_STRATEGY, STRATEGIES, cut_sizes, strategy_layers
 from lib.recipes.pipeline import ModelRun, prepare_features, split_dev, train_and_evaluate
 from lib.recipes.section import Section, settings_line
 from lib.report import plotting
@@ -45,15 +45,9 @@ PAPER_CUTS = [  # the paper's headline table (../shared/PAPER.md): WER % full ->
 """The paper's chosen cuts (the summaries differ on the 7B cut and the 8B WERs; marked (?)
 in PAPER.md). Llama 3.2 1B tolerates only ~6 % of its layers removed."""
 
-PAPER_STRATEGY = "angular"
-"""The strategy whose cut is confirmed by WER (the paper's)."""
-
 BASELINE = "gromov"
 """The simple rule the paper's strategy is compared with: the last n layers before the
 final one ("Reassessing Layer Pruning", ICLR 2026: healed, it beats metric-chosen blocks)."""
-
-BOOTSTRAP_DRAWS = 1000
-"""Resamples of the utterances behind every interval of the chapter."""
 
 
 def _layers(n: int) -> str:

@@ -13,22 +13,22 @@ from typing import Any
 
 import pandas as pd
 
-from lib.build.checkpoint import load_speechllm, reuse_saved, save_speechllm
-from lib.build.speechllm import SpeechLLM
 from lib.build.adapters import merged_copy
+from lib.build.checkpoint import load_speechllm, reuse_saved, save_speechllm
 from lib.config.sections import Run
-from lib.data.features import FeatureSet
-from lib.heal.healing import HealRun, heal, recovery, schedule
+from lib.evaluate.decode import CAP_SLACK_TOKENS, CAP_TOKENS_PER_SECOND
+from lib.heal.healing import HealRun, schedule
+from lib.heal.measure import compare_seeded, loss_recovery, seed_mean
 from lib.paths import slug
 from lib.prune.cost import compare_decoding
-from lib.prune.curves import evaluate_cut
-from lib.prune.strategies import cut_sizes, strategy_layers
-from lib.prune.surgery import pruned_copy
-from lib.recipes.pipeline import ModelRun, prepare_features, split_dev, train_and_evaluate
+from lib.prune.curves import evaluate_cut, full_capped
+from lib.prune.loss_curves import BOOTSTRAP_DRAWS, LossMeter, cut_losses, loss_point, loss_rule
+from lib.prune.strategies import PAPER_STRATEGY, cut_sizes, strategy_layers
+from lib.recipes.heal_controls import heal_seeded
+from lib.recipes.pipeline import prepare_features, split_dev, train_and_evaluate
 from lib.recipes.section import Section, settings_line
-from lib.report import plotting
 from lib.report.results import record_headline, recorded_line
-from lib.report.rules import (SPEEDUP_TARGET, interval_beats, memory_verdict,
+from lib.report.rules import (SPEEDUP_TARGET, memory_verdict, seeded_verdict,
                               speedup_reaches_target)
 from lib.score.records import speech_scores
 
@@ -40,12 +40,17 @@ def _wer_ci(s: dict[str, Any]) -> str:
     return f"{100 * s['wer']:.1f} [{100 * s['wer_ci95'][0]:.1f}, {100 * s['wer_ci95'][1]:.1f}]"
 
 
+def _ci(v: float, ci: list[float], fmt: str = ".2f") -> str:
+    return f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
 def settings(cfg: Run) -> str:
     """The line under the chapter's resolved values: what this run does, in its own numbers."""
     hc, ht = cfg.heal, schedule(cfg.heal, cfg.train)
-    fractions = ", ".join(f"{f:.0%}" for f in hc.curve_fractions)
     return settings_line(cfg, f"healing: {', '.join(hc.variants)} at {hc.fraction:.0%} of the "
-                              f"layers (angular)", f"'both' at {fractions}",
+                              f"layers (angular) and 'both' at the loss rule's cut",
+                         f"{hc.seeds} seed{'s' if hc.seeds != 1 else ''} per variant and "
+                         "for the unpruned control",
                          f"{ht.steps} steps of {ht.batch_size} utterances, peak rate "
                          f"{ht.learning_rate:g}, LoRA rank {hc.lora_rank}")
 
@@ -54,212 +59,279 @@ def settings(cfg: Run) -> str:
 
 
 def healing_inputs(cfg: Run) -> Section:
-    """Chapter 1's models, chapter 3's ``angular`` layers for every cut healed, the
-    training set healing uses and the curve subsets it is measured on."""
-    hc, ht = cfg.heal, schedule(cfg.heal, cfg.train)
+    """Chapter 1's models; chapter 3's ``angular`` layers and its loss rule's cut (recomputed
+    from the losses chapter 3 kept); per decoder and test set the losses of the full model,
+    of the floor and of every cut healed; the training set healing uses."""
+    hc, pc = cfg.heal, cfg.prune
     train, tests = prepare_features(cfg)
     fit, _ = split_dev(train, cfg.dev_utterances)
-    curve_sets = {name: fs.subset(cfg.heal.curve_utterances) for name, fs in tests.items()}
-    runs, plans, cuts = {}, {}, {}
+    first, runs, models, rows = cfg.test_data[0], {}, {}, []
     for m in cfg.models:
         name = slug(m.decoder)
         run = runs[name] = train_and_evaluate(m, cfg, train, tests, evaluate=False)
-        big_l = len(run.model.decoder_layers)
-        sizes = cut_sizes(sorted(set(hc.curve_fractions) | {hc.fraction}), big_l)
-        scores = speech_scores(run.model, run.train.run_dir, tests[cfg.test_data[0]],
-                               cfg.score)
-        plans[name] = strategy_layers("angular", sizes, big_l, speech_scores=scores)
-        cuts[name] = cut_sizes([hc.fraction], big_l)[0]
+        big_l, out_dir = len(run.model.decoder_layers), run.train.run_dir
+        grid = cut_sizes(pc.fractions, big_l)
+        fixed = cut_sizes([hc.fraction], big_l)[0]
+        scores = speech_scores(run.model, out_dir, tests[first], cfg.score)
+        plan = strategy_layers(PAPER_STRATEGY, sorted(set(grid) | {fixed}), big_l,
+                               speech_scores=scores)
+        losses = {}
+        for test, fs in tests.items():
+            meter = LossMeter(run.model, fs, cfg.eval.batch_size, cfg.train.precision)
+            floor_meter = LossMeter(run.model, fs.other_audio(), cfg.eval.batch_size,
+                                    cfg.train.precision)
+            losses[test] = {"full": cut_losses(meter, [], out_dir, test),
+                            "floor": cut_losses(floor_meter, [], out_dir,
+                                                f"{test}-other-audio"),
+                            "cuts": {n: cut_losses(meter, plan[n], out_dir, test)
+                                     for n in sorted(set(grid) | {fixed})}}
+            meter.kept = None
+        lf = losses[first]
+        rule = loss_rule(lf["full"], lf["floor"], {n: lf["cuts"][n] for n in grid},
+                         pc.loss_threshold, BOOTSTRAP_DRAWS, cfg.train.seed)
+        cuts = {"fixed": fixed, "rule": rule["n_removed"]}
+        models[name] = {"plan": plan, "cuts": cuts, "rule": rule, "losses": losses,
+                        "n_layers": big_l}
+        for kind, n in cuts.items():
+            p = (loss_point(lf["full"], lf["cuts"][n], lf["floor"], BOOTSTRAP_DRAWS,
+                            cfg.train.seed) if n else None)
+            rows.append({"decoder": name, "cut": "fixed (heal_fraction)" if kind == "fixed"
+                         else "the loss rule's (chapter 3)", "layers removed": n,
+                         "of": big_l, "layers": str(plan.get(n, [])),
+                         f"loss cost on {first}": "–" if p is None else
+                         _ci(p["normalised"], p["normalised_ci95"])})
+    ht = schedule(hc, cfg.train)
     glue = dict(heal_steps=ht.steps, heal_batch=ht.batch_size,
                 heal_utts=ht.steps * ht.batch_size, heal_share=ht.steps * ht.batch_size / len(fit),
-                n_fit=len(fit), heal_lr=f"{ht.learning_rate:g}", heal_ckpt=ht.checkpoint_every)
-    return Section(glue=glue, data={"tests": tests, "fit": fit, "curve_sets": curve_sets,
-                                    "runs": runs, "plans": plans, "cuts": cuts})
+                n_fit=len(fit), heal_lr=f"{ht.learning_rate:g}", heal_ckpt=ht.checkpoint_every,
+                heal_seeds=hc.seeds, loss_threshold=pc.loss_threshold, first=first,
+                n_first=len(tests[first]), heal_pct=f"{hc.fraction:.0%}",
+                n_healings=sum(_healings(cfg, d["cuts"]) for d in models.values()))
+    return Section(pd.DataFrame(rows), glue, {"tests": tests, "fit": fit, "runs": runs,
+                                              "models": models})
 
 
-# ------------------------------------------------------------------ 4.2 five variants
+def _healings(cfg: Run, cuts: dict[str, int]) -> int:
+    """How many healings a decoder takes: the variants' seeds, the control's, the rule's cut."""
+    trained = [v for v in cfg.heal.variants if v != "none"]
+    return (len(trained) + 1) * cfg.heal.seeds + int(cuts["rule"] not in (0, cuts["fixed"]))
 
 
-def heal_and_score(cfg: Run, run: ModelRun, layers: list[int], variant: str,
-                   fit: FeatureSet, curve_sets: dict[str, FeatureSet]
-                   ) -> tuple[SpeechLLM | None, HealRun, dict[str, dict[str, Any]]]:
-    """Heal a pruned copy of ``run``'s model with one variant; its WER on every curve
-    subset. ``none`` is the pruned model as it is: chapter 3's cached points, no copy."""
-    ev = cfg.eval
-    if variant == "none":
-        scores = {t: evaluate_cut(run.model, fs, layers, run.train.run_dir, t, ev)
-                  for t, fs in curve_sets.items()}
-        return None, HealRun("none", None, {"projector": 0, "lora": 0, "layers": []},
-                             None), scores
-    model = pruned_copy(run.model, layers)
-    hr = heal(model, fit, variant, cfg.heal, cfg.train, run.train.run_dir,
-              desc=f"healing {variant}, {len(layers)} layers removed")
-    scores = {t: evaluate_cut(model, fs, [], hr.run_dir, t, ev)
-              for t, fs in curve_sets.items()}
-    return model, hr, scores
-
-
-def _both_vs_single(f0: pd.DataFrame) -> str:
-    """Per decoder: does ``both`` beat ``projector`` and ``decoder`` alone by the interval
-    rule (:func:`lib.report.rules.interval_beats`)?"""
-    out = []
-    for n, g in f0.groupby("decoder"):
-        if not {"both", "projector", "decoder"} <= set(g.variant):
-            continue
-        ci = {v: {"ci": [lo, hi]} for v, lo, hi in zip(g.variant, g.wer_low, g.wer_high)}
-        beats = all(interval_beats(ci["both"], ci[v], key="ci") for v in ("projector",
-                                                                          "decoder"))
-        out.append(f"{n}: " + ("both beats projector and decoder alone" if beats else
-                               "both is not clearly better than either alone "
-                               "(intervals overlap)"))
-    return "; ".join(out) or ("not measured (the variants both, projector and decoder were "
-                              "not all run)")
-
-
-def _variant_row(name: str, v: str, t: str, s: dict[str, Any], rec: dict[str, Any],
-                 full: dict[str, Any], pruned: dict[str, Any], rc: float) -> dict[str, Any]:
-    return {"decoder": name, "variant": v, "test_set": t, "wer": s["wer"],
-            "wer_low": s["wer_ci95"][0], "wer_high": s["wer_ci95"][1],
-            "wer_full": full["wer"], "wer_pruned": pruned["wer"], "recovery": rc,
-            "trainable (M)": (rec["trainable_projector"] + rec["trainable_lora"]) / 1e6,
-            "minutes": rec["wall_time_s"] / 60}
+# ------------------------------------------------------------------ 4.2 the variants
 
 
 def variants(cfg: Run, inputs: Section) -> Section:
-    """Each healing variant on its own copy of the model pruned at ``heal_fraction``: WER
-    before and after, and the share of the lost WER won back."""
-    runs, plans, cuts = inputs["runs"], inputs["plans"], inputs["cuts"]
-    curve_sets, ev = inputs["curve_sets"], cfg.eval
-    full, out, rows, models = {}, {}, [], {}
-    for name, run in runs.items():
-        full[name] = {t: evaluate_cut(run.model, fs, [], run.train.run_dir, t, ev)
-                      for t, fs in curve_sets.items()}
-        layers = plans[name][cuts[name]]
-        pruned = {t: evaluate_cut(run.model, fs, layers, run.train.run_dir, t, ev)
-                  for t, fs in curve_sets.items()}
+    """Each healing variant, with every seed, on its own copy of the model pruned at
+    ``heal_fraction``: its loss on every test utterance, the share of the loss pruning added
+    that it won back, and ``both`` against each variant alone by the seeded paired rule."""
+    tests, first, out, rows = inputs["tests"], cfg.test_data[0], {}, []
+    for name, run in inputs["runs"].items():
+        d = inputs["models"][name]
+        n = d["cuts"]["fixed"]
+        layers = d["plan"][n]
         out[name] = {}
         for v in cfg.heal.variants:
-            model, hr, scores = heal_and_score(cfg, run, layers, v, inputs["fit"], curve_sets)
-            if v == "both":
-                models[name] = (model, hr)
-            rec = hr.record()
-            out[name][v] = {**rec, "tests": {}}
-            for t, s in scores.items():
-                rc = recovery(full[name][t]["wer"], pruned[t]["wer"], s["wer"])
-                out[name][v]["tests"][t] = {
-                    "wer_before": pruned[t]["wer"], "wer_before_ci95": pruned[t]["wer_ci95"],
-                    "wer_after": s["wer"], "wer_after_ci95": s["wer_ci95"], "recovery": rc}
-                rows.append(_variant_row(name, v, t, s, rec, full[name][t], pruned[t], rc))
-    vt = pd.DataFrame(rows)
-    for name in runs:
-        plotting.plot_heal_variants(vt[vt["decoder"] == name],
-                                    title=f"{name}, {cuts[name]} layers removed")
-    show = vt.assign(**{"WER after (%)": [f"{100 * w:.1f} [{100 * a:.1f}, {100 * b:.1f}]"
-                                          for w, a, b in zip(vt.wer, vt.wer_low, vt.wer_high)],
-                        "WER full (%)": 100 * vt.wer_full, "WER pruned (%)": 100 * vt.wer_pruned})
-    first = cfg.test_data[0]
-    f0 = vt[vt["test_set"] == first]
-    best = f0.loc[f0.groupby("decoder")["wer"].idxmin()]
-    glue = dict(
-        heal_pct=f"{cfg.heal.fraction:.0%}", curve_n=cfg.heal.curve_utterances, first=first,
-        best_variant="; ".join(f"for {r.decoder}, {r.variant} ({100 * r.wer:.1f} % against "
-                               f"{100 * r.wer_pruned:.1f} % unhealed and "
-                               f"{100 * r.wer_full:.1f} % before pruning)"
-                               for r in best.itertuples()),
-        both_vs_single=_both_vs_single(f0))
-    cols = ["decoder", "test_set", "variant", "WER full (%)", "WER pruned (%)", "WER after (%)",
-            "recovery", "trainable (M)", "minutes"]
-    return Section(show[cols], glue, {"variants": out, "models": models, "full": full})
-
-
-# ------------------------------------------------------------------ 4.3 healed curves
-
-
-def healed_curves(cfg: Run, inputs: Section, healed: Section) -> Section:
-    """Every cut of ``heal_curve_fractions`` healed with ``both``, beside chapter 3's
-    unhealed curve."""
-    runs, plans, cuts = inputs["runs"], inputs["plans"], inputs["cuts"]
-    curve_sets, ev = inputs["curve_sets"], cfg.eval
-    out = {}
-    for name, run in runs.items():
-        big_l = len(run.model.decoder_layers)
-        out[name], curve_rows = {}, []
-        for n in cut_sizes(cfg.heal.curve_fractions, big_l):
-            layers = plans[name][n]
-            if n == cuts[name] and "both" in healed["variants"][name]:
-                scores = {t: {"wer": d["wer_after"], "wer_ci95": d["wer_after_ci95"]}
-                          for t, d in healed["variants"][name]["both"]["tests"].items()}
+            if v == "none":
+                got = {"losses": [{t: d["losses"][t]["cuts"][n] for t in tests}],
+                       "records": [HealRun("none", None, {"projector": 0, "lora": 0,
+                                                          "layers": []}, None).record()],
+                       "model": None, "heal": None}
             else:
-                _, _, scores = heal_and_score(cfg, run, layers, "both", inputs["fit"],
-                                              curve_sets)
-            for t, fs in curve_sets.items():
-                p = evaluate_cut(run.model, fs, layers, run.train.run_dir, t, ev)
-                for label, s in (("pruned", p), ("healed (both)", scores[t])):
-                    curve_rows.append({"model": label, "test_set": t, "n_removed": n,
-                                       "removed_fraction": n / big_l, "wer": s["wer"],
-                                       "wer_low": s["wer_ci95"][0],
-                                       "wer_high": s["wer_ci95"][1]})
-                out[name].setdefault(t, []).append({
-                    "removed_fraction": n / big_l, "n_removed": n, "wer_pruned": p["wer"],
-                    "wer_pruned_ci95": p["wer_ci95"], "wer_healed": scores[t]["wer"],
-                    "wer_healed_ci95": scores[t]["wer_ci95"],
-                    "recovery": recovery(healed["full"][name][t]["wer"], p["wer"],
-                                         scores[t]["wer"])})
-        plotting.plot_pruning_curves(pd.DataFrame(curve_rows), healed["full"][name],
-                                     cfg.prune.threshold, title=name, hue="model")
-    rec = pd.DataFrame([{"decoder": n, "test_set": t, **p} for n, c in out.items()
-                        for t, ps in c.items() for p in ps])
-    cols = ["decoder", "test_set", "n_removed", "removed_fraction", "wer_pruned", "wer_healed",
-            "recovery"]
-    return Section(rec[cols], {"rec_min": rec["recovery"].min(),
-                               "rec_max": rec["recovery"].max()},
-                   {"curve": out}, precision=3)
+                got = heal_seeded(cfg, run, layers, v, inputs["fit"], tests,
+                                  keep_first=v == "both")
+            out[name][v] = got
+            for t in tests:
+                mean = seed_mean([x[t] for x in got["losses"]])
+                lt = d["losses"][t]
+                r = loss_recovery(lt["full"], lt["cuts"][n], mean, BOOTSTRAP_DRAWS,
+                                  cfg.train.seed)
+                per_seed = [x[t].mean for x in got["losses"]]
+                got.setdefault("tests", {})[t] = {**r, "loss_per_seed": per_seed}
+                rec = got["records"][0]
+                rows.append({"decoder": name, "variant": v, "test_set": t,
+                             "seeds": len(per_seed), "loss": mean.mean,
+                             "seed range": f"{min(per_seed):.3f}–{max(per_seed):.3f}",
+                             "recovery [95 % CI]": "–" if v == "none" else
+                             _ci(r["recovery"], r["recovery_ci95"]),
+                             "recovery": r["recovery"],
+                             "trainable (M)": (rec["trainable_projector"]
+                                               + rec["trainable_lora"]) / 1e6,
+                             "minutes": sum(x["wall_time_s"] for x in got["records"]) / 60
+                             / len(got["records"])})
+    comparisons = _compare_variants(cfg, out)
+    vt = pd.DataFrame(rows)
+    healed_first = [(name, v, g["tests"][first]) for name, o in out.items()
+                    for v, g in o.items() if v != "none"]
+    best = {}
+    for name, v, t in healed_first:
+        if name not in best or t["loss"] < best[name][1]["loss"]:
+            best[name] = (v, t)
+    glue = dict(
+        best_variant="; ".join(
+            f"for {name}, {v} ({t['loss']:.3f} nats per token, recovery "
+            f"{_ci(t['recovery'], t['recovery_ci95'])})"
+            for name, (v, t) in best.items()) or "no variant healed",
+        both_vs_single="; ".join(
+            f"{name}: both's loss is {c['verdict']} {v}'s ({c['delta']:+.3f} nats per token, "
+            f"interval "
+            f"{c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f} from the {c['interval_from']})"
+            for name, cs in comparisons.items() for v, c in cs.items())
+        or "not measured (give both, and projector or decoder, in heal_variants)")
+    cols = ["decoder", "test_set", "variant", "seeds", "loss", "seed range",
+            "recovery [95 % CI]", "trainable (M)", "minutes"]
+    return Section(vt[cols], glue, {"variants": out, "comparisons": comparisons,
+                                    "table": vt}, precision=3)
+
+
+def _compare_variants(cfg: Run, out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per decoder, ``both`` against each single variant (projector, decoder) on the first
+    test set by :func:`lib.heal.measure.compare_seeded` and its verdict."""
+    first, res = cfg.test_data[0], {}
+    for name, got in out.items():
+        if "both" not in got:
+            continue
+        res[name] = {}
+        for v in ("projector", "decoder"):
+            if v in got:
+                c = compare_seeded([x[first] for x in got["both"]["losses"]],
+                                   [x[first] for x in got[v]["losses"]], BOOTSTRAP_DRAWS,
+                                   cfg.train.seed)
+                res[name][v] = {**c, "verdict": seeded_verdict(c)}
+    return {n: c for n, c in res.items() if c}
+
+
+# ------------------------------------------------------------------ 4.4 WER to confirm
+
+
+def confirm(cfg: Run, inputs: Section, healed: Section, ctrl: Section) -> Section:
+    """WER decoded to confirm the losses, each decode capped by its audio's length, with its
+    insertion rate: the full model (chapter 1's decodes), every healed cut before and after
+    healing (first seed), and the unpruned control."""
+    ev, rows, out = cfg.eval, [], {}
+    for name, run in inputs["runs"].items():
+        d, c = inputs["models"][name], ctrl["controls"][name]
+        out[name] = {}
+        for test, fs in inputs["tests"].items():
+            sub = fs.subset(ev.max_test_utterances)
+            full = full_capped(run.model, fs, run.train.run_dir, test, ev)
+            ctl = c["control"]
+            entries = [("full model", full), ("unpruned control", evaluate_cut(
+                ctl["model"], sub, [], ctl["heal"].run_dir, test, ev, capped=True))]
+            for k, cut in c["cuts"].items():
+                entries.append((f"{k} removed", evaluate_cut(
+                    run.model, sub, d["plan"][k], run.train.run_dir, test, ev, capped=True)))
+                entries.append((f"{k} removed, healed (both)", evaluate_cut(
+                    cut["model"], sub, [], cut["heal"].run_dir, test, ev, capped=True)))
+            out[name][test] = {}
+            for label, s in entries:
+                out[name][test][label] = {"wer": s["wer"], "wer_ci95": s["wer_ci95"],
+                                          "insertion_rate": s["insertion_rate"],
+                                          "n_utterances": s["n_utterances"]}
+                rows.append({"decoder": name, "test set": test, "model": label,
+                             "WER (%) [95 % CI]": _wer_ci(s),
+                             "insertions per word": s["insertion_rate"]})
+    first = cfg.test_data[0]
+    glue = dict(cap_rate=f"{CAP_TOKENS_PER_SECOND:g}", cap_slack=CAP_SLACK_TOKENS,
+                wer_sentence="; ".join(
+                    f"{name}: " + ", ".join(f"{label} {100 * s['wer']:.1f} %"
+                                            for label, s in t[first].items())
+                    for name, t in out.items()))
+    return Section(pd.DataFrame(rows), glue, {"wer": out}, precision=2)
 
 
 # ------------------------------------------------------------------ 4.4 save, reload, measure
 
 
-def export(cfg: Run, runs: dict[str, ModelRun], healed: Section,
-           tests: dict[str, FeatureSet]) -> Section:
-    """The pruned and healed model (``both``) saved, reloaded with plain transformers, and
-    checked to give the same transcripts as in memory."""
+def export(cfg: Run, inputs: Section, ctrl: Section) -> Section:
+    """The model pruned at the fixed cut and healed with ``both`` (first seed) saved,
+    reloaded with plain transformers, and checked against the model in memory: the same
+    loss on every utterance of every test set, and the same transcripts on one batch of
+    each (capped decodes)."""
     ev, rows, exports = cfg.eval, [], {}
-    for name, run in runs.items():
-        model, hr = healed["models"][name]
+    for name, run in inputs["runs"].items():
+        fixed = inputs["models"][name]["cuts"]["fixed"]
+        cut = ctrl["controls"][name]["cuts"][fixed]
+        model, hr = cut["model"], cut["heal"]
         folder = save_speechllm(model, hr.run_dir / "export", overwrite=True,
                                 extra={"encoder": run.config.encoder,
                                        "base_run": run.train.run_dir.name})
         reloaded = load_speechllm(folder)
-        exports[name] = {"folder": str(folder), "tests": {}}
-        for t, fs in tests.items():
-            a = evaluate_cut(model, fs, [], hr.run_dir, t, ev)
-            b = evaluate_cut(reloaded, fs, [], folder, t, ev)
+        exports[name] = {"folder": str(folder), "n_removed": fixed, "tests": {}}
+        for t, fs in inputs["tests"].items():
+            mine = LossMeter(model, fs, ev.batch_size, cfg.train.precision)()
+            back = LossMeter(reloaded, fs, ev.batch_size, cfg.train.precision)()
+            gap = float(abs(mine.sums - back.sums).max())
+            sub = fs.subset(ev.batch_size)
+            a = evaluate_cut(model, sub, [], hr.run_dir, t, ev, capped=True)
+            b = evaluate_cut(reloaded, sub, [], folder, t, ev, capped=True)
             same = [x["hyp"] for x in a["hypotheses"]] == [x["hyp"] for x in b["hypotheses"]]
-            exports[name]["tests"][t] = {"wer": b["wer"], "wer_ci95": b["wer_ci95"],
+            exports[name]["tests"][t] = {"loss": back.mean, "max_loss_gap": gap,
+                                         "decoded": len(sub),
                                          "same_transcripts_as_in_memory": same}
             rows.append({"decoder": name, "test set": t, "utterances": len(fs),
-                         "WER reloaded (%)": _wer_ci(b), "same transcripts as in memory": same})
-    return Section(pd.DataFrame(rows), data={"exports": exports})
+                         "loss reloaded": back.mean,
+                         "largest difference of an utterance's loss (nats)": gap, "decoded": len(sub),
+                         "same transcripts as in memory": same})
+    return Section(pd.DataFrame(rows), data={"exports": exports}, precision=4)
 
 
-def headline(variants_: dict[str, dict[str, Any]], curve: dict[str, dict[str, Any]],
-             exports: dict[str, dict[str, Any]], cuts: dict[str, int],
-             settings: dict[str, Any], n_layers: dict[str, int]) -> dict[str, Any]:
-    """Chapter 4's figures of record (``results/<preset>/ch04.json``): per decoder the cut,
-    per healing variant ``wer_before`` / ``wer_after`` (with intervals) and the recovery per
-    test set, trainable parameters, steps and wall time; the healed curve; the reloaded
-    model's WER and the measured cost."""
+def headline(cfg: Run, inputs: Section, healed: Section, ctrl: Section, confirmed: Section,
+             exports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Chapter 4's figures of record (``results/<preset>/ch04.json``).
+
+    Per decoder: ``cut`` (the fixed cut) and ``rule_cut`` (the loss rule's, with its
+    interval); ``losses`` per test set (full, floor, pruned at the fixed cut: nats per
+    token); per variant its seeds, steps, wall time, trainable parameters and per test set
+    the seed-averaged ``loss``, ``loss_per_seed`` and ``recovery`` (with ``recovery_ci95``);
+    ``both_vs``: both against each single variant (``delta``, ``ci95``, ``interval_from``,
+    ``verdict``); ``repair``: healing's gain against the unpruned control's; ``cuts``:
+    ``both`` at each cut healed (cost before and after, within the rule); ``wer``: the capped
+    decodes of section 4.4; ``export``: the reloaded model and the measured cost."""
     out: dict[str, Any] = {}
-    for dec, vs in variants_.items():
+    for dec, d in inputs["models"].items():
+        big_l, fixed, rule = d["n_layers"], d["cuts"]["fixed"], d["rule"]
+        c = ctrl["controls"][dec]
         out[dec] = {
-            "cut": {"n_removed": cuts[dec], "n_layers": n_layers[dec],
-                    "removed_fraction": cuts[dec] / n_layers[dec]},
-            "variants": {v: {"steps": r["steps"], "wall_time_s": r["wall_time_s"],
-                             "trainable": r["trainable_projector"] + r["trainable_lora"],
-                             "lora_layers": r["lora_layers"], "tests": r["tests"]}
-                         for v, r in vs.items()},
-            "healed_curve": curve.get(dec, {}), "export": exports.get(dec, {})}
-    return {"decoders": out, "settings": dict(settings)}
+            "cut": {"n_removed": fixed, "n_layers": big_l, "removed_fraction": fixed / big_l},
+            "rule_cut": {"n_removed": rule["n_removed"],
+                         "n_removed_ci95": rule["n_removed_ci95"],
+                         "removed_fraction": rule["n_removed"] / big_l},
+            "losses": {t: {"full": x["full"].mean, "floor": x["floor"].mean,
+                           "pruned": x["cuts"][fixed].mean} for t, x in d["losses"].items()},
+            "variants": {v: {
+                "seeds": [r.get("seed") for r in g["records"]],
+                "steps": g["records"][0]["steps"],
+                "wall_time_s": sum(r["wall_time_s"] for r in g["records"]) / len(g["records"]),
+                "trainable": g["records"][0]["trainable_projector"]
+                + g["records"][0]["trainable_lora"],
+                "lora_layers": g["records"][0]["lora_layers"],
+                "tests": {t: {k: x[k] for k in ("loss", "loss_per_seed", "recovery",
+                                                "recovery_ci95")}
+                          for t, x in g["tests"].items()}}
+                for v, g in healed["variants"][dec].items()},
+            "both_vs": {v: {k: x[k] for k in ("delta", "ci95", "interval_from", "per_seed",
+                                              "verdict")}
+                        for v, x in healed["comparisons"].get(dec, {}).items()},
+            "repair": {k: c["repair"][k] for k in ("delta", "ci95", "interval_from",
+                                                   "per_seed", "gain_healed",
+                                                   "gain_healed_ci95", "gain_control",
+                                                   "verdict")},
+            "control": {"seeds": [r["seed"] for r in c["control"]["records"]],
+                        "lora_layers": c["control"]["records"][0]["lora_layers"],
+                        "loss": {t: seed_mean([x[t] for x in c["control"]["losses"]]).mean
+                                 for t in inputs["tests"]}},
+            "cuts": {str(k): {f: x[f] for f in ("kind", "seeds", "recovery", "recovery_ci95",
+                                                "cost_before", "cost_after",
+                                                "cost_after_ci95", "within_rule")}
+                     for k, x in c["cuts"].items()},
+            "wer": confirmed["wer"][dec], "export": exports.get(dec, {})}
+    hc, ht = cfg.heal, schedule(cfg.heal, cfg.train)
+    return {"decoders": out, "settings": {
+        "scored": "loss", "heal_steps": ht.steps, "heal_batch_size": ht.batch_size,
+        "heal_learning_rate": ht.learning_rate, "heal_lora_rank": hc.lora_rank,
+        "heal_fraction": hc.fraction, "heal_seeds": hc.seeds,
+        "loss_threshold": cfg.prune.loss_threshold, "ruled_on": cfg.test_data[0],
+        "bootstrap_draws": BOOTSTRAP_DRAWS}}
 
 
 def _cost_row(name: str, c: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +344,7 @@ def _cost_row(name: str, c: dict[str, Any]) -> dict[str, Any]:
                                            f"{c['new_tokens']}"}
 
 
-def cost(cfg: Run, inputs: Section, healed: Section, curves_: Section,
+def cost(cfg: Run, inputs: Section, healed: Section, ctrl: Section, confirmed: Section,
          exported: Section) -> Section:
     """What pruning buys on this machine: decoding speed against the FLOP ideal
     (:func:`lib.report.rules.speedup_reaches_target`) and the peak memory of a fresh process
@@ -280,7 +352,8 @@ def cost(cfg: Run, inputs: Section, healed: Section, curves_: Section,
     runs, exports, first = inputs["runs"], exported["exports"], cfg.test_data[0]
     rows = []
     for name, run in runs.items():
-        model, _ = healed["models"][name]
+        fixed = inputs["models"][name]["cuts"]["fixed"]
+        model = ctrl["controls"][name]["cuts"][fixed]["model"]
         full_model = merged_copy(run.model)  # unpruned, adapters merged like the pruned one
         full_folder = run.train.run_dir / "export-full"
         if not reuse_saved(full_folder):  # missing, or damaged and set aside
@@ -310,12 +383,6 @@ def cost(cfg: Run, inputs: Section, healed: Section, curves_: Section,
             f"{'at least' if speedup_reaches_target(r['ratio']) else 'below'} the target of "
             f"{SPEEDUP_TARGET:g}), parameters {r['params (M) full → pruned']} M, peak memory "
             f"{r['peak memory (MiB) full → pruned']} MiB" for r in rows))
-    hc, ht = cfg.heal, schedule(cfg.heal, cfg.train)
-    path = record_headline(cfg, headline(
-        healed["variants"], curves_["curve"], exports, inputs["cuts"],
-        {"heal_steps": ht.steps, "heal_batch_size": ht.batch_size,
-         "heal_learning_rate": ht.learning_rate, "heal_lora_rank": hc.lora_rank,
-         "heal_fraction": hc.fraction},
-        {n: len(r.model.decoder_layers) for n, r in runs.items()}))
+    path = record_headline(cfg, headline(cfg, inputs, healed, ctrl, confirmed, exports))
     items = [recorded_line(path, cfg)]
     return Section(pd.DataFrame(rows), glue, items=items)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -288,25 +289,6 @@ def _curve_panels(points: pd.DataFrame, hue: str, title: str, ylabel: str,
     return fig
 
 
-def plot_pruning_curves(points: pd.DataFrame, full: dict[str, dict[str, Any]],
-                        threshold: float, title: str = "", hue: str = "strategy") -> Any:
-    """WER (95 % interval bands) against the fraction of layers removed, one panel per test
-    set, one line per ``hue`` value; the full model's WER at 0 and the threshold rule's
-    limit ``(1 + threshold) x WER_full`` dashed. Explained in chapters 3 and 4."""
-    def line(g: pd.DataFrame, test: str) -> tuple[list[float], ...]:
-        f = full[test]
-        return ([0.0] + list(100 * g["removed_fraction"]),
-                [100 * f["wer"]] + list(100 * g["wer"]),
-                [100 * f["wer_ci95"][0]] + list(100 * g["wer_low"]),
-                [100 * f["wer_ci95"][1]] + list(100 * g["wer_high"]))
-
-    def marks(ax: Any, test: str) -> None:
-        ax.axhline(100 * full[test]["wer"] * (1 + threshold), ls="--", color="0.3", lw=1,
-                   label=f"rule: +{100 * threshold:g} % relative")
-
-    return _curve_panels(points, hue, title, "WER (%)", line, marks)
-
-
 def plot_loss_curves(points: pd.DataFrame, threshold: float, title: str = "",
                      top: float = 2.0) -> Any:
     """What each cut costs, normalised by the audio's worth: ``(L_cut - L_full) / (L_floor -
@@ -328,28 +310,27 @@ def plot_loss_curves(points: pd.DataFrame, threshold: float, title: str = "",
                          marks)
 
 
-def plot_heal_variants(df: pd.DataFrame, title: str = "") -> Any:
-    """WER after each healing variant (95 % intervals), one panel per test set, with the
-    full model's and the unhealed pruned model's WER as lines. ``df`` columns: variant,
-    test_set, wer, wer_low, wer_high, wer_full, wer_pruned. Explained in chapter 4."""
-    tests = list(dict.fromkeys(df["test_set"]))
-    fig, axes = plt.subplots(1, len(tests), squeeze=False, figsize=(5.2 * len(tests), 3.2))
-    for ax, test in zip(axes[0], tests):
-        g = df[df["test_set"] == test].reset_index(drop=True)
-        y = 100 * g["wer"]
-        err = [y - 100 * g["wer_low"], 100 * g["wer_high"] - y]
-        ax.errorbar(range(len(g)), y, yerr=err, fmt="o", color="tab:blue", capsize=3)
-        ax.axhline(100 * g["wer_full"].iloc[0], color="tab:green", ls="--", lw=1,
-                   label="full model")
-        ax.axhline(100 * g["wer_pruned"].iloc[0], color="tab:red", ls=":", lw=1,
-                   label="pruned, not healed")
-        ax.set_xticks(range(len(g)), g["variant"], rotation=20)
-        ax.set_ylabel("WER (%)")
-        ax.set_title(f"{title}: {test}" if title else test)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+def plot_heal_losses(points: pd.DataFrame, full: float, pruned: float, title: str = "") -> Any:
+    """Every healing's loss per token on one test set: one dot per seed and the seeds' mean
+    (a bar) per variant, the unpruned control among them, with the full model's and the
+    unhealed pruned model's loss as lines. ``points`` columns: variant, seed, loss.
+    Explained in chapter 4."""
+    names = list(dict.fromkeys(points["variant"]))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for x, v in enumerate(names):
+        y = points.loc[points["variant"] == v, "loss"].to_numpy(dtype=float)
+        ax.scatter(np.full(len(y), x) + np.linspace(-0.12, 0.12, len(y)), y, s=18,
+                   color="tab:blue", zorder=3, label="one seed" if x == 0 else None)
+        ax.hlines(y.mean(), x - 0.25, x + 0.25, color="black", lw=1.5,
+                  label="mean of the seeds" if x == 0 else None)
+    ax.axhline(full, color="tab:green", ls="--", lw=1, label="full model")
+    ax.axhline(pruned, color="tab:red", ls=":", lw=1, label="pruned, not healed")
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylabel("loss (nats per target token)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
-
 
 def plot_task_curves(curves: pd.DataFrame) -> Any:
     """Every task's dev score against training minutes, one panel per task, one line per

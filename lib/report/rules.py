@@ -141,10 +141,40 @@ def speedup_reaches_target(ratio: float) -> bool:
     return ratio >= SPEEDUP_TARGET
 
 
-def interval_beats(a: dict[str, Any], b: dict[str, Any], key: str = "wer_ci95") -> bool:
-    """``a`` is lower than ``b`` by the interval rule of :func:`compare_wer` (their 95 %
-    intervals do not overlap, ``a``'s below)."""
-    return a[key][1] < b[key][0]
+def seeded_verdict(d: dict[str, Any]) -> str:
+    """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"``: one healing
+    variant's loss against another's (:func:`lib.heal.measure.compare_seeded`, ``a`` minus
+    ``b``), by which side of zero the wider of the utterance interval and the seed spread
+    lies. A difference that a second seed can reverse is not a difference. Explained in
+    chapter 4."""
+    return _sign_verdict(*d["ci95"])
+
+
+def within_loss_rule(cost: float, threshold: float) -> bool:
+    """A cut's normalised loss cost is within the pruning rule's threshold
+    (``prune_loss_threshold``; the comparison :func:`lib.prune.loss_curves.loss_rule` makes).
+    Chapter 4 asks it of a healed cut."""
+    return bool(cost <= threshold + 1e-12)
+
+
+def repair_verdict(d: dict[str, Any]) -> str:
+    """Whether healing repairs the cut or mostly trains the model: the gain on the pruned
+    model minus the gain of the unpruned model trained the same way
+    (:func:`lib.heal.measure.repair_contrast`), read by :func:`seeded_verdict`'s rule;
+    healing must first win something back (its own gain above zero by the same rule), or a
+    control that training made worse would make doing nothing look like a repair.
+    Explained in chapter 4."""
+    if d["gain_healed_ci95"][0] <= 0:
+        return "healing is not shown to win anything back: it does not repair the cut"
+    side = _sign_verdict(*d["ci95"])
+    if side == "higher than":
+        return "healing repairs the cut: it wins back more than the same training gives " \
+               "the unpruned model"
+    if side == "lower than":
+        return "the same training helps the unpruned model more than the pruned one: " \
+               "healing does not repair the cut"
+    return "healing wins back no more than the same training gives the unpruned model: " \
+           "it is not shown to repair the cut"
 
 
 NULL_SHARE_MAX = 0.75
