@@ -225,6 +225,16 @@ def test_a_benchmark_block_is_rendered_from_its_own_output(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def _render_ch04(rec, tmp_path):
+    """``rec`` given a provenance and its digest, written as demo/ch04 and rendered."""
+    rec["provenance"] = {"date": "2026-12-04T05:00:00", "git_hash": "abcdef0123",
+                         "device": {"cpu_count": 2}, "versions": {"torch": "2.13.0+cpu"}}
+    rec["digest"] = figures_digest(rec)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "ch04.json").write_text(json.dumps(rec))
+    return render("<!-- results: demo/ch04 -->\n<!-- end results -->", tmp_path)
+
+
 def test_chapter_4_block_fits_five_columns_with_the_rest_in_notes(tmp_path):
     """The healing table as written by hand from a record: WER pruned -> healed with its
     interval and the recovery; the cut and what each variant trained in the notes."""
@@ -236,13 +246,8 @@ def test_chapter_4_block_fits_five_columns_with_the_rest_in_notes(tmp_path):
                                                         "wer_after_ci95": [0.5, 0.7],
                                                         "recovery": 0.75}}}}}},
            "settings": {"heal_steps": 50, "heal_batch_size": 8, "heal_learning_rate": 0.0005,
-                        "heal_lora_rank": 64},
-           "provenance": {"date": "2026-12-04T05:00:00", "git_hash": "abcdef0123",
-                          "device": {"cpu_count": 2}, "versions": {"torch": "2.13.0+cpu"}}}
-    rec["digest"] = figures_digest(rec)
-    (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / "ch04.json").write_text(json.dumps(rec))
-    out = render("<!-- results: demo/ch04 -->\n<!-- end results -->", tmp_path)
+                        "heal_lora_rank": 64}}
+    out = _render_ch04(rec, tmp_path)
     assert "| d | both | real | 90.0 -> 60.0 [50.0, 70.0] | 0.75 |" in out
     assert "- d: 6 of 30 layers removed; trained (M parameters, minutes): both 3.62, 0.8" in out
     assert "50 steps of 8 utterances" in out
@@ -275,13 +280,8 @@ def test_chapter_4_loss_block_by_hand(tmp_path):
                "wer": {"t": {"full model": {"wer": 0.3, "insertion_rate": 0.01}}}}},
            "settings": {"scored": "loss", "ruled_on": "t", "heal_steps": 50,
                         "heal_batch_size": 8, "heal_learning_rate": 0.0005,
-                        "heal_lora_rank": 64, "heal_seeds": 3, "loss_threshold": 0.1},
-           "provenance": {"date": "2026-12-04T05:00:00", "git_hash": "abcdef0123",
-                          "device": {"cpu_count": 2}, "versions": {"torch": "2.13.0+cpu"}}}
-    rec["digest"] = figures_digest(rec)
-    (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / "ch04.json").write_text(json.dumps(rec))
-    out = render("<!-- results: demo/ch04 -->\n<!-- end results -->", tmp_path)
+                        "heal_lora_rank": 64, "heal_seeds": 3, "loss_threshold": 0.1}}
+    out = _render_ch04(rec, tmp_path)
     assert "| d | full model | – | 1.500 | – |" in out
     assert "| d | none | 1 | 2.500 (2.500–2.500) | – |" in out
     assert "| d | both | 3 | 1.750 (1.700–1.800) | 0.75 [0.70, 0.80] |" in out
