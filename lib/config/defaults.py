@@ -93,7 +93,7 @@ class Chapter4Params(Chapter3Params):
                                       "both")  # compared at heal_fraction ("lora-all": +1)
     heal_fraction: float = 0.2  # the fixed cut (angular) where variants are compared
     heal_seeds: int = 3  # healings per variant compared, and of the unpruned control
-    heal_steps: int = 50  # ~1 min per healing on 2 CPU cores (the paper: ~5k on GPUs)
+    heal_steps: int = 50  # 25-50 s per healing on 2 CPU cores (the paper: ~5k on GPUs)
     heal_batch_size: int = 4  # utterances per step (8: 90-99 % of the recovery, twice the time)
     heal_learning_rate: float = 0.0005  # the paper's peak rate, linear decay
     heal_warmup_steps: int = 5  # linear warm-up

@@ -55,7 +55,7 @@ def heal_seeded(cfg: Run, run: ModelRun, layers: list[int], variant: str, fit: F
     for seed in heal_seeds(cfg.heal, cfg.train):
         model = merged_copy(run.model) if control else pruned_copy(run.model, layers)
         what = (f"the unpruned control (as for {len(layers)} layers removed)" if control else
-                f"{variant}, {len(layers)} layers removed")
+                f"{variant}, {len(layers)} layer{'' if len(layers) == 1 else 's'} removed")
         hr = heal(model, fit, variant, cfg.heal, cfg.train, run.train.run_dir, seed=seed,
                   lora_layers=lora, desc=f"healing {what}, seed {seed}")
         out["losses"].append(_healed_losses(cfg, model, hr, tests))
@@ -117,8 +117,8 @@ def controls(cfg: Run, inputs: Section, healed: Section) -> Section:
                 "cost_after": pt["normalised"], "cost_after_ci95": pt["normalised_ci95"],
                 "within_rule": within_loss_rule(pt["normalised"], cfg.prune.loss_threshold),
                 "model": got["model"], "heal": got["heal"]}
-            rows.append({"decoder": name, "model": f"pruned at the {'rule' if k == rule_n else 'fixed'}"
-                         f"'s cut, healed with both", "layers removed": k, "loss": h.mean,
+            where = "the loss rule's cut" if k == rule_n else "the fixed cut"
+            rows.append({"decoder": name, "model": f"pruned at {where}, healed with both", "layers removed": k, "loss": h.mean,
                          "gain (nats per token)": lf["cuts"][k].mean - h.mean,
                          "recovery [95 % CI]": _ci(rec["recovery"], rec["recovery_ci95"]),
                          "loss cost [95 % CI]": f"{_ci(before['normalised'], before['normalised_ci95'])}"
