@@ -21,7 +21,8 @@ from lib.heal.healing import control_targets, heal, heal_seeds
 from lib.heal.measure import (compare_seeded, loss_recovery, repair_contrast, seed_mean,
                               seeded_contrast)
 from lib.prune.loss_curves import UtteranceLosses
-from lib.report.rules import repair_verdict, seeded_verdict, within_loss_rule
+from lib.prune.loss_curves import within_loss_rule
+from lib.report.rules import repair_verdict, seeded_verdict
 
 TOKENS = np.array([4.0, 6.0, 5.0, 5.0, 8.0, 2.0, 3.0, 7.0])
 
@@ -150,7 +151,7 @@ def test_repair_contrast_by_hand_and_its_three_verdicts():
 
 def test_within_the_loss_rule_says_no_above_the_threshold():
     assert within_loss_rule(0.1, 0.1) and within_loss_rule(0.02, 0.1)
-    assert not within_loss_rule(0.11, 0.1)
+    assert not within_loss_rule(0.11, 0.1) and not within_loss_rule(float("nan"), 0.1)
 
 
 @pytest.mark.parametrize("layers, n, expected", [

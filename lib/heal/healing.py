@@ -173,7 +173,8 @@ def schedule(hc: HealConfig, train: TrainConfig, seed: int | None = None) -> Tra
     the fixed choices above; ``seed``: another seed (the adapters' start and the order of
     the batches)."""
     return dataclasses.replace(
-        train, seed=train.seed if seed is None else int(seed), steps=hc.steps, batch_size=hc.batch_size, grad_accum=HEAL_GRAD_ACCUM,
+        train, seed=train.seed if seed is None else int(seed), steps=hc.steps,
+        batch_size=hc.batch_size, grad_accum=HEAL_GRAD_ACCUM,
         learning_rate=hc.learning_rate, warmup_steps=hc.warmup_steps,
         weight_decay=HEAL_WEIGHT_DECAY,
         checkpoint_every=max(1, min(train.checkpoint_every, hc.steps)), recipe=HEAL_RECIPE,

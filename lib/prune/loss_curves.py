@@ -262,6 +262,13 @@ def loss_point(full: UtteranceLosses, cut: UtteranceLosses, floor: UtteranceLoss
             "n_utterances": n}
 
 
+def within_loss_rule(cost: Any, threshold: float) -> Any:
+    """A normalised cost (a number or an array) within the rule's ``threshold``; NaN (no
+    range to lose) is not within it. The comparison :func:`loss_rule` makes, and chapter 4
+    asks of a healed cut."""
+    return np.nan_to_num(np.asarray(cost, dtype=float), nan=np.inf) <= threshold + 1e-12
+
+
 def loss_rule(full: UtteranceLosses, floor: UtteranceLosses,
               cuts: Mapping[int, UtteranceLosses], threshold: float, draws: int = 1000,
               seed: int = 0) -> dict[str, Any]:
@@ -286,10 +293,9 @@ def loss_rule(full: UtteranceLosses, floor: UtteranceLosses,
     idx = resample_rows(n, draws, seed)
     f, fl = full.resampled(idx), floor.resampled(idx)
     cost = np.stack([normalised_cost(0.0, cuts[k].resampled(idx) - f, fl - f) for k in sizes])
-    ok = np.where(np.nan_to_num(cost, nan=np.inf) <= threshold + 1e-12,
-                  np.array(sizes)[:, None], 0)
-    point = [k for k in sizes if normalised_cost(full.mean, cuts[k].mean, floor.mean)
-             <= threshold + 1e-12]
+    ok = np.where(within_loss_rule(cost, threshold), np.array(sizes)[:, None], 0)
+    point = [k for k in sizes
+             if within_loss_rule(normalised_cost(full.mean, cuts[k].mean, floor.mean), threshold)]
     lo, hi = np.percentile(ok.max(0), [2.5, 97.5])
     return {"n_removed": max(point, default=0), "n_removed_ci95": [int(lo), int(hi)],
             "threshold": float(threshold), "floor_gap": floor.mean - full.mean}

@@ -24,7 +24,7 @@ from lib.prune.cost import compare_decoding
 from lib.prune.curves import evaluate_cut, full_capped
 from lib.prune.loss_curves import BOOTSTRAP_DRAWS, LossMeter, cut_losses, loss_point, loss_rule
 from lib.prune.strategies import PAPER_STRATEGY, cut_sizes, strategy_layers
-from lib.recipes.heal_controls import heal_seeded
+from lib.recipes.heal_controls import heal_seeded, interval_text
 from lib.recipes.pipeline import prepare_features, split_dev, train_and_evaluate
 from lib.recipes.section import Section, settings_line
 from lib.report.results import record_headline, recorded_line
@@ -38,10 +38,6 @@ COST_NEW_TOKENS = 16
 
 def _wer_ci(s: dict[str, Any]) -> str:
     return f"{100 * s['wer']:.1f} [{100 * s['wer_ci95'][0]:.1f}, {100 * s['wer_ci95'][1]:.1f}]"
-
-
-def _ci(v: float, ci: list[float], fmt: str = ".2f") -> str:
-    return f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
 def settings(cfg: Run) -> str:
@@ -90,16 +86,17 @@ def healing_inputs(cfg: Run) -> Section:
         rule = loss_rule(lf["full"], lf["floor"], {n: lf["cuts"][n] for n in grid},
                          pc.loss_threshold, BOOTSTRAP_DRAWS, cfg.train.seed)
         cuts = {"fixed": fixed, "rule": rule["n_removed"]}
+        points = {n: loss_point(lf["full"], lf["cuts"][n], lf["floor"], BOOTSTRAP_DRAWS,
+                                cfg.train.seed) for n in set(cuts.values()) if n}
         models[name] = {"plan": plan, "cuts": cuts, "rule": rule, "losses": losses,
-                        "n_layers": big_l}
+                        "points": points, "n_layers": big_l}
         for kind, n in cuts.items():
-            p = (loss_point(lf["full"], lf["cuts"][n], lf["floor"], BOOTSTRAP_DRAWS,
-                            cfg.train.seed) if n else None)
+            p = points.get(n)
             rows.append({"decoder": name, "cut": "fixed (heal_fraction)" if kind == "fixed"
                          else "the loss rule's (chapter 3)", "layers removed": n,
                          "of": big_l, "layers": str(plan.get(n, [])),
                          f"loss cost on {first}": "–" if p is None else
-                         _ci(p["normalised"], p["normalised_ci95"])})
+                         interval_text(p["normalised"], p["normalised_ci95"])})
     ht = schedule(hc, cfg.train)
     glue = dict(heal_steps=ht.steps, heal_batch=ht.batch_size,
                 heal_utts=ht.steps * ht.batch_size, heal_share=ht.steps * ht.batch_size / len(fit),
@@ -152,7 +149,7 @@ def variants(cfg: Run, inputs: Section) -> Section:
                              "seeds": len(per_seed), "loss": mean.mean,
                              "seed range": f"{min(per_seed):.3f}–{max(per_seed):.3f}",
                              "recovery [95 % CI]": "–" if v == "none" else
-                             _ci(r["recovery"], r["recovery_ci95"]),
+                             interval_text(r["recovery"], r["recovery_ci95"]),
                              "recovery": r["recovery"],
                              "trainable (M)": (rec["trainable_projector"]
                                                + rec["trainable_lora"]) / 1e6,
@@ -169,7 +166,7 @@ def variants(cfg: Run, inputs: Section) -> Section:
     glue = dict(
         best_variant="; ".join(
             f"for {name}, {v} ({t['loss']:.3f} nats per token, recovery "
-            f"{_ci(t['recovery'], t['recovery_ci95'])})"
+            f"{interval_text(t['recovery'], t['recovery_ci95'])})"
             for name, (v, t) in best.items()) or "no variant healed",
         both_vs_single="; ".join(
             f"{name}: both's loss is {c['verdict']} {v}'s ({c['delta']:+.3f} nats per token, "
@@ -252,19 +249,22 @@ def export(cfg: Run, inputs: Section, ctrl: Section) -> Section:
         fixed = inputs["models"][name]["cuts"]["fixed"]
         cut = ctrl["controls"][name]["cuts"][fixed]
         model, hr = cut["model"], cut["heal"]
-        before = {t: LossMeter(model, fs, ev.batch_size, cfg.train.precision)()
-                  for t, fs in inputs["tests"].items()}  # as healed: adapters not merged
+        # the model as healed (adapters not merged): its losses of section 4.3, one batch
+        # decoded before the save merges the adapters in place
+        subs = {t: fs.subset(ev.batch_size) for t, fs in inputs["tests"].items()}
+        decoded = {t: evaluate_cut(model, sub, [], hr.run_dir, t, ev, capped=True)
+                   for t, sub in subs.items()}
         folder = save_speechllm(model, hr.run_dir / "export", overwrite=True,
                                 extra={"encoder": run.config.encoder,
                                        "base_run": run.train.run_dir.name})
         reloaded = load_speechllm(folder)
         exports[name] = {"folder": str(folder), "n_removed": fixed, "tests": {}}
         for t, fs in inputs["tests"].items():
-            mine, back = before[t], LossMeter(reloaded, fs, ev.batch_size, cfg.train.precision)()
+            mine = cut["losses"][t]
+            back = LossMeter(reloaded, fs, ev.batch_size, cfg.train.precision)()
             gap = float(abs(mine.mean - back.mean))
             worst = float((abs(mine.sums - back.sums) / back.tokens).max())
-            sub = fs.subset(ev.batch_size)
-            a = evaluate_cut(model, sub, [], hr.run_dir, t, ev, capped=True)
+            sub, a = subs[t], decoded[t]
             b = evaluate_cut(reloaded, sub, [], folder, t, ev, capped=True)
             same = [x["hyp"] for x in a["hypotheses"]] == [x["hyp"] for x in b["hypotheses"]]
             exports[name]["tests"][t] = {"loss": back.mean, "loss_gap": gap,
@@ -282,7 +282,8 @@ def export(cfg: Run, inputs: Section, ctrl: Section) -> Section:
         f"the reloaded models' mean loss differs from the models' in memory by at most "
         f"{max(x['loss_gap'] for x in checks):.1e} nats per token (one utterance by at most "
         f"{max(x['max_utterance_gap'] for x in checks):.1e}): the rounding of "
-        f"{'bf16' if cfg.train.precision == 'bf16' else 'float32'} arithmetic, the adapters merged into the weights instead of added to their output; "
+        f"{'bf16' if cfg.train.precision == 'bf16' else 'float32'} arithmetic, the adapters "
+        "merged into the weights instead of added to their output; "
         f"the transcripts are the same on {len(checks) - differ} of {len(checks)} batches"
         + ("" if not differ else ", and where they differ that rounding took greedy decoding "
            "to another token where two were nearly tied")))

@@ -20,15 +20,16 @@ from lib.data.features import FeatureSet
 from lib.heal.healing import HealRun, control_targets, heal, heal_seeds
 from lib.heal.measure import loss_recovery, repair_contrast, seed_mean
 from lib.prune.loss_curves import (BOOTSTRAP_DRAWS, LossMeter, UtteranceLosses, cut_losses,
-                                   loss_point)
+                                   loss_point, within_loss_rule)
 from lib.prune.surgery import pruned_copy
 from lib.recipes.pipeline import ModelRun
 from lib.recipes.section import Section
 from lib.report import plotting
-from lib.report.rules import repair_verdict, within_loss_rule
+from lib.report.rules import repair_verdict
 
 
-def _ci(v: float, ci: list[float], fmt: str = ".2f") -> str:
+def interval_text(v: float, ci: list[float], fmt: str = ".2f") -> str:
+    """``v [low, high]``, as chapter 4's tables and sentences write a value and its interval."""
     return f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
@@ -48,7 +49,8 @@ def heal_seeded(cfg: Run, run: ModelRun, layers: list[int], variant: str, fit: F
     """``variant`` healed once per seed (:func:`lib.heal.healing.heal_seeds`) on its own copy
     of ``run``'s model pruned of ``layers``, or, ``control``, on an unpruned copy with the
     same trainable parts (LoRA on the layers that would receive the cut); every test
-    utterance's loss after each. ``keep_first``: the first seed's model is returned too."""
+    utterance's loss after each. ``keep_first``: the first seed's model is returned too, as
+    healed (its adapters not merged)."""
     big_l = len(run.model.decoder_layers)
     lora = control_targets(layers, big_l) if control else None
     out: dict[str, Any] = {"losses": [], "records": [], "model": None, "heal": None}
@@ -108,21 +110,25 @@ def controls(cfg: Run, inputs: Section, healed: Section) -> Section:
             h = seed_mean([x[first] for x in got["losses"]])
             rec = loss_recovery(lf["full"], lf["cuts"][k], h, BOOTSTRAP_DRAWS, cfg.train.seed)
             pt = loss_point(lf["full"], h, lf["floor"], BOOTSTRAP_DRAWS, cfg.train.seed)
-            before = loss_point(lf["full"], lf["cuts"][k], lf["floor"], BOOTSTRAP_DRAWS,
-                                cfg.train.seed)
+            before = d["points"][k]  # the cut unhealed (section 4.1)
             out[name]["cuts"][k] = {
                 "kind": "rule" if k == rule_n else "fixed", "seeds": len(got["losses"]),
                 "recovery": rec["recovery"], "recovery_ci95": rec["recovery_ci95"],
-                "cost_before": before["normalised"], "cost_before_ci95": before["normalised_ci95"],
+                "cost_before": before["normalised"],
+                "cost_before_ci95": before["normalised_ci95"],
                 "cost_after": pt["normalised"], "cost_after_ci95": pt["normalised_ci95"],
-                "within_rule": within_loss_rule(pt["normalised"], cfg.prune.loss_threshold),
-                "model": got["model"], "heal": got["heal"]}
+                "within_rule": bool(within_loss_rule(pt["normalised"],
+                                                     cfg.prune.loss_threshold)),
+                "model": got["model"], "heal": got["heal"], "losses": got["losses"][0]}
             where = "the loss rule's cut" if k == rule_n else "the fixed cut"
-            rows.append({"decoder": name, "model": f"pruned at {where}, healed with both", "layers removed": k, "loss": h.mean,
+            rows.append({"decoder": name, "model": f"pruned at {where}, healed with both",
+                         "layers removed": k, "loss": h.mean,
                          "gain (nats per token)": lf["cuts"][k].mean - h.mean,
-                         "recovery [95 % CI]": _ci(rec["recovery"], rec["recovery_ci95"]),
-                         "loss cost [95 % CI]": f"{_ci(before['normalised'], before['normalised_ci95'])}"
-                         f" → {_ci(pt['normalised'], pt['normalised_ci95'])}"})
+                         "recovery [95 % CI]": interval_text(rec["recovery"],
+                                                             rec["recovery_ci95"]),
+                         "loss cost [95 % CI]":
+                         f"{interval_text(before['normalised'], before['normalised_ci95'])} → "
+                         f"{interval_text(pt['normalised'], pt['normalised_ci95'])}"})
     thr = cfg.prune.loss_threshold
     glue = dict(
         repair_sentence="; ".join(

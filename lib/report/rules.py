@@ -150,13 +150,6 @@ def seeded_verdict(d: dict[str, Any]) -> str:
     return _sign_verdict(*d["ci95"])
 
 
-def within_loss_rule(cost: float, threshold: float) -> bool:
-    """A cut's normalised loss cost is within the pruning rule's threshold
-    (``prune_loss_threshold``; the comparison :func:`lib.prune.loss_curves.loss_rule` makes).
-    Chapter 4 asks it of a healed cut."""
-    return bool(cost <= threshold + 1e-12)
-
-
 def repair_verdict(d: dict[str, Any]) -> str:
     """Whether healing repairs the cut or mostly trains the model: the gain on the pruned
     model minus the gain of the unpruned model trained the same way
