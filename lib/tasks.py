@@ -91,3 +91,19 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise CompanionError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
     return TASKS[name]
+
+
+CONTRASTS = ("heard", "written", "both")
+"""What a pair of tasks changes in the 2 x 2 of language heard x language written: the
+language heard only, the language written only, or both (such a pair is not "across tasks"
+or "across languages" alone)."""
+
+
+def contrast(a: Task, b: Task) -> str:
+    """What tasks ``a`` and ``b`` differ in: ``"heard"``, ``"written"`` or ``"both"``
+    (:data:`CONTRASTS`); ``"neither"`` for two tasks that hear and write the same languages.
+    Explained in chapter 5 (book/05_tasks_and_languages.ipynb)."""
+    heard, written = a.hears != b.hears, a.writes != b.writes
+    if heard and written:
+        return "both"
+    return "heard" if heard else "written" if written else "neither"

@@ -180,6 +180,7 @@ def _another(name: str, value, run):
                "test_data": ["manifest:y"], "recipe": "plain" if value != "plain" else
                "ctc-warmstart", "device": "cpu" if value != "cpu" else "auto",
                "max_test_utterances": 3, "tasks": ["asr", "asr-es"],
+               "multitask_decoders": ["tiny-gemma"],
                "multitask_start": "anew" if value != "anew" else "chapter-1",
                "heal_variants": ["both"], "prune_strategies": ["angular"],
                "projector_learning_rate": 0.123}

@@ -143,6 +143,7 @@ def test_the_mix_continues_chapter_1s_model(tmp_path, monkeypatch, random_featur
     fs = _with_translations(random_features(6, dim=64))
     data = mt.ParallelData(mix=FeatureSet(fs.utterances * 2, fs.feats * 2,
                                           tasks=[ASR] * 6 + [ST] * 6),
+                           asr_only=FeatureSet(fs.utterances, fs.feats, tasks=[ASR] * 6),
                            audio=fs, dev={}, tests={})
     ch1 = build_speechllm(mc, seed=5)
     with torch.no_grad():  # chapter 1's trained weights: unlike any fresh build
@@ -156,6 +157,10 @@ def test_the_mix_continues_chapter_1s_model(tmp_path, monkeypatch, random_featur
     got = run.model.trainable_state_dict()
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
     assert run.start is start and len(run.train.log) == 3
+    alone = mt.train_multitask(cfg, data, 0, start=start, asr_only=True)  # the control
+    assert alone.train.run_dir != run.train.run_dir and alone.start is start
+    assert len(alone.train.log) == len(run.train.log)  # the same budget
+    assert all(torch.equal(alone.model.trainable_state_dict()[k], want[k]) for k in want)
 
     anew_cfg = dataclasses.replace(cfg, multitask=dataclasses.replace(cfg.multitask,
                                                                       start="anew"))
@@ -165,6 +170,46 @@ def test_the_mix_continues_chapter_1s_model(tmp_path, monkeypatch, random_featur
     assert not all(torch.equal(other[k], want[k]) for k in want)
     with pytest.raises(CompanionError, match="needs chapter 1's run of tiny-llama"):
         mt.train_multitask(cfg, data, 0)
+
+
+def test_the_multitask_decoders_are_chosen_among_the_runs_decoders():
+    from lib.config.resolve import resolve
+    from lib.recipes.multitask import chosen_models
+
+    cfg = resolve(5, preset="tiny", changes={"multitask_decoders": ["tiny-gemma"]})
+    assert [cfg.models[i].decoder for i in chosen_models(cfg)] == ["tiny-gemma"]
+    every = resolve(5, preset="tiny", changes={"multitask_decoders": []})
+    assert len(chosen_models(every)) == len(every.models) == 2
+    with pytest.raises(CompanionError, match="multitask_decoders.*not among decoders") as err:
+        resolve(5, preset="tiny", changes={"multitask_decoders": ["gemma3-270m"]})
+    assert "\n" not in str(err.value)
+
+
+def test_the_control_trains_on_the_mixs_english_asr_alone(tmp_path, monkeypatch):
+    """parallel_data's budget-matched set: every fit verse's English clip, task ASR, and
+    nothing of the dev or test verses."""
+    from lib.data.loaders import Utterance
+    from lib.recipes import multitask as mt
+
+    def utt(lang: str, split: str, i: int) -> Utterance:
+        return Utterance(id=f"{lang}-{split}-{i}", audio="x.wav", text=f"{lang} {i}",
+                         duration=1.0, voice="v", split=split, source="manifest",
+                         language=lang, translation=f"other {i}")
+
+    utts = [utt(lang, split, i) for split, n in (("train", 6), ("test", 2))
+            for i in range(n) for lang in ("es", "en")]
+    feats = {u.id: torch.zeros(3, 4) for u in utts}
+    monkeypatch.setattr(mt, "load_manifest", lambda _: utts)
+    monkeypatch.setattr(mt, "ensure_parallel_corpus", lambda _: "m.jsonl")
+    monkeypatch.setattr(mt, "_features", lambda cfg, u, ch1: feats)
+    from lib.config.resolve import resolve
+
+    cfg = resolve(5, preset="tiny", changes={"task_dev_utterances": 2})
+    data = mt.parallel_data(cfg, FeatureSet([], []))
+    assert [u.id for u in data.asr_only.utterances] == [f"en-train-{i}" for i in range(4)]
+    assert set(t.name for t in data.asr_only.tasks) == {"asr"}
+    asr_in_mix = [u.id for u, t in zip(data.mix.utterances, data.mix.tasks) if t.name == "asr"]
+    assert asr_in_mix == [u.id for u in data.asr_only.utterances]
 
 
 def test_dev_verses_are_ones_chapter_1_did_not_train_on():

@@ -63,3 +63,37 @@ def test_pairs_are_split_by_verse_away_from_chapter_1s_sentences():
         assert 4 <= len(en.split()) <= 15 and 4 <= len(es.split()) <= 15
     with pytest.raises(CompanionError, match="lower n_parallel_train"):
         select_pairs(ParallelSpec(n_train=9000, n_test=40, english=english))
+
+
+def test_verse_alignment_that_leaves_most_verses_out_is_one_line():
+    from lib.data.parallel import check_alignment
+
+    check_alignment(100, 98, 95, "a / b")
+    with pytest.raises(CompanionError, match="parallel texts a / b: only 50 of 100 / 98") as e:
+        check_alignment(100, 98, 50, "a / b")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("drop,match", [
+    ("en-test-1", r"m.jsonl \(test, es / en\): 2 source lines but 1 target lines"),
+    (None, r"verse 0 has no pair of a Spanish and an English clip"),
+])
+def test_a_parallel_manifest_with_a_missing_side_is_one_line(drop, match):
+    """The real input the chapter reads: the manifest of a parallel corpus, one side of a
+    verse missing (the counts differ), or the two clips of a verse out of order."""
+    from lib.data.loaders import Utterance
+    from lib.recipes.multitask import _by_pair
+
+    def utt(lang: str, i: int) -> Utterance:
+        return Utterance(id=f"{lang}-test-{i}", audio="x.wav", text="t", duration=1.0,
+                         voice="v", split="test", source="manifest", language=lang)
+
+    rows = [utt(lang, i) for i in range(2) for lang in ("es", "en")]
+    assert len(_by_pair(rows, "test", "m.jsonl")) == 2
+    if drop:
+        rows = [u for u in rows if u.id != drop]
+    else:
+        rows = [rows[0], rows[2], rows[1], rows[3]]  # es0, es1, en0, en1
+    with pytest.raises(CompanionError, match=match) as err:
+        _by_pair(rows, "test", "m.jsonl")
+    assert "\n" not in str(err.value)

@@ -111,13 +111,16 @@ _NON_NEGATIVE = _number(lambda v: v >= 0, "use a number >= 0")
 _SHARE = _number(lambda v: 0 < v <= 1, "use a number in (0, 1]")
 
 
-def _names(known: Callable[[], tuple[str, ...]] | None = None) -> Callable[[str, Any], tuple]:
-    """A non-empty list of names (one name is a list of one), each one of ``known()``."""
+def _names(known: Callable[[], tuple[str, ...]] | None = None,
+           allow_empty: bool = False) -> Callable[[str, Any], tuple]:
+    """A list of names (one name is a list of one; empty only with ``allow_empty``), each
+    one of ``known()``."""
     def check(name: str, v: Any) -> tuple[str, ...]:
         v = [v] if isinstance(v, str) else v
-        if not (isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x.strip()
-                                                           for x in v)):
-            _fail(name, v, "use a non-empty list of names")
+        if not (isinstance(v, (list, tuple)) and (v or allow_empty)
+                and all(isinstance(x, str) and x.strip() for x in v)):
+            _fail(name, v, "use a list of names" if allow_empty else
+                  "use a non-empty list of names")
         v = tuple(dict.fromkeys(x.strip() for x in v))
         if known is not None:
             bad = [x for x in v if x not in known()]
@@ -230,7 +233,8 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "heal_batch_size": _POS, "heal_learning_rate": _POSITIVE, "heal_warmup_steps": _NON_NEG,
     "heal_lora_rank": _POS, "heal_lora_alpha": _POS, "cost_rounds": _POS,
     # chapter 5
-    "tasks": _names(_tasks), "n_parallel_train": _POS, "n_parallel_test": _POS,
+    "tasks": _names(_tasks), "multitask_decoders": _names(allow_empty=True),
+    "n_parallel_train": _POS, "n_parallel_test": _POS,
     "multitask_start": _one_of(lambda: MULTITASK_STARTS), "multitask_steps": _POS,
     "task_dev_utterances": _NON_NEG,
 }
@@ -250,6 +254,11 @@ def _across(v: dict[str, Any], chapter: int) -> None:
         if "asr" not in v["tasks"]:
             _fail("tasks", list(v["tasks"]), "include asr: chapter 5 compares English ASR "
                   "with chapter 1's model")
+        strays = [d for d in v["multitask_decoders"] if d not in v["decoders"]]
+        if strays:
+            _fail("multitask_decoders", list(v["multitask_decoders"]),
+                  f"names {', '.join(strays)}, not among decoders={list(v['decoders'])}: name "
+                  "some of those, or [] for all of them")
         if v["warmup_steps"] >= v["multitask_steps"]:
             _fail("multitask_steps", v["multitask_steps"],
                   f"must be above warmup_steps={v['warmup_steps']}")

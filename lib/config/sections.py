@@ -157,6 +157,7 @@ class MultitaskConfig:
     CONSTANTS: ClassVar[tuple[str, ...]] = ()
 
     tasks: tuple[str, ...] = P.tasks
+    decoders: tuple[str, ...] = P.multitask_decoders  # of the run's decoders (): all
     n_parallel_train: int = P.n_parallel_train
     n_parallel_test: int = P.n_parallel_test
     task_dev_utterances: int = P.task_dev_utterances

@@ -213,7 +213,8 @@ def score_task(task: Task, refs: Sequence[str], hyps: Sequence[str]) -> dict[str
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb) and chapter 5.
     """
     if task.metric == "wer":
-        return score_asr(refs, hyps, language=task.writes)
+        return {**score_asr(refs, hyps, language=task.writes),
+                "empty_hypotheses": sum(not str(h).strip() for h in hyps)}
     if task.metric == "bleu":
         from lib.evaluate.bleu import score_translation
 
@@ -232,12 +233,14 @@ def utterance_score(task: Task, ref: str, hyp: str) -> dict[str, float]:
     return {"chrf": float(CHRF().sentence_score(hyp, [ref]).score)}
 
 
-def paired_task_difference(task: Task, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def paired_task_difference(task: Task, a: dict[str, Any], b: dict[str, Any],
+                           metric: str | None = None) -> dict[str, Any]:
     """System ``a`` minus system ``b`` on the same utterances by ``task``'s metric, with a
-    paired bootstrap: WER (:func:`paired_difference`) or BLEU
-    (:func:`lib.evaluate.bleu.paired_translation_difference`)."""
+    paired bootstrap: WER (:func:`paired_difference`), or for translation chrF (the default:
+    it carries chapter 5's verdicts, BLEU near 0 being too unstable on a hundred verses) or
+    BLEU (:func:`lib.evaluate.bleu.paired_translation_difference`)."""
     if task.metric == "wer":
         return {**paired_difference(a, b), "metric": "wer"}
     from lib.evaluate.bleu import paired_translation_difference
 
-    return paired_translation_difference(a, b, "bleu")
+    return paired_translation_difference(a, b, metric or "chrf")

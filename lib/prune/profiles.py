@@ -240,3 +240,60 @@ def specificity(a: BlockProfile, b: BlockProfile, null: BlockProfile, draws: int
     return {"rho": rho, "rho_null": rho_null, "rho_ceiling": ceiling,
             "index": float(specificity_index(rho, rho_null, ceiling)),
             "index_ci95": interval95(boot)}
+
+
+def _cross(a: BlockProfile, b: BlockProfile, na: BlockProfile, nb: BlockProfile,
+           ia: np.ndarray, ib: np.ndarray) -> tuple[float, float, float]:
+    """Across, ceiling and null rho from halves of the rows ``ia`` (of ``a``'s utterances)
+    and ``ib`` (of ``b``'s): every rho between two disjoint halves, so each uses as many
+    utterances as the others."""
+    a1, a2 = (ia[h] for h in _halves(len(ia), 0))
+    b1, b2 = (ib[h] for h in _halves(len(ib), 1))
+    x = {k: p.increase(i[None])[0] for k, p, i in (
+        ("a1", a, a1), ("a2", a, a2), ("b1", b, b1), ("b2", b, b2), ("na2", na, a2),
+        ("nb2", nb, b2))}
+    across = (spearman_rho(x["a1"], x["b2"]) + spearman_rho(x["a2"], x["b1"])) / 2
+    ceiling = (spearman_rho(x["a1"], x["a2"]) + spearman_rho(x["b1"], x["b2"])) / 2
+    null = (spearman_rho(x["a1"], x["na2"]) + spearman_rho(x["b1"], x["nb2"])) / 2
+    return across, ceiling, null
+
+
+def cross_specificity(a: BlockProfile, b: BlockProfile, null_a: BlockProfile,
+                      null_b: BlockProfile, draws: int = 1000, seed: int = 0
+                      ) -> dict[str, Any]:
+    """How alike the profiles of two tasks are, on utterances (or targets) of their own.
+
+    Every rho is between disjoint halves, so the comparison and its two references use as
+    many utterances each: ``rho`` (task ``a``'s half against ``b``'s, both ways), the ceiling
+    (each task's halves against each other) and the null (each task's half against the other
+    half of its null input: the same utterances with noise for audio). The index
+    (:func:`specificity_index`) is 1 when the two tasks agree as much as each agrees with
+    itself, 0 when no more than with a null input; its 95 % interval resamples each task's
+    utterances (and its null's with them). ``rho_full`` and ``top_k_overlap`` describe the
+    whole profiles.
+
+    Raises:
+        CompanionError: profiles of other blocks, a null not of its task's utterances, or
+            fewer than 4 utterances.
+    """
+    for task, null in ((a, null_a), (b, null_b)):
+        profile_agreement(a, task)
+        profile_agreement(a, null)
+        if not np.array_equal(null.full.tokens, task.full.tokens):
+            raise CompanionError("a task's null profile is not of the task's utterances: "
+                                 "score the null on the same set")
+        if len(task.full.sums) < 4:
+            raise CompanionError(f"a split half needs at least 4 utterances, got "
+                                 f"{len(task.full.sums)}: score more")
+    rng = np.random.default_rng(seed)
+    ua, ub = len(a.full.sums), len(b.full.sums)
+    rho, ceiling, null_rho = _cross(a, b, null_a, null_b, np.arange(ua), np.arange(ub))
+    boot = []
+    for _ in range(draws):
+        x = _cross(a, b, null_a, null_b, rng.integers(0, ua, ua), rng.integers(0, ub, ub))
+        boot.append(float(specificity_index(x[0], x[2], x[1])))
+    whole = profile_agreement(a, b)
+    return {"rho": rho, "rho_ceiling": ceiling, "rho_null": null_rho,
+            "rho_full": whole["rho"], "top_k_overlap": whole["top_k_overlap"], "k": whole["k"],
+            "index": float(specificity_index(rho, null_rho, ceiling)),
+            "index_ci95": interval95(np.array(boot))}

@@ -10,12 +10,10 @@ Stage: the chapters' recipes. Explained in chapter 5 (book/05_tasks_and_language
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pandas as pd
 
-from lib.build.adapters import pretrained_decoder
 from lib.config.sections import Run
 from lib.data.corpus import voice_family
 from lib.evaluate.metrics import paired_task_difference
@@ -26,11 +24,11 @@ from lib.recipes.pipeline import ModelRun, prepare_features, train_and_evaluate
 from lib.recipes.section import Section, settings_line
 from lib.report import plotting
 from lib.report.results import record_headline, recorded_line
-from lib.report.rules import (asr_against_asr_only, asr_rule_sentence, floor_sentence,
-                              whisper_target, agreement_verdict, null_share, paired_target,
-                              specific_verdict)
-from lib.score.controls import NULL_INPUTS, null_agreement, null_surfaces
-from lib.score.redundancy import agreement, score_speech, score_text
+from lib.report.rules import (COMPETENCE_MARGIN, asr_against_asr_only, asr_rule_sentence,
+                              paired_target, task_learned, whisper_target)
+from lib.recipes.task_profiles import removal_profiles  # noqa: F401  (section 5.5)
+from lib.recipes.task_surfaces import agreements, surfaces  # noqa: F401  (section 5.4)
+from lib.score.controls import NULL_INPUTS
 from lib.tasks import TASKS
 
 SHORT = {"better than": "better", "worse than": "worse", "not distinguishable from": "level"}
@@ -93,7 +91,8 @@ def corpus(cfg: Run) -> Section:
 
 
 def dev_curves(runs: dict[str, ModelRun]) -> pd.DataFrame:
-    """Every task's dev score against training minutes (warm start included), long form."""
+    """Every task's dev score against training minutes (warm start included), long form:
+    WER in %, chrF for translation."""
     rows = []
     for name, r in runs.items():
         offset = r.warm_start.wall_time_s / 60 if r.warm_start else 0.0
@@ -101,41 +100,57 @@ def dev_curves(runs: dict[str, ModelRun]) -> pd.DataFrame:
             for key, value in row.items():
                 if key.startswith("dev_"):
                     task = TASKS[key[4:]]
-                    rows.append({"model": slug(name), "task": task.name,
-                                 "metric": task.metric.upper(), "minutes":
+                    wer = task.metric == "wer"
+                    rows.append({"model": name, "task": task.name,
+                                 "metric": "WER" if wer else "chrF", "minutes":
                                  row["train_minutes"] + offset, "step": row["step"],
-                                 "score": 100 * value if task.metric == "wer" else value})
+                                 "score": 100 * value if wer else value})
     return pd.DataFrame(rows)
+
+
+def _minutes(r: ModelRun, start: str) -> dict[str, Any]:
+    w = r.warm_start.wall_time_s / 60 if r.warm_start else 0.0
+    llm = r.train.result["provenance"]["wall_time_s"] / 60
+    return {"start": start, "ctc_minutes": w, "llm_minutes": llm, "minutes": w + llm,
+            "steps": r.train.result["steps"]}
 
 
 def train(cfg: Run, data: mt.ParallelData, ch1_train: Any,
           ch1_tests: dict[str, Any]) -> Section:
-    """Chapter 1's ASR-only models (reused), and one multi-task SpeechLLM per decoder
-    trained once on the mix (or reused), by default continuing chapter 1's model."""
-    ch1 = {m.decoder: train_and_evaluate(m, cfg, ch1_train, ch1_tests, evaluate=False)
-           for m in cfg.models}
-    runs = {m.decoder: mt.train_multitask(cfg, data, i, start=ch1[m.decoder])
-            for i, m in enumerate(cfg.models)}
-    plotting.plot_training_curves(training_log(runs)).set_title(
-        "Multi-task training (projector + LoRA, four tasks)")
-    curves = dev_curves(runs)
+    """For each decoder of ``multitask_decoders``: chapter 1's ASR model (reused), the
+    multi-task SpeechLLM trained on the mix, and the budget-matched control (the same start,
+    steps and batches on the mix's English ASR alone); each trained once, then reused."""
+    chosen = mt.chosen_models(cfg)
+    ch1, runs, alone = {}, {}, {}
+    for i in chosen:
+        d = cfg.models[i].decoder
+        ch1[d] = train_and_evaluate(cfg.models[i], cfg, ch1_train, ch1_tests, evaluate=False)
+        runs[d] = mt.train_multitask(cfg, data, i, start=ch1[d])
+        alone[d] = mt.train_multitask(cfg, data, i, start=ch1[d], asr_only=True)
+    both = {**{slug(d): r for d, r in runs.items()},
+            **{f"{slug(d)}, English ASR alone": r for d, r in alone.items()}}
+    plotting.plot_training_curves(training_log(both)).set_title(
+        "Multi-task training and its budget-matched control (projector + LoRA)")
+    curves = dev_curves(both)
     if not curves.empty:
         plotting.plot_task_curves(curves)
+    minutes = {slug(d): {**_minutes(r, cfg.multitask.start),
+                         "asr_only": _minutes(alone[d], cfg.multitask.start)}
+               for d, r in runs.items()}
     items = []
-    minutes = {}
-    for name, r in runs.items():
-        w = r.warm_start.wall_time_s / 60 if r.warm_start else 0.0
-        llm = r.train.result["provenance"]["wall_time_s"] / 60
-        minutes[slug(name)] = {"start": cfg.multitask.start, "ctc_minutes": w,
-                               "llm_minutes": llm, "minutes": w + llm}
+    for d, r in runs.items():
+        m = minutes[slug(d)]
         begun = (f"continued chapter 1's ASR model ({r.start.train.run_dir.name})"
-                 if r.start is not None else f"CTC warm start {w:.1f} min")
-        items.append(f"{name}: {begun}, {r.train.result['steps']} steps on the mix in "
-                     f"{llm:.1f} min")
+                 if r.start is not None else f"CTC warm start {m['ctc_minutes']:.1f} min")
+        items.append(f"{d}: {begun}; {m['steps']} steps on the mix in {m['llm_minutes']:.1f} "
+                     f"min, the same on English ASR alone in "
+                     f"{m['asr_only']['llm_minutes']:.1f} min")
     first = next(iter(minutes.values()))
     glue = dict(mt_steps=cfg.multitask.steps, mt_minutes_first=first["minutes"],
-                mt_batch=cfg.train.batch_size, mt_start=cfg.multitask.start)
-    return Section(glue=glue, items=items, data={"runs": runs, "ch1": ch1,
+                mt_alone_minutes_first=first["asr_only"]["minutes"],
+                mt_batch=cfg.train.batch_size, mt_start=cfg.multitask.start,
+                mt_decoders=", ".join(slug(d) for d in runs))
+    return Section(glue=glue, items=items, data={"runs": runs, "ch1": ch1, "alone": alone,
                                                  "minutes": minutes, "curves": curves})
 
 
@@ -145,20 +160,31 @@ def train(cfg: Run, data: mt.ParallelData, ch1_train: Any,
 def _cell(task: Any, s: dict[str, Any]) -> str:
     if task.metric == "wer":
         return f"{100 * s['wer']:.1f} [{_ci(s['wer_ci95'], 100)}]"
-    return f"{s['bleu']:.1f} [{_ci(s['bleu_ci95'])}]"
+    return f"{s['chrf']:.1f} [{_ci(s['chrf_ci95'])}]"
 
 
-def _score_task(cfg: Run, run: ModelRun, ch1_run: ModelRun, name: str,
+def _versus(task: Any, s: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``s`` against ``other`` on the same utterances, paired: by WER, or by chrF (the
+    verdict) with BLEU's difference beside it."""
+    d = paired_task_difference(task, s, other)
+    out = {**d, "verdict": paired_target(d, task.metric != "wer")}
+    if task.metric != "wer":
+        b = paired_task_difference(task, s, other, "bleu")
+        out["bleu"] = {**b, "verdict": paired_target(b, True)}
+    return out
+
+
+def _score_task(cfg: Run, run: ModelRun, alone: ModelRun, name: str,
                 data: mt.ParallelData, whisper: dict[str, Any]) -> dict[str, Any]:
-    """One decoder and task: the score, its floor, its baselines, each paired with it."""
+    """One decoder and task: the score, its floor, whether it is learned, its baselines,
+    each paired with it."""
     task, fs, out = TASKS[name], data.tests[name], run.train.run_dir
-    better = task.metric != "wer"
     s = mt.evaluate_task(run.model, fs, out, task, cfg.eval)
     floor = mt.evaluate_task(run.model, fs.other_audio(), out, task, cfg.eval,
                              label=f"{name}-other-audio")
     rec = {"task": name, "metric": task.metric, "score": s, "floor": floor,
-           "vs_floor": paired_task_difference(task, s, floor), "baselines": {}}
-    rec["vs_floor"]["verdict"] = paired_target(rec["vs_floor"], better)
+           "vs_floor": _versus(task, s, floor), "baselines": {}}
+    rec["learned"] = task_learned(rec["vs_floor"], "wer" if task.metric == "wer" else "chrf")
     if name in whisper:
         rec["baselines"]["whisper"] = whisper[name]
     if task.metric == "bleu":
@@ -166,49 +192,73 @@ def _score_task(cfg: Run, run: ModelRun, ch1_run: ModelRun, name: str,
         asr = mt.evaluate_task(run.model, fs, out, TASKS[source], cfg.eval)
         rec["baselines"]["cascade"] = mt.cascade(run.model, asr, out, task, fs, cfg.eval)
     if name == "asr":
-        rec["baselines"]["asr-only"] = mt.evaluate_task(ch1_run.model, fs,
-                                                        ch1_run.train.run_dir, task, cfg.eval,
-                                                        label="parallel-asr")
+        rec["baselines"]["asr-only"] = mt.evaluate_task(alone.model, fs, alone.train.run_dir,
+                                                        task, cfg.eval, label="parallel-asr")
     for key, b in rec["baselines"].items():
-        d = paired_task_difference(task, s, b)
-        rec[f"vs_{key}"] = {**d, "verdict": paired_target(d, better)}
+        rec[f"vs_{key}"] = _versus(task, s, b)
     return rec
 
 
-def scores(cfg: Run, runs: dict[str, ModelRun], ch1: dict[str, ModelRun],
+def silent_lines(found: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per system that wrote nothing for some utterances of a test set (all of
+    them: it scores 0 or 100 % WER, and says what to do)."""
+    out = []
+    for dec, tasks in found.items():
+        for name, rec in tasks.items():
+            systems = {"the model": rec["score"], "its no-audio floor": rec["floor"],
+                       **{f"baseline {k}": b for k, b in rec["baselines"].items()}}
+            for label, s in systems.items():
+                n, empty = s.get("n_utterances", 0), s.get("empty_hypotheses", 0)
+                if empty and empty == n:
+                    out.append(f"{dec} {name}, {label}: all {n} hypotheses are empty (it "
+                               "wrote nothing and scores as silence): train longer or check "
+                               "max_new_tokens and the task's prompt")
+                elif empty:
+                    out.append(f"{dec} {name}, {label}: {empty} of {n} hypotheses empty")
+    return out
+
+
+def scores(cfg: Run, runs: dict[str, ModelRun], alone: dict[str, ModelRun],
            data: mt.ParallelData) -> Section:
     """Every task of every multi-task model with its interval, against its no-audio floor
-    and its baselines, each by the paired rule."""
+    (which decides whether the task is learned) and its baselines, each by the paired
+    rule."""
     whisper = mt.whisper_tasks(cfg, data.tests)
-    found = {slug(d): {n: _score_task(cfg, r, ch1[d], n, data, whisper)
+    found = {slug(d): {n: _score_task(cfg, r, alone[d], n, data, whisper)
                        for n in cfg.multitask.tasks} for d, r in runs.items()}
     rows = []
     for dec, tasks in found.items():
         for n, rec in tasks.items():
             task = TASKS[n]
-            row = {"decoder": dec, "task": f"{n} ({task.metric.upper()})",
-                   "score [95 % CI]": _cell(task, rec["score"]),
+            row = {"decoder": dec, "task": n, "metric": "WER %" if task.metric == "wer"
+                   else "chrF", "score [95 % CI]": _cell(task, rec["score"]),
+                   "BLEU": (f"{rec['score']['bleu']:.1f} [{_ci(rec['score']['bleu_ci95'])}]"
+                            if task.metric == "bleu" else "–"),
                    "no-audio floor": f"{_cell(task, rec['floor'])} "
-                                     f"({SHORT[rec['vs_floor']['verdict']]})"}
-            if task.metric == "bleu":
-                row["chrF"] = f"{rec['score']['chrf']:.1f}"
-            for key, label in (("whisper", "Whisper-base"), ("cascade", "text cascade"),
-                               ("asr-only", "chapter 1 ASR-only")):
+                                     f"({SHORT[rec['vs_floor']['verdict']]})",
+                   "learned": "yes" if rec["learned"] else "no"}
+            for key, label in (("whisper", "Whisper-base"),
+                               ("cascade", "text cascade (handicapped)"),
+                               ("asr-only", "English ASR alone")):
                 if key in rec["baselines"]:
                     row[label] = (f"{_cell(task, rec['baselines'][key])} "
                                   f"({SHORT[rec[f'vs_{key}']['verdict']]})")
             rows.append(row)
     table = pd.DataFrame(rows).fillna("–")
     plotting.plot_task_scores(found)
-    return Section(table, _target_glue(found, data), {"found": found, "whisper": whisper})
+    return Section(table, _target_glue(found, data), {"found": found, "whisper": whisper},
+                   items=silent_lines(found))
+
+
+def learned_tasks(found: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Per decoder, the tasks it learned (:func:`lib.report.rules.task_learned`)."""
+    return {d: [n for n, r in ts.items() if r["learned"]] for d, ts in found.items()}
 
 
 def _target_glue(found: dict[str, dict[str, Any]], data: mt.ParallelData) -> dict[str, Any]:
-    """The chapter's targets, computed by the rules of :mod:`lib.report.rules`: floors,
-    Whisper's translation, English ASR against chapter 1's ASR-only model."""
-    below = [f"{d} {n}" for d, ts in found.items() for n, r in ts.items()
-             if r["vs_floor"]["verdict"] != "better than"]
-    n_cells = sum(len(ts) for ts in found.values())
+    """The chapter's targets, computed by the rules of :mod:`lib.report.rules`: which tasks
+    are learned, Whisper's translation, English ASR against the budget-matched model."""
+    learned = learned_tasks(found)
     st = {d: ts["st-es-en"] for d, ts in found.items() if "st-es-en" in ts
           and "vs_whisper" in ts["st-es-en"]}
     asr = {}
@@ -216,157 +266,50 @@ def _target_glue(found: dict[str, dict[str, Any]], data: mt.ParallelData) -> dic
         asr[d] = asr_against_asr_only(ts["asr"]["baselines"]["asr-only"]["wer"],
                                       ts["asr"]["score"]["wer"])
         ts["asr"]["relative_to_asr_only"] = asr[d]
-    bleu = next((r["score"] for ts in found.values() for r in ts.values()
-                 if r["metric"] == "bleu"), {})
+    translation = [(d, n) for d, ts in found.items() for n, r in ts.items()
+                   if r["metric"] == "bleu"]
     return dict(
-        bleu_signature=bleu.get("bleu_signature", "(no translation task)"),
-        chrf_signature=bleu.get("chrf_signature", "(no translation task)"),
-        n_above_floor=n_cells - len(below), n_task_cells=n_cells,
-        floor_sentence=floor_sentence(below, n_cells),
+        n_learned=sum(len(v) for v in learned.values()),
+        n_task_cells=sum(len(ts) for ts in found.values()),
+        learned_sentence=competence_sentence(found),
+        chrf_margin=COMPETENCE_MARGIN["chrf"], wer_margin=100 * COMPETENCE_MARGIN["wer"],
+        translation_learned=("both translation directions are learned" if translation and
+                             all(found[d][n]["learned"] for d, n in translation) else
+                             "not every translation direction is learned"),
         st_whisper_sentence=("; ".join(
-            f"{d}: {r['score']['bleu']:.1f} BLEU against Whisper-base's "
-            f"{r['baselines']['whisper']['bleu']:.1f}, {r['vs_whisper']['verdict']} it"
+            f"{d}: chrF {r['score']['chrf']:.1f} against Whisper-base's "
+            f"{r['baselines']['whisper']['chrf']:.1f}, {r['vs_whisper']['verdict']} it"
             for d, r in st.items()) or "no Whisper baseline in this run"),
         st_target=whisper_target([r["vs_whisper"]["verdict"] for r in st.values()]),
         asr_sentence=asr_rule_sentence(asr),
         n_test=data.pairs["test"])
 
 
-# ------------------------------------------------------------------ 5.4 redundancy
-
-
-def _speech(model: Any, fs: Any, task: Any, sc: Any) -> Any:
-    with model.asking(task):
-        return score_speech(model, fs.subset(sc.n_score_utterances), batch_size=sc.batch_size,
-                            positions="transcript")
-
-
-def surfaces(cfg: Run, runs: dict[str, ModelRun], ch1: dict[str, ModelRun],
-             data: mt.ParallelData) -> Section:
-    """For each decoder: the surface of every task on its test speech (the task's target
-    positions), of the test texts in each language, of the same English text through the
-    pretrained decoder and chapter 1's ASR-only decoder, and of the two null inputs."""
-    sc, out = cfg.score, {}
-    for d, run in runs.items():
-        m = run.model
-        res = {f"speech, {n}": _speech(m, data.tests[n], TASKS[n], sc)
-               for n in cfg.multitask.tasks}
-        texts = {}
-        for lang in ("en", "es"):
-            fs = next((data.tests[n] for n in cfg.multitask.tasks
-                       if TASKS[n].hears == lang), None)
-            if fs is not None:
-                texts[lang] = [u.text for u in fs.subset(sc.n_score_utterances).utterances]
-                res[f"text, {lang}"] = score_text(m, None, texts[lang],
-                                                  batch_size=sc.batch_size,
-                                                  positions="transcript")
-        with pretrained_decoder(m) as llm:
-            res["text, en, pretrained LLM"] = score_text(llm, None, texts["en"],
-                                                         batch_size=sc.batch_size,
-                                                         positions="transcript")
-        res["text, en, chapter 1 ASR-only"] = score_text(
-            ch1[d].model, None, texts["en"], batch_size=sc.batch_size, positions="transcript")
-        nulls = null_surfaces(m, data.tests["asr"].subset(sc.n_score_utterances), texts["en"],
-                              batch_size=sc.batch_size, seed=cfg.train.seed)
-        out[slug(d)] = {"inputs": res, "nulls": nulls}
-        plotting.plot_distance_heatmaps({k: v for k, v in res.items()
-                                         if k.startswith("speech")}, title=slug(d))
-    return Section(data={"surfaces": out}, glue={"n_surface": sc.n_score_utterances})
-
-
-def _pairs(labels: list[str]) -> list[tuple[str, str]]:
-    speech = [x for x in labels if x.startswith("speech")]
-    out = list(itertools.combinations(speech, 2))
-    out += [(a, b) for a in ("text, en", "text, es") if a in labels
-            for b in speech if TASKS[b.split(", ")[1]].hears == a.split(", ")[1]]
-    out += [(x, "text, en") for x in ("text, en, pretrained LLM",
-                                      "text, en, chapter 1 ASR-only") if x in labels]
-    if "text, es" in labels:
-        out.append(("text, en", "text, es"))
-    return out
-
-
-def agreements(cfg: Run, surf: dict[str, Any]) -> Section:
-    """Every pair of inputs compared within each block size, against its shuffled chance
-    and against the null inputs; the verdict per pair (:mod:`lib.report.rules`)."""
-    sc, seed, rows = cfg.score, cfg.train.seed, []
-    for d, s in surf.items():
-        res, nulls = s["inputs"], s["nulls"]
-        with_null = {k: null_agreement(v, nulls) for k, v in res.items()}
-        for a, b in _pairs(list(res)):
-            agr = agreement(res[a], res[b], chance_draws=sc.chance_draws, seed=seed)
-            share = null_share(agr, [*with_null[a].values(), *with_null[b].values()])
-            base = agreement_verdict(agr, sc.agree_rho, sc.agree_overlap_gain)
-            rows.append({"decoder": d, "a": a, "b": b,
-                         "Spearman per n": agr["spearman_per_n_mean"],
-                         "chance Spearman": agr["chance"]["spearman_per_n_mean"],
-                         "null Spearman": max(n["spearman_per_n_mean"] for x in (a, b)
-                                              for n in with_null[x].values()),
-                         "overlap": agr["overlap_mean"],
-                         "chance overlap": agr["chance"]["overlap_mean"],
-                         "null share": share, "verdict": specific_verdict(base, share)})
-    table = pd.DataFrame(rows)
-    plotting.plot_agreement_matrix(table)
-    return Section(_compact(table), _claim5_glue(table), {"table": table})
-
-
-def _compact(table: pd.DataFrame) -> pd.DataFrame:
-    """The agreement table as the page shows it: each measure beside its chance level."""
-    def f2(x: Any) -> str:
-        return "–" if x is None or x != x else f"{x:.2f}"
-
-    def pair(x: float, c: float) -> str:
-        return f"{f2(x)} ({f2(c)})"
-
-    return pd.DataFrame({
-        "decoder": table["decoder"], "a": table["a"], "b": table["b"],
-        "Spearman per n (chance)": [pair(x, c) for x, c in
-                                    zip(table["Spearman per n"], table["chance Spearman"])],
-        "overlap (chance)": [pair(x, c) for x, c in
-                             zip(table["overlap"], table["chance overlap"])],
-        "best null Spearman": table["null Spearman"].map(f2),
-        "null share": table["null share"].map(f2),
-        "verdict": table["verdict"]})
-
-
-def _kind(a: str, b: str) -> str:
-    """What a pair compares: the same clips under two tasks ("across tasks"), speech in
-    two languages ("across languages"), text against speech, or text against text."""
-    ta, tb = (TASKS[x.split(", ")[1]] if x.startswith("speech") else None for x in (a, b))
-    if ta and tb:
-        return "across languages" if ta.hears != tb.hears else "across tasks"
-    return "text and speech" if (ta or tb) else "across decoders or text languages"
-
-
-def _claim5_glue(table: pd.DataFrame) -> dict[str, Any]:
-    """The verdict on the paper's claim 5 for tasks and languages, from the speech pairs."""
-    out: dict[str, Any] = {}
-    speech = table[table["a"].str.startswith("speech") & table["b"].str.startswith("speech")]
-    kinds = speech.assign(kind=[_kind(a, b) for a, b in zip(speech["a"], speech["b"])])
-    for kind in ("across tasks", "across languages"):
-        k = kinds[kinds["kind"] == kind]
-        v = k["verdict"]
-        out[f"claim5_{kind.split()[1]}"] = (
-            "not measured" if k.empty else
-            "the same blocks, beyond a null input, for every pair" if (
-                v == "the same blocks, beyond a null input").all() else
-            "the same blocks for every pair, but a null input marks them as well" if
-            v.str.startswith("the same blocks").all() else
-            f"not the same blocks for {int((~v.str.startswith('the same blocks')).sum())} of "
-            f"{len(v)} pairs")
-        out[f"rho_{kind.split()[1]}_min"] = float(k["Spearman per n"].min()) if len(k) else 0
-        out[f"null_{kind.split()[1]}_max"] = float(k["null share"].max()) if len(k) else 0
-    return out
+def competence_sentence(found: dict[str, dict[str, Any]]) -> str:
+    """Which tasks each decoder learned, each with its margin over the floor."""
+    parts = []
+    for d, ts in found.items():
+        bits = []
+        for n, r in ts.items():
+            lo, hi = r["vs_floor"]["difference_ci95"]
+            gain = (f"{-100 * r['vs_floor']['difference']:.1f} WER points "
+                    f"[{-100 * hi:.1f}, {-100 * lo:.1f}]" if r["metric"] == "wer" else
+                    f"{r['vs_floor']['difference']:.1f} chrF [{lo:.1f}, {hi:.1f}]")
+            bits.append(f"{n} {'learned' if r['learned'] else 'not learned'} ({gain} "
+                        "better than its floor)")
+        parts.append(f"{d}: " + ", ".join(bits))
+    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------ the record
 
 
 def headline(found: dict[str, Any], table: pd.DataFrame, minutes: dict[str, Any],
-             data: mt.ParallelData) -> dict[str, Any]:
-    """Chapter 5's figures of record (``results/<preset>/ch05.json``)."""
+             data: mt.ParallelData, removal: dict[str, Any]) -> dict[str, Any]:
+    """Chapter 5's figures of record (``results/<preset>/ch05.json``): every score with its
+    signature and silent count, learned or not, the removal test's pairs and verdicts."""
     keep = ("wer", "wer_ci95", "bleu", "bleu_ci95", "chrf", "chrf_ci95", "bleu_signature",
-            "chrf_signature", "n_utterances")
+            "chrf_signature", "n_utterances", "empty_hypotheses")
 
     def small(s: dict[str, Any]) -> dict[str, Any]:
         return {k: s[k] for k in keep if k in s}
@@ -374,24 +317,25 @@ def headline(found: dict[str, Any], table: pd.DataFrame, minutes: dict[str, Any]
     out: dict[str, Any] = {}
     for dec, tasks in found.items():
         out[dec] = {"training": minutes.get(dec, {}), "tasks": {
-            n: {"metric": r["metric"], **small(r["score"]), "floor": small(r["floor"]),
-                "vs_floor": r["vs_floor"],
+            n: {"metric": r["metric"], "learned": r["learned"], **small(r["score"]),
+                "floor": small(r["floor"]), "vs_floor": r["vs_floor"],
                 "baselines": {k: small(b) for k, b in r["baselines"].items()},
                 **{k: v for k, v in r.items() if k.startswith("vs_") and k != "vs_floor"},
                 **({"relative_to_asr_only": r["relative_to_asr_only"]}
                    if "relative_to_asr_only" in r else {})}
             for n, r in tasks.items()}}
         t = table[table["decoder"] == dec]
-        out[dec]["agreement"] = [
+        out[dec]["surface_agreement"] = [
             {k: (float(v) if isinstance(v, float) else v) for k, v in row.items()
              if k != "decoder"} for row in t.to_dict("records")]
+        out[dec]["removal"] = removal.get(dec, {})
     return {"decoders": out, "pairs": data.pairs, "reused_clips": data.reused,
-            "null_inputs": list(NULL_INPUTS)}
+            "null_inputs": list(NULL_INPUTS), "competence_margin": COMPETENCE_MARGIN}
 
 
-def record(cfg: Run, scored: Section, agreed: Section, trained: Section,
+def record(cfg: Run, scored: Section, agreed: Section, removal: Section, trained: Section,
            data: mt.ParallelData) -> Section:
     """Keep the chapter's figures of record (a full book run only)."""
     path = record_headline(cfg, headline(scored["found"], agreed["table"],
-                                            trained["minutes"], data))
+                                         trained["minutes"], data, removal["record"]))
     return Section(items=[recorded_line(path, cfg)])

@@ -29,7 +29,7 @@ from lib.clock import stage
 from lib.config.sections import EvalConfig, MultitaskConfig, Run, TrainConfig
 from lib.data.features import FeatureSet, extract_features
 from lib.data.loaders import Utterance, load_manifest
-from lib.data.parallel import ensure_parallel_corpus
+from lib.data.parallel import check_parallel, ensure_parallel_corpus
 from lib.data.spec import ParallelSpec
 from lib.device import resolve_device
 from lib.errors import CompanionError
@@ -50,6 +50,7 @@ class ParallelData:
     """The spoken parallel corpus as chapter 5 uses it."""
 
     mix: FeatureSet  # training examples, one task each
+    asr_only: FeatureSet  # the mix's English ASR examples alone (the budget-matched control)
     audio: FeatureSet  # every training clip once, with its transcript (the CTC warm start)
     dev: dict[str, FeatureSet]  # per task: held-out training verses (the learning curve)
     tests: dict[str, FeatureSet]  # per task: the test verses, in the language it hears
@@ -82,11 +83,25 @@ def _features(cfg: Run, utts: list[Utterance],
     return out
 
 
-def _by_pair(utts: list[Utterance], split: str) -> list[dict[str, Utterance]]:
+def _by_pair(utts: list[Utterance], split: str,
+             name: str = "the parallel manifest") -> list[dict[str, Utterance]]:
     """The utterances of a split as ``[{"es": ..., "en": ...}, ...]``, one per verse (the
-    manifest lists each verse's Spanish clip, then its English one)."""
+    manifest lists each verse's Spanish clip, then its English one).
+
+    Raises:
+        CompanionError: the manifest's two sides differ in length, or a verse lacks one
+            (:func:`lib.data.parallel.check_parallel`), naming ``name`` and the split.
+    """
     rows = [u for u in utts if u.split == split]
-    return [{u.language: u for u in rows[i:i + 2]} for i in range(0, len(rows), 2)]
+    check_parallel([u for u in rows if u.language == "es"],
+                   [u for u in rows if u.language == "en"], f"{name} ({split}, es / en)")
+    pairs = [{u.language: u for u in rows[i:i + 2]} for i in range(0, len(rows), 2)]
+    broken = next((i for i, p in enumerate(pairs) if set(p) != {"es", "en"}), None)
+    if broken is not None:
+        raise CompanionError(f"parallel file {name} ({split}): verse {broken} has no pair of "
+                             "a Spanish and an English clip: list each verse's Spanish clip, "
+                             "then its English one")
+    return pairs
 
 
 def _hold_out(train: list[dict[str, Utterance]], n: int, seen: set[str]
@@ -115,9 +130,10 @@ def parallel_data(cfg: Run, ch1_train: FeatureSet) -> ParallelData:
     where the mix starts, would know those), else the last ones.
     """
     mt = cfg.multitask
-    utts = load_manifest(ensure_parallel_corpus(parallel_spec(cfg)))
+    manifest = ensure_parallel_corpus(parallel_spec(cfg))
+    utts = load_manifest(manifest)
+    train, test = _by_pair(utts, "train", str(manifest)), _by_pair(utts, "test", str(manifest))
     feats = _features(cfg, utts, ch1_train)
-    train, test = _by_pair(utts, "train"), _by_pair(utts, "test")
     if mt.task_dev_utterances >= len(train):
         raise CompanionError(f"task_dev_utterances={mt.task_dev_utterances} leaves no training "
                              f"verse of {len(train)}: lower it or raise n_parallel_train")
@@ -130,7 +146,9 @@ def parallel_data(cfg: Run, ch1_train: FeatureSet) -> ParallelData:
     clips = [p[lang] for p in fit for lang in langs]
     audio = FeatureSet(clips, [feats[u.id] for u in clips])
     return ParallelData(
-        mix=mix, audio=audio,
+        mix=mix, audio=audio, asr_only=FeatureSet(
+            [p["en"] for p in fit], [feats[p["en"].id] for p in fit],
+            tasks=[TASKS["asr"]] * len(fit)),
         dev={t.name: _task_set(dev, t, feats) for t in tasks} if dev else {},
         tests={t.name: _task_set(test, t, feats) for t in tasks},
         reused=sum(u.id in {x.id for x in ch1_train.utterances} for u in utts),
@@ -141,8 +159,9 @@ def parallel_data(cfg: Run, ch1_train: FeatureSet) -> ParallelData:
 
 
 def main_score(task: Task, score: dict[str, Any]) -> float:
-    """The number a task is judged by: WER (lower is better) or BLEU (higher)."""
-    return score["wer"] if task.metric == "wer" else score["bleu"]
+    """The number a task is judged by: WER (lower is better) or chrF (higher; BLEU near 0
+    is too unstable on a few dozen verses to carry a verdict)."""
+    return score["wer"] if task.metric == "wer" else score["chrf"]
 
 
 def task_dev(model: SpeechLLM, dev: dict[str, FeatureSet], cfg: Run
@@ -168,8 +187,15 @@ def schedule(mt: MultitaskConfig, train: TrainConfig) -> TrainConfig:
                                checkpoint_every=max(1, min(train.checkpoint_every, mt.steps)))
 
 
+def chosen_models(cfg: Run) -> list[int]:
+    """The indices in ``cfg.models`` of the decoders that get a multi-task model
+    (``multitask_decoders``; empty: all of them)."""
+    names = cfg.multitask.decoders
+    return [i for i, m in enumerate(cfg.models) if not names or m.decoder in names]
+
+
 def train_multitask(cfg: Run, data: ParallelData, index: int,
-                    start: ModelRun | None = None) -> ModelRun:
+                    start: ModelRun | None = None, asr_only: bool = False) -> ModelRun:
     """The multi-task SpeechLLM of decoder ``index`` (trained once, then reused).
 
     ``multitask_start = "chapter-1"``: the model continues ``start``, chapter 1's trained
@@ -177,26 +203,33 @@ def train_multitask(cfg: Run, data: ParallelData, index: int,
     on), on the mix. ``"anew"``: built anew and trained by chapter 1's recipe (with
     ``ctc-warmstart``, the CTC warm start on every training clip, then the mix).
 
+    ``asr_only``: the budget-matched control instead: the same start, steps and batches on
+    the mix's English ASR examples alone (``data.asr_only``), so that English ASR of the
+    multi-task model is compared with a model that trained as long on English ASR only.
+
     Raises:
         CompanionError: ``"chapter-1"`` without chapter 1's run of this decoder.
     """
     mc, train = cfg.models[index], schedule(cfg.multitask, cfg.train)
-    check = (lambda m: task_dev(m, data.dev, cfg)) if data.dev else None
+    examples = data.asr_only if asr_only else data.mix
+    what = "English ASR alone" if asr_only else "the mix"
+    dev = {"asr": data.dev["asr"]} if asr_only and "asr" in data.dev else data.dev
+    check = (lambda m: task_dev(m, dev, cfg)) if dev else None
     device = resolve_device(cfg.device)
     if cfg.multitask.start == "anew":
-        model, warm, tr = train_run(mc, train, data.mix, run_folder(mc, train, data.mix),
-                                    device, warm_set=data.audio,
+        model, warm, tr = train_run(mc, train, examples, run_folder(mc, train, examples),
+                                    device, warm_set=data.asr_only if asr_only else data.audio,
                                     dev_check=check)
         return ModelRun(mc, model, tr, {}, count_parameters(model), warm)
     if start is None or start.config.decoder != mc.decoder:
         raise CompanionError(f"multitask_start='chapter-1' needs chapter 1's run of "
                              f"{mc.decoder}: pass it, or use -p multitask_start anew")
-    out = run_folder(mc, train, data.mix, start=start.train.run_dir.name)
+    out = run_folder(mc, train, examples, start=start.train.run_dir.name)
     model = build_speechllm(mc, device=device, seed=train.seed)
     model.load_trainable_state_dict(start.model.trainable_state_dict())
     with stage("training"):
-        tr = train_speechllm(model, data.mix, train, out,
-                             desc=f"training {slug(mc.decoder)} on the mix",
+        tr = train_speechllm(model, examples, train, out,
+                             desc=f"training {slug(mc.decoder)} on {what}",
                              dev_check=check, aux_loss=ctc_aux(start.warm_start, train))
     model.eval()
     return ModelRun(mc, model, tr, {}, count_parameters(model), start=start)

@@ -334,7 +334,7 @@ def plot_heal_losses(points: pd.DataFrame, full: float, pruned: float, title: st
 
 def plot_task_curves(curves: pd.DataFrame) -> Any:
     """Every task's dev score against training minutes, one panel per task, one line per
-    model (WER in %, lower is better; BLEU, higher is better). Explained in chapter 5."""
+    model (WER in %, lower is better; chrF, higher is better). Explained in chapter 5."""
     tasks = list(dict.fromkeys(curves["task"]))
     ncols = min(2, len(tasks))
     nrows = -(-len(tasks) // ncols)
@@ -346,7 +346,7 @@ def plot_task_curves(curves: pd.DataFrame) -> Any:
         metric = d["metric"].iloc[0]
         ax.set_title(task)
         ax.set_xlabel("training minutes (a warm start included)")
-        ax.set_ylabel("dev WER (%)" if metric == "WER" else "dev BLEU")
+        ax.set_ylabel("dev WER (%)" if metric == "WER" else "dev chrF")
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
     fig.tight_layout()
@@ -355,11 +355,11 @@ def plot_task_curves(curves: pd.DataFrame) -> Any:
 
 def plot_task_scores(found: dict[str, dict[str, Any]]) -> Any:
     """Each task's score per decoder beside its no-audio floor and its baselines, with 95 %
-    intervals: WER tasks (%) on the left, BLEU tasks on the right. Explained in chapter 5."""
+    intervals: WER tasks (%) on the left, chrF tasks on the right. Explained in chapter 5."""
     rows = []
     for dec, tasks in found.items():
         for name, r in tasks.items():
-            key = "wer" if r["metric"] == "wer" else "bleu"
+            key = "wer" if r["metric"] == "wer" else "chrf"
             scale = 100 if key == "wer" else 1
             systems = {f"{dec}": r["score"], f"{dec}, other audio": r["floor"],
                        **{f"{b} ({dec})" if b != "whisper" else "Whisper-base": s
@@ -370,8 +370,8 @@ def plot_task_scores(found: dict[str, dict[str, Any]]) -> Any:
                              "value": scale * s[key], "low": scale * lo, "high": scale * hi})
     df = pd.DataFrame(rows).drop_duplicates(["task", "system"])
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), squeeze=False)
-    for ax, metric, label in zip(axes[0], ("wer", "bleu"), ("WER (%), 95 % interval",
-                                                            "BLEU, 95 % interval")):
+    for ax, metric, label in zip(axes[0], ("wer", "chrf"), ("WER (%), 95 % interval",
+                                                            "chrF, 95 % interval")):
         d = df[df["metric"] == metric]
         if d.empty:
             ax.set_visible(False)

@@ -280,3 +280,65 @@ def whisper_target(verdicts: list[str]) -> str:
     if any(v != "worse than" for v in verdicts):
         return "met only in the weak sense, not distinguishable from it"
     return "not met"
+
+
+COMPETENCE_MARGIN = {"wer": 0.10, "chrf": 5.0}
+"""Chapter 5: a task is *learned* when its score beats its no-audio floor (the same model,
+each clip's audio replaced by another's) by at least this much, the whole 95 % paired interval
+beyond it: ten WER points for transcription, five chrF points for translation. Fixed before
+the run: a model that writes fluent verse in the right language without listening reaches the
+floor, so only the margin above it is the task. Only learned tasks enter the claim-5 verdict."""
+
+
+def task_learned(d: dict[str, Any], metric: str) -> bool:
+    """Whether a task is learned: ``d`` is its paired difference, model minus no-audio floor
+    (WER as a fraction, or chrF points), and the whole 95 % interval lies beyond
+    :data:`COMPETENCE_MARGIN` on the better side. Explained in chapter 5."""
+    if metric not in COMPETENCE_MARGIN:
+        raise ValueError(f"metric {metric!r}: use one of {', '.join(COMPETENCE_MARGIN)}")
+    lo, hi = d["difference_ci95"]
+    margin = COMPETENCE_MARGIN[metric]
+    return bool(hi < -margin) if metric == "wer" else bool(lo > margin)
+
+
+TASKS_SAME, TASKS_DIFFER, TASKS_UNDECIDED = ("the same blocks", "task-dependent",
+                                             "cannot tell")
+"""The verdicts of :func:`task_profile_verdict`."""
+
+ROOM_MIN = 0.1
+"""Chapter 5: two tasks' profiles can be told apart only when a task's profile agrees with
+itself (split half) at least this much more (Spearman) than with its null input's; below it,
+the decoder's own shape is all the profiles show, and the verdict is "cannot tell"."""
+
+
+def task_profile_verdict(spec: dict[str, Any], same_min: float) -> str:
+    """Do two tasks mark the same blocks by what removing them costs?
+
+    ``spec`` is :func:`lib.prune.profiles.cross_specificity`: the tasks' agreement placed
+    between their null's (0) and their own split-half ceiling (1), with a 95 % interval.
+    "the same blocks" when the interval lies wholly at or above ``same_min`` (the tasks agree
+    about as much as each task with itself), "task-dependent" when wholly below it, "cannot
+    tell" otherwise, or when the ceiling is not :data:`ROOM_MIN` above the null. Explained in
+    chapter 5."""
+    if not spec["rho_ceiling"] - spec["rho_null"] >= ROOM_MIN:
+        return TASKS_UNDECIDED
+    lo, hi = spec["index_ci95"]
+    if lo >= same_min:
+        return TASKS_SAME
+    if hi < same_min:
+        return TASKS_DIFFER
+    return TASKS_UNDECIDED
+
+
+def claim5_sentence(verdicts: list[str]) -> str:
+    """The answer for one kind of pair (heard, written, both) from its pairs' verdicts."""
+    if not verdicts:
+        return "not measured (fewer than two learned tasks differ this way)"
+    n = len(verdicts)
+    if all(v == TASKS_SAME for v in verdicts):
+        return f"the same blocks ({n} of {n} pairs)"
+    differ = sum(v == TASKS_DIFFER for v in verdicts)
+    if differ:
+        return f"task-dependent: {differ} of {n} pairs mark other blocks"
+    same = sum(v == TASKS_SAME for v in verdicts)
+    return f"cannot tell ({same} of {n} pairs the same blocks, the others undecided)"
