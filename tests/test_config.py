@@ -274,4 +274,9 @@ def test_the_healing_and_mix_schedules():
         run.train.seed, run.train.precision, run.train.length_grouping)
     m = mix_schedule(run.multitask, run.train)
     assert m == dataclasses.replace(run.train, steps=run.multitask.steps,
-                                    checkpoint_every=min(10, run.multitask.steps))
+                                    checkpoint_every=min(10, run.multitask.steps),
+                                    dev_every=max(1, run.multitask.steps // 8))
+    long = resolve(5, preset="tiny", changes={"multitask_steps": 400})
+    assert mix_schedule(long.multitask, long.train).dev_every == 50
+    quiet = resolve(5, preset="tiny", changes={"dev_every": 0})
+    assert mix_schedule(quiet.multitask, quiet.train).dev_every == 0

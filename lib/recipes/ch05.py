@@ -42,9 +42,12 @@ def _ci(pair: Any, scale: float = 1.0) -> str:
 def settings(cfg: Run) -> str:
     """The line under the chapter's resolved values: what this run does, in its own numbers."""
     mt_ = cfg.multitask
+    decoders = [cfg.models[i].decoder for i in mt.chosen_models(cfg)]
     return settings_line(cfg, f"tasks: {', '.join(mt_.tasks)}",
+                         f"multi-task decoder(s): {', '.join(decoders)}",
                          f"{mt_.n_parallel_train} training and {mt_.n_parallel_test} test "
-                         "verse pairs", f"{mt_.steps} steps on the mix")
+                         "verse pairs", f"{mt_.steps} steps on the mix and as many on "
+                         "English ASR alone")
 
 
 # ------------------------------------------------------------------ 5.1 tasks and corpus

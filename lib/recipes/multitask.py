@@ -180,11 +180,19 @@ def task_dev(model: SpeechLLM, dev: dict[str, FeatureSet], cfg: Run
     return out
 
 
+DEV_POINTS = 8
+"""Points on each multi-task learning curve (score against CPU minutes, every task), whatever
+the budget: where the budget stops is what the curve must show."""
+
+
 def schedule(mt: MultitaskConfig, train: TrainConfig) -> TrainConfig:
     """The mix's schedule: chapter 1's training section at the mix's own number of steps,
-    checkpointed at most every ``train.checkpoint_every`` steps."""
+    checkpointed at most every ``train.checkpoint_every`` steps, its dev scores checked
+    :data:`DEV_POINTS` times (none when chapter 1's ``dev_every`` is 0)."""
     return dataclasses.replace(train, steps=mt.steps,
-                               checkpoint_every=max(1, min(train.checkpoint_every, mt.steps)))
+                               checkpoint_every=max(1, min(train.checkpoint_every, mt.steps)),
+                               dev_every=max(1, mt.steps // DEV_POINTS) if train.dev_every
+                               else 0)
 
 
 def chosen_models(cfg: Run) -> list[int]:
