@@ -299,3 +299,43 @@ def test_chapter_4_loss_block_by_hand(tmp_path):
             "[0.08, 0.12], within the rule's 0.1") in out
     assert "- d: WER on t, capped: full model 30.0 % (0.01 insertions per word)" in out
     assert "50 steps of 8 utterances, peak rate 0.0005, LoRA rank 64, 3 seeds" in out
+
+
+def test_chapter_5_block_by_hand(tmp_path):
+    """A record as chapter 5 writes it: chrF with its interval beside BLEU, the floor's
+    verdict, learned or not, a removal pair and claim 5's answer, all in the README block."""
+    import pandas as pd
+
+    from lib.recipes.ch05 import headline
+
+    t = {"metric": "bleu", "learned": True, "chrf": 21.04, "chrf_ci95": [19.0, 23.0],
+         "bleu": 2.5, "bleu_ci95": [1.0, 4.0], "chrf_signature": "nrefs:1|case:mixed",
+         "n_utterances": 100, "empty_hypotheses": 0}
+    floor = {**t, "chrf": 12.5, "chrf_ci95": [11.5, 13.5]}
+    found = {"gemma": {"st-en-es": {"metric": "bleu", "learned": True, "score": t,
+                                    "floor": floor, "baselines": {},
+                                    "vs_floor": {"difference": 8.5,
+                                                 "difference_ci95": [6.0, 11.0],
+                                                 "verdict": "better than"}}}}
+    pair = {"n": 2, "a": "asr", "b": "st-en-es", "changes": "written", "index": 0.31,
+            "index_ci95": [0.1, 0.45], "verdict": "task-dependent"}
+    rec = headline(found, pd.DataFrame({"decoder": []}), {},
+                   type("D", (), {"pairs": {"test": 100}, "reused": 0})(),
+                   {"gemma": {"tasks": ["asr", "st-en-es"], "pairs": [pair]}},
+                   "task-dependent: 1 of 1 pairs of learned tasks mark other blocks")
+    rec.update(chapter="ch05", preset="demo", provenance={
+        "date": "2026-12-04T05:00:00", "git_hash": "abcdef0123", "device": {"cpu_count": 2},
+        "versions": {"torch": "2.13.0+cpu"}})
+    rec["digest"] = figures_digest(rec)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "ch05.json").write_text(json.dumps(rec))
+    out = render("<!-- results: demo/ch05 -->\n<!-- end results -->", tmp_path)
+    assert ("| gemma | st-en-es | 21.0 [19.0, 23.0] | 2.5 [1.0, 4.0] | 12.5 [11.5, 13.5] "
+            "(better than) | yes | – | – | – |") in out
+    assert "| gemma | 2 | asr | st-en-es | written | 0.31 [0.10, 0.45] | task-dependent |" in out
+    assert "at least 5 chrF or 10 WER points" in out and "sacrebleu nrefs:1|case:mixed" in out
+    assert "Claim 5 by removal: task-dependent: 1 of 1" in out
+    from lib.report.summary import found_ch05
+
+    assert found_ch05(rec) == "gemma: 1 of 1 tasks learned (st-en-es); by removal: " \
+                              "task-dependent"

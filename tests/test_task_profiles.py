@@ -190,3 +190,31 @@ def test_the_removal_section_profiles_each_learned_task_under_its_own_prompt(
     assert sec.glue["claim5_heard"].startswith("not measured")
     none = removal_profiles(cfg, runs, {"tiny-llama": ["asr"]}, SimpleNamespace(tests=tests))
     assert none.glue["claim5_sentence"].startswith("cannot tell: fewer than two tasks")
+
+
+def test_the_record_keeps_every_scores_signature_and_silent_count():
+    """A decoder that wrote nothing: one line naming the system and what to do, and its
+    empty count and sacrebleu signature kept in the chapter's record."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from lib.recipes.ch05 import headline, silent_lines
+
+    silent = score_task(TASKS["st-en-es"], REFS[:5], [""] * 5)
+    some = score_task(TASKS["st-en-es"], REFS[:5], REFS[:4] + [""])
+    d = paired_task_difference(TASKS["st-en-es"], some, silent)
+    rec = {"metric": "bleu", "learned": False, "score": some, "floor": silent,
+           "vs_floor": {**d, "verdict": "better than"}, "baselines": {}}
+    found = {"dec": {"st-en-es": rec}}
+    lines = silent_lines(found)
+    assert lines == ["dec st-en-es, the model: 1 of 5 hypotheses empty",
+                     "dec st-en-es, its no-audio floor: all 5 hypotheses are empty (it wrote "
+                     "nothing and scores as silence): train longer or check max_new_tokens "
+                     "and the task's prompt"]
+    out = headline(found, pd.DataFrame({"decoder": []}), {}, SimpleNamespace(
+        pairs={"test": 5}, reused=0), {"dec": {"tasks": [], "pairs": []}}, "cannot tell: x")
+    task = out["decoders"]["dec"]["tasks"]["st-en-es"]
+    assert task["floor"]["empty_hypotheses"] == 5 and task["empty_hypotheses"] == 1
+    assert task["chrf_signature"].startswith("nrefs:1") and "bleu_signature" in task["floor"]
+    assert task["learned"] is False and out["competence_margin"]["chrf"] == 5.0

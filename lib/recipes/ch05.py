@@ -308,7 +308,7 @@ def competence_sentence(found: dict[str, dict[str, Any]]) -> str:
 
 
 def headline(found: dict[str, Any], table: pd.DataFrame, minutes: dict[str, Any],
-             data: mt.ParallelData, removal: dict[str, Any]) -> dict[str, Any]:
+             data: mt.ParallelData, removal: dict[str, Any], claim5: str) -> dict[str, Any]:
     """Chapter 5's figures of record (``results/<preset>/ch05.json``): every score with its
     signature and silent count, learned or not, the removal test's pairs and verdicts."""
     keep = ("wer", "wer_ci95", "bleu", "bleu_ci95", "chrf", "chrf_ci95", "bleu_signature",
@@ -333,12 +333,14 @@ def headline(found: dict[str, Any], table: pd.DataFrame, minutes: dict[str, Any]
              if k != "decoder"} for row in t.to_dict("records")]
         out[dec]["removal"] = removal.get(dec, {})
     return {"decoders": out, "pairs": data.pairs, "reused_clips": data.reused,
-            "null_inputs": list(NULL_INPUTS), "competence_margin": COMPETENCE_MARGIN}
+            "null_inputs": list(NULL_INPUTS), "competence_margin": COMPETENCE_MARGIN,
+            "claim5": claim5}
 
 
 def record(cfg: Run, scored: Section, agreed: Section, removal: Section, trained: Section,
            data: mt.ParallelData) -> Section:
     """Keep the chapter's figures of record (a full book run only)."""
     path = record_headline(cfg, headline(scored["found"], agreed["table"],
-                                         trained["minutes"], data, removal["record"]))
+                                         trained["minutes"], data, removal["record"],
+                                         removal.glue["claim5_sentence"]))
     return Section(items=[recorded_line(path, cfg)])

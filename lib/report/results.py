@@ -78,7 +78,9 @@ NEEDS: dict[str, tuple[str, ...]] = {
              "settings/heal_batch_size", "settings/heal_learning_rate",
              "settings/heal_lora_rank"),
     "ch05": ("decoders/*/tasks/*/metric", "decoders/*/tasks/*/floor",
-             "decoders/*/tasks/*/vs_floor/verdict", "decoders/*/tasks/*/baselines"),
+             "decoders/*/tasks/*/vs_floor/verdict", "decoders/*/tasks/*/baselines",
+             "decoders/*/tasks/*/learned", "decoders/*/removal/pairs", "competence_margin",
+             "claim5"),
 }
 """Chapter -> the fields its README renderer (:mod:`lib.report.readme`) reads (``*``: every
 key, at least one), which a record must hold, not null, before it is rendered

@@ -17,7 +17,7 @@ QUESTIONS = {
     "ch02": "Do text and speech mark the same redundant blocks of layers?",
     "ch03": "How many layers can go, by what a cut costs, and which?",
     "ch04": "Does healing win back what pruning lost, and what does pruning buy?",
-    "ch05": "With four tasks learned, does each beat its no-audio floor?",
+    "ch05": "Which tasks are learned, and do they mark the same blocks when blocks go?",
 }
 """Chapter -> the question its row answers (the chapter's page answers it at length)."""
 
@@ -115,13 +115,13 @@ def found_ch04(rec: dict[str, Any]) -> str:
 
 
 def found_ch05(rec: dict[str, Any]) -> str:
-    """Per decoder, how many tasks beat their no-audio floor by the paired rule."""
+    """Per decoder, which tasks are learned; then claim 5's answer by removal."""
     parts = []
     for dec, d in rec["decoders"].items():
-        verdicts = [t["vs_floor"]["verdict"] for t in d["tasks"].values()]
-        parts.append(f"{dec}: {sum(v == 'better than' for v in verdicts)} of {len(verdicts)} "
-                     "tasks above their floor")
-    return "; ".join(parts)
+        learned = [n for n, t in d["tasks"].items() if t["learned"]]
+        parts.append(f"{dec}: {len(learned)} of {len(d['tasks'])} tasks learned "
+                     f"({', '.join(learned) or 'none'})")
+    return "; ".join(parts) + f"; by removal: {rec['claim5'].split(':')[0]}"
 
 
 FOUND = {"ch01": found_ch01, "ch02": found_ch02, "ch03": found_ch03, "ch04": found_ch04,
