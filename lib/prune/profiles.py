@@ -245,10 +245,11 @@ def specificity(a: BlockProfile, b: BlockProfile, null: BlockProfile, draws: int
 def _cross(a: BlockProfile, b: BlockProfile, na: BlockProfile, nb: BlockProfile,
            ia: np.ndarray, ib: np.ndarray) -> tuple[float, float, float]:
     """Across, ceiling and null rho from halves of the rows ``ia`` (of ``a``'s utterances)
-    and ``ib`` (of ``b``'s): every rho between two disjoint halves, so each uses as many
-    utterances as the others."""
+    and ``ib`` (of ``b``'s), both split by the same rule: every rho is between two disjoint
+    halves, so each uses as many utterances as the others (and, for two tasks on the same
+    verses in the same order, ``a``'s half and ``b``'s other half share no verse)."""
     a1, a2 = (ia[h] for h in _halves(len(ia), 0))
-    b1, b2 = (ib[h] for h in _halves(len(ib), 1))
+    b1, b2 = (ib[h] for h in _halves(len(ib), 0))
     x = {k: p.increase(i[None])[0] for k, p, i in (
         ("a1", a, a1), ("a2", a, a2), ("b1", b, b1), ("b2", b, b2), ("na2", na, a2),
         ("nb2", nb, b2))}
@@ -269,8 +270,9 @@ def cross_specificity(a: BlockProfile, b: BlockProfile, null_a: BlockProfile,
     half of its null input: the same utterances with noise for audio). The index
     (:func:`specificity_index`) is 1 when the two tasks agree as much as each agrees with
     itself, 0 when no more than with a null input; its 95 % interval resamples each task's
-    utterances (and its null's with them). ``rho_full`` and ``top_k_overlap`` describe the
-    whole profiles.
+    utterances (and its null's with them; two tasks with as many items are taken to be on
+    the same verses in the same order, as chapter 5's test sets are, and are resampled
+    together). ``rho_full`` and ``top_k_overlap`` describe the whole profiles.
 
     Raises:
         CompanionError: profiles of other blocks, a null not of its task's utterances, or
@@ -290,7 +292,9 @@ def cross_specificity(a: BlockProfile, b: BlockProfile, null_a: BlockProfile,
     rho, ceiling, null_rho = _cross(a, b, null_a, null_b, np.arange(ua), np.arange(ub))
     boot = []
     for _ in range(draws):
-        x = _cross(a, b, null_a, null_b, rng.integers(0, ua, ua), rng.integers(0, ub, ub))
+        ia = rng.integers(0, ua, ua)
+        ib = ia if ub == ua else rng.integers(0, ub, ub)  # item i of both: one verse
+        x = _cross(a, b, null_a, null_b, ia, ib)
         boot.append(float(specificity_index(x[0], x[2], x[1])))
     whole = profile_agreement(a, b)
     return {"rho": rho, "rho_ceiling": ceiling, "rho_null": null_rho,
