@@ -219,3 +219,18 @@ def test_the_record_keeps_every_scores_signature_and_silent_count():
     assert task["floor"]["empty_hypotheses"] == 5 and task["empty_hypotheses"] == 1
     assert task["chrf_signature"].startswith("nrefs:1") and "bleu_signature" in task["floor"]
     assert task["learned"] is False and out["competence_margin"]["chrf"] == 5.0
+
+
+def test_claim_5s_answer_says_why_it_cannot_tell():
+    from lib.recipes.task_profiles import claim5_overall
+
+    def p(verdict, room):
+        return {"verdict": verdict, "rho_ceiling": 0.95, "rho_null": 0.95 - room}
+
+    assert claim5_overall([p(TASKS_SAME, 0.5)] * 2).startswith("the same blocks")
+    assert claim5_overall([p(TASKS_SAME, 0.5), p(TASKS_DIFFER, 0.5)]).startswith(
+        "task-dependent: 1 of 2")
+    out = claim5_overall([p(TASKS_UNDECIDED, 0.05), p(TASKS_UNDECIDED, 0.4)])
+    assert out.startswith("cannot tell: no pair is shown to differ, and 2 of 2")
+    assert "for 1 of them" in out and out.endswith("straddle the threshold")
+    assert claim5_overall([]).startswith("cannot tell: fewer than two tasks")

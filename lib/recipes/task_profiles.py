@@ -119,7 +119,8 @@ def removal_profiles(cfg: Run, runs: dict[str, ModelRun],
 
 
 def claim5_overall(pairs: list[dict[str, Any]]) -> str:
-    """The chapter's answer to claim 5 for tasks and languages, from every pair's verdict."""
+    """The chapter's answer to claim 5 for tasks and languages, from every pair's verdict;
+    a "cannot tell" says why (no room above the null, or intervals that straddle)."""
     v = [p["verdict"] for p in pairs]
     if not v:
         return ("cannot tell: fewer than two tasks are learned, so no pair of tasks can be "
@@ -132,5 +133,10 @@ def claim5_overall(pairs: list[dict[str, Any]]) -> str:
         return (f"task-dependent: {sum(x == TASKS_DIFFER for x in v)} of {len(v)} pairs of "
                 "learned tasks mark other blocks than each marks with itself, so one cut "
                 "chosen on one task is not shown to suit the others (chapter 6 tests it)")
-    return ("cannot tell: no pair is shown to differ, but not every pair is shown to agree "
-            "(the intervals are too wide, or the decoder's own shape is all the profiles show)")
+    tight = sum(not p["rho_ceiling"] - p["rho_null"] >= ROOM_MIN for p in pairs)
+    open_ = len(v) - sum(x == TASKS_SAME for x in v)
+    rest = (", and the others' intervals straddle the threshold" if tight < open_ else "")
+    return (f"cannot tell: no pair is shown to differ, and {open_} of {len(v)} are not shown "
+            f"to agree; for {tight} of them a task's noise-audio null agrees with it within "
+            f"{ROOM_MIN:g} of the task's agreement with itself, so the profiles show mostly the "
+            f"decoder's own shape{rest}")
