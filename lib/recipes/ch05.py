@@ -1,9 +1,11 @@
-"""Chapter 5's recipe: speech translation, one multi-task SpeechLLM per decoder, and whether
-the same blocks are redundant across tasks and languages, section by section
-(book/05_tasks_and_languages.ipynb).
+"""Chapter 5's recipe: speech translation, a multi-task SpeechLLM for each decoder of
+``multitask_decoders`` beside its budget-matched control, which tasks it learns, and whether
+the learned tasks mark the same blocks, section by section (book/05_tasks_and_languages.ipynb).
 
 Each function is one section of the page and returns a
 :class:`~lib.recipes.section.Section`; every verdict comes from :mod:`lib.report.rules`.
+Sections 5.4 (the surfaces) and 5.5 (the removal test) live in
+:mod:`lib.recipes.task_surfaces` and :mod:`lib.recipes.task_profiles`.
 
 Stage: the chapters' recipes. Explained in chapter 5 (book/05_tasks_and_languages.ipynb).
 """
