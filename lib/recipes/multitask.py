@@ -1,5 +1,6 @@
 """The multi-task pipeline of chapter 5 (and 6): the spoken parallel corpus as training mix
-and test sets, one multi-task SpeechLLM per decoder, every task scored, and its baselines.
+and test sets, one multi-task SpeechLLM per chosen decoder and its budget-matched control (as
+many steps on the mix's English ASR alone), every task scored, and its baselines.
 
 The mix holds every training verse four times, once per task: its English speech with its
 transcript (``asr``) and its Spanish translation (``st-en-es``), its Spanish speech with its
