@@ -234,3 +234,18 @@ def test_claim_5s_answer_says_why_it_cannot_tell():
     assert out.startswith("cannot tell: no pair is shown to differ, and 2 of 2")
     assert "for 1 of them" in out and out.endswith("straddle the threshold")
     assert claim5_overall([]).startswith("cannot tell: fewer than two tasks")
+
+
+def test_exercise_5_3_reads_the_removal_verdicts_with_another_room():
+    """A pair with 0.08 of room: "cannot tell" at the book's 0.1, read by its index at 0.05
+    (here wholly below 0.5: task-dependent); a pair with ample room does not change."""
+    from lib.recipes.exercises import removal_at_room
+
+    tight = {"n": 2, "a": "asr", "b": "st-en-es", "rho_ceiling": 0.98, "rho_null": 0.90,
+             "index": -0.8, "index_ci95": [-1.9, -0.2], "verdict": TASKS_UNDECIDED}
+    ample = {**tight, "b": "asr-es", "rho_null": 0.5, "index_ci95": [0.6, 1.0],
+             "verdict": TASKS_SAME}
+    sec = removal_at_room({"d": {"pairs": [tight, ample]}}, room_min=0.05)
+    assert sec.table["verdict at 0.05"].tolist() == [TASKS_DIFFER, TASKS_SAME]
+    assert sec.glue["ex_room_changed"] == 1 and sec.glue["ex_room_pairs"] == 2
+    assert removal_at_room({"d": {"pairs": []}}).glue["ex_room_changed"] == 0

@@ -189,3 +189,21 @@ def cascade_by_bleu(found: dict[str, dict[str, Any]]) -> Section:
     table = pd.DataFrame(rows)
     differ = int((table["verdict (chrF)"] != table["verdict (BLEU)"]).sum()) if rows else 0
     return Section(table, {"ex_bleu_differ": differ, "ex_bleu_of": len(rows)}, precision=1)
+
+
+def removal_at_room(record: dict[str, Any], room_min: float = 0.05,
+                    same_min: float = 0.5) -> Section:
+    """Exercise 5.3: the removal verdicts of section 5.5 read with another
+    :data:`lib.report.rules.ROOM_MIN` (the room a task's ceiling must leave above its null):
+    which pairs change."""
+    from lib.report.rules import ROOM_MIN, task_profile_verdict
+
+    rows = [{"decoder": d, "n": p["n"], "a": p["a"], "b": p["b"],
+             "room (ceiling - null)": p["rho_ceiling"] - p["rho_null"],
+             "index": p["index"], "verdict": p["verdict"],
+             f"verdict at {room_min:g}": task_profile_verdict(p, same_min, room_min)}
+            for d, r in record.items() for p in r.get("pairs", [])]
+    table = pd.DataFrame(rows)
+    changed = int((table["verdict"] != table[f"verdict at {room_min:g}"]).sum()) if rows else 0
+    return Section(table, {"ex_room_changed": changed, "ex_room_pairs": len(rows),
+                           "ex_room_default": ROOM_MIN, "ex_room": room_min}, precision=2)

@@ -311,16 +311,17 @@ itself (split half) at least this much more (Spearman) than with its null input'
 the decoder's own shape is all the profiles show, and the verdict is "cannot tell"."""
 
 
-def task_profile_verdict(spec: dict[str, Any], same_min: float) -> str:
+def task_profile_verdict(spec: dict[str, Any], same_min: float,
+                         room_min: float = ROOM_MIN) -> str:
     """Do two tasks mark the same blocks by what removing them costs?
 
     ``spec`` is :func:`lib.prune.profiles.cross_specificity`: the tasks' agreement placed
     between their null's (0) and their own split-half ceiling (1), with a 95 % interval.
     "the same blocks" when the interval lies wholly at or above ``same_min`` (the tasks agree
     about as much as each task with itself), "task-dependent" when wholly below it, "cannot
-    tell" otherwise, or when the ceiling is not :data:`ROOM_MIN` above the null. Explained in
-    chapter 5."""
-    if not spec["rho_ceiling"] - spec["rho_null"] >= ROOM_MIN:
+    tell" otherwise, or when the ceiling is not ``room_min`` (:data:`ROOM_MIN`) above the
+    null. Explained in chapter 5."""
+    if not spec["rho_ceiling"] - spec["rho_null"] >= room_min:
         return TASKS_UNDECIDED
     lo, hi = spec["index_ci95"]
     if lo >= same_min:
