@@ -251,7 +251,9 @@ def scores(cfg: Run, runs: dict[str, ModelRun], alone: dict[str, ModelRun],
             rows.append(row)
     table = pd.DataFrame(rows).fillna("–")
     plotting.plot_task_scores(found)
-    return Section(table, _target_glue(found, data), {"found": found, "whisper": whisper},
+    learned = learned_tasks(found)
+    return Section(table, _target_glue(found, learned, data),
+                   {"found": found, "whisper": whisper, "learned": learned},
                    items=silent_lines(found))
 
 
@@ -260,10 +262,10 @@ def learned_tasks(found: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     return {d: [n for n, r in ts.items() if r["learned"]] for d, ts in found.items()}
 
 
-def _target_glue(found: dict[str, dict[str, Any]], data: mt.ParallelData) -> dict[str, Any]:
+def _target_glue(found: dict[str, dict[str, Any]], learned: dict[str, list[str]],
+                 data: mt.ParallelData) -> dict[str, Any]:
     """The chapter's targets, computed by the rules of :mod:`lib.report.rules`: which tasks
     are learned, Whisper's translation, English ASR against the budget-matched model."""
-    learned = learned_tasks(found)
     st = {d: ts["st-es-en"] for d, ts in found.items() if "st-es-en" in ts
           and "vs_whisper" in ts["st-es-en"]}
     asr = {}

@@ -222,7 +222,7 @@ def train_multitask(cfg: Run, data: ParallelData, index: int,
     mc, train = cfg.models[index], schedule(cfg.multitask, cfg.train)
     examples = data.asr_only if asr_only else data.mix
     what = "English ASR alone" if asr_only else "the mix"
-    dev = {"asr": data.dev["asr"]} if asr_only and "asr" in data.dev else data.dev
+    dev = {k: v for k, v in data.dev.items() if not asr_only or k == "asr"}
     check = (lambda m: task_dev(m, dev, cfg)) if dev else None
     device = resolve_device(cfg.device)
     if cfg.multitask.start == "anew":

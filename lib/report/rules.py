@@ -263,14 +263,6 @@ def asr_rule_sentence(asr: dict[str, dict[str, Any]]) -> str:
         f"{100 * MULTITASK_ASR_RULE:.0f} %)" for d, a in asr.items())
 
 
-def floor_sentence(below: list[str], n_cells: int) -> str:
-    """Whether every task of every decoder beats its no-audio floor (``below``: the
-    ``decoder task`` cells that do not, by the paired rule, of ``n_cells``)."""
-    if not below:
-        return "every task of every decoder scores above its no-audio floor"
-    return "below or level with its no-audio floor: " + ", ".join(below)
-
-
 def whisper_target(verdicts: list[str]) -> str:
     """Chapter 5's translation target, from each decoder's paired verdict against
     Whisper-base's own translation: met when one is better, met only in the weak sense
