@@ -335,3 +335,54 @@ def claim5_sentence(verdicts: list[str]) -> str:
         return f"task-dependent: {differ} of {n} pairs mark other blocks"
     same = sum(v == TASKS_SAME for v in verdicts)
     return f"cannot tell ({same} of {n} pairs the same blocks, the others undecided)"
+
+
+# ------------------------------------------------------------------ chapter 6: transfer
+
+TRANSFER_MIN = 0.8
+"""Chapter 6: a cut chosen on condition A "transfers" to B when the 95 % interval of
+TE(A -> B) (:mod:`lib.prune.transfer`) lies wholly at or above this share of what choosing on
+B's own items can gain over a random block, and TE(A -> B) is not below TE(B -> B) by the
+paired rule. Fixed before any chapter 6 figure existed."""
+
+TRANSFERS, TRANSFER_UNDECIDED = "transfers", "cannot tell"
+"""Two of :func:`transfer_verdict`'s verdicts; the third names what the conditions differ
+in (:func:`dependent`)."""
+
+
+def dependent(kind: str) -> str:
+    """The verdict that a cut does not transfer across ``kind`` ("task", "encoder", ...)."""
+    return f"{kind}-dependent"
+
+
+def transfer_verdict(cell: dict[str, Any], kind: str = "task",
+                     te_min: float = TRANSFER_MIN) -> str:
+    """Does a cut chosen on A suit B? ``cell`` is
+    :func:`lib.prune.transfer.transfer_cell`'s. "<kind>-dependent" when TE(A -> B) is below
+    TE(B -> B) with the paired interval wholly below 0; "transfers" when TE(A -> B)'s
+    interval lies wholly at or above ``te_min`` (:data:`TRANSFER_MIN`) and is not so below;
+    "cannot tell" otherwise, or when an interval is undefined (B's best block no better than
+    a random one on too many resamples). Explained in chapter 6."""
+    lo, _ = cell["te_ci95"]
+    _, d_hi = cell["difference_ci95"]
+    if not (math.isfinite(lo) and math.isfinite(d_hi)):
+        return TRANSFER_UNDECIDED
+    if d_hi < 0:
+        return dependent(kind)
+    if lo >= te_min:
+        return TRANSFERS
+    return TRANSFER_UNDECIDED
+
+
+def transfer_sentence(verdicts: list[str], kind: str) -> str:
+    """The answer across one kind of condition from its off-diagonal cells' verdicts."""
+    if not verdicts:
+        return f"not measured (fewer than two {kind}s to transfer between)"
+    n, yes = len(verdicts), sum(v == TRANSFERS for v in verdicts)
+    no = sum(v == dependent(kind) for v in verdicts)
+    if yes == n:
+        return f"the cut transfers ({n} of {n} {kind} pairs)"
+    if no:
+        return (f"{dependent(kind)}: in {no} of {n} {kind} pairs the cut chosen on one does "
+                f"worse on the other than the other's own choice ({yes} transfer)")
+    return f"cannot tell ({yes} of {n} {kind} pairs transfer, the others undecided)"

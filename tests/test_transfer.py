@@ -1,0 +1,124 @@
+"""Chapter 6's transfer efficiency on constructed profiles whose answer is known: TE by the
+formula worked by hand, the halves, the loss selector, and each verdict ("transfers",
+"<kind>-dependent", "cannot tell") shown coming out each way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lib.errors import CompanionError
+from lib.prune.loss_curves import UtteranceLosses
+from lib.prune.profiles import BlockProfile
+from lib.prune.transfer import halves, loss_choice, transfer_cell, transfer_matrix
+from lib.report.rules import (TRANSFER_MIN, TRANSFER_UNDECIDED, TRANSFERS, dependent,
+                              transfer_sentence, transfer_verdict)
+
+COSTS = np.array([0.5, 0.1, 0.9, 0.3, 1.4, 0.2, 0.7, 1.1])  # best block: start 1
+ELSEWHERE = np.array([0.9, 1.3, 0.6, 0.8, 0.1, 1.0, 0.4, 1.2])  # best block: start 4
+
+
+def _profile(costs: np.ndarray, noise: float, seed: int, u: int = 40,
+             tokens: float = 5.0) -> BlockProfile:
+    """Every item's cost per token of block b is ``costs[b]`` plus noise."""
+    rng = np.random.default_rng(seed)
+    tok = np.full(u, tokens)
+    full = UtteranceLosses(np.full(u, 10.0), tok)
+    per_token = costs[:, None] + noise * rng.standard_normal((len(costs), u))
+    return BlockProfile(2, np.arange(len(costs)), full, full.sums + per_token * tok)
+
+
+def test_te_is_the_formula_worked_by_hand():
+    p = _profile(COSTS, 0.0, 0)
+    mean, best = COSTS.mean(), COSTS.min()
+    cell = transfer_cell(p, np.arange(20), chosen_a=3, chosen_b=1, draws=100)
+    assert cell["te"] == pytest.approx((mean - 0.3) / (mean - best))
+    assert cell["te_self"] == pytest.approx(1.0)
+    assert cell["random_mean"] == pytest.approx(mean)
+    assert cell["best_start"] == 1 and cell["cost_a"] == pytest.approx(0.3)
+    # no noise: every resample gives the same TE
+    assert cell["te_ci95"] == pytest.approx([cell["te"]] * 2)
+    worse = transfer_cell(p, np.arange(20), chosen_a=4, chosen_b=1, draws=100)
+    assert worse["te"] < 0  # worse than a block drawn at random
+
+
+def test_te_on_a_half_matches_a_slow_loop_over_its_items():
+    p = _profile(COSTS, 0.6, 3, u=12)
+    rows = np.array([0, 2, 5, 7, 9, 11])
+    inc = []
+    for b in range(len(COSTS)):  # the increase per token of each block, item by item
+        extra = sum(p.sums[b, u] - p.full.sums[u] for u in rows)
+        inc.append(extra / sum(p.full.tokens[u] for u in rows))
+    inc = np.array(inc)
+    want = (inc.mean() - inc[6]) / (inc.mean() - inc.min())
+    assert transfer_cell(p, rows, 6, 6, draws=100)["te"] == pytest.approx(want)
+
+
+def test_halves_are_disjoint_fixed_and_refuse_too_few_items():
+    a, b = halves(11, seed=2)
+    assert not set(a) & set(b) and sorted([*a, *b]) == list(range(11))
+    assert np.array_equal(halves(11, seed=2)[0], a)
+    with pytest.raises(CompanionError, match="at least 4 items"):
+        halves(3)
+
+
+def test_the_loss_selector_takes_the_cheapest_block_on_its_rows():
+    p = _profile(COSTS, 0.0, 0)
+    assert loss_choice(p, np.arange(10)) == 1
+    tied = _profile(np.array([0.2, 0.2, 0.5]), 0.0, 0)
+    assert loss_choice(tied, np.arange(4)) == 0  # ties: the earlier block
+
+
+def test_a_cut_transfers_when_two_conditions_share_their_costs():
+    a, b = _profile(COSTS, 0.2, 1), _profile(COSTS, 0.2, 2)
+    choices = {c: loss_choice(p, halves(40)[0]) for c, p in (("a", a), ("b", b))}
+    cells = {(x["a"], x["b"]): x for x in transfer_matrix({"a": a, "b": b}, choices, 300)}
+    assert transfer_verdict(cells[("a", "b")]) == TRANSFERS
+    assert cells[("b", "b")]["difference"] == 0.0  # the diagonal is TE(B -> B) itself
+
+
+def test_a_cut_is_dependent_when_the_other_condition_marks_another_block():
+    a, b = _profile(COSTS, 0.2, 1), _profile(ELSEWHERE, 0.2, 2)
+    choices = {c: loss_choice(p, halves(40)[0]) for c, p in (("a", a), ("b", b))}
+    cells = {(x["a"], x["b"]): x for x in transfer_matrix({"a": a, "b": b}, choices, 300)}
+    assert transfer_verdict(cells[("a", "b")], "encoder") == dependent("encoder")
+    assert transfer_verdict(cells[("b", "a")]) == dependent("task")
+    assert transfer_verdict(cells[("a", "a")]) == TRANSFERS
+
+
+def test_cannot_tell_when_the_items_disagree_too_much():
+    flat = np.full(len(COSTS), 0.5)
+    a, b = _profile(COSTS, 0.2, 1), _profile(flat, 1.5, 2, u=8)
+    choices = {"a": loss_choice(a, halves(40)[0]), "b": loss_choice(b, halves(8)[0])}
+    cells = {(x["a"], x["b"]): x for x in transfer_matrix({"a": a, "b": b}, choices, 300)}
+    assert transfer_verdict(cells[("a", "b")]) == TRANSFER_UNDECIDED
+
+
+def test_the_verdict_rule_on_constructed_cells():
+    cell = {"te_ci95": [TRANSFER_MIN, 1.0], "difference_ci95": [-0.1, 0.05]}
+    assert transfer_verdict(cell) == TRANSFERS
+    assert transfer_verdict({**cell, "te_ci95": [TRANSFER_MIN - 0.01, 1.0]}) == \
+        TRANSFER_UNDECIDED
+    assert transfer_verdict({**cell, "difference_ci95": [-0.3, -0.01]}) == dependent("task")
+    assert transfer_verdict({**cell, "te_ci95": [float("nan")] * 2}) == TRANSFER_UNDECIDED
+    assert transfer_verdict(cell, te_min=0.95) == TRANSFER_UNDECIDED
+
+
+def test_the_sentence_says_yes_no_and_cannot_tell():
+    assert transfer_sentence([TRANSFERS] * 2, "task").startswith("the cut transfers (2 of 2")
+    assert transfer_sentence([TRANSFERS, dependent("task")], "task").startswith(
+        "task-dependent: in 1 of 2")
+    assert transfer_sentence([TRANSFERS, TRANSFER_UNDECIDED], "encoder").startswith(
+        "cannot tell (1 of 2 encoder pairs")
+    assert transfer_sentence([], "task").startswith("not measured")
+
+
+def test_bad_input_is_one_line():
+    a = _profile(COSTS, 0.0, 0)
+    with pytest.raises(CompanionError, match="block start 9"):
+        transfer_cell(a, np.arange(8), 9, 1)
+    with pytest.raises(CompanionError, match="no chosen block for b"):
+        transfer_matrix({"a": a, "b": a}, {"a": 1})
+    three = BlockProfile(3, np.arange(6), a.full, a.sums[:6])
+    with pytest.raises(CompanionError, match="one size"):
+        transfer_matrix({"a": a, "b": three}, {"a": 1, "b": 1})
