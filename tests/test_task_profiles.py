@@ -166,7 +166,10 @@ def test_the_removal_section_profiles_each_learned_task_under_its_own_prompt(
     fs = FeatureSet([dataclasses.replace(u, translation=f"uno dos {i}")
                      for i, u in enumerate(fs.utterances)], fs.feats)
     tests = {"asr": fs, "st-en-es": fs}
-    prof = task_profiles(cfg, model, tests, ["asr", "st-en-es"])
+    prof = task_profiles(cfg, model, tests, ["asr", "st-en-es"], tmp_path / "run")
+    again = task_profiles(cfg, model, tests, ["asr"], tmp_path / "run", nulls=False)
+    assert set(again[1]) == {"asr"}  # read back as kept
+    assert np.array_equal(again[1]["asr"].sums, prof[1]["asr"].sums)
     assert set(prof[1]) == {"asr", "asr, noise audio", "st-en-es", "st-en-es, noise audio"}
     st = TASKS["st-en-es"]
     cut = copy.deepcopy(model)
@@ -182,7 +185,8 @@ def test_the_removal_section_profiles_each_learned_task_under_its_own_prompt(
     got = (prof[1]["st-en-es"].sums[2].sum()) / full.tokens.sum()
     assert got == pytest.approx(total / tokens, rel=1e-4)
 
-    runs = {"tiny-llama": SimpleNamespace(model=model)}
+    runs = {"tiny-llama": SimpleNamespace(model=model,
+                                          train=SimpleNamespace(run_dir=tmp_path / "run"))}
     sec = removal_profiles(cfg, runs, {"tiny-llama": ["asr", "st-en-es"]},
                            SimpleNamespace(tests=tests))
     pairs = sec["record"]["tiny-llama"]["pairs"]

@@ -122,3 +122,39 @@ def test_bad_input_is_one_line():
     three = BlockProfile(3, np.arange(6), a.full, a.sums[:6])
     with pytest.raises(CompanionError, match="one size"):
         transfer_matrix({"a": a, "b": three}, {"a": 1, "b": 1})
+
+
+def test_the_chapter_section_on_a_tiny_model(random_features, tmp_path, monkeypatch):
+    """Two tasks of one tiny model: every cell of both selectors and both block sizes, the
+    diagonal TE(B -> B), a verdict on every other cell, and decoding of the cells that
+    carry one; profiles and decodes kept with the run."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from lib.build.speechllm import build_speechllm
+    from lib.config.resolve import resolve
+    from lib.data.features import FeatureSet
+    from lib.recipes.transfer import confirm, task_conditions, transfer_section
+
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
+    cfg = resolve(6, preset="tiny", changes={"precision": "fp32", "profile_utterances": 8})
+    model = build_speechllm(cfg.models[0], seed=3).eval()
+    fs = random_features(8, dim=64)
+    fs = FeatureSet([dataclasses.replace(u, translation=f"uno dos {i}")
+                     for i, u in enumerate(fs.utterances)], fs.feats)
+    run = SimpleNamespace(model=model, train=SimpleNamespace(run_dir=tmp_path / "run"))
+    conds = task_conditions(run, {"asr": fs, "st-en-es": fs}, ["asr", "st-en-es"])
+    sec = transfer_section(cfg, conds, "task", "tiny")
+    cells = sec["cells"]
+    assert len(cells) == 2 * 2 * 4  # selectors x block sizes x ordered pairs
+    diag = [c for c in cells if c["a"] == c["b"]]
+    assert all(c["verdict"] == "" and c["difference"] == 0.0 for c in diag)
+    off = [c for c in cells if c["a"] != c["b"]]
+    assert {c["changes"] for c in off} == {"written"}
+    assert all(c["verdict"] in (TRANSFERS, TRANSFER_UNDECIDED, dependent("task"))
+               for c in off)
+    assert (tmp_path / "run" / "profiles").is_dir()
+    forced = [{**c, "verdict": dependent("task"), "chosen_a": 0, "chosen_b": 1,
+               "n": 1} for c in off[:1]]
+    checked = confirm(cfg, conds, forced)
+    assert checked["record"][0]["decoded"] and checked.glue["n_decodes"] == 2

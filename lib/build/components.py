@@ -173,6 +173,46 @@ def encoder_kind(name_or_path: str, config: Any) -> str:
     )
 
 
+ENCODER_VARIANTS = {
+    "half": "the encoder's first half of blocks, then its final norm (a shallower encoder)",
+    "random": "the encoder's architecture with seeded random frozen weights (the null: an "
+              "encoder that learned nothing)",
+}
+"""What ``<encoder>@<variant>`` names (chapter 6 sets encoders beside each other)."""
+
+RANDOM_ENCODER_SEED = 20260
+"""The seed of an ``@random`` encoder's weights (part of its features' key by weights)."""
+
+
+def encoder_variant(name: str) -> tuple[str, str | None]:
+    """``("whisper-base", "half")`` for ``"whisper-base@half"``; ``(name, None)`` without
+    ``@``.
+
+    Raises:
+        CompanionError: a variant that is not one of :data:`ENCODER_VARIANTS`.
+    """
+    base, at, variant = str(name).partition("@")
+    if not at:
+        return base, None
+    if variant not in ENCODER_VARIANTS:
+        raise CompanionError(f"encoder {name!r}: unknown variant @{variant}; use "
+                             f"{', '.join('@' + v for v in ENCODER_VARIANTS)} or none")
+    return base, variant
+
+
+def _keep_first_half(model: nn.Module, kind: str) -> None:
+    """Drop the second half of the encoder's blocks in place (its final norm is kept for
+    Whisper, so the features stay on the scale the projector expects)."""
+    owner = model if kind == "whisper" else model.encoder
+    layers = owner.layers
+    keep = max(1, len(layers) // 2)
+    owner.layers = nn.ModuleList(list(layers)[:keep])
+    if hasattr(model.config, "encoder_layers"):
+        model.config.encoder_layers = keep
+    if hasattr(model.config, "num_hidden_layers"):
+        model.config.num_hidden_layers = keep
+
+
 def build_encoder(name_or_path: str, freeze: bool = True) -> SpeechEncoder:
     """Load a speech encoder: an offline alias, a local folder or a hub id.
 
@@ -180,7 +220,8 @@ def build_encoder(name_or_path: str, freeze: bool = True) -> SpeechEncoder:
     base models. Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
     Args:
-        name_or_path: e.g. ``"whisper-base"``, ``"microsoft/wavlm-large"``, a folder.
+        name_or_path: e.g. ``"whisper-base"``, ``"microsoft/wavlm-large"``, a folder; with
+            ``@half`` or ``@random`` a variant of it (:data:`ENCODER_VARIANTS`).
         freeze: stop gradients into the encoder (the paper keeps it frozen).
 
     Raises:
@@ -188,16 +229,28 @@ def build_encoder(name_or_path: str, freeze: bool = True) -> SpeechEncoder:
     """
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
-    path = resolve_model(name_or_path)
+    base, variant = encoder_variant(name_or_path)
+    path = resolve_model(base)
     config = AutoConfig.from_pretrained(path)
-    kind = encoder_kind(name_or_path, config)  # before the feature extractor: an LLM has none
+    kind = encoder_kind(base, config)  # before the feature extractor: an LLM has none
     feature_extractor = AutoFeatureExtractor.from_pretrained(path)
-    if kind == "whisper":
+    if variant == "random":  # the architecture, seeded random weights: the null encoder
+        with torch.random.fork_rng():
+            torch.manual_seed(RANDOM_ENCODER_SEED)
+            if kind == "whisper":
+                from transformers import WhisperModel
+
+                model = WhisperModel(config).get_encoder()
+            else:
+                model = AutoModel.from_config(config)
+    elif kind == "whisper":
         from transformers import WhisperModel
 
         model = WhisperModel.from_pretrained(path).get_encoder()
     else:
         model = AutoModel.from_pretrained(path)
+    if variant == "half":
+        _keep_first_half(model, kind)
     model.eval()
     if freeze:
         model.requires_grad_(False)

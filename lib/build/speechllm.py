@@ -27,7 +27,8 @@ from torch import nn
 from lib.assets import resolve_model
 from lib.clock import stage
 from lib.build.components import (Projector, SpeechEncoder, build_encoder, decoder_body,
-                                  encoder_kind, encoder_width, find_decoder_layers,
+                                  encoder_kind, encoder_variant, encoder_width,
+                                  find_decoder_layers,
                                   load_decoder)
 from lib.errors import CompanionError
 from lib.tasks import ASR, Prompt, Task
@@ -385,7 +386,7 @@ def build_speechllm(cfg: "ModelConfig", device: str = "cpu", with_encoder: bool 
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     if encoder is None and with_encoder:
         encoder = build_encoder(cfg.encoder)
-    enc_cfg = AutoConfig.from_pretrained(resolve_model(cfg.encoder))
+    enc_cfg = AutoConfig.from_pretrained(resolve_model(encoder_variant(cfg.encoder)[0]))
     encoder_kind(cfg.encoder, enc_cfg)  # an LLM as encoder fails here, in one line
     enc_dim = encoder_width(enc_cfg)
     decoder, tokenizer = load_decoder(cfg.decoder, dtype=dtype)

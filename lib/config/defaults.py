@@ -119,8 +119,21 @@ class Chapter5Params(Chapter4Params):
     task_dev_utterances: int = 12  # per task, held-out training verses: the learning curve
 
 
+@dataclass(frozen=True)
+class Chapter6Params(Chapter5Params):
+    """Chapter 6: whether a cut chosen on one task, language or encoder transfers to the
+    others, and one pruned multi-task backbone."""
+
+    transfer_encoders: tuple[str, ...] = ("whisper-base", "whisper-base@half",
+                                          "whisper-base@random")  # the run's encoder first
+    # (chapter 1's model), then Whisper-base after half its blocks, then its architecture
+    # with random weights (the null); each given transfer_decoder, chapter 1's recipe and budget
+    transfer_decoder: str = "smollm2-135m"  # of decoders: the faster to train (~11 min a model
+    # on 2 cores against Gemma-3's ~13)
+
+
 CHAPTER_PARAMS: dict[int, type] = {1: Chapter1Params, 2: Chapter2Params, 3: Chapter3Params,
-                                   4: Chapter4Params, 5: Chapter5Params}
+                                   4: Chapter4Params, 5: Chapter5Params, 6: Chapter6Params}
 """Chapter number -> its parameters class (a new chapter adds one line)."""
 
 

@@ -37,7 +37,7 @@ from lib.params import reject_unknown
 from lib.paths import REPO_ROOT
 
 CHAPTER_SECTIONS = {1: ("models", "train", "eval"), 2: ("score",), 3: ("prune",),
-                    4: ("heal",), 5: ("multitask",)}
+                    4: ("heal",), 5: ("multitask",), 6: ("transfer",)}
 """The sections each chapter adds to the run (chapter N's run holds chapters 1..N's)."""
 
 RUN_FIELDS = ("device", "dev_utterances", "train_data", "test_data")
@@ -198,6 +198,30 @@ def _tasks() -> tuple[str, ...]:
     return tuple(TASKS)
 
 
+def _encoder_variant(name: str, v: str) -> None:
+    from lib.build.components import encoder_variant
+
+    try:
+        encoder_variant(v)
+    except CompanionError as err:
+        _fail(name, v, str(err).split(": ", 1)[-1])
+
+
+def _distinct(name: str, v: Any, each: Callable[[str, str], None]) -> tuple[str, ...]:
+    """A non-empty list of names, none twice (a repeat is refused, not dropped)."""
+    names = [v] if isinstance(v, str) else v
+    if not (isinstance(names, (list, tuple)) and names
+            and all(isinstance(x, str) and x.strip() for x in names)):
+        _fail(name, v, "use a non-empty list of names")
+    names = [x.strip() for x in names]
+    twice = sorted({x for x in names if names.count(x) > 1})
+    if twice:
+        _fail(name, list(v), f"names {', '.join(twice)} twice: list each once")
+    for x in names:
+        each(name, x)
+    return tuple(names)
+
+
 _POS, _NON_NEG = _int(), _int(allow_zero=True)
 _PRECISION = _one_of(lambda: PRECISIONS)
 
@@ -237,6 +261,9 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "n_parallel_train": _POS, "n_parallel_test": _POS,
     "multitask_start": _one_of(lambda: MULTITASK_STARTS), "multitask_steps": _POS,
     "task_dev_utterances": _NON_NEG,
+    # chapter 6
+    "transfer_encoders": lambda name, v: _distinct(name, v, _encoder_variant),
+    "transfer_decoder": _one_encoder,
 }
 """Parameter name -> its check, which returns the value as the run holds it (lists as
 tuples, numbers as floats, precisions still unresolved)."""
@@ -259,6 +286,9 @@ def _across(v: dict[str, Any], chapter: int) -> None:
             _fail("multitask_decoders", list(v["multitask_decoders"]),
                   f"names {', '.join(strays)}, not among decoders={list(v['decoders'])}: name "
                   "some of those, or [] for all of them")
+        if chapter >= 6 and v["transfer_decoder"] not in v["decoders"]:
+            _fail("transfer_decoder", v["transfer_decoder"],
+                  f"is not among decoders={list(v['decoders'])}: name one of those")
         if v["warmup_steps"] >= v["multitask_steps"]:
             _fail("multitask_steps", v["multitask_steps"],
                   f"must be above warmup_steps={v['warmup_steps']}")

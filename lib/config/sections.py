@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from lib.config.defaults import Chapter5Params as P
+from lib.config.defaults import Chapter6Params as P
 from lib.data.spec import CorpusSpec
 from lib.fileio import to_dict
 
@@ -165,6 +165,18 @@ class MultitaskConfig:
     steps: int = P.multitask_steps
 
 
+@dataclass(frozen=True)
+class TransferConfig:
+    """Chapter 6: the encoders set beside each other (``<encoder>[@variant]``,
+    :data:`lib.build.components.ENCODER_VARIANTS`), each with ``decoder``."""
+
+    PREFIX: ClassVar[str] = "transfer_"
+    CONSTANTS: ClassVar[tuple[str, ...]] = ()
+
+    encoders: tuple[str, ...] = P.transfer_encoders
+    decoder: str = P.transfer_decoder
+
+
 RECORDS = ("run", "trial", "hand")
 """What a run writes (:class:`Record`): the numbers of record (a full book run of a
 preset), a trial beside them (some chapters, or ``-p`` changes), or a notebook run by hand
@@ -230,6 +242,7 @@ class Run:
     prune: PruneConfig | None = None  # not a parameter: chapter 3's section
     heal: HealConfig | None = None  # not a parameter: chapter 4's section
     multitask: MultitaskConfig | None = None  # not a parameter: chapter 5's section
+    transfer: TransferConfig | None = None  # not a parameter: chapter 6's section
     # Where the values came from (preset, changes, inherited values): provenance, never
     # part of a cache key (keys are built from the sections above).
     source: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -278,7 +291,7 @@ class Run:
 
 SECTIONS: dict[str, type] = {"models": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
                              "score": ScoreConfig, "prune": PruneConfig, "heal": HealConfig,
-                             "multitask": MultitaskConfig}
+                             "multitask": MultitaskConfig, "transfer": TransferConfig}
 """The run's sections by field name. A parameter is found in them mechanically
 (:func:`lib.config.resolve.field_of`): the first section whose ``PREFIX`` it starts with
 and which has the rest as a field, else the section holding a field of its own name."""

@@ -38,7 +38,9 @@ CURVE_VERSION = 1
 def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], out_dir: Path,
                  name: str, ev: EvalConfig = EvalConfig(), n_layers: int | None = None,
                  reuse: bool = True, capped: bool = False) -> dict[str, Any]:
-    """WER of ``model`` on ``data`` with decoder ``layers`` skipped (``[]``: the full model).
+    """WER of ``model`` on ``data`` with decoder ``layers`` skipped (``[]``: the full model);
+    for a translation task (``model.task``), its BLEU and chrF with their per-sentence
+    statistics instead.
 
     Every utterance of ``data`` is decoded (``ev.max_test_utterances`` does not apply: a curve
     point is measured on the subset it is given), ``ev.batch_size`` at a time, at most
@@ -71,12 +73,12 @@ def evaluate_cut(model: "SpeechLLM", data: "FeatureSet", layers: Sequence[int], 
         wall = time.perf_counter() - t0
         refs = model.task.targets(data.utterances)
         score = score_task(model.task, refs, hyps)
+        measured = ({k: score[k] for k in ("wer", "wer_ci95", "utterance_errors",
+                                           "utterance_words")}
+                    if model.task.metric == "wer" else score)  # translation: BLEU and chrF
         return {
             "test_set": name, "layers": layers, "n_removed": len(layers),
-            "removed_fraction": len(layers) / big_l, "n_layers": big_l,
-            "wer": score["wer"], "wer_ci95": score["wer_ci95"],
-            "utterance_errors": score["utterance_errors"],
-            "utterance_words": score["utterance_words"],
+            "removed_fraction": len(layers) / big_l, "n_layers": big_l, **measured,
             "insertion_rate": insertion_rate(score), "n_utterances": len(data),
             "decode_utterances_per_s": round(len(data) / max(wall, 1e-9), 3),
             "hypotheses": [{"id": u.id, "ref": r, "hyp": h}

@@ -301,3 +301,34 @@ def cross_specificity(a: BlockProfile, b: BlockProfile, null_a: BlockProfile,
             "rho_full": whole["rho"], "top_k_overlap": whole["top_k_overlap"], "k": whole["k"],
             "index": float(specificity_index(rho, null_rho, ceiling)),
             "index_ci95": interval95(np.array(boot))}
+
+
+PROFILE_VERSION = 1
+"""Part of every kept profile's key: bump it when measuring a profile changes."""
+
+
+def kept_profile(meter: LossMeter | TextLossMeter, n: int, folder: Any, name: str,
+                 keyed: dict[str, Any], desc: str = "blocks removed") -> BlockProfile:
+    """:func:`block_profile`, kept as ``folder/profile-<name>-<key>.json`` and read back the
+    next time (chapters 5 and 6 remove the same blocks of the same model on the same items).
+
+    Args:
+        folder: the folder of the weights measured (a training run's).
+        keyed: everything else that changes the losses: the items, the prompt, the
+            precision.
+    """
+    from pathlib import Path
+
+    from lib.cache import cached, file_label
+
+    def compute(_: Any) -> dict[str, Any]:
+        p = block_profile(meter, n, desc=desc)
+        return {"n": p.n, "starts": p.starts.tolist(), "full_sums": p.full.sums.tolist(),
+                "tokens": p.full.tokens.tolist(), "sums": p.sums.tolist()}
+
+    rec = cached(Path(folder) / "profiles", file_label(name),
+                 {**keyed, "n": int(n), "version": PROFILE_VERSION}, compute, what=desc)
+    return BlockProfile(int(rec["n"]), np.array(rec["starts"]),
+                        UtteranceLosses(np.array(rec["full_sums"], dtype=float),
+                                        np.array(rec["tokens"], dtype=float)),
+                        np.array(rec["sums"], dtype=float))

@@ -38,14 +38,15 @@ NOISE = "noise audio"
 """The label of a task's null profile: its items with noise where the audio goes."""
 
 
-def task_profiles(cfg: Run, model: Any, tests: dict[str, Any], tasks: list[str]
-                  ) -> dict[int, dict[str, Any]]:
+def task_profiles(cfg: Run, model: Any, tests: dict[str, Any], tasks: list[str],
+                  folder: Any, nulls: bool = True) -> dict[int, dict[str, Any]]:
     """``{n: {task: profile, "task, noise audio": profile}}`` for every block size of
     ``profile_fractions`` and every task in ``tasks``, on the first ``profile_utterances``
-    test items of each task."""
+    test items of each task; kept in ``folder`` (the model's run folder), so chapters 5 and
+    6 measure each once. ``nulls=False``: the tasks' profiles only."""
     from lib.clock import stage
     from lib.prune.loss_curves import LossMeter
-    from lib.prune.profiles import block_profile
+    from lib.prune.profiles import kept_profile
     from lib.prune.strategies import cut_sizes
     from lib.score.controls import noise_features
 
@@ -56,12 +57,16 @@ def task_profiles(cfg: Run, model: Any, tests: dict[str, Any], tasks: list[str]
         for name in tasks:
             items = tests[name].subset(sc.profile_utterances)
             with model.asking(TASKS[name]):
-                meters = {name: LossMeter(model, items, sc.batch_size, prec),
-                          f"{name}, {NOISE}": LossMeter(model, noise_features(items, seed),
-                                                        sc.batch_size, prec)}
-                for n in sizes:
-                    for label, meter in meters.items():
-                        out[n][label] = block_profile(meter, n, desc=f"{label}, blocks of {n}")
+                sets = {name: items}
+                if nulls:
+                    sets[f"{name}, {NOISE}"] = noise_features(items, seed)
+                for label, fs in sets.items():
+                    meter = LossMeter(model, fs, sc.batch_size, prec)
+                    keyed = {"data": fs.digest(), "prompt": model.prompt, "precision": prec,
+                             "batch_size": sc.batch_size}
+                    for n in sizes:
+                        out[n][label] = kept_profile(meter, n, folder, label, keyed,
+                                                     desc=f"{label}, blocks of {n}")
     return out
 
 
@@ -91,7 +96,7 @@ def removal_profiles(cfg: Run, runs: dict[str, ModelRun],
         if len(tasks) < 1:
             record[name] = {"tasks": [], "pairs": []}
             continue
-        prof = task_profiles(cfg, run.model, data.tests, tasks)
+        prof = task_profiles(cfg, run.model, data.tests, tasks, run.train.run_dir)
         plotting.plot_functional_profiles(prof, title=f"{name}, learned tasks")
         pairs = compare_tasks(prof, tasks, sc.specific_min, cfg.train.seed)
         record[name] = {"tasks": tasks, "n_items": {t: len(prof[next(iter(prof))][t].full.sums)

@@ -412,3 +412,36 @@ def plot_agreement_matrix(table: pd.DataFrame, value: str = "Spearman per n") ->
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_transfer(cells: list[dict[str, Any]], title: str = "") -> Any:
+    """Transfer efficiency TE(A -> B) (rows: the condition the cut is chosen on; columns:
+    the one it is scored on), one panel per selector and block size, each cell annotated
+    with its 95 % interval and a mark for its verdict (+ transfers, - dependent, ? cannot
+    tell; the diagonal is TE(B -> B)). Explained in chapter 6."""
+    frame = pd.DataFrame(cells)
+    panels = list(dict.fromkeys(zip(frame["selector"], frame["n"])))
+    conds = list(dict.fromkeys(frame["a"]))
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(1.1 * len(conds) * len(panels) + 2.5,
+                                      0.9 * len(conds) + 1.6))
+    mark = {"transfers": "+", "cannot tell": "?"}
+    for ax, (sel, n) in zip(axes[0], panels):
+        part = frame[(frame["selector"] == sel) & (frame["n"] == n)]
+        te = part.pivot(index="a", columns="b", values="te").reindex(index=conds, columns=conds)
+        labels = np.empty(te.shape, dtype=object)
+        for _, r in part.iterrows():
+            i, j = conds.index(r["a"]), conds.index(r["b"])
+            lo, hi = r["te_ci95"]
+            v = "" if r["a"] == r["b"] else " " + mark.get(r["verdict"], "-")
+            labels[i, j] = f"{r['te']:.2f}{v}\n[{lo:.2f}, {hi:.2f}]"
+        sns.heatmap(te, annot=labels, fmt="", cmap="RdYlGn", vmin=-0.5, vmax=1.0, ax=ax,
+                    cbar=ax is axes[0][-1], annot_kws={"fontsize": 7},
+                    cbar_kws={"label": "TE (1: the scored condition's best block)"})
+        ax.set_xlabel("scored on (its second half)")
+        ax.set_ylabel("cut chosen on (its first half)")
+        ax.set_title(f"{sel}, blocks of {n}", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,52 @@
+"""Chapter 6's encoders set beside each other: ``@half`` keeps the first half of the blocks
+(its features are the full encoder's hidden state there, then the final norm), ``@random``
+the architecture with seeded random weights; both for Whisper and WavLM stand-ins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib.build.components import build_encoder, encoder_variant
+from lib.errors import CompanionError
+from lib.data.features import encoder_fingerprint
+
+
+def _wave(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(int(16000 * seconds)).astype(np.float32) * 0.1
+
+
+@pytest.mark.parametrize("name", ["tiny-whisper", "tiny-wavlm"])
+def test_half_keeps_half_the_blocks_and_gives_their_hidden_state(name):
+    full, half = build_encoder(name), build_encoder(f"{name}@half")
+    owner = (lambda m: m) if full.kind == "whisper" else (lambda m: m.encoder)
+    n = len(owner(full.model).layers)
+    assert len(owner(half.model).layers) == max(1, n // 2)
+    assert half.hidden_size == full.hidden_size
+    if full.kind == "whisper":  # the full encoder's hidden state after n // 2 blocks, normed
+        seen = []
+        hook = owner(full.model).layers[n // 2 - 1].register_forward_hook(
+            lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+        with torch.no_grad():
+            full([_wave()])
+            hook.remove()
+            want = full.model.layer_norm(seen[0])
+            got, lengths = half([_wave()])
+        t = int(lengths[0])
+        assert torch.allclose(got[0, :t], want[0, :t], atol=1e-5)
+    assert encoder_fingerprint(half) != encoder_fingerprint(full)
+
+
+def test_random_is_seeded_and_not_the_trained_weights():
+    a, b = build_encoder("tiny-whisper@random"), build_encoder("tiny-whisper@random")
+    trained = build_encoder("tiny-whisper")
+    assert encoder_fingerprint(a) == encoder_fingerprint(b)
+    assert encoder_fingerprint(a) != encoder_fingerprint(trained)
+    assert not any(p.requires_grad for p in a.model.parameters())
+
+
+def test_an_unknown_variant_is_one_line():
+    assert encoder_variant("whisper-base") == ("whisper-base", None)
+    with pytest.raises(CompanionError, match="unknown variant @quarter"):
+        encoder_variant("whisper-base@quarter")
