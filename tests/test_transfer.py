@@ -144,7 +144,7 @@ def test_the_chapter_section_on_a_tiny_model(random_features, tmp_path, monkeypa
                      for i, u in enumerate(fs.utterances)], fs.feats)
     run = SimpleNamespace(model=model, train=SimpleNamespace(run_dir=tmp_path / "run"))
     conds = task_conditions(run, {"asr": fs, "st-en-es": fs}, ["asr", "st-en-es"])
-    sec = transfer_section(cfg, conds, "task", "tiny")
+    sec = transfer_section(cfg, {"tiny": conds}, "task")
     cells = sec["cells"]
     assert len(cells) == 2 * 2 * 4  # selectors x block sizes x ordered pairs
     diag = [c for c in cells if c["a"] == c["b"]]
@@ -156,5 +156,5 @@ def test_the_chapter_section_on_a_tiny_model(random_features, tmp_path, monkeypa
     assert (tmp_path / "run" / "profiles").is_dir()
     forced = [{**c, "verdict": dependent("task"), "chosen_a": 0, "chosen_b": 1,
                "n": 1} for c in off[:1]]
-    checked = confirm(cfg, conds, forced)
-    assert checked["record"][0]["decoded"] and checked.glue["n_decodes"] == 2
+    checked = confirm(cfg, {"tiny": conds}, forced, "task")
+    assert checked["record"][0]["decoded"] and checked.glue["task_decodes"] == 2

@@ -125,13 +125,7 @@ def train(cfg: Run, data: mt.ParallelData, ch1_train: Any,
     """For each decoder of ``multitask_decoders``: chapter 1's ASR model (reused), the
     multi-task SpeechLLM trained on the mix, and the budget-matched control (the same start,
     steps and batches on the mix's English ASR alone); each trained once, then reused."""
-    chosen = mt.chosen_models(cfg)
-    ch1, runs, alone = {}, {}, {}
-    for i in chosen:
-        d = cfg.models[i].decoder
-        ch1[d] = train_and_evaluate(cfg.models[i], cfg, ch1_train, ch1_tests, evaluate=False)
-        runs[d] = mt.train_multitask(cfg, data, i, start=ch1[d])
-        alone[d] = mt.train_multitask(cfg, data, i, start=ch1[d], asr_only=True)
+    ch1, runs, alone = mt.multitask_runs(cfg, data, ch1_train, ch1_tests)
     both = {**{slug(d): r for d, r in runs.items()},
             **{f"{slug(d)}, English ASR alone": r for d, r in alone.items()}}
     plotting.plot_training_curves(training_log(both)).set_title(
@@ -228,9 +222,7 @@ def scores(cfg: Run, runs: dict[str, ModelRun], alone: dict[str, ModelRun],
     """Every task of every multi-task model with its interval, against its no-audio floor
     (which decides whether the task is learned) and its baselines, each by the paired
     rule."""
-    whisper = mt.whisper_tasks(cfg, data.tests)
-    found = {slug(d): {n: _score_task(cfg, r, alone[d], n, data, whisper)
-                       for n in cfg.multitask.tasks} for d, r in runs.items()}
+    found, whisper = found_tasks(cfg, runs, alone, data)
     rows = []
     for dec, tasks in found.items():
         for n, rec in tasks.items():
@@ -255,6 +247,16 @@ def scores(cfg: Run, runs: dict[str, ModelRun], alone: dict[str, ModelRun],
     return Section(table, _target_glue(found, learned, data),
                    {"found": found, "whisper": whisper, "learned": learned},
                    items=silent_lines(found))
+
+
+def found_tasks(cfg: Run, runs: dict[str, ModelRun], alone: dict[str, ModelRun],
+                data: mt.ParallelData) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """``(found, whisper)``: every task of every decoder scored (:func:`_score_task`, each
+    decode kept with its run) and Whisper-base's baselines; what :func:`scores` shows and
+    chapter 6 reads its learned tasks from."""
+    whisper = mt.whisper_tasks(cfg, data.tests)
+    return ({slug(d): {n: _score_task(cfg, r, alone[d], n, data, whisper)
+                       for n in cfg.multitask.tasks} for d, r in runs.items()}, whisper)
 
 
 def learned_tasks(found: dict[str, dict[str, Any]]) -> dict[str, list[str]]:

@@ -207,3 +207,26 @@ def removal_at_room(record: dict[str, Any], room_min: float = 0.05,
     changed = int((table["verdict"] != table[f"verdict at {room_min:g}"]).sum()) if rows else 0
     return Section(table, {"ex_room_changed": changed, "ex_room_pairs": len(rows),
                            "ex_room_default": ROOM_MIN, "ex_room": room_min}, precision=2)
+
+
+# ------------------------------------------------------------------ chapter 6
+
+
+def transfer_at(cells: list[dict[str, Any]], te_min: float = 0.9) -> Section:
+    """Exercise 6.1: every off-diagonal transfer cell judged again with another threshold
+    ``te_min`` (the book's is :data:`lib.report.rules.TRANSFER_MIN`); the changed ones."""
+    from lib.report.rules import TRANSFER_MIN, transfer_verdict
+
+    rows = []
+    for c in cells:
+        if c["a"] == c["b"]:
+            continue
+        now = transfer_verdict(c, c["kind"], te_min)
+        rows.append({"group": c["group"], "selector": c["selector"], "n": c["n"],
+                     "chosen on": c["a"], "scored on": c["b"],
+                     "TE lower bound": c["te_ci95"][0], "verdict": c["verdict"],
+                     f"at {te_min:g}": now, "changed": now != c["verdict"]})
+    table = pd.DataFrame(rows)
+    changed = int(table["changed"].sum()) if rows else 0
+    return Section(table, {"ex_te_changed": changed, "ex_te_cells": len(rows),
+                           "ex_te_min": te_min, "ex_te_default": TRANSFER_MIN}, precision=2)

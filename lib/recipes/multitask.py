@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from lib.build.components import build_encoder
+from lib.build.export import keep_model_config
 from lib.build.speechllm import SpeechLLM, build_speechllm, count_parameters
 from lib.clock import stage
 from lib.config.sections import EvalConfig, MultitaskConfig, Run, TrainConfig
@@ -241,7 +242,25 @@ def train_multitask(cfg: Run, data: ParallelData, index: int,
                              desc=f"training {slug(mc.decoder)} on {what}",
                              dev_check=check, aux_loss=ctc_aux(start.warm_start, train))
     model.eval()
+    keep_model_config(out, mc)
     return ModelRun(mc, model, tr, {}, count_parameters(model), start=start)
+
+
+def multitask_runs(cfg: Run, data: ParallelData, ch1_train: FeatureSet,
+                   ch1_tests: dict[str, FeatureSet]
+                   ) -> tuple[dict[str, ModelRun], dict[str, ModelRun], dict[str, ModelRun]]:
+    """``(ch1, runs, alone)`` by decoder name for each decoder of ``multitask_decoders``:
+    chapter 1's ASR model (reused), the multi-task model and its budget-matched control
+    (each trained once, then reused)."""
+    from lib.recipes.pipeline import train_and_evaluate
+
+    ch1, runs, alone = {}, {}, {}
+    for i in chosen_models(cfg):
+        d = cfg.models[i].decoder
+        ch1[d] = train_and_evaluate(cfg.models[i], cfg, ch1_train, ch1_tests, evaluate=False)
+        runs[d] = train_multitask(cfg, data, i, start=ch1[d])
+        alone[d] = train_multitask(cfg, data, i, start=ch1[d], asr_only=True)
+    return ch1, runs, alone
 
 
 # ------------------------------------------------------------------ scoring

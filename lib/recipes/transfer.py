@@ -102,7 +102,8 @@ def cells_of(cfg: Run, conds: dict[str, Condition], kind: str) -> list[dict[str,
                 diag = cell["a"] == cell["b"]
                 changes = (contrast(TASKS[cell["a"]], TASKS[cell["b"]])
                            if kind == "task" and not diag else kind)
-                cells.append({"selector": sel, **cell, "changes": "" if diag else changes,
+                cells.append({"selector": sel, "kind": kind, **cell,
+                              "changes": "" if diag else changes,
                               "verdict": "" if diag else transfer_verdict(cell, kind)})
     return cells
 
@@ -111,14 +112,20 @@ def _interval(pair: list[float]) -> str:
     return "[{:.2f}, {:.2f}]".format(*pair)
 
 
-def transfer_section(cfg: Run, conds: dict[str, Condition], kind: str, title: str
+def transfer_section(cfg: Run, groups: dict[str, dict[str, Condition]], kind: str
                      ) -> Section:
-    """The matrices of one kind of condition: the heat map, the table of off-diagonal
-    cells, and the sentences per selector."""
-    cells = cells_of(cfg, conds, kind)
-    plotting.plot_transfer(cells, title)
+    """The matrices of one kind of condition for each group (a decoder's tasks, or the
+    encoders): the heat maps, the table of off-diagonal cells, and the sentences per
+    selector over every group."""
+    cells = []
+    for group, conds in groups.items():
+        if len(conds) < 2:  # nothing to transfer between
+            continue
+        found = [{"group": group, **c} for c in cells_of(cfg, conds, kind)]
+        plotting.plot_transfer(found, f"{group}: a cut chosen on one {kind}, scored on another")
+        cells += found
     off = [c for c in cells if c["a"] != c["b"]]
-    rows = [{"selector": c["selector"], "n": c["n"], "chosen on": c["a"],
+    rows = [{"group": c["group"], "selector": c["selector"], "n": c["n"], "chosen on": c["a"],
              "scored on": c["b"], "changes": c["changes"],
              "blocks (A's, B's own, B's best)": f"{c['chosen_a']}, {c['chosen_b']}, "
                                                  f"{c['best_start']}",
@@ -129,7 +136,7 @@ def transfer_section(cfg: Run, conds: dict[str, Condition], kind: str, title: st
              "verdict": c["verdict"]} for c in off]
     glue = {f"{kind}_transfer_{sel}": transfer_sentence(
         [c["verdict"] for c in off if c["selector"] == sel], kind) for sel in SELECTORS}
-    glue.update({f"n_{kind}_cells": len(off), "transfer_min": TRANSFER_MIN,
+    glue.update({f"n_{kind}_cells": len(off),
                  f"n_{kind}_transfers": sum(c["verdict"] == TRANSFERS for c in off),
                  f"n_{kind}_dependent": sum(c["verdict"] == dependent(kind) for c in off),
                  f"n_{kind}_undecided": sum(c["verdict"] == TRANSFER_UNDECIDED for c in off)})
@@ -137,7 +144,8 @@ def transfer_section(cfg: Run, conds: dict[str, Condition], kind: str, title: st
     return Section(pd.DataFrame(rows), glue, {"cells": cells}, items=items, precision=2)
 
 
-def confirm(cfg: Run, conds: dict[str, Condition], cells: list[dict[str, Any]]) -> Section:
+def confirm(cfg: Run, groups: dict[str, dict[str, Condition]], cells: list[dict[str, Any]],
+            prefix: str) -> Section:
     """Decoding checks the cells that carry a verdict: B's scoring half decoded with the
     block chosen on A removed and with B's own choice removed, compared by B's metric with
     the paired rule. A "transfers" is confirmed when A's block is not worse, a
@@ -151,7 +159,7 @@ def confirm(cfg: Run, conds: dict[str, Condition], cells: list[dict[str, Any]]) 
     for c in cells:
         if c["a"] == c["b"] or c["verdict"] in ("", TRANSFER_UNDECIDED):
             continue
-        b = conds[c["b"]]
+        b = groups[c["group"]][c["b"]]
         task = TASKS[b.task]
         items = b.items.subset(cfg.score.profile_utterances)
         scored = _half(items, halves(len(items), cfg.train.seed)[1])
@@ -169,17 +177,19 @@ def confirm(cfg: Run, conds: dict[str, Condition], cells: list[dict[str, Any]]) 
             decoded += 2
         worse = check["verdict"] == "worse than"
         agrees = worse if c["verdict"].endswith("-dependent") else not worse
-        record.append({**{k: c[k] for k in ("selector", "n", "a", "b", "verdict")}, **check,
+        record.append({**{k: c[k] for k in ("group", "selector", "n", "a", "b", "verdict")},
+                       **check,
                        "confirmed": agrees})
         unit = 100 if task.metric == "wer" else 1
         lo, hi = (unit * x for x in check["difference_ci95"])
-        rows.append({"selector": c["selector"], "n": c["n"], "chosen on": c["a"],
+        rows.append({"group": c["group"], "selector": c["selector"], "n": c["n"],
+                     "chosen on": c["a"],
                      "scored on": c["b"], "verdict": c["verdict"],
                      "metric": "WER points" if task.metric == "wer" else "chrF",
                      "A's block minus B's [95 % CI]":
                          f"{unit * check['difference']:+.1f} [{lo:+.1f}, {hi:+.1f}]",
                      "decoding": "confirms" if agrees else "does not confirm"})
-    glue = {"n_confirmed": sum(r["confirmed"] for r in record), "n_checked": len(record),
-            "n_decodes": decoded}
+    glue = {f"{prefix}_confirmed": sum(r["confirmed"] for r in record),
+            f"{prefix}_checked": len(record), f"{prefix}_decodes": decoded}
     items = [] if rows else ["no cell carries a verdict: nothing for decoding to confirm"]
     return Section(pd.DataFrame(rows), glue, {"record": record}, items=items)
