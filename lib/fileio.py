@@ -62,7 +62,7 @@ def git_commit() -> dict[str, Any]:
     return {"git_hash": commit or None, "git_dirty": dirty if commit else None}
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -78,7 +78,7 @@ def device_info() -> dict[str, Any]:
     autocast only where it is native: ``precision: auto``), GPU name if any."""
     import torch
 
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cpu": _cpu_model(),
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cpu": cpu_model(),
                             # lib.device.native_bf16, inlined: this module imports no lib
                             "cpu_native_bf16": bool(
                                 torch.ops.mkldnn._is_mkldnn_bf16_supported()),

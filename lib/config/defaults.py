@@ -130,6 +130,10 @@ class Chapter6Params(Chapter5Params):
     # with random weights (the null); each given transfer_decoder, chapter 1's recipe and budget
     transfer_decoder: str = "smollm2-135m"  # of decoders: the faster to train (~11 min a model
     # on 2 cores against Gemma-3's ~13)
+    backbone_chosen_on: str = "pooled"  # the task the backbone's cut is chosen on, or every
+    # learned task pooled (the paper's deployable object: one cut for all)
+    backbone_heal_variant: str = "decoder"  # chapter 4's best on Gemma-3 at its fixed cut
+    # (synthetic WER 181 % pruned -> 52 %; both 54 %, projector 67 %)
 
 
 CHAPTER_PARAMS: dict[int, type] = {1: Chapter1Params, 2: Chapter2Params, 3: Chapter3Params,

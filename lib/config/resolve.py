@@ -37,7 +37,8 @@ from lib.params import reject_unknown
 from lib.paths import REPO_ROOT
 
 CHAPTER_SECTIONS = {1: ("models", "train", "eval"), 2: ("score",), 3: ("prune",),
-                    4: ("heal",), 5: ("multitask",), 6: ("transfer",)}
+                    4: ("heal",), 5: ("multitask",),
+                    6: ("transfer", "backbone")}
 """The sections each chapter adds to the run (chapter N's run holds chapters 1..N's)."""
 
 RUN_FIELDS = ("device", "dev_utterances", "train_data", "test_data")
@@ -264,6 +265,9 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     # chapter 6
     "transfer_encoders": lambda name, v: _distinct(name, v, _encoder_variant),
     "transfer_decoder": _one_encoder,
+    "backbone_chosen_on": lambda name, v: v if isinstance(v, str) and v else _fail(
+        name, v, "name a task of tasks, or pooled"),
+    "backbone_heal_variant": _one_of(_variants),
 }
 """Parameter name -> its check, which returns the value as the run holds it (lists as
 tuples, numbers as floats, precisions still unresolved)."""
@@ -286,6 +290,10 @@ def _across(v: dict[str, Any], chapter: int) -> None:
             _fail("multitask_decoders", list(v["multitask_decoders"]),
                   f"names {', '.join(strays)}, not among decoders={list(v['decoders'])}: name "
                   "some of those, or [] for all of them")
+        if chapter >= 6 and v["backbone_chosen_on"] not in ("pooled", *v["tasks"]):
+            _fail("backbone_chosen_on", v["backbone_chosen_on"],
+                  f"is not a task the multi-task model was trained for (tasks="
+                  f"{list(v['tasks'])}): name one of those, or pooled")
         if chapter >= 6 and v["transfer_decoder"] not in v["decoders"]:
             _fail("transfer_decoder", v["transfer_decoder"],
                   f"is not among decoders={list(v['decoders'])}: name one of those")

@@ -177,6 +177,18 @@ class TransferConfig:
     decoder: str = P.transfer_decoder
 
 
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Chapter 6's pruned multi-task backbone: the task its cut is chosen on (``"pooled"``:
+    every learned task) and the healing variant (:data:`lib.heal.healing.HEAL_VARIANTS`)."""
+
+    PREFIX: ClassVar[str] = "backbone_"
+    CONSTANTS: ClassVar[tuple[str, ...]] = ()
+
+    chosen_on: str = P.backbone_chosen_on
+    heal_variant: str = P.backbone_heal_variant
+
+
 RECORDS = ("run", "trial", "hand")
 """What a run writes (:class:`Record`): the numbers of record (a full book run of a
 preset), a trial beside them (some chapters, or ``-p`` changes), or a notebook run by hand
@@ -243,6 +255,7 @@ class Run:
     heal: HealConfig | None = None  # not a parameter: chapter 4's section
     multitask: MultitaskConfig | None = None  # not a parameter: chapter 5's section
     transfer: TransferConfig | None = None  # not a parameter: chapter 6's section
+    backbone: BackboneConfig | None = None  # not a parameter: chapter 6's section
     # Where the values came from (preset, changes, inherited values): provenance, never
     # part of a cache key (keys are built from the sections above).
     source: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -291,7 +304,8 @@ class Run:
 
 SECTIONS: dict[str, type] = {"models": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
                              "score": ScoreConfig, "prune": PruneConfig, "heal": HealConfig,
-                             "multitask": MultitaskConfig, "transfer": TransferConfig}
+                             "multitask": MultitaskConfig, "transfer": TransferConfig,
+                             "backbone": BackboneConfig}
 """The run's sections by field name. A parameter is found in them mechanically
 (:func:`lib.config.resolve.field_of`): the first section whose ``PREFIX`` it starts with
 and which has the rest as a field, else the section holding a field of its own name."""

@@ -22,7 +22,7 @@ from lib.evaluate.metrics import paired_task_difference
 from lib.paths import slug
 from lib.recipes import multitask as mt
 from lib.recipes.ch01 import training_log
-from lib.recipes.pipeline import ModelRun, prepare_features, train_and_evaluate
+from lib.recipes.pipeline import ModelRun, prepare_features
 from lib.recipes.section import Section, settings_line
 from lib.report import plotting
 from lib.report.results import record_headline, recorded_line

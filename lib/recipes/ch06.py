@@ -11,6 +11,8 @@ from :mod:`lib.report.rules`. Stage: the chapters' recipes. Explained in chapter
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from lib.config.sections import Run
@@ -24,6 +26,7 @@ from lib.recipes.section import Section, settings_line
 from lib.recipes.transfer import Condition, confirm, task_conditions, transfer_section
 from lib.report.results import record_headline, recorded_line
 from lib.report.rules import TRANSFER_MIN
+from lib.tasks import TASKS
 
 
 def settings(cfg: Run) -> str:
@@ -74,7 +77,8 @@ def task_groups(cfg: Run) -> Section:
     glue = {"learned_list": "; ".join(f"{d}: {', '.join(ts) or 'none'}"
                                       for d, ts in learned.items()),
             "n_learned_tasks": sum(len(v) for v in learned.values())}
-    return Section(pd.DataFrame(rows), glue, {"groups": groups, "found": found})
+    return Section(pd.DataFrame(rows), glue, {"groups": groups, "found": found, "runs": {
+        slug(d): r for d, r in runs.items()}, "data": data})
 
 
 def tasks_transfer(cfg: Run, groups: dict[str, dict[str, Condition]]) -> Section:
@@ -90,7 +94,7 @@ def encoders(cfg: Run) -> Section:
     runs = encoder_runs(cfg)
     table, record = encoder_table(cfg, runs)
     listens = [e for e, r in record.items() if r["reads_audio"]]
-    glue = {"encoders_list": "; ".join(f"{e} ({describe(e)})" for e in runs),
+    glue = {"encoders_list": "; ".join(describe(e) for e in runs),
             "encoders_reading": ", ".join(listens) or "none",
             "n_encoders_reading": len(listens), "n_encoders": len(runs),
             "encoder_decoder": cfg.transfer.decoder}
@@ -111,11 +115,101 @@ def decoding_check(cfg: Run, groups: dict[str, dict[str, Condition]], sec: Secti
     return confirm(cfg, groups, sec["cells"], kind)
 
 
+# ------------------------------------------------------------------ 6.4 one backbone
+
+
+def backbone(cfg: Run, learned: Section) -> Section:
+    """For each multi-task model: the cut by the rule on its learned tasks, applied to all,
+    healed once on the mix, every learned task before and after healing against the full
+    model, the backbone exported with its card, reloaded in a fresh process, and timed."""
+    from lib.heal.healing import heal
+    from lib.prune.surgery import pruned_copy
+    from lib.recipes import backbone as bb
+
+    data, record, items, cuts, scores = learned["data"], {}, [], [], []
+    for d, conds in learned["groups"].items():
+        if not conds:
+            items.append(f"{d}: no learned task, so no backbone to cut")
+            continue
+        run = learned["runs"][d]
+        cut = bb.cut_by_rule(cfg, conds)
+        model = pruned_copy(run.model, cut["layers"])
+        hr = heal(model, data.mix, cfg.backbone.heal_variant, cfg.heal, cfg.train,
+                  run.train.run_dir, desc=f"healing the {d} backbone on the mix")
+        found = bb.task_scores(cfg, run, model, hr.run_dir, cut["layers"], list(conds),
+                               data.tests)
+        facts = _card_facts(cfg, d, run, cut, found, len(model.decoder_layers))
+        probe = data.tests[next(iter(conds))].subset(cfg.eval.batch_size)
+        folder = (hr.run_dir or run.train.run_dir / "heal-none") / "backbone"
+        ex = bb.export_backbone(cfg, run, model, folder, facts, probe)
+        record[d] = {"cut": cut, "scores": found, "export": ex}
+        cuts.append(bb.cut_table(cut).assign(decoder=d))
+        scores.append(bb.scores_table(found).assign(decoder=d))
+    table = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame()
+    if cuts:
+        items.append(pd.concat(cuts, ignore_index=True))
+    return Section(table, _backbone_glue(record, cfg), {"record": record}, items=items)
+
+
+def _card_facts(cfg: Run, d: str, run: Any, cut: dict[str, Any], found: dict[str, Any],
+                n_kept: int) -> dict[str, Any]:
+    from lib.recipes.backbone import _cell
+
+    on = "every learned task pooled" if cut["chosen_on"] == "pooled" else cut["chosen_on"]
+    return {"name": f"{d} multi-task backbone, {cut['n']} layers removed",
+            "encoder": run.config.encoder, "decoder": run.config.decoder,
+            "removed": cut["layers"], "n_layers": n_kept + cut["n"],
+            "rule": f"the block whose removal costs least on {on} (first half of each task's "
+                    f"items), the largest cut of {cfg.score.profile_fractions} keeping every "
+                    f"learned task within chapter 3's loss rule (normalised cost at most "
+                    f"{cut['threshold']:g}) on the other half"
+                    + ("" if cut["within"] else "; no cut did, so the smallest was taken"),
+            "healing": f"{cfg.backbone.heal_variant}, {cfg.heal.steps} steps on the mix",
+            "made_by": "book/06_one_backbone.ipynb (lib.recipes.ch06.backbone), preset "
+                       f"{cfg.preset}",
+            "scores": {t: {"metric": "WER %" if r["metric"] == "wer" else "chrF",
+                           "full": _cell(TASKS[t], r["full"]),
+                           "this": _cell(TASKS[t], r["healed"])} for t, r in found.items()}}
+
+
+def _backbone_glue(record: dict[str, Any], cfg: Run) -> dict[str, Any]:
+    from lib.report.rules import SPEEDUP_TARGET, speedup_reaches_target
+
+    if not record:
+        return {"backbone_sentence": "no backbone: no decoder learned a task",
+                "backbone_export": "nothing exported", "backbone_cost": "not measured",
+                "backbone_recovery": "not measured"}
+    parts, exports, costs, rec = [], [], [], []
+    for d, r in record.items():
+        c, ex = r["cut"], r["export"]
+        parts.append(f"{d}: layers {c['layers'][0]}–{c['layers'][-1]} ({c['n']} of "
+                     f"{ex['facts']['n_layers']}) chosen on "
+                     f"{'the pooled learned tasks' if c['chosen_on'] == 'pooled' else c['chosen_on']}"
+                     f", {'within' if c['within'] else 'no cut within'} the loss rule for "
+                     "every learned task")
+        chk = ex["reload"]
+        exports.append(f"{d}: reloaded in a fresh process, "
+                       + ("the same outputs exactly" if chk["exact"] else
+                          f"outputs differ (largest loss gap {chk['max_loss_gap']:.1e}, same "
+                          f"tokens {chk['same_tokens']})") + f" on {chk['items']} items")
+        k = ex["cost"]
+        costs.append(f"{d}: {k['speedup']:.2f}x faster against an ideal "
+                     f"{k['ideal_speedup']:.2f}x (ratio {k['speedup_over_ideal']:.2f}, "
+                     f"{'at least' if speedup_reaches_target(k['speedup_over_ideal']) else 'below'}"
+                     f" the target {SPEEDUP_TARGET:g}), peak memory {k['peak_mib_full']:.0f} → "
+                     f"{k['peak_mib_pruned']:.0f} MiB")
+        rec.append(f"{d}: " + ", ".join(
+            f"{t} {s['healed_vs_full']['verdict']} the full model ({100 * s['recovery']:.0f} % "
+            "recovered)" for t, s in r["scores"].items()))
+    return {"backbone_sentence": "; ".join(parts), "backbone_export": "; ".join(exports),
+            "backbone_cost": "; ".join(costs), "backbone_recovery": "; ".join(rec)}
+
+
 # ------------------------------------------------------------------ the record
 
 
 def record(cfg: Run, learned: Section, tasks: Section, task_checks: Section, enc: Section,
-           enc_cells: Section, enc_checks: Section) -> Section:
+           enc_cells: Section, enc_checks: Section, bone: Section) -> Section:
     """Keep the chapter's figures of record (a full book run only)."""
     keep = ("group", "selector", "n", "a", "b", "chosen_a", "chosen_b", "best_start", "te",
             "te_ci95", "te_self", "te_self_ci95", "difference", "difference_ci95",
@@ -125,8 +219,27 @@ def record(cfg: Run, learned: Section, tasks: Section, task_checks: Section, enc
     figures = {"transfer_min": TRANSFER_MIN, "learned": learned.glue["learned_list"],
                "cells": cells, "checks": {"task": task_checks["record"],
                                           "encoder": enc_checks["record"]},
-               "encoders": enc["record"],
+               "encoders": enc["record"], "backbone": _backbone_record(bone["record"]),
                "sentences": {k: v for s in (tasks, enc_cells) for k, v in s.glue.items()
                              if "_transfer_" in k}}
     path = record_headline(cfg, figures)
     return Section(items=[recorded_line(path, cfg)])
+
+
+def _backbone_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The backbone's figures of record: the cut, each task's scores, reload and cost."""
+    keep = ("wer", "wer_ci95", "chrf", "chrf_ci95", "bleu", "bleu_ci95", "n_utterances")
+    out = {}
+    for d, r in record.items():
+        c = r["cut"]
+        out[d] = {"layers": c["layers"], "n": c["n"], "within_rule": c["within"],
+                  "chosen_on": c["chosen_on"], "loss_threshold": c["threshold"],
+                  "tasks": {t: {"metric": s["metric"], "recovery": s["recovery"],
+                                **{k: {f: s[k][f] for f in keep if f in s[k]}
+                                   for k in ("full", "cut", "healed")},
+                                "healed_vs_full": s["healed_vs_full"]}
+                            for t, s in r["scores"].items()},
+                  "reload": r["export"]["reload"],
+                  "cost": {k: v for k, v in r["export"]["cost"].items()
+                           if not k.endswith("_rounds")}}
+    return out

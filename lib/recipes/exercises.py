@@ -230,3 +230,26 @@ def transfer_at(cells: list[dict[str, Any]], te_min: float = 0.9) -> Section:
     changed = int(table["changed"].sum()) if rows else 0
     return Section(table, {"ex_te_changed": changed, "ex_te_cells": len(rows),
                            "ex_te_min": te_min, "ex_te_default": TRANSFER_MIN}, precision=2)
+
+
+def backbone_by_paper_rule(record: dict[str, Any], asr: float = 0.25,
+                           translation: float = 0.10) -> Section:
+    """Exercise 6.2: the healed backbone's tasks read by the paper's rule (a relative WER
+    increase of at most ``asr``; a relative drop of at most ``translation``, here of
+    chrF) instead of the paired bootstrap."""
+    from lib.prune.rule import relative_change, within_threshold
+
+    rows = []
+    for d, r in record.items():
+        for t, s in r["scores"].items():
+            key = s["metric"]
+            higher = key != "wer"
+            rel = float(relative_change(s["full"][key], s["healed"][key], higher))
+            limit = translation if higher else asr
+            rows.append({"decoder": d, "task": t, "metric": key, "full": s["full"][key],
+                         "healed": s["healed"][key], "relative degradation": rel,
+                         "limit": limit, "kept": within_threshold(rel, limit),
+                         "paired verdict": s["healed_vs_full"]["verdict"]})
+    table = pd.DataFrame(rows)
+    kept = int(table["kept"].sum()) if rows else 0
+    return Section(table, {"ex_rule_kept": kept, "ex_rule_tasks": len(rows)}, precision=3)

@@ -27,7 +27,7 @@ from lib.data.features import FeatureSet
 from lib.prune.transfer import SELECTORS, halves, loss_choice, transfer_matrix
 from lib.recipes.section import Section
 from lib.report import plotting
-from lib.report.rules import (TRANSFER_MIN, TRANSFER_UNDECIDED, TRANSFERS, dependent,
+from lib.report.rules import (TRANSFER_UNDECIDED, TRANSFERS, dependent,
                               paired_target, transfer_sentence, transfer_verdict)
 from lib.tasks import TASKS, contrast
 
