@@ -82,6 +82,12 @@ TASKS: dict[str, Task] = {
                      target="translation", metric="bleu", hears="en", writes="es"),
     "st-es-en": Task(name="st-es-en", instruction=" Translate the audio into English:",
                      target="translation", metric="bleu", hears="es", writes="en"),
+    # CoVoST 2's directions at paper scale (lib.data.covost; the paper presets)
+    "asr-fr": Task(name="asr-fr", instruction=ASR_INSTRUCTION, hears="fr", writes="fr"),
+    "st-en-de": Task(name="st-en-de", instruction=" Translate the audio into German:",
+                     target="translation", metric="bleu", hears="en", writes="de"),
+    "st-fr-en": Task(name="st-fr-en", instruction=" Translate the audio into English:",
+                     target="translation", metric="bleu", hears="fr", writes="en"),
 }
 """The tasks by name, in the order the chapters show them."""
 

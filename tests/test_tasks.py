@@ -73,7 +73,8 @@ def test_every_task_is_one_entry_and_scores_by_its_metric():
 
     from lib.tasks import TASKS
 
-    assert list(TASKS) == ["asr", "asr-es", "st-en-es", "st-es-en"]
+    assert list(TASKS) == ["asr", "asr-es", "st-en-es", "st-es-en", "asr-fr", "st-en-de",
+                           "st-fr-en"]
     es = TASKS["asr-es"]
     assert (es.hears, es.writes, es.target, es.metric) == ("es", "es", "text", "wer")
     assert es.instruction == ASR.instruction  # the model hears the language

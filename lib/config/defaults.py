@@ -117,6 +117,8 @@ class Chapter5Params(Chapter4Params):
     multitask_steps: int = 400  # LLM steps on the mix (~16 min, Gemma-3, 2 cores): at 200 the
     # translations' dev chrF was still 16-18, near the floors; at 300, 19-23
     task_dev_utterances: int = 12  # per task, held-out training verses: the learning curve
+    multitask_corpus: tuple[str, ...] = ()  # (): the offline Bible corpus; else CoVoST 2
+    # pairs, covost2:<folder>#<src>_<tgt> each (lib.data.covost; the paper presets)
 
 
 @dataclass(frozen=True)

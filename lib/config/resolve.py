@@ -208,6 +208,15 @@ def _encoder_variant(name: str, v: str) -> None:
         _fail(name, v, str(err).split(": ", 1)[-1])
 
 
+def _covost_pair(name: str, v: str) -> None:
+    kind, _, rest = v.partition(":")
+    root, _, pair = rest.partition("#")
+    src, sep, tgt = pair.partition("_")
+    if kind != "covost2" or not (root and sep and src and tgt and ":" not in pair):
+        _fail(name, v, "write each as covost2:<folder>#<src>_<tgt>, e.g. "
+              "covost2:/data/cv/fr#fr_en (the splits are read from the folder)")
+
+
 def _distinct(name: str, v: Any, each: Callable[[str, str], None]) -> tuple[str, ...]:
     """A non-empty list of names, none twice (a repeat is refused, not dropped)."""
     names = [v] if isinstance(v, str) else v
@@ -262,6 +271,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "n_parallel_train": _POS, "n_parallel_test": _POS,
     "multitask_start": _one_of(lambda: MULTITASK_STARTS), "multitask_steps": _POS,
     "task_dev_utterances": _NON_NEG,
+    "multitask_corpus": lambda name, v: _distinct(name, v, _covost_pair) if v else (),
     # chapter 6
     "transfer_encoders": lambda name, v: _distinct(name, v, _encoder_variant),
     "transfer_decoder": _one_encoder,
@@ -285,6 +295,15 @@ def _across(v: dict[str, Any], chapter: int) -> None:
         if "asr" not in v["tasks"]:
             _fail("tasks", list(v["tasks"]), "include asr: chapter 5 compares English ASR "
                   "with chapter 1's model")
+        if v["multitask_corpus"]:
+            from lib.recipes.multitask import serves
+            from lib.tasks import TASKS
+
+            pairs = [x.rpartition("#")[2] for x in v["multitask_corpus"]]
+            idle = [t for t in v["tasks"] if not any(serves(TASKS[t], p) for p in pairs)]
+            if idle:
+                _fail("tasks", list(v["tasks"]), f"{', '.join(idle)} not served by the "
+                      f"CoVoST 2 pairs {pairs} of multitask_corpus: add a pair or drop it")
         strays = [d for d in v["multitask_decoders"] if d not in v["decoders"]]
         if strays:
             _fail("multitask_decoders", list(v["multitask_decoders"]),

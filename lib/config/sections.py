@@ -163,6 +163,7 @@ class MultitaskConfig:
     task_dev_utterances: int = P.task_dev_utterances
     start: str = P.multitask_start  # MULTITASK_STARTS
     steps: int = P.multitask_steps
+    corpus: tuple[str, ...] = P.multitask_corpus  # (): the Bible corpus; CoVoST 2 pairs
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@
 ``real``                         the 10 real pocketsphinx-testdata utterances
 ``librispeech:<folder>``         a LibriSpeech split folder (or root + ``#split[,split]``)
 ``manifest:<file.jsonl>``        a manifest; ``#<split>`` keeps one split
+``covost2:<root>#<pair>:<split>``  one split of a CoVoST 2 pair (lib.data.covost), e.g.
+                                 ``covost2:/data/cv/fr#fr_en:test``
 =============================  =========================================================
 
 :func:`shared_sources` finds a test source that holds utterances of the training source
@@ -27,7 +29,7 @@ from lib.data.loaders import Utterance, load_librispeech, load_manifest, load_re
 from lib.errors import CompanionError
 
 FORMS = "synthetic:train, synthetic:test, real, librispeech:<folder>[#split], " \
-        "manifest:<file.jsonl>[#split]"
+        "manifest:<file.jsonl>[#split], covost2:<folder>#<src>_<tgt>:<split>"
 
 
 def load_source(name: str, corpus: CorpusSpec | None = None) -> list[Utterance]:
@@ -52,6 +54,11 @@ def load_source(name: str, corpus: CorpusSpec | None = None) -> list[Utterance]:
     elif kind == "librispeech" and path:
         splits = [x for x in split.split(",") if x] or [None]
         utts = [u for sp in splits for u in load_librispeech(path, sp)]
+    elif kind == "covost2" and path and ":" in split:
+        from lib.data.covost import load_covost
+
+        pair, _, part = split.partition(":")
+        utts = load_covost(path, pair, part)
     elif kind == "manifest" and path:
         utts = load_manifest(path)
         if split:

@@ -50,7 +50,7 @@ def spanish_normalizer() -> Callable[[str], str]:
 
 def normalizer(language: str) -> Callable[[str], str]:
     """The WER normaliser of a written language: Whisper's English one for ``en``,
-    :func:`spanish_normalizer` for ``es``.
+    :func:`spanish_normalizer` for ``es``, Whisper's basic one (accents kept) for ``fr``.
 
     Raises:
         CompanionError: a language without a normaliser.
@@ -59,8 +59,12 @@ def normalizer(language: str) -> Callable[[str], str]:
         return english_normalizer()
     if language == "es":
         return spanish_normalizer()
-    raise CompanionError(f"no WER normaliser for language {language!r}: use en or es, or add "
-                         "one in lib.evaluate.metrics.normalizer")
+    if language == "fr":  # CoVoST 2's French: lower case, no punctuation, accents kept
+        from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+        return BasicTextNormalizer()
+    raise CompanionError(f"no WER normaliser for language {language!r}: use en, es or fr, or "
+                         "add one in lib.evaluate.metrics.normalizer")
 
 
 def score_asr(refs: Sequence[str], hyps: Sequence[str],

@@ -76,7 +76,7 @@ def _features(cfg: Run, utts: list[Utterance],
     if new:
         device = resolve_device(cfg.device)
         encoder = build_encoder(cfg.models[0].encoder).to(device)
-        for lang in ("es", "en"):
+        for lang in sorted({u.language for u in new}):
             part = [u for u in new if u.language == lang]
             if part:
                 fs = extract_features(encoder, part, desc=f"features parallel:{lang}",
@@ -132,6 +132,8 @@ def parallel_data(cfg: Run, ch1_train: FeatureSet) -> ParallelData:
     where the mix starts, would know those), else the last ones.
     """
     mt = cfg.multitask
+    if mt.corpus:
+        return covost_data(cfg, ch1_train)
     manifest = ensure_parallel_corpus(parallel_spec(cfg))
     utts = load_manifest(manifest)
     train, test = _by_pair(utts, "train", str(manifest)), _by_pair(utts, "test", str(manifest))
@@ -155,6 +157,50 @@ def parallel_data(cfg: Run, ch1_train: FeatureSet) -> ParallelData:
         tests={t.name: _task_set(test, t, feats) for t in tasks},
         reused=sum(u.id in {x.id for x in ch1_train.utterances} for u in utts),
         pairs={"train": len(fit), "dev": len(dev), "test": len(test)})
+
+
+def serves(task: Task, pair: str) -> bool:
+    """A CoVoST 2 pair ``<src>_<tgt>`` gives ``task`` its examples: the task hears
+    ``src`` and transcribes it, or translates it into ``tgt``."""
+    src, _, tgt = pair.partition("_")
+    return task.hears == src and (task.target == "text" or task.writes == tgt)
+
+
+def covost_data(cfg: Run, ch1_train: FeatureSet) -> ParallelData:
+    """The multi-task data from CoVoST 2 pairs (``multitask_corpus``, paper scale): the
+    first ``n_parallel_train`` training clips of each pair, each once per task it serves
+    (:func:`serves`), the first ``task_dev_utterances`` dev clips and ``n_parallel_test``
+    test clips of each pair as the tasks' dev and test sets."""
+    from lib.data.covost import load_covost
+
+    mt = cfg.multitask
+    caps = {"train": mt.n_parallel_train, "dev": mt.task_dev_utterances,
+            "test": mt.n_parallel_test}
+    clips: dict[str, list[tuple[str, Utterance]]] = {sp: [] for sp in caps}
+    for source in mt.corpus:
+        root, _, pair = source.partition(":")[2].partition("#")
+        for sp, cap in caps.items():
+            if cap:
+                clips[sp] += [(pair, u) for u in load_covost(root, pair, sp)[:cap]]
+    feats = _features(cfg, [u for rows in clips.values() for _, u in rows], ch1_train)
+    tasks = [TASKS[t] for t in mt.tasks]
+
+    def task_set(sp: str, task: Task) -> FeatureSet:
+        utts = [u for pair, u in clips[sp] if serves(task, pair)]
+        return FeatureSet(utts, [feats[u.id] for u in utts])
+
+    examples = [(u, t) for pair, u in clips["train"] for t in tasks if serves(t, pair)]
+    english = [u for _, u in clips["train"] if u.language == "en"]
+    return ParallelData(
+        mix=FeatureSet([u for u, _ in examples], [feats[u.id] for u, _ in examples],
+                       tasks=[t for _, t in examples]),
+        asr_only=FeatureSet(english, [feats[u.id] for u in english],
+                            tasks=[TASKS["asr"]] * len(english)),
+        audio=FeatureSet([u for _, u in clips["train"]],
+                         [feats[u.id] for _, u in clips["train"]]),
+        dev={t.name: task_set("dev", t) for t in tasks} if clips["dev"] else {},
+        tests={t.name: task_set("test", t) for t in tasks},
+        pairs={sp: len(rows) for sp, rows in clips.items()})
 
 
 # ------------------------------------------------------------------ training
