@@ -99,6 +99,13 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def serves(task: Task, pair: str) -> bool:
+    """A language pair ``<src>_<tgt>`` (CoVoST 2's) gives ``task`` its examples: the task
+    hears ``src`` and transcribes it, or translates it into ``tgt``."""
+    src, _, tgt = pair.partition("_")
+    return task.hears == src and (task.target == "text" or task.writes == tgt)
+
+
 CONTRASTS = ("heard", "written", "both")
 """What a pair of tasks changes in the 2 x 2 of language heard x language written: the
 language heard only, the language written only, or both (such a pair is not "across tasks"

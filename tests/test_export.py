@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from lib.build.export import (CARD, MODEL_CONFIG, check_out_folder, export_model, load_run,
+from lib.prune.export import (CARD, MODEL_CONFIG, check_out_folder, export_model, load_run,
                               main, model_card, reload_check)
 from lib.build.speechllm import build_speechllm
 from lib.config.sections import ModelConfig

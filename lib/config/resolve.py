@@ -296,8 +296,7 @@ def _across(v: dict[str, Any], chapter: int) -> None:
             _fail("tasks", list(v["tasks"]), "include asr: chapter 5 compares English ASR "
                   "with chapter 1's model")
         if v["multitask_corpus"]:
-            from lib.recipes.multitask import serves
-            from lib.tasks import TASKS
+            from lib.tasks import TASKS, serves
 
             pairs = [x.rpartition("#")[2] for x in v["multitask_corpus"]]
             idle = [t for t in v["tasks"] if not any(serves(TASKS[t], p) for p in pairs)]

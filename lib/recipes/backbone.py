@@ -10,7 +10,7 @@ task within chapter 3's loss rule on its second half (normalised cost at most
 applied to chapter 5's multi-task model for every task, healed once on the mix
 (``backbone_heal_variant``), each task decoded on its whole test set before and after
 healing against the full model, and the backbone exported with its model card
-(:mod:`lib.build.export`), reloaded in a fresh process, and timed against the full model.
+(:mod:`lib.prune.export`), reloaded in a fresh process, and timed against the full model.
 Stage: the chapters' recipes. Explained in chapter 6.
 """
 
@@ -160,7 +160,7 @@ def export_backbone(cfg: Run, run: Any, healed: Any, folder: Any, facts: dict[st
     the measured cost."""
     from lib.build.adapters import merge_adapters, merged_copy
     from lib.build.checkpoint import reuse_saved, save_speechllm
-    from lib.build.export import CARD, export_model, model_card, reload_check
+    from lib.prune.export import CARD, export_model, model_card, reload_check
     from lib.fileio import cpu_model
     from lib.prune.cost import compare_decoding
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from lib.build.components import build_encoder
-from lib.build.export import keep_model_config
+from lib.prune.export import keep_model_config
 from lib.build.speechllm import SpeechLLM, build_speechllm, count_parameters
 from lib.clock import stage
 from lib.config.sections import EvalConfig, MultitaskConfig, Run, TrainConfig
@@ -44,7 +44,7 @@ from lib.cache import cached
 from lib.paths import slug
 from lib.recipes.pipeline import ModelRun, ctc_aux, run_folder, train_run
 from lib.train.loop import train_speechllm
-from lib.tasks import TASKS, Task
+from lib.tasks import TASKS, Task, serves
 
 
 @dataclass
@@ -157,13 +157,6 @@ def parallel_data(cfg: Run, ch1_train: FeatureSet) -> ParallelData:
         tests={t.name: _task_set(test, t, feats) for t in tasks},
         reused=sum(u.id in {x.id for x in ch1_train.utterances} for u in utts),
         pairs={"train": len(fit), "dev": len(dev), "test": len(test)})
-
-
-def serves(task: Task, pair: str) -> bool:
-    """A CoVoST 2 pair ``<src>_<tgt>`` gives ``task`` its examples: the task hears
-    ``src`` and transcribes it, or translates it into ``tgt``."""
-    src, _, tgt = pair.partition("_")
-    return task.hears == src and (task.target == "text" or task.writes == tgt)
 
 
 def covost_data(cfg: Run, ch1_train: FeatureSet) -> ParallelData:

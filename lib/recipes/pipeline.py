@@ -21,7 +21,7 @@ from lib.device import resolve_device
 from lib.train.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start
 from lib.data.sources import load_source
 from lib.errors import CompanionError
-from lib.build.export import keep_model_config
+from lib.prune.export import keep_model_config
 from lib.evaluate.decode import (Rescoring, choose, evaluate_asr, precision_key, transcribe,
                                  transcribe_candidates)
 from lib.evaluate.metrics import paired_difference, score_task
@@ -126,7 +126,7 @@ def train_run(mc: ModelConfig, train: TrainConfig, fit: FeatureSet, out: Path, d
                              desc=f"training {name}", dev_check=dev_check,
                              aux_loss=ctc_aux(warm, train))
     model.eval()  # trained or reused from the cache (peft builds LoRA in train mode)
-    keep_model_config(out, mc)  # the run can be exported on its own (lib.build.export)
+    keep_model_config(out, mc)  # the run can be exported on its own (lib.prune.export)
     return model, warm, tr
 
 

@@ -5,11 +5,11 @@ results, reloaded in a fresh process and checked to give the outputs of the mode
 From any trained SpeechLLM of the book (a training run folder, which keeps its model's
 config in ``model_config.json``), one command:
 
-    python -m lib.build.export RUN_FOLDER --layers 7,8 --out FOLDER
+    python -m lib.prune.export RUN_FOLDER --layers 7,8 --out FOLDER
 
 removes the layers, saves, writes the card and checks the reload. Chapter 6 exports its
-pruned and healed multi-task backbone through the same functions. Stage: building the
-SpeechLLM (its checkpoint). Explained in chapter 6 (book/06_one_backbone.ipynb).
+pruned and healed multi-task backbone through the same functions. Stage: prune (the
+pruned model's checkpoint). Explained in chapter 6 (book/06_one_backbone.ipynb).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def model_card(facts: dict[str, Any]) -> str:
              f"({len(facts.get('removed', []))} of {facts.get('n_layers', '?')}).", "",
              f"- How the cut was chosen: {facts.get('rule', 'given by hand')}.",
              f"- Healing: {facts.get('healing', 'none')}.",
-             f"- Made by: {facts.get('made_by', 'python -m lib.build.export')}."]
+             f"- Made by: {facts.get('made_by', 'python -m lib.prune.export')}."]
     scores = facts.get("scores", {})
     if scores:
         lines += ["", "## Scores (95 % bootstrap intervals)", "",
@@ -174,11 +174,11 @@ def _layers(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lib.build.export RUN_FOLDER --layers 7,8 --out FOLDER``."""
+    """``python -m lib.prune.export RUN_FOLDER --layers 7,8 --out FOLDER``."""
     from lib.build.components import find_decoder_layers
     from lib.prune.surgery import check_layers, prune_speechllm
 
-    p = argparse.ArgumentParser(prog="python -m lib.build.export",
+    p = argparse.ArgumentParser(prog="python -m lib.prune.export",
                                 description="Remove decoder layers from a trained SpeechLLM "
                                             "and export it as a plain transformers "
                                             "checkpoint with its projector and a model card.")
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "encoder": model_config_of(args.run).get("encoder"),
                  "decoder": model_config_of(args.run).get("decoder"),
                  "removed": layers, "n_layers": big_l, "rule": "given by hand (--layers)",
-                 "made_by": f"python -m lib.build.export {args.run} --layers "
+                 "made_by": f"python -m lib.prune.export {args.run} --layers "
                             f"{','.join(map(str, layers))}"}
         folder = export_model(model, args.out, facts)
         g = torch.Generator().manual_seed(0)
