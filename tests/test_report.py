@@ -336,3 +336,68 @@ def test_chapter_5_block_by_hand(tmp_path):
 
     assert found_ch05(rec) == "gemma: 1 of 1 tasks learned (st-en-es); by removal: " \
                               "task-dependent"
+
+
+def test_chapter_6_block_by_hand(tmp_path):
+    """A record as chapter 6 writes it: the transfer verdicts counted per kind, selector and
+    cut with the decoding checks, the encoders, and the backbone's scores, reload and cost."""
+    from types import SimpleNamespace
+
+    from lib.recipes.ch06 import headline
+    from lib.recipes.section import Section
+
+    cell = {"group": "g", "selector": "loss", "n": 2, "a": "asr", "b": "st-en-es",
+            "chosen_a": 3, "chosen_b": 5, "best_start": 5, "te": 0.4, "te_ci95": [0.2, 0.6],
+            "te_self": 0.95, "te_self_ci95": [0.9, 1.0], "difference": -0.55,
+            "difference_ci95": [-0.7, -0.4], "n_items": 50, "changes": "written",
+            "verdict": "task-dependent"}
+    diag = {**cell, "b": "asr", "verdict": "", "changes": ""}
+    enc_cell = {**cell, "a": "e0", "b": "e1", "changes": "encoder", "verdict": "transfers",
+                "te": 0.92, "te_ci95": [0.85, 1.0], "difference": 0.01,
+                "difference_ci95": [-0.05, 0.1]}
+    score = {"wer": 0.3, "wer_ci95": [0.25, 0.35], "n_utterances": 100}
+    bone = {"g": {"cut": {"layers": [7, 8], "n": 2, "within": True, "chosen_on": "pooled",
+                          "threshold": 0.1},
+                  "scores": {"asr": {"metric": "wer", "recovery": 0.8, "full": score,
+                                     "cut": {**score, "wer": 0.5, "wer_ci95": [0.45, 0.55]},
+                                     "healed": {**score, "wer": 0.34},
+                                     "healed_vs_full": {"verdict": "not distinguishable "
+                                                                   "from"}}},
+                  "export": {"reload": {"exact": True, "max_loss_gap": 0.0},
+                             "cost": {"speedup": 1.1, "ideal_speedup": 1.15,
+                                      "speedup_over_ideal": 0.96, "peak_mib_full": 900.0,
+                                      "peak_mib_pruned": 850.0,
+                                      "peak_mib_full_rounds": [900.0]}}}}
+    rec = headline(Section(glue={"learned_list": "g: asr, st-en-es"}),
+                   Section(glue={"task_transfer_loss": "task-dependent: in 1 of 1",
+                                 "task_transfer_angular": "cannot tell (0 of 1 task pairs"},
+                           data={"cells": [cell, diag]}),
+                   Section(data={"record": [{"selector": "loss", "n": 2, "confirmed": True}]}),
+                   Section(data={"record": {"e0": {"what": "whisper, random", **score,
+                                                   "reads_audio": False,
+                                                   "reliance_gap": 0.02}}}),
+                   Section(glue={"encoder_transfer_loss": "the cut transfers (1 of 1",
+                                 "encoder_transfer_angular": "the cut transfers (1 of 1"},
+                           data={"cells": [enc_cell]}),
+                   Section(data={"record": []}), Section(data={"record": bone}))
+    assert rec["backbone"]["g"]["cost"] == {k: v for k, v in bone["g"]["export"]["cost"].items()
+                                            if not k.endswith("_rounds")}
+    rec.update(chapter="ch06", preset="demo", provenance={
+        "date": "2026-12-05T05:00:00", "git_hash": "abcdef0123", "device": {"cpu_count": 2},
+        "versions": {"torch": "2.13.0+cpu"}})
+    rec["digest"] = figures_digest(rec)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "ch06.json").write_text(json.dumps(rec))
+    out = render("<!-- results: demo/ch06 -->\n<!-- end results -->", tmp_path)
+    assert "| tasks | loss | 2 | 0 | 1 | 0 | 1 of 1 |" in out
+    assert "| encoders | loss | 2 | 1 | 0 | 0 | 0 of 0 |" in out
+    assert "| e0 | whisper, random | 30.0 [25.0, 35.0] | no (0.02) |" in out
+    assert ("| g | 7–8 | asr | 30.0 [25.0, 35.0] | 34.0 [25.0, 35.0] | not distinguishable "
+            "from the full model | 80 % |") in out
+    assert "the same outputs exactly; decoding 1.10x faster (ideal 1.15x, ratio 0.96)" in out
+    from lib.report.summary import found_ch06
+
+    assert found_ch06(rec) == ("tasks: angular cannot tell, loss task-dependent: in 1 of 1; "
+                               "encoders: angular the cut transfers, loss the cut transfers; "
+                               "g backbone: layers 7–8 removed, 1 of 1 learned tasks not worse "
+                               "than the full model after healing, reload exact")

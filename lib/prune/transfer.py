@@ -12,7 +12,10 @@ chosen on,
 
 all three terms on ``B``'s scoring half. The mean over every block is what a block drawn at
 random costs on average (exactly, not sampled); the minimum is the best block ``B``'s
-scoring half has (its oracle). So TE is the share of what choosing can gain over chance
+scoring half has (its oracle). The interval resamples the scoring items and keeps that
+block as the oracle in every resample: re-taking the minimum of each resample would bias
+every TE towards 0 (the minimum of noisy costs is lower than the cost of the best block),
+so that the interval could miss its own point. So TE is the share of what choosing can gain over chance
 that the block chosen on ``A`` gains: 1 when it is ``B``'s best block, 0 when it is no
 better than a random one, negative when worse. ``TE(B -> B)``, the block ``B`` chooses on
 its own first half, is the reference a transfer is held to: both share the scoring half,
@@ -44,7 +47,7 @@ SELECTORS = ("angular", "loss")
 the hidden states around the block, or the loss increase of removing it."""
 
 MIN_FINITE = 0.95
-"""The share of resamples whose TE is defined (a scoring half whose best block is no
+"""The share of resamples whose TE is defined (a resample in which the oracle block is no
 better than the mean leaves TE undefined) below which a cell's interval is not given."""
 
 
@@ -70,10 +73,11 @@ def loss_choice(profile: BlockProfile, rows: np.ndarray) -> int:
     return int(profile.starts[int(np.argmin(inc))])
 
 
-def _te(inc: np.ndarray, chosen: int) -> np.ndarray:
-    """TE of the block at row ``chosen`` for every resample row of increases ``[D, B]``."""
-    mean, best = inc.mean(1), inc.min(1)
-    room = mean - best
+def _te(inc: np.ndarray, chosen: int, best: int) -> np.ndarray:
+    """TE of the block at row ``chosen`` for every resample row of increases ``[D, B]``,
+    against the block at row ``best``."""
+    mean = inc.mean(1)
+    room = mean - inc[:, best]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(room > 0, (mean - inc[:, chosen]) / room, np.nan)
 
@@ -101,15 +105,16 @@ def transfer_cell(scoring: BlockProfile, rows: np.ndarray, chosen_a: int, chosen
     ia, ib = starts.index(int(chosen_a)), starts.index(int(chosen_b))
     rows = np.asarray(rows)
     point = scoring.increase(rows[None])
-    boot = scoring.increase(rows[resample_rows(len(rows), draws, seed)])
-    te_a, te_b = _te(point, ia)[0], _te(point, ib)[0]
-    ba, bb = _te(boot, ia), _te(boot, ib)
     inc = point[0]
+    best = int(np.argmin(inc))  # B's best block on its scoring half, kept in every resample
+    boot = scoring.increase(rows[resample_rows(len(rows), draws, seed)])
+    te_a, te_b = _te(point, ia, best)[0], _te(point, ib, best)[0]
+    ba, bb = _te(boot, ia, best), _te(boot, ib, best)
     return {"n": scoring.n, "chosen_a": int(chosen_a), "chosen_b": int(chosen_b),
             "te": float(te_a), "te_ci95": _interval(ba), "te_self": float(te_b),
             "te_self_ci95": _interval(bb), "difference": float(te_a - te_b),
             "difference_ci95": _interval(ba - bb), "random_mean": float(inc.mean()),
-            "best": float(inc.min()), "best_start": int(scoring.starts[int(np.argmin(inc))]),
+            "best": float(inc[best]), "best_start": int(scoring.starts[best]),
             "cost_a": float(inc[ia]), "cost_b": float(inc[ib]), "n_items": int(len(rows))}
 
 

@@ -208,21 +208,27 @@ def _backbone_glue(record: dict[str, Any], cfg: Run) -> dict[str, Any]:
 # ------------------------------------------------------------------ the record
 
 
-def record(cfg: Run, learned: Section, tasks: Section, task_checks: Section, enc: Section,
-           enc_cells: Section, enc_checks: Section, bone: Section) -> Section:
-    """Keep the chapter's figures of record (a full book run only)."""
+def headline(learned: Section, tasks: Section, task_checks: Section, enc: Section,
+             enc_cells: Section, enc_checks: Section, bone: Section) -> dict[str, Any]:
+    """Chapter 6's figures of record (``results/<preset>/ch06.json``): every transfer cell
+    with its intervals and verdict, the decoding checks, the encoders, the backbone."""
     keep = ("group", "selector", "n", "a", "b", "chosen_a", "chosen_b", "best_start", "te",
             "te_ci95", "te_self", "te_self_ci95", "difference", "difference_ci95",
             "n_items", "changes", "verdict")
     cells = {kind: [{k: c[k] for k in keep} for c in s["cells"]]
              for kind, s in (("task", tasks), ("encoder", enc_cells))}
-    figures = {"transfer_min": TRANSFER_MIN, "learned": learned.glue["learned_list"],
-               "cells": cells, "checks": {"task": task_checks["record"],
-                                          "encoder": enc_checks["record"]},
-               "encoders": enc["record"], "backbone": _backbone_record(bone["record"]),
-               "sentences": {k: v for s in (tasks, enc_cells) for k, v in s.glue.items()
-                             if "_transfer_" in k}}
-    path = record_headline(cfg, figures)
+    return {"transfer_min": TRANSFER_MIN, "learned": learned.glue["learned_list"],
+            "cells": cells, "checks": {"task": task_checks["record"],
+                                       "encoder": enc_checks["record"]},
+            "encoders": enc["record"], "backbone": _backbone_record(bone["record"]),
+            "sentences": {k: v for s in (tasks, enc_cells) for k, v in s.glue.items()
+                          if "_transfer_" in k}}
+
+
+def record(cfg: Run, *sections: Section) -> Section:
+    """Keep the chapter's figures of record (a full book run only): ``sections`` as
+    :func:`headline` takes them."""
+    path = record_headline(cfg, headline(*sections))
     return Section(items=[recorded_line(path, cfg)])
 
 

@@ -368,3 +368,56 @@ def render_ch04_wer(rec: dict[str, Any]) -> str:
               "recovery = (pruned - healed) / (pruned - full).\n")
     return ("\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes) + budget + "\n"
             + _provenance(rec) + "\n")
+
+
+def _transfer_rows(cells: dict[str, list[dict[str, Any]]],
+                   checks: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rows = ["| conditions | selector | layers removed | transfers | dependent | cannot tell | "
+            "decoding confirms |", "|---|---|---|---|---|---|---|"]
+    for kind, cs in cells.items():
+        off = [c for c in cs if c["a"] != c["b"]]
+        for sel, n in dict.fromkeys((c["selector"], c["n"]) for c in off):
+            part = [c for c in off if (c["selector"], c["n"]) == (sel, n)]
+            ch = [x for x in checks.get(kind, []) if (x["selector"], x["n"]) == (sel, n)]
+            count = {v: sum(c["verdict"] == v for c in part)
+                     for v in ("transfers", f"{kind}-dependent", "cannot tell")}
+            rows.append(f"| {kind}s | {sel} | {n} | {count['transfers']} | "
+                        f"{count[f'{kind}-dependent']} | {count['cannot tell']} | "
+                        f"{sum(x['confirmed'] for x in ch)} of {len(ch)} |")
+    return rows
+
+
+def render_ch06(rec: dict[str, Any]) -> str:
+    """Chapter 6: the transfer verdicts per kind of condition, selector and cut (with how
+    many decoding confirms); the encoders; the backbone's cut, scores, reload and cost."""
+    rows = _transfer_rows(rec["cells"], rec["checks"])
+    enc = ["| encoder | what | WER % [95 % CI] | reads its audio (gap, nats/token) |",
+           "|---|---|---|---|"]
+    for e, r in rec["encoders"].items():
+        enc.append(f"| {e} | {r['what']} | {_score('wer', r)} | "
+                   f"{'yes' if r['reads_audio'] else 'no'} ({r['reliance_gap']:.2f}) |")
+    bone = ["| decoder | layers removed | task | full model | healed backbone | verdict | "
+            "recovered |", "|---|---|---|---|---|---|---|"]
+    notes = []
+    for dec, b in rec["backbone"].items():
+        for t, s in b["tasks"].items():
+            m = s["metric"]
+            bone.append(f"| {dec} | {b['layers'][0]}–{b['layers'][-1]} | {t} | "
+                        f"{_score(m, s['full'])} | {_score(m, s['healed'])} | "
+                        f"{s['healed_vs_full']['verdict']} the full model | "
+                        f"{_pct0(s['recovery'])} % |")
+        c, r = b["cost"], b["reload"]
+        notes.append(f"{dec}: reloaded in a fresh process, "
+                     f"{'the same outputs exactly' if r['exact'] else 'outputs differ'}; "
+                     f"decoding {c['speedup']:.2f}x faster (ideal {c['ideal_speedup']:.2f}x, "
+                     f"ratio {c['speedup_over_ideal']:.2f}); peak memory "
+                     f"{c['peak_mib_full']:.0f} -> {c['peak_mib_pruned']:.0f} MiB")
+    rule = (f"\nTE(A -> B): the share of what choosing can gain over a random block that a "
+            f"cut chosen on A's first half keeps on B's second half; transfers when its 95 % "
+            f"interval is at or above {rec['transfer_min']:g} and it is not below B's own "
+            "choice by the paired rule, dependent when it is. Scores: WER % or chrF with "
+            "95 % bootstrap intervals; verdicts by the paired bootstrap.\n")
+    body = "\n".join(rows) + "\n\n" + "\n".join(enc) + "\n\n"
+    if len(bone) > 2:
+        body += "\n".join(bone) + "\n\n" + "".join(f"- {n}\n" for n in notes)
+    return body + rule + "\n" + _provenance(rec) + "\n"

@@ -24,7 +24,7 @@ from lib.fileio import atomic_write_text
 from lib.paths import REPO_ROOT
 from lib.report.bench import render_bench
 from lib.report.blocks import (render_ch01, render_ch02, render_ch03,
-                               render_ch04, render_ch05)
+                               render_ch04, render_ch05, render_ch06)
 from lib.report.results import check_needs, records, results_root
 from lib.report.summary import render_summary
 
@@ -86,7 +86,7 @@ def render_record(chapter: str, rec: dict[str, Any], where: str) -> str:
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "ch01": render_ch01, "ch02": render_ch02, "ch03": render_ch03, "ch04": render_ch04,
-    "ch05": render_ch05}
+    "ch05": render_ch05, "ch06": render_ch06}
 """Chapter -> the function that renders its results file as Markdown."""
 
 

@@ -81,6 +81,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
              "decoders/*/tasks/*/vs_floor/verdict", "decoders/*/tasks/*/baselines",
              "decoders/*/tasks/*/learned", "decoders/*/removal/pairs", "competence_margin",
              "claim5"),
+    "ch06": ("transfer_min", "cells/task", "cells/encoder", "checks/task", "checks/encoder",
+             "encoders/*/wer", "encoders/*/reads_audio", "backbone", "sentences"),
 }
 """Chapter -> the fields its README renderer (:mod:`lib.report.readme`) reads (``*``: every
 key, at least one), which a record must hold, not null, before it is rendered

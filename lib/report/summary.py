@@ -18,6 +18,7 @@ QUESTIONS = {
     "ch03": "How many layers can go, by what a cut costs, and which?",
     "ch04": "Does healing win back what pruning lost, and what does pruning buy?",
     "ch05": "Which tasks are learned, and do they mark the same blocks when blocks go?",
+    "ch06": "Does a cut chosen on one task, language or encoder suit the others?",
 }
 """Chapter -> the question its row answers (the chapter's page answers it at length)."""
 
@@ -124,8 +125,24 @@ def found_ch05(rec: dict[str, Any]) -> str:
     return "; ".join(parts) + f"; by removal: {rec['claim5'].split(':')[0]}"
 
 
+def found_ch06(rec: dict[str, Any]) -> str:
+    """The transfer answers per kind of condition (the paper's angular selector, then the
+    loss), then the backbone: its cut and how many tasks it keeps level with the full
+    model."""
+    s = rec["sentences"]
+    parts = [f"{kind}s: angular {s.get(f'{kind}_transfer_angular', '–').split(' (')[0]}, "
+             f"loss {s.get(f'{kind}_transfer_loss', '–').split(' (')[0]}"
+             for kind in ("task", "encoder")]
+    for dec, b in rec["backbone"].items():
+        level = sum(t["healed_vs_full"]["verdict"] != "worse than" for t in b["tasks"].values())
+        parts.append(f"{dec} backbone: layers {b['layers'][0]}–{b['layers'][-1]} removed, "
+                     f"{level} of {len(b['tasks'])} learned tasks not worse than the full model "
+                     f"after healing, reload {'exact' if b['reload']['exact'] else 'not exact'}")
+    return "; ".join(parts)
+
+
 FOUND = {"ch01": found_ch01, "ch02": found_ch02, "ch03": found_ch03, "ch04": found_ch04,
-         "ch05": found_ch05}
+         "ch05": found_ch05, "ch06": found_ch06}
 """Chapter -> the function that says in one cell what its record found."""
 
 
