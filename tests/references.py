@@ -1,4 +1,5 @@
-"""Independent references shared by the pruning tests: a decoder rebuilt from scratch."""
+"""Independent references shared by the pruning tests: a decoder rebuilt from scratch, a
+removal profile constructed with known costs."""
 
 from __future__ import annotations
 
@@ -31,3 +32,19 @@ def rebuild_decoder(decoder, keep, layer_types=None):
     missing, unexpected = fresh.load_state_dict(sd, strict=False)
     assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
     return fresh.eval()
+
+
+def constructed_profile(costs, noise: float, seed: int, u: int = 32, tokens: float = 5.0,
+                        n: int = 2):
+    """A removal profile whose answer is known: every item's cost per token of block ``b``
+    is ``costs[b]`` plus Gaussian noise of scale ``noise``."""
+    import numpy as np
+
+    from lib.prune.loss_curves import UtteranceLosses
+    from lib.prune.profiles import BlockProfile
+
+    rng = np.random.default_rng(seed)
+    tok = np.full(u, tokens)
+    full = UtteranceLosses(np.full(u, 10.0), tok)
+    per_token = np.asarray(costs)[:, None] + noise * rng.standard_normal((len(costs), u))
+    return BlockProfile(n, np.arange(len(costs)), full, full.sums + per_token * tok)

@@ -298,6 +298,17 @@ def test_chapter_4_loss_block_by_hand(tmp_path):
     assert "50 steps of 8 utterances, peak rate 0.0005, LoRA rank 64, 3 seeds" in out
 
 
+def _render_demo(tmp_path, rec, chapter):
+    """Stamp ``rec`` as a demo preset's record of ``chapter``, keep it, render its block."""
+    rec.update(chapter=chapter, preset="demo", provenance={
+        "date": "2026-12-05T05:00:00", "git_hash": "abcdef0123", "device": {"cpu_count": 2},
+        "versions": {"torch": "2.13.0+cpu"}})
+    rec["digest"] = figures_digest(rec)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / f"{chapter}.json").write_text(json.dumps(rec))
+    return render(f"<!-- results: demo/{chapter} -->\n<!-- end results -->", tmp_path)
+
+
 def test_chapter_5_block_by_hand(tmp_path):
     """A record as chapter 5 writes it: chrF with its interval beside BLEU, the floor's
     verdict, learned or not, a removal pair and claim 5's answer, all in the README block."""
@@ -320,13 +331,7 @@ def test_chapter_5_block_by_hand(tmp_path):
                    type("D", (), {"pairs": {"test": 100}, "reused": 0})(),
                    {"gemma": {"tasks": ["asr", "st-en-es"], "pairs": [pair]}},
                    "task-dependent: 1 of 1 pairs of learned tasks mark other blocks")
-    rec.update(chapter="ch05", preset="demo", provenance={
-        "date": "2026-12-04T05:00:00", "git_hash": "abcdef0123", "device": {"cpu_count": 2},
-        "versions": {"torch": "2.13.0+cpu"}})
-    rec["digest"] = figures_digest(rec)
-    (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / "ch05.json").write_text(json.dumps(rec))
-    out = render("<!-- results: demo/ch05 -->\n<!-- end results -->", tmp_path)
+    out = _render_demo(tmp_path, rec, "ch05")
     assert ("| gemma | st-en-es | 21.0 [19.0, 23.0] | 2.5 [1.0, 4.0] | 12.5 [11.5, 13.5] "
             "(better than) | yes | – | – | – |") in out
     assert "| gemma | 2 | asr | st-en-es | written | 0.31 [0.10, 0.45] | task-dependent |" in out
@@ -341,7 +346,6 @@ def test_chapter_5_block_by_hand(tmp_path):
 def test_chapter_6_block_by_hand(tmp_path):
     """A record as chapter 6 writes it: the transfer verdicts counted per kind, selector and
     cut with the decoding checks, the encoders, and the backbone's scores, reload and cost."""
-    from types import SimpleNamespace
 
     from lib.recipes.ch06 import headline
     from lib.recipes.section import Section
@@ -382,13 +386,7 @@ def test_chapter_6_block_by_hand(tmp_path):
                    Section(data={"record": []}), Section(data={"record": bone}))
     assert rec["backbone"]["g"]["cost"] == {k: v for k, v in bone["g"]["export"]["cost"].items()
                                             if not k.endswith("_rounds")}
-    rec.update(chapter="ch06", preset="demo", provenance={
-        "date": "2026-12-05T05:00:00", "git_hash": "abcdef0123", "device": {"cpu_count": 2},
-        "versions": {"torch": "2.13.0+cpu"}})
-    rec["digest"] = figures_digest(rec)
-    (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / "ch06.json").write_text(json.dumps(rec))
-    out = render("<!-- results: demo/ch06 -->\n<!-- end results -->", tmp_path)
+    out = _render_demo(tmp_path, rec, "ch06")
     assert "| tasks | loss | 2 | 0 | 1 | 0 | 1 of 1 |" in out
     assert "| encoders | loss | 2 | 1 | 0 | 0 | 0 of 0 |" in out
     assert "| e0 | whisper, random | 30.0 [25.0, 35.0] | no (0.02) |" in out

@@ -10,26 +10,19 @@ import pytest
 from lib.evaluate.bleu import paired_translation_difference, score_translation
 from lib.evaluate.metrics import paired_task_difference, score_task
 from lib.errors import CompanionError
-from lib.prune.loss_curves import UtteranceLosses
 from lib.prune.profiles import BlockProfile, cross_specificity
 from lib.report.rules import (ROOM_MIN, TASKS_DIFFER, TASKS_SAME, TASKS_UNDECIDED,
                               claim5_sentence, task_learned, task_profile_verdict)
 from lib.score.agreement import spearman_rho
 from lib.tasks import TASKS, contrast
+from tests.references import constructed_profile
 
 PATTERN = np.array([0.5, 0.1, 0.9, 0.3, 1.4, 0.2, 0.7, 1.1])
 UNRELATED = np.array([1.2, 0.4, 0.3, 1.0, 0.1, 0.8, 0.5, 1.3])  # rho with PATTERN: about 0
 OTHER = np.array([0.9, 1.3, 0.2, 0.6, 0.4, 1.0, 0.1, 0.8])  # a null's own shape
 
 
-def _profile(pattern: np.ndarray, noise: float, seed: int, u: int = 32,
-             tokens: float = 5.0) -> BlockProfile:
-    """Constructed: every item's cost of block b is ``pattern[b]`` plus noise."""
-    rng = np.random.default_rng(seed)
-    tok = np.full(u, tokens)
-    full = UtteranceLosses(np.full(u, 10.0), tok)
-    per_token = pattern[:, None] + noise * rng.standard_normal((len(pattern), u))
-    return BlockProfile(2, np.arange(len(pattern)), full, full.sums + per_token * tok)
+_profile = constructed_profile  # every item's cost of block b: costs[b] plus noise
 
 
 def test_the_2x2_names_what_a_pair_changes():

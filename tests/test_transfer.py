@@ -4,28 +4,22 @@ formula worked by hand, the halves, the loss selector, and each verdict ("transf
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 
 from lib.errors import CompanionError
-from lib.prune.loss_curves import UtteranceLosses
 from lib.prune.profiles import BlockProfile
 from lib.prune.transfer import halves, loss_choice, transfer_cell, transfer_matrix
 from lib.report.rules import (TRANSFER_MIN, TRANSFER_UNDECIDED, TRANSFERS, dependent,
                               transfer_sentence, transfer_verdict)
+from tests.references import constructed_profile
 
 COSTS = np.array([0.5, 0.1, 0.9, 0.3, 1.4, 0.2, 0.7, 1.1])  # best block: start 1
 ELSEWHERE = np.array([0.9, 1.3, 0.6, 0.8, 0.1, 1.0, 0.4, 1.2])  # best block: start 4
 
 
-def _profile(costs: np.ndarray, noise: float, seed: int, u: int = 40,
-             tokens: float = 5.0) -> BlockProfile:
-    """Every item's cost per token of block b is ``costs[b]`` plus noise."""
-    rng = np.random.default_rng(seed)
-    tok = np.full(u, tokens)
-    full = UtteranceLosses(np.full(u, 10.0), tok)
-    per_token = costs[:, None] + noise * rng.standard_normal((len(costs), u))
-    return BlockProfile(2, np.arange(len(costs)), full, full.sums + per_token * tok)
+_profile = functools.partial(constructed_profile, u=40)  # item costs: costs[b] + noise
 
 
 def test_te_is_the_formula_worked_by_hand():
