@@ -23,7 +23,8 @@ from lib.recipes.ch05 import found_tasks, learned_tasks
 from lib.recipes.encoders import describe, encoder_runs, encoder_table
 from lib.recipes.pipeline import prepare_features
 from lib.recipes.section import Section, settings_line
-from lib.recipes.transfer import Condition, confirm, task_conditions, transfer_section
+from lib.recipes.transfer import (TRANSFER_DRAWS, Condition, confirm, task_conditions,
+                                  transfer_section)
 from lib.report.results import record_headline, recorded_line
 from lib.report.rules import TRANSFER_MIN
 from lib.tasks import TASKS
@@ -54,6 +55,7 @@ def the_test(cfg: Run) -> Section:
             {"what": "resamples with a defined TE needed for an interval",
              "value": f"{MIN_FINITE:.0%}"}]
     return Section(pd.DataFrame(rows), {"transfer_min": TRANSFER_MIN,
+                                        "transfer_draws": TRANSFER_DRAWS,
                                         "profile_fractions": ", ".join(
                                             f"{f:g}" for f in cfg.score.profile_fractions)})
 
