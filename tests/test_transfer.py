@@ -152,3 +152,18 @@ def test_the_chapter_section_on_a_tiny_model(random_features, tmp_path, monkeypa
                "n": 1} for c in off[:1]]
     checked = confirm(cfg, {"tiny": conds}, forced, "task")
     assert checked["record"][0]["decoded"] and checked.glue["task_decodes"] == 2
+
+
+def test_the_null_encoders_cut_is_read_on_the_runs_own_encoder():
+    from lib.recipes.ch06 import null_encoder_sentence
+
+    cell = {"selector": "loss", "n": 3, "a": "w@random", "b": "w", "te": 0.95,
+            "te_ci95": [0.9, 1.0], "te_self": 0.96, "verdict": TRANSFERS}
+    other = {**cell, "a": "w@half"}
+    encs = ("w", "w@half", "w@random")
+    assert null_encoder_sentence([cell, other], encs) == (
+        "loss, 3 layers: transfers (TE 0.95 [0.90, 1.00] against the encoder's own choice's "
+        "0.96)")
+    no = {**cell, "te": 0.5, "te_ci95": [0.4, 0.6], "verdict": dependent("encoder")}
+    assert "encoder-dependent (TE 0.50" in null_encoder_sentence([no], encs)
+    assert null_encoder_sentence([cell], ("w", "w@half")).startswith("no null encoder")

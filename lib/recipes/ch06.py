@@ -107,8 +107,26 @@ def encoders(cfg: Run) -> Section:
 
 
 def encoders_transfer(cfg: Run, groups: dict[str, dict[str, Condition]]) -> Section:
-    """The transfer matrices across encoders (English ASR, each encoder's own model)."""
-    return transfer_section(cfg, groups, "encoder")
+    """The transfer matrices across encoders (English ASR, each encoder's own model), and
+    what the null encoder's cut does for the run's own encoder."""
+    sec = transfer_section(cfg, groups, "encoder")
+    sec.glue["null_encoder_sentence"] = null_encoder_sentence(sec["cells"],
+                                                              cfg.transfer.encoders)
+    return sec
+
+
+def null_encoder_sentence(cells: list[dict[str, Any]], encoders: tuple[str, ...]) -> str:
+    """For each selector and cut, the verdict of a cut chosen with the null encoder
+    (``@random``) scored on the run's own encoder (the first): "transfers" there says the
+    block belongs to the decoder, not to what it hears."""
+    nulls = [e for e in encoders if e.endswith("@random")]
+    if not nulls or nulls[0] == encoders[0]:
+        return "no null encoder in transfer_encoders (add <encoder>@random to measure it)"
+    parts = [f"{c['selector']}, {c['n']} layers: {c['verdict']} (TE {c['te']:.2f} "
+             f"[{c['te_ci95'][0]:.2f}, {c['te_ci95'][1]:.2f}] against the encoder's own "
+             f"choice's {c['te_self']:.2f})"
+             for c in cells if c["a"] == nulls[0] and c["b"] == encoders[0]]
+    return "; ".join(parts) or "not measured"
 
 
 def decoding_check(cfg: Run, groups: dict[str, dict[str, Condition]], sec: Section,
@@ -224,7 +242,7 @@ def headline(learned: Section, tasks: Section, task_checks: Section, enc: Sectio
                                        "encoder": enc_checks["record"]},
             "encoders": enc["record"], "backbone": _backbone_record(bone["record"]),
             "sentences": {k: v for s in (tasks, enc_cells) for k, v in s.glue.items()
-                          if "_transfer_" in k}}
+                          if "_transfer_" in k or k == "null_encoder_sentence"}}
 
 
 def record(cfg: Run, *sections: Section) -> Section:
