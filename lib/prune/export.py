@@ -142,12 +142,14 @@ def outputs(model: Any, feats: torch.Tensor, lengths: torch.Tensor, texts: list[
 
 
 def _reloaded_outputs(folder: str, feats: torch.Tensor, lengths: torch.Tensor,
-                      texts: list[str], new_tokens: int) -> dict[str, torch.Tensor]:
+                      texts: list[str], new_tokens: int) -> dict[str, Any]:
     """In a fresh process: load the saved model with plain transformers, then
-    :func:`outputs`."""
+    :func:`outputs`, returned as numpy arrays (pickled by value: a tensor would travel as a
+    shared-memory handle that may close when the process ends before it is read)."""
     from lib.build.checkpoint import load_speechllm
 
-    return outputs(load_speechllm(folder), feats, lengths, texts, new_tokens)
+    out = outputs(load_speechllm(folder), feats, lengths, texts, new_tokens)
+    return {k: v.numpy() for k, v in out.items()}
 
 
 def reload_check(model: Any, folder: Path, feats: torch.Tensor, lengths: torch.Tensor,
@@ -158,7 +160,8 @@ def reload_check(model: Any, folder: Path, feats: torch.Tensor, lengths: torch.T
     from lib.prune.cost import run_isolated
 
     mine = outputs(model, feats, lengths, texts, new_tokens)
-    back, _ = run_isolated(_reloaded_outputs, str(folder), feats, lengths, texts, new_tokens)
+    raw, _ = run_isolated(_reloaded_outputs, str(folder), feats, lengths, texts, new_tokens)
+    back = {k: torch.from_numpy(v) for k, v in raw.items()}
     gap = float((mine["loss"] - back["loss"]).abs().max())
     same = bool(torch.equal(mine["ids"], back["ids"]))
     return {"max_loss_gap": gap, "same_tokens": same, "exact": gap == 0.0 and same,
