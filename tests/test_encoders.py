@@ -50,3 +50,23 @@ def test_an_unknown_variant_is_one_line():
     assert encoder_variant("whisper-base") == ("whisper-base", None)
     with pytest.raises(CompanionError, match="unknown variant @quarter"):
         encoder_variant("whisper-base@quarter")
+
+
+def test_the_papers_pairing_is_one_change_away():
+    """``-p transfer_encoders [<wavlm>, <whisper>]``: each encoder's SpeechLLM (its
+    projector sized to that encoder's width) hears its own encoder's features; the tiny
+    random encoders stand for microsoft/wavlm-large and openai/whisper-large-v3."""
+    from lib.build.speechllm import build_speechllm
+    from lib.config.resolve import resolve
+    from lib.recipes.encoders import encoder_config
+
+    cfg = resolve(6, preset="tiny", changes={"transfer_encoders": ["tiny-wavlm",
+                                                                   "tiny-whisper"]})
+    for enc in cfg.transfer.encoders:
+        mc, sub = encoder_config(cfg, enc)
+        assert sub.models == (mc,) and mc.decoder == cfg.transfer.decoder
+        model = build_speechllm(mc, with_encoder=True, seed=0).eval()
+        feats, lengths = model.encoder([_wave(0.8)])
+        with torch.no_grad():
+            loss = model.loss(feats.float(), lengths, ["one two"])
+        assert torch.isfinite(loss)
