@@ -415,44 +415,34 @@ def plot_agreement_matrix(table: pd.DataFrame, value: str = "Spearman per n") ->
 
 
 def plot_transfer(cells: list[dict[str, Any]], title: str = "") -> Any:
-    """Transfer efficiency TE(A -> B) (rows: the condition the cut is chosen on; columns:
-    the one it is scored on), one panel per selector (rows of panels) and block size
-    (columns), each cell annotated with its 95 % interval and a mark for its verdict
-    (+ transfers, - dependent, ? cannot tell; the diagonal is TE(B -> B)). Explained in
-    chapter 6."""
+    """TE(A -> B) (rows: chosen on; columns: scored on), a panel per selector (rows) and block
+    size (columns), each cell with its 95 % interval and its verdict (+ transfers,
+    - dependent, ? cannot tell; the diagonal is TE(B -> B)). Explained in chapter 6."""
     frame = pd.DataFrame(cells)
     sels, sizes = list(dict.fromkeys(frame["selector"])), list(dict.fromkeys(frame["n"]))
-    conds = list(dict.fromkeys(frame["a"]))
+    conds, mark = list(dict.fromkeys(frame["a"])), {"transfers": "+", "cannot tell": "?"}
     k = len(conds)
-    fig, axes = plt.subplots(len(sels), len(sizes), squeeze=False,
-                             figsize=(len(sizes) * (1.5 * k + 2.2) + 1.0,
-                                      len(sels) * (0.85 * k + 1.2) + 0.6))
-    mark = {"transfers": "+", "cannot tell": "?"}
+    fig, axes = plt.subplots(len(sels), len(sizes), squeeze=False, figsize=(
+        len(sizes) * (1.5 * k + 2.2) + 1.0, len(sels) * (0.85 * k + 1.2) + 0.6))
     for i, sel in enumerate(sels):
         for j, n in enumerate(sizes):
-            ax = axes[i][j]
-            part = frame[(frame["selector"] == sel) & (frame["n"] == n)]
+            ax, part = axes[i][j], frame[(frame["selector"] == sel) & (frame["n"] == n)]
             te = part.pivot(index="a", columns="b", values="te").reindex(index=conds,
                                                                           columns=conds)
             labels = np.empty(te.shape, dtype=object)
             for _, r in part.iterrows():
-                lo, hi = r["te_ci95"]
                 v = "" if r["a"] == r["b"] else " " + mark.get(r["verdict"], "-")
                 labels[conds.index(r["a"]), conds.index(r["b"])] = \
-                    f"{r['te']:.2f}{v}\n[{lo:.2f}, {hi:.2f}]"
+                    "{:.2f}{}\n[{:.2f}, {:.2f}]".format(r["te"], v, *r["te_ci95"])
             sns.heatmap(te, annot=labels, fmt="", cmap="RdYlGn", vmin=-0.5, vmax=1.0, ax=ax,
                         cbar=False, annot_kws={"fontsize": 8}, linewidths=0.5)
             ax.set_title(f"{sel}, blocks of {n}", fontsize=9)
             ax.set_xlabel("scored on (second half)" if i == len(sels) - 1 else "")
             ax.set_ylabel("chosen on (first half)" if j == 0 else "")
-            if j:
-                ax.set_yticklabels([])
-            if i < len(sels) - 1:
-                ax.set_xticklabels([])
-            ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-            ax.tick_params(axis="y", labelsize=8)
+            ax.set_yticklabels([] if j else ax.get_yticklabels(), fontsize=8)
+            ax.set_xticklabels([] if i < len(sels) - 1 else ax.get_xticklabels(),
+                               rotation=20, fontsize=8)
     fig.colorbar(axes[0][0].collections[0], ax=axes, shrink=0.6,
                  label="TE (1: the scored condition's best block)")
-    if title:
-        fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return fig
