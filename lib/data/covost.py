@@ -41,8 +41,10 @@ def _pair(pair: str) -> tuple[str, str]:
     return src, tgt
 
 
-def load_covost(root: str | Path, pair: str, split: str) -> list[Utterance]:
-    """One split of one CoVoST 2 language pair, in the TSV's order.
+def load_covost(root: str | Path, pair: str, split: str,
+                limit: int | None = None) -> list[Utterance]:
+    """One split of one CoVoST 2 language pair, in the TSV's order; with ``limit``, its
+    first ``limit`` rows only (the clips of the others are neither checked nor opened).
 
     Raises:
         CompanionError: an unknown split, a missing folder, TSV or column, an empty
@@ -65,7 +67,7 @@ def load_covost(root: str | Path, pair: str, split: str) -> list[Utterance]:
         if missing:
             raise CompanionError(f"{tsv} has no column {missing[0]!r}: a CoVoST 2 TSV has "
                                  f"{', '.join(COVOST_COLUMNS)}")
-        rows = list(reader)
+        rows = list(reader)[:limit]
     if not rows:
         raise CompanionError(f"{tsv} lists no clip: regenerate the split")
     clips = [root / "clips" / r["path"] for r in rows]

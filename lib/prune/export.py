@@ -50,7 +50,7 @@ def load_run(run_dir: Path, device: str = "cpu") -> Any:
     """
     from lib.build.speechllm import build_speechllm
     from lib.config.sections import ModelConfig
-    from lib.fileio import load_json, load_tensors
+    from lib.fileio import load_tensors
 
     run_dir = Path(run_dir)
     final = run_dir / "final" / "trainable.safetensors"
@@ -58,7 +58,7 @@ def load_run(run_dir: Path, device: str = "cpu") -> Any:
         raise CompanionError(f"{run_dir} is not a finished training run of the book (no "
                              f"{MODEL_CONFIG} or final/trainable.safetensors): give a folder "
                              "under <cache>/runs/ that a chapter trained")
-    raw = load_json(run_dir / MODEL_CONFIG)
+    raw = model_config_of(run_dir)
     mc = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     model = build_speechllm(mc, device=device)
     model.load_trainable_state_dict(load_tensors(final, finite=True))
@@ -168,6 +168,19 @@ def reload_check(model: Any, folder: Path, feats: torch.Tensor, lengths: torch.T
             "items": len(texts), "new_tokens": new_tokens}
 
 
+def saved_full(model: Any, run_dir: Path, encoder: str) -> tuple[Any, Path]:
+    """The unpruned model with its adapters merged (``model`` is kept) and its saved copy
+    ``<run_dir>/export-full`` (saved once; a damaged one is set aside and saved again):
+    what a pruned model's speed and memory are measured against."""
+    from lib.build.adapters import merged_copy
+    from lib.build.checkpoint import reuse_saved, save_speechllm
+
+    full, folder = merged_copy(model), Path(run_dir) / "export-full"
+    if not reuse_saved(folder):
+        save_speechllm(full, folder, extra={"encoder": encoder})
+    return full, folder
+
+
 def _layers(text: str) -> list[int]:
     try:
         return sorted({int(x) for x in text.replace(" ", "").split(",") if x})
@@ -195,9 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         big_l = len(find_decoder_layers(model.decoder))
         layers = check_layers(_layers(args.layers), big_l)
         prune_speechllm(model, layers)
+        mc = model_config_of(args.run)
         facts = {"name": f"{args.run.name}, {len(layers)} layers removed",
-                 "encoder": model_config_of(args.run).get("encoder"),
-                 "decoder": model_config_of(args.run).get("decoder"),
+                 "encoder": mc.get("encoder"), "decoder": mc.get("decoder"),
                  "removed": layers, "n_layers": big_l, "rule": "given by hand (--layers)",
                  "made_by": f"python -m lib.prune.export {args.run} --layers "
                             f"{','.join(map(str, layers))}"}

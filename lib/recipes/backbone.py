@@ -151,6 +151,27 @@ def scores_table(scores: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def card_facts(cfg: Run, d: str, run: Any, cut: dict[str, Any], found: dict[str, Any],
+               n_kept: int) -> dict[str, Any]:
+    """What the model card says (:func:`lib.prune.export.model_card`): the model, the
+    layers removed and the rule that chose them, the healing, each task's score."""
+    on = "every learned task pooled" if cut["chosen_on"] == "pooled" else cut["chosen_on"]
+    return {"name": f"{d} multi-task backbone, {cut['n']} layers removed",
+            "encoder": run.config.encoder, "decoder": run.config.decoder,
+            "removed": cut["layers"], "n_layers": n_kept + cut["n"],
+            "rule": f"the block whose removal costs least on {on} (first half of each task's "
+                    f"items), the largest cut of {cfg.score.profile_fractions} keeping every "
+                    f"learned task within chapter 3's loss rule (normalised cost at most "
+                    f"{cut['threshold']:g}) on the other half"
+                    + ("" if cut["within"] else "; no cut did, so the smallest was taken"),
+            "healing": f"{cfg.backbone.heal_variant}, {cfg.heal.steps} steps on the mix",
+            "made_by": "book/06_one_backbone.ipynb (lib.recipes.ch06.backbone), preset "
+                       f"{cfg.preset}",
+            "scores": {t: {"metric": "WER %" if r["metric"] == "wer" else "chrF",
+                           "full": _cell(TASKS[t], r["full"]),
+                           "this": _cell(TASKS[t], r["healed"])} for t, r in found.items()}}
+
+
 def export_backbone(cfg: Run, run: Any, healed: Any, folder: Any, facts: dict[str, Any],
                     probe: Any) -> dict[str, Any]:
     """Save the healed backbone (adapters merged in place) with its card (a kept export of
@@ -158,16 +179,13 @@ def export_backbone(cfg: Run, run: Any, healed: Any, folder: Any, facts: dict[st
     memory on the ``probe`` items, and time it against the full model on this machine
     (speed against the FLOP ideal, peak memory of a fresh process); the card then gets
     the measured cost."""
-    from lib.build.adapters import merge_adapters, merged_copy
-    from lib.build.checkpoint import reuse_saved, save_speechllm
-    from lib.prune.export import CARD, export_model, model_card, reload_check
+    from lib.build.adapters import merge_adapters
+    from lib.build.checkpoint import reuse_saved
     from lib.fileio import cpu_model
     from lib.prune.cost import compare_decoding
+    from lib.prune.export import CARD, export_model, model_card, reload_check, saved_full
 
-    full = merged_copy(run.model)
-    full_folder = run.train.run_dir / "export-full"
-    if not reuse_saved(full_folder):
-        save_speechllm(full, full_folder, extra={"encoder": run.config.encoder})
+    full, full_folder = saved_full(run.model, run.train.run_dir, run.config.encoder)
     if reuse_saved(folder):
         merge_adapters(healed)
     else:

@@ -13,8 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from lib.build.adapters import merged_copy
-from lib.build.checkpoint import load_speechllm, reuse_saved, save_speechllm
+from lib.build.checkpoint import load_speechllm, save_speechllm
 from lib.config.sections import Run
 from lib.evaluate.decode import CAP_SLACK_TOKENS, CAP_TOKENS_PER_SECOND
 from lib.heal.healing import HealRun, schedule
@@ -22,6 +21,7 @@ from lib.heal.measure import compare_seeded, loss_recovery, seed_mean
 from lib.paths import slug
 from lib.prune.cost import compare_decoding
 from lib.prune.curves import evaluate_cut, full_capped
+from lib.prune.export import saved_full
 from lib.prune.loss_curves import BOOTSTRAP_DRAWS, LossMeter, cut_losses, loss_point, loss_rule
 from lib.prune.strategies import PAPER_STRATEGY, cut_sizes, strategy_layers
 from lib.recipes.heal_controls import heal_seeded, interval_text
@@ -369,10 +369,8 @@ def cost(cfg: Run, inputs: Section, healed: Section, ctrl: Section, confirmed: S
     for name, run in runs.items():
         fixed = inputs["models"][name]["cuts"]["fixed"]
         model = ctrl["controls"][name]["cuts"][fixed]["model"]
-        full_model = merged_copy(run.model)  # unpruned, adapters merged like the pruned one
-        full_folder = run.train.run_dir / "export-full"
-        if not reuse_saved(full_folder):  # missing, or damaged and set aside
-            save_speechllm(full_model, full_folder, extra={"encoder": run.config.encoder})
+        # unpruned, adapters merged like the pruned one
+        full_model, full_folder = saved_full(run.model, run.train.run_dir, run.config.encoder)
         c = compare_decoding(full_model, model,
                              inputs["tests"][first].subset(cfg.eval.batch_size),
                              new_tokens=COST_NEW_TOKENS, rounds=cfg.heal.cost_rounds,

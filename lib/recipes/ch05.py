@@ -71,8 +71,8 @@ def corpus(cfg: Run) -> Section:
 
     ch1_train, ch1_tests = prepare_features(cfg)
     data = mt.parallel_data(cfg, ch1_train)
-    rows = []
-    for split, sets in (("train (mix)", {"en": data.audio, "es": data.audio}),
+    rows, heard = [], sorted({TASKS[n].hears for n in cfg.multitask.tasks})
+    for split, sets in (("train (mix)", {lang: data.audio for lang in heard}),
                         ("test", {t.hears: data.tests[t.name] for t in
                                   (TASKS[n] for n in cfg.multitask.tasks)})):
         for lang, fs in sets.items():
@@ -81,9 +81,8 @@ def corpus(cfg: Run) -> Section:
                 rows.append({"split": split, "language": lang, "utterances": len(utts),
                              "hours": sum(u.duration for u in utts) / 3600,
                              "voices": len({voice_family(u.voice) for u in utts})})
-    example = data.tests[next(n for n in cfg.multitask.tasks if TASKS[n].hears == "es")
-                         if any(TASKS[n].hears == "es" for n in cfg.multitask.tasks)
-                         else "asr"].utterances[0]
+    example = data.tests[next((n for n in cfg.multitask.tasks if TASKS[n].hears != "en"),
+                              "asr")].utterances[0]
     items = [f"{example.voice}: {example.text} ({example.translation})",
              Audio(read_audio(example.audio), rate=16000)]
     glue = dict(n_pairs_train=data.pairs["train"], n_pairs_dev=data.pairs["dev"],
@@ -173,10 +172,10 @@ def _versus(task: Any, s: dict[str, Any], other: dict[str, Any]) -> dict[str, An
     return out
 
 
-def _score_task(cfg: Run, run: ModelRun, alone: ModelRun, name: str,
-                data: mt.ParallelData, whisper: dict[str, Any]) -> dict[str, Any]:
-    """One decoder and task: the score, its floor, whether it is learned, its baselines,
-    each paired with it."""
+def competence(cfg: Run, run: ModelRun, name: str, data: mt.ParallelData) -> dict[str, Any]:
+    """One decoder and task: its score, its no-audio floor (another utterance's audio),
+    the paired difference, and whether the task is learned
+    (:func:`lib.report.rules.task_learned`); each decode kept with the run."""
     task, fs, out = TASKS[name], data.tests[name], run.train.run_dir
     s = mt.evaluate_task(run.model, fs, out, task, cfg.eval)
     floor = mt.evaluate_task(run.model, fs.other_audio(), out, task, cfg.eval,
@@ -184,11 +183,21 @@ def _score_task(cfg: Run, run: ModelRun, alone: ModelRun, name: str,
     rec = {"task": name, "metric": task.metric, "score": s, "floor": floor,
            "vs_floor": _versus(task, s, floor), "baselines": {}}
     rec["learned"] = task_learned(rec["vs_floor"], "wer" if task.metric == "wer" else "chrf")
+    return rec
+
+
+def _score_task(cfg: Run, run: ModelRun, alone: ModelRun, name: str,
+                data: mt.ParallelData, whisper: dict[str, Any]) -> dict[str, Any]:
+    """One decoder and task: :func:`competence`, then its baselines, each paired with
+    it."""
+    task, fs, out = TASKS[name], data.tests[name], run.train.run_dir
+    rec = competence(cfg, run, name, data)
+    s = rec["score"]
     if name in whisper:
         rec["baselines"]["whisper"] = whisper[name]
     if task.metric == "bleu":
-        source = "asr" if task.hears == "en" else "asr-es"
-        asr = mt.evaluate_task(run.model, fs, out, TASKS[source], cfg.eval)
+        source = next(t for t in TASKS.values() if t.target == "text" and t.hears == task.hears)
+        asr = mt.evaluate_task(run.model, fs, out, source, cfg.eval)
         rec["baselines"]["cascade"] = mt.cascade(run.model, asr, out, task, fs, cfg.eval)
     if name == "asr":
         rec["baselines"]["asr-only"] = mt.evaluate_task(alone.model, fs, alone.train.run_dir,
@@ -222,7 +231,9 @@ def scores(cfg: Run, runs: dict[str, ModelRun], alone: dict[str, ModelRun],
     """Every task of every multi-task model with its interval, against its no-audio floor
     (which decides whether the task is learned) and its baselines, each by the paired
     rule."""
-    found, whisper = found_tasks(cfg, runs, alone, data)
+    whisper = mt.whisper_tasks(cfg, data.tests)
+    found = {slug(d): {n: _score_task(cfg, r, alone[d], n, data, whisper)
+                       for n in cfg.multitask.tasks} for d, r in runs.items()}
     rows = []
     for dec, tasks in found.items():
         for n, rec in tasks.items():
@@ -247,16 +258,6 @@ def scores(cfg: Run, runs: dict[str, ModelRun], alone: dict[str, ModelRun],
     return Section(table, _target_glue(found, learned, data),
                    {"found": found, "whisper": whisper, "learned": learned},
                    items=silent_lines(found))
-
-
-def found_tasks(cfg: Run, runs: dict[str, ModelRun], alone: dict[str, ModelRun],
-                data: mt.ParallelData) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """``(found, whisper)``: every task of every decoder scored (:func:`_score_task`, each
-    decode kept with its run) and Whisper-base's baselines; what :func:`scores` shows and
-    chapter 6 reads its learned tasks from."""
-    whisper = mt.whisper_tasks(cfg, data.tests)
-    return ({slug(d): {n: _score_task(cfg, r, alone[d], n, data, whisper)
-                       for n in cfg.multitask.tasks} for d, r in runs.items()}, whisper)
 
 
 def learned_tasks(found: dict[str, dict[str, Any]]) -> dict[str, list[str]]:

@@ -19,7 +19,7 @@ from lib.config.sections import Run
 from lib.paths import slug
 from lib.prune.transfer import MIN_FINITE, SELECTORS
 from lib.recipes import multitask as mt
-from lib.recipes.ch05 import found_tasks, learned_tasks
+from lib.recipes.ch05 import competence, learned_tasks
 from lib.recipes.encoders import describe, encoder_runs, encoder_table
 from lib.recipes.pipeline import prepare_features
 from lib.recipes.section import Section, settings_line
@@ -27,7 +27,6 @@ from lib.recipes.transfer import (TRANSFER_DRAWS, Condition, confirm, task_condi
                                   transfer_section)
 from lib.report.results import record_headline, recorded_line
 from lib.report.rules import TRANSFER_MIN
-from lib.tasks import TASKS
 
 
 def settings(cfg: Run) -> str:
@@ -64,12 +63,14 @@ def the_test(cfg: Run) -> Section:
 
 
 def task_groups(cfg: Run) -> Section:
-    """Chapter 5's multi-task models (reused) and the tasks each learned (by chapter 5's
-    competence rule, from its kept decodes): one group of conditions per decoder."""
+    """Chapter 5's multi-task models (reused) and the tasks each learned (chapter 5's
+    competence rule, from its kept decodes; its baselines and control are not needed
+    here): one group of conditions per decoder."""
     ch1_train, ch1_tests = prepare_features(cfg)
     data = mt.parallel_data(cfg, ch1_train)
-    _, runs, alone = mt.multitask_runs(cfg, data, ch1_train, ch1_tests)
-    found, _ = found_tasks(cfg, runs, alone, data)
+    _, runs, _ = mt.multitask_runs(cfg, data, ch1_train, ch1_tests, control=False)
+    found = {slug(d): {n: competence(cfg, r, n, data) for n in cfg.multitask.tasks}
+             for d, r in runs.items()}
     learned = learned_tasks(found)
     groups = {slug(d): task_conditions(r, data.tests, learned[slug(d)])
               for d, r in runs.items()}
@@ -158,7 +159,7 @@ def backbone(cfg: Run, learned: Section) -> Section:
                   run.train.run_dir, desc=f"healing the {d} backbone on the mix")
         found = bb.task_scores(cfg, run, model, hr.run_dir, cut["layers"], list(conds),
                                data.tests)
-        facts = _card_facts(cfg, d, run, cut, found, len(model.decoder_layers))
+        facts = bb.card_facts(cfg, d, run, cut, found, len(model.decoder_layers))
         probe = data.tests[next(iter(conds))].subset(cfg.eval.batch_size)
         folder = (hr.run_dir or run.train.run_dir / "heal-none") / "backbone"
         ex = bb.export_backbone(cfg, run, model, folder, facts, probe)
@@ -169,27 +170,6 @@ def backbone(cfg: Run, learned: Section) -> Section:
     if cuts:
         items.append(pd.concat(cuts, ignore_index=True))
     return Section(table, _backbone_glue(record, cfg), {"record": record}, items=items)
-
-
-def _card_facts(cfg: Run, d: str, run: Any, cut: dict[str, Any], found: dict[str, Any],
-                n_kept: int) -> dict[str, Any]:
-    from lib.recipes.backbone import _cell
-
-    on = "every learned task pooled" if cut["chosen_on"] == "pooled" else cut["chosen_on"]
-    return {"name": f"{d} multi-task backbone, {cut['n']} layers removed",
-            "encoder": run.config.encoder, "decoder": run.config.decoder,
-            "removed": cut["layers"], "n_layers": n_kept + cut["n"],
-            "rule": f"the block whose removal costs least on {on} (first half of each task's "
-                    f"items), the largest cut of {cfg.score.profile_fractions} keeping every "
-                    f"learned task within chapter 3's loss rule (normalised cost at most "
-                    f"{cut['threshold']:g}) on the other half"
-                    + ("" if cut["within"] else "; no cut did, so the smallest was taken"),
-            "healing": f"{cfg.backbone.heal_variant}, {cfg.heal.steps} steps on the mix",
-            "made_by": "book/06_one_backbone.ipynb (lib.recipes.ch06.backbone), preset "
-                       f"{cfg.preset}",
-            "scores": {t: {"metric": "WER %" if r["metric"] == "wer" else "chrF",
-                           "full": _cell(TASKS[t], r["full"]),
-                           "this": _cell(TASKS[t], r["healed"])} for t, r in found.items()}}
 
 
 def _backbone_glue(record: dict[str, Any], cfg: Run) -> dict[str, Any]:

@@ -26,10 +26,6 @@ from lib.recipes.ch01 import RELIANCE_UTTERANCES
 from lib.recipes.pipeline import ModelRun, prepare_features, train_and_evaluate
 from lib.report.rules import LISTENS_GAP, reads_audio
 
-E_LABELS = {None: "pretrained", "half": "half its blocks", "random": "random weights (null)"}
-"""How the tables name an encoder's variant."""
-
-
 def encoder_config(cfg: Run, encoder: str) -> tuple[ModelConfig, Run]:
     """The SpeechLLM of ``encoder`` with ``transfer_decoder`` (chapter 1's model config of
     that decoder, the encoder swapped) and the run that trains it: chapter 1's, with that

@@ -174,7 +174,7 @@ def covost_data(cfg: Run, ch1_train: FeatureSet) -> ParallelData:
         root, _, pair = source.partition(":")[2].partition("#")
         for sp, cap in caps.items():
             if cap:
-                clips[sp] += [(pair, u) for u in load_covost(root, pair, sp)[:cap]]
+                clips[sp] += [(pair, u) for u in load_covost(root, pair, sp, limit=cap)]
     feats = _features(cfg, [u for rows in clips.values() for _, u in rows], ch1_train)
     tasks = [TASKS[t] for t in mt.tasks]
 
@@ -286,11 +286,11 @@ def train_multitask(cfg: Run, data: ParallelData, index: int,
 
 
 def multitask_runs(cfg: Run, data: ParallelData, ch1_train: FeatureSet,
-                   ch1_tests: dict[str, FeatureSet]
+                   ch1_tests: dict[str, FeatureSet], control: bool = True
                    ) -> tuple[dict[str, ModelRun], dict[str, ModelRun], dict[str, ModelRun]]:
     """``(ch1, runs, alone)`` by decoder name for each decoder of ``multitask_decoders``:
-    chapter 1's ASR model (reused), the multi-task model and its budget-matched control
-    (each trained once, then reused)."""
+    chapter 1's ASR model (reused), the multi-task model and, with ``control``, its
+    budget-matched control (each trained once, then reused; ``alone`` empty without)."""
     from lib.recipes.pipeline import train_and_evaluate
 
     ch1, runs, alone = {}, {}, {}
@@ -298,7 +298,8 @@ def multitask_runs(cfg: Run, data: ParallelData, ch1_train: FeatureSet,
         d = cfg.models[i].decoder
         ch1[d] = train_and_evaluate(cfg.models[i], cfg, ch1_train, ch1_tests, evaluate=False)
         runs[d] = train_multitask(cfg, data, i, start=ch1[d])
-        alone[d] = train_multitask(cfg, data, i, start=ch1[d], asr_only=True)
+        if control:
+            alone[d] = train_multitask(cfg, data, i, start=ch1[d], asr_only=True)
     return ch1, runs, alone
 
 
