@@ -23,12 +23,12 @@ STAMP = "setup.stamp"  # the Makefile names the same file
 
 def _steps() -> list[tuple[str, Callable[[], object]]]:
     from lib import assets
-    from lib.data import loaders, text
+    from lib.data import real, text
 
     return [
         ("system tools", text.ensure_system_tools),
         ("models and assets", assets.ensure_all_offline),
-        ("real test utterances", loaders.load_real_testset),
+        ("real speech (test and dev)", real.load_all_real),
     ]
 
 

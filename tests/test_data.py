@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -17,7 +16,6 @@ from lib.data.loaders import (
     Utterance,
     load_librispeech,
     load_manifest,
-    load_real_testset,
     write_manifest,
 )
 from lib.errors import CompanionError
@@ -378,31 +376,3 @@ def test_missing_espeak_is_a_one_line_error(
     monkeypatch.setattr(text.os, "geteuid", lambda: 1000)
     with pytest.raises(CompanionError, match="sword-text-web"):
         text.ensure_system_tools()
-
-
-# --------------------------------------------------------------------------- real test set
-
-
-def test_real_testset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _need("apt-get", "dpkg")
-    cache = Path(os.environ.get("COMPANION_CACHE", tmp_path))
-    monkeypatch.setenv("COMPANION_CACHE", str(cache))
-    try:
-        utts = load_real_testset()
-    except CompanionError as exc:
-        if "apt-get download" in str(exc):
-            pytest.skip(f"package archive unreachable: {exc}")
-        raise
-    assert len(utts) == 10
-    assert {u.split for u in utts} == {"real"}
-    assert {u.source for u in utts} == {"pocketsphinx"}
-    texts = {u.id: u.text for u in utts}
-    assert texts["librivox-sense_and_sensibility_01_austen_64kb-0880"] == (
-        "he was not an ill disposed young man"
-    )
-    assert texts["cards-001"] == "ten of clubs"
-    assert sum(u.duration for u in utts) == pytest.approx(34.0, abs=1.0)
-    for utt in utts:
-        assert sf.info(utt.audio).samplerate == SAMPLE_RATE
-        assert read_audio(utt.audio).size == pytest.approx(utt.duration * SAMPLE_RATE, abs=2)
-    assert load_real_testset() == utts  # second call uses the unpacked copy

@@ -30,9 +30,9 @@ def _encode(utts):
 
 @pytest.fixture
 def clips():
-    from lib.data.loaders import load_real_testset
+    from lib.data.real import load_real
 
-    return load_real_testset()[:2]
+    return load_real("real:pocketsphinx")[:2]
 
 
 @pytest.mark.parametrize("damage", ["bytes", "truncate", "nan"])

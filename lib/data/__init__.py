@@ -6,7 +6,9 @@ module        what it does
 ============  ==================================================================
 ``audio``     audio I/O: float32 mono 16 kHz in, whole WAV files out
 ``loaders``   the :class:`~lib.data.loaders.Utterance` record, manifests, the
-              LibriSpeech and real (pocketsphinx-testdata) loaders
+              LibriSpeech loader
+``real``      real recorded speech from Debian packages (four speakers, three
+              sources, a held-out dev part)
 ``spec``      what the synthetic corpus is made of (:class:`CorpusSpec`); light,
               so configs can name a corpus without the audio stack
 ``text``      the synthetic corpus's text source (World English Bible sentences)

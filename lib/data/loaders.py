@@ -2,9 +2,8 @@
 
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb). Stage: data.
 
-Every corpus the book uses (the offline synthetic corpus of :mod:`lib.data.corpus`, the ten
-real recordings of Debian's ``pocketsphinx-testdata``, LibriSpeech at paper scale, or a
-user's own manifest) becomes a list of :class:`Utterance` records. Audio is always read
+Every corpus the book uses (the offline synthetic corpus of :mod:`lib.data.corpus`, LibriSpeech at
+paper scale, or a user's own manifest; real recordings: :mod:`lib.data.real`) becomes a list of :class:`Utterance` records. Audio is always read
 back through :func:`lib.data.audio.read_audio` as float32 mono at 16 kHz.
 
 Problems with single files (missing audio, empty transcript) are reported as one line each
@@ -17,9 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +25,6 @@ import soundfile as sf
 from lib.data.audio import warn_skipped, audio_duration
 from lib.errors import CompanionError
 from lib.fileio import atomic_write_text
-from lib.paths import cache_subdir
 
 
 MANIFEST_KEYS = ("id", "audio", "duration", "text", "voice", "split", "source")
@@ -311,102 +306,3 @@ def load_librispeech(
             "(pass the root with split='test-clean', or the split folder itself)"
         )
     return sorted(utts, key=lambda utt: utt.id)
-
-
-# --------------------------------------------------------------------------- real speech
-
-POCKETSPHINX_PACKAGE = "pocketsphinx-testdata"
-_POCKETSPHINX_DATA = Path("usr/share/pocketsphinx/test/data")
-_POCKETSPHINX_SETS = (
-    # (folder, transcript file, voice)
-    ("librivox", "transcription", "pocketsphinx:librivox"),
-    ("cards", "cards.transcription", "pocketsphinx:cards"),
-)
-_SPHINX_LINE = re.compile(r"^<s>\s*(?P<text>.*?)\s*</s>\s*\((?P<id>[^)\s]+)\)\s*$")
-
-
-def _extract_pocketsphinx(target: Path) -> None:
-    """Download the Debian package without root and unpack it into ``target``."""
-    missing = [tool for tool in ("apt-get", "dpkg") if shutil.which(tool) is None]
-    if missing:
-        raise CompanionError(
-            f"{' and '.join(missing)} not found: the real test set comes from the Debian "
-            f"package {POCKETSPHINX_PACKAGE}; run on Debian/Ubuntu, or unpack that "
-            f"package yourself into {target}"
-        )
-    with tempfile.TemporaryDirectory(dir=target.parent) as temp:
-        work = Path(temp)
-        result = subprocess.run(
-            ["apt-get", "download", POCKETSPHINX_PACKAGE],
-            cwd=work,
-            capture_output=True,
-            text=True,
-        )
-        debs = sorted(work.glob(f"{POCKETSPHINX_PACKAGE}_*.deb"))
-        if result.returncode != 0 or not debs:
-            detail = (result.stderr.strip().splitlines() or ["no .deb produced"])[-1]
-            raise CompanionError(
-                f"apt-get download {POCKETSPHINX_PACKAGE} failed ({detail}): run "
-                "`apt-get update` (as root) and try again"
-            )
-        unpacked = work / "unpacked"
-        result = subprocess.run(
-            ["dpkg", "-x", str(debs[0]), str(unpacked)], capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            detail = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
-            raise CompanionError(f"dpkg -x {debs[0].name} failed: {detail}")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(unpacked, target)
-
-
-def load_real_testset() -> list[Utterance]:
-    """The 10 real transcribed recordings of Debian's ``pocketsphinx-testdata``.
-
-    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
-
-    Five LibriVox "Sense and Sensibility" sentences and five "cards" commands, 16 kHz, 34 s
-    in all: only enough to check a model on real speech. The package is fetched once with
-    ``apt-get download`` and unpacked with ``dpkg -x`` (no root needed) into
-    ``<cache>/corpora/pocketsphinx/``.
-
-    Returns:
-        Ten utterances with ``split="real"`` and ``source="pocketsphinx"``.
-
-    Raises:
-        CompanionError: apt-get/dpkg are missing or the download fails.
-    """
-    target = cache_subdir("corpora") / "pocketsphinx"
-    data = target / _POCKETSPHINX_DATA
-    complete = all((data / sub / trans).is_file() for sub, trans, _ in _POCKETSPHINX_SETS)
-    if not complete:
-        _extract_pocketsphinx(target)
-    utts: list[Utterance] = []
-    for sub, trans_name, voice in _POCKETSPHINX_SETS:
-        trans = data / sub / trans_name
-        for number, line in enumerate(trans.read_text().splitlines(), start=1):
-            match = _SPHINX_LINE.match(line.strip())
-            if not match:
-                continue
-            wav = data / sub / f"{match['id']}.wav"
-            text = " ".join(match["text"].split())
-            if not wav.is_file() or not text:
-                warn_skipped(f"skipped {trans}:{number}: missing audio {wav} or empty text")
-                continue
-            utts.append(
-                Utterance(
-                    id=f"{sub}-{match['id']}",
-                    audio=str(wav),
-                    text=text,
-                    duration=audio_duration(wav),
-                    voice=voice,
-                    split="real",
-                    source="pocketsphinx",
-                )
-            )
-    if not utts:
-        raise CompanionError(
-            f"no utterances found in {data}: delete {target} and run again"
-        )
-    return utts

@@ -2,7 +2,8 @@
 
 =============================  =========================================================
 ``synthetic:train`` / ``:test``  the offline synthetic corpus (built once, lib.data.corpus)
-``real``                         the 10 real pocketsphinx-testdata utterances
+``real`` / ``real:<source>``     real recordings from Debian packages (lib.data.real);
+                                 ``real:dev`` the held-out prompts that choose a recipe
 ``librispeech:<folder>``         a LibriSpeech split folder (or root + ``#split[,split]``)
 ``manifest:<file.jsonl>``        a manifest; ``#<split>`` keeps one split
 ``covost2:<root>#<pair>:<split>``  one split of a CoVoST 2 pair (lib.data.covost), e.g.
@@ -25,10 +26,12 @@ from collections.abc import Sequence
 
 from lib.data.corpus import ensure_synthetic_corpus
 from lib.data.spec import CorpusSpec
-from lib.data.loaders import Utterance, load_librispeech, load_manifest, load_real_testset
+from lib.data.loaders import Utterance, load_librispeech, load_manifest
+from lib.data.real import REAL_NAMES, load_real
 from lib.errors import CompanionError
 
-FORMS = "synthetic:train, synthetic:test, real, librispeech:<folder>[#split], " \
+FORMS = "synthetic:train, synthetic:test, real[:dev|:pocketsphinx|:asterisk|:alsa], " \
+        "librispeech:<folder>[#split], " \
         "manifest:<file.jsonl>[#split], covost2:<folder>#<src>_<tgt>:<split>"
 
 
@@ -49,8 +52,8 @@ def load_source(name: str, corpus: CorpusSpec | None = None) -> list[Utterance]:
     if kind == "synthetic" and rest in {"train", "test"}:
         manifest = ensure_synthetic_corpus(corpus or CorpusSpec())
         utts = [u for u in load_manifest(manifest) if u.split == rest]
-    elif name == "real":
-        utts = load_real_testset()
+    elif name in REAL_NAMES:
+        utts = load_real(name)
     elif kind == "librispeech" and path:
         splits = [x for x in split.split(",") if x] or [None]
         utts = [u for sp in splits for u in load_librispeech(path, sp)]
@@ -80,6 +83,8 @@ def _locations(source: str) -> set[str]:
     ``librispeech:<root>#a,b`` becomes one location per split folder, so that a root with
     ``#test-clean`` and the ``test-clean`` folder itself are the same location.
     """
+    if source.strip() == "real":  # every real test source (real:dev is apart)
+        return {name for name in REAL_NAMES if name not in {"real", "real:dev"}}
     kind, _, rest = source.strip().partition(":")
     path, _, split = rest.partition("#")
     if kind not in {"librispeech", "manifest"} or not path:
