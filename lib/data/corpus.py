@@ -18,17 +18,18 @@ import random
 import struct
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lib.clock import stage, track
+from lib.data.augment import augment_corpus
 from lib.data.spec import CORPUS_VERSION, CorpusSpec
 from lib.data.audio import audio_duration, write_wav
 from lib.data.loaders import Utterance, cached_manifest, write_manifest
-from lib.data.text import require_espeak, select_texts
+from lib.data.text import require_espeak, require_flite, select_texts
 from lib.errors import CompanionError
 from lib.paths import cache_subdir
 
@@ -57,8 +58,8 @@ class _Job:
     id: str
     text: str
     split: str
-    engine: str  # "espeak" or "piper"
-    voice: str  # espeak "accent+variant"; "joe" for piper
+    engine: str  # "espeak", "piper" or "flite"
+    voice: str  # espeak "accent+variant"; "joe" for piper; a flite voice
     rate: int = 0  # espeak words per minute
     pitch: int = 0  # espeak pitch
     length_scale: float = 1.0  # piper
@@ -66,8 +67,8 @@ class _Job:
     @property
     def voice_id(self) -> str:
         """The Utterance.voice string."""
-        if self.engine == "piper":
-            return f"piper:{self.voice}"
+        if self.engine in ("piper", "flite"):
+            return f"{self.engine}:{self.voice}"
         return f"espeak:{self.voice}:r{self.rate}:p{self.pitch}"
 
 
@@ -91,7 +92,13 @@ def plan_jobs(spec: CorpusSpec, train: list[str], test: list[str]) -> list[_Job]
     n_piper = 0
     if "piper" in spec.engines:
         n_piper = round(spec.piper_fraction * len(train))
+    n_flite = round(spec.flite_fraction * len(train)) if "flite" in spec.engines else 0
     piper_rows = set(rng.sample(range(len(train)), n_piper))
+    if n_flite:  # drawn after Piper's, so a corpus without flite is what it always was
+        rest = [i for i in range(len(train)) if i not in piper_rows]
+        flite_rows = set(random.Random(f"flite-{spec.seed}").sample(rest, n_flite))
+    else:
+        flite_rows = set()
     jobs = []
     for split, texts, voices in (
         ("test", test, list(spec.test_voices)),
@@ -104,6 +111,10 @@ def plan_jobs(spec: CorpusSpec, train: list[str], test: list[str]) -> list[_Job]
             if split == "train" and index in piper_rows:
                 scale = round(rng.uniform(*spec.length_scale_range), 2)
                 jobs.append(_Job(job_id, text, split, "piper", "joe", length_scale=scale))
+                continue
+            if split == "train" and index in flite_rows:
+                flite_voice = spec.flite_voices[index % len(spec.flite_voices)]
+                jobs.append(_Job(job_id, text, split, "flite", flite_voice))
                 continue
             voice = voices[dealt % len(voices)]
             dealt += 1
@@ -131,6 +142,21 @@ def _espeak_audio(job: _Job) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
+def _flite_audio(job: _Job, path: str) -> tuple[np.ndarray, int]:
+    """Run flite for one job (into a file beside ``path``); int16 samples and their rate."""
+    temp = f"{path}.flite.wav"
+    result = subprocess.run(["flite", "-voice", job.voice, "-t", job.text, "-o", temp],
+                            capture_output=True)
+    if result.returncode != 0 or not os.path.isfile(temp):
+        detail = result.stderr.decode(errors="replace").strip()[:200]
+        raise CompanionError(f"flite failed for voice {job.voice}: {detail}")
+    import soundfile as sf
+
+    samples, rate = sf.read(temp, dtype="int16")
+    os.unlink(temp)
+    return samples, rate
+
+
 _PIPER_VOICES: dict[str, Any] = {}
 """Piper voices loaded in this (worker) process, by folder."""
 
@@ -151,6 +177,8 @@ def _synthesise(args: tuple[_Job, str, str]) -> tuple[str, float]:
         if piper_dir not in _PIPER_VOICES:
             _PIPER_VOICES[piper_dir] = _load_piper(Path(piper_dir))
         samples, rate = _piper_audio(_PIPER_VOICES[piper_dir], job)
+    elif job.engine == "flite":
+        samples, rate = _flite_audio(job, path)
     else:
         samples, rate = _espeak_audio(job)
     return job.id, write_wav(path, samples, rate)
@@ -273,13 +301,15 @@ def ensure_synthetic_corpus(spec: CorpusSpec | None = None) -> Path:
     utts = cached_manifest(manifest, expected)
     if utts is not None:
         print(f"synthetic corpus: cached ({len(utts)} utterances)")
-        return manifest
+        return augment_corpus(manifest, spec)
     if "espeak" in spec.engines:
         require_espeak()
+    if "flite" in spec.engines:
+        require_flite()
     start = time.perf_counter()
     train, test = select_texts(spec)
     jobs = plan_jobs(spec, train, test)
-    spec_file = {**asdict(spec), "version": CORPUS_VERSION}
+    spec_file = {**asdict(replace(spec, augment=())), "version": CORPUS_VERSION}
     (folder / "spec.json").write_text(json.dumps(spec_file, indent=1) + "\n")
     paths, durations = synthesise(jobs, folder / "wavs")
 
@@ -301,7 +331,7 @@ def ensure_synthetic_corpus(spec: CorpusSpec | None = None) -> Path:
         f"synthetic corpus: built {len(utts)} utterances ({hours:.2f} h of audio) "
         f"in {time.perf_counter() - start:.0f} s -> {folder}"
     )
-    return manifest
+    return augment_corpus(manifest, spec)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual build: python -m lib.data.corpus

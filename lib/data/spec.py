@@ -38,6 +38,26 @@ TEST_VOICES = (
 occurs in training (in other pairs); these exact voices never do."""
 
 
+AUGMENTATIONS = {
+    "speed": "speed_range", "tempo": "tempo_range", "reverb": "rt60_range",
+    "noise": "snr_range", "band": "band_range", "gain": "gain_range",
+}  # fmt: skip
+"""Each waveform augmentation (lib.data.augment) and the spec field holding its range."""
+
+AUGMENT_LIMITS = {
+    "speed_range": (0.5, 2.0), "tempo_range": (0.5, 2.0), "rt60_range": (0.05, 2.0),
+    "snr_range": (-5.0, 60.0), "band_range": (1000.0, 8000.0), "gain_range": (-40.0, 20.0),
+}  # fmt: skip
+"""What each range may hold: beyond these a clip is no longer speech a model should learn."""
+
+FLITE_VOICES = ("kal16", "awb", "rms", "slt")
+"""Debian flite's CMU voices (Scottish and US male, US male, US female)."""
+
+_APART = ("flite_fraction", "flite_voices", "augment", "augment_prob", *AUGMENTATIONS.values())
+"""Fields added after the first corpora were built: in the digest only when not at their
+defaults, so a corpus built before them keeps its folder."""
+
+
 @dataclass(frozen=True)
 class CorpusSpec:
     """What :func:`ensure_synthetic_corpus` builds; its hash names the cache folder.
@@ -61,6 +81,16 @@ class CorpusSpec:
     rate_range: tuple[int, int] = (130, 200)  # espeak words/minute (its default is 175)
     pitch_range: tuple[int, int] = (25, 75)  # espeak pitch 0-99 (its default is 50)
     length_scale_range: tuple[float, float] = (0.85, 1.2)  # Piper speed (<1 faster)
+    flite_fraction: float = 0.0  # share of TRAIN spoken by flite's CMU voices (engine "flite")
+    flite_voices: tuple[str, ...] = FLITE_VOICES  # flite -voice names
+    augment: tuple[str, ...] = ()  # waveform augmentations of TRAIN (lib.data.augment)
+    augment_prob: float = 0.5  # each named augmentation's chance per training clip
+    speed_range: tuple[float, float] = (0.9, 1.1)  # speed factor (pitch moves with it)
+    tempo_range: tuple[float, float] = (0.85, 1.15)  # tempo factor (pitch kept)
+    rt60_range: tuple[float, float] = (0.2, 0.8)  # reverberation time, seconds
+    snr_range: tuple[float, float] = (5.0, 30.0)  # noise: signal-to-noise ratio, dB
+    band_range: tuple[float, float] = (3400.0, 8000.0)  # low-pass cutoff, Hz
+    gain_range: tuple[float, float] = (-25.0, 0.0)  # level change, dB
 
     def __post_init__(self) -> None:
         """Check the spec, raising a one-line CompanionError on a bad value."""
@@ -69,11 +99,20 @@ class CorpusSpec:
             problems.append("n_train and n_test must be >= 0 and not both 0")
         if not 1 <= self.min_words <= self.max_words:
             problems.append("need 1 <= min_words <= max_words")
-        unknown = set(self.engines) - {"espeak", "piper"}
+        unknown = set(self.engines) - {"espeak", "piper", "flite"}
         if unknown or not self.engines:
-            problems.append(f"engines must be among 'espeak', 'piper' (got {self.engines})")
-        if not 0.0 <= self.piper_fraction <= 1.0:
-            problems.append("piper_fraction must be in [0, 1]")
+            problems.append("engines must be among 'espeak', 'piper', 'flite' "
+                            f"(got {self.engines})")
+        if not 0.0 <= self.piper_fraction <= 1.0 or not 0.0 <= self.flite_fraction <= 1.0:
+            problems.append("piper_fraction and flite_fraction must be in [0, 1]")
+        if self.piper_fraction + self.flite_fraction > 1.0:
+            problems.append("piper_fraction + flite_fraction must be <= 1")
+        if ("flite" in self.engines) != (self.flite_fraction > 0):
+            problems.append("engine 'flite' and flite_fraction > 0 go together")
+        stray = sorted(set(self.flite_voices) - set(FLITE_VOICES))
+        if stray or not self.flite_voices:
+            problems.append(f"flite_voices {stray or '()'}: use some of {', '.join(FLITE_VOICES)}")
+        problems += _augment_problems(self)
         if "espeak" not in self.engines and self.n_test > 0:
             problems.append("the test split needs 'espeak' (Piper's one voice is train-only)")
         if "espeak" not in self.engines and self.piper_fraction < 1.0 and self.n_train:
@@ -101,11 +140,39 @@ class CorpusSpec:
         )
 
     def digest(self) -> str:
-        """Short hash of the spec (and builder version) naming its cache folder."""
+        """Short hash naming the clean corpus's cache folder: the spec and builder version,
+        without the augmentation (its own folder inside, :func:`lib.data.augment
+        .augment_digest`) and with the later fields only when they are not at default."""
         payload = asdict(self)
+        for name in _APART:
+            if name in self.augment_settings() or payload[name] == getattr(CorpusSpec, name):
+                payload.pop(name)
         payload["version"] = CORPUS_VERSION
         blob = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def augment_settings(self) -> dict[str, object]:
+        """The fields that say how the training audio is augmented ({} when it is not)."""
+        if not self.augment:
+            return {}
+        fields = ("augment", "augment_prob", *(AUGMENTATIONS[a] for a in self.augment))
+        return {name: getattr(self, name) for name in fields}
+
+
+def _augment_problems(spec: CorpusSpec) -> list[str]:
+    """What is wrong with a spec's augmentation: unknown names, ranges out of their limits."""
+    problems = []
+    unknown = [a for a in spec.augment if a not in AUGMENTATIONS]
+    if unknown:
+        problems.append(f"unknown augmentation {', '.join(map(repr, unknown))}: use some of "
+                        f"{', '.join(AUGMENTATIONS)}")
+    if not 0.0 < spec.augment_prob <= 1.0:
+        problems.append(f"augment_prob={spec.augment_prob} must be in (0, 1]")
+    for field, (low, high) in AUGMENT_LIMITS.items():
+        lo, hi = getattr(spec, field)
+        if not low <= lo <= hi <= high:
+            problems.append(f"{field}=({lo}, {hi}) must satisfy {low} <= low <= high <= {high}")
+    return problems
 
 
 

@@ -24,8 +24,9 @@ from lib.paths import cache_subdir
 BIBLE_MODULE = "engWEB2015eb"
 """SWORD module of the World English Bible installed by Debian's ``sword-text-web``."""
 
-APT_PACKAGES = ("espeak-ng", "diatheke", "sword-text-web", "sword-text-sparv")
-"""Debian packages the synthetic corpora need (the Reina-Valera 1909 for chapter 5)."""
+APT_PACKAGES = ("espeak-ng", "flite", "diatheke", "sword-text-web", "sword-text-sparv")
+"""Debian packages the synthetic corpora need (flite's CMU voices, the Reina-Valera 1909 for
+chapter 5)."""
 
 SPANISH_MODULE = "spaRV1909eb"
 """SWORD module of the Reina-Valera 1909 installed by Debian's ``sword-text-sparv``."""
@@ -51,8 +52,7 @@ BIBLE_BOOKS = (
 def _missing_tools() -> list[str]:
     """Debian packages among :data:`APT_PACKAGES` that are not usable now."""
     missing = []
-    if shutil.which("espeak-ng") is None:
-        missing.append("espeak-ng")
+    missing += [tool for tool in ("espeak-ng", "flite") if shutil.which(tool) is None]
     if shutil.which("diatheke") is None:
         missing.append("diatheke")
         missing.append("sword-text-web")
@@ -80,7 +80,7 @@ def ensure_system_tools() -> None:
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
     When something is missing and we run as root with apt-get, installs
-    ``espeak-ng diatheke sword-text-web sword-text-sparv`` (running ``apt-get update`` first if the plain
+    ``espeak-ng flite diatheke sword-text-web sword-text-sparv`` (running ``apt-get update`` first if the plain
     install fails). Otherwise raises an error naming the command to run.
 
     Raises:
@@ -118,6 +118,14 @@ def require_espeak() -> None:
             "espeak-ng not found: install it with `apt-get install espeak-ng` "
             "(Debian/Ubuntu), or call lib.data.text.ensure_system_tools() as root"
         )
+
+
+def require_flite() -> None:
+    """Raise a CompanionError when flite is not on PATH."""
+    if shutil.which("flite") is None:
+        raise CompanionError(
+            "flite not found: install it with `apt-get install flite` (Debian/Ubuntu), or "
+            "drop 'flite' from the corpus engines (flite_fraction 0)")
 
 
 def _require_bible() -> None:
