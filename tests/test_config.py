@@ -187,7 +187,10 @@ def _another(name: str, value, run):
                "multitask_corpus": ["covost2:/x#en_es", "covost2:/y#es_en"],
                "transfer_encoders": ["tiny-whisper", "tiny-whisper@random"],
                "transfer_decoder": "tiny-gemma", "backbone_chosen_on": "asr",
-               "backbone_heal_variant": "both"}
+               "backbone_heal_variant": "both", "flite_fraction": 0.15, "augment": ["noise"],
+               "levers": ["all"], "speed_range": [0.95, 1.05], "tempo_range": [0.9, 1.1],
+               "rt60_range": [0.3, 0.5], "snr_range": [10.0, 20.0],
+               "band_range": [4000.0, 6000.0], "gain_range": [-10.0, -5.0]}
     if name in special:
         return special[name]
     if name in ("precision", "eval_precision"):
@@ -206,7 +209,7 @@ def _another(name: str, value, run):
 def _fields(run) -> dict[str, object]:
     """Every leaf field of a run, by dotted path (models: the first one's)."""
     out = {"corpus." + k: v for k, v in dataclasses.asdict(run.corpus).items()}
-    for attr in ("device", "dev_utterances", "train_data", "test_data"):
+    for attr in ("device", "dev_utterances", "train_data", "test_data", "levers", "lever_seeds"):
         out[attr] = getattr(run, attr)
     for attr in SECTIONS:
         sec = getattr(run, attr)

@@ -199,7 +199,7 @@ FLOORS = [
     ("prune", ("lib.prune",)),
     ("heal", ("lib.heal",)),
     ("report", ("lib.report",)),
-    ("resolution", ("lib.config.resolve",)),
+    ("resolution", ("lib.config.resolve", "lib.config.checks")),
     ("recipes", ("lib.recipes",)),
     ("entry points", ("lib.experiment", "lib.book", "lib.setup")),
 ]

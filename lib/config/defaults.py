@@ -28,6 +28,16 @@ class Chapter1Params:
     test_data: tuple[str, ...] = ("synthetic:test", "real")  # unseen voices; real speech
     n_train: int = 6000  # synthetic train utterances: the CTC warm start needs this many
     n_test: int = 100  # synthetic test utterances (unseen voices)
+    piper_fraction: float = 0.085  # training clips in Piper's natural voice (~510 of 6000)
+    flite_fraction: float = 0.0  # training clips in flite's four CMU voices (0: none)
+    augment: tuple[str, ...] = ()  # waveform augmentations of the training audio, by name
+    augment_prob: float = 0.5  # each augmentation's chance per training clip
+    speed_range: tuple[float, float] = (0.9, 1.1)  # speed factor (pitch moves with it)
+    tempo_range: tuple[float, float] = (0.85, 1.15)  # tempo factor (pitch kept)
+    rt60_range: tuple[float, float] = (0.2, 0.8)  # reverberation time, seconds
+    snr_range: tuple[float, float] = (5.0, 30.0)  # added noise, signal-to-noise ratio in dB
+    band_range: tuple[float, float] = (3400.0, 8000.0)  # low-pass cutoff in Hz (3400: phone)
+    gain_range: tuple[float, float] = (-25.0, 0.0)  # level change in dB
     projector_stack: int = 5  # frames per LLM position: 50 Hz -> 10 Hz (paper)
     projector_hidden: int = 1024  # hidden width of the projector's MLP
     lora_rank: int = 8  # 0 trains the projector only
@@ -57,6 +67,9 @@ class Chapter1Params:
     rescore_beams: int = 2  # joint CTC / attention decoding: beams re-ranked (0: off)
     rescore_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # CTC weights tried
     # on the dev subset; the best one decodes the test sets
+    levers: tuple[str, ...] = ("flite", "piper", "speed", "tempo", "reverb", "noise", "band",
+                               "gain", "all")  # what chapter 1 measures against the clean recipe
+    lever_seeds: int = 3  # seeds of the clean CTC head: the spread beside each interval
 
 
 @dataclass(frozen=True)

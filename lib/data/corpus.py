@@ -92,7 +92,7 @@ def plan_jobs(spec: CorpusSpec, train: list[str], test: list[str]) -> list[_Job]
     n_piper = 0
     if "piper" in spec.engines:
         n_piper = round(spec.piper_fraction * len(train))
-    n_flite = round(spec.flite_fraction * len(train)) if "flite" in spec.engines else 0
+    n_flite = round(spec.flite_fraction * len(train))
     piper_rows = set(rng.sample(range(len(train)), n_piper))
     if n_flite:  # drawn after Piper's, so a corpus without flite is what it always was
         rest = [i for i in range(len(train)) if i not in piper_rows]
@@ -304,7 +304,7 @@ def ensure_synthetic_corpus(spec: CorpusSpec | None = None) -> Path:
         return augment_corpus(manifest, spec)
     if "espeak" in spec.engines:
         require_espeak()
-    if "flite" in spec.engines:
+    if spec.flite_fraction > 0:
         require_flite()
     start = time.perf_counter()
     train, test = select_texts(spec)

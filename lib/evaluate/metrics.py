@@ -248,3 +248,17 @@ def paired_task_difference(task: Task, a: dict[str, Any], b: dict[str, Any],
     from lib.evaluate.bleu import paired_translation_difference
 
     return paired_translation_difference(a, b, metric or "chrf")
+
+
+def wer_by(score: dict[str, Any], groups: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The WER of each group of utterances of one score (:func:`score_asr`), ``groups`` the
+    group of each utterance in order (a real set's sources): WER, its bootstrap interval,
+    utterances."""
+    out = {}
+    for group in sorted(set(groups)):
+        mine = [i for i, g in enumerate(groups) if g == group]
+        errors = [score["utterance_errors"][i] for i in mine]
+        counts = [score["utterance_words"][i] for i in mine]
+        out[group] = {"wer": sum(errors) / max(sum(counts), 1),
+                      "wer_ci95": bootstrap_wer_ci(errors, counts), "n": len(mine)}
+    return out

@@ -44,6 +44,41 @@ def paired_verdict(d: dict[str, Any]) -> str:
     return _sign_verdict(*d["difference_ci95"])
 
 
+def seed_widened(d: dict[str, Any], spread: float) -> dict[str, Any]:
+    """A paired difference (``difference``, ``difference_ci95``) whose interval is the wider
+    of its own and the difference +- half the seed ``spread`` (max - min of one system's
+    figure over training seeds), on each side: a verdict between two trained systems must
+    hold against both the choice of utterances and the choice of seed (chapter 1)."""
+    low, high = d["difference_ci95"]
+    half = spread / 2 if math.isfinite(spread) else 0.0
+    diff = d["difference"]
+    return {**d, "difference_ci95": [min(low, diff - half), max(high, diff + half)],
+            "seed_half_range": half}
+
+
+def choose_lever(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The recipe of record among measured levers, by a rule fixed before the run: the lever
+    with the lowest WER on the dev set (``real:dev``) wins if its difference from ``clean``
+    there (:func:`seed_widened`) is wholly below zero; otherwise ``clean`` stays. Each row:
+    ``lever``, ``dev_wer``, ``vs_clean`` (a widened paired difference; None for clean).
+
+    Returns:
+        ``{"lever", "verdict", "sentence"}``; verdict ``"lower than"`` when a lever wins.
+    """
+    best = min((r for r in rows if r["lever"] != "clean"), key=lambda r: r["dev_wer"],
+               default=None)
+    if best is None:
+        return {"lever": "clean", "verdict": "", "sentence": "only the clean recipe was measured"}
+    verdict = paired_verdict(best["vs_clean"])
+    lo, hi = (100 * x for x in best["vs_clean"]["difference_ci95"])
+    won = verdict == "lower than"
+    sentence = (f"{best['lever']} has the lowest dev WER; its WER is {verdict} clean's "
+                f"(difference {100 * best['vs_clean']['difference']:+.1f} points [{lo:+.1f}, "
+                f"{hi:+.1f}], utterances and seeds), so the recipe of record is "
+                f"{best['lever'] if won else 'clean'}")
+    return {"lever": best["lever"] if won else "clean", "verdict": verdict, "sentence": sentence}
+
+
 def _sign_verdict(low: float, high: float) -> str:
     """The verdict on ``a`` against ``b`` from an interval of ``a - b``: which side of zero."""
     if high < 0:

@@ -298,6 +298,16 @@ def _save_final(model: SpeechLLM, run_dir: Path, train_set: FeatureSet, cfg: Tra
     return result
 
 
+def _fresh_precision(mixed: str) -> None:
+    """Let one process train at another precision than its last run (a notebook kernel, a
+    test session): accelerate keeps one precision per process unless its state is reset;
+    the process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def train_speechllm(
     model: SpeechLLM,
     train_set: FeatureSet,
@@ -341,6 +351,7 @@ def train_speechllm(
 
     cuda = torch.cuda.is_available() and model.device.type == "cuda"
     bf16 = resolve_precision(cfg.precision, str(model.device)) == "bf16"
+    _fresh_precision("bf16" if bf16 else "no")
     acc = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not cuda,
                       gradient_accumulation_steps=cfg.grad_accum)
     params, optimizer, scheduler = _optimiser(model, cfg, desc)

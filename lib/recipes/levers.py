@@ -1,0 +1,224 @@
+"""What each lever of acoustic variety buys on real speech, measured by the CTC head.
+
+Explained in chapter 1 (book/01_building_a_speechllm.ipynb, section "Real speech: what the
+training audio needs"). Stage: the pipeline (data -> features -> CTC warm start -> evaluate).
+
+A lever changes only the training audio (:data:`LEVERS`: another engine's voices, more of
+Piper's natural voice, one waveform augmentation, all of them). For each, the corpus is
+built (or augmented beside the clean one), encoded, and the CTC head of the first decoder's
+warm start is trained on it exactly as chapter 1 trains it, then scored on the real dev
+prompts, the real test set and the synthetic test voices. The CTC head is the cheap witness:
+minutes per lever where the LLM stage takes a quarter of an hour, and chapter 1's record
+shows that its WER and the SpeechLLM's move together. The clean recipe is trained with
+``lever_seeds`` seeds, and the spread of its WER widens every comparison
+(:func:`lib.report.rules.seed_widened`). The recipe of record is chosen on ``real:dev`` by
+:func:`lib.report.rules.choose_lever`, never on a test set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+
+from lib.build.components import build_encoder
+from lib.build.speechllm import build_speechllm
+from lib.cache import cached
+from lib.config.sections import Run
+from lib.data.features import FeatureSet, extract_features
+from lib.data.sources import load_source
+from lib.data.spec import LEVERS, CorpusSpec
+from lib.device import resolve_device
+from lib.evaluate.baselines import score_ctc
+from lib.evaluate.metrics import paired_difference, wer_by
+from lib.paths import cache_subdir, slug
+from lib.recipes.pipeline import run_folder, split_dev
+from lib.recipes.section import Section
+from lib.report.rules import choose_lever, seed_widened
+from lib.train.ctc import ctc_warm_start
+
+LEVER_TESTS = ("real:dev", "real", "synthetic:test")
+"""Where a lever is scored: the dev prompts that choose, then the two test sets."""
+
+
+def clean_spec(spec: CorpusSpec) -> CorpusSpec:
+    """The corpus of ``spec`` without any lever: no augmentation, no flite, Piper's default
+    share (chapter 1's recipe before this chapter measured the levers)."""
+    return replace(spec, augment=(), flite_fraction=0.0, piper_fraction=CorpusSpec.piper_fraction)
+
+
+def lever_spec(spec: CorpusSpec, lever: str) -> CorpusSpec:
+    """``spec``'s corpus with one lever pulled (:data:`LEVERS`)."""
+    return replace(clean_spec(spec), **LEVERS[lever])
+
+
+def _scored(score: dict[str, Any], utts: list[Any]) -> dict[str, Any]:
+    """A CTC score kept with its WER per source of the utterances."""
+    return {**score, "by_source": wer_by(score, [u.source for u in utts])}
+
+
+def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet]) -> dict[str, Any]:
+    """One lever at one seed: corpus, features, CTC warm start, scores (cached by key).
+
+    Returns:
+        ``lever``, ``seed``, ``corpus`` (its digest), ``features`` (the training set's
+        digest), ``minutes`` (corpus, features, warm start: wall minutes on this machine when
+        first computed) and ``scores`` per test set (with ``by_source``).
+    """
+    spec = lever_spec(cfg.corpus, lever)
+    mc = cfg.models[0]
+    keyed = {"spec": spec, "model": mc, "train": replace(cfg.train, seed=seed),
+             "tests": {name: fs.digest() for name, fs in tests.items()},
+             "dev": cfg.dev_utterances}
+
+    def compute(_: Any) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        utts = load_source(cfg.train_data, spec)
+        t1 = time.perf_counter()
+        device = resolve_device(cfg.device)
+        encoder = build_encoder(mc.encoder).to(device)
+        train = extract_features(encoder, utts, desc=f"features {lever}",
+                                 precision=cfg.train.precision)
+        t2 = time.perf_counter()
+        fit, _dev = split_dev(train, cfg.dev_utterances)
+        tr = replace(cfg.train, seed=seed)
+        model = build_speechllm(mc, device=device, seed=seed)
+        warm = ctc_warm_start(model, fit, tr, run_folder(mc, tr, fit) / "warmstart",
+                              desc=f"CTC warm start {lever} seed {seed}")
+        t3 = time.perf_counter()
+        scores = {name: _scored(score_ctc(model, warm.head, fs), fs.utterances)
+                  for name, fs in tests.items()}
+        return {"lever": lever, "seed": seed, "corpus": spec.digest(),
+                "augment": spec.augment_settings(), "features": train.digest(),
+                "minutes": {"corpus": (t1 - t0) / 60, "features": (t2 - t1) / 60,
+                            "warm_start": (warm.wall_time_s if warm.cached else t3 - t2) / 60},
+                "scores": scores}
+
+    return cached(cache_subdir("levers"), f"{slug(mc.decoder)}-{lever}-s{seed}", keyed, compute,
+                  what=f"lever {lever} seed {seed}")
+
+
+def lever_tests(cfg: Run) -> dict[str, FeatureSet]:
+    """The features of :data:`LEVER_TESTS` (clean audio, the run's encoder)."""
+    encoder = build_encoder(cfg.models[0].encoder).to(resolve_device(cfg.device))
+    return {name: extract_features(encoder, load_source(name, cfg.corpus),
+                                   desc=f"features {name}", precision=cfg.train.precision)
+            for name in LEVER_TESTS}
+
+
+def measure_levers(cfg: Run, levers: tuple[str, ...], seeds: int) -> list[dict[str, Any]]:
+    """Every lever at seed 0 and ``clean`` at ``seeds`` seeds (the reference first, the
+    other seeds last), each cached."""
+    tests = lever_tests(cfg)
+    order = [("clean", 0), *((lever, 0) for lever in levers if lever != "clean")]
+    order += [("clean", s) for s in range(1, max(seeds, 1))]
+    return [lever_run(cfg, lever, seed, tests) for lever, seed in order]
+
+
+def lever_table(runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per lever (seed 0): WER with its interval on each test set and per real
+    source, minutes, and the difference from clean on the dev prompts widened by clean's
+    seed spread; and the choice of the recipe of record (:func:`choose_lever`).
+
+    Returns:
+        ``(table, {"choice", "seed_spread", "clean_seeds"})``.
+    """
+    clean = [r for r in runs if r["lever"] == "clean"]
+    spread = {t: max(r["scores"][t]["wer"] for r in clean) - min(r["scores"][t]["wer"]
+                                                                 for r in clean)
+              for t in LEVER_TESTS} if len(clean) > 1 else {t: float("nan") for t in LEVER_TESTS}
+    ref = next(r for r in clean if r["seed"] == 0)
+    rows, choice_rows = [], []
+    for r in (r for r in runs if r["seed"] == 0):
+        row: dict[str, Any] = {"lever": r["lever"], "minutes": sum(r["minutes"].values())}
+        for t in LEVER_TESTS:
+            s = r["scores"][t]
+            row[f"{t} WER"], row[f"{t} ci95"] = s["wer"], tuple(s["wer_ci95"])
+            if r is not ref:
+                d = seed_widened(paired_difference(s, ref["scores"][t]), spread[t])
+                row[f"{t} vs clean"] = d["difference"]
+                row[f"{t} vs clean ci95"] = tuple(d["difference_ci95"])
+        for source, s in r["scores"]["real"]["by_source"].items():
+            row[f"real:{source} WER"] = s["wer"]
+        rows.append(row)
+        choice_rows.append({"lever": r["lever"], "dev_wer": r["scores"]["real:dev"]["wer"],
+                            "vs_clean": None if r is ref else seed_widened(
+                                paired_difference(r["scores"]["real:dev"],
+                                                  ref["scores"]["real:dev"]),
+                                spread["real:dev"])})
+    clean_seeds = {t: [r["scores"][t]["wer"] for r in clean] for t in LEVER_TESTS}
+    return pd.DataFrame(rows), {"choice": choose_lever(choice_rows), "seed_spread": spread,
+                                "clean_seeds": clean_seeds}
+
+
+def by_source_table(runs: dict[str, Any], real: FeatureSet) -> pd.DataFrame:
+    """Each trained SpeechLLM's WER per source of the real set: greedy, rescored (joint CTC /
+    attention, when the run has it) and its CTC head alone, with intervals."""
+    rows = []
+    for name, run in runs.items():
+        systems = {"greedy": run.scores.get("real"), "CTC head": run.ctc_scores.get("real"),
+                   "rescored": run.rescored.get("scores", {}).get("real")}
+        for system, score in systems.items():
+            if not score:
+                continue
+            groups = [u.source for u in real.utterances[:len(score["utterance_errors"])]]
+            for source, s in {**wer_by(score, groups),
+                              "all": {"wer": score["wer"], "wer_ci95": score["wer_ci95"],
+                                      "n": len(groups)}}.items():
+                rows.append({"decoder": name, "system": system, "source": source,
+                             "utterances": s["n"], "WER": s["wer"],
+                             "ci95": tuple(s["wer_ci95"])})
+    return pd.DataFrame(rows)
+
+
+def _percent(table: pd.DataFrame) -> pd.DataFrame:
+    """WER columns (fractions) as percentages, intervals as 'low-high' strings."""
+    out = table.copy()
+    for col in out.columns:
+        if col.endswith("ci95"):
+            out[col] = [f"{100 * a:.1f}–{100 * b:.1f}" if isinstance(a, float) else ""
+                        for a, b in (v if isinstance(v, tuple) else (None, None)
+                                     for v in out[col])]
+        elif "WER" in col or col.endswith("vs clean"):
+            out[col] = 100 * out[col]
+    return out
+
+
+def _real_facts(tests: dict[str, FeatureSet]) -> dict[str, Any]:
+    """How many real test utterances, speakers and packages this run reads."""
+    utts = tests["real"].utterances if "real" in tests else load_source("real")
+    return {"real_n": len(utts), "real_speakers": len({u.voice for u in utts}),
+            "real_packages": len({u.source for u in utts})}
+
+
+def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) -> Section:
+    """Chapter 1's section on real speech: this run's SpeechLLMs per real source, then every
+    lever of :data:`LEVERS` named by ``cfg.levers`` measured by the CTC head (table, figure,
+    the recipe of record chosen on the dev prompts)."""
+    from lib.report.plot_levers import plot_levers
+
+    sources = by_source_table(runs, tests["real"]) if "real" in tests else pd.DataFrame()
+    measured = measure_levers(cfg, cfg.levers, cfg.lever_seeds)
+    table, extra = lever_table(measured)
+    spread = extra["seed_spread"]
+    clean = table.iloc[0]
+    best = table.loc[table["real:dev WER"].idxmin()]
+    glue = {"lever_choice": extra["choice"]["sentence"], "lever_of_record": extra["choice"]["lever"],
+            "clean_real_ctc": 100 * clean["real WER"], "clean_dev_ctc": 100 * clean["real:dev WER"],
+            "seed_spread_real": 100 * spread["real"], "seed_spread_dev": 100 * spread["real:dev"],
+            "lever_seeds": len(extra["clean_seeds"]["real"]), "best_dev_lever": best["lever"],
+            "best_dev_real": 100 * best["real WER"], "best_dev_minutes": best["minutes"],
+            "n_levers": len(table) - 1, "recipe_is_clean": cfg.corpus == clean_spec(cfg.corpus),
+            "flite_share": 100 * LEVERS["flite"]["flite_fraction"],
+            "piper_share": 100 * LEVERS["piper"]["piper_fraction"],
+            "piper_default": 100 * CorpusSpec.piper_fraction, "augment_prob": cfg.corpus.augment_prob,
+            "dev_n": len(tests["real:dev"]) if "real:dev" in tests else len(load_source("real:dev")),
+            **_real_facts(tests)}
+    items: list[Any] = []
+    if len(sources):
+        items.append(_percent(sources).round(1))
+    items.append(plot_levers(table, spread))
+    return Section(_percent(table), glue, {"levers": measured, "sources": sources}, items,
+                   precision=1)
