@@ -399,3 +399,17 @@ def test_chapter_6_block_by_hand(tmp_path):
                                "encoders: angular the cut transfers, loss the cut transfers; "
                                "g backbone: layers 7–8 removed, 1 of 1 learned tasks not worse "
                                "than the full model after healing, reload exact")
+
+
+def test_chapter_1_block_says_the_seed_spread_of_real_speech(tmp_path):
+    """The clean CTC head over three seeds, written by hand: its range and the recipe chosen."""
+    root = _ch01(tmp_path)
+    path = root / "demo" / "ch01.json"
+    rec = json.loads(path.read_text())
+    rec["levers"] = {"clean_seeds": {"real": [0.55, 0.512, 0.601]},
+                     "choice": {"lever": "noise"}}
+    rec["digest"] = figures_digest({k: v for k, v in rec.items() if k != "digest"})
+    path.write_text(json.dumps(rec))
+    out = render("<!-- results: demo/ch01 -->\n<!-- end results -->", root)
+    assert ("real speech over 3 training seeds (CTC head, clean recipe): 51.2–60.1 % WER"
+            in out) and "recipe of record: noise" in out

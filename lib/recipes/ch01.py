@@ -12,6 +12,7 @@ Stage: the chapters' recipes. Explained in chapter 1 (book/01_building_a_speechl
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pandas as pd
@@ -23,18 +24,14 @@ from lib.evaluate.baselines import audio_reliance, whisper_baseline
 from lib.evaluate.decode import precision_check
 from lib.paths import slug
 from lib.recipes.pipeline import ModelRun, prepare_features, rescore_run, train_and_evaluate
-from lib.recipes.section import Section
+from lib.recipes.section import Section, ci_text
 from lib.report import plotting
 from lib.report.results import record_headline, recorded_line
-from lib.report.rules import (LISTENS_GAP, WER_TARGETS, compare_wer, paired_verdict,
-                              reads_audio, target_met)
+from lib.report.rules import LISTENS_GAP, compare_wer, paired_verdict, reads_audio
 
 RELIANCE_UTTERANCES = 64
 """Test utterances behind the audio-reliance check (each scored twice)."""
 
-
-def _ci(pair: Any) -> str:
-    return "{:.1f}–{:.1f}".format(*(100 * x for x in pair))
 
 
 # ------------------------------------------------------------------ 1.1 the architecture
@@ -256,75 +253,6 @@ def word_error_rates(cfg: Run, runs: dict[str, ModelRun],
     return Section(shown, glue, {"whisper": whisper, "table": table}, items, precision=1)
 
 
-# ------------------------------------------------------------------ 1.5 joint decoding
-
-
-def rescore_sweep(runs: dict[str, ModelRun]) -> pd.DataFrame:
-    """The CTC-weight sweeps of joint decoding (dev WER per weight), one frame for all
-    runs, with the chosen weight marked."""
-    rows = [{"model": slug(name), "weight": x["weight"], "dev_wer": x["dev_wer"],
-             "dev_low": x["dev_wer_ci95"][0], "dev_high": x["dev_wer_ci95"][1],
-             "chosen": x["weight"] == r.rescored["weight"]}
-            for name, r in runs.items() if r.rescored for x in r.rescored["sweep"]]
-    return pd.DataFrame(rows)
-
-
-def _rescored_rows(runs: dict[str, ModelRun]) -> pd.DataFrame:
-    rows = []
-    for name, r in runs.items():
-        for test, g in r.scores.items():
-            j = r.rescored["scores"][test]
-            d = r.rescored["vs_greedy"][test]  # rescored minus greedy, paired
-            met = target_met(j["wer"], test)
-            target = WER_TARGETS.get(test)
-            rows.append({"decoder": name.split("/")[-1], "test set": test,
-                         "weight": r.rescored["weight"], "greedy WER (%)": 100 * g["wer"],
-                         "greedy 95 % CI": _ci(g["wer_ci95"]),
-                         "rescored WER (%)": 100 * j["wer"],
-                         "rescored 95 % CI": _ci(j["wer_ci95"]),
-                         "difference (points)": 100 * d["difference"],
-                         "difference 95 % CI": "{:+.1f} to {:+.1f}".format(
-                             *(100 * x for x in d["difference_ci95"])),
-                         "rescored vs greedy": paired_verdict(d),
-                         "target (%)": float("nan") if target is None else 100 * target,
-                         "target met": met,
-                         "utt/s greedy": g["decode_utterances_per_s"],
-                         "utt/s rescored": j["decode_utterances_per_s"]})
-    return pd.DataFrame(rows)
-
-
-def joint_decoding(cfg: Run, runs: dict[str, ModelRun]) -> Section:
-    """The dev sweep of the CTC weight, and each SpeechLLM's joint decoding against its
-    greedy decoding by the paired rule (:func:`lib.report.rules.paired_verdict`)."""
-    sweep = rescore_sweep(runs)
-    glue: dict[str, Any] = {"targets_text": ", ".join(f"{t} ≤ {100 * v:.0f} %"
-                                                      for t, v in WER_TARGETS.items())}
-    nan = float("nan")
-    if sweep.empty:
-        glue.update(resc_weight=nan, resc_beams=cfg.eval.rescore_beams, resc_syn=nan,
-                    resc_syn_lo=nan, resc_syn_hi=nan, resc_vs_greedy="not compared with",
-                    resc_speed_ratio=nan, resc_diff=nan, resc_diff_lo=nan, resc_diff_hi=nan,
-                    resc_n_met=0, resc_n_cells=0)
-        return Section(glue=glue, items=["no joint decoding: rescore_beams is 0, the recipe "
-                                         "has no CTC head, or there is no dev subset"])
-    plotting.plot_rescore_sweep(sweep).set_title("Dev WER against the CTC weight "
-                                                 "(ringed: chosen)")
-    resc = _rescored_rows(runs)
-    r0 = next(iter(runs.values()))
-    syn = cfg.test_data[0]
-    j0, d0 = r0.rescored["scores"][syn], r0.rescored["vs_greedy"][syn]
-    has_target = resc["target met"].notna()
-    glue.update(resc_weight=r0.rescored["weight"], resc_beams=cfg.eval.rescore_beams,
-                resc_syn=100 * j0["wer"], resc_syn_lo=100 * j0["wer_ci95"][0],
-                resc_syn_hi=100 * j0["wer_ci95"][1], resc_vs_greedy=paired_verdict(d0),
-                resc_diff=100 * d0["difference"], resc_diff_lo=100 * d0["difference_ci95"][0],
-                resc_diff_hi=100 * d0["difference_ci95"][1],
-                resc_speed_ratio=(resc["utt/s greedy"] / resc["utt/s rescored"]).median(),
-                resc_n_met=int(resc.loc[has_target, "target met"].astype(bool).sum()),
-                resc_n_cells=int(has_target.sum()))
-    return Section(resc, glue, precision=1)
-
-
 # ------------------------------------------------------------------ 1.6 bf16 decoding
 
 
@@ -345,7 +273,7 @@ def decoding_precision(cfg: Run, runs: dict[str, ModelRun],
     rows = [{"decoder": d, "test set": syn, "WER fp32 (%)": 100 * c["fp32"]["wer"],
              "WER bf16 (%)": 100 * c["bf16"]["wer"],
              "bf16 - fp32 (points) [95 % CI]": f"{100 * c['difference']:+.1f} "
-                                               f"[{_ci(c['difference_ci95'])}]",
+                                               f"[{ci_text(c['difference_ci95'])}]",
              "verdict (bf16 vs fp32)": paired_verdict(c), "speed bf16 / fp32": c["speedup"]}
             for d, c in found.items()]
     worse, speed = [d for d, c in found.items() if paired_verdict(c) == "higher than"], [
@@ -417,17 +345,31 @@ def headline(runs: dict[str, ModelRun], whisper: dict[str, dict[str, Any]],
 
 def reliance(cfg: Run, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
              wers: Section, precision: Section | None = None) -> Section:
-    """Does each decoder read the audio (:func:`lib.report.rules.reads_audio`)? Then the
-    chapter's figures of record are kept (a full book run only)."""
+    """Does each decoder read the audio (:func:`lib.report.rules.reads_audio`)?"""
     rel = reliance_table(runs, tests[cfg.test_data[0]])
     gap = rel["loss, other audio"] - rel["loss, own audio"]
     glue = dict(gap_min=gap.min(), gap_max=gap.max(), listens_gap=LISTENS_GAP,
                 n_listening=int(sum(reads_audio(g) for g in gap)), n_models=len(gap),
                 own_loss_first=rel["loss, own audio"].iloc[0],
                 other_loss_first=rel["loss, other audio"].iloc[0])
-    path = record_headline(cfg, headline(runs, wers["whisper"], rel, precision and
-                                            precision["checks"]))
-    return Section(rel, glue, items=[recorded_line(path, cfg)], precision=3)
+    return Section(rel, glue, {"table": rel}, precision=3)
+
+
+def record(cfg: Run, runs: dict[str, ModelRun], data: Section, wers: Section,
+           listening: Section, precision: Section | None, real: Section) -> Section:
+    """The chapter's figures of record (:func:`headline`), with what they were computed from:
+    each run's key (its folder), the corpus's and every feature set's digest, the real set
+    per source and the levers with the clean CTC head's spread over seeds."""
+    figures = headline(runs, wers["whisper"], listening["table"], precision and
+                       precision["checks"])
+    for name, r in runs.items():
+        figures["decoders"][slug(name)]["run_key"] = os.path.basename(r.train.run_dir)
+    sets = {cfg.train_data: data["train"], **data["tests"]}
+    figures["inputs"] = {"corpus": cfg.corpus.digest(), "augment": cfg.corpus.augment_settings(),
+                         "features": {name: fs.digest() for name, fs in sets.items()}}
+    figures["real_by_source"] = real["sources"].to_dict("records")
+    figures["levers"] = real["summary"]
+    return Section(items=[recorded_line(record_headline(cfg, figures), cfg)])
 
 
 def examples_table(runs: dict[str, ModelRun], test: str, n: int = 5) -> pd.DataFrame:

@@ -220,5 +220,9 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
     if len(sources):
         items.append(_percent(sources).round(1))
     items.append(plot_levers(table, spread))
-    return Section(_percent(table), glue, {"levers": measured, "sources": sources}, items,
-                   precision=1)
+    summary = {"choice": extra["choice"], "seed_spread": spread,
+               "clean_seeds": extra["clean_seeds"],
+               "rows": table.assign(**{c: table[c].map(list) for c in table if c.endswith("ci95")})
+               .to_dict("records")}
+    return Section(_percent(table), glue, {"levers": measured, "sources": sources,
+                                           "summary": summary}, items, precision=1)

@@ -45,3 +45,8 @@ def settings_line(cfg: Any, *parts: str) -> str:
     """The line a chapter prints under its resolved values: its decoders, then what this run does
     (``parts``, in the run's own numbers)."""
     return "; ".join([f"decoders: {', '.join(m.decoder for m in cfg.models)}", *parts])
+
+
+def ci_text(pair: Any) -> str:
+    """A 95 % interval of fractions as a page shows it: ``"12.3–45.6"`` (percent)."""
+    return "{:.1f}–{:.1f}".format(*(100 * x for x in pair))

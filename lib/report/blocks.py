@@ -80,6 +80,12 @@ def render_ch01(rec: dict[str, Any]) -> str:
                      f"steps, recipe `{tr.get('recipe')}`); audio-reliance gap "
                      f"{d.get('audio_reliance_gap', float('nan')):.2f} nats/token")
     verdicts = [_verdicts(dec, d) for dec, d in rec["decoders"].items()]
+    seeds = rec.get("levers", {}).get("clean_seeds", {}).get("real", [])
+    if len(seeds) > 1:  # the same recipe's CTC head over training seeds
+        notes.append(f"real speech over {len(seeds)} training seeds (CTC head, clean recipe): "
+                     f"{100 * min(seeds):.1f}–{100 * max(seeds):.1f} % WER, a spread the "
+                     "intervals above (utterances only) do not include; recipe of record: "
+                     f"{rec['levers'].get('choice', {}).get('lever', '–')}")
     text = "\n".join(rows) + "\n\n" + "".join(f"- {n}\n" for n in notes + verdicts)
     return (text + "\nVerdicts: one WER is lower or higher than another only when their 95 % "
             "intervals do not overlap; rescored against greedy (the same utterances, decoded "

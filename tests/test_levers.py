@@ -1,0 +1,78 @@
+"""Chapter 1's levers: the rule that picks the recipe of record (it can say no), the seed
+spread that widens a comparison, and the table, on constructed scores."""
+
+from __future__ import annotations
+
+import pytest
+
+from lib.evaluate.metrics import paired_difference, score_asr, wer_by
+from lib.recipes.levers import lever_spec, lever_table
+from lib.report.rules import choose_lever, seed_widened
+from lib.data.spec import CorpusSpec
+
+REFS = [f"the cat sat on mat number {i}" for i in range(40)]
+
+
+def _score(n_wrong: int) -> dict:
+    """The first ``n_wrong`` utterances each with one word wrong (7 words each)."""
+    hyps = [r.replace("cat", "dog") if i < n_wrong else r for i, r in enumerate(REFS)]
+    return score_asr(REFS, hyps)
+
+
+def test_seed_widened_takes_the_wider_side() -> None:
+    d = {"difference": -0.05, "difference_ci95": [-0.08, -0.02]}
+    assert seed_widened(d, 0.02)["difference_ci95"] == [-0.08, -0.02]  # utterances wider
+    wide = seed_widened(d, 0.2)["difference_ci95"]  # seeds wider: -0.05 +- 0.1
+    assert wide == pytest.approx([-0.15, 0.05])
+    assert seed_widened(d, float("nan"))["difference_ci95"] == [-0.08, -0.02]
+
+
+def test_the_rule_says_yes_and_no() -> None:
+    clean, better = _score(30), _score(2)
+    rows = [{"lever": "clean", "dev_wer": clean["wer"], "vs_clean": None},
+            {"lever": "noise", "dev_wer": better["wer"],
+             "vs_clean": seed_widened(paired_difference(better, clean), 0.01)}]
+    yes = choose_lever(rows)
+    assert yes["lever"] == "noise" and yes["verdict"] == "lower than"
+    # the same difference, but the clean recipe moves by 20 points over seeds: no
+    rows[1]["vs_clean"] = seed_widened(paired_difference(better, clean), 0.4)
+    no = choose_lever(rows)
+    assert no["lever"] == "clean" and no["verdict"] == "not distinguishable from"
+    assert "so the recipe of record is clean" in no["sentence"]
+
+
+def test_wer_by_source_is_the_slow_loop() -> None:
+    hyps = [r.replace("cat", "dog") if i < 10 else r for i, r in enumerate(REFS)]
+    s = score_asr(REFS, hyps)
+    groups = ["a" if i % 2 else "b" for i in range(len(REFS))]
+    by = wer_by(s, groups)
+    for g in ("a", "b"):  # each group scored on its own by jiwer
+        mine = [i for i in range(len(REFS)) if groups[i] == g]
+        own = score_asr([REFS[i] for i in mine], [hyps[i] for i in mine])
+        assert by[g]["wer"] == pytest.approx(own["wer"]) and by[g]["n"] == len(mine)
+        assert by[g]["wer_ci95"][0] <= by[g]["wer"] <= by[g]["wer_ci95"][1]
+
+
+def test_a_lever_changes_only_its_own_fields() -> None:
+    base = CorpusSpec(n_train=100, n_test=10, augment=("gain",), flite_fraction=0.1)
+    assert lever_spec(base, "clean") == CorpusSpec(n_train=100, n_test=10)
+    assert lever_spec(base, "noise").augment == ("noise",)
+    assert lever_spec(base, "piper").piper_fraction == 0.3 and lever_spec(base, "piper").augment == ()
+
+
+def _run(lever: str, seed: int, dev: int, real: int) -> dict:
+    scores = {"real:dev": _score(dev), "real": _score(real), "synthetic:test": _score(5)}
+    for s in scores.values():
+        s["by_source"] = {"x": {"wer": s["wer"], "wer_ci95": s["wer_ci95"], "n": 40}}
+    return {"lever": lever, "seed": seed, "minutes": {"corpus": 1.0, "warm_start": 2.0},
+            "scores": scores}
+
+
+def test_the_table_reads_the_spread_from_the_clean_seeds() -> None:
+    runs = [_run("clean", 0, 30, 30), _run("noise", 0, 5, 10), _run("clean", 1, 28, 26),
+            _run("clean", 2, 31, 33)]
+    table, extra = lever_table(runs)
+    assert list(table["lever"]) == ["clean", "noise"] and list(table["minutes"]) == [3.0, 3.0]
+    assert extra["seed_spread"]["real"] == pytest.approx((33 - 26) / 280)
+    assert extra["choice"]["lever"] == "noise"
+    assert table.loc[1, "real:dev vs clean"] == pytest.approx(-25 / 280)
