@@ -153,3 +153,13 @@ def test_flite_speaks_a_clip(tmp_path: Path) -> None:
     _, seconds = _synthesise((job, path, ""))
     assert 1.5 < seconds < 4 and sf.info(path).samplerate == SAMPLE_RATE
     assert job.voice_id == "flite:slt" and not list(tmp_path.glob("*.flite.wav"))
+
+
+def test_a_missing_voice_engine_is_one_line(monkeypatch) -> None:
+    from lib.data import text
+
+    monkeypatch.setattr(text.shutil, "which", lambda tool: None)
+    with pytest.raises(CompanionError, match="flite not found: install it with `apt-get "
+                       "install flite`.*flite_fraction 0") as err:
+        text.require_flite()
+    assert "\n" not in str(err.value)

@@ -186,6 +186,21 @@ def _percent(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def sources_table(tests: dict[str, FeatureSet]) -> pd.DataFrame:
+    """Where the real recordings come from: each source's packages, licence, speakers and
+    utterances (test, and the dev prompts)."""
+    from lib.data.real import REAL_SOURCES
+
+    sets = {"real": tests["real"].utterances if "real" in tests else load_source("real"),
+            "real:dev": tests["real:dev"].utterances if "real:dev" in tests
+            else load_source("real:dev")}
+    return pd.DataFrame([{"source": s.name, "Debian packages": ", ".join(s.packages),
+                          "licence": s.licence, "speakers": s.speakers,
+                          "test utterances": sum(u.source == s.name for u in sets["real"]),
+                          "dev utterances": sum(u.source == s.name for u in sets["real:dev"])}
+                         for s in REAL_SOURCES.values()])
+
+
 def _real_facts(tests: dict[str, FeatureSet]) -> dict[str, Any]:
     """How many real test utterances, speakers and packages this run reads."""
     utts = tests["real"].utterances if "real" in tests else load_source("real")
@@ -216,7 +231,7 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
             "piper_default": 100 * CorpusSpec.piper_fraction, "augment_prob": cfg.corpus.augment_prob,
             "dev_n": len(tests["real:dev"]) if "real:dev" in tests else len(load_source("real:dev")),
             **_real_facts(tests)}
-    items: list[Any] = []
+    items: list[Any] = [sources_table(tests)]
     if len(sources):
         items.append(_percent(sources).round(1))
     items.append(plot_levers(table, spread))
