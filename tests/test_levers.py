@@ -3,10 +3,12 @@ spread that widens a comparison, and the table, on constructed scores."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lib.evaluate.metrics import paired_difference, score_asr, wer_by
-from lib.recipes.levers import lever_spec, lever_table
+from lib.recipes.levers import lever_spec, lever_summary, lever_table
 from lib.report.rules import choose_lever, seed_widened
 from lib.data.spec import CorpusSpec
 
@@ -76,3 +78,7 @@ def test_the_table_reads_the_spread_from_the_clean_seeds() -> None:
     assert extra["seed_spread"]["real"] == pytest.approx((33 - 26) / 280)
     assert extra["choice"]["lever"] == "noise"
     assert table.loc[1, "real:dev vs clean"] == pytest.approx(-25 / 280)
+    kept = lever_summary(table, extra)  # what the record keeps: JSON, no NaN intervals
+    json.dumps(kept)
+    assert kept["rows"][0]["real vs clean ci95"] is None
+    assert kept["rows"][1]["real ci95"] == list(table.loc[1, "real ci95"])

@@ -235,9 +235,15 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
     if len(sources):
         items.append(_percent(sources).round(1))
     items.append(plot_levers(table, spread))
-    summary = {"choice": extra["choice"], "seed_spread": spread,
-               "clean_seeds": extra["clean_seeds"],
-               "rows": table.assign(**{c: table[c].map(list) for c in table if c.endswith("ci95")})
-               .to_dict("records")}
     return Section(_percent(table), glue, {"levers": measured, "sources": sources,
-                                           "summary": summary}, items, precision=1)
+                                           "summary": lever_summary(table, extra)},
+                   items, precision=1)
+
+
+def lever_summary(table: pd.DataFrame, extra: dict[str, Any]) -> dict[str, Any]:
+    """What chapter 1's record keeps of the levers: the choice, the clean seeds and their
+    spread, one row per lever (intervals as lists; none for clean's own difference)."""
+    rows = [{k: (list(v) if isinstance(v, tuple) else None if k.endswith("ci95") else v)
+             for k, v in row.items()} for row in table.to_dict("records")]
+    return {"choice": extra["choice"], "seed_spread": extra["seed_spread"],
+            "clean_seeds": extra["clean_seeds"], "rows": rows}
