@@ -82,3 +82,34 @@ def test_the_table_reads_the_spread_from_the_clean_seeds() -> None:
     json.dumps(kept)
     assert kept["rows"][0]["real vs clean ci95"] is None
     assert kept["rows"][1]["real ci95"] == list(table.loc[1, "real ci95"])
+
+
+def test_spliced_features_are_the_features_of_the_changed_corpus(tmp_path, monkeypatch):
+    """Half the clips augmented: the clean set's features for the others, the changed ones
+    encoded; the same, clip by clip, as encoding the whole changed corpus."""
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from lib.build.components import build_encoder
+    from lib.data.features import extract_features
+    from lib.data.loaders import Utterance
+    from lib.recipes.levers import spliced_features
+
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    utts, changed = [], []
+    for i in range(6):
+        for name, out in (("clean", utts), ("aug", changed)):
+            path = tmp_path / f"{name}-{i}.wav"
+            sf.write(path, (0.1 * rng.standard_normal(8000 + 800 * i)).astype(np.float32), 16000)
+            out.append(Utterance(f"u{i}", str(path), "a b c d", 0.5, "v", "train", "x"))
+    mixed = [changed[i] if i % 2 else utts[i] for i in range(6)]
+    encoder = build_encoder("tiny-whisper")
+    clean = extract_features(encoder, utts, precision="fp32")
+    spliced = spliced_features(clean, mixed, encoder, "fp32")
+    whole = extract_features(encoder, mixed, precision="fp32")
+    assert [u.audio for u in spliced.utterances] == [u.audio for u in mixed]
+    for a, b in zip(spliced.feats, whole.feats):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-3, atol=1e-3)
+    assert torch.equal(spliced.feats[0], clean.feats[0])  # reused, not encoded again

@@ -59,6 +59,21 @@ def _scored(score: dict[str, Any], utts: list[Any]) -> dict[str, Any]:
     return {**score, "by_source": wer_by(score, [u.source for u in utts])}
 
 
+def spliced_features(clean: FeatureSet, utts: list[Any], encoder: Any, precision: str,
+                     desc: str = "features") -> FeatureSet:
+    """The features of ``utts``: a clip of ``clean`` (the same audio file) keeps its
+    features, the others are encoded (and cached) as one set. Exact, since a clip's features
+    are its own whatever it is batched with (:mod:`lib.data.features`): an augmentation that
+    changes half the clips costs half an encoding pass."""
+    known = {u.audio: f for u, f in zip(clean.utterances, clean.feats)}
+    changed = [u for u in utts if u.audio not in known]
+    if changed:
+        new = extract_features(encoder, changed, desc=desc, precision=precision)
+        known.update({u.audio: f for u, f in zip(new.utterances, new.feats)})
+    kept = [u for u in utts if u.audio in known]  # a clip too short to encode is skipped
+    return FeatureSet(kept, [known[u.audio] for u in kept])
+
+
 def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet]) -> dict[str, Any]:
     """One lever at one seed: corpus, features, CTC warm start, scores (cached by key).
 
@@ -79,8 +94,9 @@ def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet]) -> 
         t1 = time.perf_counter()
         device = resolve_device(cfg.device)
         encoder = build_encoder(mc.encoder).to(device)
-        train = extract_features(encoder, utts, desc=f"features {lever}",
-                                 precision=cfg.train.precision)
+        clean = extract_features(encoder, load_source(cfg.train_data, clean_spec(cfg.corpus)),
+                                 desc="features clean", precision=cfg.train.precision)
+        train = spliced_features(clean, utts, encoder, cfg.train.precision, f"features {lever}")
         t2 = time.perf_counter()
         fit, _dev = split_dev(train, cfg.dev_utterances)
         tr = replace(cfg.train, seed=seed)
