@@ -163,3 +163,38 @@ def test_a_missing_voice_engine_is_one_line(monkeypatch) -> None:
                        "install flite`.*flite_fraction 0") as err:
         text.require_flite()
     assert "\n" not in str(err.value)
+
+
+FORTUNE = """You will be married within a year.
+%
+Never put off till tomorrow what you can do today.
+		-- Anonymous
+%
+Call 555-1234 now! It's a fine day for a walk in the park.
+%
+"""
+
+
+def test_fortunes_are_parsed_into_plain_sentences() -> None:
+    from lib.data.text import parse_fortunes
+
+    assert parse_fortunes(FORTUNE) == [  # by hand: the attribution and the digits are out
+        "You will be married within a year.",
+        "Never put off till tomorrow what you can do today.",
+        "It's a fine day for a walk in the park."]
+
+
+def test_the_text_lever_swaps_training_sentences_and_keeps_the_test_set(monkeypatch) -> None:
+    from lib.data import text
+
+    bible = [f"And the lord spoke unto him number {w}." for w in
+             ("one two three four five six seven eight nine ten eleven twelve thirteen "
+              "fourteen fifteen sixteen seventeen eighteen nineteen twenty").split()]
+    modern = [f"Please call me back about item {w} today." for w in "abcdefghij"]
+    monkeypatch.setattr(text, "bible_sentences", lambda: bible)
+    monkeypatch.setattr(text, "fortune_sentences", lambda: modern)
+    clean = CorpusSpec(n_train=10, n_test=4)
+    train0, test0 = text.select_texts(clean)
+    train, test = text.select_texts(replace(clean, text_fraction=0.5))
+    assert test == test0 and len(train) == 10
+    assert sum(t in modern for t in train) == 5 and set(train) - set(modern) <= set(train0)

@@ -187,7 +187,8 @@ def _another(name: str, value, run):
                "multitask_corpus": ["covost2:/x#en_es", "covost2:/y#es_en"],
                "transfer_encoders": ["tiny-whisper", "tiny-whisper@random"],
                "transfer_decoder": "tiny-gemma", "backbone_chosen_on": "asr",
-               "backbone_heal_variant": "both", "flite_fraction": 0.15, "augment": ["noise"],
+               "backbone_heal_variant": "both", "flite_fraction": 0.15, "text_fraction": 0.25,
+               "augment": ["noise"],
                "levers": ["all"], "speed_range": [0.95, 1.05], "tempo_range": [0.9, 1.1],
                "rt60_range": [0.3, 0.5], "snr_range": [10.0, 20.0],
                "band_range": [4000.0, 6000.0], "gain_range": [-10.0, -5.0]}

@@ -43,8 +43,8 @@ CHAPTER_SECTIONS = {1: ("models", "train", "eval"), 2: ("score",), 3: ("prune",)
 RUN_FIELDS = ("device", "dev_utterances", "train_data", "test_data", "levers", "lever_seeds")
 """Parameters that are fields of the run itself."""
 
-CORPUS_FIELDS = ("n_train", "n_test", "piper_fraction", "flite_fraction", "augment",
-                 "augment_prob", *AUGMENTATIONS.values())
+CORPUS_FIELDS = ("n_train", "n_test", "piper_fraction", "flite_fraction", "text_fraction",
+                 "augment", "augment_prob", *AUGMENTATIONS.values())
 """Parameters that are fields of the synthetic corpus (:class:`lib.data.spec.CorpusSpec`)."""
 
 

@@ -57,14 +57,16 @@ LEVERS: dict[str, dict[str, object]] = {
     "clean": {},
     "flite": {"flite_fraction": 0.15},
     "piper": {"piper_fraction": 0.3},
+    "text": {"text_fraction": 0.5},
     **{name: {"augment": (name,)} for name in AUGMENTATIONS},
     "all": {"augment": tuple(AUGMENTATIONS)},
 }
 """Chapter 1's levers of acoustic variety (lib.recipes.levers), each as the corpus fields it
 changes from the clean recipe: flite's voices for 900 of 6000 training clips, Piper's for
-1800 instead of 510, one augmentation, all six."""
+1800 instead of 510, half the training sentences from Debian's fortunes instead of the Bible
+(a text lever beside the acoustic ones), one augmentation, all six."""
 
-_APART = ("flite_fraction", "flite_voices", "augment", "augment_prob", *AUGMENTATIONS.values())
+_APART = ("flite_fraction", "flite_voices", "text_fraction", "augment", "augment_prob", *AUGMENTATIONS.values())
 """Fields added after the first corpora were built: in the digest only when not at their
 defaults, so a corpus built before them keeps its folder."""
 
@@ -94,6 +96,7 @@ class CorpusSpec:
     length_scale_range: tuple[float, float] = (0.85, 1.2)  # Piper speed (<1 faster)
     flite_fraction: float = 0.0  # share of TRAIN spoken by flite's CMU voices (0: no flite)
     flite_voices: tuple[str, ...] = FLITE_VOICES  # flite -voice names
+    text_fraction: float = 0.0  # share of TRAIN sentences from Debian's fortunes (lib.data.text)
     augment: tuple[str, ...] = ()  # waveform augmentations of TRAIN (lib.data.augment)
     augment_prob: float = 0.5  # each named augmentation's chance per training clip
     speed_range: tuple[float, float] = (0.9, 1.1)  # speed factor (pitch moves with it)
@@ -115,6 +118,8 @@ class CorpusSpec:
             problems.append(f"engines must be among 'espeak', 'piper' (got {self.engines})")
         if not 0.0 <= self.piper_fraction <= 1.0 or not 0.0 <= self.flite_fraction <= 1.0:
             problems.append("piper_fraction and flite_fraction must be in [0, 1]")
+        if not 0.0 <= self.text_fraction <= 1.0:
+            problems.append("text_fraction must be in [0, 1]")
         if self.piper_fraction + self.flite_fraction > 1.0:
             problems.append("piper_fraction + flite_fraction must be <= 1")
         stray = sorted(set(self.flite_voices) - set(FLITE_VOICES))

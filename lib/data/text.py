@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import os
+from pathlib import Path
 import random
 import re
 import shutil
@@ -253,6 +254,50 @@ def bible_sentences() -> list[str]:
     return sentences
 
 
+FORTUNES_PACKAGE = "fortunes"
+"""Debian's fortune-mod quotations (BSD licence): modern English of every register, the
+text lever of chapter 1 (the Bible's vocabulary lacks most words people say today)."""
+
+_FORTUNES = Path("usr/share/games/fortunes")
+
+
+def parse_fortunes(text: str) -> list[str]:
+    """The sentences of one fortune file: entries split at ``%`` lines, attribution lines
+    (``-- Name``, or indented deep) dropped, cleaned and filtered as the Bible's are."""
+    sentences = []
+    for entry in re.split(r"\n%\n", text):
+        lines = [line.strip() for line in entry.splitlines()
+                 if not line.strip().startswith("--") and not line.startswith("\t\t")]
+        for sentence in _SENTENCE_END.split(clean_text(" ".join(lines))):
+            sentence = sentence.strip()
+            if sentence and _ALLOWED.match(sentence):
+                sentences.append(sentence)
+    return sentences
+
+
+def fortune_sentences() -> list[str]:
+    """Every sentence of Debian's ``fortunes`` (fetched once with ``apt-get download``, no
+    root), cached in ``<cache>/corpora/fortune-sentences.txt``.
+
+    Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
+    """
+    cache = cache_subdir("corpora") / "fortune-sentences.txt"
+    if cache.is_file() and cache.stat().st_size > 0:
+        return cache.read_text(encoding="utf-8").splitlines()
+    from lib.data.real import extract_debian
+
+    target = cache_subdir("corpora") / "text-fortunes"
+    if not (target / _FORTUNES).is_dir():
+        extract_debian((FORTUNES_PACKAGE,), target)
+    sentences = [s for path in sorted((target / _FORTUNES).iterdir())
+                 if path.is_file() and "." not in path.name
+                 for s in parse_fortunes(path.read_text(encoding="utf-8", errors="ignore"))]
+    partial = cache.with_name(f".{cache.name}.partial")
+    partial.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    os.replace(partial, cache)
+    return sentences
+
+
 def _text_key(text: str) -> str:
     """Comparison key: lower-case letters and spaces only."""
     return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
@@ -265,7 +310,8 @@ def select_texts(spec: CorpusSpec) -> tuple[list[str], list[str]]:
 
     Sentences of ``min_words..max_words`` words, de-duplicated (ignoring case and
     punctuation), shuffled with ``spec.seed``; the first ``n_test`` go to test, the next
-    ``n_train`` to train.
+    ``n_train`` to train. With ``text_fraction`` that share of the training sentences comes
+    from :func:`fortune_sentences` instead (the test sentences stay the Bible's).
 
     Args:
         spec: The corpus spec.
@@ -288,4 +334,14 @@ def select_texts(spec: CorpusSpec) -> tuple[list[str], list[str]]:
             f"{need} requested: lower n_train/n_test or widen the word range"
         )
     random.Random(spec.seed).shuffle(texts)
-    return texts[spec.n_test : need], texts[: spec.n_test]
+    train, test = texts[spec.n_test : need], texts[: spec.n_test]
+    n_other = round(spec.text_fraction * spec.n_train)
+    if n_other:  # the text lever: a share of TRAIN from the fortunes, never a test sentence
+        taken = {_text_key(t) for t in test}
+        other = {_text_key(t): t for t in fortune_sentences()
+                 if spec.min_words <= len(t.split()) <= spec.max_words}
+        pool = [t for k, t in other.items() if k not in taken]
+        random.Random(f"text-{spec.seed}").shuffle(pool)
+        train = train[: spec.n_train - n_other] + pool[:n_other]
+        random.Random(f"mix-{spec.seed}").shuffle(train)
+    return train, test

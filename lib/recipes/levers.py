@@ -3,8 +3,8 @@
 Explained in chapter 1 (book/01_building_a_speechllm.ipynb, section "Real speech: what the
 training audio needs"). Stage: the pipeline (data -> features -> CTC warm start -> evaluate).
 
-A lever changes only the training audio (:data:`LEVERS`: another engine's voices, more of
-Piper's natural voice, one waveform augmentation, all of them). For each, the corpus is
+A lever changes only the training data (:data:`lib.data.spec.LEVERS`: another engine's
+voices, more of Piper's natural voice, other words, one waveform augmentation, all six). For each, the corpus is
 built (or augmented beside the clean one), encoded, and the CTC head of the first decoder's
 warm start is trained on it exactly as chapter 1 trains it, then scored on the real dev
 prompts, the real test set and the synthetic test voices. The CTC head is the cheap witness:
@@ -46,7 +46,8 @@ LEVER_TESTS = ("real:dev", "real", "synthetic:test")
 def clean_spec(spec: CorpusSpec) -> CorpusSpec:
     """The corpus of ``spec`` without any lever: no augmentation, no flite, Piper's default
     share (chapter 1's recipe before this chapter measured the levers)."""
-    return replace(spec, augment=(), flite_fraction=0.0, piper_fraction=CorpusSpec.piper_fraction)
+    return replace(spec, augment=(), flite_fraction=0.0, text_fraction=0.0,
+                   piper_fraction=CorpusSpec.piper_fraction)
 
 
 def lever_spec(spec: CorpusSpec, lever: str) -> CorpusSpec:
@@ -244,6 +245,7 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
             "n_levers": len(table) - 1, "recipe_is_clean": cfg.corpus == clean_spec(cfg.corpus),
             "flite_share": 100 * LEVERS["flite"]["flite_fraction"],
             "piper_share": 100 * LEVERS["piper"]["piper_fraction"],
+            "text_share": 100 * LEVERS["text"]["text_fraction"],
             "piper_default": 100 * CorpusSpec.piper_fraction, "augment_prob": cfg.corpus.augment_prob,
             "dev_n": len(tests["real:dev"]) if "real:dev" in tests else len(load_source("real:dev")),
             **_real_facts(tests)}
