@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lib.evaluate.metrics import paired_difference, score_asr, wer_by
-from lib.recipes.levers import lever_spec, lever_summary, lever_table
+from lib.recipes.levers import lever_spec, lever_summary, lever_table, recipe_words
 from lib.report.rules import choose_lever, seed_widened
 from lib.data.spec import CorpusSpec
 
@@ -60,6 +60,8 @@ def test_a_lever_changes_only_its_own_fields() -> None:
     assert lever_spec(base, "clean") == CorpusSpec(n_train=100, n_test=10)
     assert lever_spec(base, "noise").augment == ("noise",)
     assert lever_spec(base, "piper").piper_fraction == 0.3 and lever_spec(base, "piper").augment == ()
+    assert recipe_words(lever_spec(base, "clean")) == "the clean recipe"
+    assert recipe_words(lever_spec(base, "text")) == "the clean recipe with text_fraction 0.5"
 
 
 def _run(lever: str, seed: int, dev: int, real: int) -> dict:

@@ -50,6 +50,16 @@ def clean_spec(spec: CorpusSpec) -> CorpusSpec:
                    piper_fraction=CorpusSpec.piper_fraction)
 
 
+def recipe_words(spec: CorpusSpec) -> str:
+    """How a corpus differs from the clean recipe, in words: ``"the clean recipe"`` or e.g.
+    ``"the clean recipe with text_fraction 0.5"``."""
+    clean = clean_spec(spec)
+    changed = [f"{f} {getattr(spec, f)}" for f in ("piper_fraction", "flite_fraction",
+                                                    "text_fraction", "augment")
+               if getattr(spec, f) != getattr(clean, f)]
+    return "the clean recipe" + (f" with {', '.join(changed)}" if changed else "")
+
+
 def lever_spec(spec: CorpusSpec, lever: str) -> CorpusSpec:
     """``spec``'s corpus with one lever pulled (:data:`LEVERS`)."""
     return replace(clean_spec(spec), **LEVERS[lever])
@@ -242,7 +252,7 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
             "seed_spread_real": 100 * spread["real"], "seed_spread_dev": 100 * spread["real:dev"],
             "lever_seeds": len(extra["clean_seeds"]["real"]), "best_dev_lever": best["lever"],
             "best_dev_real": 100 * best["real WER"], "best_dev_minutes": best["minutes"],
-            "n_levers": len(table) - 1, "recipe_is_clean": cfg.corpus == clean_spec(cfg.corpus),
+            "n_levers": len(table) - 1, "run_recipe": recipe_words(cfg.corpus),
             "flite_share": 100 * LEVERS["flite"]["flite_fraction"],
             "piper_share": 100 * LEVERS["piper"]["piper_fraction"],
             "text_share": 100 * LEVERS["text"]["text_fraction"],
