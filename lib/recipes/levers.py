@@ -95,7 +95,8 @@ def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet]) -> 
     """
     spec = lever_spec(cfg.corpus, lever)
     mc = cfg.models[0]
-    keyed = {"spec": spec, "model": mc, "train": replace(cfg.train, seed=seed),
+    keyed = {"corpus": spec.digest(), "augment": spec.augment_settings(), "model": mc,
+             "train": replace(cfg.train, seed=seed),
              "tests": {name: fs.digest() for name, fs in tests.items()},
              "dev": cfg.dev_utterances}
 
