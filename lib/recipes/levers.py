@@ -258,7 +258,8 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
             "piper_share": 100 * LEVERS["piper"]["piper_fraction"],
             "text_share": 100 * LEVERS["text"]["text_fraction"],
             "piper_default": 100 * CorpusSpec.piper_fraction, "augment_prob": cfg.corpus.augment_prob,
-            "dev_n": len(tests["real:dev"]) if "real:dev" in tests else len(load_source("real:dev")),
+            "real_dev_n": len(tests["real:dev"] if "real:dev" in tests
+                              else load_source("real:dev")),
             **_real_facts(tests)}
     items: list[Any] = [sources_table(tests)]
     if len(sources):
