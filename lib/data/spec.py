@@ -156,9 +156,9 @@ class CorpusSpec:
         """Short hash naming the clean corpus's cache folder: the spec and builder version,
         without the augmentation (its own folder inside, :func:`lib.data.augment
         .augment_digest`) and with the later fields only when they are not at default."""
-        payload = asdict(self)
+        payload, augmented = asdict(self), self.augment_settings()
         for name in _APART:
-            if name in self.augment_settings() or payload[name] == getattr(CorpusSpec, name):
+            if name in augmented or payload[name] == getattr(CorpusSpec, name):
                 payload.pop(name)
         payload["version"] = CORPUS_VERSION
         blob = json.dumps(payload, sort_keys=True)

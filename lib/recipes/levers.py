@@ -161,21 +161,19 @@ def lever_table(runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any
     rows, choice_rows = [], []
     for r in (r for r in runs if r["seed"] == 0):
         row: dict[str, Any] = {"lever": r["lever"], "minutes": sum(r["minutes"].values())}
+        vs: dict[str, dict[str, Any]] = {}  # its widened paired differences from clean
         for t in LEVER_TESTS:
             s = r["scores"][t]
             row[f"{t} WER"], row[f"{t} ci95"] = s["wer"], tuple(s["wer_ci95"])
             if r is not ref:
-                d = seed_widened(paired_difference(s, ref["scores"][t]), spread[t])
-                row[f"{t} vs clean"] = d["difference"]
-                row[f"{t} vs clean ci95"] = tuple(d["difference_ci95"])
+                vs[t] = seed_widened(paired_difference(s, ref["scores"][t]), spread[t])
+                row[f"{t} vs clean"] = vs[t]["difference"]
+                row[f"{t} vs clean ci95"] = tuple(vs[t]["difference_ci95"])
         for source, s in r["scores"]["real"]["by_source"].items():
             row[f"real:{source} WER"] = s["wer"]
         rows.append(row)
         choice_rows.append({"lever": r["lever"], "dev_wer": r["scores"]["real:dev"]["wer"],
-                            "vs_clean": None if r is ref else seed_widened(
-                                paired_difference(r["scores"]["real:dev"],
-                                                  ref["scores"]["real:dev"]),
-                                spread["real:dev"])})
+                            "vs_clean": vs.get("real:dev")})
     clean_seeds = {t: [r["scores"][t]["wer"] for r in clean] for t in LEVER_TESTS}
     return pd.DataFrame(rows), {"choice": choose_lever(choice_rows), "seed_spread": spread,
                                 "clean_seeds": clean_seeds}
@@ -214,26 +212,22 @@ def _percent(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def sources_table(tests: dict[str, FeatureSet]) -> pd.DataFrame:
+def real_sets(tests: dict[str, FeatureSet]) -> dict[str, list[Any]]:
+    """The real test utterances and the dev prompts (the run's own when it encoded them)."""
+    return {name: tests[name].utterances if name in tests else load_source(name)
+            for name in ("real", "real:dev")}
+
+
+def sources_table(sets: dict[str, list[Any]]) -> pd.DataFrame:
     """Where the real recordings come from: each source's packages, licence, speakers and
-    utterances (test, and the dev prompts)."""
+    utterances (test, and the dev prompts; ``sets`` from :func:`real_sets`)."""
     from lib.data.real import REAL_SOURCES
 
-    sets = {"real": tests["real"].utterances if "real" in tests else load_source("real"),
-            "real:dev": tests["real:dev"].utterances if "real:dev" in tests
-            else load_source("real:dev")}
     return pd.DataFrame([{"source": s.name, "Debian packages": ", ".join(s.packages),
                           "licence": s.licence, "speakers": s.speakers,
                           "test utterances": sum(u.source == s.name for u in sets["real"]),
                           "dev utterances": sum(u.source == s.name for u in sets["real:dev"])}
                          for s in REAL_SOURCES.values()])
-
-
-def _real_facts(tests: dict[str, FeatureSet]) -> dict[str, Any]:
-    """How many real test utterances, speakers and packages this run reads."""
-    utts = tests["real"].utterances if "real" in tests else load_source("real")
-    return {"real_n": len(utts), "real_speakers": len({u.voice for u in utts}),
-            "real_packages": len({u.source for u in utts})}
 
 
 def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) -> Section:
@@ -243,6 +237,7 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
     from lib.report.plot_levers import plot_levers
 
     sources = by_source_table(runs, tests["real"]) if "real" in tests else pd.DataFrame()
+    sets = real_sets(tests)
     measured = measure_levers(cfg, cfg.levers, cfg.lever_seeds)
     table, extra = lever_table(measured)
     spread = extra["seed_spread"]
@@ -258,10 +253,10 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
             "piper_share": 100 * LEVERS["piper"]["piper_fraction"],
             "text_share": 100 * LEVERS["text"]["text_fraction"],
             "piper_default": 100 * CorpusSpec.piper_fraction, "augment_prob": cfg.corpus.augment_prob,
-            "real_dev_n": len(tests["real:dev"] if "real:dev" in tests
-                              else load_source("real:dev")),
-            **_real_facts(tests)}
-    items: list[Any] = [sources_table(tests)]
+            "real_n": len(sets["real"]), "real_dev_n": len(sets["real:dev"]),
+            "real_speakers": len({u.voice for u in sets["real"]}),
+            "real_packages": len({u.source for u in sets["real"]})}
+    items: list[Any] = [sources_table(sets)]
     if len(sources):
         items.append(_percent(sources).round(1))
     items.append(plot_levers(table, spread))
