@@ -38,6 +38,10 @@ def test_every_preset_resolves_every_chapter(name):
     ({"rescore_weights": []}, "rescore_weights=\\[\\]"),
     ({"recipe": "fast"}, "recipe='fast'.*ctc-warmstart, plain"),
     ({"precision": "fp8"}, "precision='fp8'.*auto, bf16, fp32"),
+    ({"levers": ["text", "loud"]}, r"levers=\['text', 'loud'\].*unknown lever 'loud'.*name=amount"),
+    ({"levers": ["text=1.5"]}, r"lever 'text=1.5'.*number in \(0, 1\].*text_fraction"),
+    ({"levers": ["noise=often"]}, r"lever 'noise=often'.*augment_prob"),
+    ({"levers": ["clean=0.5"]}, "lever 'clean=0.5' takes no amount"),
 ])
 def test_bad_values_name_the_parameter(over, match):
     with pytest.raises(CompanionError, match=match) as err:

@@ -64,6 +64,16 @@ def test_a_lever_changes_only_its_own_fields() -> None:
     assert recipe_words(lever_spec(base, "text")) == "the clean recipe with text_fraction 0.5"
 
 
+def test_a_lever_pulled_by_an_amount_sets_its_one_field() -> None:
+    base = CorpusSpec(n_train=100, n_test=10)
+    assert lever_spec(base, "text=0.25") == CorpusSpec(n_train=100, n_test=10, text_fraction=0.25)
+    assert lever_spec(base, "piper=1") == CorpusSpec(n_train=100, n_test=10, piper_fraction=1.0)
+    noisy = lever_spec(base, "noise=0.2")
+    assert noisy.augment == ("noise",) and noisy.augment_prob == 0.2
+    assert lever_spec(base, "all=1").augment_prob == 1.0 and len(lever_spec(base, "all=1").augment) == 6
+    assert lever_spec(base, "text=0.5") == lever_spec(base, "text")  # the plain name's amount
+
+
 def _run(lever: str, seed: int, dev: int, real: int) -> dict:
     scores = {"real:dev": _score(dev), "real": _score(real), "synthetic:test": _score(5)}
     for s in scores.values():

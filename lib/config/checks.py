@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lib.config.sections import MULTITASK_STARTS
-from lib.data.spec import AUGMENTATIONS, LEVERS
+from lib.data.spec import AUGMENTATIONS, lever_fields
 from lib.device import PRECISIONS
 from lib.errors import CompanionError
 
@@ -79,6 +79,17 @@ def _names(known: Callable[[], tuple[str, ...]] | None = None,
                 fail(name, list(v), f"unknown {bad[0]!r}; use any of {', '.join(known())}")
         return v
     return check
+
+
+def _levers(name: str, v: Any) -> tuple[str, ...]:
+    """Lever names, each a name or ``name=amount`` (:func:`lib.data.spec.lever_fields`)."""
+    v = _names(allow_empty=True)(name, v)
+    for lever in v:
+        try:
+            lever_fields(lever)
+        except CompanionError as err:
+            fail(name, list(v), str(err))
+    return tuple(lever.replace(" ", "") for lever in v)
 
 
 def _one_of(known: Callable[[], tuple[str, ...]]) -> Callable[[str, Any], str]:
@@ -202,7 +213,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "augment_prob": _SHARE,
     "augment": _names(lambda: tuple(AUGMENTATIONS), allow_empty=True),
     **{name: _range for name in AUGMENTATIONS.values()},
-    "levers": _names(lambda: tuple(LEVERS), allow_empty=True), "lever_seeds": _POS,
+    "levers": _levers, "lever_seeds": _POS,
     # chapter 2
     "n_score_utterances": _POS, "score_batch_size": _POS,
     "profile_fractions": _units(closed=False), "profile_utterances": _POS, "chance_draws": _POS, "agree_rho": _SHARE,

@@ -64,7 +64,42 @@ LEVERS: dict[str, dict[str, object]] = {
 """Chapter 1's levers of acoustic variety (lib.recipes.levers), each as the corpus fields it
 changes from the clean recipe: flite's voices for 900 of 6000 training clips, Piper's for
 1800 instead of 510, half the training sentences from Debian's fortunes instead of the Bible
-(a text lever beside the acoustic ones), one augmentation, all six."""
+(a text lever beside the acoustic ones), one augmentation, all six. ``name=amount`` pulls
+a lever by another amount (:func:`lever_fields`)."""
+
+LEVER_AMOUNTS = {"flite": "flite_fraction", "piper": "piper_fraction", "text": "text_fraction",
+                 **{name: "augment_prob" for name in (*AUGMENTATIONS, "all")}}
+"""The field a lever's amount sets in ``name=amount``: a share of the training clips (an
+engine's voices, the fortunes' sentences) or each augmentation's chance per clip."""
+
+
+def lever_fields(lever: str) -> dict[str, object]:
+    """The corpus fields a lever changes from the clean recipe: a name of :data:`LEVERS`, or
+    ``name=amount`` with the amount in (0, 1] for :data:`LEVER_AMOUNTS` (``text=0.25``: a
+    quarter of the training sentences from the fortunes), so a lever can be drawn as a curve.
+
+    Raises:
+        CompanionError: an unknown name, an amount on ``clean``, or an amount that is not a
+            number in (0, 1].
+    """
+    name, eq, amount = lever.partition("=")
+    name = name.strip()
+    if name not in LEVERS:
+        raise CompanionError(f"unknown lever {lever!r}: use one of {', '.join(LEVERS)}, "
+                             "or name=amount (e.g. text=0.25)")
+    fields = dict(LEVERS[name])
+    if eq:
+        if name not in LEVER_AMOUNTS:
+            raise CompanionError(f"lever {lever!r} takes no amount: write {name}")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 < value <= 1.0:
+            raise CompanionError(f"lever {lever!r}: the amount must be a number in (0, 1], "
+                                 f"the share of {LEVER_AMOUNTS[name]}, e.g. {name}=0.25")
+        fields[LEVER_AMOUNTS[name]] = value
+    return fields
 
 _APART = ("flite_fraction", "flite_voices", "text_fraction", "augment", "augment_prob", *AUGMENTATIONS.values())
 """Fields added after the first corpora were built: in the digest only when not at their

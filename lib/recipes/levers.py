@@ -29,7 +29,7 @@ from lib.cache import cached
 from lib.config.sections import Run
 from lib.data.features import FeatureSet, extract_features
 from lib.data.sources import load_source
-from lib.data.spec import LEVERS, CorpusSpec
+from lib.data.spec import LEVERS, CorpusSpec, lever_fields
 from lib.device import resolve_device
 from lib.evaluate.baselines import score_ctc
 from lib.evaluate.metrics import paired_difference, wer_by
@@ -61,8 +61,9 @@ def recipe_words(spec: CorpusSpec) -> str:
 
 
 def lever_spec(spec: CorpusSpec, lever: str) -> CorpusSpec:
-    """``spec``'s corpus with one lever pulled (:data:`LEVERS`)."""
-    return replace(clean_spec(spec), **LEVERS[lever])
+    """``spec``'s corpus with one lever pulled (:data:`LEVERS`, or ``name=amount``:
+    :func:`lib.data.spec.lever_fields`)."""
+    return replace(clean_spec(spec), **lever_fields(lever))
 
 
 def _scored(score: dict[str, Any], utts: list[Any]) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet]) -> 
                             "warm_start": (warm.wall_time_s if warm.cached else t3 - t2) / 60},
                 "scores": scores}
 
-    return cached(cache_subdir("levers"), f"{slug(mc.decoder)}-{lever}-s{seed}", keyed, compute,
+    return cached(cache_subdir("levers"), f"{slug(mc.decoder)}-{slug(lever)}-s{seed}", keyed, compute,
                   what=f"lever {lever} seed {seed}")
 
 
@@ -249,6 +250,7 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
             "lever_seeds": len(extra["clean_seeds"]["real"]), "best_dev_lever": best["lever"],
             "best_dev_real": 100 * best["real WER"], "best_dev_minutes": best["minutes"],
             "n_levers": len(table) - 1, "run_recipe": recipe_words(cfg.corpus),
+            "lever_list": ", ".join(table["lever"][1:]) or "no lever",
             "flite_share": 100 * LEVERS["flite"]["flite_fraction"],
             "piper_share": 100 * LEVERS["piper"]["piper_fraction"],
             "text_share": 100 * LEVERS["text"]["text_fraction"],
