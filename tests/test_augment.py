@@ -150,7 +150,7 @@ def test_flite_speaks_a_clip(tmp_path: Path) -> None:
     job = _Job("train-00001", "The party you are trying to reach is busy.", "train", "flite",
                "slt")
     path = str(tmp_path / "x.wav")
-    _, seconds = _synthesise((job, path, ""))
+    ((_, seconds),) = _synthesise(((job,), (path,), ""))
     assert 1.5 < seconds < 4 and sf.info(path).samplerate == SAMPLE_RATE
     assert job.voice_id == "flite:slt" and not list(tmp_path.glob("*.flite.wav"))
 

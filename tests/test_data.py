@@ -314,6 +314,36 @@ def test_synthetic_corpus_tiny(
     assert other.digest() != spec.digest()
 
 
+def test_piper_clips_are_the_same_in_every_build_and_after_an_interruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Piper draws noise on every call: the same text spoken twice by one session differs,
+    yet a clip is fixed by its group's seed, whichever worker speaks it and whether or not
+    the build was interrupted (reference: the bytes of an uninterrupted build)."""
+    pytest.importorskip("piper")
+    from lib.data import corpus
+    from lib.data.corpus import _Job, _load_piper, _piper_audio, piper_voice_dir, synthesise
+
+    voice_dir = piper_voice_dir()
+    monkeypatch.setenv("COMPANION_PIPER_VOICE", str(voice_dir))
+    monkeypatch.setattr(corpus, "PIPER_GROUP", 3)
+    texts = ["In the beginning.", "Let there be light.", "And it was so.", "Amen.", "Selah."]
+    jobs = [_Job(f"train-{i:05d}", t, "train", "piper", "joe") for i, t in enumerate(texts)]
+    voice = _load_piper(voice_dir, seed=7)
+    first, again = (_piper_audio(voice, jobs[0])[0] for _ in range(2))
+    assert first.shape != again.shape or not np.array_equal(first, again)  # noise drawn
+
+    def build(name: str) -> dict[str, bytes]:
+        paths, _ = synthesise(list(reversed(jobs)), tmp_path / name)
+        return {k: Path(v).read_bytes() for k, v in paths.items()}
+
+    reference = build("a")
+    assert build("b") == reference
+    for k in ("train-00004", "train-00001"):  # interrupted builds: a clip of the second
+        (tmp_path / "b" / f"{k}.wav").unlink()  # group missing, then one of the first
+        assert build("b") == reference
+
+
 def test_synthetic_corpus_piper_one_utterance(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bible_text: Path
 ) -> None:

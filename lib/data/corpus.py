@@ -11,6 +11,7 @@ measures generalisation to an unseen voice, not memorisation of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -157,31 +158,55 @@ def _flite_audio(job: _Job, path: str) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
-_PIPER_VOICES: dict[str, Any] = {}
-"""Piper voices loaded in this (worker) process, by folder."""
+PIPER_GROUP = 16
+"""Piper's jobs are spoken in groups of this many, sorted by id, each by a session of its own
+seeded by the group (:func:`_speak_piper`): Piper's VITS draws noise on every call, so a
+clip's audio is fixed only by the seed of its session and the clips spoken before it."""
 
 
-def _synthesise(args: tuple[_Job, str, str]) -> tuple[str, float]:
-    """Pool worker: synthesise one job into ``path`` (reused when already there).
+def _group_seed(jobs: tuple[_Job, ...]) -> int:
+    """The seed of a group of Piper jobs: fixed by their ids and texts, nothing else."""
+    key = "\n".join(f"{job.id}\t{job.text}\t{job.length_scale}" for job in jobs)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+
+def _speak_piper(jobs: tuple[_Job, ...], paths: tuple[str, ...], piper_dir: str
+                 ) -> list[tuple[str, float]]:
+    """Speak a group of Piper jobs in order with a session seeded by :func:`_group_seed`;
+    a wav already there is kept, but its job is still spoken (and thrown away) so that the
+    clips after it draw the same noise as in an uninterrupted build."""
+    if all(os.path.isfile(path) for path in paths):
+        return [(job.id, audio_duration(path)) for job, path in zip(jobs, paths)]
+    voice = _load_piper(Path(piper_dir), seed=_group_seed(jobs))
+    out = []
+    for job, path in zip(jobs, paths):
+        samples, rate = _piper_audio(voice, job)
+        seconds = audio_duration(path) if os.path.isfile(path) else write_wav(path, samples, rate)
+        out.append((job.id, seconds))
+    return out
+
+
+def _synthesise(args: tuple[tuple[_Job, ...], tuple[str, ...], str]) -> list[tuple[str, float]]:
+    """Pool worker: synthesise one work item (a Piper group, or one job of another engine)
+    into its paths (a wav already there is reused).
 
     Args:
-        args: (job, destination wav, Piper voice folder or "").
+        args: (jobs, destination wavs, Piper voice folder or "").
 
     Returns:
-        (job id, duration in seconds).
+        (job id, duration in seconds) per job.
     """
-    job, path, piper_dir = args
+    jobs, paths, piper_dir = args
+    if jobs[0].engine == "piper":
+        return _speak_piper(jobs, paths, piper_dir)
+    (job,), (path,) = jobs, paths
     if os.path.isfile(path):
-        return job.id, audio_duration(path)
-    if job.engine == "piper":
-        if piper_dir not in _PIPER_VOICES:
-            _PIPER_VOICES[piper_dir] = _load_piper(Path(piper_dir))
-        samples, rate = _piper_audio(_PIPER_VOICES[piper_dir], job)
-    elif job.engine == "flite":
+        return [(job.id, audio_duration(path))]
+    if job.engine == "flite":
         samples, rate = _flite_audio(job, path)
     else:
         samples, rate = _espeak_audio(job)
-    return job.id, write_wav(path, samples, rate)
+    return [(job.id, write_wav(path, samples, rate))]
 
 
 def piper_voice_dir() -> Path:
@@ -202,8 +227,10 @@ def piper_voice_dir() -> Path:
     return Path(ensure_model("piper-joe"))
 
 
-def _load_piper(folder: Path) -> Any:
-    """Load the Piper voice in ``folder`` on CPU with one onnxruntime thread.
+def _load_piper(folder: Path, seed: int = 0) -> Any:
+    """Load the Piper voice in ``folder`` on CPU with one onnxruntime thread, its random
+    draws seeded by ``seed`` (onnxruntime seeds a session's random operators when it is
+    created, so the seed is set just before).
 
     One thread per process: the pool runs one process per core, and onnxruntime's default
     thread pool made Piper about 2x slower on a busy 2-core machine.
@@ -217,6 +244,7 @@ def _load_piper(folder: Path) -> Any:
         raise CompanionError(
             f"no Piper voice (*.onnx + *.onnx.json) in {folder}: rerun the setup step"
         )
+    onnxruntime.set_seed(int(seed))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -249,7 +277,10 @@ def synthesise(jobs: list[_Job], wavs: Path) -> tuple[dict[str, str], dict[str, 
     """Speak every job into ``wavs/<id>.wav`` on a process pool over all cores (a wav
     already there is reused); the paths and durations by job id.
 
-    Slow Piper jobs go first, so both cores stay busy until the end.
+    Piper's jobs are spoken in groups of :data:`PIPER_GROUP` (sorted by id, each group by a
+    session seeded by its jobs), so a clip is the same whatever worker speaks it and whether
+    or not the build was interrupted; slow Piper groups go first, so both cores stay busy
+    until the end.
     """
     wavs.mkdir(parents=True, exist_ok=True)
     paths = {job.id: str(wavs / f"{job.id}.wav") for job in jobs}
@@ -257,14 +288,16 @@ def synthesise(jobs: list[_Job], wavs: Path) -> tuple[dict[str, str], dict[str, 
     piper_dir = ""
     if any(job.engine == "piper" for job in jobs):
         piper_dir = str(piper_voice_dir())
-    order = sorted(jobs, key=lambda job: job.engine != "piper")
-    work = [(job, paths[job.id], piper_dir) for job in order]
+    piper = sorted((job for job in jobs if job.engine == "piper"), key=lambda job: job.id)
+    groups = [tuple(piper[i:i + PIPER_GROUP]) for i in range(0, len(piper), PIPER_GROUP)]
+    groups += [(job,) for job in jobs if job.engine != "piper"]
+    work = [(group, tuple(paths[job.id] for job in group), piper_dir) for group in groups]
     workers = max(1, min(os.cpu_count() or 1, len(work)))
     with multiprocessing.get_context().Pool(workers) as pool:
         results = pool.imap_unordered(_synthesise, work, chunksize=2)
         desc = "espeak-ng + piper" if piper_dir else "espeak-ng"
-        for job_id, seconds in track(results, total=len(work), desc=desc, unit="utt"):
-            durations[job_id] = seconds
+        for done in track(results, total=len(work), desc=desc, unit="job"):
+            durations.update(done)
     return paths, durations
 
 

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass
 
 from lib.errors import CompanionError
 
-CORPUS_VERSION = 1
-"""Bumped when the builder changes what a spec produces (part of the folder hash)."""
+CORPUS_VERSION = 2
+"""Bumped when the builder changes what a spec produces (part of the folder hash). 2: Piper
+speaks its clips in seeded groups (:data:`lib.data.corpus.PIPER_GROUP`), so every build of
+a spec holds the same audio."""
 
 
 ESPEAK_LANGUAGES = (
