@@ -4,6 +4,7 @@ spread that widens a comparison, and the table, on constructed scores."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,23 @@ def test_spliced_features_are_the_features_of_the_changed_corpus(tmp_path, monke
     for a, b in zip(spliced.feats, whole.feats):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-3, atol=1e-3)
     assert torch.equal(spliced.feats[0], clean.feats[0])  # reused, not encoded again
+    # Another corpus's copy of a clean clip (same bytes, another file) is not encoded again.
+    copy = tmp_path / "copy-0.wav"
+    copy.write_bytes(Path(utts[0].audio).read_bytes())
+    calls = []
+    monkeypatch.setattr("lib.recipes.levers.extract_features",
+                        lambda enc, us, **kw: calls.append(us) or extract_features(enc, us, **kw))
+    again = spliced_features(clean, [Utterance("u0", str(copy), "a b c d", 0.5, "v", "train", "x"),
+                                     changed[1]], encoder, "fp32")
+    assert [u.audio for u in calls[0]] == [changed[1].audio]  # only the changed clip
+    assert torch.equal(again.feats[0], clean.feats[0]) and again.utterances[0].audio == str(copy)
+
+
+def test_the_figure_joins_a_lever_pulled_by_several_amounts_in_amount_order() -> None:
+    import pandas as pd
+
+    from lib.report.plot_levers import _families
+
+    table = pd.DataFrame({"lever": ["clean", "text=1", "all", "noise", "text", "text=0.25",
+                                    "noise=0.2", "flite"]})
+    assert sorted(_families(table)) == [[5, 4, 1], [6, 3]]  # text 0.25 < 0.5 < 1; noise 0.2 < 0.5

@@ -71,19 +71,29 @@ def _scored(score: dict[str, Any], utts: list[Any]) -> dict[str, Any]:
     return {**score, "by_source": wer_by(score, [u.source for u in utts])}
 
 
+def _content(path: str) -> str:
+    """The digest of an audio file's bytes: two corpora's copies of a clip share it."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha1").hexdigest()
+
+
 def spliced_features(clean: FeatureSet, utts: list[Any], encoder: Any, precision: str,
                      desc: str = "features") -> FeatureSet:
-    """The features of ``utts``: a clip of ``clean`` (the same audio file) keeps its
-    features, the others are encoded (and cached) as one set. Exact, since a clip's features
-    are its own whatever it is batched with (:mod:`lib.data.features`): an augmentation that
-    changes half the clips costs half an encoding pass."""
-    known = {u.audio: f for u, f in zip(clean.utterances, clean.feats)}
-    changed = [u for u in utts if u.audio not in known]
+    """The features of ``utts``: a clip whose audio has the same bytes as a clip of
+    ``clean`` (the same file, or the same clip spoken again into another lever's corpus)
+    keeps its features, the others are encoded (and cached) as one set. Exact, since a
+    clip's features are its own whatever it is batched with (:mod:`lib.data.features`): a
+    lever that changes a quarter of the clips costs a quarter of an encoding pass."""
+    known = {_content(u.audio): f for u, f in zip(clean.utterances, clean.feats)}
+    keys = {u.audio: _content(u.audio) for u in utts}
+    changed = [u for u in utts if keys[u.audio] not in known]
     if changed:
         new = extract_features(encoder, changed, desc=desc, precision=precision)
-        known.update({u.audio: f for u, f in zip(new.utterances, new.feats)})
-    kept = [u for u in utts if u.audio in known]  # a clip too short to encode is skipped
-    return FeatureSet(kept, [known[u.audio] for u in kept])
+        known.update({keys[u.audio]: f for u, f in zip(new.utterances, new.feats)})
+    kept = [u for u in utts if keys[u.audio] in known]  # a clip too short to encode is skipped
+    return FeatureSet(kept, [known[keys[u.audio]] for u in kept])
 
 
 def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet]) -> dict[str, Any]:

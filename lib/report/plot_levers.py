@@ -16,10 +16,26 @@ PANELS = (("real:dev", "real dev prompts (choose)"), ("real", "real test set"),
           ("synthetic:test", "synthetic test voices"))
 
 
+def _families(table: pd.DataFrame) -> list[list[Any]]:
+    """The row labels of each lever pulled by more than one amount (``text=0.25``, ``text``,
+    ``text=1``), ordered by amount."""
+    from lib.data.spec import LEVER_AMOUNTS, CorpusSpec, lever_fields
+
+    by: dict[str, list[tuple[float, Any]]] = {}
+    for label, lever in table["lever"].items():
+        name = str(lever).partition("=")[0]
+        if name in LEVER_AMOUNTS:
+            field = LEVER_AMOUNTS[name]
+            amount = float(lever_fields(str(lever)).get(field, getattr(CorpusSpec, field)))
+            by.setdefault(name, []).append((amount, label))
+    return [[label for _, label in sorted(rows)] for rows in by.values() if len(rows) > 1]
+
+
 def plot_levers(table: pd.DataFrame, spread: dict[str, float]) -> Any:
     """One panel per test set: each lever's CTC-head WER (%, 95 % interval over utterances)
     against the minutes its run took on this machine; the grey band is the clean recipe's
-    WER +- half its range over training seeds (NaN: one seed, no band).
+    WER +- half its range over training seeds (NaN: one seed, no band). A lever measured at
+    several amounts (``text=0.25``, ``text``, ``text=1``) is joined by a line, in amount order.
 
     Args:
         table: :func:`lib.recipes.levers.lever_table`'s table (WERs as fractions).
@@ -32,6 +48,9 @@ def plot_levers(table: pd.DataFrame, spread: dict[str, float]) -> Any:
         half = 100 * spread.get(test, float("nan")) / 2
         if half == half:  # not NaN
             ax.axhspan(clean - half, clean + half, color="0.85", zorder=0)
+        for family in _families(table):  # one lever at several amounts: a line through them
+            rows = table.loc[family]
+            ax.plot(rows["minutes"], 100 * rows[f"{test} WER"], color="0.6", lw=0.8, zorder=1)
         for _, row in table.iterrows():
             wer, (lo, hi) = 100 * row[f"{test} WER"], row[f"{test} ci95"]
             ax.errorbar(row["minutes"], wer, yerr=[[wer - 100 * lo], [100 * hi - wer]],
