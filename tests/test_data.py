@@ -390,6 +390,31 @@ def test_default_spec_holds_out_test_voices() -> None:
     assert len(piper) == 100 and all(j.split == "train" for j in piper)  # 0.25 x 400
     assert {j.voice for j in jobs if j.split == "test"} <= set(spec.test_voices)
     assert plan_jobs(spec, train, test) == jobs  # deterministic
+    assert {j.voice for j in jobs if j.split == "train" and j.engine == "espeak"} <= set(
+        spec.train_voices)
+
+
+def test_a_sentence_sounds_the_same_in_every_corpus_of_a_seed() -> None:
+    """Another corpus that keeps a sentence (in another place, beside other sentences) gives
+    it the same voice, rate and pitch, so the two corpora share that clip; another seed
+    does not."""
+    import random
+
+    from lib.data.corpus import plan_jobs
+    from lib.data.spec import CorpusSpec
+
+    spec = CorpusSpec(piper_fraction=0.0)
+    train = [f"train sentence {i}" for i in range(300)]
+    other = train[:200] + [f"another sentence {i}" for i in range(100)]
+    random.Random(3).shuffle(other)
+
+    def sound(s: CorpusSpec, texts: list[str]) -> dict[str, tuple]:
+        return {j.text: (j.voice, j.rate, j.pitch) for j in plan_jobs(s, texts, [])}
+
+    a, b = sound(spec, train), sound(spec, other)
+    assert all(a[t] == b[t] for t in train[:200])
+    c = sound(CorpusSpec(piper_fraction=0.0, seed=1), train)
+    assert sum(a[t] == c[t] for t in train) < 30
 
 
 def test_missing_espeak_is_a_one_line_error(

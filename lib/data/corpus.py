@@ -78,8 +78,12 @@ def plan_jobs(spec: CorpusSpec, train: list[str], test: list[str]) -> list[_Job]
 
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
-    espeak voices are dealt round-robin from a shuffled list so each appears about equally
-    often; test utterances only get ``spec.test_voices``, train ones only the rest.
+    Test utterances only get ``spec.test_voices``, dealt round-robin from a shuffled list so
+    each appears about equally often; train ones only the rest. A training sentence's voice,
+    rate and pitch (or Piper's length scale) are drawn by a generator seeded by the sentence
+    itself, so a sentence sounds the same in every corpus of the same seed: a lever's corpus
+    (:mod:`lib.recipes.levers`) shares those clips, byte for byte, with the clean one, and
+    their features with it.
 
     Args:
         spec: The corpus spec.
@@ -109,18 +113,22 @@ def plan_jobs(spec: CorpusSpec, train: list[str], test: list[str]) -> list[_Job]
         dealt = 0
         for index, text in enumerate(texts):
             job_id = f"{split}-{index:05d}"
+            own = rng if split == "test" else random.Random(f"clip-{spec.seed}-{text}")
             if split == "train" and index in piper_rows:
-                scale = round(rng.uniform(*spec.length_scale_range), 2)
+                scale = round(own.uniform(*spec.length_scale_range), 2)
                 jobs.append(_Job(job_id, text, split, "piper", "joe", length_scale=scale))
                 continue
             if split == "train" and index in flite_rows:
                 flite_voice = spec.flite_voices[index % len(spec.flite_voices)]
                 jobs.append(_Job(job_id, text, split, "flite", flite_voice))
                 continue
-            voice = voices[dealt % len(voices)]
-            dealt += 1
-            rate = rng.randint(*spec.rate_range)
-            pitch = rng.randint(*spec.pitch_range)
+            if split == "test":
+                voice = voices[dealt % len(voices)]
+                dealt += 1
+            else:
+                voice = own.choice(spec.train_voices)
+            rate = own.randint(*spec.rate_range)
+            pitch = own.randint(*spec.pitch_range)
             jobs.append(_Job(job_id, text, split, "espeak", voice, rate, pitch))
     return jobs
 

@@ -16,7 +16,8 @@ from lib.errors import CompanionError
 CORPUS_VERSION = 2
 """Bumped when the builder changes what a spec produces (part of the folder hash). 2: Piper
 speaks its clips in seeded groups (:data:`lib.data.corpus.PIPER_GROUP`), so every build of
-a spec holds the same audio."""
+a spec holds the same audio; a training sentence's voice is drawn by a generator seeded by
+the sentence (:func:`lib.data.corpus.plan_jobs`), so corpora share their common clips."""
 
 
 ESPEAK_LANGUAGES = (
