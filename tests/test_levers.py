@@ -146,3 +146,17 @@ def test_the_figure_joins_a_lever_pulled_by_several_amounts_in_amount_order() ->
     table = pd.DataFrame({"lever": ["clean", "text=1", "all", "noise", "text", "text=0.25",
                                     "noise=0.2", "flite"]})
     assert sorted(_families(table)) == [[5, 4, 1], [6, 3]]  # text 0.25 < 0.5 < 1; noise 0.2 < 0.5
+
+
+def test_the_trade_sentence_reads_each_widened_difference_by_its_sign() -> None:
+    from lib.recipes.levers import trade_sentence
+
+    row = {"lever": "text=1", "real vs clean": -0.08, "real vs clean ci95": (-0.12, -0.04),
+           "synthetic:test vs clean": 0.02, "synthetic:test vs clean ci95": (-0.01, 0.05)}
+    said = trade_sentence(row)
+    assert said.startswith("text=1: on the real test set it is lower than clean (-8.0 points "
+                           "[-12.0, -4.0])")
+    assert "synthetic test voices it is not distinguishable from clean (+2.0" in said
+    row["synthetic:test vs clean ci95"] = (0.01, 0.05)
+    assert "voices it is higher than clean" in trade_sentence(row)
+    assert trade_sentence({"lever": "clean"}).startswith("no lever")

@@ -36,7 +36,7 @@ from lib.evaluate.metrics import paired_difference, wer_by
 from lib.paths import cache_subdir, slug
 from lib.recipes.pipeline import run_folder, split_dev
 from lib.recipes.section import Section
-from lib.report.rules import choose_lever, seed_widened
+from lib.report.rules import choose_lever, paired_verdict, seed_widened
 from lib.train.ctc import ctc_warm_start
 
 LEVER_TESTS = ("real:dev", "real", "synthetic:test")
@@ -261,6 +261,7 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
             "best_dev_real": 100 * best["real WER"], "best_dev_minutes": best["minutes"],
             "n_levers": len(table) - 1, "run_recipe": recipe_words(cfg.corpus),
             "lever_list": ", ".join(table["lever"][1:]) or "no lever",
+            "best_dev_trade": trade_sentence(best.to_dict()),
             "flite_share": 100 * LEVERS["flite"]["flite_fraction"],
             "piper_share": 100 * LEVERS["piper"]["piper_fraction"],
             "text_share": 100 * LEVERS["text"]["text_fraction"],
@@ -275,6 +276,21 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
     return Section(_percent(table), glue, {"levers": measured, "sources": sources,
                                            "summary": lever_summary(table, extra)},
                    items, precision=1)
+
+
+def trade_sentence(row: dict[str, Any]) -> str:
+    """What the lever of one :func:`lever_table` row does against clean on the real test set
+    and on the synthetic test voices, each difference seed-widened and read by
+    :func:`lib.report.rules.paired_verdict` (the clean row has nothing to say)."""
+    if row["lever"] == "clean":
+        return "no lever reads the dev prompts better than the clean recipe"
+    parts = []
+    for test, name in (("real", "the real test set"), ("synthetic:test", "the synthetic test voices")):
+        d = {"difference": row[f"{test} vs clean"], "difference_ci95": row[f"{test} vs clean ci95"]}
+        lo, hi = (100 * x for x in d["difference_ci95"])
+        parts.append(f"on {name} it is {paired_verdict(d)} clean "
+                     f"({100 * d['difference']:+.1f} points [{lo:+.1f}, {hi:+.1f}])")
+    return f"{row['lever']}: " + "; ".join(parts)
 
 
 def lever_summary(table: pd.DataFrame, extra: dict[str, Any]) -> dict[str, Any]:
