@@ -160,3 +160,16 @@ def test_the_trade_sentence_reads_each_widened_difference_by_its_sign() -> None:
     row["synthetic:test vs clean ci95"] = (0.01, 0.05)
     assert "voices it is higher than clean" in trade_sentence(row)
     assert trade_sentence({"lever": "clean"}).startswith("no lever")
+
+
+def test_only_a_lever_wholly_below_clean_is_lower() -> None:
+    import pandas as pd
+
+    from lib.recipes.levers import lower_on
+
+    table = pd.DataFrame([{"lever": "clean", "real vs clean ci95": float("nan")},
+                          {"lever": "text", "real vs clean ci95": (-0.09, -0.01)},
+                          {"lever": "noise", "real vs clean ci95": (-0.05, 0.01)},
+                          {"lever": "band", "real vs clean ci95": (0.01, 0.04)}])
+    assert lower_on(table, "real") == ["text"]
+    assert lower_on(table.iloc[[0, 2, 3]], "real") == []

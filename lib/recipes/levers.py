@@ -36,7 +36,8 @@ from lib.evaluate.metrics import paired_difference, wer_by
 from lib.paths import cache_subdir, slug
 from lib.recipes.pipeline import run_folder, split_dev
 from lib.recipes.section import Section
-from lib.report.rules import choose_lever, paired_verdict, seed_widened
+from lib.report.rules import (WER_TARGETS, choose_lever, paired_verdict, seed_widened,
+                              target_met)
 from lib.train.ctc import ctc_warm_start
 
 LEVER_TESTS = ("real:dev", "real", "synthetic:test")
@@ -262,6 +263,12 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
             "n_levers": len(table) - 1, "run_recipe": recipe_words(cfg.corpus),
             "lever_list": ", ".join(table["lever"][1:]) or "no lever",
             "best_dev_trade": trade_sentence(best.to_dict()),
+            "real_target": 100 * WER_TARGETS["real"],
+            "clean_syn_ctc": 100 * clean["synthetic:test WER"],
+            "target_vs_domain": "below" if WER_TARGETS["real"] < clean["synthetic:test WER"]
+            else "not below",
+            "best_real_target": "meets" if target_met(best["real WER"], "real") else "misses",
+            "real_winners": ", ".join(lower_on(table, "real")) or "none",
             "flite_share": 100 * LEVERS["flite"]["flite_fraction"],
             "piper_share": 100 * LEVERS["piper"]["piper_fraction"],
             "text_share": 100 * LEVERS["text"]["text_fraction"],
@@ -276,6 +283,13 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
     return Section(_percent(table), glue, {"levers": measured, "sources": sources,
                                            "summary": lever_summary(table, extra)},
                    items, precision=1)
+
+
+def lower_on(table: pd.DataFrame, test: str) -> list[str]:
+    """The levers whose seed-widened difference from clean on ``test`` lies wholly below
+    zero (:func:`lib.report.rules.paired_verdict`), in table order."""
+    return [row["lever"] for row in table.to_dict("records") if row["lever"] != "clean"
+            and paired_verdict({"difference_ci95": row[f"{test} vs clean ci95"]}) == "lower than"]
 
 
 def trade_sentence(row: dict[str, Any]) -> str:
