@@ -29,6 +29,7 @@ def _steps() -> list[tuple[str, Callable[[], object]]]:
         ("system tools", text.ensure_system_tools),
         ("models and assets", assets.ensure_all_offline),
         ("real speech (test and dev)", real.load_all_real),
+        ("training text beside the Bible (fortunes)", text.fortune_sentences),
     ]
 
 

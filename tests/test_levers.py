@@ -173,3 +173,17 @@ def test_only_a_lever_wholly_below_clean_is_lower() -> None:
                           {"lever": "band", "real vs clean ci95": (0.01, 0.04)}])
     assert lower_on(table, "real") == ["text"]
     assert lower_on(table.iloc[[0, 2, 3]], "real") == []
+
+
+def test_the_page_says_whether_the_run_trained_the_recipe_of_record() -> None:
+    from lib.recipes.levers import choice_trained
+
+    clean = CorpusSpec(n_train=100, n_test=10)
+    text = CorpusSpec(n_train=100, n_test=10, text_fraction=0.5)
+    assert choice_trained(text, "text").startswith("This run's SpeechLLMs were trained on that")
+    assert choice_trained(clean, "clean").startswith("This run's SpeechLLMs were trained on that")
+    said = choice_trained(clean, "text")
+    assert said.endswith("not on that recipe: a run of that recipe sets -p text_fraction 0.5")
+    assert choice_trained(text, "clean").endswith("sets -p text_fraction 0")
+    assert choice_trained(clean, "all").endswith(
+        "sets -p augment '[speed, tempo, reverb, noise, band, gain]'")

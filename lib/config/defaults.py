@@ -30,7 +30,7 @@ class Chapter1Params:
     n_test: int = 100  # synthetic test utterances (unseen voices)
     piper_fraction: float = 0.085  # training clips in Piper's natural voice (~510 of 6000)
     flite_fraction: float = 0.0  # training clips in flite's four CMU voices (0: none)
-    text_fraction: float = 0.0  # training sentences from Debian's fortunes, not the Bible
+    text_fraction: float = 0.5  # training sentences from Debian's fortunes (section 1.8 chose it)
     augment: tuple[str, ...] = ()  # waveform augmentations of the training audio, by name
     augment_prob: float = 0.5  # each augmentation's chance per training clip
     speed_range: tuple[float, float] = (0.9, 1.1)  # speed factor (pitch moves with it)

@@ -263,6 +263,7 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
             "n_levers": len(table) - 1, "run_recipe": recipe_words(cfg.corpus),
             "lever_list": ", ".join(table["lever"][1:]) or "no lever",
             "best_dev_trade": trade_sentence(best.to_dict()),
+            "choice_trained": choice_trained(cfg.corpus, extra["choice"]["lever"]),
             "real_target": 100 * WER_TARGETS["real"],
             "clean_syn_ctc": 100 * clean["synthetic:test WER"],
             "target_vs_domain": "below" if WER_TARGETS["real"] < clean["synthetic:test WER"]
@@ -290,6 +291,22 @@ def lower_on(table: pd.DataFrame, test: str) -> list[str]:
     zero (:func:`lib.report.rules.paired_verdict`), in table order."""
     return [row["lever"] for row in table.to_dict("records") if row["lever"] != "clean"
             and paired_verdict({"difference_ci95": row[f"{test} vs clean ci95"]}) == "lower than"]
+
+
+def choice_trained(spec: CorpusSpec, lever: str) -> str:
+    """Whether the run trained the recipe of record (``lever`` of :func:`choose_lever`): its
+    corpus ``spec`` is that lever's corpus, or the ``-p`` a run of record would set."""
+    chosen = lever_spec(spec, lever)
+    if chosen == spec:
+        return "This run's SpeechLLMs were trained on that recipe"
+    changes = []
+    for f in ("piper_fraction", "flite_fraction", "text_fraction", "augment", "augment_prob"):
+        value = getattr(chosen, f)
+        if value != getattr(spec, f):
+            shown = f"'[{', '.join(value)}]'" if isinstance(value, tuple) else f"{value:g}"
+            changes.append(f"-p {f} {shown}")
+    return (f"This run's SpeechLLMs were trained on {recipe_words(spec)}, not on that recipe: "
+            f"a run of that recipe sets {' '.join(changes)}")
 
 
 def trade_sentence(row: dict[str, Any]) -> str:
