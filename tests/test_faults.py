@@ -87,6 +87,101 @@ def test_a_killed_full_run_leaves_the_last_complete_set(book: Path) -> None:
     assert not list(results.glob(".run-*"))  # the killed run's staging folder cleared
 
 
+HELD = """
+from pathlib import Path
+import time
+with open('../executions.txt', 'a') as fh:
+    fh.write('{n}\\n')
+if {n} == 2 and Path('../hold').exists():  # the test kills the run while 02 waits
+    Path('../holding').write_text('{n}')
+    time.sleep(300)
+"""
+
+
+def _killed_mid_chapter(book: Path) -> None:
+    """Start a full run in a process of its own; kill it (and its kernel) outright while
+    chapter 2 is running, as a killed `make book` would be."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (book / "hold").touch()
+    code = f"from pathlib import Path; from lib.book.run import run_chapters; " \
+           f"run_chapters('tiny', root=Path({str(book)!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (book / "holding").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached 02"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (book / "hold").unlink()
+    (book / "holding").unlink()
+
+
+def _figures(folder: Path) -> dict[str, dict]:
+    """Each record's figures, without what differs between two runs of the same code."""
+    skip = {"run_id", "time", "provenance", "digest"}
+    return {p.name: {k: v for k, v in json.loads(p.read_text()).items() if k not in skip}
+            for p in sorted(folder.glob("ch*.json"))}
+
+
+def _held_book(book: Path) -> None:
+    for n, name in (("01", "first"), ("02", "second")):
+        _notebook(book / f"book/{n}_{name}.ipynb", PARAMS,
+                  HELD.format(n=int(n)) + RECORDS.format(n=int(n)))
+
+
+def test_a_killed_make_book_resumes_keeping_the_chapters_it_finished(book: Path,
+                                                                     capsys) -> None:
+    from lib.book.run import run_chapters
+
+    _held_book(book)
+    results = book / "results" / "tiny"
+    run_chapters("tiny", root=book)  # the uninterrupted run, for reference
+    reference = _figures(results)
+    (book / "executions.txt").unlink()
+
+    _killed_mid_chapter(book)
+    assert (book / "executions.txt").read_text().split() == ["1", "2"]
+    (staged,) = results.glob(".run-*")
+    assert sorted(p.name for p in staged.glob("ch*.json")) == ["ch01.json"]
+    assert _figures(results) == reference  # the last complete set is still in place
+    killed_id = staged.name.removeprefix(".run-")
+
+    capsys.readouterr()
+    run_chapters("tiny", root=book)
+    said = capsys.readouterr().out
+    assert f"resuming the interrupted run {killed_id}" in said and "kept: 01" in said
+    # chapter 1 was not run again; chapter 2 ran to its end this time
+    assert (book / "executions.txt").read_text().split() == ["1", "2", "2"]
+    assert _figures(results) == reference
+    ids = {json.loads(p.read_text())["run_id"] for p in results.glob("ch*.json")}
+    assert ids == {killed_id}
+    assert not list(results.glob(".run-*"))
+
+
+def test_a_resume_after_the_values_changed_says_so_and_runs_every_chapter(book: Path,
+                                                                          capsys) -> None:
+    from lib.book.run import run_chapters
+
+    _held_book(book)
+    _killed_mid_chapter(book)
+    (book / "params/tiny.yaml").write_text("steps: 6\n")
+    capsys.readouterr()
+    run_chapters("tiny", root=book)
+    said = capsys.readouterr().out
+    assert "ran other code or values" in said and "every chapter runs again" in said
+    assert "resuming" not in said
+    assert (book / "executions.txt").read_text().split() == ["1", "2", "1", "2"]
+    figures = _figures(book / "results" / "tiny")
+    assert [f["x"] for f in figures.values()] == [6, 6]
+    assert not list((book / "results" / "tiny").glob(".run-*"))
+
+
 def test_the_renderer_refuses_records_of_two_runs_naming_them(tmp_path: Path) -> None:
     from lib.report.readme import render
 

@@ -23,12 +23,13 @@ from typing import Any
 from lib.book.chapters import (chapter_parameters, declared_parameters,
                                list_chapters, preset_dir, select_chapters)
 from lib.book.executed import show_parameters_once, source_cell
+from lib.book.resume import resume_or_start, run_state
 from lib.clock import PROGRESS_ENV
 from lib.config.defaults import parameter_names
 from lib.config.presets import load_preset, preset_label, preset_path
 from lib.errors import CompanionError, disk_error, is_disk_error
 from lib.paths import REPO_ROOT, check_folder, slug
-from lib.report.results import new_run_id, publish_run
+from lib.report.results import new_run_id, publish_run, results_root
 
 
 KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadata names
@@ -188,11 +189,20 @@ def run_chapters(
         print(f"a trial, not a full run of preset {label}: its figures are recorded under "
               f"results/{label}/trials/{trial}/, the numbers of record stay", flush=True)
     with preset_lock(check_folder(preset_dir(preset, root), create=True)):
-        shown = {nb: _preset_shown(nb, declared[nb], params[nb], values) for nb in notebooks}
-        done = _run_each(notebooks, out, params, overrides, label, shown)
+        kept: list[Path] = []
+        if run_id:  # a full run: resume a killed one that ran the same code and values
+            state = run_state(root, {nb.name: params[nb] for nb in notebooks})
+            run_id, kept = resume_or_start(results_root() / label, state, out, notebooks,
+                                           run_id)
+            for nb in notebooks:
+                if "record" in params[nb]:
+                    params[nb]["record"] = f"run:{run_id}"
+        todo = [nb for nb in notebooks if nb not in kept]
+        shown = {nb: _preset_shown(nb, declared[nb], params[nb], values) for nb in todo}
+        _run_each(todo, out, params, overrides, label, shown)
         if run_id:
             publish_run(label, run_id)
-        return done
+        return [out / nb.name for nb in notebooks]
 
 
 def trial_name(selected: list[Path], every: list[Path], overrides: dict | None) -> str | None:
