@@ -136,6 +136,12 @@ def test_spliced_features_are_the_features_of_the_changed_corpus(tmp_path, monke
                                      changed[1]], encoder, "fp32")
     assert [u.audio for u in calls[0]] == [changed[1].audio]  # only the changed clip
     assert torch.equal(again.feats[0], clean.feats[0]) and again.utterances[0].audio == str(copy)
+    # A clip known only to the run's own set (``also``) is not encoded either.
+    calls.clear()
+    from lib.data.features import FeatureSet
+
+    own_only = spliced_features(FeatureSet([], []), [utts[0]], encoder, "fp32", also=clean)
+    assert calls == [] and torch.equal(own_only.feats[0], clean.feats[0])
 
 
 def test_the_figure_joins_a_lever_pulled_by_several_amounts_in_amount_order() -> None:
@@ -187,3 +193,39 @@ def test_the_page_says_whether_the_run_trained_the_recipe_of_record() -> None:
     assert choice_trained(text, "clean").endswith("sets -p text_fraction 0")
     assert choice_trained(clean, "all").endswith(
         "sets -p augment '[speed, tempo, reverb, noise, band, gain]'")
+
+
+def test_the_lever_of_the_runs_own_corpus_takes_its_features_and_warm_start(tmp_path,
+                                                                             monkeypatch):
+    """Chapter 1's corpus is the clean recipe with the text lever pulled: measuring that
+    lever encodes nothing and trains no CTC head again (counted), and its features are the
+    run's own, byte for byte."""
+    from lib.build.speechllm import build_speechllm
+    from lib.config.resolve import resolve
+    from lib.recipes import levers
+    from lib.recipes.pipeline import prepare_features, run_folder, split_dev
+    from lib.train.ctc import ctc_warm_start
+
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
+    cfg = resolve(1, preset="tiny", changes={"text_fraction": 0.5})
+    assert levers.lever_spec(cfg.corpus, "text") == cfg.corpus
+    own, _ = prepare_features(cfg)
+    mc = cfg.models[0]
+    fit, _ = split_dev(own, cfg.dev_utterances)
+    first = ctc_warm_start(build_speechllm(mc, seed=cfg.train.seed), fit, cfg.train,
+                           run_folder(mc, cfg.train, fit) / "warmstart")
+    encoded, warm = [], []
+    real_extract, real_warm = levers.extract_features, levers.ctc_warm_start
+    monkeypatch.setattr(levers, "extract_features",
+                        lambda *a, **kw: encoded.append(a[1]) or real_extract(*a, **kw))
+    monkeypatch.setattr(levers, "ctc_warm_start",
+                        lambda *a, **kw: warm.append(real_warm(*a, **kw)) or warm[-1])
+    out = levers.lever_run(cfg, "text", cfg.train.seed, {}, own=own)
+    assert encoded == [] and out["features"] == own.digest()
+    assert len(warm) == 1 and warm[0].cached
+    # the first decoder's, read back: its log and its norm factor
+    assert warm[0].log == first.log and warm[0].norm_factor == first.norm_factor
+    # without the run's features the same lever encodes its corpus itself
+    monkeypatch.setattr(levers, "cached", lambda folder, name, key, compute, **kw: compute(key))
+    levers.lever_run(cfg, "text", cfg.train.seed, {})
+    assert encoded, "the lever encoded nothing without the run's own features"

@@ -81,13 +81,14 @@ def _content(path: str) -> str:
 
 
 def spliced_features(clean: FeatureSet, utts: list[Any], encoder: Any, precision: str,
-                     desc: str = "features") -> FeatureSet:
+                     desc: str = "features", also: FeatureSet | None = None) -> FeatureSet:
     """The features of ``utts``: a clip whose audio has the same bytes as a clip of
-    ``clean`` (the same file, or the same clip spoken again into another lever's corpus)
-    keeps its features, the others are encoded (and cached) as one set. Exact, since a
+    ``clean`` or of ``also`` (the same file, or the same clip spoken again into another
+    lever's corpus) keeps its features, the others are encoded (and cached) as one set. A
     clip's features are its own whatever it is batched with (:mod:`lib.data.features`): a
     lever that changes a quarter of the clips costs a quarter of an encoding pass."""
-    known = {_content(u.audio): f for u, f in zip(clean.utterances, clean.feats)}
+    known = {_content(u.audio): f for fs in (also, clean) if fs is not None
+             for u, f in zip(fs.utterances, fs.feats)}
     keys = {u.audio: _content(u.audio) for u in utts}
     changed = [u for u in utts if keys[u.audio] not in known]
     if changed:
@@ -97,8 +98,14 @@ def spliced_features(clean: FeatureSet, utts: list[Any], encoder: Any, precision
     return FeatureSet(kept, [known[keys[u.audio]] for u in kept])
 
 
-def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet]) -> dict[str, Any]:
+def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet],
+              own: FeatureSet | None = None) -> dict[str, Any]:
     """One lever at one seed: corpus, features, CTC warm start, scores (cached by key).
+
+    ``own`` is the run's own training features (chapter 1's corpus): a lever whose corpus is
+    the run's own takes them whole, and at the run's seed its warm start is the first
+    decoder's, read back rather than trained again; any other lever reuses the features of
+    every clip it shares with them.
 
     Returns:
         ``lever``, ``seed``, ``corpus`` (its digest), ``features`` (the training set's
@@ -118,9 +125,16 @@ def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet]) -> 
         t1 = time.perf_counter()
         device = resolve_device(cfg.device)
         encoder = build_encoder(mc.encoder).to(device)
-        clean = extract_features(encoder, load_source(cfg.train_data, clean_spec(cfg.corpus)),
-                                 desc="features clean", precision=cfg.train.precision)
-        train = spliced_features(clean, utts, encoder, cfg.train.precision, f"features {lever}")
+        if own is not None and spec.digest() == cfg.corpus.digest():
+            train = own
+        else:
+            base = load_source(cfg.train_data, clean_spec(cfg.corpus))
+            clean = (spliced_features(own, base, encoder, cfg.train.precision, "features clean")
+                     if own is not None else
+                     extract_features(encoder, base, desc="features clean",
+                                      precision=cfg.train.precision))
+            train = spliced_features(clean, utts, encoder, cfg.train.precision,
+                                     f"features {lever}", also=own)
         t2 = time.perf_counter()
         fit, _dev = split_dev(train, cfg.dev_utterances)
         tr = replace(cfg.train, seed=seed)
@@ -148,13 +162,15 @@ def lever_tests(cfg: Run) -> dict[str, FeatureSet]:
             for name in LEVER_TESTS}
 
 
-def measure_levers(cfg: Run, levers: tuple[str, ...], seeds: int) -> list[dict[str, Any]]:
+def measure_levers(cfg: Run, levers: tuple[str, ...], seeds: int,
+                   own: FeatureSet | None = None) -> list[dict[str, Any]]:
     """Every lever at seed 0 and ``clean`` at ``seeds`` seeds (the reference first, the
-    other seeds last), each cached."""
+    other seeds last), each cached; ``own``: the run's training features
+    (:func:`lever_run`)."""
     tests = lever_tests(cfg)
     order = [("clean", 0), *((lever, 0) for lever in levers if lever != "clean")]
     order += [("clean", s) for s in range(1, max(seeds, 1))]
-    return [lever_run(cfg, lever, seed, tests) for lever, seed in order]
+    return [lever_run(cfg, lever, seed, tests, own) for lever, seed in order]
 
 
 def lever_table(runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -242,7 +258,8 @@ def sources_table(sets: dict[str, list[Any]]) -> pd.DataFrame:
                          for s in REAL_SOURCES.values()])
 
 
-def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) -> Section:
+def real_speech(cfg: Run, runs: dict[str, Any], train: FeatureSet,
+                tests: dict[str, FeatureSet]) -> Section:
     """Chapter 1's section on real speech: this run's SpeechLLMs per real source, then every
     lever of :data:`LEVERS` named by ``cfg.levers`` measured by the CTC head (table, figure,
     the recipe of record chosen on the dev prompts)."""
@@ -250,7 +267,7 @@ def real_speech(cfg: Run, runs: dict[str, Any], tests: dict[str, FeatureSet]) ->
 
     sources = by_source_table(runs, tests["real"]) if "real" in tests else pd.DataFrame()
     sets = real_sets(tests)
-    measured = measure_levers(cfg, cfg.levers, cfg.lever_seeds)
+    measured = measure_levers(cfg, cfg.levers, cfg.lever_seeds, own=train)
     table, extra = lever_table(measured)
     spread = extra["seed_spread"]
     clean = table.iloc[0]
