@@ -11,8 +11,11 @@ import os
 from lib.errors import CompanionError
 
 PRECISIONS = ("auto", "bf16", "fp32")
-"""``auto``: bf16 where the hardware runs it natively (a GPU, a CPU with AVX-512 BF16 or
-AMX), else fp32."""
+"""``auto``: bf16 where the hardware runs it natively and it pays (:func:`resolve_precision`),
+else fp32."""
+
+USES = ("train", "decode")
+"""What a precision is resolved for: training (and feature extraction), or decoding."""
 
 
 def native_bf16() -> bool:
@@ -23,9 +26,12 @@ def native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def resolve_precision(precision: str, device: str = "auto") -> str:
-    """``auto`` -> ``bf16`` where it runs natively (a GPU, or a CPU with AVX-512 BF16 /
-    AMX, where bf16 autocast is about 2x faster than fp32), else ``fp32``.
+def resolve_precision(precision: str, device: str = "auto", use: str = "train") -> str:
+    """``auto`` -> ``bf16`` on a GPU; on a CPU, ``bf16`` for training where the CPU runs it
+    natively (AVX-512 BF16 / AMX: a training step about twice as fast as in float32) and
+    ``fp32`` for decoding, where bf16 autocast measured no faster on the CPUs this book has
+    run on (an AMD EPYC and an Intel Xeon with AMX, both with native bf16: chapter 1, section
+    1.6, which measures it again in every run).
 
     Raises:
         CompanionError: ``precision`` is not one of :data:`PRECISIONS`.
@@ -34,11 +40,13 @@ def resolve_precision(precision: str, device: str = "auto") -> str:
 
     if precision not in PRECISIONS:
         raise CompanionError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if use not in USES:
+        raise ValueError(f"use {use!r}: one of {USES}")
     if precision != "auto":
         return precision
     if str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return "bf16"
-    return "bf16" if native_bf16() else "fp32"
+    return "bf16" if use == "train" and native_bf16() else "fp32"
 
 
 def resolve_device(device: str) -> str:

@@ -225,7 +225,7 @@ def main() -> None:
         native = native_bf16()
         print(f"decode utt/s in float32; bf16/fp32 = decoding speed under bf16 autocast over "
               f"float32, per round (this CPU {'runs' if native else 'does not run'} bf16 "
-              "natively; eval_precision auto decodes in bf16 only where it does)")
+              "natively; eval_precision auto decodes in float32 on a CPU, bf16 on a GPU)")
         header = (f"{'decoder':28s} {'train utt/s':>11s} {'s/step':>7s} {'bare s/step':>11s}"
                   f" {'step/bare':>9s} {'decode utt/s':>12s} {'bf16/fp32':>9s}"
                   f" {'train GiB':>9s}"

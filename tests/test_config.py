@@ -199,7 +199,8 @@ def _another(name: str, value, run):
     if name in special:
         return special[name]
     if name in ("precision", "eval_precision"):
-        return "fp32" if resolve_precision("auto", "cpu") == "bf16" else "bf16"
+        use = "train" if name == "precision" else "decode"
+        return "fp32" if resolve_precision("auto", "cpu", use) == "bf16" else "bf16"
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
@@ -261,7 +262,7 @@ def test_the_stages_take_their_sections_whole():
     parameters'), and the run is made of exactly those sections."""
     run = resolve(1, preset="default")
     d = defaults(1)
-    assert run.eval.precision == resolve_precision("auto", "cpu")
+    assert run.eval.precision == resolve_precision("auto", "cpu", "decode") == "fp32"
     evalc = dataclasses.replace(run.eval, precision=d["eval_precision"])
     assert evalc == EvalConfig(
         batch_size=d["eval_batch_size"], max_new_tokens=d["max_new_tokens"],

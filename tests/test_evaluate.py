@@ -285,8 +285,11 @@ def test_precision_check_pairs_bf16_against_fp32(tmp_path, random_features):
     lo, hi = c["difference_ci95"]
     assert 0 <= lo <= 1 / 9 <= hi  # the one utterance that differs, resampled
     assert c["fp32"]["wer"] == 0 and c["speedup"] > 0
-    assert precision_check(model, data, tmp_path, "t",
-                           EvalConfig(batch_size=3, max_new_tokens=3, precision="fp32")) is None
+    n = len(calls)
+    # a run that decodes in float32 gets the same comparison, both scores read back
+    again = precision_check(model, data, tmp_path, "t",
+                            EvalConfig(batch_size=3, max_new_tokens=3, precision="fp32"))
+    assert len(calls) == n and again["difference"] == c["difference"]
 
 
 def test_a_bad_eval_precision_is_one_line():
@@ -294,3 +297,35 @@ def test_a_bad_eval_precision_is_one_line():
 
     with pytest.raises(CompanionError, match="eval_precision.*'fp16'.*auto, bf16, fp32"):
         resolve(1, preset="tiny", changes={"eval_precision": "fp16"})
+
+
+@pytest.mark.parametrize("speedup, diff_ci, verdict", [
+    (2.0, None, "pays"),                       # training: a ratio alone
+    (1.15, [-0.01, 0.02], "pays"),             # at the threshold, WER not distinguishable
+    (1.14, [-0.01, 0.02], "buys nothing"),     # within timing noise
+    (0.89, [-0.015, 0.021], "buys nothing"),   # slower (measured on an EPYC)
+    (3.0, [0.001, 0.02], "costs accuracy"),    # fast, but its WER is higher
+    (float("nan"), None, "buys nothing"),      # no timing: no gain to count on
+])
+def test_bf16_verdict_says_yes_and_no(speedup, diff_ci, verdict):
+    from lib.report.rules import bf16_verdict
+
+    check = None if diff_ci is None else {"difference": sum(diff_ci) / 2,
+                                          "difference_ci95": diff_ci}
+    assert bf16_verdict(speedup, check) == verdict
+
+
+def test_a_choice_of_auto_stands_only_where_the_measurement_agrees():
+    from lib.recipes.ch01 import precision_sentence
+
+    ok = precision_sentence("bf16", "fp32", (2.31, "pays"), (0.951, 1.02, {"buys nothing"}))
+    assert ok == ("a training step ran 2.31 times as fast in bf16 as in float32 (bf16 pays), "
+                  "decoding 0.95-1.02 times as fast (bf16 buys nothing); for training "
+                  "`auto`'s choice (bf16) stands; for decoding `auto`'s choice (fp32) stands")
+    no = precision_sentence("bf16", "bf16", (1.05, "buys nothing"),
+                            (1.3, 1.3, {"pays", "costs accuracy"}))
+    assert "decoding 1.30 times as fast (bf16 costs accuracy and pays)" in no
+    assert "for training `auto`'s choice (bf16) does not stand: `-p precision fp32`" in no
+    assert "for decoding `auto`'s choice (bf16) does not stand: `-p eval_precision fp32`" in no
+    assert "`-p eval_precision bf16`" in precision_sentence("bf16", "fp32", (2.0, "pays"),
+                                                            (1.4, 1.5, {"pays"}))

@@ -272,3 +272,47 @@ def test_the_same_seed_gives_the_same_losses_and_weights(tmp_path, random_featur
     for k in w_a:
         assert torch.equal(w_a[k], w_b[k]), k
     assert llm_a != llm_c and ctc_a != ctc_c
+
+
+def test_the_precision_probe_leaves_the_model_and_the_random_state_as_they_were(
+        random_features):
+    from lib.train.precision import training_speedup
+
+    data = random_features(6, split="train", base=20, step=5)
+    model = _model()
+    model.eval()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    expected_draw = torch.get_rng_state()
+    probe = training_speedup(model, data, batch_size=2, rounds=3, steps=2)
+    assert torch.equal(torch.get_rng_state(), expected_draw)  # forked, not consumed
+    assert not model.training  # left in the mode it came in
+    assert all(p.grad is None for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert probe["steps"] == 2 and probe["rounds"] == 3 and probe["batch_size"] == 2
+    assert probe["fp32_s"] > 0 and probe["bf16_s"] > 0 and probe["speedup"] > 0
+
+
+def test_the_precision_probe_times_the_training_loss_of_the_first_batches(random_features,
+                                                                          monkeypatch):
+    """Every timed step is the loop's loss summed over a real batch, then a backward pass:
+    counted by wrapping the model's forward (2 batches x (warm-up + 3 rounds) x 2 precisions),
+    and the bf16 steps are the ones run under autocast."""
+    from lib.train.precision import training_speedup
+
+    data = random_features(6, split="train", base=20, step=5)
+    model = _model()
+    seen = []
+    forward = model.forward
+
+    def counting(feats, lengths, texts, **kw):
+        seen.append((tuple(texts), torch.is_autocast_enabled('cpu'), kw.get("reduction")))
+        return forward(feats, lengths, texts, **kw)
+
+    monkeypatch.setattr(model, "forward", counting)
+    training_speedup(model, data, batch_size=2, rounds=3, steps=2)
+    assert len(seen) == 2 * 4 * 2
+    first_two = {tuple(u.text for u in data.utterances[i:i + 2]) for i in (0, 2)}
+    assert {t for t, _, _ in seen} == first_two
+    assert [b for _, b, _ in seen] == [False, False, True, True] * 4
+    assert {r for _, _, r in seen} == {"sum"}

@@ -94,7 +94,7 @@ def decode_precision(model: SpeechLLM, ev: EvalConfig) -> str:
     """``ev.precision`` resolved for the model's device (:func:`lib.device.resolve_precision`):
     ``bf16`` decodes under bf16 autocast (the weights stay float32), ``fp32`` does not.
     Chapter 1 (section 1.6) compares the two on its test set by the paired rule."""
-    return resolve_precision(ev.precision, str(model.device))
+    return resolve_precision(ev.precision, str(model.device), use="decode")
 
 
 def precision_key(model: SpeechLLM, ev: EvalConfig) -> dict[str, str]:
@@ -274,22 +274,24 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
 
 
 def precision_check(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
-                    ev: EvalConfig) -> dict[str, Any] | None:
+                    ev: EvalConfig) -> dict[str, Any]:
     """One test set decoded under bf16 autocast and in float32, the two WERs paired.
 
-    Explained in chapter 1 (section 1.6). None when ``ev`` decodes in float32 (``auto`` on a
-    CPU without native bf16): nothing to check. The bf16 score is ``ev``'s own (cached when
-    the chapter has decoded the set already); the float32 one is decoded here.
+    Explained in chapter 1 (section 1.6). The score in the precision ``ev`` decodes in is
+    ``ev``'s own (cached when the chapter has decoded the set already); the other one is
+    decoded here. Where bf16 is not native it is emulated and slow: the caller decides
+    whether to check.
 
     Returns:
         ``bf16`` and ``fp32`` (the two scores), ``difference`` and ``difference_ci95``
         (bf16 minus fp32, paired: :func:`lib.evaluate.metrics.paired_difference`), and
         ``speedup`` (utterances per second, bf16 over fp32, each from its own decoding).
     """
-    if decode_precision(model, ev) != "bf16":
-        return None
-    bf16 = evaluate_asr(model, data, out_dir, name, ev)
-    fp32 = evaluate_asr(model, data, out_dir, name, replace(ev, precision="fp32"))
+    used = decode_precision(model, ev)
+    other = "fp32" if used == "bf16" else "bf16"
+    scores = {used: evaluate_asr(model, data, out_dir, name, ev),
+              other: evaluate_asr(model, data, out_dir, name, replace(ev, precision=other))}
+    bf16, fp32 = scores["bf16"], scores["fp32"]
     d = paired_difference(bf16, fp32)
     return {"bf16": bf16, "fp32": fp32, **d,
             "speedup": bf16["decode_utterances_per_s"] / fp32["decode_utterances_per_s"]}

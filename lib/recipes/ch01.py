@@ -22,12 +22,15 @@ from lib.data.corpus import voice_family
 from lib.data.features import FeatureSet
 from lib.evaluate.baselines import audio_reliance, whisper_baseline
 from lib.evaluate.decode import precision_check
+from lib.fileio import device_info
 from lib.paths import slug
 from lib.recipes.pipeline import ModelRun, prepare_features, rescore_run, train_and_evaluate
 from lib.recipes.section import Section, ci_text
 from lib.report import plotting
 from lib.report.results import record_headline, recorded_line
-from lib.report.rules import LISTENS_GAP, compare_wer, paired_verdict, reads_audio
+from lib.train.precision import training_speedup
+from lib.report.rules import (BF16_MIN_SPEEDUP, LISTENS_GAP, bf16_verdict, compare_wer,
+                              reads_audio)
 
 RELIANCE_UTTERANCES = 64
 """Test utterances behind the audio-reliance check (each scored twice)."""
@@ -253,37 +256,87 @@ def word_error_rates(cfg: Run, runs: dict[str, ModelRun],
     return Section(shown, glue, {"whisper": whisper, "table": table}, items, precision=1)
 
 
-# ------------------------------------------------------------------ 1.6 bf16 decoding
+# ------------------------------------------------------------------ 1.6 bf16 or float32
 
 
-def decoding_precision(cfg: Run, runs: dict[str, ModelRun],
+def decoding_precision(cfg: Run, runs: dict[str, ModelRun], train: FeatureSet,
                        tests: dict[str, FeatureSet]) -> Section:
-    """Each SpeechLLM's first test set decoded in bf16 autocast and in float32, by the paired
-    rule (:func:`lib.evaluate.decode.precision_check`); nothing to check in float32."""
+    """What ``auto`` chose on this machine, for training and for decoding, and what bf16
+    bought in each, measured in this run: a few training steps of the first decoder timed
+    in both precisions (:func:`lib.train.precision.training_speedup`) and each SpeechLLM's
+    first test set decoded in both, paired (:func:`lib.evaluate.decode.precision_check`),
+    each read by :func:`lib.report.rules.bf16_verdict`. Nothing is timed where bf16 is not
+    native (it would be emulated, many times slower)."""
+    info = device_info()
+    where = info.get("gpu") or info.get("cpu") or "this machine"
+    native = bool(info.get("gpu") or info.get("cpu_native_bf16"))
+    glue: dict[str, Any] = {"cpu_name": where, "train_chose": cfg.train.precision,
+                            "decode_chose": cfg.eval.precision,
+                            "bf16_min_speedup": BF16_MIN_SPEEDUP}
+    if not native:
+        glue["prec_sentence"] = (
+            f"{where} has no native bf16, so `auto` trained and decoded in float32 here and "
+            "nothing was timed: emulated bf16 runs several times slower")
+        return Section(glue=glue, data={"checks": {}, "training": None})
+    first, run = next(iter(runs.items()))
+    probe = training_speedup(run.model, train, cfg.train.batch_size)
     syn = cfg.test_data[0]
     found = {slug(d): precision_check(r.model, tests[syn].subset(cfg.eval.max_test_utterances),
                                       r.train.run_dir, syn, cfg.eval)
              for d, r in runs.items()}
-    found = {d: c for d, c in found.items() if c is not None}
-    if not found:
-        return Section(glue={"prec_sentence": (
-            "Here decoding ran in float32 (eval_precision resolved to fp32: auto on a CPU "
-            "without native bf16, where autocast is slower, or fp32 asked for), so there is "
-            "nothing to compare")}, data={"checks": {}})
-    rows = [{"decoder": d, "test set": syn, "WER fp32 (%)": 100 * c["fp32"]["wer"],
-             "WER bf16 (%)": 100 * c["bf16"]["wer"],
-             "bf16 - fp32 (points) [95 % CI]": f"{100 * c['difference']:+.1f} "
-                                               f"[{ci_text(c['difference_ci95'])}]",
-             "verdict (bf16 vs fp32)": paired_verdict(c), "speed bf16 / fp32": c["speedup"]}
-            for d, c in found.items()]
-    worse, speed = [d for d, c in found.items() if paired_verdict(c) == "higher than"], [
-        c["speedup"] for c in found.values()]
-    sentence = (f"On {syn} bf16 decoding ran {min(speed):.2f}-{max(speed):.2f} times as fast "
-                f"as float32; " + ("its WER is higher for " + ", ".join(worse) + " by the "
-                "paired rule, so run with `-p eval_precision fp32` for figures of record"
-                if worse else "no decoder's WER is higher by the paired rule, so bf16 "
-                "stays the default"))
-    return Section(pd.DataFrame(rows), {"prec_sentence": sentence}, {"checks": found})
+    rows = [{"use": "training", "decoder": slug(first), "auto chose": cfg.train.precision,
+             "speed bf16 / fp32": probe["speedup"], "bf16 - fp32 WER (points) [95 % CI]": "",
+             "bf16": bf16_verdict(probe["speedup"])}]
+    rows += [{"use": f"decoding {syn}", "decoder": d, "auto chose": cfg.eval.precision,
+              "speed bf16 / fp32": c["speedup"],
+              "bf16 - fp32 WER (points) [95 % CI]": f"{100 * c['difference']:+.1f} "
+                                                    f"[{ci_text(c['difference_ci95'])}]",
+              "bf16": bf16_verdict(c["speedup"], c)} for d, c in found.items()]
+    decode = {bf16_verdict(c["speedup"], c) for c in found.values()}
+    speeds = [c["speedup"] for c in found.values()]
+    glue.update(train_speedup=probe["speedup"], train_verdict=bf16_verdict(probe["speedup"]),
+                decode_speed_low=min(speeds), decode_speed_high=max(speeds),
+                decode_verdict=" and ".join(sorted(decode)),
+                prec_sentence=precision_sentence(
+                    cfg.train.precision, cfg.eval.precision,
+                    (probe["speedup"], bf16_verdict(probe["speedup"])),
+                    (min(speeds), max(speeds), decode)))
+    return Section(pd.DataFrame(rows), glue, {"checks": found, "training": probe})
+
+
+def precision_record(precision: Section) -> dict[str, Any]:
+    """What ``auto`` chose on this machine and what bf16 bought, for the chapter's record
+    (the CPU beside it; every record's provenance names the CPU too)."""
+    g, probe = precision.glue, precision["training"]
+    return {"machine": g["cpu_name"],
+            "training": {"chose": g["train_chose"],
+                         "bf16_speedup": probe["speedup"] if probe else None,
+                         "verdict": g.get("train_verdict")},
+            "decoding": {"chose": g["decode_chose"], "verdict": g.get("decode_verdict"),
+                         "bf16_speedup": [g["decode_speed_low"], g["decode_speed_high"]]
+                         if "decode_speed_low" in g else None}}
+
+
+def precision_sentence(train_chose: str, decode_chose: str, train: tuple[float, str],
+                       decode: tuple[float, float, set[str]]) -> str:
+    """What bf16 bought (``train``: the speed ratio and its verdict; ``decode``: the lowest
+    and highest ratio over the decoders and their verdicts) and whether ``auto``'s choices
+    stand by it: a choice of bf16 where it buys nothing or costs accuracy, or of float32
+    where bf16 pays, is named with the ``-p`` that would be the better default."""
+    low, high, verdicts = decode
+    speeds = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
+    said = [f"a training step ran {train[0]:.2f} times as fast in bf16 as in float32 (bf16 "
+            f"{train[1]}), decoding {speeds} times as fast (bf16 {' and '.join(sorted(verdicts))})"]
+    for use, chose, pays, name in (("training", train_chose, train[1] == "pays", "precision"),
+                                   ("decoding", decode_chose, verdicts == {"pays"},
+                                    "eval_precision")):
+        if (chose == "bf16") == pays:
+            said.append(f"for {use} `auto`'s choice ({chose}) stands")
+        else:
+            other = "fp32" if chose == "bf16" else "bf16"
+            said.append(f"for {use} `auto`'s choice ({chose}) does not stand: "
+                        f"`-p {name} {other}` would be the better default on this machine")
+    return "; ".join(said)
 
 
 # ------------------------------------------------------------------ does it listen?
@@ -369,6 +422,8 @@ def record(cfg: Run, runs: dict[str, ModelRun], data: Section, wers: Section,
                          "features": {name: fs.digest() for name, fs in sets.items()}}
     figures["real_by_source"] = real["sources"].to_dict("records")
     figures["levers"] = real["summary"]
+    if precision is not None:
+        figures["precision"] = precision_record(precision)
     return Section(items=[recorded_line(record_headline(cfg, figures), cfg)])
 
 

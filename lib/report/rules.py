@@ -28,6 +28,24 @@ WER_TARGETS = {"synthetic:test": 0.15, "real": 0.35}
 transcribes should reach on the offline data."""
 
 
+BF16_MIN_SPEEDUP = 1.15
+"""bf16 earns its rounding where it runs at least this many times as fast as float32: single
+timings on these machines vary by about 10 %, so a smaller ratio is no gain one can count on
+(chapter 1, section 1.6)."""
+
+
+def bf16_verdict(speedup: float, wer_check: dict[str, Any] | None = None) -> str:
+    """What bf16 buys over float32, from a speed ratio measured in the run (float32 time over
+    bf16 time) and, for decoding, the paired WER difference bf16 minus float32:
+    ``"costs accuracy"`` when that difference lies wholly above zero, ``"pays"`` when bf16 is
+    at least :data:`BF16_MIN_SPEEDUP` times as fast, ``"buys nothing"`` otherwise."""
+    if wer_check is not None and paired_verdict(wer_check) == "higher than":
+        return "costs accuracy"
+    if math.isfinite(speedup) and speedup >= BF16_MIN_SPEEDUP:
+        return "pays"
+    return "buys nothing"
+
+
 def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
     """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"``: ``a`` beats
     ``b`` only when their 95 % bootstrap intervals do not overlap (a conservative rule, the

@@ -1,0 +1,67 @@
+"""What bf16 buys in training on this machine: the same training steps timed in float32 and
+under bf16 autocast, in one process.
+
+``precision: auto`` trains in bf16 where the CPU runs it natively (:mod:`lib.device`); this
+is the measurement behind that choice, made by the run itself and kept in its record with
+the CPU it ran on. The steps are those of the training loop (the SpeechLLM's loss summed over
+the target tokens of real training batches, backward into the trainable weights); no
+optimiser step is taken and the gradients are dropped, so the model leaves as it came, and
+the random state is forked, so nothing later in the run draws other numbers because of it.
+Rounds alternate the two precisions; the ratio is the median of the per-round ratios.
+Stage: training. Explained in chapter 1 (section 1.6).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from lib.build.speechllm import SpeechLLM
+from lib.data.features import FeatureSet
+
+
+def training_speedup(model: SpeechLLM, data: FeatureSet, batch_size: int, rounds: int = 3,
+                     steps: int = 2) -> dict[str, Any]:
+    """Seconds per training step in float32 and under bf16 autocast, and their ratio.
+
+    Args:
+        model: a SpeechLLM with trainable weights (left unchanged).
+        data: training features; the first ``steps`` batches of ``batch_size`` are timed.
+        rounds: alternating rounds (float32 then bf16); medians are reported.
+
+    Returns:
+        ``fp32_s`` and ``bf16_s`` (median seconds per step), ``speedup`` (median of the
+        per-round ratios float32 / bf16), ``rounds``, ``steps``, ``batch_size``.
+    """
+    device = model.device.type
+    n = min(len(data), steps * batch_size)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+
+    def timed(bf16: bool) -> float:
+        t0 = time.perf_counter()
+        for idx in batches:
+            feats, lengths, texts = data.batch(idx, target=model.task.target)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(feats.to(model.device), lengths.to(model.device), texts,
+                             reduction="sum")
+            loss.backward()
+            for p in params:
+                p.grad = None
+        return (time.perf_counter() - t0) / len(batches)
+
+    with torch.random.fork_rng(devices=[]):
+        model.train()
+        try:
+            timed(False), timed(True)  # warm-up: first calls allocate and pick kernels
+            pairs = [(timed(False), timed(True)) for _ in range(rounds)]
+        finally:
+            model.train(was_training)
+    mid = rounds // 2
+    return {"fp32_s": sorted(a for a, _ in pairs)[mid],
+            "bf16_s": sorted(b for _, b in pairs)[mid],
+            "speedup": sorted(a / b for a, b in pairs)[mid],
+            "rounds": rounds, "steps": len(batches), "batch_size": batch_size}
