@@ -25,7 +25,7 @@ from lib.evaluate.decode import precision_check
 from lib.fileio import device_info
 from lib.paths import slug
 from lib.recipes.pipeline import ModelRun, prepare_features, rescore_run, train_and_evaluate
-from lib.recipes.section import Section, ci_text
+from lib.recipes.section import Section
 from lib.report import plotting
 from lib.report.results import record_headline, recorded_line
 from lib.train.precision import training_speedup
@@ -286,12 +286,12 @@ def decoding_precision(cfg: Run, runs: dict[str, ModelRun], train: FeatureSet,
              for d, r in runs.items()}
     rows = [{"use": "training", "decoder": slug(first), "auto chose": cfg.train.precision,
              "speed bf16 / fp32": probe["speedup"], "bf16 - fp32 WER (points) [95 % CI]": "",
-             "bf16": bf16_verdict(probe["speedup"])}]
+             "bf16 verdict": bf16_verdict(probe["speedup"])}]
     rows += [{"use": f"decoding {syn}", "decoder": d, "auto chose": cfg.eval.precision,
               "speed bf16 / fp32": c["speedup"],
-              "bf16 - fp32 WER (points) [95 % CI]": f"{100 * c['difference']:+.1f} "
-                                                    f"[{ci_text(c['difference_ci95'])}]",
-              "bf16": bf16_verdict(c["speedup"], c)} for d, c in found.items()]
+              "bf16 - fp32 WER (points) [95 % CI]": "{:+.1f} [{:+.1f}, {:+.1f}]".format(
+                  *(100 * x for x in (c["difference"], *c["difference_ci95"]))),
+              "bf16 verdict": bf16_verdict(c["speedup"], c)} for d, c in found.items()]
     decode = {bf16_verdict(c["speedup"], c) for c in found.values()}
     speeds = [c["speedup"] for c in found.values()]
     glue.update(train_speedup=probe["speedup"], train_verdict=bf16_verdict(probe["speedup"]),
