@@ -28,9 +28,9 @@ from lib.recipes.pipeline import ModelRun, prepare_features, rescore_run, train_
 from lib.recipes.section import Section
 from lib.report import plotting
 from lib.report.results import record_headline, recorded_line
-from lib.train.precision import training_speedup
 from lib.report.rules import (BF16_MIN_SPEEDUP, LISTENS_GAP, bf16_verdict, compare_wer,
                               reads_audio)
+from lib.train.precision import training_speedup
 
 RELIANCE_UTTERANCES = 64
 """Test utterances behind the audio-reliance check (each scored twice)."""
@@ -284,22 +284,23 @@ def decoding_precision(cfg: Run, runs: dict[str, ModelRun], train: FeatureSet,
     found = {slug(d): precision_check(r.model, tests[syn].subset(cfg.eval.max_test_utterances),
                                       r.train.run_dir, syn, cfg.eval)
              for d, r in runs.items()}
+    trained = bf16_verdict(probe["speedup"])
     rows = [{"use": "training", "decoder": slug(first), "auto chose": cfg.train.precision,
              "speed bf16 / fp32": probe["speedup"], "bf16 - fp32 WER (points) [95 % CI]": "",
-             "bf16 verdict": bf16_verdict(probe["speedup"])}]
+             "bf16 verdict": trained}]
     rows += [{"use": f"decoding {syn}", "decoder": d, "auto chose": cfg.eval.precision,
               "speed bf16 / fp32": c["speedup"],
               "bf16 - fp32 WER (points) [95 % CI]": "{:+.1f} [{:+.1f}, {:+.1f}]".format(
                   *(100 * x for x in (c["difference"], *c["difference_ci95"]))),
               "bf16 verdict": bf16_verdict(c["speedup"], c)} for d, c in found.items()]
-    decode = {bf16_verdict(c["speedup"], c) for c in found.values()}
+    decode = {row["bf16 verdict"] for row in rows[1:]}
     speeds = [c["speedup"] for c in found.values()]
-    glue.update(train_speedup=probe["speedup"], train_verdict=bf16_verdict(probe["speedup"]),
+    glue.update(train_speedup=probe["speedup"], train_verdict=trained,
                 decode_speed_low=min(speeds), decode_speed_high=max(speeds),
                 decode_verdict=" and ".join(sorted(decode)),
                 prec_sentence=precision_sentence(
                     cfg.train.precision, cfg.eval.precision,
-                    (probe["speedup"], bf16_verdict(probe["speedup"])),
+                    (probe["speedup"], trained),
                     (min(speeds), max(speeds), decode)))
     return Section(pd.DataFrame(rows), glue, {"checks": found, "training": probe})
 

@@ -33,6 +33,7 @@ from lib.data.spec import LEVERS, CorpusSpec, lever_fields
 from lib.device import resolve_device
 from lib.evaluate.baselines import score_ctc
 from lib.evaluate.metrics import paired_difference, wer_by
+from lib.fileio import file_sha256
 from lib.paths import cache_subdir, slug
 from lib.recipes.pipeline import run_folder, split_dev
 from lib.recipes.section import Section
@@ -72,14 +73,6 @@ def _scored(score: dict[str, Any], utts: list[Any]) -> dict[str, Any]:
     return {**score, "by_source": wer_by(score, [u.source for u in utts])}
 
 
-def _content(path: str) -> str:
-    """The digest of an audio file's bytes: two corpora's copies of a clip share it."""
-    import hashlib
-
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha1").hexdigest()
-
-
 def spliced_features(clean: FeatureSet, utts: list[Any], encoder: Any, precision: str,
                      desc: str = "features", also: FeatureSet | None = None) -> FeatureSet:
     """The features of ``utts``: a clip whose audio has the same bytes as a clip of
@@ -87,9 +80,17 @@ def spliced_features(clean: FeatureSet, utts: list[Any], encoder: Any, precision
     lever's corpus) keeps its features, the others are encoded (and cached) as one set. A
     clip's features are its own whatever it is batched with (:mod:`lib.data.features`): a
     lever that changes a quarter of the clips costs a quarter of an encoding pass."""
-    known = {_content(u.audio): f for fs in (also, clean) if fs is not None
+    keys: dict[str, str] = {}  # each file's bytes hashed once, however many sets hold it
+
+    def content(path: str) -> str:
+        if path not in keys:
+            keys[path] = file_sha256(path)
+        return keys[path]
+
+    known = {content(u.audio): f for fs in (also, clean) if fs is not None
              for u, f in zip(fs.utterances, fs.feats)}
-    keys = {u.audio: _content(u.audio) for u in utts}
+    for u in utts:
+        content(u.audio)
     changed = [u for u in utts if keys[u.audio] not in known]
     if changed:
         new = extract_features(encoder, changed, desc=desc, precision=precision)
@@ -125,16 +126,17 @@ def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet],
         t1 = time.perf_counter()
         device = resolve_device(cfg.device)
         encoder = build_encoder(mc.encoder).to(device)
+        is_clean = spec.digest() == clean_spec(cfg.corpus).digest()
         if own is not None and spec.digest() == cfg.corpus.digest():
             train = own
         else:
-            base = load_source(cfg.train_data, clean_spec(cfg.corpus))
+            base = utts if is_clean else load_source(cfg.train_data, clean_spec(cfg.corpus))
             clean = (spliced_features(own, base, encoder, cfg.train.precision, "features clean")
                      if own is not None else
                      extract_features(encoder, base, desc="features clean",
                                       precision=cfg.train.precision))
-            train = spliced_features(clean, utts, encoder, cfg.train.precision,
-                                     f"features {lever}", also=own)
+            train = clean if is_clean else spliced_features(
+                clean, utts, encoder, cfg.train.precision, f"features {lever}", also=own)
         t2 = time.perf_counter()
         fit, _dev = split_dev(train, cfg.dev_utterances)
         tr = replace(cfg.train, seed=seed)
