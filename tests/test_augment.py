@@ -74,6 +74,17 @@ def test_room_response_decays_60_db_in_rt60() -> None:
     assert -60 / fit[0] == pytest.approx(0.5, rel=0.1)
 
 
+def test_reverb_is_the_room_response_convolved_sample_by_sample() -> None:
+    wave = _tone(200)[:4000]
+    wet = augment.reverb(wave, 0.05, np.random.default_rng(3))
+    rir = augment.room_response(0.05, np.random.default_rng(3))
+    direct = [sum(wave[t - k] * rir[k] for k in range(min(t + 1, len(rir))))
+              for t in range(0, len(wave), 97)]  # the definition, every 97th sample
+    scale = np.max(np.abs(wave)) / np.max(np.abs(np.convolve(wave, rir)[: len(wave)]))
+    assert wet.shape == wave.shape
+    assert np.allclose(wet[::97], np.array(direct) * scale, atol=1e-5)
+
+
 def test_each_clip_draws_by_its_id_and_probability_one_applies_all() -> None:
     spec = CorpusSpec(augment=tuple(AUGMENTATIONS), augment_prob=1.0)
     a = augment.augment_clip(_tone(300), spec, augment.clip_rng(0, "train-00001"))

@@ -42,8 +42,9 @@ from lib.data.audio import SAMPLE_RATE, read_audio, write_wav
 from lib.data.loaders import cached_manifest, load_manifest, write_manifest
 from lib.data.spec import AUGMENTATIONS, CorpusSpec
 
-AUGMENT_VERSION = 1
-"""Bumped when an augmentation changes what it writes (part of the folder digest)."""
+AUGMENT_VERSION = 2
+"""Bumped when an augmentation changes what it writes (part of the folder digest).
+2: reverb convolves by FFT (the same sums to float rounding, 30x faster than direct)."""
 
 
 def speed(wave: np.ndarray, factor: float) -> np.ndarray:
@@ -95,8 +96,13 @@ def room_response(rt60: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def reverb(wave: np.ndarray, rt60: float, rng: np.random.Generator) -> np.ndarray:
-    """Convolve with :func:`room_response` (same length, level kept at the input's peak)."""
-    wet = np.convolve(wave, room_response(rt60, rng))[: len(wave)]
+    """Convolve with :func:`room_response` (same length, level kept at the input's peak).
+
+    By FFT: a response of up to 0.8 s is 12,800 taps, and the direct sum over a 4 s clip
+    took 60 ms, most of what augmenting a corpus cost."""
+    from scipy.signal import fftconvolve
+
+    wet = fftconvolve(wave.astype(np.float64), room_response(rt60, rng))[: len(wave)]
     peak = np.max(np.abs(wet)) or 1.0
     return (wet * (np.max(np.abs(wave)) / peak)).astype(np.float32)
 
