@@ -431,3 +431,33 @@ def test_missing_espeak_is_a_one_line_error(
     monkeypatch.setattr(text.os, "geteuid", lambda: 1000)
     with pytest.raises(CompanionError, match="sword-text-web"):
         text.ensure_system_tools()
+
+
+def test_a_clip_another_corpus_spoke_is_linked_not_spoken_again(tmp_path: Path) -> None:
+    """The same sentence, voice, rate and pitch under another id in another corpus: the wav
+    is the other corpus's file (same inode), and every clip has the bytes of a build that
+    borrowed nothing (the reference); another rate is spoken anew."""
+    _need("espeak-ng")
+    from dataclasses import replace as change
+
+    from lib.data.corpus import CLIPS_FILE, _Job, clip_key, spoken_clips, synthesise
+
+    first = [_Job("train-00000", "In the beginning.", "train", "espeak", "en-us+m3", 170, 50),
+             _Job("train-00001", "Let there be light.", "train", "espeak", "en+f2", 150, 40)]
+    paths, _ = synthesise(first, tmp_path / "synthetic-a" / "wavs")
+    (tmp_path / "synthetic-a" / CLIPS_FILE).write_text(json.dumps(
+        {clip_key(j): Path(paths[j.id]).name for j in first}))
+    second = [change(first[1], id="train-00007"),  # the same clip under another id
+              change(first[0], id="train-00003", rate=120),  # another rate: another clip
+              _Job("train-00004", "And it was so.", "train", "espeak", "en+f2", 150, 40)]
+    donors = spoken_clips(tmp_path, tmp_path / "synthetic-b")
+    got, durations = synthesise(second, tmp_path / "synthetic-b" / "wavs", donors)
+    alone, _ = synthesise(second, tmp_path / "reference" / "wavs")
+    assert Path(got["train-00007"]).stat().st_ino == Path(paths["train-00001"]).stat().st_ino
+    assert Path(got["train-00003"]).stat().st_ino != Path(paths["train-00000"]).stat().st_ino
+    for job in second:
+        assert Path(got[job.id]).read_bytes() == Path(alone[job.id]).read_bytes(), job.id
+    assert durations["train-00007"] > 0.5
+    # a damaged index lends nothing
+    (tmp_path / "synthetic-a" / CLIPS_FILE).write_text("{not json")
+    assert spoken_clips(tmp_path, tmp_path / "synthetic-b") == {}

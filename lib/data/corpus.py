@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import struct
 import subprocess
 import time
@@ -281,9 +282,58 @@ def _piper_audio(voice: Any, job: _Job) -> tuple[np.ndarray, int]:
     return np.concatenate(pieces).astype(np.float32), rate
 
 
-def synthesise(jobs: list[_Job], wavs: Path) -> tuple[dict[str, str], dict[str, float]]:
+def clip_key(job: _Job) -> str | None:
+    """What fixes a clip's audio, for the deterministic engines (espeak-ng, flite): engine,
+    voice, rate, pitch and text, whatever the clip's id or corpus (None for Piper, whose
+    clip depends on its group: :data:`PIPER_GROUP`)."""
+    if job.engine == "piper":
+        return None
+    key = f"{CORPUS_VERSION}|{job.engine}|{job.voice}|{job.rate}|{job.pitch}|{job.text}"
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+CLIPS_FILE = "clips.json"
+"""Beside each built corpus's manifest: :func:`clip_key` -> wav file name."""
+
+
+def spoken_clips(corpora: Path, but: Path) -> dict[str, Path]:
+    """Every clip another built corpus under ``corpora`` has spoken, by :func:`clip_key`
+    (from their :data:`CLIPS_FILE`; a damaged one is skipped)."""
+    found: dict[str, Path] = {}
+    for index in sorted(corpora.glob(f"synthetic-*/{CLIPS_FILE}")):
+        if index.parent == but:
+            continue
+        try:
+            names = json.loads(index.read_text())
+        except (OSError, ValueError):
+            continue
+        found.update({k: index.parent / "wavs" / name for k, name in names.items()})
+    return found
+
+
+def borrow(jobs: list[_Job], paths: dict[str, str], donors: dict[str, Path]) -> int:
+    """Link each job's wav to the same clip another corpus spoke (a hard link, else a copy:
+    the file appears whole under its name); returns how many."""
+    n = 0
+    for job in jobs:
+        key, path = clip_key(job), paths[job.id]
+        donor = donors.get(key) if key else None
+        if donor is None or os.path.isfile(path) or not donor.is_file():
+            continue
+        try:
+            os.link(donor, path)
+        except OSError:
+            shutil.copyfile(donor, f"{path}.part")
+            os.replace(f"{path}.part", path)
+        n += 1
+    return n
+
+
+def synthesise(jobs: list[_Job], wavs: Path, donors: dict[str, Path] | None = None
+               ) -> tuple[dict[str, str], dict[str, float]]:
     """Speak every job into ``wavs/<id>.wav`` on a process pool over all cores (a wav
-    already there is reused); the paths and durations by job id.
+    already there is reused, and a clip another corpus spoke, ``donors`` by
+    :func:`clip_key`, is linked rather than spoken again); the paths and durations by job id.
 
     Piper's jobs are spoken in groups of :data:`PIPER_GROUP` (sorted by id, each group by a
     session seeded by its jobs), so a clip is the same whatever worker speaks it and whether
@@ -292,6 +342,10 @@ def synthesise(jobs: list[_Job], wavs: Path) -> tuple[dict[str, str], dict[str, 
     """
     wavs.mkdir(parents=True, exist_ok=True)
     paths = {job.id: str(wavs / f"{job.id}.wav") for job in jobs}
+    if donors:
+        n = borrow(jobs, paths, donors)
+        if n:
+            print(f"{n} of {len(jobs)} clips already spoken by another corpus: linked")
     durations: dict[str, float] = {}
     piper_dir = ""
     if any(job.engine == "piper" for job in jobs):
@@ -352,8 +406,9 @@ def ensure_synthetic_corpus(spec: CorpusSpec | None = None) -> Path:
     jobs = plan_jobs(spec, train, test)
     spec_file = {**asdict(replace(spec, augment=())), "version": CORPUS_VERSION}
     (folder / "spec.json").write_text(json.dumps(spec_file, indent=1) + "\n")
-    paths, durations = synthesise(jobs, folder / "wavs")
-
+    paths, durations = synthesise(jobs, folder / "wavs", spoken_clips(folder.parent, folder))
+    (folder / CLIPS_FILE).write_text(json.dumps(
+        {clip_key(job): Path(paths[job.id]).name for job in jobs if clip_key(job)}))
     utts = [
         Utterance(
             id=job.id,
