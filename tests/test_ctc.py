@@ -148,3 +148,34 @@ def test_warm_start_learns_and_is_reused(tmp_path, random_features):
 def test_no_tokens_is_one_line(model):
     with pytest.raises(CompanionError, match="no tokens"):
         build_ctc_head(model, [])
+
+
+def test_a_warm_start_is_keyed_by_what_it_reads(tmp_path, monkeypatch, random_features):
+    """Changing the LLM stage (steps, rates, batch, the CTC weight kept on) keeps the warm
+    start's folder, so a run of other steps reads it back; changing what the warm start
+    reads (its rate, epochs, batch, seed, precision, the data, the model) moves it."""
+    from dataclasses import replace
+
+    from lib.train.ctc import warmstart_folder
+
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
+    mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=32,
+                     lora_rank=0)
+    train = TrainConfig(ctc_epochs=1, ctc_batch_size=2, precision="fp32")
+    data = random_features(6, dim=64, split="train", base=30, step=5)
+    here = warmstart_folder(mc, train, data)
+    for llm_stage in ({"steps": 7}, {"learning_rate": 0.01}, {"batch_size": 3},
+                      {"ctc_weight": 0.0}, {"warmup_steps": 2}, {"dev_every": 0},
+                      {"projector_learning_rate": 0.1}, {"checkpoint_every": 2}):
+        assert warmstart_folder(mc, replace(train, **llm_stage), data) == here, llm_stage
+    for its_own in ({"ctc_learning_rate": 0.01}, {"ctc_epochs": 2}, {"ctc_batch_size": 4},
+                    {"seed": 1}, {"precision": "bf16"}, {"length_grouping": 0}):
+        assert warmstart_folder(mc, replace(train, **its_own), data) != here, its_own
+    assert warmstart_folder(mc, train, random_features(6, dim=64, seed=1, split="train",
+                                                       base=30, step=5)) != here
+    assert warmstart_folder(replace(mc, projector_hidden=16), train, data) != here
+    first = ctc_warm_start(build_speechllm(mc, seed=0), data, train, here)
+    other_steps = replace(train, steps=7)
+    again = ctc_warm_start(build_speechllm(mc, seed=0), data, other_steps,
+                           warmstart_folder(mc, other_steps, data))
+    assert again.cached and not first.cached and again.log == first.log

@@ -12,6 +12,7 @@ from lib.evaluate.metrics import paired_difference, score_asr, wer_by
 from lib.recipes.levers import lever_spec, lever_summary, lever_table, recipe_words
 from lib.report.rules import choose_lever, seed_widened
 from lib.data.spec import CorpusSpec
+from lib.errors import CompanionError
 
 REFS = [f"the cat sat on mat number {i}" for i in range(40)]
 
@@ -121,7 +122,7 @@ def test_spliced_features_are_the_features_of_the_changed_corpus(tmp_path, monke
     encoder = build_encoder("tiny-whisper")
     clean = extract_features(encoder, utts, precision="fp32")
     spliced = spliced_features(clean, mixed, encoder, "fp32")
-    whole = extract_features(encoder, mixed, precision="fp32")
+    whole = extract_features(encoder, mixed, precision="fp32", use_cache=False)
     assert [u.audio for u in spliced.utterances] == [u.audio for u in mixed]
     for a, b in zip(spliced.feats, whole.feats):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-3, atol=1e-3)
@@ -203,17 +204,17 @@ def test_the_lever_of_the_runs_own_corpus_takes_its_features_and_warm_start(tmp_
     from lib.build.speechllm import build_speechllm
     from lib.config.resolve import resolve
     from lib.recipes import levers
-    from lib.recipes.pipeline import prepare_features, run_folder, split_dev
+    from lib.recipes.pipeline import prepare_features, split_dev, warmstart_folder
     from lib.train.ctc import ctc_warm_start
 
     monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
-    cfg = resolve(1, preset="tiny", changes={"text_fraction": 0.5})
+    cfg = resolve(1, preset="tiny", changes={"text_fraction": 0.5, "corpus_recipe": "given"})
     assert levers.lever_spec(cfg.corpus, "text") == cfg.corpus
     own, _ = prepare_features(cfg)
     mc = cfg.models[0]
     fit, _ = split_dev(own, cfg.dev_utterances)
     first = ctc_warm_start(build_speechllm(mc, seed=cfg.train.seed), fit, cfg.train,
-                           run_folder(mc, cfg.train, fit) / "warmstart")
+                           warmstart_folder(mc, cfg.train, fit))
     encoded, warm = [], []
     real_extract, real_warm = levers.extract_features, levers.ctc_warm_start
     monkeypatch.setattr(levers, "extract_features",
@@ -229,3 +230,68 @@ def test_the_lever_of_the_runs_own_corpus_takes_its_features_and_warm_start(tmp_
     monkeypatch.setattr(levers, "cached", lambda folder, name, key, compute, **kw: compute(key))
     levers.lever_run(cfg, "text", cfg.train.seed, {})
     assert encoded, "the lever encoded nothing without the run's own features"
+
+
+def _lever_runs(dev_errors: dict[str, list[int]]) -> list[dict]:
+    """Constructed lever measurements: 40 dev prompts of 10 words, each lever's errors per
+    prompt given (clean at seeds 0 and 1); the test sets as the dev set."""
+    from lib.recipes.levers import LEVER_TESTS
+
+    def score(errors: list[int]) -> dict:
+        words = [10] * len(errors)
+        wer = sum(errors) / sum(words)
+        return {"wer": wer, "wer_ci95": (wer - 0.05, wer + 0.05), "utterance_errors": errors,
+                "utterance_words": words, "by_source": {"asterisk": {"wer": wer}}}
+
+    runs = [{"lever": lever, "seed": seed, "minutes": {"warm_start": 1.0},
+             "scores": {t: score(errors) for t in LEVER_TESTS}}
+            for lever, errors in dev_errors.items() for seed in (0,)]
+    runs.append({**runs[0], "seed": 1})  # clean again: no seed spread
+    return runs
+
+
+def test_the_rule_chooses_the_training_corpus_before_the_speechllms_train(tmp_path,
+                                                                          monkeypatch):
+    """corpus_recipe rule: the lever that wins on the dev prompts is the corpus every chapter
+    trains on, and the clean recipe when none is wholly below clean (the rule saying no)."""
+    from lib.config.resolve import resolve
+    from lib.data.spec import CorpusSpec
+    from lib.recipes import levers, pipeline
+
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
+    cfg = resolve(1, preset="tiny")
+    assert cfg.corpus_recipe == "rule" and cfg.corpus.text_fraction == 0.0
+    wins = {"clean": [5] * 40, "text": [2] * 40, "flite": [5] * 40}
+    monkeypatch.setattr(levers, "measure_levers", lambda *a, **kw: _lever_runs(wins))
+    assert levers.training_corpus(cfg) == levers.lever_spec(cfg.corpus, "text")
+    loaded: list[CorpusSpec] = []
+
+    def load(name, spec):
+        loaded.append(spec)
+        raise KeyboardInterrupt  # stop before encoding: the corpus asked for is the point
+
+    monkeypatch.setattr(pipeline, "load_source", load)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.prepare_features(cfg)
+    assert loaded == [levers.lever_spec(cfg.corpus, "text")] and loaded[0].text_fraction == 0.5
+    # text lower on half the prompts, higher on the other half: not below clean, clean stays
+    mixed = {"clean": [5] * 40, "text": [2] * 20 + [8] * 20, "flite": [6] * 40}
+    monkeypatch.setattr(levers, "measure_levers", lambda *a, **kw: _lever_runs(mixed))
+    assert levers.training_corpus(cfg) == levers.clean_spec(cfg.corpus)
+    # given: the corpus as set, nothing measured
+    monkeypatch.setattr(levers, "measure_levers", lambda *a, **kw: pytest.fail("measured"))
+    given = resolve(1, preset="tiny", changes={"corpus_recipe": "given", "text_fraction": 0.5})
+    assert levers.training_corpus(given) == given.corpus
+    assert levers.training_corpus(resolve(1, preset="tiny", changes={"levers": []})) == cfg.corpus
+
+
+def test_a_corpus_set_by_hand_under_the_rule_is_one_line() -> None:
+    from lib.config.resolve import resolve
+
+    with pytest.raises(CompanionError, match=r"corpus_recipe='rule'.*text_fraction=0.5 sets it "
+                       r"by hand: add -p corpus_recipe given"):
+        resolve(1, preset="tiny", changes={"text_fraction": 0.5})
+    with pytest.raises(CompanionError, match=r"augment=\['noise'\]"):
+        resolve(1, preset="tiny", changes={"augment": ["noise"]})
+    with pytest.raises(CompanionError, match=r"corpus_recipe='sometimes': use one of rule, given"):
+        resolve(1, preset="tiny", changes={"corpus_recipe": "sometimes"})

@@ -251,26 +251,32 @@ def test_length_grouping_batches_neighbours_in_length_and_keeps_every_item():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])
-def test_the_same_seed_gives_the_same_losses_and_weights(tmp_path, random_features, precision):
+def test_the_same_seed_gives_the_same_losses_and_weights(tmp_path, monkeypatch, random_features,
+                                                        precision):
     """Chapter 1's recipe (CTC warm start, then the LLM stage with the CTC loss on) run twice
-    from scratch in two folders: every logged loss and every trained weight equal, bit for
-    bit; another seed differs (so the comparison can fail)."""
+    from scratch in two folders and caches: every logged loss and every trained weight equal,
+    bit for bit; so is a third whose warm start is read back from the first's cache (as
+    chapter 1's levers leave it); another seed differs (so the comparison can fail)."""
     from lib.recipes.pipeline import train_run
 
     data = random_features(6, split="train", base=20, step=5)
     mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=32,
                      lora_rank=4, lora_alpha=8)
     runs = {}
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+    for name, seed, cache in (("a", 0, "a"), ("b", 0, "b"), ("read back", 0, "a"),
+                              ("c", 1, "c")):
+        monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / f"cache-{cache}"))
         cfg = TrainConfig(steps=4, batch_size=2, warmup_steps=1, checkpoint_every=2,
                           ctc_epochs=1, ctc_batch_size=2, precision=precision, seed=seed)
         model, warm, tr = train_run(mc, cfg, data, tmp_path / name, "cpu")
+        assert warm.cached == (name == "read back")
         runs[name] = ([r["loss"] for r in warm.log], [r["loss"] for r in tr.log],
                       model.trainable_state_dict())
-    (ctc_a, llm_a, w_a), (ctc_b, llm_b, w_b), (ctc_c, llm_c, _) = runs.values()
-    assert ctc_a == ctc_b and llm_a == llm_b
-    for k in w_a:
-        assert torch.equal(w_a[k], w_b[k]), k
+    (ctc_a, llm_a, w_a), *same, (ctc_c, llm_c, _) = runs.values()
+    for ctc_b, llm_b, w_b in same:
+        assert ctc_a == ctc_b and llm_a == llm_b
+        for k in w_a:
+            assert torch.equal(w_a[k], w_b[k]), k
     assert llm_a != llm_c and ctc_a != ctc_c
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lib.config.sections import MULTITASK_STARTS
-from lib.data.spec import AUGMENTATIONS, lever_fields
+from lib.data.spec import AUGMENTATIONS, CORPUS_RECIPES, lever_fields
 from lib.device import PRECISIONS
 from lib.errors import CompanionError
 
@@ -214,6 +214,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "augment": _names(lambda: tuple(AUGMENTATIONS), allow_empty=True),
     **{name: _range for name in AUGMENTATIONS.values()},
     "levers": _levers, "lever_seeds": _POS,
+    "corpus_recipe": _one_of(lambda: CORPUS_RECIPES),
     # chapter 2
     "n_score_utterances": _POS, "score_batch_size": _POS,
     "profile_fractions": _units(closed=False), "profile_utterances": _POS, "chance_draws": _POS, "agree_rho": _SHARE,

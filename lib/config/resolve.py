@@ -29,7 +29,7 @@ from lib.config.defaults import CHAPTER_PARAMS, defaults, own_names, param_names
 from lib.config.presets import load_preset, preset_label
 from lib.config.checks import CHECKS, fail
 from lib.config.sections import SECTIONS, ModelConfig, Record, Run, section_fields
-from lib.data.spec import AUGMENTATIONS, CorpusSpec
+from lib.data.spec import AUGMENTATIONS, CorpusSpec, recipe_changes
 from lib.device import resolve_precision
 from lib.errors import CompanionError
 from lib.params import reject_unknown
@@ -40,7 +40,8 @@ CHAPTER_SECTIONS = {1: ("models", "train", "eval"), 2: ("score",), 3: ("prune",)
                     6: ("transfer", "backbone")}
 """The sections each chapter adds to the run (chapter N's run holds chapters 1..N's)."""
 
-RUN_FIELDS = ("device", "dev_utterances", "train_data", "test_data", "levers", "lever_seeds")
+RUN_FIELDS = ("device", "dev_utterances", "train_data", "test_data", "levers", "lever_seeds",
+              "corpus_recipe")
 """Parameters that are fields of the run itself."""
 
 CORPUS_FIELDS = ("n_train", "n_test", "piper_fraction", "flite_fraction", "text_fraction",
@@ -90,6 +91,12 @@ def _across(v: dict[str, Any], chapter: int) -> None:
         fail("dev_utterances", v["dev_utterances"],
               f"leaves nothing to train on ({v['n_train']} synthetic training utterances, "
               "n_train): lower dev_utterances or raise n_train")
+    set_by_hand = recipe_changes(v)
+    if v["corpus_recipe"] == "rule" and v["train_data"] == "synthetic:train" and set_by_hand:
+        shown = ", ".join(f"{f}={list(v[f]) if f == 'augment' else v[f]}" for f in set_by_hand)
+        fail("corpus_recipe", "rule", f"chooses the training corpus by chapter 1's lever rule, "
+             f"but {shown} sets it by hand: add -p corpus_recipe given to train on that "
+             "corpus, or leave it and name the lever in levers")
     if chapter >= 5:
         if "asr" not in v["tasks"]:
             fail("tasks", list(v["tasks"]), "include asr: chapter 5 compares English ASR "

@@ -252,6 +252,7 @@ class Run:
     dev_utterances: int = P.dev_utterances
     levers: tuple[str, ...] = P.levers
     lever_seeds: int = P.lever_seeds
+    corpus_recipe: str = P.corpus_recipe
     # not a parameter: the later chapters' sections, None in an earlier chapter's run
     score: ScoreConfig | None = None  # not a parameter: chapter 2's section
     prune: PruneConfig | None = None  # not a parameter: chapter 3's section

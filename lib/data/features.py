@@ -14,6 +14,7 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -145,6 +146,11 @@ def _set_key(encoder: SpeechEncoder, utts: Sequence[Utterance], precision: str) 
     return h.hexdigest()[:16]
 
 
+def features_path(encoder: SpeechEncoder, utts: Sequence[Utterance], precision: str) -> Path:
+    """Where the features of ``utts`` are cached (:func:`extract_features` reads it)."""
+    return cache_subdir("features") / f"{_set_key(encoder, utts, precision)}.safetensors"
+
+
 @stage("features")
 def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_size: int = 16,
                      desc: str = "encoder features", use_cache: bool = True,
@@ -167,7 +173,7 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
     utts = list(utts)
     if not utts:
         raise CompanionError(f"{desc}: no utterances to encode; check the data source")
-    path = cache_subdir("features") / f"{_set_key(encoder, utts, precision)}.safetensors"
+    path = features_path(encoder, utts, precision)
     if use_cache and path.is_file():
         try:
             tensors = load_tensors(path, finite=True)
@@ -210,3 +216,17 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
     if use_cache:
         save_tensors(path, {str(i): f for i, f in zip(kept, feats)})
     return FeatureSet(utts, feats)  # type: ignore[arg-type]
+
+
+def split_dev(train: FeatureSet, n: int) -> tuple[FeatureSet, FeatureSet | None]:
+    """Hold out the last ``n`` training utterances as the dev subset of the learning curve.
+
+    Raises:
+        CompanionError: fewer than ``n + 1`` utterances would be left to train on.
+    """
+    if n == 0:
+        return train, None
+    if n >= len(train):
+        raise CompanionError(f"dev_utterances={n} leaves nothing to train on ({len(train)} "
+                             "training utterances): lower dev_utterances or raise n_train")
+    return train.slice(None, -n), train.slice(-n, None)

@@ -290,3 +290,22 @@ class ParallelSpec:
 
 PARALLEL_VERSION = 1
 """Bumped when the parallel builder changes what a spec produces (part of the folder hash)."""
+
+
+CLEAN_RECIPE: dict[str, object] = {"augment": (), "flite_fraction": 0.0, "text_fraction": 0.0,
+                                   "piper_fraction": CorpusSpec.piper_fraction}
+"""The corpus fields of the clean recipe, which every lever starts from: no augmentation, no
+flite, the Bible only, Piper's default share (:attr:`CorpusSpec.piper_fraction`)."""
+
+CORPUS_RECIPES = ("rule", "given")
+"""What chapter 1's SpeechLLMs train on (``corpus_recipe``): ``rule``, the lever that chapter
+1's rule chooses on the real dev prompts, measured before they train (the clean recipe when
+none wins, :func:`lib.recipes.levers.training_corpus`); ``given``, the corpus fields as
+given."""
+
+
+def recipe_changes(values: dict[str, object]) -> list[str]:
+    """The corpus fields of ``values`` (parameters, or a corpus's fields) that differ from
+    :data:`CLEAN_RECIPE`, in its order."""
+    return [f for f, clean in CLEAN_RECIPE.items()
+            if (tuple(values[f]) if f == "augment" else values[f]) != clean]

@@ -24,6 +24,7 @@ from lib.evaluate.baselines import audio_reliance, whisper_baseline
 from lib.evaluate.decode import precision_check
 from lib.fileio import device_info
 from lib.paths import slug
+from lib.recipes.levers import recipe_words, training_corpus
 from lib.recipes.pipeline import ModelRun, prepare_features, rescore_run, train_and_evaluate
 from lib.recipes.section import Section
 from lib.report import plotting
@@ -87,11 +88,14 @@ def data_summary(train: FeatureSet, tests: dict[str, FeatureSet],
 
 
 def data(cfg: Run) -> Section:
-    """The training and test sets, encoded once (cached): their summary."""
-    train, tests = prepare_features(cfg)
+    """The training set (the corpus :func:`lib.recipes.levers.training_corpus` chooses) and
+    the test sets, encoded once (cached): their summary."""
+    corpus = training_corpus(cfg)
+    train, tests = prepare_features(cfg, corpus)
     summary = data_summary(train, tests, cfg.train_data)
-    return Section(summary, {"train_utts": len(train), "train_hours": summary.loc[0, "hours"]},
-                   {"train": train, "tests": tests})
+    return Section(summary, {"train_utts": len(train), "train_hours": summary.loc[0, "hours"],
+                             "train_recipe": recipe_words(corpus)},
+                   {"train": train, "tests": tests, "corpus": corpus})
 
 
 def listen(train: FeatureSet, tests: dict[str, FeatureSet]) -> Section:
@@ -419,7 +423,9 @@ def record(cfg: Run, runs: dict[str, ModelRun], data: Section, wers: Section,
     for name, r in runs.items():
         figures["decoders"][slug(name)]["run_key"] = os.path.basename(r.train.run_dir)
     sets = {cfg.train_data: data["train"], **data["tests"]}
-    figures["inputs"] = {"corpus": cfg.corpus.digest(), "augment": cfg.corpus.augment_settings(),
+    corpus = data["corpus"]
+    figures["inputs"] = {"corpus": corpus.digest(), "augment": corpus.augment_settings(),
+                         "recipe": recipe_words(corpus), "corpus_recipe": cfg.corpus_recipe,
                          "features": {name: fs.digest() for name, fs in sets.items()}}
     figures["real_by_source"] = real["sources"].to_dict("records")
     figures["levers"] = real["summary"]
@@ -428,20 +434,14 @@ def record(cfg: Run, runs: dict[str, ModelRun], data: Section, wers: Section,
     return Section(items=[recorded_line(record_headline(cfg, figures), cfg)])
 
 
-def examples_table(runs: dict[str, ModelRun], test: str, n: int = 5) -> pd.DataFrame:
-    """Reference and each model's hypothesis for the first ``n`` utterances of ``test``."""
-    table: dict[str, list[str]] = {}
+def examples(cfg: Run, runs: dict[str, ModelRun], tests: dict[str, FeatureSet],
+             n: int = 5) -> Section:
+    """Reference and each model's hypothesis for the first ``n`` utterances of the real
+    recordings (or of the first test set)."""
+    shown, table = "real" if "real" in tests else cfg.test_data[0], {}
     for name, r in runs.items():
-        rec = r.scores[test]
-        hyp_file = r.train.run_dir / rec["hypotheses"]
+        hyp_file = r.train.run_dir / r.scores[shown]["hypotheses"]
         rows = [json.loads(x) for x in hyp_file.read_text().splitlines()][:n]
         table.setdefault("reference", [x["ref"] for x in rows])
         table[slug(name)] = [x["hyp"] for x in rows]
-    return pd.DataFrame(table)
-
-
-def examples(cfg: Run, runs: dict[str, ModelRun],
-             tests: dict[str, FeatureSet]) -> Section:
-    """Some transcripts of the real recordings (or of the first test set)."""
-    shown = "real" if "real" in tests else cfg.test_data[0]
-    return Section(examples_table(runs, shown, n=5))
+    return Section(pd.DataFrame(table))

@@ -27,19 +27,18 @@ from lib.build.components import build_encoder
 from lib.build.speechllm import build_speechllm
 from lib.cache import cached
 from lib.config.sections import Run
-from lib.data.features import FeatureSet, extract_features
+from lib.data.features import FeatureSet, extract_features, features_path, split_dev
 from lib.data.sources import load_source
-from lib.data.spec import LEVERS, CorpusSpec, lever_fields
+from lib.data.spec import CLEAN_RECIPE, LEVERS, CorpusSpec, lever_fields
 from lib.device import resolve_device
 from lib.evaluate.baselines import score_ctc
 from lib.evaluate.metrics import paired_difference, wer_by
-from lib.fileio import file_sha256
+from lib.fileio import file_sha256, save_tensors
 from lib.paths import cache_subdir, slug
-from lib.recipes.pipeline import run_folder, split_dev
 from lib.recipes.section import Section
 from lib.report.rules import (WER_TARGETS, choose_lever, paired_verdict, seed_widened,
                               target_met)
-from lib.train.ctc import ctc_warm_start
+from lib.train.ctc import ctc_warm_start, warmstart_folder, warmstart_settings
 
 LEVER_TESTS = ("real:dev", "real", "synthetic:test")
 """Where a lever is scored: the dev prompts that choose, then the two test sets."""
@@ -48,8 +47,7 @@ LEVER_TESTS = ("real:dev", "real", "synthetic:test")
 def clean_spec(spec: CorpusSpec) -> CorpusSpec:
     """The corpus of ``spec`` without any lever: no augmentation, no flite, Piper's default
     share (chapter 1's recipe before this chapter measured the levers)."""
-    return replace(spec, augment=(), flite_fraction=0.0, text_fraction=0.0,
-                   piper_fraction=CorpusSpec.piper_fraction)
+    return replace(spec, **CLEAN_RECIPE)
 
 
 def recipe_words(spec: CorpusSpec) -> str:
@@ -77,9 +75,14 @@ def spliced_features(clean: FeatureSet, utts: list[Any], encoder: Any, precision
                      desc: str = "features", also: FeatureSet | None = None) -> FeatureSet:
     """The features of ``utts``: a clip whose audio has the same bytes as a clip of
     ``clean`` or of ``also`` (the same file, or the same clip spoken again into another
-    lever's corpus) keeps its features, the others are encoded (and cached) as one set. A
-    clip's features are its own whatever it is batched with (:mod:`lib.data.features`): a
-    lever that changes a quarter of the clips costs a quarter of an encoding pass."""
+    lever's corpus) keeps its features, the others are encoded. A clip's features are its
+    own whatever it is batched with (:mod:`lib.data.features`): a lever that changes a
+    quarter of the clips costs a quarter of an encoding pass. The whole set is cached where
+    :func:`lib.data.features.extract_features` looks for it, so a run that trains on this
+    corpus reads it back."""
+    path = features_path(encoder, utts, precision)
+    if path.is_file():
+        return extract_features(encoder, utts, desc=desc, precision=precision)
     keys: dict[str, str] = {}  # each file's bytes hashed once, however many sets hold it
 
     def content(path: str) -> str:
@@ -93,10 +96,12 @@ def spliced_features(clean: FeatureSet, utts: list[Any], encoder: Any, precision
         content(u.audio)
     changed = [u for u in utts if keys[u.audio] not in known]
     if changed:
-        new = extract_features(encoder, changed, desc=desc, precision=precision)
+        new = extract_features(encoder, changed, desc=desc, precision=precision,
+                               use_cache=False)
         known.update({keys[u.audio]: f for u, f in zip(new.utterances, new.feats)})
-    kept = [u for u in utts if keys[u.audio] in known]  # a clip too short to encode is skipped
-    return FeatureSet(kept, [known[keys[u.audio]] for u in kept])
+    kept = [i for i, u in enumerate(utts) if keys[u.audio] in known]  # too short: skipped
+    save_tensors(path, {str(i): known[keys[utts[i].audio]] for i in kept})
+    return FeatureSet([utts[i] for i in kept], [known[keys[utts[i].audio]] for i in kept])
 
 
 def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet],
@@ -116,7 +121,7 @@ def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet],
     spec = lever_spec(cfg.corpus, lever)
     mc = cfg.models[0]
     keyed = {"corpus": spec.digest(), "augment": spec.augment_settings(), "model": mc,
-             "train": replace(cfg.train, seed=seed),
+             "warm start": warmstart_settings(replace(cfg.train, seed=seed)),
              "tests": {name: fs.digest() for name, fs in tests.items()},
              "dev": cfg.dev_utterances}
 
@@ -141,7 +146,7 @@ def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet],
         fit, _dev = split_dev(train, cfg.dev_utterances)
         tr = replace(cfg.train, seed=seed)
         model = build_speechllm(mc, device=device, seed=seed)
-        warm = ctc_warm_start(model, fit, tr, run_folder(mc, tr, fit) / "warmstart",
+        warm = ctc_warm_start(model, fit, tr, warmstart_folder(mc, tr, fit),
                               desc=f"CTC warm start {lever} seed {seed}")
         t3 = time.perf_counter()
         scores = {name: _scored(score_ctc(model, warm.head, fs), fs.utterances)
@@ -173,6 +178,22 @@ def measure_levers(cfg: Run, levers: tuple[str, ...], seeds: int,
     order = [("clean", 0), *((lever, 0) for lever in levers if lever != "clean")]
     order += [("clean", s) for s in range(1, max(seeds, 1))]
     return [lever_run(cfg, lever, seed, tests, own) for lever, seed in order]
+
+
+def training_corpus(cfg: Run) -> CorpusSpec:
+    """The corpus the run's SpeechLLMs train on. With ``corpus_recipe = "rule"`` (the
+    default) on the synthetic corpus, the levers of ``cfg.levers`` are measured first (each
+    cached: :func:`measure_levers`) and the one :func:`lib.report.rules.choose_lever` picks on
+    the real dev prompts is pulled on the clean recipe (clean when none wins, or when no
+    lever is named); with ``"given"``, or another training source, ``cfg.corpus`` as set.
+    Every chapter trains and reads chapter 1's models through it
+    (:func:`lib.recipes.pipeline.prepare_features`), so they agree on the recipe."""
+    if cfg.corpus_recipe != "rule" or cfg.train_data != "synthetic:train":
+        return cfg.corpus
+    if not any(lever_spec(cfg.corpus, lever) != clean_spec(cfg.corpus) for lever in cfg.levers):
+        return clean_spec(cfg.corpus)
+    _, extra = lever_table(measure_levers(cfg, cfg.levers, cfg.lever_seeds))
+    return lever_spec(cfg.corpus, extra["choice"]["lever"])
 
 
 def lever_table(runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -269,7 +290,9 @@ def real_speech(cfg: Run, runs: dict[str, Any], train: FeatureSet,
 
     sources = by_source_table(runs, tests["real"]) if "real" in tests else pd.DataFrame()
     sets = real_sets(tests)
-    measured = measure_levers(cfg, cfg.levers, cfg.lever_seeds, own=train)
+    trained = training_corpus(cfg)  # with corpus_recipe "rule", the levers measured already
+    measured = measure_levers(cfg, cfg.levers, cfg.lever_seeds,
+                              own=train if cfg.corpus_recipe == "given" else None)
     table, extra = lever_table(measured)
     spread = extra["seed_spread"]
     clean = table.iloc[0]
@@ -279,10 +302,11 @@ def real_speech(cfg: Run, runs: dict[str, Any], train: FeatureSet,
             "seed_spread_real": 100 * spread["real"], "seed_spread_dev": 100 * spread["real:dev"],
             "lever_seeds": len(extra["clean_seeds"]["real"]), "best_dev_lever": best["lever"],
             "best_dev_real": 100 * best["real WER"], "best_dev_minutes": best["minutes"],
-            "n_levers": len(table) - 1, "run_recipe": recipe_words(cfg.corpus),
+            "n_levers": len(table) - 1, "run_recipe": recipe_words(trained),
             "lever_list": ", ".join(table["lever"][1:]) or "no lever",
             "best_dev_trade": trade_sentence(best.to_dict()),
-            "choice_trained": choice_trained(cfg.corpus, extra["choice"]["lever"]),
+            "choice_trained": choice_trained(trained, extra["choice"]["lever"],
+                                             by_rule=cfg.corpus_recipe == "rule"),
             "real_target": 100 * WER_TARGETS["real"],
             "clean_syn_ctc": 100 * clean["synthetic:test WER"],
             "target_vs_domain": "below" if WER_TARGETS["real"] < clean["synthetic:test WER"]
@@ -312,12 +336,15 @@ def lower_on(table: pd.DataFrame, test: str) -> list[str]:
             and paired_verdict({"difference_ci95": row[f"{test} vs clean ci95"]}) == "lower than"]
 
 
-def choice_trained(spec: CorpusSpec, lever: str) -> str:
+def choice_trained(spec: CorpusSpec, lever: str, by_rule: bool = False) -> str:
     """Whether the run trained the recipe of record (``lever`` of :func:`choose_lever`): its
-    corpus ``spec`` is that lever's corpus, or the ``-p`` a run of record would set."""
+    corpus ``spec`` is that lever's corpus (``by_rule``: chosen so before the SpeechLLMs
+    trained, ``corpus_recipe = "rule"``), or the ``-p`` a run of record would set."""
     chosen = lever_spec(spec, lever)
     if chosen == spec:
-        return "This run's SpeechLLMs were trained on that recipe"
+        return ("This run's SpeechLLMs were trained on that recipe" +
+                (", which the rule chose before they trained (`corpus_recipe = \"rule\"`)"
+                 if by_rule else ""))
     changes = []
     for f in ("piper_fraction", "flite_fraction", "text_fraction", "augment", "augment_prob"):
         value = getattr(chosen, f)

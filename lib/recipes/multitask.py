@@ -61,9 +61,13 @@ class ParallelData:
 
 
 def parallel_spec(cfg: Run) -> ParallelSpec:
-    """The corpus a chapter 5 config asks for (chapter 1's corpus as the English side)."""
+    """The corpus a chapter 5 config asks for (the corpus chapter 1 trained on as the English
+    side: :func:`lib.recipes.levers.training_corpus`)."""
+    from lib.recipes.levers import training_corpus
+
     mt = cfg.multitask
-    return ParallelSpec(n_train=mt.n_parallel_train, n_test=mt.n_parallel_test, english=cfg.corpus)
+    return ParallelSpec(n_train=mt.n_parallel_train, n_test=mt.n_parallel_test,
+                        english=training_corpus(cfg))
 
 
 def _features(cfg: Run, utts: list[Utterance],

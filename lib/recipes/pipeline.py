@@ -18,15 +18,18 @@ from lib.clock import stage
 from lib.config.sections import ModelConfig, Run, TrainConfig
 from lib.fileio import config_hash
 from lib.device import resolve_device
-from lib.train.ctc import WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start
+from lib.train.ctc import (WARMSTART_VERSION, WarmStart, ctc_loss, ctc_warm_start,
+                           warmstart_folder)
 from lib.data.sources import load_source
+from lib.data.spec import CorpusSpec
+from lib.recipes.levers import training_corpus
 from lib.errors import CompanionError
 from lib.prune.export import keep_model_config
 from lib.evaluate.decode import (Rescoring, choose, evaluate_asr, precision_key, transcribe,
                                  transcribe_candidates)
 from lib.evaluate.metrics import paired_difference, score_task
 from lib.evaluate.baselines import score_ctc
-from lib.data.features import FeatureSet, extract_features
+from lib.data.features import FeatureSet, extract_features, split_dev
 from lib.paths import cache_subdir, slug
 from lib.build.components import build_encoder
 from lib.build.speechllm import SpeechLLM, build_speechllm, count_parameters
@@ -63,30 +66,23 @@ def run_dir(mc: ModelConfig, cfg: Run, fit: FeatureSet) -> Path:
     return run_folder(mc, cfg.train, fit)
 
 
-def split_dev(train: FeatureSet, n: int) -> tuple[FeatureSet, FeatureSet | None]:
-    """Hold out the last ``n`` training utterances as the dev subset of the learning curve.
-
-    Raises:
-        CompanionError: fewer than ``n + 1`` utterances would be left to train on.
-    """
-    if n == 0:
-        return train, None
-    if n >= len(train):
-        raise CompanionError(f"dev_utterances={n} leaves nothing to train on ({len(train)} "
-                             "training utterances): lower dev_utterances or raise n_train")
-    return train.slice(None, -n), train.slice(-n, None)
-
-
-def prepare_features(cfg: Run) -> tuple[FeatureSet, dict[str, FeatureSet]]:
+def prepare_features(cfg: Run, corpus: CorpusSpec | None = None
+                     ) -> tuple[FeatureSet, dict[str, FeatureSet]]:
     """Load the data sources and encode them once with the (frozen) encoder.
+
+    Args:
+        corpus: the synthetic corpus to train on; None: the run's
+            (:func:`lib.recipes.levers.training_corpus`, the lever chapter 1's rule chose).
 
     Returns:
         ``(train_features, {test_source_name: features})``.
     """
+    if corpus is None:
+        corpus = training_corpus(cfg)
     device = resolve_device(cfg.device)
     encoder = build_encoder(cfg.models[0].encoder).to(device)
     prec = cfg.train.precision
-    train = extract_features(encoder, load_source(cfg.train_data, cfg.corpus),
+    train = extract_features(encoder, load_source(cfg.train_data, corpus),
                              desc=f"features {cfg.train_data}", precision=prec)
     tests = {name: extract_features(encoder, load_source(name, cfg.corpus),
                                     desc=f"features {name}", precision=prec)
@@ -117,8 +113,9 @@ def train_run(mc: ModelConfig, train: TrainConfig, fit: FeatureSet, out: Path, d
     name = slug(mc.decoder)
     warm = None
     if train.recipe == "ctc-warmstart":
-        warm = ctc_warm_start(model, fit if warm_set is None else warm_set, train,
-                              out / "warmstart", desc=f"CTC warm start {name}")
+        warm_on = fit if warm_set is None else warm_set
+        warm = ctc_warm_start(model, warm_on, train, warmstart_folder(mc, train, warm_on),
+                              desc=f"CTC warm start {name}")
         if after_warm_start is not None:
             after_warm_start(model, warm)
     with stage("training"):

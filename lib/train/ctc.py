@@ -41,11 +41,12 @@ import torch
 
 from lib.cache import say_reused
 from lib.clock import stage, track
-from lib.config.sections import TrainConfig
+from lib.config.sections import ModelConfig, TrainConfig
 from lib.device import resolve_precision
 from lib.errors import CompanionError
-from lib.fileio import (CorruptFile, load_cached_json, load_tensors, save_cached_json,
-                         save_tensors, set_aside)
+from lib.paths import cache_subdir, slug
+from lib.fileio import (CorruptFile, config_hash, load_cached_json, load_tensors,
+                         save_cached_json, save_tensors, set_aside)
 from lib.data.features import FeatureSet
 from lib.build.ctc_head import CTCHead, build_ctc_head, ctc_nll, ctc_targets
 from lib.build.speechllm import SpeechLLM
@@ -184,6 +185,7 @@ def _reuse_warm_start(model: SpeechLLM, head: CTCHead, out_dir: Path,
         return None
     model.projector.load_state_dict({k: v.to(model.device) for k, v in proj.items()})
     head.load_state_dict({k: v.to(model.device) for k, v in blank.items()})
+    model.projector.eval()  # as a warm start just trained leaves it
     say_reused(desc, f"{out_dir.parent.name}/{out_dir.name}")  # the run's folder is its key
     return WarmStart(head, rec["log"], rec["norm_factor"], True, rec["wall_time_s"])
 
@@ -229,5 +231,27 @@ def _train_projector(model: SpeechLLM, head: CTCHead, train_set: FeatureSet,
             # no progress bar (a book run): say where we are
             print(f"{desc}: step {step + 1}/{steps}, CTC loss {loss.item():.3f}, "
                   f"{log[-1]['elapsed_s']:.0f} s", flush=True)
+    optimizer.zero_grad(set_to_none=True)  # as a warm start read back: no gradient left
     model.projector.eval()
     return log
+
+
+WARMSTART_FIELDS = ("recipe", "seed", "ctc_epochs", "ctc_learning_rate", "ctc_batch_size",
+                    "precision", "length_grouping")
+"""The training settings a CTC warm start reads (:func:`lib.train.ctc.ctc_warm_start`); the
+LLM stage's (steps, rates, batch, ``ctc_weight``) leave it as it was."""
+
+
+def warmstart_settings(train: TrainConfig) -> dict[str, Any]:
+    """The part of ``train`` that keys a warm start (:data:`WARMSTART_FIELDS`)."""
+    return {f: getattr(train, f) for f in WARMSTART_FIELDS}
+
+
+def warmstart_folder(mc: ModelConfig, train: TrainConfig, data: FeatureSet) -> Path:
+    """The cache folder of one CTC warm start, keyed by what it reads: the model, the
+    :func:`warmstart_settings` and its training features by content. A run that changes
+    only the LLM stage, and a lever measured on the run's own corpus at the run's seed
+    (:mod:`lib.recipes.levers`), read it back instead of training it again."""
+    spec = {"model": mc, "ctc": warmstart_settings(train), "data": data.digest(),
+            "version": WARMSTART_VERSION}
+    return cache_subdir("warmstarts") / f"{slug(mc.decoder)}-{config_hash(spec)}"
