@@ -180,19 +180,20 @@ def measure_levers(cfg: Run, levers: tuple[str, ...], seeds: int,
     return [lever_run(cfg, lever, seed, tests, own) for lever, seed in order]
 
 
-def training_corpus(cfg: Run) -> CorpusSpec:
+def training_corpus(cfg: Run, measured: list[dict[str, Any]] | None = None) -> CorpusSpec:
     """The corpus the run's SpeechLLMs train on. With ``corpus_recipe = "rule"`` (the
     default) on the synthetic corpus, the levers of ``cfg.levers`` are measured first (each
     cached: :func:`measure_levers`) and the one :func:`lib.report.rules.choose_lever` picks on
     the real dev prompts is pulled on the clean recipe (clean when none wins, or when no
     lever is named); with ``"given"``, or another training source, ``cfg.corpus`` as set.
     Every chapter trains and reads chapter 1's models through it
-    (:func:`lib.recipes.pipeline.prepare_features`), so they agree on the recipe."""
+    (:func:`lib.recipes.pipeline.prepare_features`), so they agree on the recipe; ``measured``:
+    :func:`measure_levers` of ``cfg`` already at hand."""
     if cfg.corpus_recipe != "rule" or cfg.train_data != "synthetic:train":
         return cfg.corpus
     if not any(lever_spec(cfg.corpus, lever) != clean_spec(cfg.corpus) for lever in cfg.levers):
         return clean_spec(cfg.corpus)
-    _, extra = lever_table(measure_levers(cfg, cfg.levers, cfg.lever_seeds))
+    _, extra = lever_table(measured or measure_levers(cfg, cfg.levers, cfg.lever_seeds))
     return lever_spec(cfg.corpus, extra["choice"]["lever"])
 
 
@@ -290,9 +291,9 @@ def real_speech(cfg: Run, runs: dict[str, Any], train: FeatureSet,
 
     sources = by_source_table(runs, tests["real"]) if "real" in tests else pd.DataFrame()
     sets = real_sets(tests)
-    trained = training_corpus(cfg)  # with corpus_recipe "rule", the levers measured already
-    measured = measure_levers(cfg, cfg.levers, cfg.lever_seeds,
+    measured = measure_levers(cfg, cfg.levers, cfg.lever_seeds,  # cached under "rule"
                               own=train if cfg.corpus_recipe == "given" else None)
+    trained = training_corpus(cfg, measured)
     table, extra = lever_table(measured)
     spread = extra["seed_spread"]
     clean = table.iloc[0]
@@ -343,7 +344,7 @@ def choice_trained(spec: CorpusSpec, lever: str, by_rule: bool = False) -> str:
     chosen = lever_spec(spec, lever)
     if chosen == spec:
         return ("This run's SpeechLLMs were trained on that recipe" +
-                (", which the rule chose before they trained (`corpus_recipe = \"rule\"`)"
+                (", which the rule chose before they trained (corpus_recipe rule)"
                  if by_rule else ""))
     changes = []
     for f in ("piper_fraction", "flite_fraction", "text_fraction", "augment", "augment_prob"):
