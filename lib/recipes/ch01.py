@@ -279,7 +279,7 @@ def decoding_precision(cfg: Run, runs: dict[str, ModelRun], train: FeatureSet,
                             "bf16_min_speedup": BF16_MIN_SPEEDUP}
     if not native:
         glue["prec_sentence"] = (
-            f"{where} has no native bf16, so `auto` trained and decoded in float32 here and "
+            f"{where} has no native bf16, so auto trained and decoded in float32 here and "
             "nothing was timed: emulated bf16 runs several times slower")
         return Section(glue=glue, data={"checks": {}, "training": None})
     first, run = next(iter(runs.items()))
@@ -336,11 +336,11 @@ def precision_sentence(train_chose: str, decode_chose: str, train: tuple[float, 
                                    ("decoding", decode_chose, verdicts == {"pays"},
                                     "eval_precision")):
         if (chose == "bf16") == pays:
-            said.append(f"for {use} `auto`'s choice ({chose}) stands")
+            said.append(f"for {use} auto's choice ({chose}) stands")
         else:
             other = "fp32" if chose == "bf16" else "bf16"
-            said.append(f"for {use} `auto`'s choice ({chose}) does not stand: "
-                        f"`-p {name} {other}` would be the better default on this machine")
+            said.append(f"for {use} auto's choice ({chose}) does not stand: "
+                        f"-p {name} {other} would be the better default on this machine")
     return "; ".join(said)
 
 
