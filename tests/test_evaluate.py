@@ -315,17 +315,40 @@ def test_bf16_verdict_says_yes_and_no(speedup, diff_ci, verdict):
     assert bf16_verdict(speedup, check) == verdict
 
 
+@pytest.mark.parametrize("rounds, verdict", [
+    ([1.10, 1.23, 1.31], "undecided"),         # this Xeon's three runs, as rounds of one
+    ([1.16, 1.23, 1.31], "pays"),              # every round at or above 1.15
+    ([1.15, 1.20, 1.18], "pays"),              # the threshold itself counts as paying
+    ([0.95, 1.02, 1.14], "buys nothing"),      # every round below
+])
+def test_rounds_on_both_sides_of_the_threshold_decide_nothing(rounds, verdict):
+    from lib.report.rules import bf16_verdict
+
+    median = sorted(rounds)[1]
+    assert bf16_verdict(median, rounds=rounds) == verdict
+    # a WER cost outweighs any speed
+    assert bf16_verdict(median, {"difference": 0.01, "difference_ci95": [0.002, 0.02]},
+                        rounds=rounds) == "costs accuracy"
+
+
 def test_a_choice_of_auto_stands_only_where_the_measurement_agrees():
     from lib.recipes.ch01 import precision_sentence
 
-    ok = precision_sentence("bf16", "fp32", (2.31, "pays"), (0.951, 1.02, {"buys nothing"}))
-    assert ok == ("a training step ran 2.31 times as fast in bf16 as in float32 (bf16 pays), "
-                  "decoding 0.95-1.02 times as fast (bf16 buys nothing); for training "
-                  "auto's choice (bf16) stands; for decoding auto's choice (fp32) stands")
-    no = precision_sentence("bf16", "bf16", (1.05, "buys nothing"),
+    ok = precision_sentence("bf16", "fp32", (2.31, "pays", [2.2, 2.31, 2.4]),
+                            (0.951, 1.02, {"buys nothing"}))
+    assert ok == ("a training step ran 2.31 times as fast in bf16 as in float32 (rounds "
+                  "2.20-2.40; bf16 pays), decoding 0.95-1.02 times as fast (bf16 buys nothing); "
+                  "for training auto's choice (bf16) stands; for decoding auto's choice (fp32) "
+                  "stands")
+    no = precision_sentence("bf16", "bf16", (1.05, "buys nothing", [1.0, 1.05, 1.1]),
                             (1.3, 1.3, {"pays", "costs accuracy"}))
     assert "decoding 1.30 times as fast (bf16 costs accuracy and pays)" in no
     assert "for training auto's choice (bf16) does not stand: -p precision fp32" in no
     assert "for decoding auto's choice (bf16) does not stand: -p eval_precision fp32" in no
-    assert "-p eval_precision bf16 would" in precision_sentence("bf16", "fp32", (2.0, "pays"),
-                                                            (1.4, 1.5, {"pays"}))
+    assert "-p eval_precision bf16 would" in precision_sentence(
+        "bf16", "fp32", (2.0, "pays", [2.0]), (1.4, 1.5, {"pays"}))
+    torn = precision_sentence("bf16", "fp32", (1.23, "undecided", [1.1, 1.23, 1.31]),
+                              (0.9, 1.0, {"buys nothing"}))
+    assert "(rounds 1.10-1.31; bf16 undecided)" in torn
+    assert ("for training the rounds fall on both sides of 1.15, so this run cannot say "
+            "whether auto's choice (bf16) stands; for decoding auto's choice (fp32) stands") in torn

@@ -297,6 +297,8 @@ def test_the_precision_probe_leaves_the_model_and_the_random_state_as_they_were(
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert probe["steps"] == 2 and probe["rounds"] == 3 and probe["batch_size"] == 2
     assert probe["fp32_s"] > 0 and probe["bf16_s"] > 0 and probe["speedup"] > 0
+    assert len(probe["round_speedups"]) == 3  # the median is the middle round's ratio
+    assert probe["speedup"] == pytest.approx(sorted(probe["round_speedups"])[1], abs=1e-3)
 
 
 def test_the_precision_probe_times_the_training_loss_of_the_first_batches(random_features,

@@ -269,8 +269,7 @@ def decoding_precision(cfg: Run, runs: dict[str, ModelRun], train: FeatureSet,
     bought in each, measured in this run: a few training steps of the first decoder timed
     in both precisions (:func:`lib.train.precision.training_speedup`) and each SpeechLLM's
     first test set decoded in both, paired (:func:`lib.evaluate.decode.precision_check`),
-    each read by :func:`lib.report.rules.bf16_verdict`. Nothing is timed where bf16 is not
-    native (it would be emulated, many times slower)."""
+    each read by :func:`lib.report.rules.bf16_verdict`; nothing timed where bf16 is emulated."""
     info = device_info()
     where = info.get("gpu") or info.get("cpu") or "this machine"
     native = bool(info.get("gpu") or info.get("cpu_native_bf16"))
@@ -288,7 +287,7 @@ def decoding_precision(cfg: Run, runs: dict[str, ModelRun], train: FeatureSet,
     found = {slug(d): precision_check(r.model, tests[syn].subset(cfg.eval.max_test_utterances),
                                       r.train.run_dir, syn, cfg.eval)
              for d, r in runs.items()}
-    trained = bf16_verdict(probe["speedup"])
+    trained = bf16_verdict(probe["speedup"], rounds=probe["round_speedups"])
     rows = [{"use": "training", "decoder": slug(first), "auto chose": cfg.train.precision,
              "speed bf16 / fp32": probe["speedup"], "bf16 - fp32 WER (points) [95 % CI]": "",
              "bf16 verdict": trained}]
@@ -304,38 +303,42 @@ def decoding_precision(cfg: Run, runs: dict[str, ModelRun], train: FeatureSet,
                 decode_verdict=" and ".join(sorted(decode)),
                 prec_sentence=precision_sentence(
                     cfg.train.precision, cfg.eval.precision,
-                    (probe["speedup"], trained),
+                    (probe["speedup"], trained, probe["round_speedups"]),
                     (min(speeds), max(speeds), decode)))
     return Section(pd.DataFrame(rows), glue, {"checks": found, "training": probe})
 
 
 def precision_record(precision: Section) -> dict[str, Any]:
-    """What ``auto`` chose on this machine and what bf16 bought, for the chapter's record
-    (the CPU beside it; every record's provenance names the CPU too)."""
+    """What ``auto`` chose on this machine and what bf16 bought, for the chapter's record."""
     g, probe = precision.glue, precision["training"]
     return {"machine": g["cpu_name"],
             "training": {"chose": g["train_chose"],
                          "bf16_speedup": probe["speedup"] if probe else None,
+                         "rounds": probe["round_speedups"] if probe else None,
                          "verdict": g.get("train_verdict")},
             "decoding": {"chose": g["decode_chose"], "verdict": g.get("decode_verdict"),
                          "bf16_speedup": [g["decode_speed_low"], g["decode_speed_high"]]
                          if "decode_speed_low" in g else None}}
 
 
-def precision_sentence(train_chose: str, decode_chose: str, train: tuple[float, str],
+def precision_sentence(train_chose: str, decode_chose: str,
+                       train: tuple[float, str, list[float]],
                        decode: tuple[float, float, set[str]]) -> str:
-    """What bf16 bought (``train``: the speed ratio and its verdict; ``decode``: the lowest
-    and highest ratio over the decoders and their verdicts) and whether ``auto``'s choices
-    stand by it: a choice of bf16 where it buys nothing or costs accuracy, or of float32
-    where bf16 pays, is named with the ``-p`` that would be the better default."""
+    """What bf16 bought (``train``: ratio, verdict, each round's ratio; ``decode``: lowest and
+    highest ratio, verdicts) and whether ``auto``'s choices stand by it, else the better ``-p``;
+    rounds on both sides of the threshold decide nothing, and the sentence says so."""
     low, high, verdicts = decode
     speeds = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
-    said = [f"a training step ran {train[0]:.2f} times as fast in bf16 as in float32 (bf16 "
-            f"{train[1]}), decoding {speeds} times as fast (bf16 {' and '.join(sorted(verdicts))})"]
+    said = [f"a training step ran {train[0]:.2f} times as fast in bf16 as in float32 (rounds "
+            f"{min(train[2]):.2f}-{max(train[2]):.2f}; bf16 {train[1]}), decoding {speeds} "
+            f"times as fast (bf16 {' and '.join(sorted(verdicts))})"]
     for use, chose, pays, name in (("training", train_chose, train[1] == "pays", "precision"),
                                    ("decoding", decode_chose, verdicts == {"pays"},
                                     "eval_precision")):
-        if (chose == "bf16") == pays:
+        if use == "training" and train[1] == "undecided":
+            said.append(f"for training the rounds fall on both sides of {BF16_MIN_SPEEDUP}, so "
+                        f"this run cannot say whether auto's choice ({chose}) stands")
+        elif (chose == "bf16") == pays:
             said.append(f"for {use} auto's choice ({chose}) stands")
         else:
             other = "fp32" if chose == "bf16" else "bf16"

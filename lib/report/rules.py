@@ -34,13 +34,18 @@ timings on these machines vary by about 10 %, so a smaller ratio is no gain one 
 (chapter 1, section 1.6)."""
 
 
-def bf16_verdict(speedup: float, wer_check: dict[str, Any] | None = None) -> str:
+def bf16_verdict(speedup: float, wer_check: dict[str, Any] | None = None,
+                 rounds: list[float] | None = None) -> str:
     """What bf16 buys over float32, from a speed ratio measured in the run (float32 time over
     bf16 time) and, for decoding, the paired WER difference bf16 minus float32:
-    ``"costs accuracy"`` when that difference lies wholly above zero, ``"pays"`` when bf16 is
-    at least :data:`BF16_MIN_SPEEDUP` times as fast, ``"buys nothing"`` otherwise."""
+    ``"costs accuracy"`` when that difference lies wholly above zero; ``"undecided"`` when
+    the per-round ratios (``rounds``) fall on both sides of :data:`BF16_MIN_SPEEDUP`, so the
+    machine's noise is larger than the question; else ``"pays"`` when bf16 is at least that
+    many times as fast, ``"buys nothing"`` otherwise."""
     if wer_check is not None and paired_verdict(wer_check) == "higher than":
         return "costs accuracy"
+    if rounds and min(rounds) < BF16_MIN_SPEEDUP <= max(rounds):
+        return "undecided"
     if math.isfinite(speedup) and speedup >= BF16_MIN_SPEEDUP:
         return "pays"
     return "buys nothing"
