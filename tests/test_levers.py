@@ -84,6 +84,25 @@ def _run(lever: str, seed: int, dev: int, real: int) -> dict:
             "scores": scores}
 
 
+def test_a_lever_that_wins_at_one_seed_but_moves_more_than_that_is_not_chosen() -> None:
+    """Clean moves by 3 of 280 dev words over its seeds. A lever 8 words better at seed 0:
+    chosen when its own seeds agree, not when they move by 18 words (its half range, 9
+    words, reaches past the 8-word gain): the larger spread widens the difference."""
+    clean = [_run("clean", 0, 30, 30), _run("clean", 1, 28, 30), _run("clean", 2, 31, 30)]
+    steady = [_run("text", 0, 22, 30), _run("text", 1, 23, 30), _run("text", 2, 24, 30)]
+    table, extra = lever_table(clean + steady)
+    assert extra["choice"]["lever"] == "text"
+    assert extra["spreads"]["text"]["real:dev"] == pytest.approx(2 / 280)
+    wobbly = [_run("text", 0, 22, 30), _run("text", 1, 40, 30), _run("text", 2, 30, 30)]
+    table, extra = lever_table(clean + wobbly)
+    assert extra["choice"]["lever"] == "clean"
+    low, high = table.loc[1, "real:dev vs clean ci95"]
+    assert low <= (-8 - 9) / 280 + 1e-9 and high >= (-8 + 9) / 280 - 1e-9
+    # clean's spread alone (one text seed) would have chosen text
+    assert lever_table(clean + wobbly[:1])[1]["choice"]["lever"] == "text"
+    json.dumps(lever_summary(table, extra))  # the record: spreads without NaN
+
+
 def test_the_table_reads_the_spread_from_the_clean_seeds() -> None:
     runs = [_run("clean", 0, 30, 30), _run("noise", 0, 5, 10), _run("clean", 1, 28, 26),
             _run("clean", 2, 31, 33)]

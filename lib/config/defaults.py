@@ -69,7 +69,7 @@ class Chapter1Params:
     rescore_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # CTC weights tried
     # on the dev subset; the best one decodes the test sets
     levers: tuple[str, ...] = ("text", "all")  # measured against the clean recipe (lib.data.spec.LEVERS)
-    lever_seeds: int = 3  # seeds of the clean CTC head: the spread beside each interval
+    lever_seeds: int = 3  # seeds of each lever's CTC head: the spread beside each interval
     corpus_recipe: str = "rule"  # train on the lever section 1.8's rule chooses ("given": as set)
 
 

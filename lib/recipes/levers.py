@@ -10,13 +10,14 @@ warm start is trained on it exactly as chapter 1 trains it, then scored on the r
 prompts, the real test set and the synthetic test voices. The CTC head is the cheap witness:
 minutes per lever where the LLM stage takes a quarter of an hour, and chapter 1's record
 shows that its WER and the SpeechLLM's move together. The clean recipe is trained with
-``lever_seeds`` seeds, and the spread of its WER widens every comparison
-(:func:`lib.report.rules.seed_widened`). The recipe of record is chosen on ``real:dev`` by
+``lever_seeds`` seeds, as is every lever, and the larger of the two spreads widens each
+comparison (:func:`lib.report.rules.seed_widened`). The recipe of record is chosen on ``real:dev`` by
 :func:`lib.report.rules.choose_lever`, never on a test set.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -171,13 +172,26 @@ def lever_tests(cfg: Run) -> dict[str, FeatureSet]:
 
 def measure_levers(cfg: Run, levers: tuple[str, ...], seeds: int,
                    own: FeatureSet | None = None) -> list[dict[str, Any]]:
-    """Every lever at seed 0 and ``clean`` at ``seeds`` seeds (the reference first, the
-    other seeds last), each cached; ``own``: the run's training features
-    (:func:`lever_run`)."""
+    """Every lever and ``clean`` at ``seeds`` seeds each (seed 0 of all first, the
+    reference first of all), each cached; ``own``: the run's training features
+    (:func:`lever_run`). A lever's own spread over seeds widens its comparison as clean's
+    does (:func:`lever_table`): one seed of one lever once moved the dev WER by 5 points."""
     tests = lever_tests(cfg)
-    order = [("clean", 0), *((lever, 0) for lever in levers if lever != "clean")]
-    order += [("clean", s) for s in range(1, max(seeds, 1))]
+    names = ["clean", *(lever for lever in levers if lever != "clean")]
+    order = [(lever, s) for s in range(max(seeds, 1)) for lever in names]
     return [lever_run(cfg, lever, seed, tests, own) for lever, seed in order]
+
+
+def seed_spreads(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per lever and test set, the max - min of its WER over the seeds measured (NaN for a
+    lever measured at one seed)."""
+    out: dict[str, dict[str, float]] = {}
+    for lever in dict.fromkeys(r["lever"] for r in runs):
+        wers = {t: [r["scores"][t]["wer"] for r in runs if r["lever"] == lever]
+                for t in LEVER_TESTS}
+        out[lever] = {t: max(w) - min(w) if len(w) > 1 else float("nan")
+                      for t, w in wers.items()}
+    return out
 
 
 def training_corpus(cfg: Run, measured: list[dict[str, Any]] | None = None) -> CorpusSpec:
@@ -199,16 +213,17 @@ def training_corpus(cfg: Run, measured: list[dict[str, Any]] | None = None) -> C
 
 def lever_table(runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One row per lever (seed 0): WER with its interval on each test set and per real
-    source, minutes, and the difference from clean on the dev prompts widened by clean's
-    seed spread; and the choice of the recipe of record (:func:`choose_lever`).
+    source, minutes, and the difference from clean (seed 0 against seed 0, paired) widened by
+    the larger of clean's and the lever's own spread over seeds (:func:`seed_spreads`); and
+    the choice of the recipe of record (:func:`choose_lever`).
 
     Returns:
-        ``(table, {"choice", "seed_spread", "clean_seeds"})``.
+        ``(table, {"choice", "seed_spread", "clean_seeds", "spreads"})``; ``seed_spread`` is
+        clean's (the figure's band).
     """
     clean = [r for r in runs if r["lever"] == "clean"]
-    spread = {t: max(r["scores"][t]["wer"] for r in clean) - min(r["scores"][t]["wer"]
-                                                                 for r in clean)
-              for t in LEVER_TESTS} if len(clean) > 1 else {t: float("nan") for t in LEVER_TESTS}
+    spreads = seed_spreads(runs)
+    spread = spreads["clean"]
     ref = next(r for r in clean if r["seed"] == 0)
     rows, choice_rows = [], []
     for r in (r for r in runs if r["seed"] == 0):
@@ -218,7 +233,9 @@ def lever_table(runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any
             s = r["scores"][t]
             row[f"{t} WER"], row[f"{t} ci95"] = s["wer"], tuple(s["wer_ci95"])
             if r is not ref:
-                vs[t] = seed_widened(paired_difference(s, ref["scores"][t]), spread[t])
+                wider = max((x for x in (spread[t], spreads[r["lever"]][t])
+                             if math.isfinite(x)), default=float("nan"))
+                vs[t] = seed_widened(paired_difference(s, ref["scores"][t]), wider)
                 row[f"{t} vs clean"] = vs[t]["difference"]
                 row[f"{t} vs clean ci95"] = tuple(vs[t]["difference_ci95"])
         for source, s in r["scores"]["real"]["by_source"].items():
@@ -228,7 +245,7 @@ def lever_table(runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any
                             "vs_clean": vs.get("real:dev")})
     clean_seeds = {t: [r["scores"][t]["wer"] for r in clean] for t in LEVER_TESTS}
     return pd.DataFrame(rows), {"choice": choose_lever(choice_rows), "seed_spread": spread,
-                                "clean_seeds": clean_seeds}
+                                "clean_seeds": clean_seeds, "spreads": spreads}
 
 
 def by_source_table(runs: dict[str, Any], real: FeatureSet) -> pd.DataFrame:
@@ -376,5 +393,7 @@ def lever_summary(table: pd.DataFrame, extra: dict[str, Any]) -> dict[str, Any]:
     spread, one row per lever (intervals as lists; none for clean's own difference)."""
     rows = [{k: (list(v) if isinstance(v, tuple) else None if k.endswith("ci95") else v)
              for k, v in row.items()} for row in table.to_dict("records")]
+    spreads = {lever: {t: None if math.isnan(x) else x for t, x in by.items()}
+               for lever, by in extra["spreads"].items()}
     return {"choice": extra["choice"], "seed_spread": extra["seed_spread"],
-            "clean_seeds": extra["clean_seeds"], "rows": rows}
+            "clean_seeds": extra["clean_seeds"], "spreads": spreads, "rows": rows}
