@@ -11,8 +11,8 @@ prompts, the real test set and the synthetic test voices. The CTC head is the ch
 minutes per lever where the LLM stage takes a quarter of an hour, and chapter 1's record
 shows that its WER and the SpeechLLM's move together. The clean recipe is trained with
 ``lever_seeds`` seeds, as is every lever, and the larger of the two spreads widens each
-comparison (:func:`lib.report.rules.seed_widened`). The recipe of record is chosen on ``real:dev`` by
-:func:`lib.report.rules.choose_lever`, never on a test set.
+comparison (:func:`lib.report.rules.seed_widened`). The recipe of record is chosen on
+``real:dev`` by :func:`lib.report.rules.choose_lever`, never on a test set.
 """
 
 from __future__ import annotations
