@@ -249,6 +249,13 @@ def test_the_lever_of_the_runs_own_corpus_takes_its_features_and_warm_start(tmp_
     monkeypatch.setattr(levers, "cached", lambda folder, name, key, compute, **kw: compute(key))
     levers.lever_run(cfg, "text", cfg.train.seed, {})
     assert encoded, "the lever encoded nothing without the run's own features"
+    # the run's corpus augmented: the text lever's clips are not the run's (same corpus
+    # folder, other audio), so it does not take the run's features
+    gained = resolve(1, preset="tiny", changes={"text_fraction": 0.5, "corpus_recipe": "given",
+                                                "augment": ["gain"]})
+    own_gained, _ = prepare_features(gained)
+    out = levers.lever_run(gained, "text", cfg.train.seed, {}, own=own_gained)
+    assert out["features"] != own_gained.digest()
 
 
 def _lever_runs(dev_errors: dict[str, list[int]]) -> list[dict]:

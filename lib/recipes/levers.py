@@ -132,8 +132,9 @@ def lever_run(cfg: Run, lever: str, seed: int, tests: dict[str, FeatureSet],
         t1 = time.perf_counter()
         device = resolve_device(cfg.device)
         encoder = build_encoder(mc.encoder).to(device)
-        is_clean = spec.digest() == clean_spec(cfg.corpus).digest()
-        if own is not None and spec.digest() == cfg.corpus.digest():
+        # the whole spec, augmentation included (a corpus's digest leaves it out)
+        is_clean = spec == clean_spec(cfg.corpus)
+        if own is not None and spec == cfg.corpus:
             train = own
         else:
             base = utts if is_clean else load_source(cfg.train_data, clean_spec(cfg.corpus))
