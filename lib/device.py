@@ -11,8 +11,8 @@ import os
 from lib.errors import CompanionError
 
 PRECISIONS = ("auto", "bf16", "fp32")
-"""``auto``: bf16 where the hardware runs it natively and it pays (:func:`resolve_precision`),
-else fp32."""
+"""``auto``: bf16 where the hardware runs it natively, except for decoding on a CPU
+(:func:`resolve_precision`); chapter 1's section 1.6 measures what each choice buys."""
 
 USES = ("train", "decode")
 """What a precision is resolved for: training (and feature extraction), or decoding."""
@@ -28,10 +28,10 @@ def native_bf16() -> bool:
 
 def resolve_precision(precision: str, device: str = "auto", use: str = "train") -> str:
     """``auto`` -> ``bf16`` on a GPU; on a CPU, ``bf16`` for training where the CPU runs it
-    natively (AVX-512 BF16 / AMX: a training step about twice as fast as in float32) and
-    ``fp32`` for decoding, where bf16 autocast measured no faster on the CPUs this book has
-    run on (an AMD EPYC and an Intel Xeon with AMX, both with native bf16: chapter 1, section
-    1.6, which measures it again in every run).
+    natively (AVX-512 BF16 / AMX; what a step gains varies by machine) and ``fp32`` for
+    decoding, where bf16 autocast measured no faster on the CPUs this book has run on (an
+    AMD EPYC and an Intel Xeon with AMX, both with native bf16). Chapter 1, section 1.6,
+    measures both again in every run.
 
     Raises:
         CompanionError: ``precision`` is not one of :data:`PRECISIONS`.

@@ -70,3 +70,19 @@ def test_the_papers_pairing_is_one_change_away():
         with torch.no_grad():
             loss = model.loss(feats.float(), lengths, ["one two"])
         assert torch.isfinite(loss)
+
+
+def test_each_encoder_trains_on_chapter_1s_corpus_without_measuring_the_levers_again(
+        monkeypatch):
+    """The levers are chapter 1's choice, measured with its first model: an encoder of
+    chapter 6 (another model) trains on the corpus chapter 1 chose and measures nothing."""
+    from lib.config.resolve import resolve
+    from lib.recipes import encoders, levers
+
+    cfg = resolve(6, preset="tiny")
+    chosen = levers.lever_spec(cfg.corpus, "all")
+    monkeypatch.setattr(encoders, "training_corpus", lambda c: chosen, raising=False)
+    monkeypatch.setattr(levers, "measure_levers", lambda *a, **kw: pytest.fail("measured"))
+    for enc in cfg.transfer.encoders:
+        mc, sub = encoders.encoder_config(cfg, enc)
+        assert sub.corpus == chosen and levers.training_corpus(sub) == chosen

@@ -292,8 +292,8 @@ PARALLEL_VERSION = 1
 """Bumped when the parallel builder changes what a spec produces (part of the folder hash)."""
 
 
-CLEAN_RECIPE: dict[str, object] = {"augment": (), "flite_fraction": 0.0, "text_fraction": 0.0,
-                                   "piper_fraction": CorpusSpec.piper_fraction}
+CLEAN_RECIPE: dict[str, object] = {"piper_fraction": CorpusSpec.piper_fraction,
+                                   "flite_fraction": 0.0, "text_fraction": 0.0, "augment": ()}
 """The corpus fields of the clean recipe, which every lever starts from: no augmentation, no
 flite, the Bible only, Piper's default share (:attr:`CorpusSpec.piper_fraction`)."""
 

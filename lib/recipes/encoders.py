@@ -23,16 +23,20 @@ from lib.config.sections import ModelConfig, Run
 from lib.data.features import FeatureSet
 from lib.evaluate.baselines import audio_reliance
 from lib.recipes.ch01 import RELIANCE_UTTERANCES
+from lib.recipes.levers import training_corpus
 from lib.recipes.pipeline import ModelRun, prepare_features, train_and_evaluate
 from lib.report.rules import LISTENS_GAP, reads_audio
 
 def encoder_config(cfg: Run, encoder: str) -> tuple[ModelConfig, Run]:
     """The SpeechLLM of ``encoder`` with ``transfer_decoder`` (chapter 1's model config of
     that decoder, the encoder swapped) and the run that trains it: chapter 1's, with that
-    one model and chapter 1's first test set."""
+    one model, chapter 1's first test set and the corpus chapter 1 trained on
+    (:func:`lib.recipes.levers.training_corpus`, given as set: the levers are chapter 1's
+    choice, measured with its first model, not measured again with each encoder)."""
     base = next(m for m in cfg.models if m.decoder == cfg.transfer.decoder)
     mc = dataclasses.replace(base, encoder=encoder)
-    return mc, dataclasses.replace(cfg, models=(mc,), test_data=cfg.test_data[:1])
+    return mc, dataclasses.replace(cfg, models=(mc,), test_data=cfg.test_data[:1],
+                                   corpus=training_corpus(cfg), corpus_recipe="given")
 
 
 def describe(encoder: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import pandas as pd
@@ -30,7 +30,7 @@ from lib.cache import cached
 from lib.config.sections import Run
 from lib.data.features import FeatureSet, extract_features, features_path, split_dev
 from lib.data.sources import load_source
-from lib.data.spec import CLEAN_RECIPE, LEVERS, CorpusSpec, lever_fields
+from lib.data.spec import CLEAN_RECIPE, LEVERS, CorpusSpec, lever_fields, recipe_changes
 from lib.device import resolve_device
 from lib.evaluate.baselines import score_ctc
 from lib.evaluate.metrics import paired_difference, wer_by
@@ -54,10 +54,7 @@ def clean_spec(spec: CorpusSpec) -> CorpusSpec:
 def recipe_words(spec: CorpusSpec) -> str:
     """How a corpus differs from the clean recipe, in words: ``"the clean recipe"`` or e.g.
     ``"the clean recipe with text_fraction 0.5"``."""
-    clean = clean_spec(spec)
-    changed = [f"{f} {getattr(spec, f)}" for f in ("piper_fraction", "flite_fraction",
-                                                    "text_fraction", "augment")
-               if getattr(spec, f) != getattr(clean, f)]
+    changed = [f"{f} {getattr(spec, f)}" for f in recipe_changes(asdict(spec))]
     return "the clean recipe" + (f" with {', '.join(changed)}" if changed else "")
 
 
