@@ -273,6 +273,17 @@ def test_chapter_cells_only_call_display_and_glue() -> None:
                             ), f"{where}: a typed number {node.value}"
 
 
+def test_every_chapter_cell_has_its_own_id() -> None:
+    """nbformat renames a repeated cell id on every read (and warns); glue and papermill's
+    cell tags must name one cell."""
+    import json
+
+    for nb in sorted((LIB.parent / "book").glob("[0-9][0-9]_*.ipynb")):
+        ids = [cell.get("id") for cell in json.loads(nb.read_text())["cells"]]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        assert None not in ids and not twice, f"{nb.name}: cell ids used twice {twice}"
+
+
 ENVIRONMENT = {"COMPANION_CACHE": "where the cache lives (a machine's, not a run's)",
                "COMPANION_RESULTS": "where records go (tests point it at a temporary folder)",
                "COMPANION_PROGRESS": "the file a kernel reports its progress to",
