@@ -305,16 +305,17 @@ def test_the_precision_probe_times_the_training_loss_of_the_first_batches(random
                                                                           monkeypatch):
     """Every timed step is the loop's loss summed over a real batch, then a backward pass:
     counted by wrapping the model's forward (2 batches x (warm-up + 3 rounds) x 2 precisions),
-    and the bf16 steps are the ones run under autocast."""
+    and the bf16 steps are the ones run under autocast, with the loop's bf16 weights."""
     from lib.train.precision import training_speedup
 
     data = random_features(6, split="train", base=20, step=5)
     model = _model()
-    seen = []
+    seen, head = [], []
     forward = model.forward
 
     def counting(feats, lengths, texts, **kw):
         seen.append((tuple(texts), torch.is_autocast_enabled('cpu'), kw.get("reduction")))
+        head.append(model.decoder.get_output_embeddings().weight.dtype)
         return forward(feats, lengths, texts, **kw)
 
     monkeypatch.setattr(model, "forward", counting)
@@ -323,4 +324,6 @@ def test_the_precision_probe_times_the_training_loss_of_the_first_batches(random
     first_two = {tuple(u.text for u in data.utterances[i:i + 2]) for i in (0, 2)}
     assert {t for t, _, _ in seen} == first_two
     assert [b for _, b, _ in seen] == [False, False, True, True] * 4
+    # each precision's step as the loop trains in it: bf16 copies of the frozen weights
+    assert head == [torch.float32, torch.float32, torch.bfloat16, torch.bfloat16] * 4
     assert {r for _, _, r in seen} == {"sum"}

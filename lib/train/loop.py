@@ -36,6 +36,7 @@ from lib.device import resolve_precision
 from lib.errors import CompanionError
 from lib.fileio import (CorruptFile, load_cached_json, load_tensors, provenance,
                         save_cached_json, save_tensors, set_aside, to_dict)
+from lib.train.kernels import TrainingKernels
 
 
 RECIPES: dict[str, str] = {
@@ -364,6 +365,7 @@ def train_speechllm(
     # The scheduler stays unprepared: accelerate would step it once per process, while
     # cfg.steps counts global optimiser steps.
     ddp_model, optimizer = acc.prepare(model, optimizer)
+    kernels = TrainingKernels(model, bf16)
     order = _Order(len(train_set), cfg.batch_size, cfg.seed, acc.num_processes,
                    acc.process_index, [f.shape[0] for f in train_set.feats],
                    cfg.length_grouping)
@@ -378,8 +380,9 @@ def train_speechllm(
         torch.manual_seed(cfg.seed * 7919 + step)  # dropout identical after a resume
         micro = [_micro(train_set, order.micro_batch(step * cfg.grad_accum + k), model)
                  for k in range(cfg.grad_accum)]
-        loss = _step_loss(acc, ddp_model, model, micro, params, optimizer, scheduler, cfg,
-                          step, desc, aux_loss)
+        with kernels:  # the step's kernels; the model as it came for anything else
+            loss = _step_loss(acc, ddp_model, model, micro, params, optimizer, scheduler, cfg,
+                              step, desc, aux_loss)
         row = {"step": step + 1, "loss": loss, "lr": scheduler.get_last_lr()[0],
                "elapsed_s": round(elapsed0 + time.perf_counter() - t0, 3)}
         log.append(row)

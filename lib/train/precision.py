@@ -7,6 +7,7 @@ the CPU it ran on. The steps are those of the training loop (the SpeechLLM's los
 the target tokens of real training batches, backward into the trainable weights); no
 optimiser step is taken and the gradients are dropped, so the model leaves as it came, and
 the random state is forked, so nothing later in the run draws other numbers because of it.
+Each precision runs the step as the loop trains in it (:class:`lib.train.kernels.TrainingKernels`).
 Rounds alternate the two precisions; the ratio is the median of the per-round ratios.
 Stage: training. Explained in chapter 1 (section 1.6).
 """
@@ -20,6 +21,7 @@ import torch
 
 from lib.build.speechllm import SpeechLLM
 from lib.data.features import FeatureSet
+from lib.train.kernels import TrainingKernels
 
 
 def training_speedup(model: SpeechLLM, data: FeatureSet, batch_size: int, rounds: int = 7,
@@ -43,14 +45,17 @@ def training_speedup(model: SpeechLLM, data: FeatureSet, batch_size: int, rounds
     params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
 
+    kernels = {False: TrainingKernels(model, False), True: TrainingKernels(model, True)}
+
     def timed(bf16: bool) -> float:
         t0 = time.perf_counter()
         for idx in batches:
             feats, lengths, texts = data.batch(idx, target=model.task.target)
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                loss = model(feats.to(model.device), lengths.to(model.device), texts,
-                             reduction="sum")
-            loss.backward()
+            with kernels[bf16]:
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                    loss = model(feats.to(model.device), lengths.to(model.device), texts,
+                                 reduction="sum")
+                loss.backward()
             for p in params:
                 p.grad = None
         return (time.perf_counter() - t0) / len(batches)
