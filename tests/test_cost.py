@@ -117,6 +117,28 @@ def test_a_child_peak_is_its_own():
     assert median([3.0, 1.0, 2.0]) == 2.0 and median([1.0, 2.0, 4.0, 3.0]) == 2.5
 
 
+def _hold_512_mib() -> bool:
+    import sys as _sys
+
+    hold = torch.ones(2**27)
+    return bool(hold[0]) and "transformers.modeling_utils" in _sys.modules
+
+
+def _preloaded() -> bool:
+    import sys as _sys
+
+    return "transformers.modeling_utils" in _sys.modules and "peft" in _sys.modules
+
+
+def test_isolated_runs_start_from_the_preloaded_server_and_not_from_each_other():
+    """Each run is a new process forked from a server that imported the model code (so it
+    does not import it again), and none reports an earlier run's peak."""
+    big_seen, big = run_isolated(_hold_512_mib)
+    small_seen, small = run_isolated(_preloaded)
+    assert big_seen and small_seen  # the imports were there before fn ran
+    assert small < big - 256 * 2**20, "a run reports an earlier run's peak"
+
+
 def test_benchmark_prune_smoke(tmp_path):
     out_json = tmp_path / "prune.json"
     cmd = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark_prune.py"), "--decoders",
