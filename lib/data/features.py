@@ -25,6 +25,7 @@ from lib.data.loaders import Utterance
 from lib.errors import CompanionError
 from lib.fileio import CorruptFile, file_sha256, load_tensors, save_tensors, set_aside
 from lib.paths import cache_subdir
+from lib.build.autocast import bf16_autocast
 from lib.build.components import SpeechEncoder
 
 
@@ -204,8 +205,7 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
                                   stacklevel=2)
             if not idx:
                 continue
-            with torch.autocast(encoder.device.type, dtype=torch.bfloat16,
-                                enabled=precision == "bf16"):
+            with bf16_autocast(encoder, encoder.device.type, enabled=precision == "bf16"):
                 out, lengths = encoder(waves)
             for j, i in enumerate(idx):
                 feats[i] = out[j, : int(lengths[j])].float().to(torch.float16).cpu().clone()

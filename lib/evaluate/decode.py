@@ -105,11 +105,11 @@ def precision_key(model: SpeechLLM, ev: EvalConfig) -> dict[str, str]:
 
 
 def autocast(model: SpeechLLM, precision: str) -> Any:
-    """The context decoding runs in: bf16 autocast for ``precision == "bf16"``."""
-    import torch
+    """The context decoding runs in: bf16 autocast for ``precision == "bf16"``, the decoder's
+    frozen weights cast once (:func:`lib.build.autocast.bf16_autocast`), not at every token."""
+    from lib.build.autocast import bf16_autocast
 
-    return torch.autocast(model.device.type, dtype=torch.bfloat16,
-                          enabled=precision == "bf16")
+    return bf16_autocast(model.decoder, model.device.type, enabled=precision == "bf16")
 
 
 def _unique(texts: Sequence[str]) -> list[str]:

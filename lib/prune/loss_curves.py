@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lib.build.autocast import bf16_autocast
 from lib.build.components import eval_mode, find_decoder_layers
 from lib.cache import cached, file_label
 from lib.clock import stage, track
@@ -99,8 +100,8 @@ class LossMeter:
 
     @torch.no_grad()
     def __call__(self) -> UtteranceLosses:
-        amp = torch.autocast(self.model.device.type, dtype=torch.bfloat16,
-                             enabled=self.precision == "bf16")
+        amp = bf16_autocast(self.model.decoder, self.model.device.type,
+                            enabled=self.precision == "bf16")
         sums = np.zeros(len(self.order))
         with eval_mode(self.model), amp:
             for k, (feats, lengths, texts) in enumerate(self.batches):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lib.build.autocast import bf16_autocast
 from lib.build.components import eval_mode, find_decoder_layers
 from lib.clock import track
 from lib.errors import CompanionError
@@ -64,7 +65,7 @@ class TextLossMeter:
     @torch.no_grad()
     def __call__(self) -> UtteranceLosses:
         dev = self.model.device
-        amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        amp = bf16_autocast(self.model.decoder, dev.type, enabled=self.precision == "bf16")
         sums = []
         with eval_mode(self.model), amp:
             for s in range(0, len(self.ids), self.batch_size):

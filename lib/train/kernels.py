@@ -13,10 +13,10 @@ from the attention alone):
 - **Frozen weights under bf16 autocast.** Autocast keeps a cast copy of a weight only when
   it requires a gradient; the decoder's frozen weights were cast to bf16 again in every
   forward (Gemma-3's 262k-row output layer alone: 18 % of a step in ``copy_``). Each frozen
-  linear layer gets its bf16 copy once, for the whole run. A bf16 matrix product under
-  autocast reads the same bf16 values either way, so the losses and gradients are the same
-  bits; the fp32 weights are put back around everything else (a dev check decodes in
-  float32 with them).
+  linear layer reads its bf16 copy, made once (:mod:`lib.build.autocast`). A bf16 matrix
+  product under autocast reads the same bf16 values either way, so the losses and
+  gradients are the same bits; the fp32 weights are put back around everything else (a
+  dev check decodes in float32 with them).
 
 Used by the training loop (:func:`lib.train.loop.train_speechllm`) and by the bf16 probe
 (:func:`lib.train.precision.training_speedup`), so that the probe times the step that trains.
@@ -27,9 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
-
+from lib.build.autocast import FrozenBf16
 from lib.build.speechllm import SpeechLLM
 
 CPU_ATTENTION = "eager"
@@ -38,11 +36,10 @@ CPU_ATTENTION = "eager"
 
 class TrainingKernels:
     """Context manager: inside it, ``model``'s decoder trains with :data:`CPU_ATTENTION` (on
-    a CPU) and, when ``bf16``, with bf16 copies of its frozen linear weights; on leaving,
-    the model is as it came (the same parameter objects, the same attention).
-
-    The copies are made once, when the object is built; entering and leaving only swap
-    references, so a loop enters it around every step and leaves it for anything else.
+    a CPU) and, when ``bf16``, with bf16 copies of its frozen linear weights
+    (:class:`lib.build.autocast.FrozenBf16`, each copy made once); on leaving, the model is
+    as it came (the same parameter objects, the same attention). A loop enters it around
+    every step and leaves it for anything else.
     """
 
     def __init__(self, model: SpeechLLM, bf16: bool) -> None:
@@ -51,28 +48,23 @@ class TrainingKernels:
             else model.decoder
         self.attention = CPU_ATTENTION if model.device.type == "cpu" else None
         self.saved_attention: Any = None
-        self.frozen: list[tuple[nn.Linear, nn.Parameter, nn.Parameter]] = []
-        if bf16:
-            for m in model.decoder.modules():
-                w = getattr(m, "weight", None)
-                if isinstance(m, nn.Linear) and w is not None and not w.requires_grad \
-                        and w.dtype == torch.float32:
-                    copy = nn.Parameter(w.detach().to(torch.bfloat16), requires_grad=False)
-                    self.frozen.append((m, w, copy))
-
-    def _swap(self, inside: bool) -> None:
-        for module, weight, copy in self.frozen:
-            module._parameters["weight"] = copy if inside else weight
+        self.frozen = FrozenBf16(model.decoder) if bf16 else None
 
     def __enter__(self) -> "TrainingKernels":
         if self.attention is not None:
             self.saved_attention = self.base.config._attn_implementation
             if self.saved_attention != self.attention:
                 self.base.set_attn_implementation(self.attention)
-        self._swap(True)
+        if self.frozen is not None:
+            try:
+                self.frozen.__enter__()
+            except BaseException:
+                self.__exit__()
+                raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._swap(False)
+        if self.frozen is not None:
+            self.frozen.__exit__(*exc)
         if self.attention is not None and self.saved_attention != self.attention:
             self.base.set_attn_implementation(self.saved_attention)
