@@ -30,8 +30,9 @@ def resolve_precision(precision: str, device: str = "auto", use: str = "train") 
     """``auto`` -> ``bf16`` on a GPU; on a CPU, ``bf16`` for training where the CPU runs it
     natively (AVX-512 BF16 / AMX; what a step gains varies by machine) and ``fp32`` for
     decoding, where bf16 autocast measured no faster on the CPUs this book has run on (an
-    AMD EPYC and an Intel Xeon with AMX, both with native bf16). Chapter 1, section 1.6,
-    measures both again in every run.
+    AMD EPYC and an Intel Xeon with AMX, both with native bf16) while it still cast the
+    frozen weights at every token (:mod:`lib.build.autocast` now casts them once; not yet
+    measured again). Chapter 1, section 1.6, measures both again in every run.
 
     Raises:
         CompanionError: ``precision`` is not one of :data:`PRECISIONS`.
