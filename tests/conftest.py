@@ -56,6 +56,20 @@ def random_features():
 
 
 @pytest.fixture
+def tiny_speechllm():
+    """A factory of tiny SpeechLLMs (tiny Whisper, tiny Llama, LoRA rank 4), seed 0:
+    ``make(**fields)`` with any :class:`lib.config.sections.ModelConfig` field changed."""
+    from lib.build.speechllm import build_speechllm
+    from lib.config.sections import ModelConfig
+
+    def make(**fields):
+        mc = ModelConfig(**{"encoder": "tiny-whisper", "decoder": "tiny-llama",
+                            "projector_hidden": 32, "lora_rank": 4, "lora_alpha": 8, **fields})
+        return build_speechllm(mc, seed=0)
+    return make
+
+
+@pytest.fixture
 def saved(tmp_path):
     """A tiny SpeechLLM with its layer 1 pruned, saved by ``save_speechllm`` into
     ``tmp_path/saved``."""

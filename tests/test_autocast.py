@@ -7,16 +7,6 @@ import pytest
 import torch
 
 from lib.build.autocast import FrozenBf16, bf16_autocast
-from lib.build.speechllm import build_speechllm
-from lib.config.sections import ModelConfig
-
-
-def _model():
-    mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=32,
-                     lora_rank=4, lora_alpha=8)
-    model = build_speechllm(mc, seed=0)
-    model.eval()
-    return model
 
 
 def _loss(model, data, cast):
@@ -25,9 +15,9 @@ def _loss(model, data, cast):
         return model.loss(feats, lengths, texts, reduction="sequence")
 
 
-def test_the_copies_give_plain_autocast_bit_for_bit(random_features):
+def test_the_copies_give_plain_autocast_bit_for_bit(random_features, tiny_speechllm):
     data = random_features(3)
-    model = _model()
+    model = tiny_speechllm().eval()
     plain = _loss(model, data, torch.autocast("cpu", dtype=torch.bfloat16))
     ours = _loss(model, data, bf16_autocast(model.decoder, "cpu"))
     again = _loss(model, data, bf16_autocast(model.decoder, "cpu"))  # the kept copies
@@ -42,11 +32,11 @@ def test_the_copies_give_plain_autocast_bit_for_bit(random_features):
 
 
 @pytest.mark.parametrize("change", ["in place", "new storage"])
-def test_a_changed_weight_gets_a_new_copy(random_features, change):
+def test_a_changed_weight_gets_a_new_copy(random_features, tiny_speechllm, change):
     """A merge of adapters changes weights in place, a surgery may give them new storage:
     a copy kept from before would compute with the old weight."""
     data = random_features(3)
-    model = _model()
+    model = tiny_speechllm().eval()
     _loss(model, data, bf16_autocast(model.decoder, "cpu"))  # copies made
     head = model.decoder.get_output_embeddings().weight
     with torch.no_grad():
@@ -58,8 +48,8 @@ def test_a_changed_weight_gets_a_new_copy(random_features, change):
     assert torch.equal(_loss(model, data, bf16_autocast(model.decoder, "cpu")), plain)
 
 
-def test_the_model_comes_back_as_it_was():
-    model = _model()
+def test_the_model_comes_back_as_it_was(tiny_speechllm):
+    model = tiny_speechllm().eval()
     weights = dict(model.named_parameters())
     head = model.decoder.get_output_embeddings()
     with FrozenBf16(model.decoder):

@@ -7,16 +7,9 @@ import torch
 from torch import nn
 
 from lib.build.components import decoder_body
-from lib.build.speechllm import build_speechllm
-from lib.config.sections import ModelConfig, TrainConfig
+from lib.config.sections import TrainConfig
 from lib.train.kernels import TrainingKernels
 from lib.train.loop import train_speechllm
-
-
-def _model():
-    mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=32,
-                     lora_rank=4, lora_alpha=8, lora_dropout=0.0)
-    return build_speechllm(mc, seed=0)
 
 
 def _step(model, data, kernels=None):
@@ -37,9 +30,10 @@ def _attention(model):
     return model.decoder.get_base_model().config._attn_implementation
 
 
-def test_the_bf16_copies_give_the_same_bits_and_eager_the_same_function(random_features):
+def test_the_bf16_copies_give_the_same_bits_and_eager_the_same_function(random_features,
+                                                                          tiny_speechllm):
     data = random_features(4, split="train", base=20, step=5)
-    model = _model()
+    model = tiny_speechllm(lora_dropout=0.0)
     loaded = _attention(model)
     weights = {n: p for n, p in model.named_parameters()}
     sdpa_loss, sdpa_grads = _step(model, data)
@@ -59,8 +53,8 @@ def test_the_bf16_copies_give_the_same_bits_and_eager_the_same_function(random_f
     assert _attention(model) == loaded
 
 
-def test_inside_the_kernels_the_frozen_weights_are_bf16_and_attention_is_eager():
-    model = _model()
+def test_inside_the_kernels_the_frozen_weights_are_bf16_and_attention_is_eager(tiny_speechllm):
+    model = tiny_speechllm(lora_dropout=0.0)
     head = model.decoder.get_output_embeddings()
     with TrainingKernels(model, bf16=True):
         assert head.weight.dtype == torch.bfloat16 and _attention(model) == "eager"
@@ -81,7 +75,8 @@ def test_inside_the_kernels_the_frozen_weights_are_bf16_and_attention_is_eager()
                if isinstance(m, nn.Linear))
 
 
-def test_a_bf16_run_checks_its_dev_set_with_the_float32_model(tmp_path, random_features):
+def test_a_bf16_run_checks_its_dev_set_with_the_float32_model(tmp_path, random_features,
+                                                              tiny_speechllm):
     """The dev check decodes in float32 between steps: the loop must leave the kernels for it
     (inside them a float32 decode would meet bf16 weights)."""
     data = random_features(4, split="train", base=20, step=5)
@@ -94,7 +89,7 @@ def test_a_bf16_run_checks_its_dev_set_with_the_float32_model(tmp_path, random_f
         seen.append((head.weight.dtype, _attention(model)))
         return {"dev_wer": 0.5, "dev_wer_ci95": [0.1, 0.9]}
 
-    model = _model()
+    model = tiny_speechllm(lora_dropout=0.0)
     loaded = _attention(model)
     run = train_speechllm(model, data, cfg, tmp_path / "run", dev_check=check)
     assert run.finished and seen == [(torch.float32, loaded)] * 2

@@ -7,12 +7,13 @@ decode. On a 2-core Xeon with native bf16 that cast was 18 % of a Gemma-3 traini
 :func:`bf16_autocast` each frozen ``nn.Linear`` of the module reads a bf16 copy of its
 weight instead; a bf16 matrix product under autocast reads the same bf16 values either way,
 so every number is the same bit for bit. Copies are kept per weight for as long as the
-weight lives and remade when it is changed in place (its version counter moves: a merge of
-adapters, a pruned model's surgery). Norms and embeddings keep float32, as autocast does.
+weight lives and remade when it is changed in place (its version counter moves: adapters
+merged into it) or given new storage. Norms and embeddings keep float32, as autocast does.
 
-Used wherever the library runs a decoder under bf16 autocast: training
+Used wherever the library runs a frozen model under bf16 autocast: training
 (:mod:`lib.train.kernels`), decoding (:mod:`lib.evaluate.decode`), the loss passes of the
-profiles and curves (:mod:`lib.prune`). Stage: building the SpeechLLM.
+profiles and curves (:mod:`lib.prune`), the encoder's feature pass
+(:mod:`lib.data.features`). Stage: building the SpeechLLM.
 Explained in chapter 1 (section 1.6).
 """
 

@@ -335,6 +335,11 @@ def load_decoder(name_or_path: str, dtype: torch.dtype = torch.float32) -> tuple
     return model, tokenizer
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The causal LM under a peft wrapper (``get_base_model()``), else the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decoder_body(model: nn.Module) -> nn.Module:
     """The transformer body of a causal LM (what holds ``.layers``), through a peft wrapper.
 
@@ -342,7 +347,7 @@ def decoder_body(model: nn.Module) -> nn.Module:
     ``get_decoder()`` (Llama, Qwen2, Gemma), else ``.model``, else the model itself (already
     a body). Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if hasattr(base, "get_decoder"):
         return base.get_decoder()
     return getattr(base, "model", base)

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from lib.build.autocast import FrozenBf16
+from lib.build.components import base_model
 from lib.build.speechllm import SpeechLLM
 
 CPU_ATTENTION = "eager"
@@ -43,9 +44,7 @@ class TrainingKernels:
     """
 
     def __init__(self, model: SpeechLLM, bf16: bool) -> None:
-        self.base = model.decoder.get_base_model() if hasattr(model.decoder,
-                                                                 "get_base_model") \
-            else model.decoder
+        self.base = base_model(model.decoder)
         self.attention = CPU_ATTENTION if model.device.type == "cpu" else None
         self.saved_attention: Any = None
         self.frozen = FrozenBf16(model.decoder) if bf16 else None
