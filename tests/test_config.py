@@ -199,8 +199,7 @@ def _another(name: str, value, run):
     if name in special:
         return special[name]
     if name in ("precision", "eval_precision"):
-        use = "train" if name == "precision" else "decode"
-        return "fp32" if resolve_precision("auto", "cpu", use) == "bf16" else "bf16"
+        return "fp32" if resolve_precision("auto", "cpu") == "bf16" else "bf16"
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
@@ -259,12 +258,29 @@ def test_no_hidden_constants():
             assert c in {f.name for f in dataclasses.fields(section)}
 
 
+@pytest.mark.parametrize("native, want", [(True, "bf16"), (False, "fp32")])
+def test_auto_decodes_and_trains_in_bf16_only_where_the_cpu_runs_it_natively(monkeypatch,
+                                                                              native, want):
+    """On a CPU ``auto`` follows native bf16 for both uses (decoding too, since the frozen
+    weights are cast once); a GPU takes bf16; a named precision is kept as given."""
+    import lib.device
+
+    monkeypatch.setattr(lib.device, "native_bf16", lambda: native)
+    assert resolve_precision("auto", "cpu") == want
+    assert resolve_precision("auto", "cuda:0") == "bf16"
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    run = resolve(1, preset="default", changes={"device": "cpu"})
+    assert (run.train.precision, run.eval.precision) == (want, want)
+    with pytest.raises(CompanionError, match="precision 'fp16': use one of auto, bf16, fp32"):
+        resolve_precision("fp16", "cpu")
+
+
 def test_the_stages_take_their_sections_whole():
     """A section built without arguments is the default preset's (its defaults are the
     parameters'), and the run is made of exactly those sections."""
     run = resolve(1, preset="default")
     d = defaults(1)
-    assert run.eval.precision == resolve_precision("auto", "cpu", "decode") == "fp32"
+    assert run.eval.precision == run.train.precision == resolve_precision("auto", "cpu")
     evalc = dataclasses.replace(run.eval, precision=d["eval_precision"])
     assert evalc == EvalConfig(
         batch_size=d["eval_batch_size"], max_new_tokens=d["max_new_tokens"],

@@ -51,7 +51,7 @@ class Chapter1Params:
     checkpoint_every: int = 50  # steps between resumable checkpoints
     eval_batch_size: int = 32  # utterances decoded at once
     max_new_tokens: int = 48  # tokens decoded at most per utterance
-    eval_precision: str = "auto"  # decoding: fp32 on a CPU, bf16 on a GPU (section 1.6 checks it)
+    eval_precision: str = "auto"  # decoding: bf16 where native, else fp32 (section 1.6 checks it)
     max_test_utterances: int | None = None  # N: a quick run, labelled as one
     seed: int = 0  # data order and initialisation
     device: str = "auto"  # auto, cpu, cuda

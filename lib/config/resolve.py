@@ -203,9 +203,8 @@ def build_run(chapter: int, values: Mapping[str, Any], preset: str = "default",
             attr, f = where.split(".")
             by_section.setdefault(attr, {})[f] = value
     device = values["device"]
-    for attr, use in (("train", "train"), ("eval", "decode")):
-        by_section[attr]["precision"] = resolve_precision(by_section[attr]["precision"], device,
-                                                          use)
+    for attr in ("train", "eval"):
+        by_section[attr]["precision"] = resolve_precision(by_section[attr]["precision"], device)
     model = by_section["models"]
     sections["models"] = tuple(ModelConfig(**{**model, "decoder": d})
                                for d in values["decoders"])

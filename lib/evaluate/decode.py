@@ -94,7 +94,7 @@ def decode_precision(model: SpeechLLM, ev: EvalConfig) -> str:
     """``ev.precision`` resolved for the model's device (:func:`lib.device.resolve_precision`):
     ``bf16`` decodes under bf16 autocast (the weights stay float32), ``fp32`` does not.
     Chapter 1 (section 1.6) compares the two on its test set by the paired rule."""
-    return resolve_precision(ev.precision, str(model.device), use="decode")
+    return resolve_precision(ev.precision, str(model.device))
 
 
 def precision_key(model: SpeechLLM, ev: EvalConfig) -> dict[str, str]:
