@@ -117,51 +117,26 @@ def test_the_table_reads_the_spread_from_the_clean_seeds() -> None:
     assert kept["rows"][1]["real ci95"] == list(table.loc[1, "real ci95"])
 
 
-def test_spliced_features_are_the_features_of_the_changed_corpus(tmp_path, monkeypatch):
-    """Half the clips augmented: the clean set's features for the others, the changed ones
-    encoded; the same, clip by clip, as encoding the whole changed corpus."""
-    import numpy as np
-    import soundfile as sf
-    import torch
+def test_a_lever_and_the_run_read_the_same_features_whichever_encodes_the_corpus_first(
+        tmp_path, monkeypatch):
+    """The text lever's corpus encoded first by the lever's measurement, or first by the run
+    that trains on it: the same bits either way, so the rule's choice does not depend on the
+    order a cache was filled in (a splice of the changed clips onto the clean recipe's
+    features once made other bits under bf16, and its CTC head another WER)."""
+    from lib.config.resolve import resolve
+    from lib.recipes import levers
+    from lib.recipes.pipeline import prepare_features
 
-    from lib.build.components import build_encoder
-    from lib.data.features import extract_features
-    from lib.data.loaders import Utterance
-    from lib.recipes.levers import spliced_features
-
-    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
-    rng = np.random.default_rng(0)
-    utts, changed = [], []
-    for i in range(6):
-        for name, out in (("clean", utts), ("aug", changed)):
-            path = tmp_path / f"{name}-{i}.wav"
-            sf.write(path, (0.1 * rng.standard_normal(8000 + 800 * i)).astype(np.float32), 16000)
-            out.append(Utterance(f"u{i}", str(path), "a b c d", 0.5, "v", "train", "x"))
-    mixed = [changed[i] if i % 2 else utts[i] for i in range(6)]
-    encoder = build_encoder("tiny-whisper")
-    clean = extract_features(encoder, utts, precision="fp32")
-    spliced = spliced_features(clean, mixed, encoder, "fp32")
-    whole = extract_features(encoder, mixed, precision="fp32", use_cache=False)
-    assert [u.audio for u in spliced.utterances] == [u.audio for u in mixed]
-    for a, b in zip(spliced.feats, whole.feats):
-        torch.testing.assert_close(a.float(), b.float(), rtol=1e-3, atol=1e-3)
-    assert torch.equal(spliced.feats[0], clean.feats[0])  # reused, not encoded again
-    # Another corpus's copy of a clean clip (same bytes, another file) is not encoded again.
-    copy = tmp_path / "copy-0.wav"
-    copy.write_bytes(Path(utts[0].audio).read_bytes())
-    calls = []
-    monkeypatch.setattr("lib.recipes.levers.extract_features",
-                        lambda enc, us, **kw: calls.append(us) or extract_features(enc, us, **kw))
-    again = spliced_features(clean, [Utterance("u0", str(copy), "a b c d", 0.5, "v", "train", "x"),
-                                     changed[1]], encoder, "fp32")
-    assert [u.audio for u in calls[0]] == [changed[1].audio]  # only the changed clip
-    assert torch.equal(again.feats[0], clean.feats[0]) and again.utterances[0].audio == str(copy)
-    # A clip known only to the run's own set (``also``) is not encoded either.
-    calls.clear()
-    from lib.data.features import FeatureSet
-
-    own_only = spliced_features(FeatureSet([], []), [utts[0]], encoder, "fp32", also=clean)
-    assert calls == [] and torch.equal(own_only.feats[0], clean.feats[0])
+    cfg = resolve(1, preset="tiny", changes={"text_fraction": 0.5, "corpus_recipe": "given",
+                                             "precision": "bf16"})
+    assert levers.lever_spec(cfg.corpus, "text") == cfg.corpus
+    got = {}
+    for order in ("lever-first", "run-first"):
+        monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / order))
+        steps = [lambda: levers.lever_run(cfg, "text", cfg.train.seed, {})["features"],
+                 lambda: prepare_features(cfg)[0].digest()]
+        got[order] = [step() for step in (steps if order == "lever-first" else steps[::-1])]
+    assert len({d for pair in got.values() for d in pair}) == 1, got
 
 
 def test_the_figure_joins_a_lever_pulled_by_several_amounts_in_amount_order() -> None:
