@@ -490,3 +490,22 @@ def test_a_figure_the_run_could_not_define_is_written_as_null(tmp_path, monkeypa
     assert c["null_share"] is None and c["spread"] == [None, 1.0]
     out = render("<!-- results: demo/ch02 -->\nx\n<!-- end results -->\n", tmp_path)
     assert "| d | c | 0.70 (0.00) | 1.00 (0.60) | x | – |" in out
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_value_is_found_in_any_slice_of_a_weight(bad):
+    """The check reads a weight a slice at a time (no full-size copy): a bad value in the
+    first slice, at a slice's edge or in the very last value is found, in a tensor of any
+    float type; finite tensors and integer ones pass."""
+    import torch
+
+    from lib.fileio import FINITE_SLICE, first_nonfinite
+
+    n = 2 * FINITE_SLICE + 7
+    for where in (0, FINITE_SLICE - 1, FINITE_SLICE, n - 1):
+        for dtype in (torch.float32, torch.bfloat16):
+            w = torch.zeros(n, dtype=dtype)
+            w[where] = bad
+            named = [("ok", torch.ones(3)), ("ids", torch.arange(4)), ("w", w.reshape(-1, 1))]
+            assert first_nonfinite(named) == "w", (where, dtype)
+    assert first_nonfinite([("ok", torch.ones(n)), ("ids", torch.arange(4))]) is None

@@ -21,8 +21,8 @@ from lib.build.adapters import merge_adapters
 from safetensors import SafetensorError
 
 from lib.errors import CompanionError, io_reason
-from lib.fileio import (CorruptFile, file_sha256, load_json, load_tensors, provenance,
-                        save_json, save_tensors)
+from lib.fileio import (CorruptFile, file_sha256, first_nonfinite, load_json, load_tensors,
+                        provenance, save_json, save_tensors)
 from lib.build.components import pruned_layers
 
 
@@ -161,8 +161,7 @@ def load_speechllm(folder: Path, device: str = "cpu") -> "SpeechLLM":
     folder = Path(folder)
     meta = check_saved(folder)
     decoder = _strict_decoder(folder / "decoder", AutoModelForCausalLM)
-    bad = next((n for n, p in decoder.named_parameters()
-                if p.is_floating_point() and not bool(torch.isfinite(p).all())), None)
+    bad = first_nonfinite(decoder.named_parameters())
     if bad is not None:
         raise CompanionError(f"{folder}: the decoder's {bad} holds NaN or infinite values: "
                              "save the model again")
