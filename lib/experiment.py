@@ -18,8 +18,11 @@ def main(argv: list[str] | None = None) -> int:
         python -m lib.experiment --preset default -p train_steps 600
         accelerate launch -m lib.experiment --preset paper-qwen2.5-7b
         torchrun --nproc_per_node 4 -m lib.experiment --preset paper-qwen2.5-7b
+        python -m lib.experiment --preset paper-qwen2.5-7b --plan
 
     Results land in the same cache the chapter reads, so the chapter then reuses them.
+    ``--plan`` trains nothing: it prints the data's size, the features' size on disk and the
+    time of an epoch and of the run, from a short probe (:mod:`lib.recipes.plan`).
     """
     import argparse
 
@@ -34,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m lib.experiment", description=main.__doc__)
     ap.add_argument("--preset", default="default")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the data's size, the features' size on disk and the time of "
+                         "an epoch and of the run (a short probe), then stop")
     add_parameter_option(ap)
     args = ap.parse_args(argv)
     state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU, nccl on GPUs
@@ -41,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         # YAML values; a name chapter 1 does not take is an error
         cfg = resolve(1, preset=args.preset, changes=parse_parameters(args.parameter))
+        if args.plan:  # the main process probes and prints; nothing is trained or cached
+            if state.is_main_process:
+                from lib.recipes.plan import plan_run, plan_text
+
+                print(plan_text(plan_run(cfg, processes=state.num_processes), cfg))
+            return 0
         with state.main_process_first():  # features are computed once, then read
             train, tests = prepare_features(cfg)
         for mc in cfg.models:

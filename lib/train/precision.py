@@ -15,13 +15,42 @@ Stage: training. Explained in chapter 1 (section 1.6).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from lib.build.speechllm import SpeechLLM
 from lib.data.features import FeatureSet
 from lib.train.kernels import TrainingKernels
+
+
+def step_timer(model: SpeechLLM, data: FeatureSet, batch_size: int,
+               steps: int) -> tuple[Callable[[bool], float], int]:
+    """A function ``timed(bf16)`` and the number of batches it runs: it runs the training step of the loop (loss summed over
+    the target tokens, backward into the trainable weights, no optimiser step, gradients
+    dropped) on the first ``steps`` batches of ``batch_size`` of ``data``, in float32 or
+    under bf16 autocast as the loop trains in it (:class:`TrainingKernels`), and returns
+    the seconds per step. The caller sets the model's mode and guards the random state."""
+    n = min(len(data), steps * batch_size)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = model.device.type
+    kernels = {False: TrainingKernels(model, False), True: TrainingKernels(model, True)}
+
+    def timed(bf16: bool) -> float:
+        t0 = time.perf_counter()
+        for idx in batches:
+            feats, lengths, texts = data.batch(idx, target=model.task.target)
+            with kernels[bf16]:
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                    loss = model(feats.to(model.device), lengths.to(model.device), texts,
+                                 reduction="sum")
+                loss.backward()
+            for p in params:
+                p.grad = None
+        return (time.perf_counter() - t0) / len(batches)
+
+    return timed, len(batches)
 
 
 def training_speedup(model: SpeechLLM, data: FeatureSet, batch_size: int, rounds: int = 7,
@@ -39,27 +68,8 @@ def training_speedup(model: SpeechLLM, data: FeatureSet, batch_size: int, rounds
         :func:`lib.report.rules.bf16_verdict` weighs), ``rounds``, ``steps``, ``batch_size``.
         Seven rounds: three gave 1.10, 1.23 and 1.31 in three runs on one Xeon.
     """
-    device = model.device.type
-    n = min(len(data), steps * batch_size)
-    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
-
-    kernels = {False: TrainingKernels(model, False), True: TrainingKernels(model, True)}
-
-    def timed(bf16: bool) -> float:
-        t0 = time.perf_counter()
-        for idx in batches:
-            feats, lengths, texts = data.batch(idx, target=model.task.target)
-            with kernels[bf16]:
-                with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                    loss = model(feats.to(model.device), lengths.to(model.device), texts,
-                                 reduction="sum")
-                loss.backward()
-            for p in params:
-                p.grad = None
-        return (time.perf_counter() - t0) / len(batches)
-
+    timed, n_batches = step_timer(model, data, batch_size, steps)
     with torch.random.fork_rng(devices=[]):
         model.train()
         try:
@@ -72,4 +82,4 @@ def training_speedup(model: SpeechLLM, data: FeatureSet, batch_size: int, rounds
             "bf16_s": sorted(b for _, b in pairs)[mid],
             "speedup": sorted(a / b for a, b in pairs)[mid],
             "round_speedups": [round(a / b, 3) for a, b in pairs],
-            "rounds": rounds, "steps": len(batches), "batch_size": batch_size}
+            "rounds": rounds, "steps": n_batches, "batch_size": batch_size}
