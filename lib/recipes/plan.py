@@ -128,6 +128,9 @@ def plan_text(plan: dict[str, Any], cfg: Run) -> str:
     lines.append(f"from a probe on {p['device']} ({p['precision']}, {p['processes']} "
                  f"process(es)): {p['utterances']} utterances ({p['audio_s']:.0f} s of audio) "
                  f"encoded, {p['steps']} steps timed per decoder; estimates, not a schedule")
+    if cfg.corpus_recipe == "rule" and cfg.train_data == "synthetic:train":
+        lines.append("the corpus counted is the one set; chapter 1's rule may first measure "
+                     "its levers (minutes each) and train on another")
     if tr.recipe == "ctc-warmstart":
         lines.append(f"not counted: the CTC warm start ({tr.ctc_epochs:g} epoch(s) of the "
                      "projector and its head) before the steps")
