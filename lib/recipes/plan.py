@@ -29,7 +29,7 @@ from lib.clock import duration
 from lib.config.sections import Run
 from lib.data.features import extract_features
 from lib.data.sources import load_source
-from lib.device import resolve_device, resolve_precision
+from lib.device import resolve_device
 from lib.paths import slug
 from lib.train.precision import step_timer
 
@@ -72,7 +72,7 @@ def plan_run(cfg: Run, probe_steps: int = PROBE_STEPS, processes: int = 1) -> di
     train = load_source(cfg.train_data, cfg.corpus)
     tests = {name: load_source(name, cfg.corpus) for name in cfg.test_data}
     device = resolve_device(cfg.device)
-    precision = resolve_precision(tr.precision, device)
+    precision = tr.precision  # resolved for the device when the run was resolved
     sample = random.Random(tr.seed).sample(train, min(len(train), tr.batch_size * probe_steps))
     encoder = build_encoder(cfg.models[0].encoder).to(device)
     extract_features(encoder, sample[:tr.batch_size], batch_size=tr.batch_size,

@@ -26,11 +26,12 @@ from lib.train.kernels import TrainingKernels
 
 def step_timer(model: SpeechLLM, data: FeatureSet, batch_size: int,
                steps: int) -> tuple[Callable[[bool], float], int]:
-    """A function ``timed(bf16)`` and the number of batches it runs: it runs the training step of the loop (loss summed over
+    """``(timed, batches)``: ``timed(bf16)`` runs the loop's training step (loss summed over
     the target tokens, backward into the trainable weights, no optimiser step, gradients
-    dropped) on the first ``steps`` batches of ``batch_size`` of ``data``, in float32 or
-    under bf16 autocast as the loop trains in it (:class:`TrainingKernels`), and returns
-    the seconds per step. The caller sets the model's mode and guards the random state."""
+    dropped) on the first ``steps`` batches of ``batch_size`` of ``data`` (``batches`` of
+    them), in float32 or under bf16 autocast as the loop trains in it
+    (:class:`TrainingKernels`), and returns the seconds per step. The caller sets the
+    model's mode and guards the random state."""
     n = min(len(data), steps * batch_size)
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     params = [p for p in model.parameters() if p.requires_grad]
