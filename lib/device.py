@@ -7,31 +7,33 @@ chapter 1 (book/01_building_a_speechllm.ipynb).
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from lib.errors import CompanionError
 
 PRECISIONS = ("auto", "bf16", "fp32")
-"""``auto``: bf16 where the hardware runs it natively, for training and decoding
-(:func:`resolve_precision`); chapter 1's section 1.6 measures what each choice buys."""
+"""``auto``: bf16 on a GPU; on a CPU, bf16 for a use only where this machine was measured to
+gain from it (:func:`resolve_precision`, :mod:`lib.machine`); chapter 1's section 1.6
+measures again what each choice buys."""
 
 
 def native_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (AVX-512 BF16 or AMX): where bf16 autocast is
+    """Whether this CPU runs bf16 natively (AVX-512 BF16 or AMX): where bf16 autocast may be
     faster than float32 instead of emulated and slower (``make bench`` measures both)."""
     import torch
 
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def resolve_precision(precision: str, device: str = "auto") -> str:
-    """``auto`` -> ``bf16`` on a GPU, and on a CPU that runs bf16 natively (AVX-512 BF16 /
-    AMX), for training and decoding alike; ``fp32`` where bf16 is emulated. Decoding used to
-    stay in float32 on a CPU: bf16 autocast measured no faster while it cast the frozen
-    weights again at every token; :mod:`lib.build.autocast` casts them once, and greedy
-    decoding then ran 1.45 (SmolLM2) and 2.0 (Gemma-3) times as fast on an Intel Xeon with
-    AMX, the paired WER level. What each use gains varies by machine: chapter 1, section 1.6,
-    measures both in every run and says when ``auto``'s choice does not stand (then ``-p
-    precision`` / ``-p eval_precision`` set either use on its own).
+def resolve_precision(precision: str, device: str = "auto",
+                      measured: Callable[[], str] | None = None) -> str:
+    """``auto`` -> ``bf16`` on a GPU; ``fp32`` on a CPU that emulates bf16 (several times
+    slower); on a CPU that runs bf16 natively (AVX-512 BF16 / AMX), what this machine was
+    measured to gain: ``measured()``, the run's choice for one use (training or decoding)
+    from :func:`lib.machine.machine_choice`, which probes the machine once and keeps the
+    choice: what pays differs by use, decoder and machine (the module explains it). Without
+    ``measured`` (the library used outside a run), native bf16 is taken. A named precision
+    is kept as given.
 
     Raises:
         CompanionError: ``precision`` is not one of :data:`PRECISIONS`.
@@ -44,7 +46,9 @@ def resolve_precision(precision: str, device: str = "auto") -> str:
         return precision
     if str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return "bf16"
-    return "bf16" if native_bf16() else "fp32"
+    if not native_bf16():
+        return "fp32"
+    return measured() if measured is not None else "bf16"
 
 
 def resolve_device(device: str) -> str:

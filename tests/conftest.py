@@ -28,6 +28,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _no_machine_probe(monkeypatch):
+    """In this process ``precision: auto`` on a CPU with native bf16 takes bf16 instead of
+    probing the machine (:func:`lib.machine.machine_choice` would build the run's decoders,
+    time them and write the choice into the cache): a test's precision stays the same on
+    every machine. tests/test_machine.py tests the probe itself; the chapters a test runs in
+    a kernel of their own probe for real, on their tiny decoders, in their own cache."""
+    import lib.machine
+
+    monkeypatch.setattr(lib.machine, "machine_choice", lambda use, *args: "bf16")
+
+
 @pytest.fixture
 def random_features():
     """A factory of small FeatureSets: random fp16 encoder features with short transcripts.

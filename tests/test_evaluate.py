@@ -332,23 +332,45 @@ def test_rounds_on_both_sides_of_the_threshold_decide_nothing(rounds, verdict):
 
 
 def test_a_choice_of_auto_stands_only_where_the_measurement_agrees():
-    from lib.recipes.ch01 import precision_sentence
+    from lib.recipes.bf16 import precision_sentence
 
     ok = precision_sentence("bf16", "fp32", (2.31, "pays", [2.2, 2.31, 2.4]),
-                            (0.951, 1.02, {"buys nothing"}))
+                            (0.951, 1.02, {"buys nothing"}), (0.99, "buys nothing"))
     assert ok == ("a training step ran 2.31 times as fast in bf16 as in float32 (rounds "
-                  "2.20-2.40; bf16 pays), decoding 0.95-1.02 times as fast (bf16 buys nothing); "
-                  "for training auto's choice (bf16) stands; for decoding auto's choice (fp32) "
-                  "stands")
+                  "2.20-2.40; bf16 pays), decoding 0.95-1.02 times as fast (bf16 buys nothing; "
+                  "the decoders together 0.99: buys nothing); for training auto's choice (bf16) "
+                  "stands; for decoding auto's choice (fp32) stands")
     no = precision_sentence("bf16", "bf16", (1.05, "buys nothing", [1.0, 1.05, 1.1]),
-                            (1.3, 1.3, {"pays", "costs accuracy"}))
-    assert "decoding 1.30 times as fast (bf16 costs accuracy and pays)" in no
+                            (1.3, 1.3, {"pays", "costs accuracy"}), (1.3, "costs accuracy"))
+    assert "decoding 1.30 times as fast (bf16 costs accuracy and pays;" in no
     assert "for training auto's choice (bf16) does not stand: -p precision fp32" in no
     assert "for decoding auto's choice (bf16) does not stand: -p eval_precision fp32" in no
     assert "-p eval_precision bf16 would" in precision_sentence(
-        "bf16", "fp32", (2.0, "pays", [2.0]), (1.4, 1.5, {"pays"}))
+        "bf16", "fp32", (2.0, "pays", [2.0]), (1.4, 1.5, {"pays"}), (1.45, "pays"))
+    # the record's case: one decoder gains little, the other much; the run's decoding pays
+    mixed = precision_sentence("fp32", "bf16", (1.03, "buys nothing", [0.9, 1.03, 1.1]),
+                               (1.10, 1.45, {"buys nothing", "pays"}), (1.27, "pays"))
+    assert "the decoders together 1.27: pays); for training auto's choice (fp32) stands; " \
+        "for decoding auto's choice (bf16) stands" in mixed
     torn = precision_sentence("bf16", "fp32", (1.23, "undecided", [1.1, 1.23, 1.31]),
-                              (0.9, 1.0, {"buys nothing"}))
+                              (0.9, 1.0, {"buys nothing"}), (0.95, "buys nothing"))
     assert "(rounds 1.10-1.31; bf16 undecided)" in torn
     assert ("for training the rounds fall on both sides of 1.15, so this run cannot say "
             "whether auto's choice (bf16) stands; for decoding auto's choice (fp32) stands") in torn
+
+
+def test_the_run_s_decoding_as_a_whole_weighs_each_decoder_by_its_time():
+    """Two decoders at 10 and 2 utterances per second in float32, 11 and 4 in bf16: the run
+    spends 0.1 + 0.5 = 0.6 s per utterance in float32 and 1/11 + 1/4 in bf16 (ratio 1.76, by
+    hand); a WER cost on either decoder outweighs the speed."""
+    from lib.recipes.bf16 import run_decoding
+
+    level = {"difference": 0.0, "difference_ci95": [-0.01, 0.01]}
+    checks = {"a": {"fp32": {"decode_utterances_per_s": 10.0},
+                    "bf16": {"decode_utterances_per_s": 11.0}, **level},
+              "b": {"fp32": {"decode_utterances_per_s": 2.0},
+                    "bf16": {"decode_utterances_per_s": 4.0}, **level}}
+    ratio, verdict = run_decoding(checks)
+    assert ratio == pytest.approx(0.6 / (1 / 11 + 1 / 4)) and verdict == "pays"
+    checks["a"] = {**checks["a"], "difference": 0.02, "difference_ci95": [0.01, 0.03]}
+    assert run_decoding(checks)[1] == "costs accuracy"

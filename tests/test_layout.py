@@ -199,6 +199,8 @@ FLOORS = [
     ("prune", ("lib.prune",)),
     ("heal", ("lib.heal",)),
     ("report", ("lib.report",)),
+    # what auto means on this machine: measured with the stages, read by the resolution
+    ("machine", ("lib.machine",)),
     ("resolution", ("lib.config.resolve", "lib.config.checks")),
     ("recipes", ("lib.recipes",)),
     ("entry points", ("lib.experiment", "lib.book", "lib.setup")),

@@ -263,15 +263,16 @@ class SpeechLLM(nn.Module):
     @torch.no_grad()
     def generate(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
                  max_new_tokens: int = 64, num_beams: int = 1,
-                 caps: Sequence[int] | None = None) -> list[str]:
+                 caps: Sequence[int] | None = None, min_new_tokens: int = 0) -> list[str]:
         """Batched decoding with the KV cache (transformers ``generate``): greedy, or with
         ``num_beams > 1`` beam search returning every beam's text, ``num_beams`` per
         utterance in a row (best first). ``caps``: greedy, each utterance's text cut to its
         own number of word pieces (the batch stops at the largest): what a decode of it
-        alone stopped at its cap writes, since greedy decoding is causal."""
+        alone stopped at its cap writes, since greedy decoding is causal.
+        ``min_new_tokens``: no end of text before that many (a speed probe's fixed length)."""
         batch = self.build_inputs(feats, feat_lengths, None, left_pad=True)
         if caps is None:
-            return self._generate(batch, max_new_tokens, num_beams)
+            return self._generate(batch, max_new_tokens, num_beams, min_new_tokens=min_new_tokens)
         return self._generate(batch, min(max_new_tokens, max(caps)), 1, caps)
 
     @torch.no_grad()
@@ -290,11 +291,13 @@ class SpeechLLM(nn.Module):
         return self._generate(batch, max_new_tokens, 1)
 
     def _generate(self, batch: dict[str, torch.Tensor], max_new_tokens: int,
-                  num_beams: int, caps: Sequence[int] | None = None) -> list[str]:
+                  num_beams: int, caps: Sequence[int] | None = None,
+                  min_new_tokens: int = 0) -> list[str]:
         out = self.decoder.generate(
             inputs_embeds=batch["inputs_embeds"],
             attention_mask=batch["attention_mask"],
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
             do_sample=False,
             num_beams=num_beams,
             num_return_sequences=num_beams,

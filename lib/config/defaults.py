@@ -51,7 +51,7 @@ class Chapter1Params:
     checkpoint_every: int = 50  # steps between resumable checkpoints
     eval_batch_size: int = 32  # utterances decoded at once
     max_new_tokens: int = 48  # tokens decoded at most per utterance
-    eval_precision: str = "auto"  # decoding: bf16 where native, else fp32 (section 1.6 checks it)
+    eval_precision: str = "auto"  # decoding: bf16 where it pays on this machine (section 1.6)
     max_test_utterances: int | None = None  # N: a quick run, labelled as one
     seed: int = 0  # data order and initialisation
     device: str = "auto"  # auto, cpu, cuda
@@ -59,7 +59,7 @@ class Chapter1Params:
     ctc_epochs: float = 4  # warm-start passes over the training set (projector only)
     ctc_learning_rate: float = 0.003  # peak rate of the warm start
     ctc_batch_size: int = 64  # cheap steps: projector only
-    precision: str = "auto"  # bf16 where native, else fp32
+    precision: str = "auto"  # training: bf16 where it pays on this machine (section 1.6)
     dev_utterances: int = 48  # held out from train_data for the learning curve
     dev_every: int = 100  # steps between dev WER checks (0: none)
     ctc_weight: float = 0.3  # the CTC loss kept on while the LLM trains (0: off)

@@ -19,12 +19,14 @@ Stage: all (configuration). Explained in chapter 1 (book/01_building_a_speechllm
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lib.clock
+import lib.machine
 from lib.config.defaults import CHAPTER_PARAMS, defaults, own_names, param_names
 from lib.config.presets import load_preset, preset_label
 from lib.config.checks import CHECKS, fail
@@ -203,11 +205,14 @@ def build_run(chapter: int, values: Mapping[str, Any], preset: str = "default",
             attr, f = where.split(".")
             by_section.setdefault(attr, {})[f] = value
     device = values["device"]
-    for attr in ("train", "eval"):
-        by_section[attr]["precision"] = resolve_precision(by_section[attr]["precision"], device)
     model = by_section["models"]
     sections["models"] = tuple(ModelConfig(**{**model, "decoder": d})
                                for d in values["decoders"])
+    for attr, use in (("train", "training"), ("eval", "decoding")):
+        by_section[attr]["precision"] = resolve_precision(
+            by_section[attr]["precision"], device, functools.partial(
+                lib.machine.machine_choice, use, sections["models"],
+                by_section["train"]["batch_size"], by_section["eval"]["batch_size"]))
     for c in range(1, chapter + 1):
         for attr in CHAPTER_SECTIONS[c]:
             if attr != "models":

@@ -53,8 +53,9 @@ class ModelConfig:
 class TrainConfig:
     """How the projector and LoRA train (chapter 1); healing reuses it with its own budget.
 
-    ``precision`` is resolved by :func:`lib.device.resolve_precision` where it is used, so
-    ``auto`` means bf16 autocast where the hardware runs it natively.
+    ``precision`` is resolved by :func:`lib.device.resolve_precision` when the run is
+    resolved: ``auto`` means bf16 autocast on a GPU and where this CPU was measured to gain
+    from it (:mod:`lib.machine`), float32 elsewhere.
     """
 
     PREFIX: ClassVar[str] = "train_"

@@ -112,6 +112,26 @@ def autocast(model: SpeechLLM, precision: str) -> Any:
     return bf16_autocast(model.decoder, model.device.type, enabled=precision == "bf16")
 
 
+def decode_timer(model: SpeechLLM, data: FeatureSet, batch_size: int,
+                 tokens: int) -> Callable[[bool], float]:
+    """``timed(bf16)``: greedy decoding of the first ``batch_size`` utterances of ``data`` for
+    exactly ``tokens`` word pieces each (no end of text before: the speed per token is timed,
+    not what an untrained model would write), in float32 or under :func:`autocast` as
+    :func:`transcribe` decodes, in eval mode without gradients; returns seconds per token."""
+    import torch
+
+    feats, lengths, _ = data.batch(list(range(min(len(data), batch_size))))
+
+    def timed(bf16: bool) -> float:
+        with eval_mode(model), torch.no_grad(), autocast(model, "bf16" if bf16 else "fp32"):
+            t0 = time.perf_counter()
+            model.generate(feats.to(model.device), lengths.to(model.device), tokens,
+                           min_new_tokens=tokens)
+            return (time.perf_counter() - t0) / tokens
+
+    return timed
+
+
 def _unique(texts: Sequence[str]) -> list[str]:
     seen: dict[str, None] = {}
     for t in texts:

@@ -21,17 +21,14 @@ from lib.config.sections import Run
 from lib.data.corpus import voice_family
 from lib.data.features import FeatureSet
 from lib.evaluate.baselines import audio_reliance, whisper_baseline
-from lib.evaluate.decode import precision_check
-from lib.fileio import device_info
 from lib.paths import slug
 from lib.recipes.levers import recipe_words, training_corpus
+from lib.recipes.bf16 import precision_record
 from lib.recipes.pipeline import ModelRun, prepare_features, rescore_run, train_and_evaluate
 from lib.recipes.section import Section
 from lib.report import plotting
 from lib.report.results import record_headline, recorded_line
-from lib.report.rules import (BF16_MIN_SPEEDUP, LISTENS_GAP, bf16_verdict, compare_wer,
-                              reads_audio)
-from lib.train.precision import training_speedup
+from lib.report.rules import LISTENS_GAP, compare_wer, reads_audio
 
 RELIANCE_UTTERANCES = 64
 """Test utterances behind the audio-reliance check (each scored twice)."""
@@ -258,93 +255,6 @@ def word_error_rates(cfg: Run, runs: dict[str, ModelRun],
                 whisper_wer=100 * w["wer"] if w else nan,
                 vs_whisper=compare_wer(s, w) if w else "not compared with")
     return Section(shown, glue, {"whisper": whisper, "table": table}, items, precision=1)
-
-
-# ------------------------------------------------------------------ 1.6 bf16 or float32
-
-
-def decoding_precision(cfg: Run, runs: dict[str, ModelRun], train: FeatureSet,
-                       tests: dict[str, FeatureSet]) -> Section:
-    """What ``auto`` chose on this machine, for training and for decoding, and what bf16
-    bought in each, measured in this run: a few training steps of the first decoder timed
-    in both precisions (:func:`lib.train.precision.training_speedup`) and each SpeechLLM's
-    first test set decoded in both, paired (:func:`lib.evaluate.decode.precision_check`),
-    each read by :func:`lib.report.rules.bf16_verdict`; nothing timed where bf16 is emulated."""
-    info = device_info()
-    where = info.get("gpu") or info.get("cpu") or "this machine"
-    native = bool(info.get("gpu") or info.get("cpu_native_bf16"))
-    glue: dict[str, Any] = {"cpu_name": where, "train_chose": cfg.train.precision,
-                            "decode_chose": cfg.eval.precision,
-                            "bf16_min_speedup": BF16_MIN_SPEEDUP}
-    if not native:
-        glue["prec_sentence"] = (
-            f"{where} has no native bf16, so auto trained and decoded in float32 here and "
-            "nothing was timed: emulated bf16 runs several times slower")
-        return Section(glue=glue, data={"checks": {}, "training": None})
-    first, run = next(iter(runs.items()))
-    probe = training_speedup(run.model, train, cfg.train.batch_size)
-    syn = cfg.test_data[0]
-    found = {slug(d): precision_check(r.model, tests[syn].subset(cfg.eval.max_test_utterances),
-                                      r.train.run_dir, syn, cfg.eval)
-             for d, r in runs.items()}
-    trained = bf16_verdict(probe["speedup"], rounds=probe["round_speedups"])
-    rows = [{"use": "training", "decoder": slug(first), "auto chose": cfg.train.precision,
-             "speed bf16 / fp32": probe["speedup"], "bf16 - fp32 WER (points) [95 % CI]": "",
-             "bf16 verdict": trained}]
-    rows += [{"use": f"decoding {syn}", "decoder": d, "auto chose": cfg.eval.precision,
-              "speed bf16 / fp32": c["speedup"],
-              "bf16 - fp32 WER (points) [95 % CI]": "{:+.1f} [{:+.1f}, {:+.1f}]".format(
-                  *(100 * x for x in (c["difference"], *c["difference_ci95"]))),
-              "bf16 verdict": bf16_verdict(c["speedup"], c)} for d, c in found.items()]
-    decode = {row["bf16 verdict"] for row in rows[1:]}
-    speeds = [c["speedup"] for c in found.values()]
-    glue.update(train_speedup=probe["speedup"], train_verdict=trained,
-                decode_speed_low=min(speeds), decode_speed_high=max(speeds),
-                decode_verdict=" and ".join(sorted(decode)),
-                prec_sentence=precision_sentence(
-                    cfg.train.precision, cfg.eval.precision,
-                    (probe["speedup"], trained, probe["round_speedups"]),
-                    (min(speeds), max(speeds), decode)))
-    return Section(pd.DataFrame(rows), glue, {"checks": found, "training": probe})
-
-
-def precision_record(precision: Section) -> dict[str, Any]:
-    """What ``auto`` chose on this machine and what bf16 bought, for the chapter's record."""
-    g, probe = precision.glue, precision["training"]
-    return {"machine": g["cpu_name"],
-            "training": {"chose": g["train_chose"],
-                         "bf16_speedup": probe["speedup"] if probe else None,
-                         "rounds": probe["round_speedups"] if probe else None,
-                         "verdict": g.get("train_verdict")},
-            "decoding": {"chose": g["decode_chose"], "verdict": g.get("decode_verdict"),
-                         "bf16_speedup": [g["decode_speed_low"], g["decode_speed_high"]]
-                         if "decode_speed_low" in g else None}}
-
-
-def precision_sentence(train_chose: str, decode_chose: str,
-                       train: tuple[float, str, list[float]],
-                       decode: tuple[float, float, set[str]]) -> str:
-    """What bf16 bought (``train``: ratio, verdict, each round's ratio; ``decode``: lowest and
-    highest ratio, verdicts) and whether ``auto``'s choices stand by it, else the better ``-p``;
-    rounds on both sides of the threshold decide nothing, and the sentence says so."""
-    low, high, verdicts = decode
-    speeds = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
-    said = [f"a training step ran {train[0]:.2f} times as fast in bf16 as in float32 (rounds "
-            f"{min(train[2]):.2f}-{max(train[2]):.2f}; bf16 {train[1]}), decoding {speeds} "
-            f"times as fast (bf16 {' and '.join(sorted(verdicts))})"]
-    for use, chose, pays, name in (("training", train_chose, train[1] == "pays", "precision"),
-                                   ("decoding", decode_chose, verdicts == {"pays"},
-                                    "eval_precision")):
-        if use == "training" and train[1] == "undecided":
-            said.append(f"for training the rounds fall on both sides of {BF16_MIN_SPEEDUP}, so "
-                        f"this run cannot say whether auto's choice ({chose}) stands")
-        elif (chose == "bf16") == pays:
-            said.append(f"for {use} auto's choice ({chose}) stands")
-        else:
-            other = "fp32" if chose == "bf16" else "bf16"
-            said.append(f"for {use} auto's choice ({chose}) does not stand: "
-                        f"-p {name} {other} would be the better default on this machine")
-    return "; ".join(said)
 
 
 # ------------------------------------------------------------------ does it listen?
