@@ -138,6 +138,9 @@ def test_the_record_of_the_loss_curves_renders_what_it_holds():
     assert "WER 40.0 % -> 45.0 % [40.0, 50.0], 0.03 insertions per word" in text
     assert "within 0.1 on every utterance of t" in text
     assert found_ch03(_record()).startswith("m: 3 layers (10 %) by angular (loss cost ≤ 0.1")
+    one = _record()
+    one["decoders"]["m"]["chosen"].update(n_removed=1, removed_fraction=1 / 18)
+    assert found_ch03(one).startswith("m: 1 layer (6 %) by angular")
 
 
 # ------------------------------------------------------------------ chapter 2's answers

@@ -72,7 +72,8 @@ def found_ch03(rec: dict[str, Any]) -> str:
     parts = []
     for dec, d in rec["decoders"].items():
         c = d["chosen"]
-        parts.append(f"{dec}: {c['n_removed']} layers ({100 * c['removed_fraction']:.0f} %) "
+        layers = "layer" if c["n_removed"] == 1 else "layers"
+        parts.append(f"{dec}: {c['n_removed']} {layers} ({100 * c['removed_fraction']:.0f} %) "
                      f"by {c['strategy']}")
     s = rec["settings"]
     if s.get("curve") == "loss":
