@@ -84,9 +84,9 @@ def probe_precision(models: Sequence[Any], batch_size: int, eval_batch_size: int
     a training batch's shape (:func:`probe_features`): one training step of ``batch_size``
     utterances as the loop takes it (:func:`lib.train.precision.step_timer`) and a greedy
     decoding of ``eval_batch_size`` utterances, :data:`PROBE_TOKENS` word pieces each
-    (:func:`lib.evaluate.decode.decode_timer`). A round times every decoder in float32,
-    then in bf16; a round's ratio is the run's time for that use (the decoders summed) in
-    float32 over bf16, so the ratio weighs each decoder by its share of the work.
+    (:func:`lib.evaluate.decode.decode_timer`), in alternating rounds
+    (:func:`lib.train.precision.alternate`); a round's ratio is the run's time for that use
+    (the decoders summed) in float32 over bf16, so each decoder weighs by its share.
 
     Returns:
         per use, ``fp32_s`` and ``bf16_s`` (median seconds per round), ``speedup`` (median of
@@ -96,37 +96,19 @@ def probe_precision(models: Sequence[Any], batch_size: int, eval_batch_size: int
 
     from lib.build.speechllm import build_speechllm
     from lib.evaluate.decode import decode_timer
-    from lib.train.precision import step_timer
+    from lib.train.precision import alternate, step_timer
 
     timers: dict[str, list[Any]] = {use: [] for use in USES}
     with torch.random.fork_rng(devices=[]):
-        built = [build_speechllm(mc, seed=seed) for mc in models]
-        for model in built:
+        for mc in models:
+            model = build_speechllm(mc, seed=seed).train()  # decoding times in eval mode
             proj = model.projector
             data = probe_features(proj.net[0].in_features // proj.stack,
                                   max(batch_size, eval_batch_size), seed)
-            train, _ = step_timer(model, data, batch_size, 1)
-            timers["training"].append((model, train))
-            timers["decoding"].append((model, decode_timer(model, data, eval_batch_size,
-                                                           PROBE_TOKENS)))
-        out: dict[str, Any] = {"decoders": [mc.decoder for mc in models], "rounds": rounds}
-        for use, pairs in timers.items():
-            for model, timed in pairs:  # warm-up: first calls allocate and pick kernels
-                model.train(use == "training")
-                timed(False), timed(True)
-            times = []
-            for _ in range(rounds):
-                fp32 = bf16 = 0.0
-                for model, timed in pairs:
-                    model.train(use == "training")
-                    fp32, bf16 = fp32 + timed(False), bf16 + timed(True)
-                times.append((fp32, bf16))
-            mid = rounds // 2
-            out[use] = {"fp32_s": sorted(a for a, _ in times)[mid],
-                        "bf16_s": sorted(b for _, b in times)[mid],
-                        "speedup": sorted(a / b for a, b in times)[mid],
-                        "round_speedups": [round(a / b, 3) for a, b in times]}
-    return out
+            timers["training"].append(step_timer(model, data, batch_size, 1)[0])
+            timers["decoding"].append(decode_timer(model, data, eval_batch_size, PROBE_TOKENS))
+        found = {use: alternate(timed, rounds) for use, timed in timers.items()}
+    return {"decoders": [mc.decoder for mc in models], "rounds": rounds, **found}
 
 
 def decide(measured: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ Stage: training. Explained in chapter 1 (section 1.6).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -74,13 +74,32 @@ def training_speedup(model: SpeechLLM, data: FeatureSet, batch_size: int, rounds
     with torch.random.fork_rng(devices=[]):
         model.train()
         try:
-            timed(False), timed(True)  # warm-up: first calls allocate and pick kernels
-            pairs = [(timed(False), timed(True)) for _ in range(rounds)]
+            found = alternate([timed], rounds)
         finally:
             model.train(was_training)
+    return {**found, "rounds": rounds, "steps": n_batches, "batch_size": batch_size}
+
+
+def alternate(timers: Sequence[Callable[[bool], float]], rounds: int) -> dict[str, Any]:
+    """Float32 against bf16 over alternating rounds: every ``timed(bf16)`` of ``timers`` is
+    called once each way to warm up (the first calls allocate and pick kernels), then in
+    each of ``rounds`` rounds every timer runs in float32, then in bf16; a round's time in a
+    precision is its timers' sum (a run's decoders together).
+
+    Returns:
+        ``fp32_s`` and ``bf16_s`` (median round times), ``speedup`` (median of the rounds'
+        ratios float32 / bf16) and ``round_speedups`` (each round's ratio).
+    """
+    for timed in timers:
+        timed(False), timed(True)
+    pairs = []
+    for _ in range(rounds):
+        fp32 = bf16 = 0.0
+        for timed in timers:
+            fp32, bf16 = fp32 + timed(False), bf16 + timed(True)
+        pairs.append((fp32, bf16))
     mid = rounds // 2
     return {"fp32_s": sorted(a for a, _ in pairs)[mid],
             "bf16_s": sorted(b for _, b in pairs)[mid],
             "speedup": sorted(a / b for a, b in pairs)[mid],
-            "round_speedups": [round(a / b, 3) for a, b in pairs],
-            "rounds": rounds, "steps": n_batches, "batch_size": batch_size}
+            "round_speedups": [round(a / b, 3) for a, b in pairs]}
