@@ -23,7 +23,6 @@ sits above them and below :mod:`lib.config.resolve`). Explained in chapter 1 (se
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -131,12 +130,13 @@ def stored_choice(decoders: Sequence[str]) -> dict[str, Any] | None:
         CompanionError: the file is not a choice (names it, and to delete it).
     """
     from lib.errors import CompanionError
+    from lib.fileio import load_json
 
     path = choice_path(decoders)
     if not path.exists():
         return None
     try:
-        found = json.loads(path.read_text())
+        found = load_json(path)
         if all(found[use]["chose"] in ("bf16", "fp32") for use in USES):
             return found
     except (ValueError, KeyError, TypeError):
@@ -150,7 +150,7 @@ def machine_choice(use: str, models: Sequence[Any], batch_size: int,
     """``bf16`` or ``fp32`` for ``use`` on this CPU with native bf16: the stored choice for
     the run's decoders, else measured now (:func:`probe_precision`, about a minute per
     decoder on two cores), stored, and said in one line."""
-    from lib.fileio import atomic_write_text, provenance
+    from lib.fileio import provenance, save_json
 
     decoders = [mc.decoder for mc in models]
     found = stored_choice(decoders)
@@ -159,7 +159,7 @@ def machine_choice(use: str, models: Sequence[Any], batch_size: int,
               f", {PROBE_ROUNDS} rounds); kept in {choice_path(decoders)}", flush=True)
         found = decide(probe_precision(models, batch_size, eval_batch_size))
         found["provenance"] = provenance()
-        atomic_write_text(choice_path(decoders), json.dumps(found, indent=1))
+        save_json(choice_path(decoders), found)
         print("precision auto: " + ", ".join(
             f"{u} {found[u]['chose']} (bf16 {found[u]['speedup']:.2f}x, {found[u]['verdict']})"
             for u in USES), flush=True)
