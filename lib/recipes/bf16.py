@@ -19,7 +19,7 @@ from lib.machine import stored_choice
 from lib.paths import slug
 from lib.recipes.pipeline import ModelRun
 from lib.recipes.section import Section
-from lib.report.rules import BF16_MIN_SPEEDUP, bf16_verdict
+from lib.report.rules import BF16_MIN_SPEEDUP, bf16_verdict, paired_verdict
 from lib.train.precision import training_speedup
 
 
@@ -97,7 +97,7 @@ def run_decoding(checks: dict[str, dict[str, Any]]) -> tuple[float, str]:
     is higher by the paired rule."""
     fp32 = sum(1 / c["fp32"]["decode_utterances_per_s"] for c in checks.values())
     bf16 = sum(1 / c["bf16"]["decode_utterances_per_s"] for c in checks.values())
-    costs = [c for c in checks.values() if bf16_verdict(float("nan"), c) == "costs accuracy"]
+    costs = [c for c in checks.values() if paired_verdict(c) == "higher than"]
     return fp32 / bf16, bf16_verdict(fp32 / bf16, costs[0] if costs else None)
 
 
