@@ -8,6 +8,13 @@ what no stage claims is ``other``. :func:`summary` is what every result of recor
 (:func:`lib.report.results.record_headline`); the README's time table and ``make
 bench-book`` are rendered from it (:mod:`lib.report.readme`), never typed.
 
+Whether the times are the machine's: on two cores a second job (even a niced one) slows
+every barrier-synchronised step of the chapter's, so the clock also counts the CPU seconds
+the machine spent on anything but this kernel while the chapter ran (``cpu`` of
+:func:`summary`: the machine's busy time from ``/proc/stat``, host steal included, minus the
+kernel's own and its children's from ``getrusage``), and
+:func:`lib.report.rules.machine_shared` says whether the chapter had the machine to itself.
+
 Progress: :func:`track` is a tqdm bar in a notebook or a terminal. In a book run, where bars
 are off (they are noise on a page), ``$COMPANION_PROGRESS`` names a file, and :func:`track`
 writes a line there at most every :data:`EVERY_S` seconds and at the end of a loop that
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -33,6 +41,27 @@ QUIET_S = 10.0  # a loop over sooner than this writes no line at all
 OTHER = "other"
 
 _now = time.perf_counter  # replaced by the tests' fake clock
+PROC_STAT = "/proc/stat"  # the machine's CPU counters (Linux)
+
+
+def cpu_counters() -> tuple[float, float, float] | None:
+    """``(busy, steal, own)`` CPU seconds so far: the machine's busy time over all its cores
+    (user, nice, system, irq, softirq and steal of :data:`PROC_STAT`'s ``cpu`` line), the
+    host's steal alone, and this process's with its reaped children (user + system); None
+    where the machine's counters cannot be read (not Linux)."""
+    try:
+        with open(PROC_STAT, encoding="ascii") as fh:
+            fields = fh.readline().split()
+        ticks = [int(x) for x in fields[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(ticks) < 8 or fields[0] != "cpu":
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return (user + nice + system + irq + softirq + steal) / hz, steal / hz, own
 
 
 class Clock:
@@ -46,6 +75,7 @@ class Clock:
         self.stack: list[str] = []
         self.seconds: dict[str, float] = {}
         self.reused: dict[str, int] = {}
+        self.cpu_start = cpu_counters()
 
     def _charge(self) -> None:
         now = _now()
@@ -67,12 +97,25 @@ class Clock:
 
     def summary(self) -> dict[str, Any]:
         """``wall_s`` since the restart, ``stages`` (seconds, largest first, summing to
-        ``wall_s``) and ``reused`` (cached results taken per stage instead of computed)."""
+        ``wall_s``), ``reused`` (cached results taken per stage instead of computed) and
+        ``cpu`` (:meth:`cpu`)."""
         self._charge()
         stages = sorted(self.seconds.items(), key=lambda kv: -kv[1])
         return {"wall_s": round(self.mark - self.start, 1),
                 "stages": {k: round(v, 1) for k, v in stages if v >= 0.05},
-                "reused": dict(self.reused)}
+                "reused": dict(self.reused), "cpu": self.cpu()}
+
+    def cpu(self) -> dict[str, Any] | None:
+        """CPU seconds since the restart: ``own_s`` (this kernel and its reaped children),
+        ``others_s`` (the machine's busy seconds on all its ``cores`` that were not this
+        kernel's: other processes and the host's steal), ``steal_s`` (the steal alone); None
+        where :func:`cpu_counters` cannot read them."""
+        now = cpu_counters()
+        if now is None or self.cpu_start is None:
+            return None
+        busy, steal, own = (b - a for a, b in zip(self.cpu_start, now))
+        return {"cores": os.cpu_count() or 1, "own_s": round(own, 1),
+                "others_s": round(max(busy - own, 0.0), 1), "steal_s": round(steal, 1)}
 
 
 CLOCK = Clock()

@@ -34,15 +34,18 @@ BLOCK = re.compile(r"(<!-- results: ([\w.-]+)/(\w+) -->\n)(.*?)(<!-- end results
 def render_time(recs: dict[str, dict[str, Any]], min_share: float = 0.01) -> str:
     """Where each chapter's time went, stage by stage, from the records' ``time``
     (:func:`lib.clock.summary`): the chapter's wall time, each stage's minutes and share
-    (stages under ``min_share`` folded into ``other``), and what was reused from the cache
-    instead of computed (nothing: a first run). Also what ``make bench-book`` prints."""
+    (stages under ``min_share`` folded into ``other``), what was reused from the cache
+    instead of computed (nothing: a first run), and the share of the machine's CPU time other
+    processes took meanwhile, judged by :func:`lib.report.rules.machine_shared` (a shared
+    machine's times overstate the chapter's). Also what ``make bench-book`` prints."""
     from lib.clock import OTHER, duration
+    from lib.report.rules import SHARED_MAX, machine_shared
 
     if not recs:
         return "(no full run recorded yet: `make book`)\n"
     rows = ["| chapter | wall time | where it went (share of the chapter) | reused from the "
-            "cache |", "|---|---|---|---|"]
-    total, timed, runs = 0.0, [], {}
+            "cache | others' CPU |", "|---|---|---|---|---|"]
+    total, timed, runs, shared = 0.0, [], {}, {}
     for ch, rec in recs.items():
         t = rec.get("time")
         prov = rec.get("provenance", {})
@@ -51,7 +54,7 @@ def render_time(recs: dict[str, dict[str, Any]], min_share: float = 0.01) -> str
                         prov.get("date", "?")[:10])
         if not t:
             rows.append(f"| {int(ch[2:])} | not recorded | (this record predates the stage "
-                        "times) | – |")
+                        "times) | – | – |")
             continue
         wall, stages = t["wall_s"], dict(t["stages"])
         total += wall
@@ -64,12 +67,40 @@ def render_time(recs: dict[str, dict[str, Any]], min_share: float = 0.01) -> str
                            for k, v in shown.items())
         reused = ", ".join(f"{k} x{n}" for k, n in t.get("reused", {}).items()) or \
             "nothing (a first run)"
-        rows.append(f"| {int(ch[2:])} | {duration(wall)} | {where} | {reused} |")
+        verdict, share = machine_shared(t.get("cpu"), wall)
+        shared.setdefault(verdict, []).append((int(ch[2:]), share))
+        others = "not measured" if share != share else f"{100 * share:.0f} %"
+        rows.append(f"| {int(ch[2:])} | {duration(wall)} | {where} | {reused} | {others} |")
     if len(timed) > 1:
         rows.append(f"| {timed[0]}-{timed[-1]} | **{duration(total)}** | the chapters' "
-                    "wall times added (the kernels' start-up not counted) | |")
+                    "wall times added (the kernels' start-up not counted) | | |")
     when = "; ".join(f"commit {c} on {d}" for c, d in runs.items())
-    return "\n".join(rows) + f"\n\nMeasured by the run itself ({when}).\n"
+    return ("\n".join(rows) + f"\n\nMeasured by the run itself ({when}). "
+            + shared_sentence(shared, SHARED_MAX) + "\n")
+
+
+def shared_sentence(shared: dict[str, list[tuple[int, float]]], limit: float) -> str:
+    """What the time table's last column says, from :func:`render_time`'s chapters by
+    :func:`lib.report.rules.machine_shared` verdict (``limit``: its threshold)."""
+    def chapters(verdict: str) -> str:
+        found = [str(ch) for ch, _ in shared.get(verdict, [])]
+        return ("Chapter " if len(found) == 1 else "Chapters ") + ", ".join(found)
+
+    out = []
+    if shared.get("shared"):
+        worst = max(s for _, s in shared["shared"])
+        out.append(f"{chapters('shared')} shared the machine: other processes took up to "
+                   f"{100 * worst:.0f} % of its CPU time (more than {100 * limit:.0f} %), so "
+                   "the times overstate what the chapters need.")
+    if shared.get("to itself"):
+        one = len(shared["to itself"]) == 1
+        out.append(f"{chapters('to itself')} had the machine to "
+                   f"{'itself' if one else 'themselves'} (others took at most "
+                   f"{100 * limit:.0f} % of its CPU time).")
+    if shared.get("not measured"):
+        out.append(f"{chapters('not measured')}: the CPU time others took was not measured "
+                   "(a record before the counters).")
+    return " ".join(out)
 
 
 def render_record(chapter: str, rec: dict[str, Any], where: str) -> str:

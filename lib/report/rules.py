@@ -51,6 +51,20 @@ def bf16_verdict(speedup: float, wer_check: dict[str, Any] | None = None,
     return "buys nothing"
 
 
+SHARED_MAX = 0.05
+"""A chapter's stage times are the machine's when others (processes, the host's steal) took at
+most this share of its CPU time: on two cores a second job, even niced, slows every step."""
+
+
+def machine_shared(cpu: dict[str, Any] | None, wall_s: float) -> tuple[str, float]:
+    """``(verdict, share)``: the share of the CPU time (``wall_s`` times the cores) others took
+    (``cpu`` of :func:`lib.clock.summary`); "to itself", "shared" or "not measured"."""
+    if not cpu or wall_s <= 0:
+        return "not measured", float("nan")
+    share = cpu["others_s"] / (wall_s * cpu["cores"])
+    return ("shared" if share > SHARED_MAX else "to itself"), share
+
+
 def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
     """``"lower than"``, ``"higher than"`` or ``"not distinguishable from"``: ``a`` beats
     ``b`` only when their 95 % bootstrap intervals do not overlap (a conservative rule, the
@@ -121,14 +135,10 @@ def peak_spread(cost: dict[str, Any]) -> float:
 
 
 def memory_verdict(cost: dict[str, Any]) -> str:
-    """Whether pruning lowered the peak memory of a fresh decoding process, as a phrase.
-
-    One process's peak varies from run to run, so the change of the medians
-    (pruned - full, :func:`lib.prune.cost.compare_decoding`) counts only beyond the noise measured
-    in the same run, :func:`peak_spread`. The verdict is :func:`_sign_verdict`'s on
-    ``change ± spread``: "the peak fell" only when the change is below minus the spread.
-    Explained in chapter 4.
-    """
+    """Whether pruning lowered the peak memory of a fresh decoding process, as a phrase: the
+    change of the medians (pruned - full, :func:`lib.prune.cost.compare_decoding`) judged by
+    :func:`_sign_verdict` on ``change ± spread`` (:func:`peak_spread`, the noise of the same
+    run): "the peak fell" only below minus the spread. Explained in chapter 4."""
     change = cost["peak_mib_pruned"] - cost["peak_mib_full"]
     if change != change:  # NaN: no saved folders, no processes
         return "no peak measured"
@@ -157,13 +167,10 @@ one computed from the FLOPs removed."""
 
 def agreement_verdict(agr: dict[str, Any], rho_min: float, gain_min: float,
                       p_max: float = P_MAX) -> str:
-    """``"the same blocks"``, ``"partly the same blocks"`` or ``"no more than chance"``.
-
-    "The same blocks": the per-n Spearman mean is at least ``rho_min`` and the overlap is at
+    """"The same blocks": the per-n Spearman mean is at least ``rho_min`` and the overlap at
     least ``gain_min`` of the way from chance to 1 (:func:`overlap_gain`), both above their
-    chance draws (``p <= p_max``). "No more than chance": neither figure beats its chance
-    draws. Otherwise "partly the same blocks". Explained in chapter 2.
-    """
+    chance draws (``p <= p_max``); "no more than chance": neither figure beats its chance
+    draws; otherwise "partly the same blocks". Explained in chapter 2."""
     c = agr["chance"]
     beats_r = math.isfinite(c["p_spearman"]) and c["p_spearman"] <= p_max
     beats_o = c["p_overlap"] <= p_max
@@ -404,8 +411,7 @@ B's own items can gain over a random block, and TE(A -> B) is not below TE(B -> 
 paired rule. Fixed before any chapter 6 figure existed."""
 
 TRANSFERS, TRANSFER_UNDECIDED = "transfers", "cannot tell"
-"""Two of :func:`transfer_verdict`'s verdicts; the third names what the conditions differ
-in (:func:`dependent`)."""
+"""Two of :func:`transfer_verdict`'s verdicts; the third is :func:`dependent`'s."""
 
 
 def dependent(kind: str) -> str:
@@ -415,12 +421,10 @@ def dependent(kind: str) -> str:
 
 def transfer_verdict(cell: dict[str, Any], kind: str = "task",
                      te_min: float = TRANSFER_MIN) -> str:
-    """Does a cut chosen on A suit B? ``cell`` is
-    :func:`lib.prune.transfer.transfer_cell`'s. "<kind>-dependent" when TE(A -> B) is below
-    TE(B -> B) with the paired interval wholly below 0; "transfers" when TE(A -> B)'s
-    interval lies wholly at or above ``te_min`` (:data:`TRANSFER_MIN`) and is not so below;
-    "cannot tell" otherwise, or when an interval is undefined (B's best block no better than
-    a random one on too many resamples). Explained in chapter 6."""
+    """Does a cut chosen on A suit B (``cell``: :func:`lib.prune.transfer.transfer_cell`'s)?
+    "<kind>-dependent" when TE(A -> B) is below TE(B -> B) with the paired interval wholly below
+    0; "transfers" when TE(A -> B)'s interval lies wholly at or above ``te_min``; "cannot
+    tell" otherwise, or with an undefined interval. Explained in chapter 6."""
     lo, _ = cell["te_ci95"]
     _, d_hi = cell["difference_ci95"]
     if not (math.isfinite(lo) and math.isfinite(d_hi)):
