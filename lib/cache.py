@@ -10,8 +10,8 @@ the Whisper baseline, the rescoring sweep, the text cascade) goes through :func:
   one is set aside in one line and computed again);
 - the provenance (what the key was made of, commit, versions, device, wall time) is
   stamped once, here;
-- a reused result says which key it matched (:func:`say_reused`, which also counts it in
-  the current stage: :func:`lib.clock.note_reused`).
+- a reused result says which key it matched (:func:`say_reused`, once per process, and
+  counts it in the current stage every time: :func:`lib.clock.note_reused`).
 
 A trained projector or adapter is kept in its run's folder (keyed by its config) as weights
 beside a record; the trainers read them back through the same verified reads and say so
@@ -37,10 +37,24 @@ def file_label(name: str) -> str:
     return name.replace(":", "-").replace("/", "_")
 
 
+_SAID: set[str] = set()
+"""The lines :func:`say_once` has printed in this process (a kernel runs one chapter)."""
+
+
+def say_once(line: str) -> None:
+    """Print ``line`` unless this process printed it already: a chapter that reads the same
+    cached corpus or lever run again (each time it resolves the recipe of record) says so
+    once on its page, not once per reading."""
+    if line not in _SAID:
+        _SAID.add(line)
+        print(line)
+
+
 def say_reused(what: str, key: str) -> None:
     """The one line of a result taken from the cache instead of computed, naming the key it
-    matched, and the count of it in the current stage."""
-    print(f"{what}: cached result reused (key {key})")
+    matched (once per process: :func:`say_once`), and the count of it in the current stage
+    (every time)."""
+    say_once(f"{what}: cached result reused (key {key})")
     note_reused()
 
 

@@ -142,6 +142,14 @@ def summary() -> dict[str, Any]:
     return CLOCK.summary()
 
 
+def others_share(cpu: dict[str, Any] | None, wall_s: float) -> float:
+    """The share of the machine's CPU time (``wall_s`` times its cores) that others took,
+    from a summary's ``cpu``; NaN where it was not measured."""
+    if not cpu or wall_s <= 0:
+        return float("nan")
+    return cpu["others_s"] / (wall_s * cpu["cores"])
+
+
 def duration(seconds: float) -> str:
     """``75`` -> ``1 min 15 s``; ``3725`` -> ``62 min 5 s``; ``8.2`` -> ``8 s``."""
     s = int(round(seconds))

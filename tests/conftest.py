@@ -29,6 +29,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def _say_afresh(monkeypatch):
+    """Each test starts as a new kernel would: no line said yet (:func:`lib.cache.say_once`),
+    so a test sees the lines its own calls print."""
+    import lib.cache
+
+    monkeypatch.setattr(lib.cache, "_SAID", set())
+
+
+@pytest.fixture(autouse=True)
 def _no_machine_probe(monkeypatch):
     """In this process ``precision: auto`` on a CPU with native bf16 takes bf16 instead of
     probing the machine (:func:`lib.machine.machine_choice` would build the run's decoders,

@@ -39,6 +39,11 @@ def test_a_result_is_computed_once_then_reused_by_its_key(tmp_path, capsys):
     assert again == first and len(runs) == 1
     assert capsys.readouterr().out == f"t score: cached result reused (key {key})\n"
     assert sum(clock.CLOCK.reused.values()) == sum(before.values()) + 1
+    # read again in the same process (a chapter resolving the recipe of record once more):
+    # counted again, said once
+    assert cached(tmp_path, "eval-t", keyed, compute, what="t score") == first
+    assert capsys.readouterr().out == "" and len(runs) == 1
+    assert sum(clock.CLOCK.reused.values()) == sum(before.values()) + 2
     other = cached(tmp_path, "eval-t", {**keyed, "batch_size": 3}, compute, what="t score")
     assert len(runs) == 2 and other["key"] == _by_hand({**keyed, "batch_size": 3})
     cached(tmp_path, "eval-t", keyed, compute, reuse=False)

@@ -244,9 +244,8 @@ def test_a_busy_process_beside_the_kernel_is_counted_as_others():
     assert after["own_s"] - before["own_s"] >= 0.8
 
 
-def test_the_page_line_says_when_the_machine_was_shared(fake):
-    """The chapter page's line at its record carries the share others took, and says the
-    times overstate the chapter's when it is over SHARED_MAX; not when it is under."""
+def test_the_page_line_carries_the_share_others_took(fake):
+    """The chapter page's line at its record carries the share others took."""
     from lib.report.results import recorded_line
 
     cores = clock.os.cpu_count()
@@ -254,8 +253,7 @@ def test_the_page_line_says_when_the_machine_was_shared(fake):
     fake.cpu.busy += 0.3 * 100.0 * cores + 50.0
     fake.cpu.own += 50.0
     line = recorded_line(None, resolve(1, preset="tiny"))
-    assert line.endswith("other processes took 30 % of the CPU (a shared machine: the times "
-                         "overstate the chapter's)")
+    assert line.endswith("other processes took 30 % of the CPU")
     fake.cpu.own += 0.28 * 100.0 * cores  # the same busy time, now nearly all the kernel's
     assert recorded_line(None, resolve(1, preset="tiny")).endswith(
         "other processes took 2 % of the CPU")

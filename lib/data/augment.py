@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.cache import say_once
 from lib.clock import track
 from lib.data.audio import SAMPLE_RATE, read_audio, write_wav
 from lib.data.loaders import cached_manifest, load_manifest, write_manifest
@@ -203,7 +204,7 @@ def augment_corpus(manifest: Path, spec: CorpusSpec) -> Path:
     out = folder / "manifest.jsonl"
     utts = load_manifest(manifest)
     if cached_manifest(out, len(utts)) is not None:
-        print(f"augmented corpus: cached ({folder.name})")
+        say_once(f"augmented corpus: cached ({folder.name})")
         return out
     start = time.perf_counter()
     others = [u.audio for u in utts if u.split == "train"]

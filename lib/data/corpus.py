@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lib.cache import say_once
 from lib.clock import stage, track
 from lib.data.augment import augment_corpus
 from lib.data.spec import CORPUS_VERSION, CorpusSpec
@@ -395,7 +396,7 @@ def ensure_synthetic_corpus(spec: CorpusSpec | None = None) -> Path:
     expected = spec.n_train + spec.n_test
     utts = cached_manifest(manifest, expected)
     if utts is not None:
-        print(f"synthetic corpus: cached ({len(utts)} utterances)")
+        say_once(f"synthetic corpus: cached ({len(utts)} utterances)")
         return augment_corpus(manifest, spec)
     if "espeak" in spec.engines:
         require_espeak()

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
+from lib.cache import say_once
 from lib.clock import note_reused, stage, track
 from lib.data.audio import DataWarning, read_audio
 from lib.data.loaders import Utterance
@@ -182,7 +183,7 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
             set_aside(path, f"{desc}: the features cache {err}")
         else:
             kept = [i for i in range(len(utts)) if str(i) in tensors]
-            print(f"{desc}: cached ({len(kept)} utterances, {path.name})")
+            say_once(f"{desc}: cached ({len(kept)} utterances, {path.name})")
             note_reused()
             return FeatureSet([utts[i] for i in kept], [tensors[str(i)] for i in kept])
     order = sorted(range(len(utts)), key=lambda i: -utts[i].duration)

@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 
+from lib.cache import say_once
 from lib.clock import stage, track
 from lib.data.corpus import _Job, ensure_synthetic_corpus, synthesise
 from lib.data.loaders import Utterance, cached_manifest, load_manifest, write_manifest
@@ -214,7 +215,7 @@ def ensure_parallel_corpus(spec: ParallelSpec | None = None) -> Path:
     folder = cache_subdir("corpora", f"parallel-{spec.digest()}")
     manifest = folder / "manifest.jsonl"
     if cached_manifest(manifest, 2 * (spec.n_train + spec.n_test)) is not None:
-        print(f"parallel corpus: cached ({2 * (spec.n_train + spec.n_test)} utterances)")
+        say_once(f"parallel corpus: cached ({2 * (spec.n_train + spec.n_test)} utterances)")
         return manifest
     for lang in sorted({lang.split("-")[0] for lang in spec.languages}):
         require_voice(lang)

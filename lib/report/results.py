@@ -165,18 +165,15 @@ def _get(rec: Any, path: str) -> Any:
 def recorded_line(path: Path | None, run: Any) -> str:
     """The short line a chapter's page shows at its record: where its figures went and
     where its time went so far (the terminal showed the progress, the page keeps this)."""
-    from lib.clock import duration
-    from lib.report.rules import machine_shared
+    from lib.clock import duration, others_share
 
     t = _time(run)
     stages = ", ".join(f"{k} {100 * v / max(t['wall_s'], 1e-9):.0f} %"
                        for k, v in list(t["stages"].items())[:4])
     where = f"; this chapter's run so far: {duration(t['wall_s'])} ({stages})"
-    verdict, share = machine_shared(t.get("cpu"), t["wall_s"])
-    if verdict != "not measured":
-        where += (f", other processes took {100 * share:.0f} % of the CPU"
-                  + (" (a shared machine: the times overstate the chapter's)"
-                     if verdict == "shared" else ""))
+    share = others_share(t.get("cpu"), t["wall_s"])
+    if share == share:  # measured (the time table judges it: lib.report.rules.machine_shared)
+        where += f", other processes took {100 * share:.0f} % of the CPU"
     if path is None:
         return "headline figures not recorded (a quick run: test sets cut short)" + where
     try:  # as the reader knows it (results/...), not this machine's path

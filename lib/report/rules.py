@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lib.clock import others_share
 from lib.score.agreement import overlap_gain
 
 LISTENS_GAP = 1.0
@@ -57,12 +58,11 @@ most this share of its CPU time: on two cores a second job, even niced, slows ev
 
 
 def machine_shared(cpu: dict[str, Any] | None, wall_s: float) -> tuple[str, float]:
-    """``(verdict, share)``: the share of the CPU time (``wall_s`` times the cores) others took
-    (``cpu`` of :func:`lib.clock.summary`); "to itself", "shared" or "not measured"."""
-    if not cpu or wall_s <= 0:
-        return "not measured", float("nan")
-    share = cpu["others_s"] / (wall_s * cpu["cores"])
-    return ("shared" if share > SHARED_MAX else "to itself"), share
+    """``(verdict, share)``: "to itself", "shared" or "not measured", and the share of the CPU
+    others took (:func:`lib.clock.others_share` of a summary's ``cpu``)."""
+    share = others_share(cpu, wall_s)
+    verdict = "not measured" if share != share else "shared" if share > SHARED_MAX else "to itself"
+    return verdict, share
 
 
 def compare_wer(a: dict[str, Any], b: dict[str, Any]) -> str:
