@@ -9,7 +9,9 @@ probe of the fresh decoders measured about 1.6 for each the same day; bf16 decod
 measures it: a short probe of the run's own decoders, in both precisions, alternating rounds
 (:func:`probe_precision`), and bf16 is chosen for a use (training, decoding) only where it
 *pays* by :func:`lib.report.rules.bf16_verdict`; where it buys nothing, or the rounds cannot
-tell, float32. The choice is stored in the cache per CPU model, torch version
+tell, float32. A probe while other processes took a share of the CPU is measured again
+(:func:`probe_quietly`), and by the next run when it stays shared. The choice is stored in
+the cache per CPU model, torch version
 and decoders (:func:`choice_path`), so every later run on the machine resolves ``auto``
 alike and its cache keys stay put; a record names the choice and what it was measured on
 (chapter 1, section 1.6, which also measures it again on the trained models). Delete the
@@ -37,6 +39,11 @@ PROBE_TOKENS = 16
 
 PROBE_TEXT = "the quick brown fox jumps over the lazy dog while the small bird sings"
 """Each probe utterance's transcript (the training step's target)."""
+
+PROBE_ATTEMPTS = 2
+"""Probes at most, when other processes took more than
+:data:`lib.report.rules.SHARED_MAX` of the CPU during one (a second job on two cores bends
+the alternating rounds: a test run beside the probe once made training "undecided")."""
 
 USES = ("training", "decoding")
 
@@ -123,6 +130,30 @@ def decide(measured: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def probe_quietly(models: Sequence[Any], batch_size: int,
+                  eval_batch_size: int) -> dict[str, Any]:
+    """:func:`decide` on :func:`probe_precision`, measured again (up to
+    :data:`PROBE_ATTEMPTS` probes) while other processes took more than
+    :data:`lib.report.rules.SHARED_MAX` of the machine's CPU during it
+    (:func:`lib.report.rules.machine_shared` on :mod:`lib.clock`'s counters). The result
+    carries ``machine`` (that verdict on the last probe) and ``others_share``."""
+    from lib.clock import Clock
+    from lib.report.rules import machine_shared
+
+    for attempt in range(1, PROBE_ATTEMPTS + 1):
+        window = Clock()
+        found = decide(probe_precision(models, batch_size, eval_batch_size))
+        took = window.summary()
+        verdict, share = machine_shared(took["cpu"], took["wall_s"])
+        found.update(machine=verdict, others_share=None if share != share else round(share, 3))
+        if verdict != "shared":
+            break
+        print(f"precision auto: other processes took {100 * share:.0f} % of the CPU during "
+              "the probe" + (", measuring again" if attempt < PROBE_ATTEMPTS else ""),
+              flush=True)
+    return found
+
+
 def stored_choice(decoders: Sequence[str]) -> dict[str, Any] | None:
     """The choice kept for ``decoders`` on this machine, or None when none was measured.
 
@@ -145,22 +176,32 @@ def stored_choice(decoders: Sequence[str]) -> dict[str, Any] | None:
                          "measures this machine again")
 
 
+_MEASURED_HERE: dict[Path, dict[str, Any]] = {}
+"""Choices this process measured, by file: a run resolves ``auto`` several times (each use,
+each resolution) and measures once, even when its probe found the machine shared."""
+
+
 def machine_choice(use: str, models: Sequence[Any], batch_size: int,
                    eval_batch_size: int) -> str:
     """``bf16`` or ``fp32`` for ``use`` on this CPU with native bf16: the stored choice for
-    the run's decoders, else measured now (:func:`probe_precision`, about a minute per
-    decoder on two cores), stored, and said in one line."""
+    the run's decoders, else measured now (:func:`probe_quietly`, about a minute per
+    decoder on two cores), stored and said in one line. A choice measured while the machine
+    was shared is taken by this process (and section 1.6 says so) but measured again by the
+    next one."""
     from lib.fileio import provenance, save_json
 
     decoders = [mc.decoder for mc in models]
-    found = stored_choice(decoders)
-    if found is None:
+    path = choice_path(decoders)
+    found = _MEASURED_HERE.get(path) or stored_choice(decoders)
+    if found is None or (found.get("machine") == "shared" and path not in _MEASURED_HERE):
         print(f"precision auto: measuring what bf16 buys on this machine ({', '.join(decoders)}"
               f", {PROBE_ROUNDS} rounds); kept in {choice_path(decoders)}", flush=True)
-        found = decide(probe_precision(models, batch_size, eval_batch_size))
+        found = probe_quietly(models, batch_size, eval_batch_size)
         found["provenance"] = provenance()
-        save_json(choice_path(decoders), found)
+        save_json(path, found)
+        _MEASURED_HERE[path] = found
         print("precision auto: " + ", ".join(
             f"{u} {found[u]['chose']} (bf16 {found[u]['speedup']:.2f}x, {found[u]['verdict']})"
-            for u in USES), flush=True)
+            for u in USES) + ("" if found["machine"] != "shared" else
+                              "; the next run measures again"), flush=True)
     return found[use]["chose"]

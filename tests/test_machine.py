@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+import lib.clock
 import lib.device
 import lib.machine
 from lib.config.resolve import resolve
@@ -44,6 +45,7 @@ def probed(monkeypatch, tmp_path):
     monkeypatch.setattr(lib.machine, "machine_choice", REAL_CHOICE)
     monkeypatch.setattr(lib.device, "native_bf16", lambda: True)
     calls = []
+    monkeypatch.setattr(lib.clock, "cpu_counters", lambda: (0.0, 0.0, 0.0))  # a quiet machine
 
     def probe(models, batch_size, eval_batch_size, rounds=5, seed=0):
         calls.append(([m.decoder for m in models], batch_size, eval_batch_size))
@@ -51,6 +53,50 @@ def probed(monkeypatch, tmp_path):
 
     monkeypatch.setattr(lib.machine, "probe_precision", probe)
     return calls
+
+
+def test_a_probe_on_a_shared_machine_is_measured_again_and_not_kept(probed, monkeypatch,
+                                                                     capsys):
+    """Other processes take 1.5 CPU seconds per second of wall time (75 % of two cores)
+    during the first three probes: the run measures again, then takes the second probe's
+    choice, stored as shared (measured once in the process whatever it resolves); the next
+    run measures again, twice, and stores the quiet fourth probe's, which the one after
+    reads back."""
+    wall = {"t": 0.0}
+    cpu = {"busy": 0.0}
+    shared = {"n": 3}
+
+    def probe(models, batch_size, eval_batch_size, rounds=5, seed=0):
+        probed.append("probe")
+        wall["t"] += 10.0
+        if shared["n"]:
+            shared["n"] -= 1
+            cpu["busy"] += 10.0 * 1.5
+        return measured([1.3] * 5, [1.3] * 5)
+
+    monkeypatch.setattr(lib.machine, "probe_precision", probe)
+    monkeypatch.setattr(lib.clock, "_now", lambda: wall["t"])
+    monkeypatch.setattr(lib.clock, "cpu_counters", lambda: (cpu["busy"], 0.0, 0.0))
+    monkeypatch.setattr(lib.clock.os, "cpu_count", lambda: 2)
+    run = resolve(1, preset="tiny", changes={"device": "cpu"})
+    assert run.train.precision == "bf16" and probed == ["probe", "probe"]
+    resolve(1, preset="tiny", changes={"device": "cpu", "train_steps": 7})
+    assert probed == ["probe", "probe"]  # the same process: measured once
+    pair = ["tiny-llama", "tiny-gemma"]
+    path = lib.machine.choice_path(pair)
+    kept = json.loads(path.read_text())
+    assert kept["machine"] == "shared" and kept["others_share"] == 0.75
+    out = capsys.readouterr().out
+    assert "other processes took 75 % of the CPU during the probe, measuring again" in out
+    assert "; the next run measures again" in out
+    lib.machine._MEASURED_HERE.clear()  # the next run: a new process
+    resolve(1, preset="tiny", changes={"device": "cpu"})
+    assert probed == ["probe"] * 4  # a third probe shared, the fourth quiet
+    kept = json.loads(path.read_text())
+    assert kept["machine"] == "to itself" and kept["others_share"] == 0.0
+    lib.machine._MEASURED_HERE.clear()
+    resolve(1, preset="tiny", changes={"device": "cpu"})
+    assert len(probed) == 4  # read back
 
 
 def test_auto_takes_the_machines_measured_choice_once_per_machine_and_decoders(probed):
@@ -134,3 +180,9 @@ def test_section_1_6_says_how_auto_chose():
             "fp32); decoding bf16 1.45 times as fast as float32 (rounds 1.40-1.60: pays, so "
             "bf16)") in said
     assert probe_sentence(None).startswith("no probe decided it")
+    assert said.endswith("so bf16)")  # a choice stored before the machine was watched
+    said = probe_sentence({**found, "machine": "shared", "others_share": 0.4})
+    assert said.endswith("; other processes took 40 % of the CPU during it, more than a quiet "
+                         "machine allows, so the next run measures again")
+    said = probe_sentence({**found, "machine": "to itself", "others_share": 0.01})
+    assert said.endswith("; other processes took 1 % of the CPU during it (a quiet machine)")

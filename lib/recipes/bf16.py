@@ -35,9 +35,14 @@ def probe_sentence(found: dict[str, Any] | None) -> str:
         f"{use} bf16 {found[use]['speedup']:.2f} times as fast as float32 (rounds "
         f"{min(found[use]['round_speedups']):.2f}-{max(found[use]['round_speedups']):.2f}: "
         f"{found[use]['verdict']}, so {found[use]['chose']})" for use in ("training", "decoding"))
+    share = found.get("others_share")
+    machine = {"shared": f"; other processes took {100 * (share or 0):.0f} % of the CPU during "
+                         "it, more than a quiet machine allows, so the next run measures again",
+               "to itself": f"; other processes took {100 * (share or 0):.0f} % of the CPU "
+                            "during it (a quiet machine)"}.get(found.get("machine"), "")
     return (f"the choice was measured once for this machine and these decoders "
             f"({', '.join(found['decoders'])}) on {when}, {found['rounds']} alternating rounds "
-            f"on random features of a training batch's shape: {uses}")
+            f"on random features of a training batch's shape: {uses}{machine}")
 
 
 def decoding_precision(cfg: Run, runs: dict[str, ModelRun], train: FeatureSet,
