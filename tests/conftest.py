@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import pytest
@@ -29,12 +30,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _say_afresh(monkeypatch):
+def _fresh_process(monkeypatch):
     """Each test starts as a new kernel would: no line said yet (:func:`lib.cache.say_once`),
-    so a test sees the lines its own calls print."""
+    so a test sees the lines its own calls print, and no recipe of record chosen yet
+    (:func:`lib.recipes.levers.training_corpus`)."""
     import lib.cache
 
     monkeypatch.setattr(lib.cache, "_SAID", set())
+    levers = sys.modules.get("lib.recipes.levers")  # nothing chosen yet, if imported
+    if levers is not None:
+        monkeypatch.setattr(levers, "_CHOSEN", {})
 
 
 @pytest.fixture(autouse=True)

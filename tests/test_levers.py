@@ -278,12 +278,37 @@ def test_the_rule_chooses_the_training_corpus_before_the_speechllms_train(tmp_pa
     # text lower on half the prompts, higher on the other half: not below clean, clean stays
     mixed = {"clean": [5] * 40, "text": [2] * 20 + [8] * 20, "flite": [6] * 40}
     monkeypatch.setattr(levers, "measure_levers", lambda *a, **kw: _lever_runs(mixed))
+    monkeypatch.setattr(levers, "_CHOSEN", {})  # another process (the levers measured anew)
     assert levers.training_corpus(cfg) == levers.clean_spec(cfg.corpus)
     # given: the corpus as set, nothing measured
     monkeypatch.setattr(levers, "measure_levers", lambda *a, **kw: pytest.fail("measured"))
     given = resolve(1, preset="tiny", changes={"corpus_recipe": "given", "text_fraction": 0.5})
     assert levers.training_corpus(given) == given.corpus
     assert levers.training_corpus(resolve(1, preset="tiny", changes={"levers": []})) == cfg.corpus
+
+
+def test_the_recipe_of_record_is_measured_once_per_process_and_cache(tmp_path, monkeypatch):
+    """A chapter resolves the recipe of record several times: the levers are read once per
+    process and cache; another cache, or other lever settings, measure again."""
+    from lib.config.resolve import resolve
+    from lib.recipes import levers
+
+    calls = []
+
+    def measure(*a, **kw):
+        calls.append(a[1:])
+        return _lever_runs({"clean": [5] * 40, "text": [2] * 40, "flite": [5] * 40})
+
+    monkeypatch.setattr(levers, "measure_levers", measure)
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "a"))
+    cfg = resolve(1, preset="tiny")
+    text = levers.lever_spec(cfg.corpus, "text")
+    assert levers.training_corpus(cfg) == text == levers.training_corpus(cfg)
+    assert len(calls) == 1
+    fewer = resolve(1, preset="tiny", changes={"lever_seeds": 1})
+    assert levers.training_corpus(fewer) == text and len(calls) == 2
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "b"))
+    assert levers.training_corpus(cfg) == text and len(calls) == 3
 
 
 def test_a_corpus_set_by_hand_under_the_rule_is_one_line() -> None:

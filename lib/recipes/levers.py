@@ -34,6 +34,7 @@ from lib.data.spec import CLEAN_RECIPE, LEVERS, CorpusSpec, lever_fields, recipe
 from lib.device import resolve_device
 from lib.evaluate.baselines import score_ctc
 from lib.evaluate.metrics import paired_difference, wer_by
+from lib.fileio import config_hash
 from lib.paths import cache_subdir, slug
 from lib.recipes.section import Section
 from lib.report.rules import (WER_TARGETS, choose_lever, paired_verdict, seed_widened,
@@ -156,6 +157,13 @@ def seed_spreads(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+_CHOSEN: dict[str, CorpusSpec] = {}
+""":func:`training_corpus`'s answers in this process, by what the lever runs are keyed on and
+the cache: a chapter resolves the recipe of record several times (its features, chapter 1's
+models, each encoder's run), and each time the nine cached lever runs and the lever tests'
+features were read again (9 s a time on two cores)."""
+
+
 def training_corpus(cfg: Run, measured: list[dict[str, Any]] | None = None) -> CorpusSpec:
     """The corpus the run's SpeechLLMs train on. With ``corpus_recipe = "rule"`` (the
     default) on the synthetic corpus, the levers of ``cfg.levers`` are measured first (each
@@ -169,8 +177,13 @@ def training_corpus(cfg: Run, measured: list[dict[str, Any]] | None = None) -> C
         return cfg.corpus
     if not any(lever_spec(cfg.corpus, lever) != clean_spec(cfg.corpus) for lever in cfg.levers):
         return clean_spec(cfg.corpus)
-    _, extra = lever_table(measured or measure_levers(cfg, cfg.levers, cfg.lever_seeds))
-    return lever_spec(cfg.corpus, extra["choice"]["lever"])
+    key = config_hash({"corpus": cfg.corpus, "levers": cfg.levers, "seeds": cfg.lever_seeds,
+                       "model": cfg.models[0], "train": cfg.train, "dev": cfg.dev_utterances,
+                       "device": cfg.device, "cache": str(cache_subdir("levers"))})
+    if measured is not None or key not in _CHOSEN:
+        _, extra = lever_table(measured or measure_levers(cfg, cfg.levers, cfg.lever_seeds))
+        _CHOSEN[key] = lever_spec(cfg.corpus, extra["choice"]["lever"])
+    return _CHOSEN[key]
 
 
 def lever_table(runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any]]:
