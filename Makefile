@@ -27,7 +27,7 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 export PYTHONPATH := $(ROOT)
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help setup book chapter student test bench-book bench bench-scores bench-prune clean distclean
+.PHONY: help setup book chapter student test bench-book bench bench-scores bench-prune bench-features clean distclean
 
 help: ## list the targets
 	@echo "usage: make TARGET [PRESET=default|tiny|paper-...] [CH=01] [ARGS='-p NAME VALUE']"
@@ -72,6 +72,9 @@ bench-scores: setup ## cost of redundancy scoring (scripts/benchmark_scores.py, 
 
 bench-prune: setup ## pruned vs full decoding speed and memory (scripts/benchmark_prune.py)
 	$(PY) $(ROOT)/scripts/benchmark_prune.py --json $(ROOT)/results/bench/prune.json $(ARGS)
+
+bench-features: setup ## peak memory of the feature stage against the number of clips (~2 min)
+	$(PY) $(ROOT)/scripts/benchmark_features.py --json $(ROOT)/results/bench/features.json $(ARGS)
 
 clean: ## remove _build (keeps the cache and .venv)
 	rm -rf $(ROOT)/_build

@@ -180,15 +180,18 @@ def _tensor_digest(tensors: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def save_tensors(path: Path, tensors: dict[str, Any]) -> Path:
-    """Write tensors as safetensors with the sha256 of their bytes in the header, through a
-    temporary file and a rename (a crash leaves the previous file)."""
+def save_tensors(path: Path, tensors: dict[str, Any],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as safetensors with the sha256 of their bytes in the header (and
+    ``metadata`` beside it), through a temporary file and a rename (a crash leaves the
+    previous file)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"sha256": _tensor_digest(tensors)})
+    save_file(tensors, str(tmp), metadata={**(metadata or {}),
+                                           "sha256": _tensor_digest(tensors)})
     os.replace(tmp, path)
     return path
 

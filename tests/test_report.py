@@ -222,6 +222,28 @@ def test_a_benchmark_block_is_rendered_from_its_own_output(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_the_feature_memory_block_judges_the_growth_by_hand(tmp_path):
+    """bench-features' runs (figures chosen here): a peak that grew by 2 % of the 90 MiB of
+    features added is flat, one that grew by all of it is not."""
+    (tmp_path / "bench").mkdir()
+    mib = 2**20
+
+    def run(storage, n, rise):
+        return {"storage": storage, "utterances": n, "feature_bytes": n * mib,
+                "peak_rise_bytes": rise * mib, "seconds": 1.0}
+
+    runs = [run("sharded", 10, 20), run("sharded", 100, 21.8),
+            run("one shard", 10, 20), run("one shard", 100, 110)]
+    (tmp_path / "bench" / "features.json").write_text(json.dumps({
+        "runs": runs, "settings": {"dim": 1024, "frames": 600, "shard_mb": 8.0},
+        "provenance": {"date": "2026-12-04T05:00:00", "git_hash": "abcdef0123",
+                       "device": {"cpu_count": 2}}}))
+    out = render("<!-- results: bench/features -->\n<!-- end results -->", tmp_path)
+    assert "| one shard | 100 | 100.0 | 110.0 | 1.0 |" in out
+    assert "sharded: the peak grew by 2 % of the features added, flat" in out
+    assert "one shard: the peak grew by 100 % of the features added, not flat" in out
+
+
 def _render_ch04(rec, tmp_path):
     """``rec`` given a provenance and its digest, written as demo/ch04 and rendered."""
     rec["provenance"] = {"date": "2026-12-04T05:00:00", "git_hash": "abcdef0123",

@@ -24,8 +24,9 @@ from lib.clock import note_reused, stage, track
 from lib.data.audio import DataWarning, read_audio
 from lib.data.loaders import Utterance
 from lib.errors import CompanionError
-from lib.fileio import CorruptFile, file_sha256, load_tensors, save_tensors, set_aside
+from lib.fileio import CorruptFile, file_sha256, set_aside
 from lib.paths import cache_subdir
+from lib.data.store import SHARD_BYTES, FeatureStore, LazyFeats, ShardWriter, set_files
 from lib.build.autocast import bf16_autocast
 from lib.build.components import SpeechEncoder
 
@@ -38,7 +39,9 @@ class FeatureSet:
     """
 
     utterances: list[Utterance]
-    feats: list[torch.Tensor]  # [T_i, D] float16 each
+    # [T_i, D] float16 each: a list, or a cached set's clips read from disk when indexed
+    # (lib.data.store.LazyFeats)
+    feats: Sequence[torch.Tensor]
     _digest: str | None = field(default=None, repr=False, compare=False)  # see digest()
     # One task per utterance (lib.tasks.Task): a multi-task training mix, where an
     # utterance's target is its own task's field. None: one task, the model's.
@@ -64,6 +67,13 @@ class FeatureSet:
             return out, lengths, [getattr(self.utterances[i], self.tasks[i].target)
                                   for i in indices]
         return out, lengths, [getattr(self.utterances[i], target) for i in indices]
+
+    def frames(self) -> list[int]:
+        """Each utterance's number of encoder frames (a cached set's from its headers, no
+        feature read): what batching by length and the alignment checks need."""
+        if isinstance(self.feats, LazyFeats):
+            return self.feats.frames()
+        return [f.shape[0] for f in self.feats]
 
     def tasks_of(self, indices: Sequence[int]) -> list[Any] | None:
         """The tasks of ``indices`` in a multi-task mix (None for a one-task set)."""
@@ -153,10 +163,46 @@ def features_path(encoder: SpeechEncoder, utts: Sequence[Utterance], precision: 
     return cache_subdir("features") / f"{_set_key(encoder, utts, precision)}.safetensors"
 
 
+def _cached_set(path: Path, utts: list[Utterance], desc: str) -> FeatureSet | None:
+    """The cached set at ``path`` (checked shard by shard, read lazily), or None: not cached,
+    or damaged (its files set aside, one line)."""
+    if not path.is_file():
+        return None
+    try:
+        store = FeatureStore(path)
+    except CorruptFile as err:
+        for f in set_files(path):
+            set_aside(f, f"{desc}: the features cache {err}")
+        return None
+    kept = store.indices()
+    say_once(f"{desc}: cached ({len(kept)} utterances, {path.name}"
+             + (f", {store.n_shards} shards)" if store.n_shards > 1 else ")"))
+    note_reused()
+    return FeatureSet([utts[i] for i in kept], LazyFeats(store, kept))
+
+
+def _readable(utts: list[Utterance], indices: Sequence[int]) -> tuple[list[int], list[Any]]:
+    """The clips of ``indices`` that can be read and are long enough, with their waveforms;
+    each other one skipped with a one-line warning."""
+    idx, waves = [], []
+    for i in indices:
+        try:
+            wave = read_audio(utts[i].audio)
+            if len(wave) < MIN_SECONDS * 16000:
+                raise CompanionError(
+                    f"{utts[i].audio} lasts {len(wave) / 16000:.2f} s, less than one "
+                    f"projector frame ({MIN_SECONDS} s): drop it from the data")
+            waves.append(wave)
+            idx.append(i)
+        except CompanionError as err:  # one bad file never sinks the set
+            warnings.warn(f"{err} (utterance {utts[i].id} skipped)", DataWarning, stacklevel=3)
+    return idx, waves
+
+
 @stage("features")
 def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_size: int = 16,
                      desc: str = "encoder features", use_cache: bool = True,
-                     precision: str = "fp32") -> FeatureSet:
+                     precision: str = "fp32", shard_bytes: int = SHARD_BYTES) -> FeatureSet:
     """Run the frozen encoder over ``utts`` (longest first, batched) or load the cache.
 
     Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
@@ -166,8 +212,11 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
         utts: utterances to encode.
         batch_size: clips per encoder forward.
         desc: progress-bar label.
-        use_cache: read/write ``<cache>/features/<key>.safetensors`` (with the digest of
-            its bytes; a damaged file is set aside and the features encoded again).
+        use_cache: read/write ``<cache>/features/<key>.safetensors`` in shards of
+            ``shard_bytes`` (:mod:`lib.data.store`: written while encoding, read lazily, so
+            memory stays flat in the number of utterances; each shard with the digest of its
+            bytes, a damaged set is set aside and encoded again). Without the cache the
+            features are held in memory.
         precision: ``bf16`` runs the encoder under bf16 autocast (about 3x faster on a CPU
             with native bf16; features agree with fp32 to a mean cosine of 0.9997) or
             ``fp32``. Part of the cache key.
@@ -176,47 +225,35 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
     if not utts:
         raise CompanionError(f"{desc}: no utterances to encode; check the data source")
     path = features_path(encoder, utts, precision)
-    if use_cache and path.is_file():
-        try:
-            tensors = load_tensors(path, finite=True)
-        except CorruptFile as err:
-            set_aside(path, f"{desc}: the features cache {err}")
-        else:
-            kept = [i for i in range(len(utts)) if str(i) in tensors]
-            say_once(f"{desc}: cached ({len(kept)} utterances, {path.name})")
-            note_reused()
-            return FeatureSet([utts[i] for i in kept], [tensors[str(i)] for i in kept])
+    hit = _cached_set(path, utts, desc) if use_cache else None
+    if hit is not None:
+        return hit
     order = sorted(range(len(utts)), key=lambda i: -utts[i].duration)
-    feats: list[torch.Tensor | None] = [None] * len(utts)
+    done: list[int] = []
+    held: dict[int, torch.Tensor] = {}  # without the cache: every clip's features
+    writer = ShardWriter(path, shard_bytes) if use_cache else None
     with torch.inference_mode():
         for start in track(range(0, len(order), batch_size), desc=desc,
                            total=-(-len(order) // batch_size)):
-            idx, waves = [], []
-            for i in order[start:start + batch_size]:
-                try:
-                    wave = read_audio(utts[i].audio)
-                    if len(wave) < MIN_SECONDS * 16000:
-                        raise CompanionError(
-                            f"{utts[i].audio} lasts {len(wave) / 16000:.2f} s, less than one "
-                            f"projector frame ({MIN_SECONDS} s): drop it from the data")
-                    waves.append(wave)
-                    idx.append(i)
-                except CompanionError as err:  # one bad file never sinks the set
-                    warnings.warn(f"{err} (utterance {utts[i].id} skipped)", DataWarning,
-                                  stacklevel=2)
+            idx, waves = _readable(utts, order[start:start + batch_size])
             if not idx:
                 continue
             with bf16_autocast(encoder, encoder.device.type, enabled=precision == "bf16"):
                 out, lengths = encoder(waves)
             for j, i in enumerate(idx):
-                feats[i] = out[j, : int(lengths[j])].float().to(torch.float16).cpu().clone()
-    kept = [i for i, f in enumerate(feats) if f is not None]
+                f = out[j, : int(lengths[j])].float().to(torch.float16).cpu().clone()
+                done.append(i)
+                if writer is None:
+                    held[i] = f
+                else:
+                    writer.add(i, f)
+    kept = sorted(done)
     if not kept:
         raise CompanionError(f"{desc}: none of the {len(utts)} audio files could be read")
-    utts, feats = [utts[i] for i in kept], [feats[i] for i in kept]
-    if use_cache:
-        save_tensors(path, {str(i): f for i, f in zip(kept, feats)})
-    return FeatureSet(utts, feats)  # type: ignore[arg-type]
+    if writer is None:
+        return FeatureSet([utts[i] for i in kept], [held[i] for i in kept])
+    writer.close()
+    return FeatureSet([utts[i] for i in kept], LazyFeats(FeatureStore(path, verify=False), kept))
 
 
 def split_dev(train: FeatureSet, n: int) -> tuple[FeatureSet, FeatureSet | None]:

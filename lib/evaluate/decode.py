@@ -234,7 +234,8 @@ def _batched(model: SpeechLLM, data: FeatureSet, batch_size: int, desc: str,
     ``precision``), results back in data order."""
     import torch
 
-    order = sorted(range(len(data)), key=lambda i: -data.feats[i].shape[0])
+    frames = data.frames()
+    order = sorted(range(len(data)), key=lambda i: -frames[i])
     out: list[Any] = [None] * len(data)
     with eval_mode(model), torch.no_grad(), autocast(model, precision):
         for start in track(range(0, len(order), batch_size), desc=desc,

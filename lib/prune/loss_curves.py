@@ -90,7 +90,8 @@ class LossMeter:
         self.kept_without: list[int] = []
         self.digest = data.digest()  # what the cached losses are keyed by (with the cut)
         # batches of similar lengths (little padding); the losses come back in data order
-        self.order = sorted(range(len(data)), key=lambda i: -data.feats[i].shape[0])
+        frames = data.frames()
+        self.order = sorted(range(len(data)), key=lambda i: -frames[i])
         self.batches = [data.batch(self.order[s:s + batch_size], target=model.task.target)
                         for s in range(0, len(data), batch_size)]
         self.tokens = np.zeros(len(data))

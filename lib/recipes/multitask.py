@@ -74,8 +74,8 @@ def _features(cfg: Run, utts: list[Utterance],
               ch1_train: FeatureSet) -> dict[str, torch.Tensor]:
     """Features by utterance id: chapter 1's where the clip is chapter 1's, the others
     encoded once (and cached by content, like every feature set)."""
-    known = {u.id: f for u, f in zip(ch1_train.utterances, ch1_train.feats)}
-    out = {u.id: known[u.id] for u in utts if u.id in known}
+    known = {u.id: k for k, u in enumerate(ch1_train.utterances)}  # read only those needed
+    out = {u.id: ch1_train.feats[known[u.id]] for u in utts if u.id in known}
     new = [u for u in utts if u.id not in known]
     if new:
         device = resolve_device(cfg.device)

@@ -1,5 +1,6 @@
 """The benchmarks' own figures, rendered: ``results/bench/<name>.json`` as written by
-``make bench``, ``make bench-scores`` and ``make bench-prune`` (each script's ``--json``).
+``make bench``, ``make bench-scores``, ``make bench-prune`` and ``make bench-features`` (each
+script's ``--json``).
 
 A page shows a benchmark through a block ``<!-- results: bench/<name> -->``; the block is
 rendered from the file with the machine and commit it was measured on, or says how to
@@ -16,7 +17,8 @@ from lib.errors import CompanionError
 from lib.fileio import load_json
 from lib.report.results import measured_at
 
-COMMANDS = {"train": "make bench", "scores": "make bench-scores", "prune": "make bench-prune"}
+COMMANDS = {"train": "make bench", "scores": "make bench-scores", "prune": "make bench-prune",
+            "features": "make bench-features"}
 """Benchmark name -> the command that measures it (and writes ``results/bench/<name>.json``)."""
 
 
@@ -73,8 +75,46 @@ def render_prune(rec: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
+FLAT_SHARE = 0.1
+"""The feature stage's peak memory may grow by at most this share of the bytes of the features
+added (ten times the clips: nine times the first run's features) to be called flat; holding
+every clip until the end grows it by about one."""
+
+
+def memory_flat(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per storage of ``make bench-features``'s runs: the growth of the peak from its smaller
+    run to its larger, as a share of the features' bytes added, and whether that is
+    ``flat`` (below :data:`FLAT_SHARE`)."""
+    out = {}
+    for label in dict.fromkeys(r["storage"] for r in runs):
+        small, large = sorted((r for r in runs if r["storage"] == label),
+                              key=lambda r: r["utterances"])
+        share = ((large["peak_rise_bytes"] - small["peak_rise_bytes"])
+                 / (large["feature_bytes"] - small["feature_bytes"]))
+        out[label] = {"growth_share": round(share, 3), "flat": share < FLAT_SHARE}
+    return out
+
+
+def render_features(rec: dict[str, Any]) -> str:
+    """``make bench-features``: the feature stage's peak memory against its number of clips,
+    in shards and (the control) in one shard, judged by :func:`memory_flat`."""
+    rows = ["| storage | clips | features MiB | peak rise MiB | seconds |",
+            "|---|---|---|---|---|"]
+    rows += [f"| {r['storage']} | {r['utterances']} | {r['feature_bytes'] / 2**20:.1f} | "
+             f"{r['peak_rise_bytes'] / 2**20:.1f} | {r['seconds']:.1f} |" for r in rec["runs"]]
+    st = rec["settings"]
+    said = [f"{label}: the peak grew by {100 * v['growth_share']:.0f} % of the features added, "
+            f"{'flat' if v['flat'] else 'not flat'}"
+            for label, v in memory_flat(rec["runs"]).items()]
+    return "\n".join(rows) + (
+        f"\n\nA stand-in encoder of {st['dim']} dimensions, {st['frames']} frames a clip; "
+        f"shards of {st['shard_mb']:g} MiB; flat when the peak grows by less than "
+        f"{100 * FLAT_SHARE:.0f} % of the features added. " + "; ".join(said) + ".\n")
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "train": render_train, "scores": render_scores, "prune": render_prune}
+    "train": render_train, "scores": render_scores, "prune": render_prune,
+    "features": render_features}
 """Benchmark name -> the function that renders its JSON as Markdown."""
 
 

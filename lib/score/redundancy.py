@@ -240,8 +240,9 @@ def score_text(model_or_decoder: Any, tokenizer: Any, texts: Sequence[str], batc
 
 
 def check_features(data: "FeatureSet", indices: Sequence[int]) -> None:
+    frames = data.frames()
     for i in indices:
-        if data.feats[i].shape[0] == 0:
+        if frames[i] == 0:
             raise CompanionError(f"utterance {data.utterances[i].id!r} has zero-length audio "
                                  "features: drop empty audio first")
 

@@ -100,10 +100,10 @@ def _check_feasible(model: SpeechLLM, head: CTCHead, data: FeatureSet, desc: str
     utterances cannot be aligned, and refuse when none can."""
     stack = model.projector.stack
     bad = 0
-    for text, f in zip((u.text for u in data.utterances), data.feats):
+    for text, frames in zip((u.text for u in data.utterances), data.frames()):
         target = ctc_targets(model, head, [text])[0]
         need = len(target) + sum(a == b for a, b in zip(target, target[1:]))
-        bad += need > -(-f.shape[0] // stack)
+        bad += need > -(-frames // stack)
     if bad == len(data):
         raise CompanionError(
             f"{desc}: no training utterance has as many audio positions as word pieces at "
@@ -201,7 +201,7 @@ def _train_projector(model: SpeechLLM, head: CTCHead, train_set: FeatureSet,
     sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps,
                                                 pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
-    frames = [f.shape[0] for f in train_set.feats]
+    frames = train_set.frames()
     stack = model.projector.stack
     queue: list[int] = []
     log: list[dict[str, Any]] = []

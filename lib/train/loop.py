@@ -367,7 +367,7 @@ def train_speechllm(
     ddp_model, optimizer = acc.prepare(model, optimizer)
     kernels = TrainingKernels(model, bf16)
     order = _Order(len(train_set), cfg.batch_size, cfg.seed, acc.num_processes,
-                   acc.process_index, [f.shape[0] for f in train_set.feats],
+                   acc.process_index, train_set.frames(),
                    cfg.length_grouping)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     ddp_model.train()
