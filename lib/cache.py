@@ -10,6 +10,8 @@ the Whisper baseline, the rescoring sweep, the text cascade) goes through :func:
   one is set aside in one line and computed again);
 - the provenance (what the key was made of, commit, versions, device, wall time) is
   stamped once, here;
+- under several processes (:mod:`lib.ranks`), all reuse a result or all compute it (the
+  main process decides), and the main process alone writes it while the others wait;
 - a reused result says which key it matched (:func:`say_reused`, once per process, and
   counts it in the current stage every time: :func:`lib.clock.note_reused`).
 
@@ -29,6 +31,7 @@ from typing import Any
 
 from lib.clock import note_reused
 from lib.fileio import config_hash, load_cached_json, provenance, save_cached_json
+from lib.ranks import agree, barrier, is_main
 
 
 def file_label(name: str) -> str:
@@ -80,6 +83,8 @@ def cached(folder: Path, stem: str, keyed: Mapping[str, Any],
     key = config_hash(dict(keyed))
     path = Path(folder) / f"{stem}-{key}.json"
     hit = load_cached_json(path) if reuse else None
+    if agree(hit is not None):  # several processes: all reuse it, or all compute it
+        hit = hit if hit is not None else load_cached_json(path)
     if hit is not None:
         if what is not None:
             say_reused(what, key)
@@ -87,8 +92,10 @@ def cached(folder: Path, stem: str, keyed: Mapping[str, Any],
             note_reused()
         return hit
     t0 = time.perf_counter()
-    result = compute(path)
+    result = compute(path)  # with several processes, each its share (lib.ranks)
     record = {**result, "key": key,
               "provenance": provenance(dict(keyed), wall_time_s=time.perf_counter() - t0)}
-    save_cached_json(path, record)
+    if is_main():  # one writer; the others wait until it is there
+        save_cached_json(path, record)
+    barrier()
     return json.loads(json.dumps(record, default=str))  # as a reuse will read it back

@@ -1,7 +1,9 @@
 """``python -m lib.experiment``: chapter 1's training and evaluation outside a notebook.
 
-For long runs and for several GPUs (``accelerate launch`` / ``torchrun``); the runs land in
-the cache the chapters read, so a chapter then reuses them. The steps are
+For long runs and for several GPUs (``accelerate launch`` / ``torchrun``): the corpora are
+made once, each process encodes and decodes its share (:mod:`lib.ranks`), training splits
+its batches (DDP); the runs land in the cache the chapters read, so a chapter then reuses
+them. The steps are
 :mod:`lib.recipes.pipeline`'s. Stage: the pipeline (command line). Explained in the README
 (Models and data of your own).
 """
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     from lib.errors import exit_status
     from lib.params import add_parameter_option, parse_parameters
     from lib.paths import slug
-    from lib.recipes.pipeline import prepare_features, train_and_evaluate
+    from lib.ranks import together
+    from lib.recipes.pipeline import encode_sources, load_sources, train_and_evaluate
 
     ap = argparse.ArgumentParser(prog="python -m lib.experiment", description=main.__doc__)
     ap.add_argument("--preset", default="default")
@@ -53,14 +56,16 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(plan_text(plan_run(cfg, processes=state.num_processes), cfg))
             return 0
-        with state.main_process_first():  # features are computed once, then read
-            train, tests = prepare_features(cfg)
-        for mc in cfg.models:
-            run = train_and_evaluate(mc, cfg, train, tests, evaluate=state.is_main_process)
+        with state.main_process_first():  # corpora are made (the recipe chosen) once
+            sources = load_sources(cfg)
+        with together():  # each process encodes its share of every set (lib.ranks)
+            train, tests = encode_sources(cfg, sources)
+        for mc in cfg.models:  # trained with DDP; each process decodes its share
+            run = train_and_evaluate(mc, cfg, train, tests)
             if state.is_main_process:
                 print(f"{slug(mc.decoder)}: trained on {state.num_processes} process(es) "
                       f"-> {run.train.run_dir}")
-            for test, s in run.scores.items():
+            for test, s in run.scores.items() if state.is_main_process else ():
                 print(f"{slug(mc.decoder)} {test}: WER {100 * s['wer']:.2f} % "
                       f"({s['n_utterances']} utterances)")
         return 0

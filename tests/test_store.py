@@ -16,7 +16,7 @@ import torch
 
 from lib.data.features import FeatureSet, extract_features
 from lib.data.loaders import Utterance
-from lib.data.store import FeatureStore, LazyFeats, ShardWriter, set_files, shard_path
+from lib.data.store import FeatureStore, LazyFeats, ShardWriter, set_files
 from lib.fileio import CorruptFile, save_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def test_an_interrupted_or_shortened_set_is_never_read_as_whole(tmp_path):
     w = ShardWriter(path, 200)
     for i, t in enumerate(ts):
         w.add(i, t)  # killed here: numbered shards written, the first one never
-    assert shard_path(path, 1).is_file() and not path.exists()
+    assert (tmp_path / w.parts[0]).is_file() and not path.exists()
     long = _write(path, ts, 200)
     short = _write(path, ts[:4], 200)  # the same key written again, shorter
     assert short < long and len(set_files(path)) == short  # stale shards removed
@@ -81,13 +81,14 @@ def test_a_damaged_or_missing_shard_is_one_line(tmp_path):
     ts = _tensors(12)
     path = tmp_path / "k.safetensors"
     n = _write(path, ts, 200)
-    second = shard_path(path, 1)
+    files = FeatureStore(path, verify=False).files
+    second = files[1]
     data = bytearray(second.read_bytes())
     data[-3] ^= 0xFF  # a flipped bit in a tensor's bytes
     second.write_bytes(bytes(data))
     with pytest.raises(CorruptFile, match=r"k\.1\.safetensors does not match"):
         FeatureStore(path)
-    shard_path(path, n - 1).unlink()
+    files[-1].unlink()
     with pytest.raises(CorruptFile, match=rf"k\.{n - 1}\.safetensors is missing"):
         FeatureStore(path, verify=False)
 
@@ -137,7 +138,7 @@ def test_a_damaged_cached_set_is_set_aside_and_encoded_again(tmp_path, monkeypat
     utts = _utts(tmp_path, 6)
     first = extract_features(enc, utts, shard_bytes=4000)
     path = features_path(enc, utts, "fp32")
-    second = shard_path(path, 1)
+    second = first.feats.store.files[1]
     second.write_bytes(second.read_bytes()[:-10])  # truncated
     again = extract_features(enc, utts, shard_bytes=4000)
     lines = [x for x in capsys.readouterr().out.splitlines() if "set aside" in x]

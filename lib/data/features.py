@@ -26,6 +26,7 @@ from lib.data.loaders import Utterance
 from lib.errors import CompanionError
 from lib.fileio import CorruptFile, file_sha256, set_aside
 from lib.paths import cache_subdir
+from lib.ranks import agree, barrier, gather, is_main, leads, rank_world, share
 from lib.data.store import SHARD_BYTES, FeatureStore, LazyFeats, ShardWriter, set_files
 from lib.build.autocast import bf16_autocast
 from lib.build.components import SpeechEncoder
@@ -163,17 +164,24 @@ def features_path(encoder: SpeechEncoder, utts: Sequence[Utterance], precision: 
     return cache_subdir("features") / f"{_set_key(encoder, utts, precision)}.safetensors"
 
 
-def _cached_set(path: Path, utts: list[Utterance], desc: str) -> FeatureSet | None:
-    """The cached set at ``path`` (checked shard by shard, read lazily), or None: not cached,
-    or damaged (its files set aside, one line)."""
-    if not path.is_file():
-        return None
+def _whole(path: Path, desc: str) -> bool:
+    """Whether the cached set at ``path`` is whole (every shard read and checked, one at a
+    time); a damaged one is set aside, file by file, in one line each."""
     try:
-        store = FeatureStore(path)
+        FeatureStore(path)
     except CorruptFile as err:
         for f in set_files(path):
             set_aside(f, f"{desc}: the features cache {err}")
+        return False
+    return True
+
+
+def _cached_set(path: Path, utts: list[Utterance], desc: str) -> FeatureSet | None:
+    """The cached set at ``path``, read lazily, or None: not cached, or damaged. Under
+    several processes working together the first checks it and tells the others."""
+    if not agree(path.is_file()) or not agree(_whole(path, desc) if leads() else None):
         return None
+    store = FeatureStore(path, verify=False)
     kept = store.indices()
     say_once(f"{desc}: cached ({len(kept)} utterances, {path.name}"
              + (f", {store.n_shards} shards)" if store.n_shards > 1 else ")"))
@@ -229,13 +237,17 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
     if hit is not None:
         return hit
     order = sorted(range(len(utts)), key=lambda i: -utts[i].duration)
+    rank, world = rank_world()
+    split = use_cache and world > 1  # several processes, each encoding its share
     done: list[int] = []
     held: dict[int, torch.Tensor] = {}  # without the cache: every clip's features
-    writer = ShardWriter(path, shard_bytes) if use_cache else None
+    writer = (ShardWriter(path, shard_bytes, tag=f"r{rank}-" if split else "")
+              if use_cache else None)
+    # each process its share of the batches one process would encode (the same bits)
+    mine = share([order[s:s + batch_size] for s in range(0, len(order), batch_size)])
     with torch.inference_mode():
-        for start in track(range(0, len(order), batch_size), desc=desc,
-                           total=-(-len(order) // batch_size)):
-            idx, waves = _readable(utts, order[start:start + batch_size])
+        for batch in track(mine, desc=desc, total=len(mine)):
+            idx, waves = _readable(utts, batch)
             if not idx:
                 continue
             with bf16_autocast(encoder, encoder.device.type, enabled=precision == "bf16"):
@@ -247,12 +259,19 @@ def extract_features(encoder: SpeechEncoder, utts: Sequence[Utterance], batch_si
                     held[i] = f
                 else:
                     writer.add(i, f)
+    if split:  # every process's shards named in the first one, written by the main one
+        every = gather([(writer.finish(), done)])
+        done = [i for _, d in every for i in d]
+        if done and is_main():
+            ShardWriter(path, shard_bytes).close([n for names, _ in every for n in names])
+        barrier()
     kept = sorted(done)
     if not kept:
         raise CompanionError(f"{desc}: none of the {len(utts)} audio files could be read")
     if writer is None:
         return FeatureSet([utts[i] for i in kept], [held[i] for i in kept])
-    writer.close()
+    if not split:
+        writer.close()
     return FeatureSet([utts[i] for i in kept], LazyFeats(FeatureStore(path, verify=False), kept))
 
 

@@ -9,7 +9,8 @@ more than one shard; :class:`FeatureStore` opens them with ``safetensors.safe_op
 (:class:`LazyFeats`, what :class:`lib.data.features.FeatureSet` holds).
 
 On disk: the set's path (``<key>.safetensors``) is its first shard, written last, with the
-number of shards in its header; the others are ``<key>.<k>.safetensors``. A set is complete
+names of the others in its header (``<key>.<k>.safetensors``; ``<key>.r<rank>-<k>...`` when
+several processes encoded their shares of the set). A set is complete
 when its first shard exists, so a run killed while encoding leaves no set that looks whole,
 and a set of one shard is the single file the cache held before shards (same key, same
 bytes: earlier caches are read as they are). Every shard carries the sha256 of its tensors
@@ -22,6 +23,7 @@ Stage: data (the frozen encoder's features). Explained in chapter 1
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,57 +37,62 @@ SHARD_BYTES = 256 << 20
 encoding pass holds in memory besides the encoder. The default preset's training set (about
 1 GB) is four shards."""
 
-SHARDS_KEY = "shards"
-"""The first shard's header entry that says how many shards the set has (absent: one)."""
-
-
-def shard_path(path: Path, k: int) -> Path:
-    """Shard ``k`` of the set stored at ``path``: the path itself for ``k == 0``."""
-    path = Path(path)
-    if k == 0:
-        return path
-    return path.with_name(f"{path.name.removesuffix('.safetensors')}.{k}.safetensors")
+PARTS_KEY = "parts"
+"""The first shard's header entry that names the set's other shards, in order (a JSON list of
+file names in the same folder; absent: the set is its first shard alone)."""
 
 
 def set_files(path: Path) -> list[Path]:
-    """Every file of the set at ``path`` on disk (its first shard and any numbered one)."""
+    """Every file of the set at ``path`` on disk: its first shard and any other
+    (``<key>.<tag>.safetensors``), named by its header or left by an interrupted run."""
     path = Path(path)
     stem = path.name.removesuffix(".safetensors")
-    numbered = [p for p in path.parent.glob(f"{stem}.*.safetensors")
-                if p.name.removesuffix(".safetensors")[len(stem) + 1:].isdigit()]
-    return ([path] if path.exists() else []) + sorted(numbered)
+    return ([path] if path.exists() else []) + sorted(path.parent.glob(f"{stem}.*.safetensors"))
 
 
 class ShardWriter:
-    """Collects ``(index, tensor)`` pairs and writes a shard each time ``max_bytes`` are held;
-    :meth:`close` writes the first shard, with the count, last."""
+    """Collects ``(index, tensor)`` pairs and writes a shard (``<key>.<tag><k>.safetensors``,
+    ``k`` = 1, 2, ...) each time ``max_bytes`` are held; :meth:`close` writes the first
+    shard, the one that makes the set whole, last. Several processes encoding one set each
+    write theirs under a tag of their own and :meth:`finish`; the main process then closes
+    the set with every process's shards (:func:`lib.data.features.extract_features`)."""
 
-    def __init__(self, path: Path, max_bytes: int = SHARD_BYTES) -> None:
-        self.path, self.max_bytes = Path(path), max_bytes
+    def __init__(self, path: Path, max_bytes: int = SHARD_BYTES, tag: str = "") -> None:
+        self.path, self.max_bytes, self.tag = Path(path), max_bytes, tag
         self.held: dict[str, torch.Tensor] = {}
         self.bytes = 0
-        self.numbered = 0  # shards written so far, numbered 1, 2, ...
+        self.parts: list[str] = []  # file names of the shards written so far
 
     def add(self, index: int, tensor: torch.Tensor) -> None:
         self.held[str(index)] = tensor
         self.bytes += tensor.numel() * tensor.element_size()
         if self.bytes >= self.max_bytes:
-            self.numbered += 1
-            self._write(shard_path(self.path, self.numbered))
+            self._write_part()
 
-    def _write(self, path: Path, metadata: dict[str, str] | None = None) -> None:
-        save_tensors(path, self.held, metadata)
+    def _write_part(self) -> None:
+        stem = self.path.name.removesuffix(".safetensors")
+        name = f"{stem}.{self.tag}{len(self.parts) + 1}.safetensors"
+        save_tensors(self.path.with_name(name), self.held)
+        self.parts.append(name)
         self.held, self.bytes = {}, 0
 
-    def close(self) -> int:
-        """Write the first shard (the rest held, and the count); numbered shards left by an
-        earlier, longer set under this key are removed. Returns the number of shards."""
-        n = self.numbered + 1
+    def finish(self) -> list[str]:
+        """Write what is held as a shard of its own; the names of every shard written."""
+        if self.held:
+            self._write_part()
+        return list(self.parts)
+
+    def close(self, parts: list[str] | None = None) -> int:
+        """Write the first shard (what is held, and the names of the others: this writer's,
+        or ``parts``); files of an earlier, interrupted or longer set under this key that
+        it does not name are removed. Returns the number of shards."""
+        parts = self.parts if parts is None else parts
         for stale in set_files(self.path):
-            if stale != self.path and int(stale.name.split(".")[-2]) >= n:
+            if stale != self.path and stale.name not in parts:
                 stale.unlink()
-        self._write(self.path, {SHARDS_KEY: str(n)} if n > 1 else None)
-        return n
+        save_tensors(self.path, self.held, {PARTS_KEY: json.dumps(parts)} if parts else None)
+        self.held, self.bytes = {}, 0
+        return 1 + len(parts)
 
 
 def _header(path: Path) -> tuple[dict[str, str], dict[int, tuple[int, ...]]]:
@@ -117,16 +124,17 @@ class FeatureStore:
         self.path = Path(path)
         meta, shapes = _header(self.path)
         try:
-            self.n_shards = int(meta.get(SHARDS_KEY, "1"))
+            parts = json.loads(meta.get(PARTS_KEY, "[]"))
         except ValueError:
-            raise CorruptFile(f"{self.path} names {meta[SHARDS_KEY]!r} shards") from None
+            raise CorruptFile(f"{self.path} names its shards {meta[PARTS_KEY]!r}") from None
+        self.files = [self.path, *(self.path.with_name(name) for name in parts)]
+        self.n_shards = len(self.files)
         self.where: dict[int, int] = {}
         self.shapes: dict[int, tuple[int, ...]] = {}
-        for k in range(self.n_shards):
-            p = shard_path(self.path, k)
+        for k, p in enumerate(self.files):
             if k:
                 if not p.is_file():
-                    raise CorruptFile(f"{p} is missing (shard {k} of {self.n_shards})")
+                    raise CorruptFile(f"{p} is missing (shard {k + 1} of {self.n_shards})")
                 shapes = _header(p)[1]
             if verify:
                 load_tensors(p, finite=True)  # one shard in memory, dropped here
@@ -151,7 +159,7 @@ class FeatureStore:
         k = self.where[index]
         handle = self._open.get(k)
         if handle is None:
-            handle = self._open[k] = safe_open(str(shard_path(self.path, k)), framework="pt")
+            handle = self._open[k] = safe_open(str(self.files[k]), framework="pt")
         return handle.get_tensor(str(index))
 
 

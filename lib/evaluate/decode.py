@@ -29,6 +29,7 @@ from lib.device import resolve_precision
 from lib.errors import CompanionError
 from lib.evaluate.metrics import paired_difference, score_task, utterance_score
 from lib.fileio import save_jsonl
+from lib.ranks import gather, is_main, share
 
 
 EVAL_VERSION = 2
@@ -231,19 +232,23 @@ def _batched(model: SpeechLLM, data: FeatureSet, batch_size: int, desc: str,
              step: Callable[[Any, Any, list[int]], list[Any]], precision: str = "fp32"
              ) -> list[Any]:
     """``step(feats, lengths, indices)`` over longest-first batches (under :func:`autocast` for
-    ``precision``), results back in data order."""
+    ``precision``), results back in data order. Under several processes working together
+    (:func:`lib.ranks.together`) each decodes its share of the batches, the same batches one
+    process would, and every process gets them all back."""
     import torch
 
     frames = data.frames()
     order = sorted(range(len(data)), key=lambda i: -frames[i])
-    out: list[Any] = [None] * len(data)
+    batches = share([order[s:s + batch_size] for s in range(0, len(order), batch_size)])
+    done = []
     with eval_mode(model), torch.no_grad(), autocast(model, precision):
-        for start in track(range(0, len(order), batch_size), desc=desc,
-                           total=-(-len(order) // batch_size)):
-            idx = order[start:start + batch_size]
+        for idx in track(batches, desc=desc, total=len(batches)):
             feats, lengths, _ = data.batch(idx)
-            for i, item in zip(idx, step(feats, lengths, idx)):
-                out[i] = item
+            done.append(list(zip(idx, step(feats, lengths, idx))))
+    out: list[Any] = [None] * len(data)
+    for batch in gather(done):
+        for i, item in batch:
+            out[i] = item
     return out
 
 
@@ -282,7 +287,9 @@ def evaluate_asr(model: SpeechLLM, data: FeatureSet, out_dir: Path, name: str,
         rows = [{"id": u.id, "voice": u.voice, "ref": r, "hyp": h,
                  **utterance_score(model.task, r, h)}
                 for u, r, h in zip(subset.utterances, refs, hyps)]
-        hyp_path = save_jsonl(path.with_suffix(".hyps.jsonl"), rows)
+        hyp_path = path.with_suffix(".hyps.jsonl")
+        if is_main():  # one writer under several processes (lib.ranks)
+            save_jsonl(hyp_path, rows)
         return {"test_set": name, **score_task(model.task, refs, hyps),
                 "quick_run": subset is not data,
                 "decoding": "greedy" if rescore is None else {"ctc_rescore": rescore.key()},

@@ -31,6 +31,7 @@ from lib.evaluate.metrics import paired_difference, score_task
 from lib.evaluate.baselines import score_ctc
 from lib.data.features import FeatureSet, extract_features, split_dev
 from lib.paths import cache_subdir, slug
+from lib.ranks import is_main, together
 from lib.build.components import build_encoder
 from lib.build.speechllm import SpeechLLM, build_speechllm, count_parameters
 from lib.train.loop import TrainRun, train_speechllm
@@ -66,28 +67,46 @@ def run_dir(mc: ModelConfig, cfg: Run, fit: FeatureSet) -> Path:
     return run_folder(mc, cfg.train, fit)
 
 
-def prepare_features(cfg: Run, corpus: CorpusSpec | None = None
-                     ) -> tuple[FeatureSet, dict[str, FeatureSet]]:
-    """Load the data sources and encode them once with the (frozen) encoder.
+def load_sources(cfg: Run, corpus: CorpusSpec | None = None
+                 ) -> tuple[list[Any], dict[str, list[Any]]]:
+    """The utterances of the training source and of each test source (a synthetic corpus is
+    spoken first when it is not cached).
 
     Args:
         corpus: the synthetic corpus to train on; None: the run's
             (:func:`lib.recipes.levers.training_corpus`, the lever chapter 1's rule chose).
+    """
+    if corpus is None:
+        corpus = training_corpus(cfg)
+    return (load_source(cfg.train_data, corpus),
+            {name: load_source(name, cfg.corpus) for name in cfg.test_data})
+
+
+def encode_sources(cfg: Run, sources: tuple[list[Any], dict[str, list[Any]]]
+                   ) -> tuple[FeatureSet, dict[str, FeatureSet]]:
+    """:func:`load_sources`' utterances encoded once with the (frozen) encoder, or read from
+    the cache; under several processes working together (:func:`lib.ranks.together`) each
+    encodes its share."""
+    device = resolve_device(cfg.device)
+    encoder = build_encoder(cfg.models[0].encoder).to(device)
+    prec = cfg.train.precision
+    train_utts, test_utts = sources
+    train = extract_features(encoder, train_utts, desc=f"features {cfg.train_data}",
+                             precision=prec)
+    tests = {name: extract_features(encoder, utts, desc=f"features {name}", precision=prec)
+             for name, utts in test_utts.items()}
+    return train, tests
+
+
+def prepare_features(cfg: Run, corpus: CorpusSpec | None = None
+                     ) -> tuple[FeatureSet, dict[str, FeatureSet]]:
+    """Load the data sources and encode them once with the (frozen) encoder
+    (:func:`load_sources`, :func:`encode_sources`).
 
     Returns:
         ``(train_features, {test_source_name: features})``.
     """
-    if corpus is None:
-        corpus = training_corpus(cfg)
-    device = resolve_device(cfg.device)
-    encoder = build_encoder(cfg.models[0].encoder).to(device)
-    prec = cfg.train.precision
-    train = extract_features(encoder, load_source(cfg.train_data, corpus),
-                             desc=f"features {cfg.train_data}", precision=prec)
-    tests = {name: extract_features(encoder, load_source(name, cfg.corpus),
-                                    desc=f"features {name}", precision=prec)
-             for name in cfg.test_data}
-    return train, tests
+    return encode_sources(cfg, load_sources(cfg, corpus))
 
 
 def dev_wer(model: SpeechLLM, dev: FeatureSet, cfg: Run) -> dict[str, Any]:
@@ -146,22 +165,26 @@ def train_and_evaluate(mc: ModelConfig, cfg: Run, train: FeatureSet,
     the projector train together.
 
     Args:
-        evaluate: score the test sets (only the main process does, under several GPUs).
+        evaluate: score the test sets (under several processes every one of them calls
+            this with the same ``evaluate``: they decode their shares together,
+            :mod:`lib.ranks`; the dev check inside training and the CTC head's scores are
+            the main process's alone).
     """
     fit, dev = split_dev(train, cfg.dev_utterances)
     out = run_dir(mc, cfg, fit)
     ctc_scores: dict[str, dict[str, Any]] = {}
 
     def head_alone(model: SpeechLLM, warm: WarmStart) -> None:
-        if evaluate:
+        if evaluate and is_main():  # while the others' warm start may still run
             ctc_scores.update({test: score_ctc(model, warm.head,
                                                fs.subset(cfg.eval.max_test_utterances))
                                for test, fs in tests.items()})
 
     check = (lambda m: dev_wer(m, dev, cfg)) if dev is not None and evaluate else None
     model, warm, tr = train_run(mc, cfg.train, fit, out, resolve_device(cfg.device), dev_check=check, after_warm_start=head_alone)
-    scores = {test: evaluate_asr(model, fs, out, test, cfg.eval)
-              for test, fs in tests.items()} if evaluate else {}
+    with together():  # several processes: each decodes its share of every test set
+        scores = {test: evaluate_asr(model, fs, out, test, cfg.eval)
+                  for test, fs in tests.items()} if evaluate else {}
     return ModelRun(mc, model, tr, scores, count_parameters(model), warm, ctc_scores)
 
 

@@ -45,6 +45,7 @@ from lib.config.sections import ModelConfig, TrainConfig
 from lib.device import resolve_precision
 from lib.errors import CompanionError
 from lib.paths import cache_subdir, slug
+from lib.ranks import is_main
 from lib.fileio import (CorruptFile, config_hash, load_cached_json, load_tensors,
                          save_cached_json, save_tensors, set_aside)
 from lib.data.features import FeatureSet
@@ -156,16 +157,17 @@ def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, cfg: TrainConfig,
     log = _train_projector(model, head, train_set, cfg, precision, desc)
     factor = match_embedding_norm(model, head, train_set)
     wall = time.perf_counter() - t0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, state in (("projector", model.projector.state_dict()),
-                        ("ctc_head", head.state_dict())):
-        save_tensors(out_dir / f"{name}.safetensors",
-                     {k: v.detach().cpu().contiguous() for k, v in state.items()})
     rec = {"steps": len(log), "epochs": cfg.ctc_epochs, "learning_rate": cfg.ctc_learning_rate,
            "precision": precision, "length_grouping": cfg.length_grouping,
            "batch_size": cfg.ctc_batch_size, "norm_factor": factor,
            "wall_time_s": round(wall, 2), "token_ids": head.token_ids, "log": log}
-    save_cached_json(out_dir / "warmstart.json", rec)
+    if is_main():  # under several processes each trains the same one; the main one writes
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, state in (("projector", model.projector.state_dict()),
+                            ("ctc_head", head.state_dict())):
+            save_tensors(out_dir / f"{name}.safetensors",
+                         {k: v.detach().cpu().contiguous() for k, v in state.items()})
+        save_cached_json(out_dir / "warmstart.json", rec)  # last: the others are whole
     return WarmStart(head, log, factor, False, wall)
 
 
