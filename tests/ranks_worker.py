@@ -29,11 +29,11 @@ def clips(folder: Path) -> list:
     rng = np.random.default_rng(0)
     out = []
     for i in range(N_UTTS):
-        wav, wave = folder / f"c{i}.wav", rng.normal(0, 0.1, 2000 + 900 * i)
+        wav, wave = folder / f"c{i}.wav", rng.normal(0, 0.1, 16000 + 900 * i)
         if not wav.exists():
             sf.write(wav, wave.astype(np.float32), 16000)
         out.append(Utterance(id=f"u{i}", audio=str(wav), text=f"word {i}",
-                             duration=(2000 + 900 * i) / 16000, voice="v", split="test",
+                             duration=(16000 + 900 * i) / 16000, voice="v", split="test",
                              source="manifest"))
     return out
 
@@ -48,14 +48,16 @@ def tiny_models() -> None:
 
 
 def work(folder: Path, shard_bytes: int | None) -> dict:
-    """Features of the clips, a tiny SpeechLLM's transcripts and its scored test set.
+    """Features of the clips, a tiny SpeechLLM's CTC warm start, its transcripts and its
+    scored test set.
     ``shard_bytes`` None: features held in memory (no cache); else cached in such shards."""
     from lib.build.components import build_encoder
     from lib.build.speechllm import build_speechllm
-    from lib.config.sections import EvalConfig, ModelConfig
+    from lib.config.sections import EvalConfig, ModelConfig, TrainConfig
     from lib.data.features import extract_features
     from lib.evaluate.decode import evaluate_asr, transcribe
     from lib.ranks import gather, share
+    from lib.train.ctc import ctc_warm_start
 
     utts = clips(folder)
     enc = build_encoder("tiny-whisper")
@@ -63,10 +65,16 @@ def work(folder: Path, shard_bytes: int | None) -> dict:
           else extract_features(enc, utts, batch_size=2, shard_bytes=shard_bytes))
     model = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
                                         projector_hidden=32, lora_rank=4, lora_alpha=8), seed=0)
+    # the CTC warm start: every process its share of each batch (two steps of four clips)
+    warm = ctc_warm_start(model, fs, TrainConfig(ctc_batch_size=4, ctc_epochs=1.2,
+                                                 precision="fp32", seed=0),
+                          folder / "warm", desc="warm start")
     ev = EvalConfig(**EVAL)
     hyps = transcribe(model, fs, ev)
     scored = evaluate_asr(model, fs, folder / "run", "tiny:test", ev)
     return {"ids": [u.id for u in fs.utterances], "feats": [f.clone() for f in fs.feats],
+            "projector": {k: v.clone() for k, v in model.projector.state_dict().items()},
+            "warm_log": warm.log,
             "hyps": hyps, "wer": scored["wer"], "n": scored["n_utterances"],
             "roundtrip": gather([x * 10 for x in share(list(range(N_UTTS)))]),
             "shards": [p.name for p in getattr(fs.feats, "store", None).files]

@@ -1,5 +1,6 @@
-"""Two CPU processes (gloo) splitting the feature pass and decoding get what one process
-gets: the same features, transcripts and WER, one set of files in the cache."""
+"""Two CPU processes (gloo) splitting the feature pass, the CTC warm start and decoding get
+what one process gets: the same features, warm-start weights within float tolerance, the
+same transcripts and WER, one set of files in the cache."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from lib.fileio import load_json
 
 WORKER = Path(__file__).resolve().parent / "ranks_worker.py"
 
@@ -27,7 +30,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_split_the_features_and_the_decoding_and_agree_with_one(tmp_path,
+def test_two_processes_split_features_warm_start_and_decoding_and_agree_with_one(tmp_path,
                                                                               monkeypatch):
     worker = _worker()
     two, one = tmp_path / "two", tmp_path / "one"
@@ -48,6 +51,13 @@ def test_two_processes_split_the_features_and_the_decoding_and_agree_with_one(tm
     assert got["ids"] == ref["ids"]
     for a, b in zip(got["feats"], ref["feats"]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the warm start's steps: the same losses and weights within float tolerance
+    assert [r["step"] for r in got["warm_log"]] == [r["step"] for r in ref["warm_log"]]
+    for a, b in zip(got["warm_log"], ref["warm_log"]):
+        assert abs(a["loss"] - b["loss"]) <= 1e-3 * abs(b["loss"]) + 1e-4
+    assert load_json(two / "warm" / "warmstart.json")["processes"] == 2  # it was split
+    for k, v in ref["projector"].items():
+        torch.testing.assert_close(got["projector"][k], v, rtol=1e-4, atol=1e-5)
     assert got["hyps"] == ref["hyps"]
     assert (got["wer"], got["n"]) == (ref["wer"], ref["n"])
     # one set of shards: the first one naming both processes' shares

@@ -133,8 +133,9 @@ def train_run(mc: ModelConfig, train: TrainConfig, fit: FeatureSet, out: Path, d
     warm = None
     if train.recipe == "ctc-warmstart":
         warm_on = fit if warm_set is None else warm_set
-        warm = ctc_warm_start(model, warm_on, train, warmstart_folder(mc, train, warm_on),
-                              desc=f"CTC warm start {name}")
+        with together():  # several processes: each its share of every batch (lib.ranks)
+            warm = ctc_warm_start(model, warm_on, train, warmstart_folder(mc, train, warm_on),
+                                  desc=f"CTC warm start {name}")
         if after_warm_start is not None:
             after_warm_start(model, warm)
     with stage("training"):

@@ -45,7 +45,7 @@ from lib.config.sections import ModelConfig, TrainConfig
 from lib.device import resolve_precision
 from lib.errors import CompanionError
 from lib.paths import cache_subdir, slug
-from lib.ranks import is_main
+from lib.ranks import agree, is_main, rank_world
 from lib.fileio import (CorruptFile, config_hash, load_cached_json, load_tensors,
                          save_cached_json, save_tensors, set_aside)
 from lib.data.features import FeatureSet
@@ -149,8 +149,8 @@ def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, cfg: TrainConfig,
     out_dir = Path(out_dir)
     head = build_ctc_head(model, [u.text for u in train_set.utterances])
     reused = _reuse_warm_start(model, head, out_dir, desc)
-    if reused is not None:
-        return reused
+    if agree(reused is not None):  # several processes: all read it, or all train it
+        return reused or _reuse_warm_start(model, head, out_dir, desc)
     _check_feasible(model, head, train_set, desc)
     precision = resolve_precision(cfg.precision, str(model.device))
     t0 = time.perf_counter()
@@ -160,7 +160,8 @@ def ctc_warm_start(model: SpeechLLM, train_set: FeatureSet, cfg: TrainConfig,
     rec = {"steps": len(log), "epochs": cfg.ctc_epochs, "learning_rate": cfg.ctc_learning_rate,
            "precision": precision, "length_grouping": cfg.length_grouping,
            "batch_size": cfg.ctc_batch_size, "norm_factor": factor,
-           "wall_time_s": round(wall, 2), "token_ids": head.token_ids, "log": log}
+           "wall_time_s": round(wall, 2), "token_ids": head.token_ids, "log": log,
+           "processes": rank_world()[1]}
     if is_main():  # under several processes each trains the same one; the main one writes
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, state in (("projector", model.projector.state_dict()),
@@ -195,7 +196,12 @@ def _reuse_warm_start(model: SpeechLLM, head: CTCHead, out_dir: Path,
 def _train_projector(model: SpeechLLM, head: CTCHead, train_set: FeatureSet,
                      cfg: TrainConfig, precision: str, desc: str) -> list[dict[str, Any]]:
     """The warm start's optimisation: AdamW on the projector and the blank, one-cycle rate,
-    length-grouped batches at a random frame offset; its log (step, loss, elapsed_s)."""
+    length-grouped batches at a random frame offset; its log (step, loss, elapsed_s).
+
+    Under several processes working together (:func:`lib.ranks.together`) every process
+    draws the same batches and takes its share of each; the gradients are summed over the
+    processes (each share's mean loss weighted by its size: the batch's mean, as one process
+    computes it), so every process makes the same step."""
     batch_size, learning_rate = cfg.ctc_batch_size, cfg.ctc_learning_rate
     steps = max(1, int(round(cfg.ctc_epochs * len(train_set) / batch_size)))
     params = list(model.projector.parameters()) + [head.blank]
@@ -203,6 +209,10 @@ def _train_projector(model: SpeechLLM, head: CTCHead, train_set: FeatureSet,
     sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps,
                                                 pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
+    rank, world = rank_world()
+    if batch_size < world:
+        raise CompanionError(f"{desc}: ctc_batch_size={batch_size} is smaller than the "
+                             f"{world} processes sharing each batch: raise it")
     frames = train_set.frames()
     stack = model.projector.stack
     queue: list[int] = []
@@ -215,15 +225,17 @@ def _train_projector(model: SpeechLLM, head: CTCHead, train_set: FeatureSet,
             queue += length_grouped_permutation(frames, batch_size, cfg.length_grouping, gen)
         idx, queue = queue[:batch_size], queue[batch_size:]
         offset = int(torch.randint(0, stack, (1,), generator=gen))
-        feats, lengths, texts = train_set.batch(idx)
+        mine = idx[rank::world]
+        feats, lengths, texts = train_set.batch(mine)
         with torch.autocast(model.device.type, dtype=torch.bfloat16,
                             enabled=precision == "bf16"):
             loss = ctc_loss(model, head, feats, lengths, texts, offset=offset)
+        optimizer.zero_grad()
+        (loss * (len(mine) / len(idx))).backward()
+        loss = _summed(params, loss.detach() * (len(mine) / len(idx)), world)
         if not torch.isfinite(loss):
             raise CompanionError(f"{desc}: the CTC loss is {loss.item()} at step {step + 1}: "
                                  f"lower ctc_learning_rate (now {learning_rate:g})")
-        optimizer.zero_grad()
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         sched.step()
@@ -236,6 +248,20 @@ def _train_projector(model: SpeechLLM, head: CTCHead, train_set: FeatureSet,
     optimizer.zero_grad(set_to_none=True)  # as a warm start read back: no gradient left
     model.projector.eval()
     return log
+
+
+def _summed(params: list[Any], loss: torch.Tensor, world: int) -> torch.Tensor:
+    """The gradients of ``params`` and ``loss`` summed over the ``world`` processes sharing
+    the batch (as they are, for one process)."""
+    if world == 1:
+        return loss
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+    dist.all_reduce(loss)
+    return loss
 
 
 WARMSTART_FIELDS = ("recipe", "seed", "ctc_epochs", "ctc_learning_rate", "ctc_batch_size",
