@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from lib.params import add_parameter_option, parse_parameters
     from lib.paths import slug
     from lib.ranks import together
-    from lib.recipes.pipeline import encode_sources, load_sources, train_and_evaluate
+    from lib.recipes.pipeline import (encode_sources, load_sources, ready_models,
+                                      train_and_evaluate)
 
     ap = argparse.ArgumentParser(prog="python -m lib.experiment", description=main.__doc__)
     ap.add_argument("--preset", default="default")
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(plan_text(plan_run(cfg, processes=state.num_processes), cfg))
             return 0
-        with state.main_process_first():  # corpora are made (the recipe chosen) once
+        with state.main_process_first():  # models and corpora made (the recipe chosen) once
+            ready_models(cfg)
             sources = load_sources(cfg)
         with together():  # each process encodes its share of every set (lib.ranks)
             train, tests = encode_sources(cfg, sources)

@@ -47,9 +47,9 @@ def tiny_models() -> None:
     build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", lora_rank=0))
 
 
-def work(folder: Path, shard_bytes: int | None) -> dict:
-    """Features of the clips, a tiny SpeechLLM's CTC warm start, its transcripts and its
-    scored test set.
+def work(folder: Path, shard_bytes: int | None, batch: int = 4) -> dict:
+    """Features of the clips, a tiny SpeechLLM's CTC warm start, its transcripts, its scored
+    test set and three training steps of ``batch`` clips per process.
     ``shard_bytes`` None: features held in memory (no cache); else cached in such shards."""
     from lib.build.components import build_encoder
     from lib.build.speechllm import build_speechllm
@@ -58,23 +58,35 @@ def work(folder: Path, shard_bytes: int | None) -> dict:
     from lib.evaluate.decode import evaluate_asr, transcribe
     from lib.ranks import gather, share
     from lib.train.ctc import ctc_warm_start
+    from lib.train.loop import train_speechllm
 
     utts = clips(folder)
     enc = build_encoder("tiny-whisper")
     fs = (extract_features(enc, utts, batch_size=2, use_cache=False) if shard_bytes is None
           else extract_features(enc, utts, batch_size=2, shard_bytes=shard_bytes))
+    # no LoRA dropout: its masks are drawn per process, so only without it are two
+    # processes' steps one process's
     model = build_speechllm(ModelConfig(encoder="tiny-whisper", decoder="tiny-llama",
-                                        projector_hidden=32, lora_rank=4, lora_alpha=8), seed=0)
+                                        projector_hidden=32, lora_rank=4, lora_alpha=8,
+                                        lora_dropout=0.0), seed=0)
     # the CTC warm start: every process its share of each batch (two steps of four clips)
     warm = ctc_warm_start(model, fs, TrainConfig(ctc_batch_size=4, ctc_epochs=1.2,
                                                  precision="fp32", seed=0),
                           folder / "warm", desc="warm start")
+    projector = {k: v.clone() for k, v in model.projector.state_dict().items()}
     ev = EvalConfig(**EVAL)
     hyps = transcribe(model, fs, ev)
     scored = evaluate_asr(model, fs, folder / "run", "tiny:test", ev)
+    # then three training steps of 4 clips: ``batch`` per process (DDP through accelerate)
+    trained = train_speechllm(model, fs, TrainConfig(steps=3, batch_size=batch, warmup_steps=1,
+                                                     precision="fp32", seed=0,
+                                                     length_grouping=0),
+                              folder / "trained", desc="training")
     return {"ids": [u.id for u in fs.utterances], "feats": [f.clone() for f in fs.feats],
-            "projector": {k: v.clone() for k, v in model.projector.state_dict().items()},
+            "projector": projector,
             "warm_log": warm.log,
+            "trained": {k: v.clone() for k, v in model.trainable_state_dict().items()},
+            "train_log": [r["loss"] for r in trained.log],
             "hyps": hyps, "wer": scored["wer"], "n": scored["n_utterances"],
             "roundtrip": gather([x * 10 for x in share(list(range(N_UTTS)))]),
             "shards": [p.name for p in getattr(fs.feats, "store", None).files]
@@ -96,7 +108,7 @@ def main() -> None:
         dist.barrier()
     alone = share(list(range(N_UTTS)))  # outside together(): a process alone takes all
     with together():
-        out = work(folder, shard_bytes=3000)
+        out = work(folder, shard_bytes=3000, batch=2)
         out["rank_world"] = [None] * dist.get_world_size()
         dist.all_gather_object(out["rank_world"], rank_world())
     out["alone"] = alone

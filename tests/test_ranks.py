@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from lib.fileio import load_json
@@ -58,6 +59,10 @@ def test_two_processes_split_features_warm_start_and_decoding_and_agree_with_one
     assert load_json(two / "warm" / "warmstart.json")["processes"] == 2  # it was split
     for k, v in ref["projector"].items():
         torch.testing.assert_close(got["projector"][k], v, rtol=1e-4, atol=1e-5)
+    # training (DDP) with batches of 2 on each process: one process's batches of 4
+    assert got["train_log"] == pytest.approx(ref["train_log"], rel=1e-4)
+    for k, v in ref["trained"].items():
+        torch.testing.assert_close(got["trained"][k], v, rtol=1e-3, atol=1e-6)
     assert got["hyps"] == ref["hyps"]
     assert (got["wer"], got["n"]) == (ref["wer"], ref["n"])
     # one set of shards: the first one naming both processes' shares
@@ -69,3 +74,50 @@ def test_two_processes_split_features_warm_start_and_decoding_and_agree_with_one
     assert len(list((two / "run").glob("eval-*.json"))) == 1
     assert len(list((two / "run").glob("*.hyps.jsonl"))) == 1
     assert not list((two / "run").glob(".*tmp*"))
+
+
+def _experiment(cache, processes, batch):
+    """``python -m lib.experiment`` on the tiny preset (one decoder, the corpus as given,
+    float32) with ``processes`` gloo processes of ``batch`` utterances each; its output."""
+    import os
+
+    args = ["--preset", "tiny", "-p", "decoders", "[tiny-llama]", "-p", "corpus_recipe",
+            "given", "-p", "batch_size", str(batch), "-p", "precision", "fp32",
+            "-p", "eval_precision", "fp32", "-p", "test_data", "[synthetic:test]",
+            "-p", "rescore_beams", "0"]
+    launch = ([sys.executable, "-m", "lib.experiment"] if processes == 1 else
+              [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+               str(processes), "--master_addr", "127.0.0.1", "--master_port",
+               str(_free_port()), "-m", "lib.experiment"])
+    run = subprocess.run(launch + args, capture_output=True, text=True, timeout=900,
+                         cwd=Path(__file__).resolve().parent.parent,
+                         env={**os.environ, "COMPANION_CACHE": str(cache),
+                              "OMP_NUM_THREADS": str(2 // processes)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_the_tiny_experiment_on_two_processes_trains_and_scores_as_one(tmp_path):
+    """Chapter 1's pipeline (``python -m lib.experiment``) on two processes with batches of
+    2 each against one process with batches of 4: the same global batches, so the same
+    features bit for bit, the same number of utterances trained on, and the same WER.
+    (Trained weights are compared where LoRA dropout is off, in the test above: its masks
+    are drawn per process.)"""
+    from lib.data.store import FeatureStore
+
+    outs = {n: _experiment(tmp_path / f"cache{n}", n, 4 // n) for n in (2, 1)}
+    wers = {n: sorted(line for line in out.splitlines() if ": WER " in line)
+            for n, out in outs.items()}
+    assert wers[1] and wers[2] == wers[1]
+    assert "trained on 2 process(es)" in outs[2] and "trained on 1 process(es)" in outs[1]
+    firsts = {n: sorted(p for p in (tmp_path / f"cache{n}" / "features").glob("*.safetensors")
+                        if p.name.count(".") == 1) for n in (1, 2)}
+    assert [p.name for p in firsts[2]] == [p.name for p in firsts[1]]  # the same keys
+    for a, b in zip(firsts[2], firsts[1]):
+        sa, sb = FeatureStore(a), FeatureStore(b)
+        assert sa.indices() == sb.indices()
+        assert all(torch.equal(sa.get(i), sb.get(i)) for i in sa.indices())
+    done = {n: load_json(next((tmp_path / f"cache{n}" / "runs").glob(
+        "tiny-llama-*/train_result.json"))) for n in (1, 2)}
+    assert done[2]["steps"] == done[1]["steps"] == 6
+    assert done[2]["train_utterances_seen"] == done[1]["train_utterances_seen"] == 24

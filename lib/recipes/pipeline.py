@@ -32,7 +32,8 @@ from lib.evaluate.baselines import score_ctc
 from lib.data.features import FeatureSet, extract_features, split_dev
 from lib.paths import cache_subdir, slug
 from lib.ranks import is_main, together
-from lib.build.components import build_encoder
+from lib.assets.hub import resolve_model
+from lib.build.components import build_encoder, encoder_variant
 from lib.build.speechllm import SpeechLLM, build_speechllm, count_parameters
 from lib.train.loop import TrainRun, train_speechllm
 
@@ -65,6 +66,15 @@ def run_folder(mc: ModelConfig, train: TrainConfig, fit: FeatureSet,
 def run_dir(mc: ModelConfig, cfg: Run, fit: FeatureSet) -> Path:
     """Chapter 1's run folder of ``mc`` (:func:`run_folder` with chapter 1's training)."""
     return run_folder(mc, cfg.train, fit)
+
+
+def ready_models(cfg: Run) -> None:
+    """Every model the run builds, ready on disk (an offline one converted, a tiny one made,
+    a hub id found): under several processes the first does it while the others wait
+    (:mod:`lib.experiment`), instead of all writing the same folder at once."""
+    for m in cfg.models:
+        resolve_model(encoder_variant(m.encoder)[0])
+        resolve_model(m.decoder)
 
 
 def load_sources(cfg: Run, corpus: CorpusSpec | None = None
