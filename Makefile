@@ -73,7 +73,7 @@ bench-scores: setup ## cost of redundancy scoring (scripts/benchmark_scores.py, 
 bench-prune: setup ## pruned vs full decoding speed and memory (scripts/benchmark_prune.py)
 	$(PY) $(ROOT)/scripts/benchmark_prune.py --json $(ROOT)/results/bench/prune.json $(ARGS)
 
-bench-features: setup ## peak memory of the feature stage against the number of clips (~2 min)
+bench-features: setup ## peak memory of the feature stage against the number of clips (~10 s)
 	$(PY) $(ROOT)/scripts/benchmark_features.py --json $(ROOT)/results/bench/features.json $(ARGS)
 
 clean: ## remove _build (keeps the cache and .venv)

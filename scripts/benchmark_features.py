@@ -17,7 +17,7 @@ without computing: the stage's memory, not the encoder's, is what is measured. L
 
 Usage::
 
-    python scripts/benchmark_features.py                     # 40 and 400 clips, ~2 min
+    python scripts/benchmark_features.py                     # 40 and 400 clips, ~10 s
     python scripts/benchmark_features.py --utterances 8 --times 10 --dim 256 --json out.json
 """
 

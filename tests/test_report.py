@@ -240,8 +240,8 @@ def test_the_feature_memory_block_judges_the_growth_by_hand(tmp_path):
                        "device": {"cpu_count": 2}}}))
     out = render("<!-- results: bench/features -->\n<!-- end results -->", tmp_path)
     assert "| one shard | 100 | 100.0 | 110.0 | 1.0 |" in out
-    assert "sharded: the peak grew by 2 % of the features added, flat" in out
-    assert "one shard: the peak grew by 100 % of the features added, not flat" in out
+    assert "In shards the peak grew by 2 % of the features added: flat;" in out
+    assert "in one shard the peak grew by 100 % of the features added: not flat." in out
 
 
 def _render_ch04(rec, tmp_path):

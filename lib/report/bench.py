@@ -103,13 +103,15 @@ def render_features(rec: dict[str, Any]) -> str:
     rows += [f"| {r['storage']} | {r['utterances']} | {r['feature_bytes'] / 2**20:.1f} | "
              f"{r['peak_rise_bytes'] / 2**20:.1f} | {r['seconds']:.1f} |" for r in rec["runs"]]
     st = rec["settings"]
-    said = [f"{label}: the peak grew by {100 * v['growth_share']:.0f} % of the features added, "
-            f"{'flat' if v['flat'] else 'not flat'}"
+    where = {"sharded": "in shards", "one shard": "in one shard"}
+    said = [f"{where.get(label, label)} the peak grew by {100 * v['growth_share']:.0f} % of the "
+            f"features added: {'flat' if v['flat'] else 'not flat'}"
             for label, v in memory_flat(rec["runs"]).items()]
     return "\n".join(rows) + (
         f"\n\nA stand-in encoder of {st['dim']} dimensions, {st['frames']} frames a clip; "
         f"shards of {st['shard_mb']:g} MiB; flat when the peak grows by less than "
-        f"{100 * FLAT_SHARE:.0f} % of the features added. " + "; ".join(said) + ".\n")
+        f"{100 * FLAT_SHARE:.0f} % of the features added. " + said[0][:1].upper()
+        + "; ".join(said)[1:] + ".\n")
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
