@@ -195,7 +195,7 @@ def machine_choice(use: str, models: Sequence[Any], batch_size: int,
     found = _MEASURED_HERE.get(path) or stored_choice(decoders)
     if found is None or (found.get("machine") == "shared" and path not in _MEASURED_HERE):
         print(f"precision auto: measuring what bf16 buys on this machine ({', '.join(decoders)}"
-              f", {PROBE_ROUNDS} rounds); kept in {choice_path(decoders)}", flush=True)
+              f", {PROBE_ROUNDS} rounds); kept in {path}", flush=True)
         found = probe_quietly(models, batch_size, eval_batch_size)
         found["provenance"] = provenance()
         save_json(path, found)
