@@ -43,7 +43,7 @@ def test_two_processes_split_features_warm_start_and_decoding_and_agree_with_one
          str(two)], capture_output=True, text=True, timeout=600,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
-    got = torch.load(two / "ranks.pt")
+    got = torch.load(two / "ranks.pt", weights_only=True)  # tensors, lists, strings
     # the reference: one process, features held in memory (never cached), its own cache
     monkeypatch.setenv("COMPANION_CACHE", str(one / "cache"))
     ref = worker.work(one, shard_bytes=None)
