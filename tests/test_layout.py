@@ -124,9 +124,11 @@ def test_io_module_imports_nothing_of_the_library() -> None:
 
 def test_the_book_reads_presets_without_the_stages() -> None:
     """``lib.book`` needs the presets, the chapters' parameter names and where results are
-    recorded (:mod:`lib.report.results`, itself light), nothing of the stages."""
+    recorded (:mod:`lib.report.results`, itself light) and how a new record compares with
+    the one it replaces (:mod:`lib.report.compare`, as light), nothing of the stages."""
     graph = import_graph()
-    light = {"lib.report.results"}
+    light = {"lib.report.results", "lib.report.compare"}
+    assert all(floor(d) <= 1 or d in light for d in graph["lib.report.compare"])
     assert all(floor(d) <= 1 for d in graph["lib.report.results"])
     for name in ("lib.book.run", "lib.book.chapters", "lib.book.html",
                  "lib.config.presets"):

@@ -29,7 +29,8 @@ from lib.config.defaults import parameter_names
 from lib.config.presets import load_preset, preset_label, preset_path
 from lib.errors import CompanionError, disk_error, is_disk_error
 from lib.paths import REPO_ROOT, check_folder, slug
-from lib.report.results import new_run_id, publish_run, results_root
+from lib.report.compare import publish
+from lib.report.results import new_run_id, results_root
 
 
 KERNEL = "python3"  # the venv's ipykernel, whatever kernel a notebook's metadata names
@@ -201,7 +202,7 @@ def run_chapters(
         shown = {nb: _preset_shown(nb, declared[nb], params[nb], values) for nb in todo}
         _run_each(todo, out, params, overrides, label, shown)
         if run_id:
-            publish_run(label, run_id)
+            publish(label, run_id)  # compared with the run it replaces, then published
         return [out / nb.name for nb in notebooks]
 
 

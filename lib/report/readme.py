@@ -25,6 +25,7 @@ from lib.paths import REPO_ROOT
 from lib.report.bench import render_bench
 from lib.report.blocks import (render_ch01, render_ch02, render_ch03,
                                render_ch04, render_ch05, render_ch06)
+from lib.report.compare import COMPARED, render_compared
 from lib.report.results import check_needs, records, results_root
 from lib.report.summary import render_summary
 
@@ -135,6 +136,8 @@ def render(text: str, root: Path | None = None) -> str:
             return m.group(1) + render_bench(chapter, root) + m.group(5)
         if preset not in runs:  # every record of the preset, checked as one run's
             runs[preset] = records(preset, root=root)
+        if chapter == "compared":  # the run replaced, against this one
+            return m.group(1) + render_compared(root / preset / COMPARED) + m.group(5)
         if chapter == "time":
             body = render_time(runs[preset])
         elif chapter == "summary":

@@ -46,17 +46,43 @@ def check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
         if not all(_finite(x) for x in (value if isinstance(value, list) else [value])):
             raise CompanionError(f"{where}: {path} = {value} is not a finite number: the run "
                                  "did not measure it; run `make book` again")
-        if name.endswith("_ci95") or not isinstance(value, (int, float)):
-            continue
-        ci = _get(rec, path + "_ci95")
-        if isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float))
-                                                         for x in ci):
-            if not ci[0] - 1e-9 <= value <= ci[1] + 1e-9:
-                raise CompanionError(f"{where}: {path} = {value} lies outside its own 95 % "
-                                     f"interval {ci}: the record is inconsistent")
         if name == "n_utterances" and not (isinstance(value, int) and value > 0):
             raise CompanionError(f"{where}: {path} = {value} is not a positive count")
+    for path, value, ci in intervals(rec):
+        if not ci[0] - 1e-9 <= value <= ci[1] + 1e-9:
+            raise CompanionError(f"{where}: {path} = {value} lies outside its own 95 % "
+                                 f"interval {ci}: the record is inconsistent")
     return rec
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def intervals(rec: dict[str, Any]) -> list[tuple[str, float, list[float]]]:
+    """Every figure of ``rec`` that carries its 95 % interval: ``(path, value, [low,
+    high])``. An interval is named after its figure: ``X_ci95`` beside ``X``; ``X ci95``
+    beside ``X`` or ``X WER`` (the lever table's columns); a bare ``ci95`` beside ``delta``
+    or ``WER``. A figure or interval written as null (undefined) is left out."""
+    out = []
+    for path, ci in _leaves(rec):
+        parent, _, name = path.rpartition("/")
+        if not (name.endswith("ci95") and isinstance(ci, list) and len(ci) == 2
+                and all(_number(x) for x in ci)):
+            continue
+        if name.endswith("_ci95") or name.endswith(" ci95"):
+            bases = [name[:-5]] + ([name[:-5] + " WER"] if name.endswith(" ci95") else [])
+        elif name == "ci95":
+            bases = ["delta", "WER"]
+        else:
+            continue
+        for base in bases:
+            at = f"{parent}/{base}" if parent else base
+            value = _get(rec, at)
+            if _number(value):
+                out.append((at, float(value), [float(ci[0]), float(ci[1])]))
+                break
+    return out
 
 
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -275,6 +301,9 @@ def publish_run(preset: str, run_id: str, root: Path | None = None) -> list[Path
     ``results/<preset>/`` together, replacing the previous run's (a chapter the new run did
     not record is removed too, so the folder never mixes two runs), and clear staging
     folders left by runs that were killed.
+
+    A book run publishes through :func:`lib.report.compare.publish`, which first compares
+    the run replaced with the new one.
 
     Returns:
         The records now in ``results/<preset>/``.
