@@ -12,6 +12,7 @@ import contextlib
 from typing import Iterator
 
 import pandas as pd
+import torch
 from torch import nn
 
 from lib.build.speechllm import SpeechLLM
@@ -69,3 +70,39 @@ def merged_copy(model: "SpeechLLM") -> "SpeechLLM":
     import copy
 
     return merge_adapters(copy.deepcopy(model))
+
+
+def has_adapters(model: "SpeechLLM") -> bool:
+    """Whether ``model``'s decoder carries peft adapters (a pruned model's are merged away)."""
+    return hasattr(model.decoder, "merge_and_unload")
+
+
+@contextlib.contextmanager
+def adapters_merged(model: "SpeechLLM") -> Iterator["SpeechLLM"]:
+    """Inside the block, ``model``'s LoRA adapters are merged into its weights; on leaving,
+    each adapted weight is put back bit for bit (copied from a copy taken before; subtracting
+    the update again would leave rounding in it) and the adapters apart again.
+
+    A decode runs one token at a time, where each adapted layer's two small matrix products
+    beside its weight doubled the products of a step; the weight plus its update
+    ``scale * B A`` computes the same function with one. A pruned model (merged when cut) and
+    its full model are then decoded alike, so that a cut's cost is the layers it removed.
+    Only the adapted weights are copied (the attention's), not the model.
+    Explained in chapter 1 (section 1.6).
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.decoder.modules()
+              if isinstance(m, BaseTunerLayer) and not m.merged]
+    saved = [m.get_base_layer().weight.detach().clone() for m in layers]
+    done = []
+    try:
+        for m in layers:
+            m.merge()
+            done.append(m)
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, w in zip(done, saved):
+                m.unmerge()
+                m.get_base_layer().weight.copy_(w)

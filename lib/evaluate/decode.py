@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
+from lib.build.adapters import adapters_merged, has_adapters
 from lib.build.components import eval_mode
 from lib.build.ctc_head import CTCHead, ctc_greedy, ctc_logprob
 from lib.build.speechllm import SpeechLLM
@@ -99,10 +100,13 @@ def decode_precision(model: SpeechLLM, ev: EvalConfig) -> str:
 
 
 def precision_key(model: SpeechLLM, ev: EvalConfig) -> dict[str, str]:
-    """What a cached decoding's key holds of its precision: nothing for float32 (its
-    scores keep the keys they always had), ``{"precision": "bf16"}`` otherwise."""
+    """What a cached decoding's key holds of how it decodes: its precision (nothing for
+    float32, ``{"precision": "bf16"}`` otherwise) and, for a model with adapters, that they
+    are merged for decoding (:func:`lib.build.adapters.adapters_merged`; a pruned model's
+    are merged already, its keys stay as they were)."""
     precision = decode_precision(model, ev)
-    return {} if precision == "fp32" else {"precision": precision}
+    key = {} if precision == "fp32" else {"precision": precision}
+    return {**key, "adapters": "merged"} if has_adapters(model) else key
 
 
 def autocast(model: SpeechLLM, precision: str) -> Any:
@@ -124,7 +128,8 @@ def decode_timer(model: SpeechLLM, data: FeatureSet, batch_size: int,
     feats, lengths, _ = data.batch(list(range(min(len(data), batch_size))))
 
     def timed(bf16: bool) -> float:
-        with eval_mode(model), torch.no_grad(), autocast(model, "bf16" if bf16 else "fp32"):
+        with eval_mode(model), torch.no_grad(), adapters_merged(model), \
+                autocast(model, "bf16" if bf16 else "fp32"):
             t0 = time.perf_counter()
             model.generate(feats.to(model.device), lengths.to(model.device), tokens,
                            min_new_tokens=tokens)
@@ -204,7 +209,9 @@ def transcribe(model: SpeechLLM, data: FeatureSet, ev: EvalConfig = EvalConfig()
     ``ev`` gives the batch size and ``max_new_tokens`` (its ``max_test_utterances`` is for
     :func:`evaluate_asr`: every utterance of ``data`` is decoded here). Batches are formed
     longest-first so padding stays small. The model runs in eval mode (dropout off) and
-    gets its own mode back (:func:`lib.build.components.eval_mode`).
+    gets its own mode back (:func:`lib.build.components.eval_mode`); its LoRA adapters are
+    merged into its weights while it decodes, and put back bit for bit after
+    (:func:`lib.build.adapters.adapters_merged`).
     """
     if rescore is not None:
         cands = transcribe_candidates(model, data, rescore.head, rescore.num_beams, ev, desc)
@@ -241,7 +248,7 @@ def _batched(model: SpeechLLM, data: FeatureSet, batch_size: int, desc: str,
     order = sorted(range(len(data)), key=lambda i: -frames[i])
     batches = share([order[s:s + batch_size] for s in range(0, len(order), batch_size)])
     done = []
-    with eval_mode(model), torch.no_grad(), autocast(model, precision):
+    with eval_mode(model), torch.no_grad(), adapters_merged(model), autocast(model, precision):
         for idx in track(batches, desc=desc, total=len(batches)):
             feats, lengths, _ = data.batch(idx)
             done.append(list(zip(idx, step(feats, lengths, idx))))
