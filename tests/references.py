@@ -1,5 +1,5 @@
-"""Independent references shared by the pruning tests: a decoder rebuilt from scratch, a
-removal profile constructed with known costs."""
+"""Independent references shared by the tests: a decoder rebuilt from scratch, a removal
+profile constructed with known costs, a tiny SpeechLLM whose adapters look trained."""
 
 from __future__ import annotations
 
@@ -48,3 +48,20 @@ def constructed_profile(costs, noise: float, seed: int, u: int = 32, tokens: flo
     full = UtteranceLosses(np.full(u, 10.0), tok)
     per_token = np.asarray(costs)[:, None] + noise * rng.standard_normal((len(costs), u))
     return BlockProfile(n, np.arange(len(costs)), full, full.sums + per_token * tok)
+
+
+def adapted_speechllm(decoder: str = "tiny-llama", dropout: float = 0.0, seed: int = 1):
+    """A tiny SpeechLLM (LoRA rank 4) whose adapters look trained: every ``lora_B`` drawn at
+    random (``seed``), so that the adapters change what the decoder computes."""
+    from lib.build.speechllm import build_speechllm
+    from lib.config.sections import ModelConfig
+
+    mc = ModelConfig(encoder="tiny-whisper", decoder=decoder, projector_hidden=32,
+                     lora_rank=4, lora_alpha=8, lora_dropout=dropout)
+    model = build_speechllm(mc, seed=0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.decoder.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model

@@ -10,6 +10,7 @@ from lib.build.speechllm import SpeechLLM
 from lib.config.sections import EvalConfig
 from lib.evaluate.decode import precision_key, transcribe
 from lib.prune.surgery import pruned_copy
+from references import adapted_speechllm
 
 EV = EvalConfig(batch_size=2, max_new_tokens=6, precision="fp32")
 
@@ -17,18 +18,7 @@ EV = EvalConfig(batch_size=2, max_new_tokens=6, precision="fp32")
 @pytest.fixture(scope="module")
 def adapted():
     """Tiny Llama with LoRA whose B is non-zero (a trained adapter), dropout off."""
-    from lib.build.speechllm import build_speechllm
-    from lib.config.sections import ModelConfig
-
-    mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-llama", projector_hidden=32,
-                     lora_rank=4, lora_alpha=8, lora_dropout=0.0)
-    model = build_speechllm(mc, seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.decoder.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model.eval()
+    return adapted_speechllm("tiny-llama").eval()
 
 
 def _slow_greedy(model: SpeechLLM, feats, lengths, steps: int) -> list[str]:

@@ -9,13 +9,12 @@ import torch
 
 from lib.config.sections import EvalConfig
 from lib.build.components import eval_mode
-from lib.config.sections import ModelConfig
 from lib.evaluate.baselines import audio_reliance
 from lib.evaluate.decode import transcribe
 from lib.prune.loss_curves import LossMeter
 from lib.prune.profiles import block_profile
 from lib.score.redundancy import score_speech, score_text
-from lib.build.speechllm import build_speechllm
+from references import adapted_speechllm
 
 TEXTS = ["hello world", "the cat sat on the mat", "x y"]
 
@@ -23,14 +22,7 @@ TEXTS = ["hello world", "the cat sat on the mat", "x y"]
 @pytest.fixture(scope="module")
 def noisy_model():
     """LoRA with dropout 0.5 and non-zero B (a trained adapter), left in train mode."""
-    mc = ModelConfig(encoder="tiny-whisper", decoder="tiny-gemma", projector_hidden=32,
-                     lora_rank=4, lora_alpha=8, lora_dropout=0.5)
-    m = build_speechllm(mc, seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in m.decoder.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    m = adapted_speechllm("tiny-gemma", dropout=0.5)
     m.train()
     return m
 
