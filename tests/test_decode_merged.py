@@ -94,3 +94,26 @@ def test_the_weights_are_put_back_when_the_decode_fails(adapted):
 def test_a_cached_decode_says_its_adapters_were_merged(adapted):
     assert precision_key(adapted, EV) == {"adapters": "merged"}
     assert precision_key(pruned_copy(adapted, [0]), EV) == {}  # merged already: key as before
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_dev_check_that_decodes_leaves_training_where_it_was(tmp_path, random_features,
+                                                               precision):
+    """Training with a dev check that decodes (adapters merged, put back) ends on the same
+    weights, bit for bit, as training whose dev check decodes nothing."""
+    from lib.config.sections import TrainConfig
+    from lib.train.loop import train_speechllm
+
+    data = random_features(4, split="train", base=20, step=5)
+    cfg = TrainConfig(precision=precision, projector_learning_rate=None, steps=4,
+                      batch_size=2, learning_rate=1e-2, warmup_steps=0, checkpoint_every=100,
+                      dev_every=1)
+    ev = EvalConfig(batch_size=2, max_new_tokens=4, precision=precision)
+    ends = []
+    for name, check in (("quiet", lambda m: {"n": 0}),
+                        ("decodes", lambda m: {"n": len(transcribe(m, data, ev))})):
+        model = adapted_speechllm("tiny-llama")
+        train_speechllm(model, data, cfg, tmp_path / name, dev_check=check)
+        ends.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert ends[0].keys() == ends[1].keys()
+    assert all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])

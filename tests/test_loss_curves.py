@@ -107,6 +107,23 @@ def test_the_interval_covers_the_point_and_widens_with_spread():
     assert noisy["normalised_ci95"][1] - noisy["normalised_ci95"][0] > hi - lo
 
 
+def test_no_normalised_cost_where_the_audio_may_be_worth_nothing():
+    """The floor 0.3 nat/token above the full model on seven utterances and 0.8 below it on
+    the eighth (0.135 above on the whole set): a resample that draws the eighth twice has no
+    gap (about a quarter of them), so the ratio has no interval and the cost is undefined
+    (NaN), not a point outside its own interval; with the floor clearly above, the same cut
+    has a cost inside its interval."""
+    full = _losses([1.0] * 8, TOKENS)
+    barely = _losses([1.3] * 7 + [0.2], TOKENS)
+    cut = _losses([1.2] * 8, TOKENS)
+    p = loss_point(full, cut, barely)
+    assert barely.mean > full.mean  # the point alone would divide by a positive gap
+    assert np.isnan(p["normalised"]) and all(np.isnan(p["normalised_ci95"]))
+    q = loss_point(full, cut, _losses([3.0] * 8, TOKENS))
+    assert q["normalised"] == pytest.approx(0.1) and q["normalised_ci95"][0] <= 0.1 <= \
+        q["normalised_ci95"][1]
+
+
 def test_the_rule_takes_the_largest_cut_within_the_threshold_and_can_say_no():
     """Costs 0.02, 0.05, 0.30 at 1, 2, 3 layers: within 0.1 the rule keeps 2 layers; if
     every cut costs more than the threshold it removes none."""

@@ -254,13 +254,25 @@ def loss_point(full: UtteranceLosses, cut: UtteranceLosses, floor: UtteranceLoss
                draws: int = 1000, seed: int = 0) -> dict[str, Any]:
     """One point of a loss curve: the cut's mean loss per token, its paired difference to
     the full model and its normalised cost, each with a 95 % bootstrap interval (the three
-    sets resampled together, utterance by utterance)."""
+    sets resampled together, utterance by utterance).
+
+    The normalised cost divides by what the audio is worth (``L_floor - L_full``); it is
+    defined only where that worth's own 95 % interval lies above zero. Where the interval
+    reaches zero (a model that barely hears the audio), resamples divide by nothing or by
+    almost nothing, the ratio has no bounded interval and its point can fall outside the
+    percentiles of the rest (an untrained tiny model: 772 against [6.8, 545]); then the
+    cost and its interval are NaN, as where the floor is not above the full model.
+    """
     n = check_same(full, cut, floor)
     idx = resample_rows(n, draws, seed)
     f, c, fl = full.resampled(idx), cut.resampled(idx), floor.resampled(idx)
+    heard = bool(np.percentile(fl - f, 2.5) > 0)
+    nan = float("nan")
     return {"loss": cut.mean, "delta": cut.mean - full.mean, "delta_ci95": interval95(c - f),
-            "normalised": float(normalised_cost(full.mean, cut.mean, floor.mean)),
-            "normalised_ci95": interval95(normalised_cost(0.0, c - f, fl - f)),
+            "normalised": (float(normalised_cost(full.mean, cut.mean, floor.mean)) if heard
+                           else nan),
+            "normalised_ci95": (interval95(normalised_cost(0.0, c - f, fl - f)) if heard
+                                else [nan, nan]),
             "n_utterances": n}
 
 
