@@ -92,7 +92,7 @@ def test_the_weights_are_put_back_when_the_decode_fails(adapted):
 
 
 def test_a_cached_decode_says_its_adapters_were_merged(adapted):
-    assert precision_key(adapted, EV) == {"adapters": "merged"}
+    assert precision_key(adapted, EV) == {"adapters": "merged, cast after"}
     assert precision_key(pruned_copy(adapted, [0]), EV) == {}  # merged already: key as before
 
 
@@ -117,3 +117,43 @@ def test_a_dev_check_that_decodes_leaves_training_where_it_was(tmp_path, random_
         ends.append({k: v.clone() for k, v in model.state_dict().items()})
     assert ends[0].keys() == ends[1].keys()
     assert all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+
+
+def test_a_bf16_decode_after_bf16_work_reads_the_merged_weights(random_features):
+    """bf16 work on the model first (a forward under bf16 autocast, as a loss pass or a
+    training step makes) keeps bf16 copies of the weights as they were; the decode after it
+    must read the merged weights, as a copy of the model with no such work behind it does."""
+    import copy
+
+    from lib.build.autocast import bf16_autocast
+
+    model = adapted_speechllm("tiny-llama").eval()
+    data = random_features(n=4)
+    ev = EvalConfig(batch_size=2, max_new_tokens=6, precision="bf16")
+    want = transcribe(copy.deepcopy(model), data, ev)
+    feats, lengths, _ = data.batch(list(range(4)))
+    with torch.no_grad(), bf16_autocast(model.decoder, "cpu"):
+        model.loss(feats, lengths, ["a b", "c", "d e f", "g"])
+    assert transcribe(model, data, ev) == want
+
+
+def test_a_model_merged_in_place_after_bf16_work_runs_its_merged_weights(random_features):
+    """The same for merging for good (pruning, saving): a bf16 loss after the merge is the
+    loss of a copy merged with no bf16 work behind it."""
+    import copy
+
+    from lib.build.adapters import merge_adapters
+    from lib.build.autocast import bf16_autocast
+
+    model = adapted_speechllm("tiny-llama").eval()
+    data = random_features(n=4)
+    feats, lengths, _ = data.batch(list(range(4)))
+    texts = ["a b", "c", "d e f", "g"]
+
+    def loss(m):
+        with torch.no_grad(), bf16_autocast(m.decoder, "cpu"):
+            return m.loss(feats, lengths, texts)
+
+    want = loss(merge_adapters(copy.deepcopy(model)))
+    loss(model)  # bf16 copies of the weights before the merge
+    assert torch.equal(loss(merge_adapters(model)), want)

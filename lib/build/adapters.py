@@ -59,9 +59,20 @@ def lora_update_norms(model: SpeechLLM) -> pd.DataFrame:
 
 
 def merge_adapters(model: "SpeechLLM") -> "SpeechLLM":
-    """Merge the decoder's peft LoRA adapters into its weights (a plain transformers model)."""
+    """Merge the decoder's peft LoRA adapters into its weights (a plain transformers model).
+
+    peft merges through ``.data``, which no version counter sees; each merged weight's
+    counter is moved (``x * 1``, no bit changes) so that a bf16 copy cast from it before
+    (:mod:`lib.build.autocast`) is not taken for the merged weight."""
     if hasattr(model.decoder, "merge_and_unload"):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        merged = [m.get_base_layer().weight for m in model.decoder.modules()
+                  if isinstance(m, BaseTunerLayer)]
         model.decoder = model.decoder.merge_and_unload()
+        with torch.no_grad():
+            for w in merged:
+                w.mul_(1)
     return model
 
 
@@ -100,6 +111,9 @@ def adapters_merged(model: "SpeechLLM") -> Iterator["SpeechLLM"]:
         for m in layers:
             m.merge()
             done.append(m)
+        with torch.no_grad():  # peft merges through ``.data``, which no version counter sees:
+            for m in done:  # a bf16 copy cast before (lib.build.autocast) would pass for it
+                m.get_base_layer().weight.mul_(1)  # x * 1 is x: the counter moves, no bit
         yield model
     finally:
         with torch.no_grad():

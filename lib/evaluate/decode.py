@@ -106,7 +106,7 @@ def precision_key(model: SpeechLLM, ev: EvalConfig) -> dict[str, str]:
     are merged already, its keys stay as they were)."""
     precision = decode_precision(model, ev)
     key = {} if precision == "fp32" else {"precision": precision}
-    return {**key, "adapters": "merged"} if has_adapters(model) else key
+    return {**key, "adapters": "merged, cast after"} if has_adapters(model) else key
 
 
 def autocast(model: SpeechLLM, precision: str) -> Any:
