@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lib.build.autocast import changed_in_place
 from lib.build.speechllm import SpeechLLM
 
 
@@ -59,20 +60,13 @@ def lora_update_norms(model: SpeechLLM) -> pd.DataFrame:
 
 
 def merge_adapters(model: "SpeechLLM") -> "SpeechLLM":
-    """Merge the decoder's peft LoRA adapters into its weights (a plain transformers model).
-
-    peft merges through ``.data``, which no version counter sees; each merged weight's
-    counter is moved (``x * 1``, no bit changes) so that a bf16 copy cast from it before
-    (:mod:`lib.build.autocast`) is not taken for the merged weight."""
-    if hasattr(model.decoder, "merge_and_unload"):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        merged = [m.get_base_layer().weight for m in model.decoder.modules()
-                  if isinstance(m, BaseTunerLayer)]
+    """Merge the decoder's peft LoRA adapters into its weights (a plain transformers model);
+    bf16 copies cast from them before are not read again
+    (:func:`lib.build.autocast.changed_in_place`)."""
+    if has_adapters(model):
+        merged = [m.get_base_layer().weight for m in _lora_layers(model)]
         model.decoder = model.decoder.merge_and_unload()
-        with torch.no_grad():
-            for w in merged:
-                w.mul_(1)
+        changed_in_place(merged)
     return model
 
 
@@ -88,6 +82,12 @@ def has_adapters(model: "SpeechLLM") -> bool:
     return hasattr(model.decoder, "merge_and_unload")
 
 
+def _lora_layers(model: "SpeechLLM") -> list[nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.decoder.modules() if isinstance(m, BaseTunerLayer)]
+
+
 @contextlib.contextmanager
 def adapters_merged(model: "SpeechLLM") -> Iterator["SpeechLLM"]:
     """Inside the block, ``model``'s LoRA adapters are merged into its weights; on leaving,
@@ -101,19 +101,14 @@ def adapters_merged(model: "SpeechLLM") -> Iterator["SpeechLLM"]:
     Only the adapted weights are copied (the attention's), not the model.
     Explained in chapter 1 (section 1.6).
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = [m for m in model.decoder.modules()
-              if isinstance(m, BaseTunerLayer) and not m.merged]
+    layers = [m for m in _lora_layers(model) if not m.merged]
     saved = [m.get_base_layer().weight.detach().clone() for m in layers]
     done = []
     try:
         for m in layers:
             m.merge()
             done.append(m)
-        with torch.no_grad():  # peft merges through ``.data``, which no version counter sees:
-            for m in done:  # a bf16 copy cast before (lib.build.autocast) would pass for it
-                m.get_base_layer().weight.mul_(1)  # x * 1 is x: the counter moves, no bit
+        changed_in_place([m.get_base_layer().weight for m in done])
         yield model
     finally:
         with torch.no_grad():

@@ -44,6 +44,15 @@ def bf16_copy(weight: torch.Tensor) -> torch.Tensor:
     return copy
 
 
+def changed_in_place(weights: list[torch.Tensor]) -> None:
+    """Say that ``weights`` were changed through ``.data`` (as peft merges adapters), which
+    no version counter sees: each counter is moved (``x * 1``, no bit changes), so that a
+    copy :func:`bf16_copy` made before is not taken for the changed weight."""
+    with torch.no_grad():
+        for w in weights:
+            w.mul_(1)
+
+
 class FrozenBf16:
     """Context manager: inside it, every frozen float32 ``nn.Linear`` weight of ``module``
     is its bf16 copy (:func:`bf16_copy`); on leaving, the same parameter objects are back

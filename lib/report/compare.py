@@ -3,8 +3,8 @@
 When a full ``make book`` publishes its records (:func:`lib.report.results.publish_run`),
 every figure the previous run recorded with a 95 % interval (:func:`intervals`) is looked up
 in the new records. The rule, fixed before any run: a new figure repeats the previous run
-when it lies inside the previous run's interval (ends included, :data:`SLACK` for float
-rounding); a figure outside it, or one the new run no longer records, is a finding, listed
+when it lies inside the previous run's interval (ends included, as the record check reads
+a figure against its own interval: :func:`lib.report.results.inside`); a figure outside it, or one the new run no longer records, is a finding, listed
 with both values so that the page reports the difference instead of hiding it. The intervals
 are over the choice of utterances (and seeds, where a record says so): the same code and
 data give the same figures, so a figure outside says that something the run depends on has
@@ -21,14 +21,11 @@ from typing import Any
 
 from lib.fileio import load_json, save_json
 from lib.errors import CompanionError
-from lib.report.results import (_get, intervals, measured_at, publish_run, read_record,
-                                 records, results_root, staging)
+from lib.report.results import (_get, _number, inside, intervals, measured_at, publish_run,
+                                 read_record, records, results_root, staging)
 
 COMPARED = "compared.json"
 """The comparison's file beside a preset's records."""
-
-SLACK = 1e-9
-"""Float rounding allowed at an interval's ends."""
 
 SHOWN = 12
 """Findings the page lists per chapter, farthest first (the file keeps them all)."""
@@ -57,21 +54,21 @@ def compare_runs(old: dict[str, dict[str, Any]],
     chapters = {}
     for ch in sorted(old):
         rows = intervals(old[ch])
-        inside = identical = 0
+        within = identical = 0
         outside, missing = [], []
         for path, before, ci in rows:
             now = _get(new[ch], path) if ch in new else None
-            if not isinstance(now, (int, float)) or isinstance(now, bool):
+            if not _number(now):
                 missing.append(path)
                 continue
             identical += now == before
-            if ci[0] - SLACK <= now <= ci[1] + SLACK:
-                inside += 1
+            if inside(now, ci):
+                within += 1
             else:
                 outside.append({"figure": path, "previous": before, "previous_ci95": ci,
                                 "now": float(now), "widths": _distance(float(now), ci)})
         outside.sort(key=lambda r: -r["widths"])
-        chapters[ch] = {"figures": len(rows), "inside": inside, "identical": identical,
+        chapters[ch] = {"figures": len(rows), "inside": within, "identical": identical,
                         "outside": outside, "not_recorded": missing}
     return {"previous": _run(old), "now": _run(new), "chapters": chapters}
 

@@ -49,7 +49,7 @@ def check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
         if name == "n_utterances" and not (isinstance(value, int) and value > 0):
             raise CompanionError(f"{where}: {path} = {value} is not a positive count")
     for path, value, ci in intervals(rec):
-        if not ci[0] - 1e-9 <= value <= ci[1] + 1e-9:
+        if not inside(value, ci):
             raise CompanionError(f"{where}: {path} = {value} lies outside its own 95 % "
                                  f"interval {ci}: the record is inconsistent")
     return rec
@@ -57,6 +57,11 @@ def check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def inside(value: float, ci: list[float], slack: float = 1e-9) -> bool:
+    """``value`` within the interval ``ci``, ends included (``slack`` for float rounding)."""
+    return ci[0] - slack <= value <= ci[1] + slack
 
 
 def intervals(rec: dict[str, Any]) -> list[tuple[str, float, list[float]]]:
