@@ -93,3 +93,28 @@ def test_a_bf16_run_checks_its_dev_set_with_the_float32_model(tmp_path, random_f
     loaded = _attention(model)
     run = train_speechllm(model, data, cfg, tmp_path / "run", dev_check=check)
     assert run.finished and seen == [(torch.float32, loaded)] * 2
+
+
+def test_a_model_trained_in_bf16_computes_in_float32_afterwards(tmp_path, random_features,
+                                                                  tiny_speechllm):
+    """accelerate's prepare wraps a model's forward in bf16 autocast on the model object: the
+    loop must take it off, or every later float32 call of a model trained in the same
+    process runs in bf16 (a run from nothing and a run reusing the model measured apart).
+    Reference: an untouched model given the trained weights, called in float32."""
+    data = random_features(4, split="train", base=20, step=5)
+    cfg = TrainConfig(steps=2, batch_size=2, learning_rate=1e-3, warmup_steps=0,
+                      checkpoint_every=10, precision="bf16")
+    model = tiny_speechllm(lora_dropout=0.0)
+    assert train_speechllm(model, data, cfg, tmp_path / "run").finished
+    reference = tiny_speechllm(lora_dropout=0.0)
+    reference.load_state_dict(model.state_dict())
+    feats, lengths, texts = data.batch([0, 1, 2, 3])
+    model.eval(), reference.eval()
+    with torch.no_grad():
+        loss = model(feats, lengths, texts, reduction="sum")
+        expected = reference(feats, lengths, texts, reduction="sum")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_loss = reference(feats, lengths, texts, reduction="sum")
+    assert not torch.equal(bf16_loss.float(), expected)  # the case can tell the two apart
+    assert torch.equal(loss, expected)
+    assert not {"forward", "_is_accelerate_prepared"} & set(vars(model))

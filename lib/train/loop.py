@@ -17,13 +17,14 @@ Explained in chapter 1 (book/01_building_a_speechllm.ipynb).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -309,6 +310,23 @@ def _fresh_precision(mixed: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
+@contextlib.contextmanager
+def _prepared(acc: Any, model: SpeechLLM, optimizer: Any) -> Iterator[tuple[Any, Any]]:
+    """accelerate's ``prepare`` of ``model`` and ``optimizer`` for the run, and the model as
+    it came afterwards (also after an exception). Under mixed precision ``prepare`` wraps the
+    model's ``forward`` in autocast on the model object itself, for good: in the process that
+    trained it, every later call of a model trained in bf16 ran under bf16 autocast whatever
+    precision it asked for (chapter 1's float32 rounds of its training-precision check did,
+    so a run from nothing timed bf16 against bf16 where a run reusing the model timed float32
+    against bf16), and a second ``prepare`` of the same model object was skipped."""
+    ddp_model, optimizer = acc.prepare(model, optimizer)
+    try:
+        yield ddp_model, optimizer
+    finally:
+        for name in ("forward", "_original_forward", "_is_accelerate_prepared"):
+            model.__dict__.pop(name, None)
+
+
 def train_speechllm(
     model: SpeechLLM,
     train_set: FeatureSet,
@@ -364,47 +382,47 @@ def train_speechllm(
 
     # The scheduler stays unprepared: accelerate would step it once per process, while
     # cfg.steps counts global optimiser steps.
-    ddp_model, optimizer = acc.prepare(model, optimizer)
-    kernels = TrainingKernels(model, bf16)
-    order = _Order(len(train_set), cfg.batch_size, cfg.seed, acc.num_processes,
-                   acc.process_index, train_set.frames(),
-                   cfg.length_grouping)
-    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    ddp_model.train()
-    t0 = time.perf_counter()
-    elapsed0 = log[-1]["elapsed_s"] if log else 0.0
-    # ``disable`` only where needed: TQDM_DISABLE (set for book runs) fills the default.
-    quiet = {} if acc.is_main_process else {"disable": True}
-    bar = track(range(start, end), desc=desc, total=end - start, **quiet)
-    for step in bar:
-        torch.manual_seed(cfg.seed * 7919 + step)  # dropout identical after a resume
-        micro = [_micro(train_set, order.micro_batch(step * cfg.grad_accum + k), model)
-                 for k in range(cfg.grad_accum)]
-        with kernels:  # the step's kernels; the model as it came for anything else
-            loss = _step_loss(acc, ddp_model, model, micro, params, optimizer, scheduler, cfg,
-                              step, desc, aux_loss)
-        row = {"step": step + 1, "loss": loss, "lr": scheduler.get_last_lr()[0],
-               "elapsed_s": round(elapsed0 + time.perf_counter() - t0, 3)}
-        log.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}")
-        if not acc.is_main_process:
-            continue
-        _append(log_path, row)
-        if dev_check is not None and (
-                step + 1 == cfg.steps or (cfg.dev_every and (step + 1) % cfg.dev_every == 0)):
-            t_dev = time.perf_counter()
-            dev_log.append(_dev_row(ddp_model, acc.unwrap_model(ddp_model), dev_check, row))
-            _append(dev_path, dev_log[-1])
-            t0 += time.perf_counter() - t_dev  # the check's time is not training time
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            _write_checkpoint(ckpt, acc.unwrap_model(ddp_model), optimizer, scheduler,
-                              step + 1)
-            if bar.disable:  # no progress bar (e.g. a book run): say where we are
-                print(f"{desc}: step {step + 1}/{cfg.steps}, loss {row['loss']:.3f}, "
-                      f"{row['elapsed_s']:.0f} s, checkpoint saved", flush=True)
-    ddp_model.eval()
-    finished = end == cfg.steps
-    result = _save_final(acc.unwrap_model(ddp_model), run_dir, train_set, cfg, log,
-                         time.perf_counter() - t0, resumed, acc.num_processes
-                         ) if finished and acc.is_main_process else {}
-    return TrainRun(run_dir, log, False, resumed, finished, result, dev_log)
+    with _prepared(acc, model, optimizer) as (ddp_model, optimizer):
+        kernels = TrainingKernels(model, bf16)
+        order = _Order(len(train_set), cfg.batch_size, cfg.seed, acc.num_processes,
+                       acc.process_index, train_set.frames(),
+                       cfg.length_grouping)
+        end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+        ddp_model.train()
+        t0 = time.perf_counter()
+        elapsed0 = log[-1]["elapsed_s"] if log else 0.0
+        # ``disable`` only where needed: TQDM_DISABLE (set for book runs) fills the default.
+        quiet = {} if acc.is_main_process else {"disable": True}
+        bar = track(range(start, end), desc=desc, total=end - start, **quiet)
+        for step in bar:
+            torch.manual_seed(cfg.seed * 7919 + step)  # dropout identical after a resume
+            micro = [_micro(train_set, order.micro_batch(step * cfg.grad_accum + k), model)
+                     for k in range(cfg.grad_accum)]
+            with kernels:  # the step's kernels; the model as it came for anything else
+                loss = _step_loss(acc, ddp_model, model, micro, params, optimizer, scheduler, cfg,
+                                  step, desc, aux_loss)
+            row = {"step": step + 1, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                   "elapsed_s": round(elapsed0 + time.perf_counter() - t0, 3)}
+            log.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if not acc.is_main_process:
+                continue
+            _append(log_path, row)
+            if dev_check is not None and (
+                    step + 1 == cfg.steps or (cfg.dev_every and (step + 1) % cfg.dev_every == 0)):
+                t_dev = time.perf_counter()
+                dev_log.append(_dev_row(ddp_model, acc.unwrap_model(ddp_model), dev_check, row))
+                _append(dev_path, dev_log[-1])
+                t0 += time.perf_counter() - t_dev  # the check's time is not training time
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+                _write_checkpoint(ckpt, acc.unwrap_model(ddp_model), optimizer, scheduler,
+                                  step + 1)
+                if bar.disable:  # no progress bar (e.g. a book run): say where we are
+                    print(f"{desc}: step {step + 1}/{cfg.steps}, loss {row['loss']:.3f}, "
+                          f"{row['elapsed_s']:.0f} s, checkpoint saved", flush=True)
+        ddp_model.eval()
+        finished = end == cfg.steps
+        result = _save_final(acc.unwrap_model(ddp_model), run_dir, train_set, cfg, log,
+                             time.perf_counter() - t0, resumed, acc.num_processes
+                             ) if finished and acc.is_main_process else {}
+        return TrainRun(run_dir, log, False, resumed, finished, result, dev_log)
