@@ -4,8 +4,9 @@ When a full ``make book`` publishes its records (:func:`lib.report.results.publi
 every figure the previous run recorded with a 95 % interval (:func:`intervals`) is looked up
 in the new records. The rule, fixed before any run: a new figure repeats the previous run
 when it lies inside the previous run's interval (ends included, as the record check reads
-a figure against its own interval: :func:`lib.report.results.inside`); a figure outside it, or one the new run no longer records, is a finding, listed
-with both values so that the page reports the difference instead of hiding it. The intervals
+a figure against its own interval: :func:`lib.report.results.inside`); a figure outside
+it, or one the new run no longer records, is a finding, listed with both values so that
+the page reports the difference instead of hiding it. The intervals
 are over the choice of utterances (and seeds, where a record says so): the same code and
 data give the same figures, so a figure outside says that something the run depends on has
 changed (the code, a precision chosen by the machine, the data), not that the run was
@@ -21,7 +22,7 @@ from typing import Any
 
 from lib.fileio import load_json, save_json
 from lib.errors import CompanionError
-from lib.report.results import (_get, _number, inside, intervals, measured_at, publish_run,
+from lib.report.results import (_get, inside, intervals, is_number, measured_at, publish_run,
                                  read_record, records, results_root, staging)
 
 COMPARED = "compared.json"
@@ -58,7 +59,7 @@ def compare_runs(old: dict[str, dict[str, Any]],
         outside, missing = [], []
         for path, before, ci in rows:
             now = _get(new[ch], path) if ch in new else None
-            if not _number(now):
+            if not is_number(now):
                 missing.append(path)
                 continue
             identical += now == before

@@ -55,7 +55,8 @@ def check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
     return rec
 
 
-def _number(x: Any) -> bool:
+def is_number(x: Any) -> bool:
+    """A plain number (an int or a float, not a bool)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
@@ -73,7 +74,7 @@ def intervals(rec: dict[str, Any]) -> list[tuple[str, float, list[float]]]:
     for path, ci in _leaves(rec):
         parent, _, name = path.rpartition("/")
         if not (name.endswith("ci95") and isinstance(ci, list) and len(ci) == 2
-                and all(_number(x) for x in ci)):
+                and all(is_number(x) for x in ci)):
             continue
         if name.endswith("_ci95") or name.endswith(" ci95"):
             bases = [name[:-5]] + ([name[:-5] + " WER"] if name.endswith(" ci95") else [])
@@ -84,7 +85,7 @@ def intervals(rec: dict[str, Any]) -> list[tuple[str, float, list[float]]]:
         for base in bases:
             at = f"{parent}/{base}" if parent else base
             value = _get(rec, at)
-            if _number(value):
+            if is_number(value):
                 out.append((at, float(value), [float(ci[0]), float(ci[1])]))
                 break
     return out
