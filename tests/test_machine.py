@@ -186,3 +186,21 @@ def test_section_1_6_says_how_auto_chose():
                          "machine allows, so the next run measures again")
     said = probe_sentence({**found, "machine": "to itself", "others_share": 0.01})
     assert said.endswith("; other processes took 1 % of the CPU during it (a quiet machine)")
+
+
+def test_the_record_keeps_the_training_check_s_seconds_in_each_precision():
+    """Chapter 1's record keeps the float32 and bf16 seconds per step behind the training
+    ratio, so two runs whose ratios differ show which precision's time moved."""
+    import pandas as pd
+
+    from lib.recipes.bf16 import precision_record
+    from lib.recipes.section import Section
+
+    probe = {"fp32_s": 1.2, "bf16_s": 0.8, "speedup": 1.5, "round_speedups": [1.4, 1.5, 1.6]}
+    glue = {"cpu_name": "a CPU", "train_chose": "bf16", "decode_chose": "fp32",
+            "train_verdict": "pays"}
+    record = precision_record(Section(pd.DataFrame(), glue,
+                                      {"checks": {}, "training": probe, "probe": None}))
+    assert record["training"] == {"chose": "bf16", "bf16_speedup": 1.5,
+                                  "rounds": [1.4, 1.5, 1.6], "fp32_s": 1.2, "bf16_s": 0.8,
+                                  "verdict": "pays"}

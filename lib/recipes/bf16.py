@@ -116,6 +116,8 @@ def precision_record(precision: Section) -> dict[str, Any]:
             "training": {"chose": g["train_chose"],
                          "bf16_speedup": probe["speedup"] if probe else None,
                          "rounds": probe["round_speedups"] if probe else None,
+                         "fp32_s": probe["fp32_s"] if probe else None,
+                         "bf16_s": probe["bf16_s"] if probe else None,
                          "verdict": g.get("train_verdict")},
             "decoding": {"chose": g["decode_chose"], "verdict": g.get("decode_verdict"),
                          "bf16_speedup": [g["decode_speed_low"], g["decode_speed_high"]]
