@@ -44,10 +44,25 @@ _now = time.perf_counter  # replaced by the tests' fake clock
 PROC_STAT = "/proc/stat"  # the machine's CPU counters (Linux)
 
 
+_ELSEWHERE = [0.0]
+"""CPU seconds of this process's own work that ran in processes which are not its children
+(:func:`count_elsewhere`)."""
+
+
+def count_elsewhere(seconds: float) -> None:
+    """Count ``seconds`` of CPU as this process's own: work it ran in a process that is not
+    its child, which ``getrusage`` never sees (a child of multiprocessing's forkserver,
+    :func:`lib.prune.cost.run_isolated`: the forkserver is its parent). Uncounted, the
+    chapter's clock booked that work as other processes' (chapter 4's memory check: about
+    200 CPU-seconds, which labelled a chapter alone on its machine "shared")."""
+    _ELSEWHERE[0] += max(float(seconds), 0.0)
+
+
 def cpu_counters() -> tuple[float, float, float] | None:
     """``(busy, steal, own)`` CPU seconds so far: the machine's busy time over all its cores
     (user, nice, system, irq, softirq and steal of :data:`PROC_STAT`'s ``cpu`` line), the
-    host's steal alone, and this process's with its reaped children (user + system); None
+    host's steal alone, and this process's with its reaped children (user + system) and the
+    work it ran elsewhere (:func:`count_elsewhere`); None
     where the machine's counters cannot be read (not Linux)."""
     try:
         with open(PROC_STAT, encoding="ascii") as fh:
@@ -61,6 +76,7 @@ def cpu_counters() -> tuple[float, float, float] | None:
     user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
     own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+    own += _ELSEWHERE[0]
     return (user + nice + system + irq + softirq + steal) / hz, steal / hz, own
 
 

@@ -130,6 +130,32 @@ def _preloaded() -> bool:
     return "transformers.modeling_utils" in _sys.modules and "peft" in _sys.modules
 
 
+def _burn(n: int) -> float:
+    """Some CPU in the isolated process; its own CPU seconds when done (the reference)."""
+    import resource
+
+    x = 0
+    for i in range(n):
+        x += i * i
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def test_an_isolated_run_is_counted_as_this_process_cpu():
+    """A forkserver's child is not this process's child: getrusage never counts it, and the
+    chapter's clock booked it as other processes' CPU. Reference: the child's own
+    getrusage at the end of its work."""
+    from lib.clock import cpu_counters
+
+    before = cpu_counters()
+    if before is None:
+        pytest.skip("no CPU counters on this system")
+    burned, _ = run_isolated(_burn, 5_000_000)
+    own = cpu_counters()[2] - before[2]
+    assert burned > 0.05  # the case is large enough to tell
+    assert own >= burned
+
+
 def test_isolated_runs_start_from_the_preloaded_server_and_not_from_each_other():
     """Each run is a new process forked from a server that imported the model code (so it
     does not import it again), and none reports an earlier run's peak."""

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from lib.clock import stage
+from lib.clock import count_elsewhere, stage
 from lib.errors import CompanionError
 
 
@@ -160,12 +160,19 @@ def peak_rss_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def _own_cpu_s() -> float:
+    """This process's CPU seconds so far (user + system)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _isolated_child(fn: Callable[..., Any], args: tuple, kwargs: dict, queue: Any) -> None:
     try:
-        queue.put(("ok", fn(*args, **kwargs), peak_rss_bytes()))
+        out = fn(*args, **kwargs)
+        queue.put(("ok", out, peak_rss_bytes(), _own_cpu_s()))
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises
         msg = str(err) if isinstance(err, CompanionError) else traceback.format_exc()
-        queue.put(("error", msg, peak_rss_bytes()))
+        queue.put(("error", msg, peak_rss_bytes(), _own_cpu_s()))
 
 
 ISOLATED_PRELOAD = ("lib.prune.cost", "lib.build.checkpoint", "lib.build.speechllm",
@@ -195,9 +202,11 @@ def run_isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any
     proc = ctx.Process(target=_isolated_child, args=(fn, args, kwargs, queue))
     proc.start()
     try:
-        status, out, peak = queue.get()
+        status, out, peak, cpu_s = queue.get()
     finally:
         proc.join()
+    if ctx.get_start_method() == "forkserver":  # its parent is the server: uncounted here
+        count_elsewhere(cpu_s)
     if status != "ok":
         raise CompanionError(f"the isolated run of {getattr(fn, '__name__', fn)} failed: "
                              f"{out.strip().splitlines()[-1] if out.strip() else '?'}")
