@@ -186,3 +186,23 @@ def test_the_readmes_summary_reads_chapter_2s_specific_verdicts():
     assert found_ch02(rec).startswith(
         "m: the same blocks beyond a null input in 1 of 2 comparisons; by removal cost, "
         "n = 3: the same blocks, as any input marks them (")
+
+
+def test_the_cost_table_puts_each_decoder_s_cuts_in_order_and_leaves_others_empty():
+    """Two decoders of different depths cut at different sizes: one row per decoder and
+    strategy, the sizes in increasing order whichever decoder has them, and an empty cell
+    (not "nan") where a decoder was not cut at that size."""
+    import pandas as pd
+
+    from lib.recipes.ch03 import cost_table
+
+    def wide(costs):
+        return pd.DataFrame(costs, index=pd.Index(["angular", "random"], name="strategy"))
+
+    table = cost_table({"deep": wide({2: ["a2", "r2"], 6: ["a6", "r6"]}),
+                        "shallow": wide({1: ["a1", "r1"], 2: ["b2", "s2"]})})
+    assert list(table.columns) == ["decoder", "strategy", "1 removed", "2 removed", "6 removed"]
+    assert table.values.tolist() == [["deep", "angular", "", "a2", "a6"],
+                                     ["deep", "random", "", "r2", "r6"],
+                                     ["shallow", "angular", "a1", "b2", ""],
+                                     ["shallow", "random", "r1", "s2", ""]]

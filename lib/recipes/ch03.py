@@ -172,7 +172,7 @@ def curves(cfg: Run, runs: dict[str, ModelRun], meters: dict[str, dict[str, Any]
     """Every strategy's loss curve on every test set (:func:`lib.prune.loss_curves.
     loss_curves`), drawn normalised by the audio's worth; the table gives the points of the
     set the rule is stated on."""
-    found, shown, passes, points_n = {}, [], 0, 0
+    found, shown, passes, points_n = {}, {}, 0, 0
     first = cfg.test_data[0]
     for name, run in runs.items():
         parts, losses = [], {}
@@ -193,12 +193,21 @@ def curves(cfg: Run, runs: dict[str, ModelRun], meters: dict[str, dict[str, Any]
                                      for r in on_first.itertuples()])
         wide = wide.pivot(index="strategy", columns="n_removed", values="cost")
         wide = wide.loc[[s for s in cfg.prune.strategies if s in wide.index]]
-        wide.columns = [f"{n} removed" for n in wide.columns]
-        shown.append(wide.reset_index().assign(decoder=name))
-    table = pd.concat(shown, ignore_index=True)
-    table = table[["decoder", *[c for c in table.columns if c != "decoder"]]]
+        shown[name] = wide
     glue = dict(n_points=points_n, n_passes=passes, first=first)
-    return Section(table, glue, {"curves": found})
+    return Section(cost_table(shown), glue, {"curves": found})
+
+
+def cost_table(wide: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The table under the curves, from each decoder's costs (strategies by number of layers
+    removed): a row per decoder and strategy, the cuts in increasing order; a cut that is
+    not on a decoder's grid (each decoder has its own depth) is an empty cell."""
+    table = pd.concat([w.reset_index().assign(decoder=name) for name, w in wide.items()],
+                      ignore_index=True)
+    cuts = sorted(c for c in table.columns if c not in ("decoder", "strategy"))
+    table = table[["decoder", "strategy", *cuts]].fillna("")
+    table.columns = ["decoder", "strategy", *[f"{n} removed" for n in cuts]]
+    return table
 
 
 def paper_cuts_table() -> pd.DataFrame:
