@@ -58,6 +58,13 @@ def count_elsewhere(seconds: float) -> None:
     _ELSEWHERE[0] += max(float(seconds), 0.0)
 
 
+def own_cpu_s(children: bool = True) -> float:
+    """This process's CPU seconds so far (user + system), with its reaped children's when
+    ``children``."""
+    who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) if children else (resource.RUSAGE_SELF,)
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, who))
+
+
 def cpu_counters() -> tuple[float, float, float] | None:
     """``(busy, steal, own)`` CPU seconds so far: the machine's busy time over all its cores
     (user, nice, system, irq, softirq and steal of :data:`PROC_STAT`'s ``cpu`` line), the
@@ -74,9 +81,7 @@ def cpu_counters() -> tuple[float, float, float] | None:
         return None
     hz = os.sysconf("SC_CLK_TCK")
     user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
-    own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
-    own += _ELSEWHERE[0]
+    own = own_cpu_s() + _ELSEWHERE[0]
     return (user + nice + system + irq + softirq + steal) / hz, steal / hz, own
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from lib.clock import count_elsewhere, stage
+from lib.clock import count_elsewhere, own_cpu_s, stage
 from lib.errors import CompanionError
 
 
@@ -160,19 +160,13 @@ def peak_rss_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
-def _own_cpu_s() -> float:
-    """This process's CPU seconds so far (user + system)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def _isolated_child(fn: Callable[..., Any], args: tuple, kwargs: dict, queue: Any) -> None:
     try:
         out = fn(*args, **kwargs)
-        queue.put(("ok", out, peak_rss_bytes(), _own_cpu_s()))
+        queue.put(("ok", out, peak_rss_bytes(), own_cpu_s(children=False)))
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises
         msg = str(err) if isinstance(err, CompanionError) else traceback.format_exc()
-        queue.put(("error", msg, peak_rss_bytes(), _own_cpu_s()))
+        queue.put(("error", msg, peak_rss_bytes(), own_cpu_s(children=False)))
 
 
 ISOLATED_PRELOAD = ("lib.prune.cost", "lib.build.checkpoint", "lib.build.speechllm",
